@@ -1,0 +1,1 @@
+"""Code shared by every ucim component: resource models, settings, logging, metrics."""

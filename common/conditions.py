@@ -1,0 +1,72 @@
+"""Kubernetes-style status conditions, kept in one helper.
+
+``lastTransitionTime`` moves only when a condition's status flips, and
+``observedGeneration`` is always recorded, as cert-manager and kubebuilder do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Literal
+
+from ucim.common.resources import Condition
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def set_condition(
+    conditions: Sequence[Condition],
+    type_: str,
+    status: ConditionStatus,
+    *,
+    reason: str,
+    message: str,
+    observed_generation: int | None = None,
+    now: datetime | None = None,
+) -> list[Condition]:
+    """Return ``conditions`` with ``type_`` set; the others are kept as they are."""
+    now = now or utcnow()
+    result: list[Condition] = []
+    found = False
+    for existing in conditions:
+        if existing.type != type_:
+            result.append(existing)
+            continue
+        found = True
+        changed_at = existing.last_transition_time if existing.status == status else now
+        result.append(
+            Condition(
+                type=type_,
+                status=status,
+                reason=reason,
+                message=message,
+                observed_generation=observed_generation,
+                last_transition_time=changed_at,
+            )
+        )
+    if not found:
+        result.append(
+            Condition(
+                type=type_,
+                status=status,
+                reason=reason,
+                message=message,
+                observed_generation=observed_generation,
+                last_transition_time=now,
+            )
+        )
+    return result
+
+
+def find_condition(conditions: Sequence[Condition], type_: str) -> Condition | None:
+    return next((c for c in conditions if c.type == type_), None)
+
+
+def is_true(conditions: Sequence[Condition], type_: str) -> bool:
+    condition = find_condition(conditions, type_)
+    return condition is not None and condition.status == "True"

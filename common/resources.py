@@ -1,0 +1,230 @@
+"""Typed models of ucim's custom resources, UCloudJob and UserInstance.
+
+This module is the only place that knows their shape: code builds a model and
+calls ``to_manifest()`` / ``status_patch()``, and reads objects with
+``from_obj()``; nobody hand-builds these dicts. The CRD schemas in crds/ mirror
+these models, and tests/unit/test_resources.py keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import datetime
+from typing import Any, ClassVar, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from ucim.common.protocol import JobState
+from ucim.common.settings import API_GROUP, API_VERSION
+
+
+class _Model(BaseModel):
+    """camelCase on the wire, snake_case in Python; unknown fields are ignored."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class ObjectMeta(_Model):
+    name: str
+    namespace: str | None = None
+    uid: str | None = None
+    resource_version: str | None = None
+    generation: int | None = None
+    labels: dict[str, str] | None = None
+    annotations: dict[str, str] | None = None
+    finalizers: list[str] | None = None
+    creation_timestamp: datetime | None = None
+    deletion_timestamp: datetime | None = None
+
+
+class Condition(_Model):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str
+    last_transition_time: datetime
+    observed_generation: int | None = None
+
+
+class _Resource(_Model):
+    """Common envelope of a custom resource; subclasses fix kind and plural."""
+
+    KIND: ClassVar[str]
+    PLURAL: ClassVar[str]
+    GROUP: ClassVar[str] = API_GROUP
+    VERSION: ClassVar[str] = API_VERSION
+
+    metadata: ObjectMeta
+
+    @classmethod
+    def api_version(cls) -> str:
+        return f"{cls.GROUP}/{cls.VERSION}"
+
+    @classmethod
+    def from_obj(cls, obj: dict[str, Any]) -> Self:
+        return cls.model_validate(obj)
+
+    def to_manifest(self) -> dict[str, Any]:
+        """The object as the apiserver takes it on create; status goes through its subresource."""
+        body = self.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"status"})
+        return {"apiVersion": self.api_version(), "kind": self.KIND, **body}
+
+    def status_patch(self) -> dict[str, Any]:
+        """A merge patch for the status subresource that sets the whole status."""
+        status = getattr(self, "status", None)
+        return {"status": status.to_dict() if isinstance(status, _Model) else {}}
+
+
+# --- UCloudJob ----------------------------------------------------------------
+
+
+class ApplicationRef(_Model):
+    name: str = Field(min_length=1)
+    version: str = Field(min_length=1)
+
+
+class ProductRef(_Model):
+    id: str = Field(min_length=1)
+    category: str = Field(min_length=1)
+    provider: str | None = None
+
+
+class SlurmPlacement(_Model):
+    partition: str | None = None
+    qos: str | None = None
+    account: str | None = None
+
+
+class JobResources(_Model):
+    nodes: int = Field(ge=1)
+    cpus_per_node: int = Field(ge=1)
+    memory_megabytes_per_node: int = Field(ge=1)
+    gpus_per_node: int | None = Field(default=None, ge=0)
+    time_limit_minutes: int | None = Field(default=None, ge=1)
+
+
+ParameterType = Literal[
+    "text", "integer", "floating_point", "boolean", "file", "peer", "license_server", "block_storage",
+    "network", "ingress", "private_network", "workflow", "modules", "api_server",
+]  # fmt: skip
+
+
+class ParameterValue(_Model):
+    """One AppParameterValue as UCloud sent it; only the keys ucim uses are kept."""
+
+    type: ParameterType
+    value: Any = None
+    path: str | None = None
+    read_only: bool | None = None
+    mount_path: str | None = None
+    hostname: str | None = None
+    job_id: str | None = None
+    id: str | None = None
+    modules: list[str] | None = None
+
+
+class UCloudJobSpec(_Model):
+    job_id: str = Field(min_length=1)
+    owner: str = Field(min_length=1)
+    project: str | None = None
+    cluster: str = Field(min_length=1)
+    application: ApplicationRef
+    product: ProductRef
+    slurm: SlurmPlacement | None = None
+    resources: JobResources
+    parameters: dict[str, ParameterValue] | None = None
+    terminate: bool | None = None
+
+
+class JobTransition(_Model):
+    state: JobState
+    timestamp: int  # epoch milliseconds, UCloud's unit
+    message: str | None = None
+
+
+class UCloudJobStatus(_Model):
+    observed_generation: int | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    state: JobState | None = None
+    slurm_job_id: int | None = None
+    slurm_state: str | None = None
+    reason: str | None = None
+    node_list: str | None = None
+    exit_code: int | None = None
+    submitted_at: datetime | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    job_folder: str | None = None
+    provider_generated_id: str | None = None
+    transitions: list[JobTransition] = Field(default_factory=list)
+    reported_transitions: int = 0
+
+
+class UCloudJob(_Resource):
+    KIND: ClassVar[str] = "UCloudJob"
+    PLURAL: ClassVar[str] = "ucloudjobs"
+
+    spec: UCloudJobSpec
+    status: UCloudJobStatus = Field(default_factory=UCloudJobStatus)
+
+    @staticmethod
+    def name_for(job_id: str) -> str:
+        """The deterministic object name for a UCloud job id (idempotent creates)."""
+        return dns_name("ucloud", job_id)
+
+
+# --- UserInstance -------------------------------------------------------------
+
+
+class UserInstanceSpec(_Model):
+    ucloud_username: str = Field(min_length=1)
+    cluster: str = Field(min_length=1)
+    local_user: str | None = None
+    uid: int | None = Field(default=None, ge=1)
+    idle_timeout_seconds: int = Field(default=1800, ge=0)
+
+
+class UserInstanceStatus(_Model):
+    observed_generation: int | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    endpoint: str | None = None
+    bridge: str | None = None
+    pid: int | None = None
+    started_at: datetime | None = None
+    last_activity_at: datetime | None = None
+    spawn_duration_seconds: float | None = None
+
+
+class UserInstance(_Resource):
+    KIND: ClassVar[str] = "UserInstance"
+    PLURAL: ClassVar[str] = "userinstances"
+
+    spec: UserInstanceSpec
+    status: UserInstanceStatus = Field(default_factory=UserInstanceStatus)
+
+    @staticmethod
+    def name_for(ucloud_username: str, cluster: str) -> str:
+        """The deterministic object name for a (UCloud user, cluster) pair."""
+        return dns_name(cluster, ucloud_username)
+
+
+# --- names --------------------------------------------------------------------
+
+_NOT_DNS = re.compile(r"[^a-z0-9-]+")
+
+
+def dns_name(prefix: str, key: str) -> str:
+    """A valid, stable object name for any string key.
+
+    UCloud usernames and job ids may hold characters (``#``, ``@``, upper case)
+    that object names cannot, and two keys may clean up to the same text, so a
+    short hash of the exact key is always appended.
+    """
+    readable = _NOT_DNS.sub("-", f"{prefix}-{key}".lower()).strip("-")[:50].rstrip("-")
+    digest = hashlib.sha256(key.encode()).hexdigest()[:8]
+    return f"{readable}-{digest}"

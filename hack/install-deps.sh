@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Install the Debian packages the local platform (hack/platform.py) needs:
+# Slurm 22.05 (controller, node daemon, client, accounting daemon), munge,
+# MariaDB for slurmdbd, and openssl for the Kubernetes PKI.
+#
+# Warm runs are ~0 s: when every package is already installed, neither
+# `apt-get update` nor `apt-get install` runs. Debian's policy-rc.d on these
+# machines keeps the packages from starting services; platform.py starts the
+# daemons itself, as plain processes under its run directory.
+set -euo pipefail
+
+pkgs=(slurmctld slurmd slurm-client slurmdbd munge mariadb-server openssl)
+
+missing=()
+for p in "${pkgs[@]}"; do
+  # dpkg-query exits 0 for removed-but-configured packages too, so read the status.
+  status=$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)
+  [[ $status == installed ]] || missing+=("$p")
+done
+
+if ((${#missing[@]} == 0)); then
+  echo "install-deps: all present (${pkgs[*]})"
+  exit 0
+fi
+
+if [[ $(id -u) -ne 0 ]]; then
+  echo "install-deps: missing ${missing[*]}; run this script as root" >&2
+  exit 1
+fi
+
+echo "install-deps: installing ${missing[*]}"
+start=$SECONDS
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "install-deps: done in $((SECONDS - start)) s"

@@ -1,0 +1,134 @@
+"""The local platform is real: the apiserver enforces our CRDs, Slurm runs jobs as their users."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.support.platform import Platform
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLES = REPO / "crds" / "samples"
+INVALID = sorted((SAMPLES / "invalid").glob("*.yaml"))
+
+
+def expected_message(sample: Path) -> str:
+    first = sample.read_text().splitlines()[0]
+    assert first.startswith("# expect: "), f"{sample.name} must start with '# expect: <message>'"
+    return first.removeprefix("# expect: ")
+
+
+def test_crds_are_established(platform: Platform) -> None:
+    for crd in ("ucloudjobs.ucim.io", "userinstances.ucim.io"):
+        conditions = platform.get("default", f"crd/{crd}")["status"]["conditions"]
+        assert {"type": "Established", "status": "True"}.items() <= next(
+            c for c in conditions if c["type"] == "Established"
+        ).items()
+
+
+def test_valid_samples_are_accepted(platform: Platform, namespace: str) -> None:
+    for sample in sorted((SAMPLES / "valid").glob("*.yaml")):
+        platform.kubectl("apply", "-n", namespace, "-f", str(sample))
+
+
+@pytest.mark.parametrize("sample", INVALID, ids=[p.stem for p in INVALID])
+def test_invalid_samples_are_rejected(platform: Platform, namespace: str, sample: Path) -> None:
+    result = platform.kubectl("apply", "-n", namespace, "-f", str(sample), check=False)
+    assert result.returncode != 0
+    assert expected_message(sample) in result.stderr
+
+
+def test_immutable_fields_cannot_change(platform: Platform, namespace: str) -> None:
+    platform.kubectl("apply", "-n", namespace, "-f", str(SAMPLES / "valid/ucloudjob.yaml"))
+    for patch, message in [
+        ({"spec": {"jobId": "other"}}, "jobId is immutable"),
+        ({"spec": {"owner": "bob"}}, "owner is immutable"),
+        ({"spec": {"resources": {"cpusPerNode": 8}}}, "resources are immutable"),
+    ]:
+        result = platform.patch(namespace, "ucloudjob/ucloud-4711", patch, check=False)
+        assert result.returncode != 0
+        assert message in result.stderr
+    platform.patch(namespace, "ucj/ucloud-4711", {"spec": {"terminate": True}})
+    result = platform.patch(namespace, "ucj/ucloud-4711", {"spec": {"terminate": False}}, check=False)
+    assert "terminate cannot be withdrawn" in result.stderr
+
+
+def test_uid_of_a_user_instance_is_set_once(platform: Platform, namespace: str) -> None:
+    platform.kubectl("apply", "-n", namespace, "-f", str(SAMPLES / "valid/userinstance.yaml"))
+    result = platform.patch(namespace, "ui/alice-1234-local", {"spec": {"uid": 1102}}, check=False)
+    assert "uid cannot change once it is mapped" in result.stderr
+
+
+def test_status_is_written_only_through_the_subresource(platform: Platform, namespace: str) -> None:
+    platform.kubectl("apply", "-n", namespace, "-f", str(SAMPLES / "valid/ucloudjob.yaml"))
+    status = {"status": {"state": "RUNNING", "slurmJobId": 17}}
+    platform.patch(namespace, "ucj/ucloud-4711", status)
+    assert "state" not in platform.get(namespace, "ucj/ucloud-4711").get("status", {}), "status must be ignored"
+    platform.patch(namespace, "ucj/ucloud-4711", status, status=True)
+    assert platform.get(namespace, "ucj/ucloud-4711")["status"]["state"] == "RUNNING"
+
+
+def test_kubectl_get_shows_the_columns(platform: Platform, namespace: str) -> None:
+    platform.kubectl("apply", "-n", namespace, "-f", str(SAMPLES / "valid/ucloudjob.yaml"))
+    platform.patch(namespace, "ucj/ucloud-4711", {"status": {"state": "IN_QUEUE", "slurmJobId": 4242}}, status=True)
+    lines = platform.kubectl("get", "ucloudjobs", "-A").stdout.splitlines()
+    assert lines[0].split() == ["NAMESPACE", "NAME", "STATE", "SLURM-ID", "OWNER", "APP", "AGE"]
+    row = next(line.split() for line in lines if namespace in line)
+    assert row[2:6] == ["IN_QUEUE", "4242", "alice#1234", "run-command"]
+
+    platform.kubectl("apply", "-n", namespace, "-f", str(SAMPLES / "valid/userinstance.yaml"))
+    header = platform.kubectl("get", "userinstances", "-n", namespace).stdout.splitlines()[0]
+    assert header.split() == ["NAME", "USER", "UID", "READY", "AGE"]
+    assert "ucim" in platform.kubectl("api-resources", "--categories=ucim", "-o", "name").stdout
+
+
+def test_kubectl_explain_documents_the_spec(platform: Platform) -> None:
+    out = platform.kubectl("explain", "ucloudjob.spec").stdout
+    for field in ("jobId", "owner", "application", "resources", "terminate", "The UCloud job id"):
+        assert field in out
+
+
+def test_controller_manager_collects_garbage(platform: Platform, namespace: str) -> None:
+    owner = yaml.safe_load((SAMPLES / "valid/userinstance.yaml").read_text())
+    platform.kubectl("apply", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(owner))
+    uid = platform.get(namespace, "ui/alice-1234-local")["metadata"]["uid"]
+    child = {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "child", "ownerReferences": [
+            {"apiVersion": "ucim.io/v1alpha1", "kind": "UserInstance", "name": "alice-1234-local", "uid": uid}
+        ]},
+    }  # fmt: skip
+    platform.kubectl("apply", "-n", namespace, "-f", "-", stdin=json.dumps(child))
+    platform.kubectl("delete", "-n", namespace, "ui", "alice-1234-local")
+    deadline = time.monotonic() + 30
+    while platform.kubectl("get", "-n", namespace, "configmap", "child", check=False).returncode == 0:
+        assert time.monotonic() < deadline, "the garbage collector did not delete the owned ConfigMap"
+        time.sleep(0.5)
+
+
+def test_alice_job_output_is_hers_and_bob_cannot_read_it(platform: Platform) -> None:
+    tag = uuid.uuid4().hex[:8]
+    out_file = f"/home/alice/ucim-it-{tag}.out"
+    script = f"#!/bin/bash\n#SBATCH --output={out_file}\n#SBATCH --time=1\nid -un\n"
+    script_path = f"/home/alice/ucim-it-{tag}.sh"
+    platform.run_as("alice", "tee", script_path, stdin=script)
+    job_id = platform.run_as("alice", "sbatch", "--parsable", "--chdir=/home/alice", script_path).stdout
+    job_id = job_id.strip()
+    deadline = time.monotonic() + 60
+    while True:
+        state = platform.run_as("alice", "squeue", "-h", "-j", job_id, "-o", "%T", check=False).stdout.strip()
+        if state in ("", "COMPLETED") and Path(out_file).exists():
+            break
+        assert time.monotonic() < deadline, f"job {job_id} did not finish (state {state!r})"
+        time.sleep(0.3)
+    stat = Path(out_file).stat()
+    assert stat.st_uid == int(platform.run_as("alice", "id", "-u").stdout)
+    assert Path(out_file).read_text().strip() == "alice"
+    denied = platform.run_as("bob", "cat", out_file, check=False)
+    assert denied.returncode != 0
+    assert "Permission denied" in denied.stderr

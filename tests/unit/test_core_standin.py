@@ -1,0 +1,449 @@
+"""The UCloud/Core stand-in speaks the documented protocol on both sides."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jwt
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from pytest_aiohttp import AiohttpClient
+
+from ucim.common.protocol import (
+    AppParameterValue,
+    Job,
+    JobState,
+    JobUpdate,
+    JobUpdateItem,
+    ProductReference,
+    decode_username,
+    dump,
+)
+from ucim.testing import CoreKeys, CoreStandIn, ProviderCallError, unsigned_token
+from ucim.testing.core_standin import _parse_args, _serve, compute_product, token_claims
+
+PROVIDER = "hippo"
+REFRESH_TOKEN = "refresh-0123456789"
+T0 = 1_767_225_600_000
+
+
+@pytest.fixture
+def core() -> CoreStandIn:
+    return CoreStandIn(PROVIDER, REFRESH_TOKEN, init_retry_delay=0.01)
+
+
+@pytest.fixture
+async def core_client(core: CoreStandIn, aiohttp_client: AiohttpClient) -> TestClient[Any, Any]:
+    return await aiohttp_client(core.app())
+
+
+def public_key_from_ucloud_key_pub(text: str) -> rsa.RSAPublicKey:
+    """Read the key the way a provider reads ucloud_key.pub: base64 DER SPKI, no headers."""
+    key = serialization.load_der_public_key(base64.b64decode(text.strip()))
+    assert isinstance(key, rsa.RSAPublicKey)
+    return key
+
+
+def decode(token: str, key: Any) -> dict[str, Any]:
+    claims: dict[str, Any] = jwt.decode(token, key, algorithms=["RS256"], audience="all:write", issuer="cloud.sdu.dk")
+    return claims
+
+
+async def access_token(client: TestClient[Any, Any]) -> str:
+    response = await client.post("/auth/providers/refresh", json={"items": [{"refreshToken": REFRESH_TOKEN}]})
+    assert response.status == 200
+    body = await response.json()
+    token: str = body["responses"][0]["accessToken"]
+    return token
+
+
+def update_body(job_id: str, state: str, timestamp: Any = T0) -> dict[str, Any]:
+    """An update request as a provider writes it; raw, so that tests can break it."""
+    update = dump(JobUpdate(timestamp=0)) | {"state": state, "timestamp": timestamp}
+    return {"items": [{"id": job_id, "update": update}]}
+
+
+# --- keys and tokens ----------------------------------------------------------
+
+
+def test_service_tokens_carry_cores_claims_and_verify_with_the_exported_key(core: CoreStandIn, tmp_path: Path) -> None:
+    core.write_public_key(tmp_path / "ucloud_key.pub")
+    core.write_public_key(tmp_path / "ucloud_crt.pem", fmt="pem")
+    der_key = public_key_from_ucloud_key_pub((tmp_path / "ucloud_key.pub").read_text())
+    pem_key = serialization.load_pem_public_key((tmp_path / "ucloud_crt.pem").read_bytes())
+
+    token = core.mint_service_token()
+
+    assert jwt.get_unverified_header(token)["alg"] == "RS256"
+    for key in (der_key, pem_key):
+        claims = decode(token, key)
+        assert claims["sub"] == "_UCloud"
+        assert claims["role"] == "SERVICE"
+        assert claims["principalType"] == "service"
+        assert claims["aud"] == ["all:write"]
+        assert claims["exp"] - claims["iat"] == 600
+
+
+def test_forged_service_tokens_fail_verification(core: CoreStandIn) -> None:
+    key = public_key_from_ucloud_key_pub(core.keys.public_key_b64())
+    forgeries = {
+        "another key": core.mint_service_token(signed_by=CoreKeys.generate()),
+        "expired": core.mint_service_token(expires_in=-60),
+        "another issuer": core.mint_service_token(issuer="evil.example"),
+        "unsigned": unsigned_token(token_claims(subject="_UCloud", role="SERVICE", principal_type="service")),
+    }
+    for reason, token in forgeries.items():
+        with pytest.raises(jwt.InvalidTokenError):
+            decode(token, key)
+            pytest.fail(f"{reason} token verified")
+
+
+def test_other_subject_or_role_is_signed_but_says_so(core: CoreStandIn) -> None:
+    key = public_key_from_ucloud_key_pub(core.keys.public_key_b64())
+    claims = decode(core.mint_service_token(subject="alice", role="USER"), key)
+    assert (claims["sub"], claims["role"]) == ("alice", "USER")
+
+
+def test_a_saved_key_is_loaded_again(tmp_path: Path) -> None:
+    path = tmp_path / "core.pem"
+    first = CoreKeys.load_or_create(path)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert CoreKeys.load_or_create(path).public_key_b64() == first.public_key_b64()
+
+
+# --- the Core endpoints -------------------------------------------------------
+
+
+async def test_refresh_hands_out_a_provider_token(core: CoreStandIn, core_client: TestClient[Any, Any]) -> None:
+    token = await access_token(core_client)
+
+    claims = decode(token, serialization.load_pem_public_key(core.keys.public_key_pem().encode()))
+    assert claims["sub"] == "#P_hippo"
+    assert claims["role"] == "PROVIDER"
+    assert claims["exp"] - claims["iat"] == 600
+    assert core.record.refresh_count == 1
+
+
+async def test_refresh_refuses_another_token(core: CoreStandIn, core_client: TestClient[Any, Any]) -> None:
+    response = await core_client.post("/auth/providers/refresh", json={"items": [{"refreshToken": "guess"}]})
+
+    assert response.status == 401
+    assert await response.json() == {"statusCode": 401, "why": "Unauthorized", "errorCode": "", "detailedCode": 0}
+    assert core.record.refresh_count == 0
+
+
+async def test_updates_are_recorded_in_order_per_job(core: CoreStandIn, core_client: TestClient[Any, Any]) -> None:
+    headers = {"Authorization": f"Bearer {await access_token(core_client)}"}
+    waiter = asyncio.create_task(core.wait_for_update("41", JobState.SUCCESS, timeout=2))
+
+    for job_id, state, at in [("41", "IN_QUEUE", T0), ("42", "RUNNING", T0 + 1), ("41", "RUNNING", T0 + 2)]:
+        response = await core_client.post(
+            "/api/jobs/control/update", json=update_body(job_id, state, at), headers=headers
+        )
+        assert response.status == 200
+    assert not waiter.done()
+    await core_client.post("/api/jobs/control/update", json=update_body("41", "SUCCESS", T0 + 3), headers=headers)
+
+    final = await waiter
+    assert final.timestamp == T0 + 3
+    assert [u.state for u in core.updates_for("41")] == [JobState.IN_QUEUE, JobState.RUNNING, JobState.SUCCESS]
+    assert [u.state for u in core.updates_for("42")] == [JobState.RUNNING]
+
+
+async def test_waiting_for_an_update_that_never_comes_times_out(core: CoreStandIn) -> None:
+    core.record.job_updates.append(JobUpdateItem(id="7", update=JobUpdate(state=JobState.RUNNING, timestamp=T0)))
+    with pytest.raises(TimeoutError, match="saw"):
+        await core.wait_for_update("7", JobState.SUCCESS, timeout=0.05)
+    assert (await core.wait_for_update("7", JobState.RUNNING, timeout=0.05)).timestamp == T0
+
+
+@pytest.mark.parametrize(
+    ("make_token", "status"),
+    [
+        (lambda core: None, 401),
+        (lambda core: core.mint_service_token(), 403),  # a valid Core token, but not a provider's
+        (lambda core: CoreStandIn(PROVIDER, REFRESH_TOKEN).mint_provider_token(), 401),  # another Core's key
+        (lambda core: core.mint_provider_token(expires_in=-1), 401),
+    ],
+)
+async def test_updates_need_this_providers_access_token(
+    core: CoreStandIn,
+    core_client: TestClient[Any, Any],
+    make_token: Callable[[CoreStandIn], str | None],
+    status: int,
+) -> None:
+    token = make_token(core)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    response = await core_client.post("/api/jobs/control/update", json=update_body("1", "RUNNING"), headers=headers)
+
+    assert response.status == status
+    assert (await response.json())["statusCode"] == status
+    assert core.record.job_updates == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        update_body("1", "RUNNING", timestamp=1.5),
+        update_body("1", "NOT_A_STATE"),
+        {"items": [{"id": "1", "update": {"state": "RUNNING", "timestamp": T0}}]},  # keys left out
+    ],
+)
+async def test_malformed_updates_are_refused(
+    core: CoreStandIn, core_client: TestClient[Any, Any], body: dict[str, Any]
+) -> None:
+    headers = {"Authorization": f"Bearer {await access_token(core_client)}"}
+
+    response = await core_client.post("/api/jobs/control/update", json=body, headers=headers)
+
+    assert response.status == 400
+    assert (await response.json())["why"].startswith("Invalid request supplied")
+    assert core.record.job_updates == []
+
+
+async def test_injected_failures_answer_5xx_for_a_number_of_requests(
+    core: CoreStandIn, core_client: TestClient[Any, Any]
+) -> None:
+    headers = {"Authorization": f"Bearer {await access_token(core_client)}"}
+    core.fail_requests(times=2, status=502)
+
+    statuses = []
+    for _ in range(3):
+        response = await core_client.post("/api/jobs/control/update", json=update_body("1", "RUNNING"), headers=headers)
+        statuses.append(response.status)
+
+    assert statuses == [502, 502, 200]
+    assert core.record.requests["/api/jobs/control/update"] == 3
+    assert len(core.updates_for("1")) == 1
+
+
+async def test_injected_failures_can_last_for_a_while(core: CoreStandIn, core_client: TestClient[Any, Any]) -> None:
+    headers = {"Authorization": f"Bearer {await access_token(core_client)}"}
+    core.fail_requests(seconds=0.1)
+
+    first = await core_client.post("/api/jobs/control/update", json=update_body("1", "RUNNING"), headers=headers)
+    await asyncio.sleep(0.15)
+    second = await core_client.post("/api/jobs/control/update", json=update_body("1", "RUNNING"), headers=headers)
+
+    assert (first.status, second.status) == (503, 200)
+
+
+async def test_injected_disconnects_drop_the_connection(core: CoreStandIn, core_client: TestClient[Any, Any]) -> None:
+    headers = {"Authorization": f"Bearer {await access_token(core_client)}"}
+    core.fail_requests(mode="disconnect", times=1)
+
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await core_client.post("/api/jobs/control/update", json=update_body("1", "RUNNING"), headers=headers)
+    response = await core_client.post("/api/jobs/control/update", json=update_body("1", "RUNNING"), headers=headers)
+    assert response.status == 200
+
+
+async def test_going_offline_refuses_connections_until_back_online(core: CoreStandIn) -> None:
+    async with core:
+        url = await core.start()
+        async with aiohttp.ClientSession() as session:
+            refresh = {"items": [{"refreshToken": REFRESH_TOKEN}]}
+            assert (await session.post(f"{url}/auth/providers/refresh", json=refresh)).status == 200
+
+            await core.go_offline()
+            with pytest.raises(aiohttp.ClientConnectionError):
+                await session.post(f"{url}/auth/providers/refresh", json=refresh)
+            async with aiohttp.ClientSession() as fresh:
+                with pytest.raises(aiohttp.ClientConnectorError):
+                    await fresh.post(f"{url}/auth/providers/refresh", json=refresh)
+
+            await core.go_online()
+            assert core.url == url
+            assert (await session.post(f"{url}/auth/providers/refresh", json=refresh)).status == 200
+
+
+async def test_products_and_connections_are_recorded(core: CoreStandIn, core_client: TestClient[Any, Any]) -> None:
+    headers = {"Authorization": f"Bearer {await access_token(core_client)}"}
+    product = compute_product(ProductReference(id="u1-2", category="u1", provider=PROVIDER), cpu=2)
+
+    responses = [
+        await core_client.post("/api/products/v2", json={"items": [dump(product)]}, headers=headers),
+        await core_client.post(
+            "/api/providers/integration/control/approveConnection", json={"username": "alice"}, headers=headers
+        ),
+        await core_client.post(
+            "/api/providers/integration/control/clearConnection", json={"username": "bob"}, headers=headers
+        ),
+    ]
+
+    assert [r.status for r in responses] == [200, 200, 200]
+    assert core.record.products == [product]
+    assert core.record.approved_connections == ["alice"]
+    assert core.record.cleared_connections == ["bob"]
+
+
+async def test_unknown_paths_answer_in_the_error_envelope(core_client: TestClient[Any, Any]) -> None:
+    response = await core_client.get("/api/nothing/here")
+    assert response.status == 404
+    assert (await response.json())["statusCode"] == 404
+
+
+# --- calling the provider -----------------------------------------------------
+
+
+@dataclass
+class FakeProvider:
+    """A provider whose users become ready after some init calls."""
+
+    public_key: Any
+    inits_until_ready: int = 2
+    job_calls: int = 0
+    init_calls: list[tuple[str, str | None]] = field(default_factory=list)  # (body username, header username)
+    ready: set[str] = field(default_factory=set)
+    received_jobs: list[dict[str, Any]] = field(default_factory=list)
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post(f"/ucloud/{PROVIDER}/jobs", self.create)
+        app.router.add_post(f"/ucloud/{PROVIDER}/integration/init", self.init)
+        app.router.add_get(f"/ucloud/{PROVIDER}/jobs/retrieveProducts", self.products)
+        return app
+
+    def authenticate(self, request: web.Request) -> str | None:
+        token = request.headers["Authorization"].removeprefix("Bearer ")
+        claims = decode(token, self.public_key)
+        assert (claims["sub"], claims["role"]) == ("_UCloud", "SERVICE")
+        header = request.headers.get("UCloud-Username")
+        return decode_username(header) if header else None
+
+    async def create(self, request: web.Request) -> web.Response:
+        user = self.authenticate(request)
+        self.job_calls += 1
+        if user not in self.ready:
+            return web.json_response({"why": "not ready"}, status=449)
+        items = (await request.json())["items"]
+        self.received_jobs.extend(items)
+        return web.json_response({"responses": [{"id": f"acct/{i + 100}/1"} for i, _ in enumerate(items)]})
+
+    async def init(self, request: web.Request) -> web.Response:
+        header_user = self.authenticate(request)
+        username = (await request.json())["username"]
+        self.init_calls.append((username, header_user))
+        if len(self.init_calls) >= self.inits_until_ready:
+            self.ready.add(username)
+        return web.json_response({})
+
+    async def products(self, request: web.Request) -> web.Response:
+        assert self.authenticate(request) is None
+        support = {"product": {"id": "u1-2", "category": "u1", "provider": PROVIDER}, "native": {"enabled": True}}
+        return web.json_response({"responses": [support]})
+
+
+@pytest.fixture
+async def provider(core: CoreStandIn, aiohttp_client: AiohttpClient) -> FakeProvider:
+    fake = FakeProvider(public_key=public_key_from_ucloud_key_pub(core.keys.public_key_b64()))
+    client = await aiohttp_client(fake.app())
+    core.provider_url = str(client.make_url("/"))
+    return fake
+
+
+async def test_user_not_ready_leads_to_init_and_a_retry(core: CoreStandIn, provider: FakeProvider) -> None:
+    job = core.make_job("4211", "alice#4821", parameters={"message": "hello", "count": 3})
+
+    async with core:
+        ids = await core.create_jobs([job])
+
+    assert [i.id for i in ids] == ["acct/100/1"]
+    assert provider.job_calls == 3  # 449, 449, then ready
+    assert provider.init_calls == [("alice#4821", "alice#4821"), ("alice#4821", "alice#4821")]
+    received = Job.model_validate(provider.received_jobs[0])
+    assert received == job
+    assert received.specification.parameters == {
+        "message": AppParameterValue.text("hello"),
+        "count": AppParameterValue.integer(3),
+    }
+
+
+async def test_the_retry_loop_gives_up_after_five_inits(core: CoreStandIn, provider: FakeProvider) -> None:
+    provider.inits_until_ready = 1_000
+
+    async with core:
+        response = await core.call_provider("POST", "jobs", json={"items": []}, username="bob")
+        with pytest.raises(ProviderCallError, match="449"):
+            response.raise_for_status()
+
+    assert response.status == 449
+    assert len(provider.init_calls) == 5
+    assert provider.job_calls == 6
+
+
+async def test_calls_without_a_user_are_not_retried(core: CoreStandIn, provider: FakeProvider) -> None:
+    async with core:
+        response = await core.call_provider("POST", "jobs", json={"items": []})
+
+    assert response.status == 449
+    assert provider.init_calls == []
+
+
+async def test_init_can_be_sent_without_the_username_header(core: CoreStandIn, provider: FakeProvider) -> None:
+    core.init_sends_username_header = False  # as the older Kotlin Core did
+    async with core:
+        await core.create_jobs([core.make_job("1", "carol")])
+    assert provider.init_calls == [("carol", None), ("carol", None)]
+
+
+async def test_retrieve_products_reads_the_support_flags(core: CoreStandIn, provider: FakeProvider) -> None:
+    async with core:
+        (support,) = await core.retrieve_products()
+    assert support.product.id == "u1-2"
+    assert support.native.enabled is True
+    assert support.native.logs is False
+
+
+def test_make_job_builds_what_core_sends(core: CoreStandIn) -> None:
+    job = core.make_job("9", "alice", ("jupyter", "4.0"), {"verbose": True}, project="p-1")
+    wire = dump(job)
+
+    assert Job.model_validate(wire) == job
+    assert wire["specification"]["product"]["provider"] == PROVIDER
+    assert wire["specification"]["parameters"]["verbose"]["type"] == "boolean"
+    assert wire["specification"]["timeAllocation"] == {"hours": 1, "minutes": 0, "seconds": 0}
+    assert wire["owner"] == {"createdBy": "alice", "project": "p-1"}
+    assert wire["status"]["resolvedApplication"]["invocation"]["tool"]["tool"]["description"]["backend"] == "NATIVE"
+    assert wire["status"]["resolvedSupport"]["support"]["native"] == {"enabled": True, "logs": True}
+    assert wire["status"]["jobParametersJson"]["request"]["application"] == {"name": "jupyter", "version": "4.0"}
+    assert isinstance(wire["createdAt"], int)
+
+
+# --- as a process -------------------------------------------------------------
+
+
+async def test_the_process_entry_point_serves_and_writes_its_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key_path = tmp_path / "ucloud_key.pub"
+    args = _parse_args(
+        f"--port 0 --provider-id {PROVIDER} --refresh-token {REFRESH_TOKEN} --write-public-key {key_path}".split()
+    )
+    server = asyncio.create_task(_serve(args))
+    try:
+        for _ in range(100):
+            if "listening on" in (out := capsys.readouterr().out):
+                break
+            await asyncio.sleep(0.02)
+        url = out.split("listening on ")[1].split()[0]
+        async with aiohttp.ClientSession() as session:
+            response = await session.post(
+                f"{url}/auth/providers/refresh", json={"items": [{"refreshToken": REFRESH_TOKEN}]}
+            )
+            token = (await response.json())["responses"][0]["accessToken"]
+        assert decode(token, public_key_from_ucloud_key_pub(key_path.read_text()))["sub"] == "#P_hippo"
+    finally:
+        server.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await server

@@ -1,0 +1,99 @@
+"""The typed resource models and the CRD schemas in crds/ describe the same fields."""
+
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from ucim.common.resources import UCloudJob, UCloudJobSpec, UserInstance, dns_name
+
+REPO = Path(__file__).resolve().parents[2]
+CRDS = REPO / "crds"
+
+
+def crd_schema(plural: str) -> dict[str, Any]:
+    crd = yaml.safe_load((CRDS / f"{plural}.ucim.io.yaml").read_text())
+    (version,) = crd["spec"]["versions"]
+    return dict(version["schema"]["openAPIV3Schema"])
+
+
+def nested_model(annotation: Any) -> type[BaseModel] | None:
+    """The model inside X, X | None, list[X] or dict[str, X], if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = nested_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def assert_same_fields(model: type[BaseModel], schema: dict[str, Any], where: str) -> None:
+    if "items" in schema:
+        schema = schema["items"]
+    if "additionalProperties" in schema:
+        schema = schema["additionalProperties"]
+    properties = schema.get("properties", {})
+    aliases = {field.alias or name: field for name, field in model.model_fields.items()}
+    assert set(aliases) == set(properties), f"{where}: model and CRD disagree"
+    for alias, field in aliases.items():
+        inner = nested_model(field.annotation)
+        if inner is not None:
+            assert_same_fields(inner, properties[alias], f"{where}.{alias}")
+
+
+@pytest.mark.parametrize("model", [UCloudJob, UserInstance])
+def test_models_match_crd_schemas(model: type[UCloudJob] | type[UserInstance]) -> None:
+    schema = crd_schema(model.PLURAL)
+    for part in ("spec", "status"):
+        inner = nested_model(model.model_fields[part].annotation)
+        assert inner is not None
+        assert_same_fields(inner, schema["properties"][part], f"{model.KIND}.{part}")
+
+
+@pytest.mark.parametrize("model", [UCloudJob, UserInstance])
+def test_crd_names_match_models(model: type[UCloudJob] | type[UserInstance]) -> None:
+    crd = yaml.safe_load((CRDS / f"{model.PLURAL}.ucim.io.yaml").read_text())
+    assert crd["spec"]["names"]["kind"] == model.KIND
+    assert crd["spec"]["group"] == model.GROUP
+    assert crd["spec"]["versions"][0]["name"] == model.VERSION
+    assert crd["spec"]["names"]["categories"] == ["ucim"]
+
+
+def test_valid_samples_parse_and_round_trip() -> None:
+    for path in sorted((CRDS / "samples" / "valid").glob("*.yaml")):
+        obj = yaml.safe_load(path.read_text())
+        model = {"UCloudJob": UCloudJob, "UserInstance": UserInstance}[obj["kind"]]
+        assert model.from_obj(obj).to_manifest() == obj, path.name
+
+
+def test_manifest_leaves_status_to_the_subresource() -> None:
+    job = UCloudJob.from_obj(yaml.safe_load((CRDS / "samples/valid/ucloudjob.yaml").read_text()))
+    job.status.slurm_job_id = 42
+    assert "status" not in job.to_manifest()
+    assert job.status_patch()["status"]["slurmJobId"] == 42
+
+
+def test_models_reject_what_the_crd_rejects() -> None:
+    sample = yaml.safe_load((CRDS / "samples/valid/ucloudjob.yaml").read_text())["spec"]
+    sample["resources"]["cpusPerNode"] = 0
+    with pytest.raises(ValidationError):
+        UCloudJobSpec.model_validate(sample)
+
+
+@pytest.mark.parametrize("key", ["alice#1234", "Alice@Example.org", "x" * 300, "ÆØÅ", "--"])
+def test_dns_names_are_valid_and_stable(key: str) -> None:
+    name = dns_name("local", key)
+    assert len(name) <= 63
+    assert name == dns_name("local", key)
+    assert all(c in "abcdefghijklmnopqrstuvwxyz0123456789-" for c in name)
+    assert name[0].isalnum() and name[-1].isalnum()
+
+
+def test_dns_names_keep_distinct_keys_apart() -> None:
+    assert dns_name("local", "Alice") != dns_name("local", "alice")

@@ -1,0 +1,972 @@
+"""A UCloud/Core stand-in that speaks the provider protocol, for tests and the demo.
+
+It plays both halves of Core that a provider meets:
+
+* the server a provider calls: ``POST /auth/providers/refresh``,
+  ``POST /api/jobs/control/update``, ``POST /api/products/v2`` and
+  ``POST /api/providers/integration/control/{approve,clear}Connection``.
+  Everything received is recorded, and failures can be injected to test
+  redelivery;
+* the client that calls the provider at ``/ucloud/<providerId>/...`` with a
+  fresh RS256 service JWT and, on 449/503 for a user, the
+  ``integration/init`` + retry loop Core runs (5 attempts, 500 ms apart).
+
+Facts (paths, claims, retry counts) come from docs/protocol.md; wire shapes from
+``ucim.common.protocol``. Run it as a process with
+``python -m ucim.testing.core_standin --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import hmac
+import json as json_lib  # `json` is the name of call_provider's body argument
+import signal
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, Self, TypeVar
+
+import aiohttp
+import jwt
+from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from pydantic import BaseModel, ValidationError
+
+from ucim.common.protocol import (
+    AccessTokenAndCsrf,
+    AccountingUnit,
+    Application,
+    ApplicationInvocation,
+    ApplicationMetadata,
+    ApplicationParameter,
+    AppParameterValue,
+    BulkRequest,
+    BulkResponse,
+    ConnectResponse,
+    FindByStringId,
+    FindByUsername,
+    IntegrationManifest,
+    InvocationParameter,
+    Job,
+    JobSpecification,
+    JobState,
+    JobStatus,
+    JobSupport,
+    JobUpdate,
+    JobUpdateItem,
+    NameAndVersion,
+    ProductCategory,
+    ProductReference,
+    ProductV2,
+    RefreshTokenItem,
+    ResolvedSupport,
+    ResourceOwner,
+    SimpleDuration,
+    Tool,
+    ToolDescription,
+    ToolReference,
+    UniversalBackendSupport,
+    dump,
+    encode_username,
+    error_body,
+    now_ms,
+)
+
+ISSUER = "cloud.sdu.dk"
+AUDIENCE = "all:write"
+SERVICE_SUBJECT = "_UCloud"
+PROVIDER_SUBJECT_PREFIX = "#P_"
+TOKEN_LIFETIME_SECONDS = 600
+USERNAME_HEADER = "UCloud-Username"
+# Core answers these by calling integration/init and retrying (core2 orchestrator.go).
+USER_NOT_READY_STATUSES = frozenset({449, 503})
+INIT_RETRY_ATTEMPTS = 5
+INIT_RETRY_DELAY_SECONDS = 0.5
+PROVIDER_CALL_TIMEOUT_SECONDS = 5.0
+
+M = TypeVar("M", bound=BaseModel)
+
+
+# --- keys and tokens ----------------------------------------------------------
+
+
+class CoreKeys:
+    """The per-provider RSA-2048 key pair Core holds; it signs every JWT Core mints."""
+
+    def __init__(self, private_key: rsa.RSAPrivateKey) -> None:
+        self._private_key = private_key
+
+    @classmethod
+    def generate(cls) -> Self:
+        return cls(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+
+    @classmethod
+    def from_pem(cls, pem: bytes) -> Self:
+        key = serialization.load_pem_private_key(pem, password=None)
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise TypeError("the Core key must be an RSA private key")
+        return cls(key)
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> Self:
+        """Load a PEM private key, or create and save one, so a demo keeps its key across restarts."""
+        if path.exists():
+            return cls.from_pem(path.read_bytes())
+        keys = cls.generate()
+        path.touch(mode=0o600)
+        path.write_bytes(keys.private_key_pem())
+        return keys
+
+    def private_key_pem(self) -> bytes:
+        return self._private_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+
+    def public_key_pem(self) -> str:
+        """The public key as PEM (``ucloud_crt.pem`` style configuration)."""
+        return (
+            self._private_key.public_key()
+            .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+            .decode("ascii")
+        )
+
+    def public_key_b64(self) -> str:
+        """The public key as Core hands it out: base64 DER SPKI, no headers (``ucloud_key.pub``)."""
+        der = self._private_key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        return base64.b64encode(der).decode("ascii")
+
+    def sign(self, claims: Mapping[str, Any]) -> str:
+        return jwt.encode(dict(claims), self._private_key, algorithm="RS256")
+
+    def verify(self, token: str) -> dict[str, Any]:
+        """Decode a token Core minted; raises ``jwt.InvalidTokenError`` otherwise."""
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            self._private_key.public_key(),
+            algorithms=["RS256"],
+            audience=AUDIENCE,
+            issuer=ISSUER,
+            options={"require": ["exp", "iat", "sub", "iss", "aud"]},
+        )
+        return claims
+
+
+def token_claims(
+    *,
+    subject: str,
+    role: str,
+    principal_type: str,
+    expires_in: float = TOKEN_LIFETIME_SECONDS,
+    issued_at: float | None = None,
+    issuer: str = ISSUER,
+    audience: Sequence[str] = (AUDIENCE,),
+) -> dict[str, Any]:
+    """The claims of a Core JWT (core2 auth_providers.go); every argument can be bent for forgeries."""
+    now = int(time.time() if issued_at is None else issued_at)
+    return {
+        "sub": subject,
+        "role": role,
+        "principalType": principal_type,
+        "aud": list(audience),
+        "iss": issuer,
+        "iat": now,
+        "exp": now + int(expires_in),
+    }
+
+
+def unsigned_token(claims: Mapping[str, Any]) -> str:
+    """An ``alg: none`` token, the classic forgery a verifier must refuse."""
+    return jwt.encode(dict(claims), key="", algorithm="none")
+
+
+# --- what the stand-in saw ----------------------------------------------------
+
+
+@dataclass
+class CoreRecord:
+    """Everything providers sent to the stand-in, in arrival order."""
+
+    refresh_count: int = 0
+    job_updates: list[JobUpdateItem] = field(default_factory=list)
+    products: list[ProductV2] = field(default_factory=list)
+    approved_connections: list[str] = field(default_factory=list)
+    cleared_connections: list[str] = field(default_factory=list)
+    # Requests per path, failed ones included: shows how often a provider retried.
+    requests: Counter[str] = field(default_factory=Counter)
+    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    def updates_for(self, job_id: str) -> list[JobUpdate]:
+        return [item.update for item in self.job_updates if item.id == job_id]
+
+    async def add_job_updates(self, items: Iterable[JobUpdateItem]) -> None:
+        async with self.changed:
+            self.job_updates.extend(items)
+            self.changed.notify_all()
+
+    async def wait_for_update(self, job_id: str, state: JobState, timeout: float) -> JobUpdate:  # noqa: ASYNC109
+        def matching() -> list[JobUpdate]:
+            return [update for update in self.updates_for(job_id) if update.state == state]
+
+        try:
+            async with asyncio.timeout(timeout), self.changed:
+                # wait_for returns the predicate's first truthy value: a non-empty list.
+                return (await self.changed.wait_for(matching))[0]
+        except TimeoutError:
+            seen = [update.state for update in self.updates_for(job_id)]
+            raise TimeoutError(f"no {state} update for job {job_id} within {timeout}s; saw {seen}") from None
+
+
+# --- failure injection --------------------------------------------------------
+
+FailureMode = Literal["status", "disconnect"]
+
+
+@dataclass
+class FailureRule:
+    """Fail requests to ``path`` (None: every path) by status or by dropping the connection."""
+
+    path: str | None
+    mode: FailureMode
+    status: int
+    remaining: int | None  # requests still to fail; None: no count limit
+    until: float | None  # time.monotonic() deadline; None: no time limit
+
+    def applies(self, path: str, now: float) -> bool:
+        if self.path is not None and self.path != path:
+            return False
+        if self.until is not None and now >= self.until:
+            return False
+        return self.remaining is None or self.remaining > 0
+
+
+@dataclass
+class FailurePlan:
+    rules: list[FailureRule] = field(default_factory=list)
+
+    def add(self, rule: FailureRule) -> None:
+        self.rules.append(rule)
+
+    def clear(self) -> None:
+        self.rules.clear()
+
+    def take(self, path: str) -> FailureRule | None:
+        """The rule that fails this request, if any, counting it against the rule's budget."""
+        now = time.monotonic()
+        rule = next((r for r in self.rules if r.applies(path, now)), None)
+        if rule is not None and rule.remaining is not None:
+            rule.remaining -= 1
+        return rule
+
+
+# --- Core → provider responses ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProviderResponse:
+    status: int
+    body: Any  # parsed JSON, text, or None when empty
+    headers: Mapping[str, str]
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    def raise_for_status(self) -> None:
+        if not self.ok:
+            raise ProviderCallError(self.status, self.body)
+
+
+class ProviderCallError(Exception):
+    """The provider answered a Core call with a non-2xx status."""
+
+    def __init__(self, status: int, body: Any) -> None:
+        why = body.get("why") if isinstance(body, dict) else body
+        super().__init__(f"provider answered {status}: {why}")
+        self.status = status
+        self.body = body
+
+
+# --- the stand-in -------------------------------------------------------------
+
+
+class CoreStandIn:
+    """UCloud/Core as one provider sees it: a server it calls and a client that calls it."""
+
+    def __init__(
+        self,
+        provider_id: str,
+        refresh_token: str,
+        *,
+        keys: CoreKeys | None = None,
+        provider_url: str | None = None,
+        init_retry_attempts: int = INIT_RETRY_ATTEMPTS,
+        init_retry_delay: float = INIT_RETRY_DELAY_SECONDS,
+        init_sends_username_header: bool = True,
+        call_timeout: float = PROVIDER_CALL_TIMEOUT_SECONDS,
+        strict_wire: bool = True,
+    ) -> None:
+        self.provider_id = provider_id
+        self.refresh_token = refresh_token
+        self.keys = keys or CoreKeys.generate()
+        # Base URL of the provider's public endpoint, e.g. http://127.0.0.1:8889
+        self.provider_url = provider_url
+        self.init_retry_attempts = init_retry_attempts
+        self.init_retry_delay = init_retry_delay
+        # core2 sends init with UCloud-Username; the older Kotlin Core sent it without.
+        self.init_sends_username_header = init_sends_username_header
+        self.call_timeout = call_timeout
+        # Also refuse JobUpdates with keys left out, which Go never does (Option is written as null).
+        self.strict_wire = strict_wire
+        self.record = CoreRecord()
+        self.failures = FailurePlan()
+        self.jobs: dict[str, Job] = {}  # jobs sent to the provider, by id
+        self._session: aiohttp.ClientSession | None = None
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._listen: tuple[str, int] | None = None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        await self.stop()
+
+    # --- tokens ---
+
+    def mint_service_token(
+        self,
+        *,
+        subject: str = SERVICE_SUBJECT,
+        role: str = "SERVICE",
+        principal_type: str = "service",
+        expires_in: float = TOKEN_LIFETIME_SECONDS,
+        issued_at: float | None = None,
+        issuer: str = ISSUER,
+        audience: Sequence[str] = (AUDIENCE,),
+        signed_by: CoreKeys | None = None,
+        extra_claims: Mapping[str, Any] | None = None,
+    ) -> str:
+        """The JWT Core sends to providers. The arguments forge bad ones: another key, expired, ..."""
+        claims = token_claims(
+            subject=subject,
+            role=role,
+            principal_type=principal_type,
+            expires_in=expires_in,
+            issued_at=issued_at,
+            issuer=issuer,
+            audience=audience,
+        )
+        claims.update(extra_claims or {})
+        return (signed_by or self.keys).sign(claims)
+
+    def mint_provider_token(self, *, expires_in: float = TOKEN_LIFETIME_SECONDS) -> str:
+        """The access token ``/auth/providers/refresh`` hands to the provider."""
+        return self.keys.sign(
+            token_claims(
+                subject=PROVIDER_SUBJECT_PREFIX + self.provider_id,
+                role="PROVIDER",
+                principal_type="provider",
+                expires_in=expires_in,
+            )
+        )
+
+    def write_public_key(self, path: Path, fmt: Literal["ucloud", "pem"] = "ucloud") -> None:
+        """Write the public key as a provider is configured with it."""
+        text = self.keys.public_key_pem() if fmt == "pem" else self.keys.public_key_b64() + "\n"
+        path.write_text(text)
+
+    # --- what was received ---
+
+    def updates_for(self, job_id: str) -> list[JobUpdate]:
+        """Every JobUpdate received for ``job_id``, in arrival order."""
+        return self.record.updates_for(job_id)
+
+    async def wait_for_update(
+        self,
+        job_id: str,
+        state: JobState,
+        timeout: float = 5.0,  # noqa: ASYNC109 - a test helper's budget
+    ) -> JobUpdate:
+        """The first update that moved ``job_id`` to ``state``, waiting for it if needed."""
+        return await self.record.wait_for_update(job_id, state, timeout)
+
+    # --- failure injection ---
+
+    def fail_requests(
+        self,
+        path: str | None = "/api/jobs/control/update",
+        *,
+        times: int | None = None,
+        seconds: float | None = None,
+        status: int = 503,
+        mode: FailureMode = "status",
+    ) -> None:
+        """Fail requests to ``path`` for the next ``times`` requests and/or ``seconds``.
+
+        With neither limit the failure lasts until ``clear_failures()``.
+        ``mode="disconnect"`` closes the connection without an answer.
+        """
+        until = None if seconds is None else time.monotonic() + seconds
+        self.failures.add(FailureRule(path=path, mode=mode, status=status, remaining=times, until=until))
+
+    def clear_failures(self) -> None:
+        self.failures.clear()
+
+    # --- serving ---
+
+    def app(self) -> web.Application:
+        return init_app(self)
+
+    @property
+    def url(self) -> str:
+        if self._listen is None:
+            raise RuntimeError("the stand-in is not serving; call start() first")
+        host, port = self._listen
+        return f"http://{host}:{port}"
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Serve the Core endpoints in the running loop; returns the base URL."""
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        self._listen = (host, port)
+        await self.go_online()
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        self._runner = self._site = None
+        self._listen = None
+
+    async def go_offline(self) -> None:
+        """Refuse connections (listener closed) and drop kept-alive ones, until ``go_online()``."""
+        self.fail_requests(None, mode="disconnect")
+        if self._site is not None:
+            await self._site.stop()
+            self._site = None
+
+    async def go_online(self) -> None:
+        if self._runner is None or self._listen is None:
+            raise RuntimeError("the stand-in is not serving; call start() first")
+        self.failures.rules = [r for r in self.failures.rules if not (r.path is None and r.mode == "disconnect")]
+        if self._site is None:
+            host, port = self._listen
+            self._site = web.TCPSite(self._runner, host, port)
+            await self._site.start()
+            if port == 0:  # keep the port the OS chose, so going online again reuses it
+                self._listen = (host, self._runner.addresses[0][1])
+
+    # --- calling the provider ---
+
+    def provider_endpoint(self, path: str) -> str:
+        """``path`` relative to ``/ucloud/<providerId>/`` (or a full ``/ucloud/...`` path) as a URL."""
+        if self.provider_url is None:
+            raise RuntimeError("provider_url is not set")
+        if not path.startswith("/ucloud/"):
+            path = f"/ucloud/{self.provider_id}/{path.lstrip('/')}".rstrip("/")
+        return self.provider_url.rstrip("/") + path
+
+    async def call_provider(
+        self,
+        method: str,
+        path: str,
+        json: Any = None,
+        username: str | None = None,
+    ) -> ProviderResponse:
+        """Call the provider as Core does, including the user-not-ready loop.
+
+        When the call is made for a user and the provider answers 449 (or 503),
+        Core calls ``integration/init {"username"}``, sleeps, and retries: at most
+        ``init_retry_attempts`` times. The last answer is returned as it is.
+        """
+        headers = {} if username is None else {USERNAME_HEADER: encode_username(username)}
+        attempt = 0
+        while True:
+            attempt += 1
+            response = await self._send(method, self.provider_endpoint(path), json, headers)
+            user_not_ready = response.status in USER_NOT_READY_STATUSES
+            if username is None or not user_not_ready or attempt > self.init_retry_attempts:
+                return response
+            await self._init_user(username, headers)
+            await asyncio.sleep(self.init_retry_delay)
+
+    async def _init_user(self, username: str, headers: Mapping[str, str]) -> None:
+        init_headers = headers if self.init_sends_username_header else {}
+        # Core ignores the outcome of init; the retry tells whether it worked.
+        with contextlib.suppress(aiohttp.ClientError):
+            await self._send("POST", self.provider_endpoint("integration/init"), {"username": username}, init_headers)
+
+    async def _send(self, method: str, url: str, body: Any, headers: Mapping[str, str]) -> ProviderResponse:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.call_timeout))
+        all_headers = {"Authorization": f"Bearer {self.mint_service_token()}", **headers}
+        async with self._session.request(method, url, json=body, headers=all_headers) as response:
+            text = await response.text()
+            return ProviderResponse(response.status, _json_or_text(text), dict(response.headers))
+
+    async def create_jobs(self, jobs: Sequence[Job], username: str | None = None) -> list[FindByStringId]:
+        """``POST /ucloud/<id>/jobs``; returns one ``{id: providerGeneratedId}`` per job."""
+        for job in jobs:
+            self.jobs[job.id] = job
+        response = await self.call_provider(
+            "POST", "jobs", dump(BulkRequest[Job](items=list(jobs))), username or _owner_of(jobs)
+        )
+        return _parse_ok(response, BulkResponse[FindByStringId]).responses
+
+    async def terminate_jobs(self, jobs: Sequence[Job], username: str | None = None) -> None:
+        response = await self.call_provider(
+            "POST", "jobs/terminate", dump(BulkRequest[Job](items=list(jobs))), username or _owner_of(jobs)
+        )
+        response.raise_for_status()
+
+    async def retrieve_products(self) -> list[JobSupport]:
+        """``GET /ucloud/<id>/jobs/retrieveProducts``, which Core polls to learn the support flags."""
+        response = await self.call_provider("GET", "jobs/retrieveProducts")
+        return _parse_ok(response, BulkResponse[JobSupport]).responses
+
+    async def connect(self, username: str) -> ConnectResponse:
+        response = await self.call_provider("POST", "integration/connect", dump(FindByUsername(username=username)))
+        return _parse_ok(response, ConnectResponse)
+
+    async def retrieve_manifest(self) -> IntegrationManifest:
+        response = await self.call_provider("GET", "integration/retrieveManifest")
+        return _parse_ok(response, IntegrationManifest)
+
+    def make_job(
+        self,
+        job_id: str,
+        owner: str,
+        application: NameAndVersion | tuple[str, str] = ("hello-world", "1.0"),
+        parameters: Mapping[str, ParameterInput] | None = None,
+        product: ProductReference | None = None,
+        **options: Any,
+    ) -> Job:
+        """``make_job()`` with this stand-in's provider id in the product reference."""
+        options.setdefault("provider", self.provider_id)
+        return make_job(job_id, owner, application, parameters, product, **options)
+
+
+def _json_or_text(text: str) -> Any:
+    """A provider's answer body: JSON when it parses (whatever the content type), else the text."""
+    if not text:
+        return None
+    try:
+        return json_lib.loads(text)
+    except ValueError:
+        return text
+
+
+def _owner_of(jobs: Sequence[Job]) -> str | None:
+    """Core calls the provider on behalf of the job's owner."""
+    if not jobs or not jobs[0].owner.created_by:
+        return None
+    return jobs[0].owner.created_by
+
+
+def _parse_ok(response: ProviderResponse, model: type[M]) -> M:
+    response.raise_for_status()
+    return model.model_validate(response.body if response.body is not None else {})
+
+
+# --- realistic jobs -----------------------------------------------------------
+
+ParameterInput = AppParameterValue | str | bool | int | float
+
+# The ApplicationParameter type that takes each value type (VerifyParameterType).
+_PARAMETER_TYPE_FOR_VALUE = {
+    "text": "text",
+    "integer": "integer",
+    "floating_point": "floating_point",
+    "boolean": "boolean",
+    "file": "input_file",
+    "peer": "peer",
+    "license_server": "license_server",
+    "network": "network_ip",
+    "ingress": "ingress",
+    "private_network": "private_network",
+    "modules": "modules",
+}
+
+
+def as_parameter_value(value: ParameterInput) -> AppParameterValue:
+    """Wrap a plain Python value the way the UCloud web client would send it."""
+    if isinstance(value, AppParameterValue):
+        return value
+    if isinstance(value, bool):  # before int: bool is an int
+        return AppParameterValue.boolean(value)
+    if isinstance(value, int):
+        return AppParameterValue.integer(value)
+    if isinstance(value, float):
+        return AppParameterValue.floating_point(value)
+    return AppParameterValue.text(value)
+
+
+def default_application(
+    application: NameAndVersion,
+    parameters: Mapping[str, AppParameterValue],
+    time_allocation: SimpleDuration | None = None,
+) -> Application:
+    """A plain native batch application that takes ``parameters`` as variables."""
+    tool = Tool(
+        owner="ucloud",
+        created_at=now_ms(),
+        modified_at=now_ms(),
+        description=ToolDescription(
+            info=application,
+            title=application.name,
+            backend="NATIVE",
+            default_time_allocation=time_allocation or SimpleDuration(hours=1),
+        ),
+    )
+    return Application(
+        metadata=ApplicationMetadata(
+            name=application.name, version=application.version, title=application.name, created_at=now_ms()
+        ),
+        invocation=ApplicationInvocation(
+            tool=ToolReference(name=application.name, version=application.version, tool=tool),
+            invocation=[InvocationParameter(type="word", word=application.name)]
+            + [InvocationParameter(type="var", variable_names=[name]) for name in parameters],
+            parameters=[
+                ApplicationParameter(type=_PARAMETER_TYPE_FOR_VALUE.get(value.type, value.type), name=name, title=name)
+                for name, value in parameters.items()
+            ],
+            application_type="BATCH",
+        ),
+    )
+
+
+def compute_product(reference: ProductReference, cpu: int = 1, memory_in_gigs: int = 4) -> ProductV2:
+    """A Slurm-style compute product accounted in core-minutes."""
+    return ProductV2(
+        type="compute",
+        category=ProductCategory(
+            name=reference.category,
+            provider=reference.provider,
+            product_type="COMPUTE",
+            accounting_unit=AccountingUnit(name="Core", name_plural="Cores", display_frequency_suffix=True),
+            accounting_frequency="PERIODIC_MINUTE",
+        ),
+        name=reference.id,
+        description="A compute product",
+        product_type="COMPUTE",
+        price=cpu,
+        cpu=cpu,
+        memory_in_gigs=memory_in_gigs,
+    )
+
+
+def make_job(
+    job_id: str,
+    owner: str,
+    application: NameAndVersion | tuple[str, str] = ("hello-world", "1.0"),
+    parameters: Mapping[str, ParameterInput] | None = None,
+    product: ProductReference | None = None,
+    *,
+    time_allocation: SimpleDuration | None = None,
+    provider: str = "ucim",
+    project: str | None = None,
+    name: str = "",
+    replicas: int = 1,
+    resources: Sequence[AppParameterValue] | None = None,
+    labels: Mapping[str, str] | None = None,
+    created_at: int | None = None,
+    resolved_application: Application | None = None,
+    resolved_product: ProductV2 | None = None,
+) -> Job:
+    """A job as Core sends it to ``POST /ucloud/<id>/jobs``: resolved application, product and support included."""
+    if isinstance(application, NameAndVersion):
+        app_ref = application
+    else:
+        app_ref = NameAndVersion(name=application[0], version=application[1])
+    product = product or ProductReference(id="cpu-1", category="cpu", provider=provider)
+    values = {key: as_parameter_value(value) for key, value in (parameters or {}).items()}
+    time_allocation = time_allocation or SimpleDuration(hours=1)
+    resolved_product = resolved_product or compute_product(product)
+    support = JobSupport(product=product, native=UniversalBackendSupport(enabled=True, logs=True))
+    specification = JobSpecification(
+        product=product,
+        labels=dict(labels) if labels is not None else None,
+        application=app_ref,
+        name=name,
+        replicas=replicas,
+        parameters=values,
+        resources=list(resources) if resources is not None else None,
+        time_allocation=time_allocation,
+    )
+    return Job(
+        id=job_id,
+        created_at=created_at if created_at is not None else now_ms(),
+        owner=ResourceOwner(created_by=owner, project=project),
+        specification=specification,
+        status=JobStatus(
+            state=JobState.IN_QUEUE,
+            job_parameters_json=_exported_parameters(specification, resolved_product, support),
+            resolved_application=resolved_application or default_application(app_ref, values, time_allocation),
+            resolved_product=resolved_product,
+            resolved_support=ResolvedSupport[JobSupport](product=resolved_product, support=support, features=[]),
+        ),
+    )
+
+
+def _exported_parameters(spec: JobSpecification, product: ProductV2, support: JobSupport) -> dict[str, Any]:
+    """``status.jobParametersJson``: the request as the user made it, as Core stores it."""
+    wire = dump(spec)
+    request = {
+        "application": wire["application"],
+        "product": wire["product"],
+        "name": spec.name,
+        "replicas": spec.replicas,
+        "parameters": wire["parameters"],
+        "resources": wire["resources"],
+        "timeAllocation": wire["timeAllocation"],
+        "resolvedProduct": dump(product),
+        "resolvedSupport": dump(support),
+        "allowDuplicateJob": False,
+        "sshEnabled": False,
+    }
+    return {
+        "siteVersion": 3,
+        "request": request,
+        "resolvedResources": {"ingress": None},
+        "machineType": {"cpu": product.cpu, "memoryInGigs": product.memory_in_gigs, "gpu": product.gpu},
+    }
+
+
+# --- the Core endpoints (server side) -----------------------------------------
+
+
+class _CoreHttpError(Exception):
+    """Answer the request with ``status`` and the protocol's error envelope."""
+
+    def __init__(self, status: int, why: str) -> None:
+        super().__init__(why)
+        self.status = status
+        self.why = why
+
+
+def _error_response(status: int, why: str) -> web.Response:
+    return web.json_response(error_body(status, why), status=status)
+
+
+def _ok(model: BaseModel | None = None) -> web.Response:
+    return web.json_response(dump(model) if model is not None else {})
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def _error_envelope(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error, ours or aiohttp's (404, 405, ...), leaves in the protocol's envelope."""
+    try:
+        return await handler(request)
+    except _CoreHttpError as refusal:
+        return _error_response(refusal.status, refusal.why)
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        return _error_response(error.status, error.reason)
+
+
+@web.middleware
+async def _injected_failures(request: web.Request, handler: Handler) -> web.StreamResponse:
+    core = request.app[CORE_STANDIN]
+    core.record.requests[request.path] += 1
+    rule = core.failures.take(request.path)
+    if rule is None:
+        return await handler(request)
+    if rule.mode == "disconnect":
+        if request.transport is not None:
+            request.transport.abort()
+        return web.Response(status=rule.status)  # never reaches the client
+    return _error_response(rule.status, "Injected failure")
+
+
+def _require_provider(request: web.Request) -> None:
+    """Accept only the access tokens this Core minted for its provider, as Core's auth does."""
+    core = request.app[CORE_STANDIN]
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise _CoreHttpError(401, "Unauthorized")
+    try:
+        claims = core.keys.verify(token)
+    except jwt.InvalidTokenError:
+        raise _CoreHttpError(401, "Unauthorized") from None
+    if claims.get("role") != "PROVIDER" or claims.get("sub") != PROVIDER_SUBJECT_PREFIX + core.provider_id:
+        raise _CoreHttpError(403, "Forbidden")
+
+
+async def _read_json(request: web.Request) -> Any:
+    if not request.can_read_body:
+        raise _CoreHttpError(400, "No request body found")
+    try:
+        return await request.json()
+    except ValueError:
+        raise _CoreHttpError(400, "Invalid request supplied") from None
+
+
+def _validate(model: type[M], raw: Any) -> M:
+    try:
+        return model.model_validate(raw)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise _CoreHttpError(400, f"Invalid request supplied: {where}: {first['msg']}") from None
+
+
+_JOB_UPDATE_KEYS = frozenset(dump(JobUpdate(timestamp=0)))
+
+
+def _check_every_update_key_written(raw: Any) -> None:
+    items = (raw.get("items") or []) if isinstance(raw, dict) else []
+    for item in items:
+        update = item.get("update") if isinstance(item, dict) else None
+        missing = sorted(_JOB_UPDATE_KEYS - set(update)) if isinstance(update, dict) else []
+        if missing:
+            raise _CoreHttpError(400, f"Invalid request supplied: JobUpdate without keys {missing} (Go writes null)")
+
+
+async def _refresh(request: web.Request) -> web.Response:
+    core = request.app[CORE_STANDIN]
+    body = _validate(BulkRequest[RefreshTokenItem], await _read_json(request))
+    tokens = []
+    for item in body.items:
+        if not hmac.compare_digest(item.refresh_token.encode(), core.refresh_token.encode()):
+            raise _CoreHttpError(401, "Unauthorized")
+        tokens.append(AccessTokenAndCsrf(access_token=core.mint_provider_token()))
+        core.record.refresh_count += 1
+    return _ok(BulkResponse[AccessTokenAndCsrf](responses=tokens))
+
+
+async def _job_update(request: web.Request) -> web.Response:
+    core = request.app[CORE_STANDIN]
+    _require_provider(request)
+    raw = await _read_json(request)
+    if core.strict_wire:
+        _check_every_update_key_written(raw)
+    body = _validate(BulkRequest[JobUpdateItem], raw)
+    await core.record.add_job_updates(body.items)
+    return _ok()
+
+
+async def _register_products(request: web.Request) -> web.Response:
+    core = request.app[CORE_STANDIN]
+    _require_provider(request)
+    body = _validate(BulkRequest[ProductV2], await _read_json(request))
+    core.record.products.extend(body.items)
+    return _ok()
+
+
+async def _approve_connection(request: web.Request) -> web.Response:
+    core = request.app[CORE_STANDIN]
+    _require_provider(request)
+    body = _validate(FindByUsername, await _read_json(request))
+    core.record.approved_connections.append(body.username)
+    return _ok()
+
+
+async def _clear_connection(request: web.Request) -> web.Response:
+    core = request.app[CORE_STANDIN]
+    _require_provider(request)
+    body = _validate(FindByUsername, await _read_json(request))
+    core.record.cleared_connections.append(body.username)
+    return _ok()
+
+
+async def _state(request: web.Request) -> web.Response:
+    """Read-only view of what was recorded, for the demo (not a Core endpoint)."""
+    record = request.app[CORE_STANDIN].record
+    return web.json_response(
+        {
+            "refreshCount": record.refresh_count,
+            "jobUpdates": [dump(item) for item in record.job_updates],
+            "products": [dump(product) for product in record.products],
+            "approvedConnections": record.approved_connections,
+            "clearedConnections": record.cleared_connections,
+        }
+    )
+
+
+CORE_STANDIN = web.AppKey("ucim_core_standin", CoreStandIn)
+
+
+def init_app(core: CoreStandIn) -> web.Application:
+    """The Core endpoints a provider calls, backed by ``core``."""
+    app = web.Application(middlewares=[_error_envelope, _injected_failures])
+    app[CORE_STANDIN] = core
+    app.router.add_post("/auth/providers/refresh", _refresh)
+    app.router.add_post("/api/jobs/control/update", _job_update)
+    app.router.add_post("/api/products/v2", _register_products)
+    app.router.add_post("/api/providers/integration/control/approveConnection", _approve_connection)
+    app.router.add_post("/api/providers/integration/control/clearConnection", _clear_connection)
+    app.router.add_get("/_standin/state", _state)
+    return app
+
+
+# --- running as a process -----------------------------------------------------
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m ucim.testing.core_standin", description="A UCloud/Core stand-in for tests and the demo."
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--provider-id", required=True)
+    parser.add_argument("--refresh-token", required=True, help="the refresh token the provider is configured with")
+    parser.add_argument("--private-key", type=Path, help="PEM private key; created there when missing")
+    parser.add_argument("--write-public-key", type=Path, help="write the public key here for the provider")
+    parser.add_argument(
+        "--public-key-format",
+        choices=["ucloud", "pem"],
+        default="ucloud",
+        help="ucloud: base64 DER without headers (ucloud_key.pub); pem: ucloud_crt.pem style",
+    )
+    parser.add_argument("--provider-url", help="the provider's public base URL (for calls to it)")
+    return parser.parse_args(argv)
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    keys = CoreKeys.load_or_create(args.private_key) if args.private_key else CoreKeys.generate()
+    async with CoreStandIn(args.provider_id, args.refresh_token, keys=keys, provider_url=args.provider_url) as core:
+        if args.write_public_key:
+            core.write_public_key(args.write_public_key, args.public_key_format)
+        url = await core.start(args.host, args.port)
+        print(f"UCloud/Core stand-in for provider {args.provider_id!r} listening on {url}", flush=True)
+        if args.write_public_key:
+            print(f"public key written to {args.write_public_key}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(signum)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    asyncio.run(_serve(_parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()

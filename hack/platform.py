@@ -21,9 +21,16 @@ bind them to one):
   private home, and ``nologinuser`` (1103) for negative tests.
 
 Everything lives in ``$UCIM_RUN_DIR`` (default ``/var/tmp/ucim-platform``): configs, PKI,
-data, ``pids/`` and ``logs/`` (one log per daemon); the Kubernetes binaries in
-``$UCIM_CACHE/bin`` (default ``~/.cache/ucim``). Ports are picked once and stored there, so a restart keeps the
-same URLs. Daemons run in their own sessions, so they outlive the shell that started them.
+data, ``pids/`` and ``logs/`` (one log per daemon). Ports are picked once and stored there
+(``ports.json``), so a restart keeps the same URLs. The Kubernetes binaries stay in
+``$UCIM_CACHE/bin`` (default ``~/.cache/ucim``). Daemons run in their own sessions, so they
+outlive the shell that started them.
+
+``<run>/platform.env`` holds ``KEY=value`` lines (use ``set -a; . <run>/platform.env; set +a``):
+KUBECONFIG, SLURM_CONF, UCIM_RUN_DIR, UCIM_BIN_DIR (kubectl, etcd, ...), UCIM_KUBE_SERVER,
+UCIM_KUBE_CA, UCIM_SA_KEY and UCIM_SA_ISSUER (to mint service-account tokens), UCIM_K8S_VERSION,
+UCIM_SLURM_CLUSTER and UCIM_SLURM_ACCOUNT. Run Slurm commands as a user with
+``runuser -u alice -- sbatch ...`` (it keeps SLURM_CONF; ``su -`` drops it).
 
 The script uses the standard library only: it runs before the project is pip-installed.
 """
@@ -114,6 +121,7 @@ def run(
     result = subprocess.run(
         [str(a) for a in argv],
         input=input_text,
+        stdin=None if input_text is not None else subprocess.DEVNULL,  # never wait on a terminal
         capture_output=True,
         text=True,
         timeout=timeout,

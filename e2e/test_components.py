@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.platform import Platform
+from ucim.testing.core_standin import CoreKeys
 
 
 def free_port() -> int:
@@ -53,7 +54,12 @@ COMPONENTS = {
 def component(request: pytest.FixtureRequest, platform: Platform, ucim_namespace: str) -> Iterator[tuple[str, int]]:
     command: str = request.param
     port = free_port()
-    env = {**platform.process_env(), COMPONENTS[command]: str(port), "UCIM_LOG_FORMAT": "json"}
+    env = {
+        **platform.process_env(),
+        COMPONENTS[command]: str(port),
+        "UCIM_LOG_FORMAT": "json",
+        "UCIM_GATEWAY_CORE_PUBLIC_KEY": CoreKeys.generate().public_key_b64(),
+    }
     proc = subprocess.Popen([command], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         wait_healthy(f"http://127.0.0.1:{port}/healthz", proc)

@@ -2,16 +2,50 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from aiohttp import web
 
+from ucim.common.kube import Kube
 from ucim.common.observability import add_health_routes
+from ucim.gateway.auth import CoreVerifier, load_public_key, read_public_key
+from ucim.gateway.errors import error_middleware
+from ucim.gateway.instances import Instances
+from ucim.gateway.middlewares import VERIFIER, auth_middleware, metrics_middleware
 from ucim.gateway.settings import GatewaySettings
+from ucim.gateway.views import INSTANCES, KUBE, SETTINGS, setup_routes
 
-SETTINGS = web.AppKey("settings", GatewaySettings)
+
+def core_verifier(settings: GatewaySettings) -> CoreVerifier:
+    if settings.core_public_key is not None:
+        key = load_public_key(settings.core_public_key.get_secret_value())
+    elif settings.core_public_key_file is not None:
+        key = read_public_key(settings.core_public_key_file)
+    else:
+        raise ValueError("set UCIM_GATEWAY_CORE_PUBLIC_KEY_FILE (or _CORE_PUBLIC_KEY): Core's public key is required")
+    return CoreVerifier(key, settings.core_issuer, settings.jwt_leeway_seconds)
 
 
-def init_app(settings: GatewaySettings) -> web.Application:
-    app = web.Application()
+async def kubernetes(app: web.Application) -> AsyncIterator[None]:
+    """The Kubernetes client lives as long as the application."""
+    settings = app[SETTINGS]
+    kube = await Kube.connect(settings.kubeconfig)
+    app[KUBE] = kube
+    app[INSTANCES] = Instances(kube, settings.namespace, settings.cluster, settings.idle_timeout_seconds)
+    yield
+    await kube.close()
+
+
+def init_app(settings: GatewaySettings, kube: Kube | None = None) -> web.Application:
+    """The gateway. Tests may pass a connected ``kube``; otherwise it connects at start-up."""
+    app = web.Application(middlewares=[metrics_middleware, error_middleware, auth_middleware])
     app[SETTINGS] = settings
+    app[VERIFIER] = core_verifier(settings)
+    if kube is None:
+        app.cleanup_ctx.append(kubernetes)
+    else:
+        app[KUBE] = kube
+        app[INSTANCES] = Instances(kube, settings.namespace, settings.cluster, settings.idle_timeout_seconds)
     add_health_routes(app)
+    setup_routes(app, settings.provider_id)
     return app

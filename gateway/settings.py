@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar
 
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
+from ucim.common.products import DEFAULT_MACHINE_TYPES, MachineType
 from ucim.common.settings import ComponentSettings
 
 
@@ -20,3 +23,20 @@ class GatewaySettings(ComponentSettings):
     provider_id: str = "ucim"
     # The namespace that holds our UCloudJob and UserInstance resources.
     namespace: str = "ucim"
+    # The cluster (slurm_bridge) new jobs and instances go to.
+    cluster: str = "local"
+    kubeconfig: str | None = None
+
+    # Core's public key: a file holding PEM or the `ucloud_key.pub` form (base64 DER, no headers).
+    core_public_key_file: Path | None = None
+    core_public_key: SecretStr | None = Field(default=None, description="the key itself, instead of a file")
+    core_issuer: str = "cloud.sdu.dk"
+    # Seconds of clock difference tolerated when checking exp/iat.
+    jwt_leeway_seconds: int = 30
+
+    machine_types: list[MachineType] = Field(default_factory=lambda: list(DEFAULT_MACHINE_TYPES))
+    # How long integration/init waits for an instance to become Ready (Core retries 5 x 500 ms).
+    init_wait_seconds: float = 2.0
+    # How long job creation waits for the submission, so an sbatch rejection comes back as a 400.
+    submit_wait_seconds: float = 5.0
+    idle_timeout_seconds: int = 1800

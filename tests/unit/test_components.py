@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 from pytest_aiohttp import AiohttpClient
 
+from tests.support.fake_kube import FakeKube
+from ucim.common.kube import Kube
 from ucim.common.observability import health_app
 from ucim.gateway.app import init_app
 from ucim.gateway.settings import GatewaySettings
+from ucim.testing.core_standin import CoreKeys
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 async def test_gateway_serves_health_and_metrics(aiohttp_client: AiohttpClient) -> None:
-    client = await aiohttp_client(init_app(GatewaySettings()))
+    settings = GatewaySettings(core_public_key=SecretStr(CoreKeys.generate().public_key_b64()))
+    client = await aiohttp_client(init_app(settings, kube=typing.cast(Kube, FakeKube())))
     assert (await client.get("/healthz")).status == 200
     assert (await client.get("/readyz")).status == 200
     metrics = await (await client.get("/metrics")).text()

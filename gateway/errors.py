@@ -1,0 +1,44 @@
+"""Every error leaves the gateway in UCloud's envelope: ``{statusCode, why, errorCode, detailedCode}``."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from ucim.common.protocol import error_body
+
+log = logging.getLogger(__name__)
+
+
+class ProviderError(Exception):
+    """A request that cannot be served, with the HTTP status and a readable reason for Core."""
+
+    def __init__(self, status: int, why: str, error_code: str = "") -> None:
+        super().__init__(why)
+        self.status = status
+        self.why = why
+        self.error_code = error_code
+
+
+def error_response(status: int, why: str, error_code: str = "") -> web.Response:
+    return web.json_response(error_body(status, why, error_code), status=status)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ProviderError as error:
+        return error_response(error.status, error.why, error.error_code)
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        return error_response(error.status, error.reason)
+    except json.JSONDecodeError as error:
+        return error_response(400, f"request body is not valid JSON: {error}")
+    except Exception:
+        log.exception("unhandled error", extra={"path": request.path})
+        return error_response(500, "internal server error")

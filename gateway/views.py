@@ -1,0 +1,176 @@
+"""The provider API that UCloud/Core calls, under /ucloud/<provider>/.
+
+Routing follows the protocol: a call that names an end user (``UCloud-Username``
+or ``usernameHint``) needs that user's instance Ready, or is answered 449 so
+that Core runs ``integration/init`` and retries; ``integration/*`` is served
+whatever the headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from ucim.common.conditions import find_condition
+from ucim.common.kube import ConflictError, Kube, NotFoundError
+from ucim.common.protocol import (
+    BulkRequest,
+    BulkResponse,
+    Empty,
+    FindByStringId,
+    FindByUsername,
+    IntegrationManifest,
+    Job,
+    JobSupport,
+    dump,
+)
+from ucim.common.reasons import SUBMITTED
+from ucim.common.resources import UCloudJob
+from ucim.gateway.auth import acting_username
+from ucim.gateway.errors import ProviderError
+from ucim.gateway.instances import Instances, MappingRefusedError
+from ucim.gateway.jobs import to_ucloud_job
+from ucim.gateway.settings import GatewaySettings
+
+SETTINGS = web.AppKey("settings", GatewaySettings)
+KUBE = web.AppKey("kube", Kube)
+INSTANCES = web.AppKey("instances", Instances)
+
+M = TypeVar("M", bound=BaseModel)
+SUBMIT_POLL_INTERVAL = 0.02
+
+
+async def parse(request: web.Request, model: type[M]) -> M:
+    """The request body as ``model``, or a 400 that says what is wrong with it."""
+    if not request.body_exists:
+        raise ProviderError(400, "no request body found")
+    try:
+        return model.model_validate_json(await request.read())
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in error.errors()[:5])
+        raise ProviderError(400, f"invalid request: {problems}") from error
+
+
+def ok(model: BaseModel) -> web.Response:
+    return web.json_response(dump(model))
+
+
+async def require_ready_user(request: web.Request) -> str | None:
+    """The acting user, whose instance must be Ready; None for a server-to-server call."""
+    username = acting_username(request)
+    if username is not None and not await request.app[INSTANCES].is_ready(username):
+        raise ProviderError(449, f"the instance of {username} is not ready; call integration/init")
+    return username
+
+
+# --- integration ------------------------------------------------------------------
+
+
+async def integration_init(request: web.Request) -> web.Response:
+    body = await parse(request, FindByUsername)
+    if not body.username:
+        raise ProviderError(400, "username is required")
+    instances = request.app[INSTANCES]
+    await instances.ensure(body.username)
+    try:
+        async with asyncio.timeout(request.app[SETTINGS].init_wait_seconds):
+            await instances.wait_ready(body.username)
+    except MappingRefusedError as error:
+        raise ProviderError(403, f"{body.username} cannot use this provider: {error}") from error
+    except TimeoutError:
+        pass  # Core retries the original call; the instance keeps starting meanwhile.
+    return ok(Empty())
+
+
+async def retrieve_manifest(_: web.Request) -> web.Response:
+    return ok(IntegrationManifest(enabled=True, expire_after_ms=None))
+
+
+# --- jobs ---------------------------------------------------------------------------
+
+
+async def create_jobs(request: web.Request) -> web.Response:
+    await require_ready_user(request)
+    body = await parse(request, BulkRequest[Job])
+    settings, kube = request.app[SETTINGS], request.app[KUBE]
+    wanted = [
+        to_ucloud_job(
+            job,
+            namespace=settings.namespace,
+            cluster=settings.cluster,
+            provider_id=settings.provider_id,
+            machines=settings.machine_types,
+        )
+        for job in body.items
+    ]
+    for job in wanted:
+        # The same UCloud job again finds the existing resource: creation is idempotent.
+        with contextlib.suppress(ConflictError):
+            await kube.create(job, settings.namespace)
+    rejections = await wait_for_submissions(kube, settings.namespace, wanted, settings.submit_wait_seconds)
+    if len(wanted) == 1 and rejections:
+        # Core shows a single job's error to the user; the job never existed in Slurm, so keep nothing.
+        await kube.delete(UCloudJob, settings.namespace, wanted[0].metadata.name)
+        raise ProviderError(400, rejections[wanted[0].metadata.name])
+    return ok(BulkResponse[FindByStringId](responses=[FindByStringId(id=job.metadata.name) for job in wanted]))
+
+
+async def wait_for_submissions(kube: Kube, namespace: str, jobs: list[UCloudJob], wait: float) -> dict[str, str]:
+    """Wait (bounded) until each job is submitted or rejected; the rejections' messages by name."""
+    pending = {job.metadata.name for job in jobs}
+    rejected: dict[str, str] = {}
+    try:
+        async with asyncio.timeout(wait):
+            while pending:
+                for name in sorted(pending):
+                    current = await kube.get(UCloudJob, namespace, name)
+                    condition = find_condition(current.status.conditions, SUBMITTED) if current else None
+                    if condition is not None and condition.status != "Unknown":
+                        pending.discard(name)
+                        if condition.status == "False":
+                            rejected[name] = condition.message
+                if pending:
+                    await asyncio.sleep(SUBMIT_POLL_INTERVAL)
+    except TimeoutError:
+        pass  # still queued for submission: Core hears the outcome through job updates
+    return rejected
+
+
+async def terminate_jobs(request: web.Request) -> web.Response:
+    await require_ready_user(request)
+    body = await parse(request, BulkRequest[Job])
+    settings, kube = request.app[SETTINGS], request.app[KUBE]
+    for job in body.items:
+        try:
+            await kube.patch(UCloudJob, settings.namespace, UCloudJob.name_for(job.id), {"spec": {"terminate": True}})
+        except NotFoundError as error:
+            raise ProviderError(404, f"unknown job {job.id}") from error
+    return ok(BulkResponse[Empty](responses=[Empty() for _ in body.items]))
+
+
+async def retrieve_products(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    supports = [machine.support(settings.provider_id) for machine in settings.machine_types]
+    return ok(BulkResponse[JobSupport](responses=supports))
+
+
+async def not_supported(request: web.Request) -> web.Response:
+    operation = request.match_info.get("operation", "this operation")
+    raise ProviderError(400, f"{operation} of jobs is not supported by this provider")
+
+
+def setup_routes(app: web.Application, provider_id: str) -> None:
+    base = f"/ucloud/{provider_id}"
+    app.router.add_post(f"{base}/integration/init", integration_init)
+    app.router.add_get(f"{base}/integration/retrieveManifest", retrieve_manifest)
+    app.router.add_post(f"{base}/jobs", create_jobs)
+    app.router.add_post(f"{base}/jobs/terminate", terminate_jobs)
+    app.router.add_get(f"{base}/jobs/retrieveProducts", retrieve_products)
+    app.router.add_post(f"{base}/jobs/{{operation:extend|suspend|unsuspend}}", not_supported)
+
+
+__all__ = ["INSTANCES", "KUBE", "SETTINGS", "setup_routes"]

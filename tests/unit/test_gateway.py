@@ -1,0 +1,211 @@
+"""The gateway's protocol surface, with Kubernetes faked in memory (the integration tier uses the real one)."""
+
+from __future__ import annotations
+
+import typing
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from pydantic import SecretStr
+from pytest_aiohttp import AiohttpClient
+
+from tests.support.fake_kube import FakeKube
+from ucim.common.kube import Kube
+from ucim.common.protocol import dump, encode_username
+from ucim.common.resources import UCloudJob, UserInstance
+from ucim.gateway.app import init_app
+from ucim.gateway.settings import GatewaySettings
+from ucim.testing import CoreStandIn
+from ucim.testing.core_standin import CoreKeys, token_claims, unsigned_token
+
+PROVIDER = "ucim"
+NAMESPACE = "ucim"
+
+
+@pytest.fixture
+def core() -> CoreStandIn:
+    return CoreStandIn(PROVIDER, "refresh-token")
+
+
+@pytest.fixture
+def kube() -> FakeKube:
+    return FakeKube()
+
+
+@pytest.fixture
+async def client(core: CoreStandIn, kube: FakeKube, aiohttp_client: AiohttpClient) -> TestClient[Any, Any]:
+    settings = GatewaySettings(
+        core_public_key=SecretStr(core.keys.public_key_b64()),
+        provider_id=PROVIDER,
+        namespace=NAMESPACE,
+        init_wait_seconds=0.1,
+        submit_wait_seconds=0.1,
+    )
+    return await aiohttp_client(init_app(settings, kube=typing.cast(Kube, kube)))
+
+
+def headers(core: CoreStandIn, username: str | None = None, token: str | None = None) -> dict[str, str]:
+    result = {"Authorization": f"Bearer {token if token is not None else core.mint_service_token()}"}
+    if username is not None:
+        result["UCloud-Username"] = encode_username(username)
+    return result
+
+
+async def make_ready(kube: FakeKube, username: str) -> None:
+    name = UserInstance.name_for(username, "local")
+    ready = {
+        "type": "Ready",
+        "status": "True",
+        "reason": "InstanceServing",
+        "message": "",
+        "lastTransitionTime": "2026-01-01T00:00:00Z",
+    }
+    if await kube.get(UserInstance, NAMESPACE, name) is None:
+        await kube.create(
+            UserInstance.from_obj(
+                {"metadata": {"name": name}, "spec": {"ucloudUsername": username, "cluster": "local"}}
+            ),
+            NAMESPACE,
+        )
+    await kube.patch_status(UserInstance, NAMESPACE, name, {"conditions": [ready]})
+
+
+async def test_probes_and_metrics_need_no_token(client: TestClient[Any, Any]) -> None:
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert (await client.get(path)).status == 200
+
+
+@pytest.mark.parametrize(
+    "forge",
+    [
+        lambda core: "",
+        lambda core: "not-a-jwt",
+        lambda core: core.mint_service_token(signed_by=CoreKeys.generate()),
+        lambda core: core.mint_service_token(expires_in=-120),
+        lambda core: core.mint_service_token(subject="alice"),
+        lambda core: core.mint_service_token(role="USER"),
+        lambda core: core.mint_service_token(issuer="evil.example"),
+        lambda core: unsigned_token(token_claims(subject="_UCloud", role="SERVICE", principal_type="service")),
+    ],
+    ids=["empty", "garbage", "wrong-key", "expired", "wrong-sub", "wrong-role", "wrong-issuer", "alg-none"],
+)
+async def test_bad_tokens_get_401_with_a_reason(client: TestClient[Any, Any], core: CoreStandIn, forge: Any) -> None:
+    response = await client.get(
+        f"/ucloud/{PROVIDER}/jobs/retrieveProducts", headers=headers(core, "alice", forge(core))
+    )
+    assert response.status == 401
+    body = await response.json()
+    assert body["statusCode"] == 401 and body["why"]
+
+
+async def test_username_header_without_jwt_is_refused(client: TestClient[Any, Any]) -> None:
+    response = await client.post(
+        f"/ucloud/{PROVIDER}/jobs", headers={"UCloud-Username": encode_username("alice")}, json={}
+    )
+    assert response.status == 401
+
+
+async def test_retrieve_products_lists_the_machine_types(client: TestClient[Any, Any], core: CoreStandIn) -> None:
+    response = await client.get(f"/ucloud/{PROVIDER}/jobs/retrieveProducts", headers=headers(core))
+    assert response.status == 200
+    supports = (await response.json())["responses"]
+    assert {s["product"]["id"] for s in supports} == {"cpu-1", "cpu-2", "short-1"}
+    assert supports[0]["native"] == {"enabled": True}
+    assert supports[0]["docker"] == {}
+
+
+async def test_user_without_a_ready_instance_gets_449(client: TestClient[Any, Any], core: CoreStandIn) -> None:
+    job = core.make_job("1", "alice")
+    response = await client.post(
+        f"/ucloud/{PROVIDER}/jobs", headers=headers(core, "alice"), json={"items": [dump(job)]}
+    )
+    assert response.status == 449
+
+
+async def test_init_creates_the_instance_whatever_the_headers(
+    client: TestClient[Any, Any], core: CoreStandIn, kube: FakeKube
+) -> None:
+    response = await client.post(
+        f"/ucloud/{PROVIDER}/integration/init", headers=headers(core, "alice#1234"), json={"username": "alice#1234"}
+    )
+    assert response.status == 200
+    instance = await kube.get(UserInstance, NAMESPACE, UserInstance.name_for("alice#1234", "local"))
+    assert instance is not None and instance.spec.ucloud_username == "alice#1234"
+
+
+async def test_init_reports_a_refused_mapping(client: TestClient[Any, Any], core: CoreStandIn, kube: FakeKube) -> None:
+    await client.post(f"/ucloud/{PROVIDER}/integration/init", headers=headers(core), json={"username": "root"})
+    refused = {
+        "type": "Mapped",
+        "status": "False",
+        "reason": "MappingRefused",
+        "message": "uid 0 is below the minimum 1000",
+        "lastTransitionTime": "2026-01-01T00:00:00Z",
+    }
+    await kube.patch_status(UserInstance, NAMESPACE, UserInstance.name_for("root", "local"), {"conditions": [refused]})
+    response = await client.post(
+        f"/ucloud/{PROVIDER}/integration/init", headers=headers(core), json={"username": "root"}
+    )
+    assert response.status == 403
+    assert "below the minimum" in (await response.json())["why"]
+
+
+async def test_create_is_idempotent_per_ucloud_job_id(
+    client: TestClient[Any, Any], core: CoreStandIn, kube: FakeKube
+) -> None:
+    await make_ready(kube, "alice")
+    job = core.make_job("4711", "alice", ("run-command", "1"), {"command": "echo hi"})
+    for _ in range(2):
+        response = await client.post(
+            f"/ucloud/{PROVIDER}/jobs", headers=headers(core, "alice"), json={"items": [dump(job)]}
+        )
+        assert response.status == 200
+        assert (await response.json())["responses"] == [{"id": UCloudJob.name_for("4711")}]
+    jobs = [key for key in kube.objects if key[0] == "ucloudjobs"]
+    assert len(jobs) == 1
+    stored = await kube.get(UCloudJob, NAMESPACE, UCloudJob.name_for("4711"))
+    assert stored is not None
+    assert stored.spec.slurm is not None and stored.spec.slurm.partition == "normal"
+    assert stored.spec.parameters is not None and stored.spec.parameters["command"].value == "echo hi"
+
+
+async def test_unknown_product_is_a_readable_400(
+    client: TestClient[Any, Any], core: CoreStandIn, kube: FakeKube
+) -> None:
+    await make_ready(kube, "alice")
+    job = core.make_job("1", "alice")
+    job.specification.product.id = "gpu-9000"
+    response = await client.post(
+        f"/ucloud/{PROVIDER}/jobs", headers=headers(core, "alice"), json={"items": [dump(job)]}
+    )
+    assert response.status == 400
+    assert "Unknown product 'gpu-9000'" in (await response.json())["why"]
+    assert not [key for key in kube.objects if key[0] == "ucloudjobs"]
+
+
+async def test_invalid_body_is_a_readable_400(client: TestClient[Any, Any], core: CoreStandIn, kube: FakeKube) -> None:
+    await make_ready(kube, "alice")
+    response = await client.post(
+        f"/ucloud/{PROVIDER}/jobs", headers=headers(core, "alice"), json={"items": [{"id": "1"}]}
+    )
+    assert response.status == 400
+    assert "Invalid request: items.0.createdAt" in (await response.json())["why"]
+
+
+async def test_terminate_marks_the_job(client: TestClient[Any, Any], core: CoreStandIn, kube: FakeKube) -> None:
+    await make_ready(kube, "alice")
+    job = core.make_job("77", "alice")
+    await client.post(f"/ucloud/{PROVIDER}/jobs", headers=headers(core, "alice"), json={"items": [dump(job)]})
+    response = await client.post(
+        f"/ucloud/{PROVIDER}/jobs/terminate", headers=headers(core, "alice"), json={"items": [dump(job)]}
+    )
+    assert response.status == 200
+    stored = await kube.get(UCloudJob, NAMESPACE, UCloudJob.name_for("77"))
+    assert stored is not None and stored.spec.terminate is True
+
+
+async def test_extension_is_refused_in_words(client: TestClient[Any, Any], core: CoreStandIn) -> None:
+    response = await client.post(f"/ucloud/{PROVIDER}/jobs/extend", headers=headers(core), json={"items": []})
+    assert response.status == 400
+    assert "not supported" in (await response.json())["why"]

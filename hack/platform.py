@@ -893,6 +893,8 @@ ReturnToService=2
 MailProg=/bin/true
 MinJobAge=300
 KillWait=5
+# Refuse at sbatch time a job that breaks a partition limit, instead of leaving it pending forever.
+EnforcePartLimits=ALL
 PrivateData=jobs,usage
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost

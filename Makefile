@@ -2,7 +2,7 @@
 SHELL := bash
 .DEFAULT_GOAL := help
 PYTHON ?= python3
-PLATFORM := $(PYTHON) hack/platform.py
+PLATFORM := $(PYTHON) hack/local_platform.py
 PYTEST := $(PYTHON) -m pytest
 
 .PHONY: help
@@ -38,7 +38,7 @@ lint: ## ruff and mypy (the layering contract is a unit test)
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
 	$(PYTHON) -m mypy -p ucim
-	$(PYTHON) -m mypy hack/platform.py tests e2e conftest.py
+	$(PYTHON) -m mypy hack/local_platform.py hack/demo.py tests e2e bench conftest.py
 
 .PHONY: test-unit
 test-unit: ## Unit tests: no processes, fast

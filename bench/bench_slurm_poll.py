@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How long one monitoring cycle takes: ``SlurmClient.poll()`` with 0, 100 and 1000 tracked jobs.
 
-Runs against the real Slurm of the local platform (``python3 hack/platform.py up``), as root,
+Runs against the real Slurm of the local platform (``python3 hack/local_platform.py up``), as root,
 like the bridge. It submits *held* jobs (``sbatch -H``: they never run and take no resources),
 grows the queue to each size, times ``poll()`` over all tracked jobs and, for comparison, the
 other single-call queries a poll could be built on, then cancels every job it submitted (one
@@ -31,7 +31,7 @@ from typing import Any
 
 from ucim.common.slurm import SACCT_FIELDS, SlurmClient, SlurmConfig, squeue_format
 
-PLATFORM_ENV = Path("/var/tmp/ucim-platform/platform.env")  # noqa: S108 (hack/platform.py writes it there)
+PLATFORM_ENV = Path("/var/tmp/ucim-platform/platform.env")  # noqa: S108 (hack/local_platform.py writes it there)
 MAX_JOBS = 2000  # hard bound on what one run may submit
 SUBMIT_CONCURRENCY = 8
 

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Install the Debian packages the local platform (hack/platform.py) needs:
+# Install the Debian packages the local platform (hack/local_platform.py) needs:
 # Slurm 22.05 (controller, node daemon, client, accounting daemon), munge,
 # MariaDB for slurmdbd, and openssl for the Kubernetes PKI.
 #
 # Warm runs are ~0 s: when every package is already installed, neither
 # `apt-get update` nor `apt-get install` runs. Debian's policy-rc.d on these
-# machines keeps the packages from starting services; platform.py starts the
+# machines keeps the packages from starting services; local_platform.py starts the
 # daemons itself, as plain processes under its run directory.
 set -euo pipefail
 

@@ -96,7 +96,7 @@ class AsUser:
 def slurm_conf() -> Path:
     """SLURM_CONF of the running platform; skip the module if Slurm is not up."""
     if not PLATFORM_ENV.exists():
-        pytest.skip(f"the local platform is not up ({PLATFORM_ENV} missing): python3 hack/platform.py up")
+        pytest.skip(f"the local platform is not up ({PLATFORM_ENV} missing): python3 hack/local_platform.py up")
     values = dict(line.split("=", 1) for line in PLATFORM_ENV.read_text().splitlines() if "=" in line)
     conf = Path(values.get("SLURM_CONF", ""))
     ping = subprocess.run(

@@ -1,4 +1,4 @@
-"""Access to the real local platform (hack/platform.py) from tests.
+"""Access to the real local platform (hack/local_platform.py) from tests.
 
 A test session reuses a platform that is already up; otherwise it starts one
 and stops it again at the end (unless UCIM_KEEP_PLATFORM=1).
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
-PLATFORM_SCRIPT = REPO / "hack" / "platform.py"
+PLATFORM_SCRIPT = REPO / "hack" / "local_platform.py"
 
 
 @dataclass(frozen=True)

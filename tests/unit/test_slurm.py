@@ -1,7 +1,7 @@
 """Pure tests of ucim.common.slurm: parsers, error cleaning and the state map.
 
 Every Slurm line below was captured from the real Slurm 22.05.8 of the local platform
-(``hack/platform.py up``), with the exact arguments the module uses, unless a comment says
+(``hack/local_platform.py up``), with the exact arguments the module uses, unless a comment says
 otherwise. Timestamps are epoch seconds because the module sets SLURM_TIME_FORMAT=%s;
 1795578635 is 2026-11-25T03:50:35Z. The client-logic tests at the end run tiny /bin/sh
 stand-ins for the Slurm tools (no Slurm needed) that replay such captured output.

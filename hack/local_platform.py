@@ -3,11 +3,11 @@
 
 Usage (as root, from the repository root)::
 
-    python3 hack/platform.py up            # start (or top up) everything; idempotent
-    python3 hack/platform.py status        # one line per component; exit 0 iff all run
-    python3 hack/platform.py env           # print the shell-sourceable platform.env
-    python3 hack/platform.py down          # cancel Slurm jobs, stop every daemon, keep data
-    python3 hack/platform.py down --purge  # ... and remove the run directory
+    python3 hack/local_platform.py up            # start (or top up) everything; idempotent
+    python3 hack/local_platform.py status        # one line per component; exit 0 iff all run
+    python3 hack/local_platform.py env           # print the shell-sourceable platform.env
+    python3 hack/local_platform.py down          # cancel Slurm jobs, stop every daemon, keep data
+    python3 hack/local_platform.py down --purge  # ... and remove the run directory
 
 What ``up`` brings up, on 127.0.0.1 (Slurm's daemons listen on all addresses: 22.05 cannot
 bind them to one):
@@ -782,7 +782,7 @@ def mysql_cmd() -> list[str]:
 
 
 def write_my_cnf(port: int) -> None:
-    content = f"""# MariaDB for slurmdbd only; written by hack/platform.py.
+    content = f"""# MariaDB for slurmdbd only; written by hack/local_platform.py.
 [mysqld]
 user=mysql
 datadir={P.mysql / "data"}
@@ -866,7 +866,7 @@ def ensure_accounting_db() -> None:
 
 def slurm_conf(ports: Mapping[str, int]) -> str:
     s = P.slurm
-    return f"""# Single-node Slurm on loopback for ucim; written by hack/platform.py.
+    return f"""# Single-node Slurm on loopback for ucim; written by hack/local_platform.py.
 ClusterName={CLUSTER}
 SlurmctldHost=localhost(127.0.0.1)
 SlurmUser=slurm
@@ -913,7 +913,7 @@ PartitionName=short Nodes=localhost MaxTime=00:01:00 State=UP
 
 
 def slurmdbd_conf(ports: Mapping[str, int]) -> str:
-    return f"""# slurmdbd for ucim; written by hack/platform.py. 0600, owned by slurm.
+    return f"""# slurmdbd for ucim; written by hack/local_platform.py. 0600, owned by slurm.
 AuthType=auth/munge
 AuthInfo=socket={P.munge_socket}
 DbdHost=localhost
@@ -1200,7 +1200,7 @@ def exclusive() -> Iterator[None]:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            say("waiting for another platform.py up/down to finish")
+            say("waiting for another local_platform.py up/down to finish")
             fcntl.flock(f, fcntl.LOCK_EX)
         yield
 

@@ -1,0 +1,257 @@
+"""The bridge's Slurm monitor: one batched Slurm query per cycle, status patches only on change.
+
+Each cycle (:meth:`SlurmMonitor.run_once`):
+
+1. lists the UCloudJobs of this bridge's cluster that have a Slurm id and are not final;
+2. asks Slurm about all of them in **one** ``squeue`` (:meth:`SlurmClient.poll`); jobs squeue
+   has forgotten go to **one** ``sacct`` (:meth:`SlurmClient.poll_accounting`); a job that
+   neither knows after :attr:`SlurmMonitor.vanish_grace` is failed as "job vanished from Slurm";
+3. patches the status of each job whose Slurm view changed, as :func:`status_patch` computes it.
+
+Transitions and concurrent writers
+==================================
+``status.transitions`` is the delivery log the operator sends to Core. A JSON merge patch
+replaces a list whole, so appending is a read-modify-write: the monitor re-reads the object
+right before patching and computes the patch from that copy, and after the patch checks that
+the list it wrote is the one stored (:class:`_LostUpdateError` otherwise, retried with a fresh
+read). ``Kube.patch_status`` sends no ``metadata.resourceVersion`` precondition, so a write
+landing between that re-read and the patch could still be overwritten. That window is
+harmless here: after the first IN_QUEUE entry (written with ``slurmJobId``, before this
+monitor tracks the job) the operator never writes ``transitions`` again, only
+``reportedTransitions``, which this patch leaves alone; and one bridge serves one cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import Any, Final
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from ucim.common.kube import ConflictError, InvalidError, Kube, NotFoundError
+from ucim.common.protocol import JobState
+from ucim.common.resources import UCloudJob
+from ucim.common.slurm import SlurmClient, SlurmError, SlurmJobInfo
+
+log = logging.getLogger(__name__)
+
+POLL_DURATION = Histogram(
+    "ucim_slurm_poll_duration_seconds",
+    "Duration of the Slurm queries of one monitor cycle (squeue, and sacct when needed).",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+POLL_ERRORS = Counter(
+    "ucim_slurm_poll_errors_total",
+    "Monitor cycles, or single job updates, that failed (Slurm or Kubernetes).",
+)
+TRACKED_JOBS = Gauge("ucim_slurm_tracked_jobs", "UCloudJobs with a Slurm id that are not final yet.")
+STATE_CHANGES = Counter(
+    "ucim_job_state_changes_total",
+    "UCloud state changes the monitor wrote, by new state.",
+    ["state"],
+)
+
+VANISHED_MESSAGE: Final = "job vanished from Slurm"
+DEFAULT_VANISH_GRACE: Final = timedelta(minutes=5)
+# How often one job's read-modify-write is retried when the stored transitions moved under it.
+_PATCH_ATTEMPTS: Final = 3
+
+
+# Computes one job's status patch from a (fresh) copy of it; None when nothing changed.
+_Compute = Callable[[UCloudJob], dict[str, Any] | None]
+
+
+class _LostUpdateError(Exception):
+    """The stored transitions are not the ones the patch wrote: someone wrote concurrently."""
+
+
+# --------------------------------------------------------------------------- pure functions
+
+
+def rfc3339(moment: datetime | None) -> str | None:
+    """An aware datetime as RFC 3339 in UTC (``2026-11-25T03:50:00Z``); None stays None."""
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _with_transition(job: UCloudJob, state: JobState, message: str, now_ms: int) -> dict[str, Any]:
+    """``state`` plus the whole transitions list with one entry appended (merge patches replace lists)."""
+    previous = job.status.transitions
+    # Timestamps never go backwards, even if the clock does: Core orders updates by them.
+    timestamp = max([now_ms, *(t.timestamp for t in previous)])
+    entries = [t.to_dict() for t in previous]
+    entries.append({"state": state.value, "timestamp": timestamp, "message": message})
+    return {"state": state.value, "transitions": entries}
+
+
+def status_patch(job: UCloudJob, info: SlurmJobInfo, now_ms: int) -> dict[str, Any] | None:
+    """The status fields to merge-patch for what Slurm now says about ``job``; None if nothing changed.
+
+    A field Slurm no longer reports (the pending reason of a job that started) is sent as
+    None, which a merge patch deletes. A final UCloud state is never left again.
+    """
+    status = job.status
+    wanted: dict[str, Any] = {
+        "slurmState": (info.state, status.slurm_state),
+        "reason": (info.reason, status.reason),
+        "nodeList": (info.node_list, status.node_list),
+        "exitCode": (info.exit_code, status.exit_code),
+        # Compared as instants; written as RFC 3339.
+        "startedAt": (info.start_time, status.started_at),
+        "endedAt": (info.end_time, status.ended_at),
+    }
+    patch: dict[str, Any] = {}
+    for key, (new, old) in wanted.items():
+        if new != old:
+            patch[key] = rfc3339(new) if isinstance(new, datetime) else new
+    state, message = info.ucloud_state()
+    current = status.state
+    if state != current and not (current is not None and current.is_final):
+        patch.update(_with_transition(job, state, message, now_ms))
+    return patch or None
+
+
+def vanished_patch(job: UCloudJob, now_ms: int) -> dict[str, Any] | None:
+    """The patch that fails a job Slurm no longer knows; None if it is final already."""
+    current = job.status.state
+    if current is not None and current.is_final:
+        return None
+    return {"reason": VANISHED_MESSAGE, **_with_transition(job, JobState.FAILURE, VANISHED_MESSAGE, now_ms)}
+
+
+def submitted_ms(job: UCloudJob) -> int | None:
+    """When the job went to Slurm, in epoch ms: submittedAt, else its first transition, else creation."""
+    status = job.status
+    if status.submitted_at is not None:
+        return int(status.submitted_at.timestamp() * 1000)
+    if status.transitions:
+        return status.transitions[0].timestamp
+    created = job.metadata.creation_timestamp
+    return int(created.timestamp() * 1000) if created is not None else None
+
+
+# --------------------------------------------------------------------------- the monitor
+
+
+class SlurmMonitor:
+    """Polls Slurm for every tracked UCloudJob of one cluster and writes what changed."""
+
+    def __init__(
+        self,
+        kube: Kube,
+        slurm: SlurmClient,
+        *,
+        namespace: str,
+        cluster: str,
+        vanish_grace: timedelta = DEFAULT_VANISH_GRACE,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.kube = kube
+        self.slurm = slurm
+        self.namespace = namespace
+        self.cluster = cluster
+        self.vanish_grace = vanish_grace
+        self._clock = clock
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    async def tracked_jobs(self) -> list[UCloudJob]:
+        """This cluster's UCloudJobs that have a Slurm id and are not final."""
+        jobs = await self.kube.list(UCloudJob, self.namespace)
+        return [
+            job
+            for job in jobs
+            if job.spec.cluster == self.cluster
+            and job.status.slurm_job_id is not None
+            and not (job.status.state is not None and job.status.state.is_final)
+        ]
+
+    async def _query(self, ids: set[int]) -> tuple[dict[int, SlurmJobInfo], bool]:
+        """One squeue for all ids, one sacct for the ones it forgot; (infos, whether sacct answered)."""
+        with POLL_DURATION.time():
+            infos = await self.slurm.poll(ids)
+            missing = ids - infos.keys()
+            if not missing:
+                return infos, True
+            try:
+                infos.update(await self.slurm.poll_accounting(missing))
+            except SlurmError:
+                # Without sacct's answer nobody can say the jobs vanished: wait for the next cycle.
+                POLL_ERRORS.inc()
+                log.warning("sacct failed; jobs squeue forgot stay as they are", exc_info=True)
+                return infos, False
+            return infos, True
+
+    async def run_once(self) -> int:
+        """One cycle; how many UCloudJobs it patched."""
+        jobs = await self.tracked_jobs()
+        TRACKED_JOBS.set(len(jobs))
+        if not jobs:
+            return 0
+        by_id = {job.status.slurm_job_id: job for job in jobs if job.status.slurm_job_id is not None}
+        infos, accounting_answered = await self._query(set(by_id))
+        now_ms = self._now_ms()
+        grace_ms = int(self.vanish_grace.total_seconds() * 1000)
+        patched = 0
+        for slurm_id, job in by_id.items():
+            info = infos.get(slurm_id)
+            if info is not None:
+                compute: _Compute = partial(status_patch, info=info, now_ms=now_ms)
+            elif accounting_answered and now_ms - (submitted_ms(job) or now_ms) >= grace_ms:
+                compute = partial(vanished_patch, now_ms=now_ms)
+            else:
+                continue
+            if compute(job) is None:
+                continue
+            try:
+                patched += await self._apply(job.metadata.name, slurm_id, compute)
+            except (ConflictError, InvalidError, _LostUpdateError):
+                POLL_ERRORS.inc()
+                log.exception("could not update UCloudJob", extra={"ucloudjob": job.metadata.name})
+        return patched
+
+    async def _apply(self, name: str, slurm_id: int, compute: _Compute) -> int:
+        """Read-modify-write of one job's status; 1 if it was patched (see the module docstring)."""
+        for attempt in range(1, _PATCH_ATTEMPTS + 1):
+            fresh = await self.kube.get(UCloudJob, self.namespace, name)
+            if fresh is None or fresh.status.slurm_job_id != slurm_id:
+                return 0  # deleted, or resubmitted under another id, since the list
+            patch = compute(fresh)
+            if patch is None:
+                return 0
+            try:
+                stored = await self.kube.patch_status(UCloudJob, self.namespace, name, patch)
+            except NotFoundError:
+                return 0
+            if "transitions" in patch and [t.to_dict() for t in stored.status.transitions] != patch["transitions"]:
+                if attempt == _PATCH_ATTEMPTS:
+                    raise _LostUpdateError(f"transitions of {name} kept changing")
+                continue
+            if "state" in patch:
+                STATE_CHANGES.labels(patch["state"]).inc()
+                log.info(
+                    "UCloudJob state changed",
+                    extra={"ucloudjob": name, "slurm_job_id": slurm_id, "state": patch["state"]},
+                )
+            return 1
+        return 0
+
+    async def run(self, interval: float = 1.0) -> None:
+        """Cycle forever, starting at most one cycle (one Slurm query) per ``interval`` seconds."""
+        while True:
+            started = time.monotonic()
+            try:
+                await self.run_once()
+            except Exception:
+                # The loop is the last line: any failure (Slurm down, apiserver away) is logged,
+                # counted and retried next cycle; cancellation (BaseException) still ends it.
+                POLL_ERRORS.inc()
+                log.exception("Slurm monitor cycle failed")
+            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))

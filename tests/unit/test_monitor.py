@@ -1,0 +1,154 @@
+"""The monitor's pure status computation (no Slurm, no apiserver)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client import REGISTRY
+
+from ucim.common.protocol import JobState
+from ucim.common.resources import UCloudJob
+from ucim.common.slurm import SlurmClient, SlurmConfig, SlurmJobInfo
+from ucim.slurm_bridge.monitor import (
+    VANISHED_MESSAGE,
+    SlurmMonitor,
+    status_patch,
+    submitted_ms,
+    vanished_patch,
+)
+
+SAMPLE = Path(__file__).resolve().parents[2] / "crds" / "samples" / "valid" / "ucloudjob.yaml"
+QUEUED_AT = 1_700_000_000_000
+NOW = QUEUED_AT + 5_000
+STARTED = datetime(2026, 11, 25, 3, 50, tzinfo=UTC)
+ENDED = datetime(2026, 11, 25, 3, 51, 30, tzinfo=UTC)
+
+
+def job(state: JobState = JobState.IN_QUEUE, **status: Any) -> UCloudJob:
+    obj = yaml.safe_load(SAMPLE.read_text())
+    obj["status"] = {
+        "state": state.value,
+        "slurmJobId": 42,
+        "slurmState": "PENDING",
+        "transitions": [{"state": "IN_QUEUE", "timestamp": QUEUED_AT, "message": "submitted"}],
+        **status,
+    }
+    return UCloudJob.from_obj(obj)
+
+
+def info(state: str, **fields: Any) -> SlurmJobInfo:
+    return SlurmJobInfo(job_id=42, state=state, **fields)
+
+
+def test_start_appends_running_and_fills_nodes_and_times() -> None:
+    patch = status_patch(job(reason="Priority"), info("RUNNING", node_list="node1", start_time=STARTED), NOW)
+    assert patch == {
+        "slurmState": "RUNNING",
+        "reason": None,  # Slurm's pending reason is gone: the merge patch deletes it
+        "nodeList": "node1",
+        "startedAt": "2026-11-25T03:50:00Z",
+        "state": "RUNNING",
+        "transitions": [
+            {"state": "IN_QUEUE", "timestamp": QUEUED_AT, "message": "submitted"},
+            {"state": "RUNNING", "timestamp": NOW, "message": "running"},
+        ],
+    }
+
+
+def test_nothing_changed_is_no_patch() -> None:
+    running = job(JobState.RUNNING, slurmState="RUNNING", nodeList="node1", startedAt="2026-11-25T03:50:00Z")
+    assert status_patch(running, info("RUNNING", node_list="node1", start_time=STARTED), NOW) is None
+    assert status_patch(job(), info("PENDING"), NOW) is None
+
+
+def test_same_state_new_slurm_detail_patches_without_transition() -> None:
+    patch = status_patch(job(), info("PENDING", reason="Resources"), NOW)
+    assert patch == {"reason": "Resources"}
+
+
+def test_non_zero_exit_is_failure_with_exit_code() -> None:
+    running = job(JobState.RUNNING, slurmState="RUNNING", nodeList="node1", startedAt="2026-11-25T03:50:00Z")
+    done = info(
+        "FAILED", reason="NonZeroExitCode", node_list="node1", exit_code=3, signal=0, start_time=STARTED, end_time=ENDED
+    )
+    patch = status_patch(running, done, NOW)
+    assert patch is not None
+    assert patch["state"] == "FAILURE"
+    assert patch["exitCode"] == 3
+    assert patch["endedAt"] == "2026-11-25T03:51:30Z"
+    assert "startedAt" not in patch  # unchanged
+    assert patch["transitions"][-1] == {"state": "FAILURE", "timestamp": NOW, "message": "exited with code 3"}
+    assert len(patch["transitions"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("slurm_state", "state", "message"),
+    [
+        ("TIMEOUT", JobState.EXPIRED, "time limit reached"),
+        ("CANCELLED", JobState.SUCCESS, "cancelled"),
+        ("COMPLETED", JobState.SUCCESS, "completed"),
+    ],
+)
+def test_final_slurm_states(slurm_state: str, state: JobState, message: str) -> None:
+    patch = status_patch(job(JobState.RUNNING), info(slurm_state, exit_code=0, signal=0), NOW)
+    assert patch is not None
+    assert patch["state"] == state.value
+    assert patch["transitions"][-1] == {"state": state.value, "timestamp": NOW, "message": message}
+
+
+def test_final_state_is_never_left() -> None:
+    failed = job(JobState.FAILURE, slurmState="FAILED")
+    assert status_patch(failed, info("FAILED"), NOW) is None
+    patch = status_patch(failed, info("RUNNING"), NOW)
+    assert patch == {"slurmState": "RUNNING"}
+
+
+def test_transition_timestamps_never_go_backwards() -> None:
+    patch = status_patch(job(), info("RUNNING"), QUEUED_AT - 60_000)
+    assert patch is not None
+    assert patch["transitions"][-1]["timestamp"] == QUEUED_AT
+
+
+def test_vanished_job_fails_once() -> None:
+    patch = vanished_patch(job(), NOW)
+    assert patch is not None
+    assert patch["state"] == "FAILURE"
+    assert patch["transitions"][-1]["message"] == VANISHED_MESSAGE
+    assert vanished_patch(job(JobState.FAILURE), NOW) is None
+
+
+def test_submitted_ms_prefers_submitted_at() -> None:
+    assert submitted_ms(job()) == QUEUED_AT
+    assert submitted_ms(job(submittedAt="2026-11-25T03:50:00Z")) == int(STARTED.timestamp() * 1000)
+
+
+class _BrokenKube:
+    """Stands in for Kube: the apiserver is away."""
+
+    calls = 0
+
+    async def list(self, *_: object) -> list[UCloudJob]:
+        self.calls += 1
+        raise ConnectionError("apiserver away")
+
+
+async def test_run_survives_failed_cycles_and_counts_them() -> None:
+    kube = _BrokenKube()
+    monitor = SlurmMonitor(kube, SlurmClient(SlurmConfig()), namespace="ns", cluster="local")  # type: ignore[arg-type]
+    before = _errors()
+    task = asyncio.create_task(monitor.run(interval=0.01))
+    await asyncio.sleep(0.1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert kube.calls >= 2
+    assert _errors() - before == kube.calls
+
+
+def _errors() -> float:
+    return REGISTRY.get_sample_value("ucim_slurm_poll_errors_total") or 0.0

@@ -69,7 +69,9 @@ class Kube:
         if in_cluster:
             config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
         else:
-            await config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+            await config.load_kube_config(
+                config_file=kubeconfig or os.environ.get("KUBECONFIG"), client_configuration=configuration
+            )
         return cls(client.ApiClient(configuration))
 
     async def close(self) -> None:

@@ -1,4 +1,30 @@
-"""kopf handlers of the operator.
+"""kopf handlers of the operator: UCloudJob and UserInstance.
+
+Handlers are thin: they unpack kopf's keyword arguments, call the pure functions
+of ``jobs`` and ``userinstances``, and write status through kopf's ``patch``:
+plain fields as a merge patch, lists (conditions, transitions) as patch
+functions that kopf applies to the freshest object under optimistic
+concurrency (see ``jobs``). "Not yet" is ``kopf.TemporaryError(delay=...)``,
+"never" is ``kopf.PermanentError``.
+
+UCloudJob, who writes what:
+
+* the gateway creates it (spec) and may set ``spec.terminate``;
+* the operator (``submit``) writes ``slurmJobId``, ``submittedAt``, ``jobFolder``,
+  ``providerGeneratedId``, the first ``state``/``transitions`` entry (IN_QUEUE),
+  or FAILURE when sbatch refuses; it owns ``conditions`` and ``reportedTransitions``;
+* the slurm_bridge writes ``state``, ``slurmState``, ``reason``, ``nodeList``,
+  ``exitCode``, ``startedAt``, ``endedAt`` and appends to ``transitions``;
+* the operator (``report``) sends ``transitions[reportedTransitions:]`` to Core
+  and then advances ``reportedTransitions``.
+
+Delivery is a field handler on ``status.transitions`` (plus a resume handler for
+what an earlier process left undelivered) rather than a timer: it runs as soon as
+the bridge appends, kopf serialises it with the other handlers of the same job (so
+two deliveries of one job never overlap and stay in order), and its retries are
+kopf's. Several jobs' deliveries are batched by ``DeliveryQueue``. If the operator
+stops after Core accepted a batch but before ``reportedTransitions`` was written,
+that one batch is sent again after the restart (Core sees it twice); nothing is lost.
 
 All kopf settings are fixed here, once, in the start-up handler: changing the
 finalizer or the annotation prefix later would orphan existing objects.
@@ -6,38 +32,380 @@ finalizer or the annotation prefix later would orphan existing objects.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from typing import Any
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, cast
 
 import kopf
 from aiohttp import web
 
+from ucim.common.conditions import is_true
+from ucim.common.core_client import CoreClient, CoreError, CoreRejectedError, batched
+from ucim.common.kube import Kube
 from ucim.common.observability import start_health_server
-from ucim.common.settings import API_GROUP
+from ucim.common.protocol import JobState
+from ucim.common.reasons import (
+    CANCEL_REQUESTED,
+    CANCELLED,
+    CORE_DELIVERY_FAILING,
+    CORE_UP_TO_DATE,
+    INSTANCE_UNREACHABLE,
+    MAPPING_REFUSED,
+    REPORTED,
+    SLURM_ACCEPTED,
+    SLURM_CANCELLED,
+    SLURM_SUBMIT_REJECTED,
+    SUBMITTED,
+    WAITING_FOR_INSTANCE,
+)
+from ucim.common.resources import JobTransition, UCloudJob, UserInstance
+from ucim.common.settings import API_GROUP, API_VERSION
+from ucim.operator import jobs, userinstances
+from ucim.operator.delivery import Backlog, DeliveryQueue
+from ucim.operator.instances import InstanceClient, InstanceRejectedError, InstanceUnreachableError
+from ucim.operator.metrics import JOB_STATE_TRANSITIONS, JOB_SUBMISSIONS
+from ucim.operator.registration import products_of, register_products
 from ucim.operator.settings import OperatorSettings
 
 FINALIZER = f"{API_GROUP}/finalizer"
-_HEALTH_RUNNER = "health_runner"
+UCLOUDJOBS = (API_GROUP, API_VERSION, UCloudJob.PLURAL)
+USERINSTANCES = (API_GROUP, API_VERSION, UserInstance.PLURAL)
+# The first retry waits this long; later ones double, up to the configured maximum.
+INSTANCE_FIRST_RETRY_SECONDS = 0.5
+CORE_FIRST_RETRY_SECONDS = 1.0
+# Core's refusal of a job's updates is retried this often (slowly) before they are dropped.
+CORE_REJECTION_ATTEMPTS = 3
+
+
+@dataclass
+class Runtime:
+    """What the handlers share, built once at start-up and kept in kopf's memo."""
+
+    config: OperatorSettings
+    kube: Kube
+    core: CoreClient
+    instances: InstanceClient
+    queue: DeliveryQueue
+    backlog: Backlog = field(default_factory=Backlog)
+    # Per job uid: how many transitions this process has delivered. Guards against
+    # sending twice when kopf hands a handler a body older than our own last write.
+    delivered: dict[str, int] = field(default_factory=dict)
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    health: web.AppRunner | None = None
+
+
+def _runtime(memo: kopf.Memo) -> Runtime:
+    return cast(Runtime, memo["runtime"])
+
+
+# --- start-up and clean-up -----------------------------------------------------
 
 
 @kopf.on.startup()
 async def configure(*, settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     config = OperatorSettings()
-    memo.config = config
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=API_GROUP)
-    # Handler log lines become Kubernetes events only from INFO up.
-    settings.posting.level = logging.INFO
+    # Only warnings and errors from logs become Kubernetes events: at INFO, every
+    # "Handler ... succeeded" (one per delivery) would be an event. Our own events
+    # (SlurmAccepted, SlurmCancelled, Ready flips) are posted explicitly.
+    settings.posting.level = logging.WARNING
     # Reconnect watches regularly so a silently dropped stream cannot stall us.
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
-    memo[_HEALTH_RUNNER] = await start_health_server(config.metrics_host, config.metrics_port)
+
+    kube = await Kube.connect()
+    core = CoreClient(config.core_url, config.core_refresh_token)
+    queue = DeliveryQueue(
+        core.push_job_updates, interval=config.delivery_batch_interval_seconds, max_items=config.delivery_batch_size
+    )
+    runtime = Runtime(
+        config=config,
+        kube=kube,
+        core=core,
+        instances=InstanceClient(config.ingress_token, timeout=config.submit_timeout_seconds),
+        queue=queue,
+    )
+    runtime.tasks.append(asyncio.create_task(queue.run(), name="ucim-core-delivery"))
+    if config.register_products:
+        # In the background: a Core that is down must not keep the operator from reconciling.
+        products = products_of(config.machine_types, config.provider_id)
+        runtime.tasks.append(asyncio.create_task(register_products(core, products), name="ucim-register-products"))
+    runtime.health = await start_health_server(config.metrics_host, config.metrics_port)
+    memo["runtime"] = runtime
     logger.info("operator started", extra={"namespace": config.namespace})
 
 
 @kopf.on.cleanup()
-async def stop_health_server(*, memo: kopf.Memo, **_: Any) -> None:
-    runner: web.AppRunner | None = memo.get(_HEALTH_RUNNER)
-    if runner is not None:
-        await runner.cleanup()
+async def shutdown(*, memo: kopf.Memo, **_: Any) -> None:
+    runtime: Runtime | None = memo.get("runtime")
+    if runtime is None:
+        return
+    for task in runtime.tasks:
+        task.cancel()
+    for task in runtime.tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await runtime.instances.close()
+    await runtime.core.close()
+    await runtime.kube.close()
+    if runtime.health is not None:
+        await runtime.health.cleanup()
+
+
+# --- UCloudJob: submission ------------------------------------------------------
+
+
+@kopf.on.resume(*UCLOUDJOBS)
+@kopf.on.create(*UCLOUDJOBS)
+async def submit(*, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, **_: Any) -> None:
+    runtime = _runtime(memo)
+    job = UCloudJob.from_obj(dict(body))
+    now = jobs.now_utc()
+
+    # First visit: conditions start out Unknown, so `kubectl describe` shows the job is being worked on.
+    if not job.status.conditions:
+        patch.fns.append(jobs.first_visit(now))
+    # Already in Slurm, or ended without it (refused, terminated early): submission is settled.
+    if job.status.slurm_job_id is not None or jobs.is_final(job.status):
+        return
+    # Terminated before any submit call was made: end it without touching Slurm.
+    if job.spec.terminate and not jobs.submit_attempted(job):
+        message = "Terminated before it was submitted to Slurm"
+        patch.fns.append(jobs.finished(JobState.SUCCESS, message, condition_type=CANCELLED,
+                                       condition_status="True", reason=SLURM_CANCELLED, now=now))  # fmt: skip
+        patch.fns.append(jobs.condition(SUBMITTED, "False", reason=CANCEL_REQUESTED, message=message, now=now))
+        return
+
+    # The owner's instance submits as the owner: create it or ask it to start, and wait until it serves.
+    instance = await userinstances.ensure_instance(runtime.kube, _namespace(job), job.spec.owner, job.spec.cluster, now)
+    if (refusal := userinstances.refusal(instance)) is not None:
+        # The mapping policy refused the user: no instance will ever run, the job fails for good.
+        message = f"The user cannot run jobs on this cluster: {refusal}"
+        patch.fns.append(jobs.finished(JobState.FAILURE, message, condition_type=SUBMITTED,
+                                       condition_status="False", reason=MAPPING_REFUSED, now=now))  # fmt: skip
+        raise kopf.PermanentError(message)
+    if not userinstances.serving(instance) or instance.status.endpoint is None:
+        # Not ready yet (starting, restarting, or stopped for idleness and asked to start again).
+        message = f"Waiting for the owner's instance {instance.metadata.name} to become ready"
+        patch.fns.append(jobs.condition(SUBMITTED, "Unknown", reason=WAITING_FOR_INSTANCE, message=message, now=now))
+        raise kopf.TemporaryError(message, delay=_instance_backoff(runtime, retry))
+
+    # From here a Slurm job may exist even if this process dies before writing its id: say so first.
+    if not jobs.submit_attempted(job):
+        await runtime.kube.patch(
+            UCloudJob, _namespace(job), job.metadata.name,
+            {"metadata": {"annotations": {jobs.SUBMIT_STARTED_ANNOTATION: jobs.rfc3339(now)}}},
+        )  # fmt: skip
+    try:
+        answer = await runtime.instances.submit(instance.status.endpoint, jobs.submit_request(job))
+    except InstanceRejectedError as rejection:
+        # sbatch refused the job (bad time limit, partition, ...): it fails for good, with sbatch's words.
+        JOB_SUBMISSIONS.labels(result="rejected").inc()
+        patch.fns.append(jobs.finished(JobState.FAILURE, rejection.why, condition_type=SUBMITTED,
+                                       condition_status="False", reason=SLURM_SUBMIT_REJECTED, now=now))  # fmt: skip
+        kopf.event(body, type="Warning", reason=SLURM_SUBMIT_REJECTED, message=rejection.why)
+        raise kopf.PermanentError(f"Slurm refused the job: {rejection.why}") from rejection
+    except InstanceUnreachableError as error:
+        # The bridge or the instance is down or restarting: try again soon.
+        JOB_SUBMISSIONS.labels(result="unreachable").inc()
+        patch.fns.append(jobs.condition(SUBMITTED, "Unknown", reason=INSTANCE_UNREACHABLE, message=str(error), now=now))
+        raise kopf.TemporaryError(str(error), delay=_instance_backoff(runtime, retry)) from error
+
+    # Accepted now, or found from an earlier attempt that died before recording it: record it once.
+    JOB_SUBMISSIONS.labels(result="already_submitted" if answer.already_submitted else "accepted").inc()
+    patch.fns.append(jobs.submission_recorded(job, answer, now))
+    kopf.event(body, type="Normal", reason=SLURM_ACCEPTED, message=f"Slurm job {answer.slurm_job_id}")
+
+
+# --- UCloudJob: reporting to Core ----------------------------------------------
+
+
+@kopf.on.resume(*UCLOUDJOBS)
+@kopf.on.field(*UCLOUDJOBS, field="status.transitions")
+async def report(*, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, **_: Any) -> None:
+    runtime = _runtime(memo)
+    job = UCloudJob.from_obj(dict(body))
+    uid = job.metadata.uid or job.metadata.name
+    now = jobs.now_utc()
+    if job.status.reported_transitions >= runtime.delivered.get(uid, 0):
+        runtime.delivered.pop(uid, None)  # the status has caught up with what we sent
+    start, pending = jobs.unreported(job.status, runtime.delivered.get(uid, 0))
+    runtime.backlog.set(uid, len(pending))
+
+    # Core has every state change already (make sure the counter says so, should our last write have been lost).
+    if not pending:
+        if start > job.status.reported_transitions:
+            patch.status["reportedTransitions"] = start
+        return
+    # Send what Core has not acknowledged, in order; a job's changes travel in one request.
+    reported = start
+    try:
+        for chunk in batched(pending, runtime.config.delivery_batch_size):
+            await runtime.queue.deliver(jobs.job_updates(job, chunk))
+            reported += len(chunk)
+            runtime.delivered[uid] = reported
+            for transition in chunk:
+                JOB_STATE_TRANSITIONS.labels(state=transition.state.value).inc()
+    except CoreRejectedError as rejection:
+        # Core refuses this job's updates (it does not know the job, e.g. after the gateway answered its
+        # create with sbatch's 4xx): a few slow retries, then drop them, as the anchor purges such jobs.
+        message = f"Core refused {len(pending) - (reported - start)} state change(s): {rejection.why}"
+        patch.fns.append(jobs.condition(REPORTED, "False", reason=CORE_DELIVERY_FAILING, message=message, now=now))
+        if retry + 1 < CORE_REJECTION_ATTEMPTS:
+            delay = runtime.config.delivery_retry_max_seconds
+            raise kopf.TemporaryError(message, delay=delay) from rejection
+        kopf.event(body, type="Warning", reason=CORE_DELIVERY_FAILING, message=f"{message}; dropped")
+        reported = start + len(pending)
+        runtime.delivered[uid] = reported
+    except CoreError as error:
+        # Core is down: say so on the job and try again later; later changes wait behind these, in order.
+        if reported > start:
+            patch.status["reportedTransitions"] = reported
+        runtime.backlog.set(uid, len(job.status.transitions) - reported)
+        patch.fns.append(jobs.condition(REPORTED, "False", reason=CORE_DELIVERY_FAILING, message=str(error), now=now))
+        delay = jobs.backoff(retry, first=CORE_FIRST_RETRY_SECONDS, cap=runtime.config.delivery_retry_max_seconds)
+        raise kopf.TemporaryError(f"delivering to Core failed: {error}", delay=delay) from error
+    else:
+        if not is_true(job.status.conditions, REPORTED):
+            message = "Core has every state change"
+            patch.fns.append(jobs.condition(REPORTED, "True", reason=CORE_UP_TO_DATE, message=message, now=now))
+
+    # Delivered (or dropped): advance the counter, a merge patch of this one field, so the bridge's appends stay.
+    patch.status["reportedTransitions"] = reported
+    runtime.backlog.set(uid, len(job.status.transitions) - reported)
+
+
+# --- UCloudJob: termination and deletion ---------------------------------------
+
+
+@kopf.on.field(*UCLOUDJOBS, field="spec.terminate", new=True)
+async def terminate(*, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, **_: Any) -> None:
+    runtime = _runtime(memo)
+    job = UCloudJob.from_obj(dict(body))
+    now = jobs.now_utc()
+
+    # Cancelled by an earlier attempt (or ended before submission, which counts as cancelled).
+    if is_true(job.status.conditions, CANCELLED):
+        return
+    # Slurm has ended the job already: there is nothing left to cancel.
+    if jobs.is_final(job.status):
+        message = f"The job had already ended ({job.status.state})"
+        patch.fns.append(jobs.condition(CANCELLED, "True", reason=SLURM_CANCELLED, message=message, now=now))
+        return
+    # Not in Slurm yet: the submit handler either ends it without Slurm or submits it, then we cancel.
+    if job.status.slurm_job_id is None:
+        message = "Cancellation requested; waiting for the submission to settle"
+        patch.fns.append(jobs.condition(CANCELLED, "Unknown", reason=CANCEL_REQUESTED, message=message, now=now))
+        raise kopf.TemporaryError(message, delay=_instance_backoff(runtime, retry))
+
+    # scancel runs as the owner, in the owner's instance.
+    try:
+        await _cancel_in_slurm(runtime, job, now)
+    except InstanceRejectedError as rejection:
+        # The instance refused to cancel (not the user's job, unknown id): retrying cannot help.
+        patch.fns.append(jobs.condition(CANCELLED, "False", reason=CANCEL_REQUESTED, message=rejection.why, now=now))
+        raise kopf.PermanentError(f"cancellation refused: {rejection.why}") from rejection
+    except InstanceUnreachableError as error:
+        patch.fns.append(jobs.condition(CANCELLED, "Unknown", reason=CANCEL_REQUESTED, message=str(error), now=now))
+        raise kopf.TemporaryError(str(error), delay=_instance_backoff(runtime, retry)) from error
+
+    # Cancelled in Slurm; the final state (SUCCESS, as UCloud reports cancellations) arrives through the bridge.
+    message = f"Slurm job {job.status.slurm_job_id} cancelled"
+    patch.fns.append(jobs.condition(CANCELLED, "True", reason=SLURM_CANCELLED, message=message, now=now))
+    kopf.event(body, type="Normal", reason=SLURM_CANCELLED, message=message)
+
+
+@kopf.on.delete(*UCLOUDJOBS)
+async def release(*, body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
+    runtime = _runtime(memo)
+    job = UCloudJob.from_obj(dict(body))
+    uid = job.metadata.uid or job.metadata.name
+    now = jobs.now_utc()
+    out_of_attempts = retry + 1 >= runtime.config.delete_attempts
+    final: tuple[JobState, str] | None = None
+
+    # Still queued or running in Slurm: cancel it, so that a deleted job does not keep running.
+    if job.status.slurm_job_id is not None and not jobs.is_final(job.status):
+        try:
+            await _cancel_in_slurm(runtime, job, now)
+            final = (JobState.SUCCESS, "Cancelled: the job was deleted on the provider")
+        except InstanceRejectedError as rejection:
+            # scancel refused (retrying cannot help): let the object go, and say so.
+            message = f"Could not cancel Slurm job {job.status.slurm_job_id}: {rejection.why}"
+            kopf.event(body, type="Warning", reason=CANCEL_REQUESTED, message=message)
+            final = (JobState.FAILURE, message)
+        except InstanceUnreachableError as error:
+            if not out_of_attempts:
+                raise kopf.TemporaryError(str(error), delay=_instance_backoff(runtime, retry)) from error
+            # Bounded: an instance that stays unreachable must not block the deletion forever.
+            message = f"Gave up cancelling Slurm job {job.status.slurm_job_id}: {error}"
+            kopf.event(body, type="Warning", reason=INSTANCE_UNREACHABLE, message=message)
+            final = (JobState.FAILURE, message)
+    # Never submitted and not ended: it ends here.
+    elif job.status.slurm_job_id is None and not jobs.is_final(job.status):
+        final = (JobState.SUCCESS, "The job was deleted on the provider before it ran")
+
+    # Tell Core what it has not heard yet, and the end if the job had none, so it does not stay active there.
+    pending = jobs.unreported(job.status, runtime.delivered.get(uid, 0))[1]
+    items = jobs.job_updates(job, pending)
+    if final is not None:
+        state, message = final
+        transition = JobTransition(state=state, timestamp=jobs.millis(now), message=message)
+        items.extend(jobs.job_updates(job, [transition]))
+    try:
+        await runtime.queue.deliver(items)
+    except CoreError as error:
+        if not out_of_attempts:
+            delay = jobs.backoff(retry, first=CORE_FIRST_RETRY_SECONDS, cap=runtime.config.delivery_retry_max_seconds)
+            raise kopf.TemporaryError(f"delivering to Core failed: {error}", delay=delay) from error
+        kopf.event(body, type="Warning", reason=CORE_DELIVERY_FAILING, message=f"Gave up telling Core: {error}")
+    runtime.delivered.pop(uid, None)
+    runtime.backlog.forget(uid)
+
+
+async def _cancel_in_slurm(runtime: Runtime, job: UCloudJob, now: datetime) -> None:
+    """``scancel`` the job through the owner's instance; InstanceUnreachableError while it does not serve."""
+    if job.status.slurm_job_id is None:
+        raise ValueError(f"UCloudJob {job.metadata.name} has no Slurm job to cancel")
+    instance = await userinstances.ensure_instance(runtime.kube, _namespace(job), job.spec.owner, job.spec.cluster, now)
+    if not userinstances.serving(instance) or instance.status.endpoint is None:
+        raise InstanceUnreachableError(f"the owner's instance {instance.metadata.name} is not ready")
+    await runtime.instances.cancel(instance.status.endpoint, [job.status.slurm_job_id])
+
+
+def _namespace(job: UCloudJob) -> str:
+    if not job.metadata.namespace:
+        raise ValueError(f"UCloudJob {job.metadata.name} has no namespace")
+    return job.metadata.namespace
+
+
+def _instance_backoff(runtime: Runtime, retry: int) -> float:
+    return jobs.backoff(retry, first=INSTANCE_FIRST_RETRY_SECONDS, cap=runtime.config.instance_retry_max_seconds)
+
+
+# --- UserInstance ------------------------------------------------------------
+# The bridge owns the instance's process: it spawns it as the user's uid, restarts
+# it when it dies and stops it when idle, because it is the one that can see the
+# process. The operator only says "waiting" until the bridge speaks, and turns
+# Ready flips into events.
+
+
+@kopf.on.create(*USERINSTANCES)
+async def instance_created(*, patch: kopf.Patch, **_: Any) -> None:
+    # The bridge has not written any conditions yet: show that we wait for it.
+    patch.fns.append(userinstances.waiting_for_bridge(jobs.now_utc()))
+
+
+@kopf.on.field(*USERINSTANCES, field="status.conditions")
+async def instance_conditions_changed(*, body: kopf.Body, old: Any, new: Any, **_: Any) -> None:
+    ready = userinstances.ready_flip(old, new)
+    # Ready did not change (another condition did): nothing to announce.
+    if ready is None:
+        return
+    kind = "Normal" if ready.status == "True" else "Warning"
+    kopf.event(body, type=kind, reason=ready.reason, message=f"Ready={ready.status}: {ready.message}")

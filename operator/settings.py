@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
+from ucim.common.products import DEFAULT_MACHINE_TYPES, MachineType
 from ucim.common.settings import ComponentSettings
 
 
@@ -17,3 +19,25 @@ class OperatorSettings(ComponentSettings):
     metrics_port: int = 9101
     # The namespace that holds our resources; the operator watches only it.
     namespace: str = "ucim"
+    # The provider id Core knows us by; products are registered under it.
+    provider_id: str = "ucim"
+    # UCloud/Core's base URL and the refresh token Core handed out when the provider was registered.
+    core_url: str = "http://127.0.0.1:8080"
+    core_refresh_token: SecretStr = SecretStr("")
+    # The bearer token of the slurm_bridge ingress, through which user instances are reached.
+    ingress_token: SecretStr = SecretStr("")
+    # The compute products registered with Core at start-up (the gateway serves the same list).
+    machine_types: list[MachineType] = Field(default_factory=lambda: list(DEFAULT_MACHINE_TYPES))
+    register_products: bool = True
+    # Job updates of many jobs are collected for this long and sent to Core together.
+    delivery_batch_interval_seconds: float = Field(default=0.1, ge=0.0, le=5.0)
+    # At most this many updates per request to Core (the anchor sends 100).
+    delivery_batch_size: int = Field(default=100, ge=1, le=100)
+    # Longest wait between two delivery attempts while Core is failing.
+    delivery_retry_max_seconds: float = Field(default=30.0, gt=0.0)
+    # The HTTP timeout of a submit or cancel call to a user's instance (sbatch can be slow on a busy frontend).
+    submit_timeout_seconds: float = Field(default=30.0, gt=0.0)
+    # Longest wait between two attempts to reach a user's instance.
+    instance_retry_max_seconds: float = Field(default=10.0, gt=0.0)
+    # A deleted job's cancellation is tried this often before its finalizer is removed anyway.
+    delete_attempts: int = Field(default=10, ge=1)

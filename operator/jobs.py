@@ -1,0 +1,231 @@
+"""Pure functions behind the UCloudJob handlers: requests, Core updates and status changes.
+
+Status changes are *patch functions*: each takes the object as the apiserver
+has it now and changes only its own fields. kopf runs them on the freshest body
+it knows and sends the difference as a JSON patch guarded by the object's
+``resourceVersion``; if anyone (the slurm_bridge appending a transition)
+changed the object in between, the patch is refused and kopf re-applies the
+function to the newer object. So a list (``conditions``, ``transitions``) is
+never written from a stale copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, Final, cast
+
+import kopf
+
+from ucim.common.conditions import ConditionStatus, set_condition
+from ucim.common.instance_api import SubmitRequest, SubmitResponse
+from ucim.common.protocol import JobState, JobUpdate, JobUpdateItem
+from ucim.common.reasons import CORE_UP_TO_DATE, REPORTED, SLURM_ACCEPTED, SUBMITTED, WAITING_FOR_INSTANCE
+from ucim.common.resources import Condition, JobTransition, SlurmPlacement, UCloudJob, UCloudJobStatus
+
+# Written on the UCloudJob just before the first submit call: from then on a
+# Slurm job may exist even though its id never reached the status (a crash in
+# between), so the job is submitted (idempotently) rather than dropped, even when
+# it is terminated early. Our annotation prefix is kopf's, so changes to it never
+# count as changes of the object.
+SUBMIT_STARTED_ANNOTATION: Final = "ucim.io/submit-started-at"
+SLURM_JOB_NAME_PREFIX: Final = "ucim-"
+
+# What kopf's ``patch.fns`` take: a function that changes the raw object in place.
+StatusFn = Callable[[kopf.RawBody], None]
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def millis(moment: datetime) -> int:
+    """A datetime as UCloud's integer epoch milliseconds."""
+    return int(moment.timestamp() * 1000)
+
+
+def rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def backoff(retry: int, *, first: float, cap: float) -> float:
+    """Seconds to wait before attempt ``retry + 1``: doubling from ``first``, at most ``cap``."""
+    return float(min(cap, first * 2 ** min(retry, 30)))
+
+
+# --- what the job is ----------------------------------------------------------
+
+
+def is_final(status: UCloudJobStatus) -> bool:
+    return status.state is not None and status.state.is_final
+
+
+def submit_attempted(job: UCloudJob) -> bool:
+    return SUBMIT_STARTED_ANNOTATION in (job.metadata.annotations or {})
+
+
+def slurm_job_name(job: UCloudJob) -> str:
+    """The Slurm job name: the object's uid, stable across retries and restarts, unique per object."""
+    if not job.metadata.uid:
+        raise ValueError(f"UCloudJob {job.metadata.name} has no uid")
+    return SLURM_JOB_NAME_PREFIX + job.metadata.uid
+
+
+def submit_request(job: UCloudJob) -> SubmitRequest:
+    spec = job.spec
+    return SubmitRequest(
+        job_id=spec.job_id,
+        slurm_job_name=slurm_job_name(job),
+        application=spec.application,
+        parameters=spec.parameters or {},
+        resources=spec.resources,
+        slurm=spec.slurm or SlurmPlacement(),
+    )
+
+
+def provider_generated_id(job: UCloudJob, slurm_job_id: int) -> str:
+    """The job's id on the provider side, as Core shows it: ``<cluster>/<Slurm job id>``."""
+    return f"{job.spec.cluster}/{slurm_job_id}"
+
+
+# --- delivery to Core -----------------------------------------------------------
+
+
+def unreported(status: UCloudJobStatus, delivered: int = 0) -> tuple[int, list[JobTransition]]:
+    """(index of the first state change Core has not acknowledged, those changes in order).
+
+    ``delivered`` is what this process already sent, for when the status it
+    reads is older than its own last write.
+    """
+    start = min(max(status.reported_transitions, delivered), len(status.transitions))
+    return start, status.transitions[start:]
+
+
+def job_update(transition: JobTransition, job_folder: str | None) -> JobUpdate:
+    """One state change as Core takes it; every other key is null (Go writes them all)."""
+    return JobUpdate(
+        state=transition.state,
+        status=transition.message,
+        timestamp=transition.timestamp,
+        output_folder=job_folder,
+    )
+
+
+def job_updates(job: UCloudJob, transitions: list[JobTransition]) -> list[JobUpdateItem]:
+    return [JobUpdateItem(id=job.spec.job_id, update=job_update(t, job.status.job_folder)) for t in transitions]
+
+
+# --- status patch functions ------------------------------------------------------
+
+
+def _status(body: dict[str, Any]) -> dict[str, Any]:
+    status: dict[str, Any] = body.setdefault("status", {})
+    return status
+
+
+def _generation(body: dict[str, Any]) -> int | None:
+    generation = body.get("metadata", {}).get("generation")
+    return generation if isinstance(generation, int) else None
+
+
+def _set_condition(
+    body: dict[str, Any], type_: str, status: ConditionStatus, *, reason: str, message: str, now: datetime
+) -> None:
+    raw = _status(body)
+    current = [Condition.model_validate(c) for c in raw.get("conditions") or []]
+    generation = _generation(body)
+    changed = set_condition(
+        current,
+        type_,
+        status,
+        reason=reason,
+        message=message,
+        observed_generation=generation,
+        now=now.replace(microsecond=0),
+    )
+    raw["conditions"] = [c.to_dict() for c in changed]
+    if generation is not None:
+        raw["observedGeneration"] = generation
+
+
+def condition(type_: str, status: ConditionStatus, *, reason: str, message: str, now: datetime) -> StatusFn:
+    """Set one condition; the others stay as they are on the object."""
+
+    def apply(raw_body: kopf.RawBody) -> None:
+        body = cast(dict[str, Any], raw_body)
+        _set_condition(body, type_, status, reason=reason, message=message, now=now)
+
+    return apply
+
+
+def first_visit(now: datetime) -> StatusFn:
+    """Conditions a job starts with: not submitted yet, and nothing to tell Core yet."""
+
+    def apply(raw_body: kopf.RawBody) -> None:
+        body = cast(dict[str, Any], raw_body)
+        present = {c.get("type") for c in _status(body).get("conditions") or []}
+        if SUBMITTED not in present:
+            _set_condition(
+                body,
+                SUBMITTED,
+                "Unknown",
+                reason=WAITING_FOR_INSTANCE,
+                message="Waiting for the owner's instance",
+                now=now,
+            )
+        if REPORTED not in present:
+            _set_condition(
+                body, REPORTED, "True", reason=CORE_UP_TO_DATE, message="No state changes to report yet", now=now
+            )
+
+    return apply
+
+
+def _append_transition(body: dict[str, Any], state: JobState, message: str, now: datetime) -> None:
+    raw = _status(body)
+    transition = JobTransition(state=state, timestamp=millis(now), message=message)
+    raw["transitions"] = [*(raw.get("transitions") or []), transition.to_dict()]
+    raw["state"] = state.value
+
+
+def submission_recorded(job: UCloudJob, answer: SubmitResponse, now: datetime) -> StatusFn:
+    """The Slurm job exists: its id, folder and the first state change (IN_QUEUE), written once."""
+    message = f"Submitted to Slurm as job {answer.slurm_job_id}"
+    if answer.already_submitted:
+        message += " (found from an earlier attempt)"
+
+    def apply(raw_body: kopf.RawBody) -> None:
+        body = cast(dict[str, Any], raw_body)
+        raw = _status(body)
+        if raw.get("slurmJobId") is None:
+            raw["slurmJobId"] = answer.slurm_job_id
+            raw["submittedAt"] = rfc3339(now)
+            raw["jobFolder"] = answer.job_folder
+            raw["providerGeneratedId"] = provider_generated_id(job, answer.slurm_job_id)
+        # The first transition is ours; later ones are the bridge's, appended after it.
+        if not raw.get("transitions"):
+            _append_transition(body, JobState.IN_QUEUE, message, now)
+        _set_condition(body, SUBMITTED, "True", reason=SLURM_ACCEPTED, message=message, now=now)
+
+    return apply
+
+
+def finished(state: JobState, message: str, *, condition_type: str, condition_status: ConditionStatus,
+             reason: str, now: datetime) -> StatusFn:  # fmt: skip
+    """The job ends here, without (further) help from Slurm: a final state, its transition and why."""
+
+    def apply(raw_body: kopf.RawBody) -> None:
+        body = cast(dict[str, Any], raw_body)
+        raw = _status(body)
+        current = raw.get("state")
+        if current is None or not JobState(current).is_final:
+            _append_transition(body, state, message, now)
+            raw["reason"] = message
+        _set_condition(body, condition_type, condition_status, reason=reason, message=message, now=now)
+
+    return apply
+
+
+def reported_up_to_date(status: UCloudJobStatus, reported: int) -> bool:
+    """Whether Core now has every state change this status holds."""
+    return reported >= len(status.transitions)

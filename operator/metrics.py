@@ -1,0 +1,37 @@
+"""The operator's Prometheus metrics (kopf exposes none of its own).
+
+Labels are bounded: a result, a UCloud state, a failure reason; never a user or a job.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+JOB_SUBMISSIONS = Counter(
+    "ucim_job_submissions_total",
+    "Submit calls to user instances, by result (accepted, already_submitted, rejected, unreachable).",
+    ["result"],
+)
+JOB_STATE_TRANSITIONS = Counter(
+    "ucim_job_state_transitions_total",
+    "Job state changes delivered to UCloud/Core, by UCloud state.",
+    ["state"],
+)
+CORE_UPDATES_DELIVERED = Counter(
+    "ucim_core_updates_delivered_total",
+    "Job updates UCloud/Core accepted.",
+)
+CORE_UPDATE_FAILURES = Counter(
+    "ucim_core_update_failures_total",
+    "Job updates that failed to reach UCloud/Core in one attempt, by reason (unavailable, rejected).",
+    ["reason"],
+)
+CORE_DELIVERY_BACKLOG = Gauge(
+    "ucim_core_delivery_backlog",
+    "Job state changes recorded in Kubernetes but not yet acknowledged by UCloud/Core.",
+)
+CORE_DELIVERY_LATENCY = Histogram(
+    "ucim_core_delivery_latency_seconds",
+    "From a state change's timestamp to Core's acknowledgement of it.",
+    buckets=(0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0),
+)

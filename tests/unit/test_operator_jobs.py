@@ -1,0 +1,201 @@
+"""The pure functions behind the UCloudJob handlers: requests, Core updates, status patch functions."""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+import kopf
+import pytest
+
+from ucim.common.instance_api import SubmitResponse
+from ucim.common.protocol import JobState, dump
+from ucim.common.reasons import CANCELLED, REPORTED, SLURM_SUBMIT_REJECTED, SUBMITTED
+from ucim.common.resources import JobTransition, UCloudJob, UCloudJobStatus
+from ucim.operator import jobs
+
+T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+T0_MS = 1_772_366_400_000
+
+
+def job_obj(status: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "apiVersion": "ucim.io/v1alpha1",
+        "kind": "UCloudJob",
+        "metadata": {"name": "ucloud-4711-abc", "namespace": "ucim", "uid": "0b5e-uid", "generation": 1},
+        "spec": {
+            "jobId": "4711",
+            "owner": "alice#1234",
+            "cluster": "local",
+            "application": {"name": "run-command", "version": "1"},
+            "product": {"id": "cpu-1", "category": "cpu", "provider": "ucim"},
+            "slurm": {"partition": "normal"},
+            "resources": {"nodes": 1, "cpusPerNode": 1, "memoryMegabytesPerNode": 1000, "timeLimitMinutes": 5},
+            "parameters": {"command": {"type": "text", "value": "echo hi"}},
+            **spec,
+        },
+    }
+    if status is not None:
+        obj["status"] = status
+    return obj
+
+
+def apply(fn: jobs.StatusFn, obj: dict[str, Any]) -> dict[str, Any]:
+    changed = copy.deepcopy(obj)
+    fn(cast(kopf.RawBody, changed))
+    return changed
+
+
+def conditions(obj: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    return {c["type"]: (c["status"], c["reason"]) for c in obj["status"]["conditions"]}
+
+
+def test_the_slurm_job_name_is_the_objects_identity() -> None:
+    job = UCloudJob.from_obj(job_obj())
+    assert jobs.slurm_job_name(job) == "ucim-0b5e-uid"
+    assert jobs.submit_request(job).slurm_job_name == jobs.slurm_job_name(job)
+
+
+def test_submit_request_carries_the_spec() -> None:
+    request = jobs.submit_request(UCloudJob.from_obj(job_obj()))
+    wire = request.model_dump(mode="json", by_alias=True)
+    assert wire["jobId"] == "4711"
+    assert wire["application"] == {"name": "run-command", "version": "1"}
+    assert wire["resources"]["timeLimitMinutes"] == 5
+    assert wire["slurm"]["partition"] == "normal"
+    assert wire["parameters"]["command"]["value"] == "echo hi"
+
+
+def test_submit_request_without_placement_or_parameters() -> None:
+    obj = job_obj()
+    del obj["spec"]["slurm"], obj["spec"]["parameters"]
+    request = jobs.submit_request(UCloudJob.from_obj(obj))
+    assert request.parameters == {}
+    assert request.slurm.partition is None
+
+
+def transitions(*states: JobState) -> list[JobTransition]:
+    return [JobTransition(state=s, timestamp=T0_MS + i, message=s.value.lower()) for i, s in enumerate(states)]
+
+
+def test_unreported_is_what_core_has_not_acknowledged() -> None:
+    status = UCloudJobStatus(transitions=transitions(JobState.IN_QUEUE, JobState.RUNNING, JobState.SUCCESS))
+    assert jobs.unreported(status) == (0, status.transitions)
+    status.reported_transitions = 2
+    assert jobs.unreported(status) == (2, status.transitions[2:])
+    # What this process delivered counts even when the status it reads is older than its own write.
+    assert jobs.unreported(status, delivered=3) == (3, [])
+    # A counter beyond the list (never written so, but read defensively) means nothing is pending.
+    status.reported_transitions = 9
+    assert jobs.unreported(status) == (3, [])
+
+
+def test_job_updates_come_from_transitions_with_every_key_written() -> None:
+    job = UCloudJob.from_obj(job_obj({"jobFolder": "/home/alice/ucloud-jobs/4711"}))
+    items = jobs.job_updates(job, transitions(JobState.IN_QUEUE, JobState.RUNNING))
+    assert [item.id for item in items] == ["4711", "4711"]
+    first = dump(items[0])["update"]
+    assert first == {
+        "state": "IN_QUEUE",
+        "outputFolder": "/home/alice/ucloud-jobs/4711",
+        "status": "in_queue",
+        "expectedState": None,
+        "expectedDifferentState": None,
+        "newTimeAllocation": None,
+        "allowRestart": None,
+        "resourceList": None,
+        "timestamp": T0_MS,
+    }
+    assert dump(items[1])["update"]["state"] == "RUNNING"
+
+
+def test_first_visit_sets_conditions_once() -> None:
+    obj = apply(jobs.first_visit(T0), job_obj())
+    assert conditions(obj) == {SUBMITTED: ("Unknown", "WaitingForInstance"), REPORTED: ("True", "CoreUpToDate")}
+    assert obj["status"]["observedGeneration"] == 1
+    again = apply(jobs.first_visit(T0 + timedelta(minutes=1)), obj)
+    assert again == obj
+
+
+def test_a_condition_change_keeps_the_others() -> None:
+    obj = apply(jobs.first_visit(T0), job_obj())
+    obj = apply(jobs.condition(CANCELLED, "Unknown", reason="CancelRequested", message="", now=T0), obj)
+    obj = apply(jobs.condition(REPORTED, "False", reason="CoreDeliveryFailing", message="down", now=T0), obj)
+    assert conditions(obj) == {
+        SUBMITTED: ("Unknown", "WaitingForInstance"),
+        REPORTED: ("False", "CoreDeliveryFailing"),
+        CANCELLED: ("Unknown", "CancelRequested"),
+    }
+
+
+def test_submission_is_recorded_with_the_first_transition() -> None:
+    job = UCloudJob.from_obj(job_obj())
+    answer = SubmitResponse(slurm_job_id=77, job_folder="/home/alice/ucloud-jobs/4711")
+    obj = apply(jobs.submission_recorded(job, answer, T0), job_obj())
+    status = obj["status"]
+    assert (status["slurmJobId"], status["jobFolder"], status["providerGeneratedId"]) == (
+        77, "/home/alice/ucloud-jobs/4711", "local/77",
+    )  # fmt: skip
+    assert status["submittedAt"] == "2026-03-01T12:00:00Z"
+    assert status["state"] == "IN_QUEUE"
+    first = {"state": "IN_QUEUE", "timestamp": T0_MS, "message": "Submitted to Slurm as job 77"}
+    assert status["transitions"] == [first]
+    assert conditions(obj)[SUBMITTED] == ("True", "SlurmAccepted")
+    # The status model reads back what the function wrote.
+    assert UCloudJob.from_obj(obj).status.slurm_job_id == 77
+
+
+def test_recording_a_submission_twice_changes_nothing() -> None:
+    job = UCloudJob.from_obj(job_obj())
+    answer = SubmitResponse(slurm_job_id=77, job_folder="/f")
+    once = apply(jobs.submission_recorded(job, answer, T0), job_obj())
+    twice = apply(jobs.submission_recorded(job, answer, T0 + timedelta(seconds=5)), once)
+    assert twice == once
+
+
+def test_a_recorded_submission_never_rewrites_the_bridges_transitions() -> None:
+    # The bridge appended RUNNING after an earlier write of ours; a late re-application must keep it.
+    bridge_wrote = {
+        "slurmJobId": 77,
+        "state": "RUNNING",
+        "transitions": [
+            {"state": "IN_QUEUE", "timestamp": T0_MS, "message": "Submitted"},
+            {"state": "RUNNING", "timestamp": T0_MS + 1000},
+        ],
+    }
+    job = UCloudJob.from_obj(job_obj())
+    answer = SubmitResponse(slurm_job_id=77, job_folder="/f", already_submitted=True)
+    obj = apply(jobs.submission_recorded(job, answer, T0), job_obj(bridge_wrote))
+    assert obj["status"]["transitions"] == bridge_wrote["transitions"]
+    assert obj["status"]["state"] == "RUNNING"
+
+
+def test_a_rejection_ends_the_job_with_sbatchs_words() -> None:
+    why = "sbatch: error: Invalid time limit specification"
+    fn = jobs.finished(JobState.FAILURE, why, condition_type=SUBMITTED, condition_status="False",
+                       reason=SLURM_SUBMIT_REJECTED, now=T0)  # fmt: skip
+    obj = apply(fn, job_obj())
+    assert obj["status"]["state"] == "FAILURE"
+    assert obj["status"]["reason"] == why
+    assert obj["status"]["transitions"] == [{"state": "FAILURE", "timestamp": T0_MS, "message": why}]
+    assert conditions(obj)[SUBMITTED] == ("False", SLURM_SUBMIT_REJECTED)
+    # A final state is final: applying it again appends nothing.
+    assert apply(fn, obj)["status"]["transitions"] == obj["status"]["transitions"]
+
+
+def test_submission_attempt_is_read_from_the_annotation() -> None:
+    obj = job_obj()
+    assert not jobs.submit_attempted(UCloudJob.from_obj(obj))
+    obj["metadata"]["annotations"] = {jobs.SUBMIT_STARTED_ANNOTATION: "2026-03-01T12:00:00Z"}
+    assert jobs.submit_attempted(UCloudJob.from_obj(obj))
+
+
+@pytest.mark.parametrize(("retry", "expected"), [(0, 0.5), (1, 1.0), (3, 4.0), (5, 10.0), (1000, 10.0)])
+def test_backoff_doubles_up_to_a_cap(retry: int, expected: float) -> None:
+    assert jobs.backoff(retry, first=0.5, cap=10.0) == expected
+
+
+def test_milliseconds_and_timestamps() -> None:
+    assert jobs.millis(T0) == T0_MS
+    assert jobs.rfc3339(T0 + timedelta(microseconds=5)) == "2026-03-01T12:00:00Z"

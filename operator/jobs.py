@@ -83,9 +83,13 @@ def submit_request(job: UCloudJob) -> SubmitRequest:
     )
 
 
-def provider_generated_id(job: UCloudJob, slurm_job_id: int) -> str:
-    """The job's id on the provider side, as Core shows it: ``<cluster>/<Slurm job id>``."""
-    return f"{job.spec.cluster}/{slurm_job_id}"
+def provider_generated_id(job: UCloudJob) -> str:
+    """The job's id on the provider side: its object name, the id the gateway already gave Core.
+
+    The gateway answers Core's create call before the Slurm id may exist, so the
+    id must be known at creation; the Slurm id is in ``status.slurmJobId``.
+    """
+    return job.metadata.name
 
 
 # --- delivery to Core -----------------------------------------------------------
@@ -201,7 +205,7 @@ def submission_recorded(job: UCloudJob, answer: SubmitResponse, now: datetime) -
             raw["slurmJobId"] = answer.slurm_job_id
             raw["submittedAt"] = rfc3339(now)
             raw["jobFolder"] = answer.job_folder
-            raw["providerGeneratedId"] = provider_generated_id(job, answer.slurm_job_id)
+            raw["providerGeneratedId"] = provider_generated_id(job)
         # The first transition is ours; later ones are the bridge's, appended after it.
         if not raw.get("transitions"):
             _append_transition(body, JobState.IN_QUEUE, message, now)

@@ -344,7 +344,7 @@ async def test_a_job_is_submitted_once_and_core_hears_in_queue(
     assert bridge.submit_calls == [name]
     assert job.status.slurm_job_id == bridge.jobs[name]
     assert job.status.job_folder == "/home/alice/ucloud-jobs/101"
-    assert job.status.provider_generated_id == f"{CLUSTER}/{job.status.slurm_job_id}"
+    assert job.status.provider_generated_id == job.metadata.name
     assert job.status.submitted_at is not None
     assert [t.state for t in job.status.transitions] == [JobState.IN_QUEUE]
     assert update.output_folder == "/home/alice/ucloud-jobs/101"

@@ -135,7 +135,7 @@ def test_submission_is_recorded_with_the_first_transition() -> None:
     obj = apply(jobs.submission_recorded(job, answer, T0), job_obj())
     status = obj["status"]
     assert (status["slurmJobId"], status["jobFolder"], status["providerGeneratedId"]) == (
-        77, "/home/alice/ucloud-jobs/4711", "local/77",
+        77, "/home/alice/ucloud-jobs/4711", job.metadata.name,
     )  # fmt: skip
     assert status["submittedAt"] == "2026-03-01T12:00:00Z"
     assert status["state"] == "IN_QUEUE"

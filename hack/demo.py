@@ -1,27 +1,26 @@
-"""The demo behind `make demo`: the local platform, ucim's components, and UCloud/Core's stand-in.
+"""The demo behind `make demo`: a UCloud job for alice, end to end on the local platform.
 
-It starts the gateway as a process against the running local platform, plays
-UCloud/Core (ucim.testing.CoreStandIn) to talk to it, and shows what the
-cluster holds with kubectl. The platform itself is started by `make
-platform-up`, which `make demo` runs first.
+`make demo` starts the local platform first. This script then starts ucim's
+components as local processes (gateway, operator, slurm_bridge), plays
+UCloud/Core with its stand-in, starts a job for alice, and shows it go
+IN_QUEUE → RUNNING → SUCCESS in `kubectl get ucloudjobs` and in the updates
+Core received.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
-import tempfile
+import time
 from pathlib import Path
 
-import aiohttp
-
-from ucim.testing import CoreStandIn
+from ucim.common.protocol import JobState
+from ucim.testing.stack import running_stack
 
 RUN_DIR = Path(os.environ.get("UCIM_RUN_DIR", "/var/tmp/ucim-platform"))
-PROVIDER = "ucim"
+NAMESPACE = "ucim-demo"
 
 
 def say(message: str) -> None:
@@ -33,54 +32,47 @@ def platform_env() -> dict[str, str]:
     return {key: value for key, sep, value in pairs if sep}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def kubectl(env: dict[str, str], *args: str) -> str:
+def kubectl(env: dict[str, str], *args: str, check: bool = True) -> str:
     cmd = [str(Path(env["UCIM_BIN_DIR"]) / "kubectl"), "--kubeconfig", env["KUBECONFIG"], *args]
-    return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-
-
-async def wait_healthy(url: str) -> None:
-    async with aiohttp.ClientSession() as session:
-        while True:
-            try:
-                async with session.get(url) as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
+    return subprocess.run(cmd, capture_output=True, text=True, check=check).stdout
 
 
 async def main() -> None:
-    env = {**os.environ, **platform_env()}
-    if "ucim" not in kubectl(env, "get", "namespaces", "-o", "name"):
-        kubectl(env, "create", "namespace", "ucim")
-    port = free_port()
-    async with CoreStandIn(PROVIDER, "demo-refresh-token", provider_url=f"http://127.0.0.1:{port}") as core:
-        with tempfile.NamedTemporaryFile("w", suffix=".pub") as key:
-            key.write(core.keys.public_key_b64())
-            key.flush()
-            gateway_env = {**env, "UCIM_GATEWAY_PORT": str(port), "UCIM_GATEWAY_CORE_PUBLIC_KEY_FILE": key.name,
-                           "UCIM_GATEWAY_PROVIDER_ID": PROVIDER, "UCIM_LOG_FORMAT": "text"}  # fmt: skip
-            gateway = await asyncio.create_subprocess_exec("ucim-gateway", env=gateway_env)
-            try:
-                async with asyncio.timeout(15):
-                    await wait_healthy(f"http://127.0.0.1:{port}/healthz")
-                say(f"gateway serving on :{port}; Core's stand-in asks for products")
-                for support in await core.retrieve_products():
-                    say(f"  product {support.product.category}/{support.product.id}: native batch jobs")
-                say("Core calls integration/init for alice (the bridge makes her instance Ready)")
-                await core.call_provider("POST", "integration/init", json={"username": "alice"})
-                print(kubectl(env, "get", "userinstances", "-n", "ucim"), end="")
-                print(kubectl(env, "get", "ucloudjobs", "-A"), end="")
-            finally:
-                gateway.terminate()
-                await gateway.wait()
+    env = platform_env()
+    # A fresh namespace each time, so the listing shows only this run's job.
+    kubectl(env, "delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=true", "--timeout=60s")
+    kubectl(env, "create", "namespace", NAMESPACE)
+    say("starting ucim-bridge, ucim-operator and ucim-gateway against the local platform")
+    async with running_stack(env, NAMESPACE) as stack:
+        core = stack.core
+        job_id = str(int(time.time()))
+        say(f"Core starts job {job_id} for alice: run-command 'sleep 3; echo hello from $(id -un) on $(hostname)'")
+        started = time.monotonic()
+        created = await core.create_jobs(
+            [
+                core.make_job(
+                    job_id,
+                    "alice",
+                    ("run-command", "1"),
+                    {"command": "sleep 3; echo hello from $(id -un) on $(hostname)"},
+                )
+            ]
+        )
+        say(f"the gateway answered with providerGeneratedId {created[0].id}")
+        seen: set[JobState] = set()
+        while JobState.SUCCESS not in seen and time.monotonic() - started < 90:
+            for update in core.updates_for(job_id):
+                if update.state is not None and update.state not in seen:
+                    seen.add(update.state)
+                    say(f"Core received {update.state} after {time.monotonic() - started:.1f} s ({update.status})")
+                    print(kubectl(env, "get", "ucloudjobs", "-n", NAMESPACE), end="", flush=True)
+            await asyncio.sleep(0.1)
+        if JobState.SUCCESS not in seen:
+            print(stack.logs())
+            raise SystemExit("demo: the job did not finish in 90 s")
+        output = await asyncio.to_thread(Path(f"/home/alice/ucloud-jobs/{job_id}/stdout.txt").read_text)
+        say(f"the job's stdout.txt (owned by alice): {output.strip()}")
+        print(kubectl(env, "get", "userinstances", "-n", NAMESPACE), end="")
     say("done")
 
 

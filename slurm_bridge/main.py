@@ -1,26 +1,161 @@
-"""``ucim-bridge``: the privileged half on the HPC frontend."""
+"""``ucim-bridge``: the privileged half on the HPC frontend.
+
+Start order matters:
+
+1. settings, logging, the socket directory (0700 root);
+2. **the fork server**, before any secret is read, with a filtered environment, so that
+   no user instance can ever hold the ingress token or the Kubernetes credentials;
+3. the ingress token (from its file), the Kubernetes client (its token);
+4. the ingress, the UserInstance loop, the Slurm monitor, ``/healthz`` ``/readyz``
+   ``/metrics``.
+
+SIGTERM or SIGINT stops it cleanly (exit 0): instances are marked not Ready, then they
+stop with the fork server. If the fork server dies, the bridge exits 1 (systemd restarts
+it; every instance is started again). Without an ingress token the bridge runs no
+instances (it logs why and stays not ready) but still monitors Slurm.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Coroutine
+from typing import Any
 
+from pydantic import SecretStr
+
+from ucim.common.kube import Kube
 from ucim.common.logs import setup_logging
 from ucim.common.observability import start_health_server
+from ucim.common.slurm import SlurmClient, SlurmConfig
+from ucim.slurm_bridge.ingress import Routes, start_ingress
+from ucim.slurm_bridge.instances import InstanceManager
+from ucim.slurm_bridge.mapping import Mapper
+from ucim.slurm_bridge.monitor import SlurmMonitor
 from ucim.slurm_bridge.settings import BridgeSettings
+from ucim.slurm_bridge.spawner import ForkServer, ForkServerConfig, prepare_socket_dir
+
+log = logging.getLogger(__name__)
 
 
-async def serve(settings: BridgeSettings) -> None:
-    runner = await start_health_server(settings.metrics_host, settings.metrics_port)
+def fork_server_config(settings: BridgeSettings) -> ForkServerConfig:
+    slurm_conf = str(settings.slurm_conf) if settings.slurm_conf else None
+    return ForkServerConfig(
+        socket_dir=str(settings.socket_dir),
+        app_factory=settings.app_factory,
+        app_options={
+            "log_level": settings.log_level,
+            "log_format": settings.log_format,
+            "path": settings.instance_path,
+            "lang": settings.instance_lang,
+            "slurm_conf": slurm_conf,
+            **settings.sidecar,
+        },
+        min_uid=settings.mapping.min_uid,
+        stop_grace_seconds=settings.stop_grace_seconds,
+        path=settings.instance_path,
+        lang=settings.instance_lang,
+        slurm_conf=slurm_conf,
+        log_level=settings.log_level,
+        log_format=settings.log_format,
+    )
+
+
+def start_fork_server(settings: BridgeSettings) -> ForkServer:
+    prepare_socket_dir(settings.socket_dir)
+    # Only what an interpreter needs to find ucim; nothing else of our environment.
+    extra = {key: os.environ[key] for key in ("PYTHONPATH",) if key in os.environ}
+    return ForkServer.start(fork_server_config(settings), extra_env=extra)
+
+
+async def serve(settings: BridgeSettings, fork_server: ForkServer | None, token: SecretStr | None) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    kube = await Kube.connect(settings.kubeconfig)
+    tasks: list[asyncio.Task[None]] = []
+    manager: InstanceManager | None = None
+    ingress = None
+
+    def run(name: str, coroutine: Coroutine[Any, Any, None]) -> None:
+        tasks.append(loop.create_task(coroutine, name=name))
+
+    if fork_server is not None and token is not None:
+        routes = Routes()
+        manager = InstanceManager(
+            kube=kube, settings=settings, mapper=Mapper(settings.mapping), fork_server=fork_server, routes=routes
+        )
+        fork_server.attach(manager.on_child_exit)
+        ingress = await start_ingress(
+            routes,
+            token,
+            host=settings.ingress_host,
+            port=settings.ingress_port,
+            tls_cert=str(settings.ingress_tls_cert_file) if settings.ingress_tls_cert_file else None,
+            tls_key=str(settings.ingress_tls_key_file) if settings.ingress_tls_key_file else None,
+        )
+        run("instances", manager.run())
+    else:
+        log.error("no ingress token configured (UCIM_BRIDGE_INGRESS_TOKEN_FILE): user instances are disabled")
+    if settings.monitor_enabled:
+        slurm = SlurmClient(SlurmConfig(slurm_conf=settings.slurm_conf))
+        monitor = SlurmMonitor(kube, slurm, namespace=settings.namespace, cluster=settings.cluster)
+        run("slurm-monitor", monitor.run(settings.monitor_interval_seconds))
+
+    async def ready() -> bool:
+        return manager is not None and manager.watching and not (fork_server is None or _gone(fork_server))
+
+    health = await start_health_server(settings.metrics_host, settings.metrics_port, ready)
+    log.info("bridge started", extra={"cluster": settings.cluster, "namespace": settings.namespace})
+    waits = [loop.create_task(stop.wait(), name="signal"), *tasks]
+    if fork_server is not None and fork_server.gone is not None:
+        waits.append(loop.create_task(fork_server.gone.wait(), name="fork-server"))
     try:
-        await asyncio.Event().wait()
+        done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        failed = not stop.is_set()
+        if failed:
+            log.error("bridge stopping: %s ended", ", ".join(t.get_name() for t in done))
     finally:
-        await runner.cleanup()
+        # The watch first, so that no new worker starts while the others stop.
+        for task in waits:
+            task.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
+        if manager is not None:
+            await manager.shutdown()
+        if ingress is not None:
+            await ingress.cleanup()
+        if fork_server is not None:
+            await fork_server.close()
+        await kube.close()
+        await health.cleanup()
+    return 1 if failed else 0
+
+
+def _gone(fork_server: ForkServer) -> bool:
+    return fork_server.gone is not None and fork_server.gone.is_set()
 
 
 def main() -> None:
     settings = BridgeSettings()
     setup_logging(settings.log_level, settings.log_format)
-    asyncio.run(serve(settings))
+    fork_server = start_fork_server(settings) if settings.ingress_configured else None
+    token = None
+    try:
+        # Secrets only now: the fork server, and so every instance, never had them.
+        if fork_server is not None:
+            token = settings.read_ingress_token()
+        code = asyncio.run(serve(settings, fork_server, token))
+    except BaseException:
+        if fork_server is not None:
+            with contextlib.suppress(Exception):
+                fork_server.kill()
+        raise
+    sys.exit(code)
 
 
 if __name__ == "__main__":

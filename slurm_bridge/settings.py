@@ -1,12 +1,23 @@
-"""Settings of the slurm_bridge, loaded once from UCIM_BRIDGE_* variables."""
+"""Settings of the slurm_bridge, loaded once from UCIM_BRIDGE_* variables.
+
+Secrets: the ingress token is best given as a file (``UCIM_BRIDGE_INGRESS_TOKEN_FILE``,
+e.g. a systemd credential), which is read only after the fork server started, so no
+user instance ever had it in memory. ``UCIM_BRIDGE_INGRESS_TOKEN`` works too (tests,
+development); the fork server is started with a filtered environment, so it does not
+inherit that variable either.
+"""
 
 from __future__ import annotations
 
-from typing import ClassVar
+import socket
+from pathlib import Path
+from typing import Any, ClassVar
 
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from ucim.common.settings import ComponentSettings
+from ucim.slurm_bridge.mapping import MappingSettings
 
 
 class BridgeSettings(ComponentSettings):
@@ -15,6 +26,87 @@ class BridgeSettings(ComponentSettings):
     )
 
     metrics_port: int = 9102
-    # The cluster this bridge serves; UserInstances and UCloudJobs name it.
+    # The cluster this bridge serves: it runs the UserInstances whose spec.cluster is this.
     cluster: str = "local"
+    # The namespace of the UserInstances (and UCloudJobs) it watches.
     namespace: str = "ucim"
+    kubeconfig: str | None = None
+    # Written to status.bridge, so `kubectl get ui -o yaml` tells which host runs an instance.
+    bridge_name: str = Field(default_factory=socket.gethostname)
+
+    # --- the ingress: the one authenticated way to the instances ---
+    ingress_host: str = "127.0.0.1"
+    ingress_port: int = 8890
+    # The base URL callers use; status.endpoint is <this>/instances/<UserInstance name>.
+    ingress_public_url: str | None = None
+    ingress_token: SecretStr | None = None
+    ingress_token_file: Path | None = None
+    # Serve the ingress over TLS when both are set.
+    ingress_tls_cert_file: Path | None = None
+    ingress_tls_key_file: Path | None = None
+
+    # --- user instances ---
+    mapping: MappingSettings = Field(default_factory=MappingSettings)
+    # Where the instances' unix sockets live: created 0700 root, so only the bridge can connect.
+    socket_dir: Path = Path("/run/ucim/instances")
+    # Options of the instances (SidecarSettings fields: jobs_folder, catalogue_file, slurm_bin_dir, ...).
+    sidecar: dict[str, Any] = Field(default_factory=dict)
+    # SLURM_CONF of the instances; read from SLURM_CONF too.
+    slurm_conf: Path | None = Field(
+        default=None, validation_alias=AliasChoices("UCIM_BRIDGE_SLURM_CONF", "SLURM_CONF", "slurm_conf")
+    )
+    # The environment of an instance is HOME, USER, LOGNAME, SHELL, SLURM_CONF and these two.
+    instance_path: str = "/usr/local/bin:/usr/bin:/bin"
+    instance_lang: str = "C.UTF-8"
+    # "module:function" the fork server calls once to preload the instance application.
+    app_factory: str = "ucim.user_sidecar.app:for_fork_server"
+    # From the spawn request to the first answer of the new instance.
+    spawn_timeout_seconds: float = Field(default=10.0, gt=0)
+    # SIGTERM, then SIGKILL after this long.
+    stop_grace_seconds: float = Field(default=5.0, gt=0)
+    # Restarts of an instance that exited: first after this long, doubling up to the maximum.
+    restart_backoff_seconds: float = Field(default=0.5, gt=0)
+    restart_backoff_max_seconds: float = Field(default=60.0, gt=0)
+    # An instance that ran this long before exiting is restarted without delay.
+    stable_after_seconds: float = Field(default=60.0, gt=0)
+    # status.lastActivityAt is written at most this often.
+    activity_write_interval_seconds: float = Field(default=30.0, gt=0)
+    # The watch is re-established (with a full re-list) at least this often.
+    watch_timeout_seconds: int = Field(default=120, ge=1)
+
+    # --- the Slurm monitor (slurm_bridge/monitor.py) ---
+    monitor_enabled: bool = True
+    # One batched Slurm query per cycle, at most this often.
+    monitor_interval_seconds: float = Field(default=1.0, gt=0)
+
+    @field_validator("ingress_public_url")
+    @classmethod
+    def _no_trailing_slash(cls, url: str | None) -> str | None:
+        return url.rstrip("/") if url else url
+
+    @property
+    def public_url(self) -> str:
+        if self.ingress_public_url:
+            return self.ingress_public_url
+        scheme = "https" if self.ingress_tls_cert_file else "http"
+        return f"{scheme}://{self.ingress_host}:{self.ingress_port}"
+
+    def endpoint(self, name: str) -> str:
+        """status.endpoint of the UserInstance ``name``."""
+        return f"{self.public_url}/instances/{name}"
+
+    @property
+    def ingress_configured(self) -> bool:
+        return self.ingress_token is not None or self.ingress_token_file is not None
+
+    def read_ingress_token(self) -> SecretStr:
+        """The ingress token, from the file if one is set; ValueError when there is none."""
+        if self.ingress_token_file is not None:
+            token = self.ingress_token_file.read_text().strip()
+        elif self.ingress_token is not None:
+            token = self.ingress_token.get_secret_value().strip()
+        else:
+            raise ValueError("no ingress token: set UCIM_BRIDGE_INGRESS_TOKEN_FILE (or UCIM_BRIDGE_INGRESS_TOKEN)")
+        if len(token) < 16:
+            raise ValueError("the ingress token must be at least 16 characters long")
+        return SecretStr(token)

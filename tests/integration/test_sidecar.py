@@ -1,0 +1,194 @@
+"""The real user instance, forked as real users, submitting to the real Slurm."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from tests.integration.instance_support import SIDECAR, Spawner, fork_server, session_for
+from tests.support.platform import Platform
+from ucim.slurm_bridge.spawner import uss_bytes
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
+
+HOSTILE = '\'; touch /tmp/pwned; echo "$(id)" `id`'
+FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL"}
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def spawner(platform: Platform) -> AsyncIterator[Spawner]:
+    async with fork_server(platform, SIDECAR) as started:
+        yield started
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def alice(spawner: Spawner) -> str:
+    return (await spawner.spawn("alice"))[1]
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def bob(spawner: Spawner) -> str:
+    return (await spawner.spawn("bob"))[1]
+
+
+def job(app: str = "run-command", partition: str = "normal", **parameters: Any) -> dict[str, Any]:
+    tag = uuid.uuid4().hex[:10]
+    kinds = {str: "text", int: "integer", bool: "boolean", float: "floating_point"}
+    return {
+        "jobId": f"it-{tag}",
+        "slurmJobName": f"ucloud-it-{tag}",
+        "application": {"name": app, "version": "1"},
+        "parameters": {k: {"type": kinds[type(v)], "value": v} for k, v in parameters.items()},
+        "resources": {"nodes": 1, "cpusPerNode": 1, "memoryMegabytesPerNode": 100, "timeLimitMinutes": 5},
+        "slurm": {"partition": partition},
+    }
+
+
+async def post(path: str, route: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    async with session_for(path) as session, session.post(route, json=body) as response:
+        return response.status, await response.json()
+
+
+def slurm(platform: Platform, *args: str) -> str:
+    return subprocess.run(
+        list(args), env=platform.process_env(), capture_output=True, text=True, check=True, timeout=60
+    ).stdout.strip()
+
+
+def wait_finished(platform: Platform, job_id: int, seconds: float = 60) -> str:
+    deadline = time.monotonic() + seconds
+    while True:
+        state = slurm(platform, "squeue", "-h", "-t", "all", "-j", str(job_id), "-o", "%T")
+        if state in FINAL:
+            return state
+        assert time.monotonic() < deadline, f"job {job_id} did not finish (state {state!r})"
+        time.sleep(0.3)
+
+
+async def test_submit_runs_a_real_job_as_alice_in_her_job_folder(alice: str, platform: Platform) -> None:
+    body = job(command='id -un; id -g; pwd; echo "$UCLOUD_JOB_ID"')
+    status, answer = await post(alice, "/jobs/submit", body)
+    assert status == 200, answer
+    folder = Path(f"/home/alice/ucloud-jobs/{body['jobId']}")
+    assert answer == {"slurmJobId": answer["slurmJobId"], "jobFolder": str(folder), "alreadySubmitted": False}
+    fields = slurm(platform, "squeue", "-h", "-t", "all", "-j", str(answer["slurmJobId"]), "-o", "%u|%j|%k")
+    assert fields == f"alice|{body['slurmJobName']}|UCloud job"
+    assert wait_finished(platform, answer["slurmJobId"]) == "COMPLETED"
+    output = folder / "stdout.txt"
+    assert output.read_text().split() == ["alice", "1101", str(folder), body["jobId"]]
+    assert output.stat().st_uid == 1101
+    assert (folder.stat().st_mode & 0o777) == 0o770
+    assert (folder / "job.sbatch").stat().st_uid == 1101
+
+
+async def test_shell_metacharacters_reach_bash_verbatim_and_run_nothing_else(alice: str, platform: Platform) -> None:
+    Path("/tmp/pwned").unlink(missing_ok=True)
+    # bash -c gets exactly the text: a quoted here-document prints it back, byte for byte.
+    echo_back = job(command=f"cat <<'UCIM_END'\n{HOSTILE}\nUCIM_END")
+    as_is = job(command=HOSTILE)
+    ids = []
+    for body in (echo_back, as_is):
+        status, answer = await post(alice, "/jobs/submit", body)
+        assert status == 200, answer
+        ids.append(answer["slurmJobId"])
+    for job_id in ids:
+        wait_finished(platform, job_id)
+    folder = Path("/home/alice/ucloud-jobs")
+    assert (folder / echo_back["jobId"] / "stdout.txt").read_text() == HOSTILE + "\n"
+    # The text as a command is one unterminated quote to bash: a syntax error, nothing runs.
+    assert (folder / as_is["jobId"] / "stdout.txt").read_text() == ""
+    assert "unexpected EOF" in (folder / as_is["jobId"] / "stderr.txt").read_text()
+    assert not Path("/tmp/pwned").exists()
+
+
+async def test_the_same_job_name_twice_is_one_slurm_job(alice: str, platform: Platform) -> None:
+    body = job("sleep-exit", seconds=1)
+    first, second = await asyncio.gather(post(alice, "/jobs/submit", body), post(alice, "/jobs/submit", body))
+    third = await post(alice, "/jobs/submit", body)
+    answers = [first[1], second[1], third[1]]
+    assert {a["slurmJobId"] for a in answers} == {first[1]["slurmJobId"]}
+    assert sorted(a["alreadySubmitted"] for a in answers) == [False, True, True]
+    named = slurm(platform, "squeue", "-h", "-t", "all", "-u", "alice", "-n", body["slurmJobName"], "-o", "%A")
+    assert named.split() == [str(first[1]["slurmJobId"])]
+
+
+async def test_unknown_partition_is_a_readable_400_and_leaves_nothing_behind(alice: str) -> None:
+    body = job(partition="nonexistent", command="true")
+    status, answer = await post(alice, "/jobs/submit", body)
+    assert status == 400
+    assert answer["statusCode"] == 400
+    assert "partition does not exist" in answer["why"]
+    assert not Path(f"/home/alice/ucloud-jobs/{body['jobId']}").exists()
+
+
+@pytest.mark.parametrize(
+    ("parameters", "why"),
+    [
+        ({"command": "a\x00b"}, "NUL"),
+        ({"command": "true", "extra": "x"}, "has no parameter 'extra'"),
+        ({"command": 5}, "must be of type text"),
+        ({}, "is required"),
+    ],
+)
+async def test_bad_parameters_are_refused_before_anything_is_written(
+    alice: str, parameters: dict[str, Any], why: str
+) -> None:
+    body = job(**parameters)
+    status, answer = await post(alice, "/jobs/submit", body)
+    assert status == 400
+    assert why in answer["why"]
+    assert not Path(f"/home/alice/ucloud-jobs/{body['jobId']}").exists()
+
+
+async def test_cancel_is_the_users_own_scancel(alice: str, bob: str, platform: Platform) -> None:
+    status, answer = await post(alice, "/jobs/submit", job("sleep-exit", seconds=300))
+    assert status == 200, answer
+    job_id = answer["slurmJobId"]
+    status, refused = await post(bob, "/jobs/cancel", {"slurmJobIds": [job_id]})
+    assert status == 400
+    assert "denied" in refused["why"].lower() or "permission" in refused["why"].lower()
+    assert (await post(alice, "/jobs/cancel", {"slurmJobIds": [job_id]}))[0] == 200
+    assert wait_finished(platform, job_id) == "CANCELLED"
+    # Cancelling again, or a job that ended, is not an error.
+    assert (await post(alice, "/jobs/cancel", {"slurmJobIds": [job_id]}))[0] == 200
+
+
+async def test_submissions_are_counted_in_the_instance_metrics(alice: str) -> None:
+    async with session_for(alice) as session, session.get("/metrics") as response:
+        text = await response.text()
+    assert 'ucim_submissions_total{result="submitted"}' in text
+    assert 'ucim_submissions_total{result="rejected"}' in text
+
+
+async def test_instances_start_fast_and_stay_small(spawner: Spawner) -> None:
+    took, children = [], []
+    for _ in range(10):
+        started = time.perf_counter()
+        pid, path = await spawner.spawn("alice")
+        async with session_for(path) as session, session.get("/healthz") as response:
+            assert response.status == 200
+        took.append(time.perf_counter() - started)
+        children.append(pid)
+    await asyncio.sleep(0.5)
+    uss = [uss_bytes(pid) for pid in children]
+    assert statistics.median(took) < 0.15, took
+    assert max(uss) < 8 * 1024 * 1024, uss
+    for pid in children:
+        await spawner.server.stop(pid)
+
+
+async def test_no_module_was_imported_after_a_fork(spawner: Spawner) -> None:
+    # Last in this module: every route above ran in children that cannot read site-packages.
+    log = spawner.log.read_text()
+    assert "instance started" in log
+    assert "imported after the fork" not in log
+    assert '"severity": "error"' not in log and '"severity": "critical"' not in log

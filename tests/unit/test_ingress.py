@@ -1,0 +1,158 @@
+"""The bridge ingress: token, routing, streaming both ways, what it forwards and what it does not."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from prometheus_client import REGISTRY
+from pydantic import SecretStr
+from pytest_aiohttp import AiohttpClient
+
+from ucim.slurm_bridge.ingress import Routes, init_app
+
+TOKEN = "a-token-that-is-long-enough"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+async def echo(request: web.Request) -> web.StreamResponse:
+    """What the instance saw, or the body back (streamed) for /upload."""
+    if request.path == "/upload":
+        digest = hashlib.sha256()
+        size = 0
+        async for chunk in request.content.iter_chunked(1 << 16):
+            digest.update(chunk)
+            size += len(chunk)
+        return web.json_response({"size": size, "sha256": digest.hexdigest()})
+    if request.path == "/download":
+        response = web.StreamResponse(headers={"X-Instance": "yes"})
+        await response.prepare(request)
+        for _ in range(64):
+            await response.write(b"x" * 65536)
+        await response.write_eof()
+        return response
+    if request.path == "/teapot":
+        return web.json_response({"why": "short and stout"}, status=418)
+    return web.json_response(
+        {
+            "method": request.method,
+            "path": request.raw_path,
+            "headers": {k.lower(): v for k, v in request.headers.items()},
+            "body": (await request.read()).decode(),
+        }
+    )
+
+
+@pytest.fixture
+async def instance_socket(tmp_path: Path) -> AsyncIterator[str]:
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", echo)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    path = str(tmp_path / "instance.sock")
+    await web.UnixSite(runner, path).start()
+    yield path
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def routes() -> AsyncIterator[Routes]:
+    table = Routes()
+    yield table
+    await table.close_all()
+
+
+async def test_every_request_needs_the_token(aiohttp_client: AiohttpClient, routes: Routes) -> None:
+    client = await aiohttp_client(init_app(routes, SecretStr(TOKEN)))
+    for headers in (
+        {},
+        {"Authorization": "Bearer nope"},
+        {"Authorization": TOKEN},
+        {"Authorization": f"Basic {TOKEN}"},
+    ):
+        for path in ("/instances/x/healthz", "/", "/metrics"):
+            response = await client.get(path, headers=headers)
+            assert response.status == 401
+            assert response.headers["WWW-Authenticate"].startswith("Bearer")
+            assert (await response.json())["why"] == "A valid ingress token is required"
+
+
+async def test_unknown_and_stopped_instances(aiohttp_client: AiohttpClient, routes: Routes) -> None:
+    client = await aiohttp_client(init_app(routes, SecretStr(TOKEN)))
+    response = await client.get("/instances/ghost/healthz", headers=AUTH)
+    assert (response.status, (await response.json())["statusCode"]) == (404, 404)
+    routes.ensure("sleepy")
+    response = await client.get("/instances/sleepy/healthz", headers=AUTH)
+    assert response.status == 503
+    assert response.headers["Retry-After"] == "1"
+
+
+async def test_a_request_is_forwarded_without_the_token(
+    aiohttp_client: AiohttpClient, routes: Routes, instance_socket: str
+) -> None:
+    routes.open("alice", instance_socket)
+    client = await aiohttp_client(init_app(routes, SecretStr(TOKEN)))
+    response = await client.post(
+        "/instances/alice/jobs/submit?a=1&b=x%26y%3Dz%20w",
+        data=b'{"x": 1}',
+        headers={**AUTH, "Content-Type": "application/json", "UCloud-Username": "YWxpY2U=", "Connection": "close"},
+    )
+    assert response.status == 200
+    seen: dict[str, Any] = await response.json()
+    assert (seen["method"], seen["path"], seen["body"]) == ("POST", "/jobs/submit?a=1&b=x%26y%3Dz%20w", '{"x": 1}')
+    assert "authorization" not in seen["headers"]
+    assert seen["headers"]["ucloud-username"] == "YWxpY2U="
+    assert seen["headers"]["content-length"] == "8"
+    assert seen["headers"]["host"] == "instance"
+    root = await client.get("/instances/alice", headers=AUTH)
+    assert (await root.json())["path"] == "/"
+
+
+async def test_bodies_stream_both_ways_and_statuses_pass_through(
+    aiohttp_client: AiohttpClient, routes: Routes, instance_socket: str
+) -> None:
+    routes.open("alice", instance_socket)
+    client = await aiohttp_client(init_app(routes, SecretStr(TOKEN)))
+    payload = bytes(range(256)) * 40_000  # ~10 MB, more than aiohttp would ever buffer for us
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(payload), 1 << 20):
+            yield payload[start : start + (1 << 20)]
+
+    upload = await client.post("/instances/alice/upload", data=chunks(), headers=AUTH)
+    assert await upload.json() == {"size": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}
+    download = await client.get("/instances/alice/download", headers=AUTH)
+    assert download.headers["X-Instance"] == "yes"
+    assert len(await download.read()) == 64 * 65536
+    teapot = await client.get("/instances/alice/teapot", headers=AUTH)
+    assert (teapot.status, await teapot.json()) == (418, {"why": "short and stout"})
+
+
+async def test_requests_are_activity_and_are_counted(
+    aiohttp_client: AiohttpClient, routes: Routes, instance_socket: str
+) -> None:
+    routes.open("alice", instance_socket)
+    route = routes.get("alice")
+    assert route is not None
+    before = route.last_activity
+    client = await aiohttp_client(init_app(routes, SecretStr(TOKEN)))
+    ok_before = REGISTRY.get_sample_value("ucim_ingress_requests_total", {"code": "200"}) or 0
+    assert (await client.get("/instances/alice/healthz", headers=AUTH)).status == 200
+    assert route.last_activity > before
+    assert route.in_flight == 0
+    assert REGISTRY.get_sample_value("ucim_ingress_requests_total", {"code": "200"}) == ok_before + 1
+
+
+async def test_an_instance_that_went_away_is_503(aiohttp_client: AiohttpClient, routes: Routes, tmp_path: Path) -> None:
+    routes.open("gone", str(tmp_path / "nothing-listens.sock"))
+    client = await aiohttp_client(init_app(routes, SecretStr(TOKEN)))
+    response = await client.get("/instances/gone/healthz", headers=AUTH)
+    assert response.status == 503
+    await routes.close("gone")
+    assert (await client.get("/instances/gone/healthz", headers=AUTH)).status == 503
+    await routes.remove("gone")
+    assert (await client.get("/instances/gone/healthz", headers=AUTH)).status == 404

@@ -1,0 +1,173 @@
+"""The instance API through the real app factory, with Slurm replaced by a recording stand-in."""
+
+from __future__ import annotations
+
+import getpass
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from prometheus_client import REGISTRY
+from pytest_aiohttp import AiohttpClient
+
+from ucim.common.slurm import SlurmClient, SlurmRejectedError, SlurmUnavailableError
+from ucim.user_sidecar.app import SUBMITTER, init_app
+from ucim.user_sidecar.settings import SidecarSettings
+
+
+class FakeSlurm(SlurmClient):
+    """Remembers jobs by name as Slurm would; can be told to refuse or to be away."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.jobs: dict[str, int] = {}
+        self.scripts: list[str] = []
+        self.cancelled: list[int] = []
+        self.refuse: str | None = None
+        self.away = False
+
+    async def find_jobs_by_name(self, name: str, *, user: str | None = None) -> list[int]:
+        return [self.jobs[name]] if name in self.jobs else []
+
+    async def submit(self, script_path: Path, *, cwd: Path, env: Mapping[str, str] | None = None) -> int:
+        if self.away:
+            raise SlurmUnavailableError("Slurm is not reachable right now")
+        if self.refuse:
+            raise SlurmRejectedError(self.refuse)
+        text = script_path.read_text()
+        self.scripts.append(text)
+        name = next(line.split("=", 1)[1] for line in text.splitlines() if line.startswith("#SBATCH --job-name="))
+        self.jobs[name] = 1000 + len(self.jobs)
+        return self.jobs[name]
+
+    async def cancel(self, job_ids: Iterable[int]) -> None:
+        self.cancelled.extend(job_ids)
+
+
+@pytest.fixture
+async def instance(aiohttp_client: AiohttpClient, tmp_path: Path) -> tuple[Any, FakeSlurm, Path]:
+    settings = SidecarSettings(user=getpass.getuser(), home=tmp_path)
+    app = init_app(settings)
+    slurm = FakeSlurm()
+    app[SUBMITTER].slurm = slurm
+    return await aiohttp_client(app), slurm, tmp_path
+
+
+def body(job_id: str = "4711", **overrides: Any) -> dict[str, Any]:
+    return {
+        "jobId": job_id,
+        "slurmJobName": f"ucloud-{job_id}-abc",
+        "application": {"name": "sleep-exit", "version": "1"},
+        "parameters": {"seconds": {"type": "integer", "value": 2}},
+        "resources": {"nodes": 1, "cpusPerNode": 1, "memoryMegabytesPerNode": 100},
+        "slurm": {"partition": "normal"},
+        **overrides,
+    }
+
+
+def submissions(result: str) -> float:
+    return REGISTRY.get_sample_value("ucim_submissions_total", {"result": result}) or 0.0
+
+
+async def test_submit_writes_the_script_into_the_job_folder(instance: tuple[Any, FakeSlurm, Path]) -> None:
+    client, slurm, home = instance
+    response = await client.post("/jobs/submit", json=body())
+    assert response.status == 200
+    folder = home / "ucloud-jobs" / "4711"
+    assert await response.json() == {"slurmJobId": 1000, "jobFolder": str(folder), "alreadySubmitted": False}
+    assert (folder / "job.sbatch").read_text() == slurm.scripts[0]
+    assert (folder.stat().st_mode & 0o777) == 0o770
+    assert [p.name for p in folder.iterdir()] == ["job.sbatch"], "no temporary file is left"
+
+
+async def test_submit_twice_answers_with_the_first_job(instance: tuple[Any, FakeSlurm, Path]) -> None:
+    client, slurm, _ = instance
+    before = submissions("already_submitted")
+    first = await (await client.post("/jobs/submit", json=body())).json()
+    second = await (await client.post("/jobs/submit", json=body())).json()
+    assert second == {**first, "alreadySubmitted": True}
+    assert len(slurm.scripts) == 1
+    assert submissions("already_submitted") == before + 1
+
+
+async def test_a_rejected_job_leaves_no_folder(instance: tuple[Any, FakeSlurm, Path]) -> None:
+    client, slurm, home = instance
+    slurm.refuse = "The requested partition does not exist on this cluster"
+    response = await client.post("/jobs/submit", json=body("9"))
+    assert response.status == 400
+    assert await response.json() == {
+        "statusCode": 400,
+        "why": "The requested partition does not exist on this cluster",
+        "errorCode": "",
+        "detailedCode": 0,
+    }
+    assert not (home / "ucloud-jobs" / "9").exists()
+    # A folder the user had already prepared stays, without the script.
+    (home / "ucloud-jobs" / "10").mkdir(parents=True)
+    (home / "ucloud-jobs" / "10" / "input.txt").write_text("mine")
+    assert (await client.post("/jobs/submit", json=body("10"))).status == 400
+    assert [p.name for p in (home / "ucloud-jobs" / "10").iterdir()] == ["input.txt"]
+
+
+async def test_slurm_away_is_503_and_keeps_the_folder_for_the_retry(instance: tuple[Any, FakeSlurm, Path]) -> None:
+    client, slurm, home = instance
+    slurm.away = True
+    response = await client.post("/jobs/submit", json=body("11"))
+    assert response.status == 503
+    assert "not reachable" in (await response.json())["why"]
+    assert (home / "ucloud-jobs" / "11" / "job.sbatch").exists()
+    slurm.away = False
+    assert (await client.post("/jobs/submit", json=body("11"))).status == 200
+
+
+@pytest.mark.parametrize(
+    ("payload", "why"),
+    [
+        (b"not json", "The body is not JSON"),
+        (b"{}", "Invalid request: jobId: Field required"),
+        (b'{"jobId": 1}', "jobId: Input should be a valid string"),
+    ],
+)
+async def test_malformed_requests_are_readable_400s(
+    instance: tuple[Any, FakeSlurm, Path], payload: bytes, why: str
+) -> None:
+    client, _, _ = instance
+    response = await client.post("/jobs/submit", data=payload)
+    assert response.status == 400
+    assert why in (await response.json())["why"]
+
+
+async def test_invalid_jobs_are_refused_before_anything_is_written(instance: tuple[Any, FakeSlurm, Path]) -> None:
+    client, slurm, home = instance
+    before = submissions("invalid")
+    bad = body("12", parameters={"seconds": {"type": "integer", "value": 2}, "x": {"type": "text", "value": "y"}})
+    response = await client.post("/jobs/submit", json=bad)
+    assert response.status == 400
+    assert "has no parameter 'x'" in (await response.json())["why"]
+    assert not (home / "ucloud-jobs").exists()
+    assert slurm.scripts == []
+    assert submissions("invalid") == before + 1
+
+
+async def test_cancel_passes_the_ids_to_scancel(instance: tuple[Any, FakeSlurm, Path]) -> None:
+    client, slurm, _ = instance
+    response = await client.post("/jobs/cancel", json={"slurmJobIds": [5, 7]})
+    assert (response.status, await response.json()) == (200, {})
+    assert slurm.cancelled == [5, 7]
+    assert (await client.post("/jobs/cancel", json={"slurmJobIds": []})).status == 400
+
+
+async def test_health_and_metrics_and_unknown_routes(instance: tuple[Any, FakeSlurm, Path]) -> None:
+    client, _, _ = instance
+    assert (await client.get("/healthz")).status == 200
+    assert "ucim_submissions_total" in await (await client.get("/metrics")).text()
+    missing = await client.get("/nothing")
+    assert (missing.status, (await missing.json())["statusCode"]) == (404, 404)
+
+
+def test_the_app_is_built_by_its_factory() -> None:
+    app = init_app(SidecarSettings(user=getpass.getuser(), home=Path("/nonexistent")))
+    assert isinstance(app, web.Application)
+    assert app[SUBMITTER].jobs_root == Path("/nonexistent/ucloud-jobs")

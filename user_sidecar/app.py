@@ -1,0 +1,128 @@
+"""The user instance's application factory.
+
+Routes: ``POST /jobs/submit``, ``POST /jobs/cancel`` (``ucim.common.instance_api``),
+``GET /healthz``, ``/readyz`` and ``/metrics``. The instance runs as its user; every
+file it writes and every Slurm command it runs is that user's own.
+
+:func:`for_fork_server` is the hook through which the slurm_bridge's fork server runs
+instances: it loads and compiles everything once, as root, before any fork, and gives
+back the function each forked child calls, after dropping to its user, to build its app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import pwd
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from ucim.common.instance_api import CANCEL_PATH, SUBMIT_PATH, SubmitRequest, SubmitResponse
+from ucim.common.observability import add_health_routes
+from ucim.common.slurm import SlurmClient
+from ucim.user_sidecar import views
+from ucim.user_sidecar.jobs import Submitter
+from ucim.user_sidecar.middlewares import error_envelope
+from ucim.user_sidecar.settings import SidecarSettings
+from ucim.user_sidecar.templates import Catalogue, InvalidJobError, load_catalogue, render_script
+
+SETTINGS = web.AppKey("settings", SidecarSettings)
+SUBMITTER = views.SUBMITTER
+
+
+def init_app(settings: SidecarSettings, catalogue: Catalogue | None = None) -> web.Application:
+    """The instance's app for ``settings.user`` (default: this process's user)."""
+    user = settings.user or pwd.getpwuid(os.geteuid()).pw_name
+    home = settings.home or Path(pwd.getpwnam(user).pw_dir)
+    submitter = Submitter(
+        catalogue=catalogue or load_catalogue(settings.catalogue_file),
+        slurm=SlurmClient(settings.slurm_config(user, home)),
+        home=home,
+        jobs_folder=settings.jobs_folder,
+    )
+    app = web.Application(middlewares=[error_envelope])
+    app[SETTINGS] = settings
+    app[SUBMITTER] = submitter
+    app.router.add_post(SUBMIT_PATH, views.submit)
+    app.router.add_post(CANCEL_PATH, views.cancel)
+    add_health_routes(app)
+    return app
+
+
+ChildAppFactory = Callable[[Mapping[str, Any]], web.Application]
+
+
+def for_fork_server(options: Mapping[str, Any]) -> ChildAppFactory:
+    """Called once in the fork server (root, before any fork): preload, then hand out the factory.
+
+    ``options`` are SidecarSettings fields. The returned function gets the child's
+    account (``user``, ``home``, ...) and runs in the child, which can no longer read
+    the installation: so the catalogue is compiled here and the code paths a request
+    takes are exercised once, which imports every module they need.
+    """
+    base = SidecarSettings(**options)
+    catalogue = load_catalogue(base.catalogue_file)
+    _warm_up(base, catalogue)
+
+    def make(account: Mapping[str, Any]) -> web.Application:
+        settings = base.model_copy(update={"user": str(account["user"]), "home": Path(account["home"])})
+        return init_app(settings, catalogue)
+
+    return make
+
+
+def _warm_up(settings: SidecarSettings, catalogue: Catalogue) -> None:
+    """Serve a throw-away app and send it one request per code path that has no side effect.
+
+    Modules that aiohttp, pydantic or prometheus_client import lazily (the response
+    compressor's thread pool, say) are imported here, in the fork server, where the
+    installation is readable. The loop is closed again before any fork.
+    """
+    sample = {
+        "jobId": "0",
+        "slurmJobName": "warm-up",
+        "application": {"name": "-", "version": "-"},
+        "resources": {"nodes": 1, "cpusPerNode": 1, "memoryMegabytesPerNode": 1, "timeLimitMinutes": 1},
+    }
+    for name, version in catalogue.applications:
+        request = SubmitRequest.model_validate({**sample, "application": {"name": name, "version": version}})
+        # Required parameters are missing, so it fails; the paths before that still ran.
+        with contextlib.suppress(InvalidJobError):
+            render_script(catalogue, request, Path("/nonexistent/0"))
+    json.dumps(SubmitResponse(slurm_job_id=1, job_folder="/").model_dump(mode="json", by_alias=True))
+    app = init_app(settings.model_copy(update={"user": "root", "home": Path("/nonexistent")}), catalogue)
+    calls: list[tuple[str, str, bytes | None]] = [
+        ("GET", "/healthz", None),
+        ("GET", "/readyz", None),
+        ("GET", "/metrics", None),
+        ("POST", SUBMIT_PATH, b"not json"),
+        ("POST", SUBMIT_PATH, b"{}"),
+        ("POST", SUBMIT_PATH, json.dumps(sample).encode()),  # unknown application: a 400 before Slurm
+        ("POST", CANCEL_PATH, b"{}"),
+        ("GET", "/nowhere", None),
+    ]
+    asyncio.run(_exercise(app, calls))
+
+
+async def _exercise(app: web.Application, calls: list[tuple[str, str, bytes | None]]) -> None:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        with tempfile.TemporaryDirectory(prefix="ucim-warm-up-") as folder:
+            path = str(Path(folder) / "warm-up.sock")
+            await web.UnixSite(runner, path).start()
+            connector = aiohttp.UnixConnector(path=path)
+            async with aiohttp.ClientSession(connector=connector) as session:
+                for method, route, body in calls:
+                    headers = {"Accept-Encoding": "gzip, deflate", "Content-Type": "application/json"}
+                    async with session.request(method, f"http://warm-up{route}", data=body, headers=headers) as r:
+                        await r.read()
+    finally:
+        await runner.cleanup()

@@ -161,3 +161,16 @@ async def test_an_operator_crash_mid_job_loses_and_repeats_nothing(platform: Pla
     assert states(stack, job) == ["IN_QUEUE", "RUNNING", "SUCCESS"]
     name = f"ucim-{platform.get(stack.namespace, f'ucj/{UCloudJob.name_for(job)}')['metadata']['uid']}"
     assert len(platform.run_as("alice", "squeue", "-h", "-t", "all", "-n", name, "-o", "%i").stdout.split()) == 1
+
+
+async def test_a_job_over_its_time_limit_expires(platform: Platform, stack: Stack) -> None:
+    # Slurm's time limits are whole minutes and it checks them about every 30 s: this test takes one to two minutes.
+    job = job_id()
+    spec = stack.core.make_job(
+        job, "alice", ("sleep-exit", "1"), {"seconds": 600}, time_allocation=SimpleDuration(minutes=1)
+    )
+    spec.specification.product.id, spec.specification.product.category = "short-1", "cpu-short"
+    await stack.core.create_jobs([spec])
+    update = await stack.core.wait_for_update(job, JobState.EXPIRED, timeout=180)
+    assert update.status is not None and "time limit" in update.status
+    assert ucloud_job(platform, stack, job).status.slurm_state == "TIMEOUT"

@@ -52,12 +52,28 @@ test-integration: deps ## Integration tests against the real local platform (sta
 e2e: deps ## End-to-end tests on the local platform
 	$(PYTEST) e2e --platform=local
 
+.PHONY: helm
+helm: ## Build (or reuse) the pinned helm v3 in the ucim cache (~/.cache/ucim/bin)
+	bash hack/build-helm.sh
+
+.PHONY: chart-test
+chart-test: deps helm ## Chart, alert and dashboard checks (helm lint/template/install on the local platform, promtool)
+	$(PYTEST) tests/chart
+
+.PHONY: kind-up
+kind-up: ## kind cluster + chart + a Slurm frontend container with the bridge (skips without Docker/kind)
+	bash hack/kind/up.sh
+
+.PHONY: kind-down
+kind-down: ## Remove the kind cluster and its containers
+	bash hack/kind/down.sh
+
 .PHONY: e2e-kind
-e2e-kind: ## End-to-end tests on a kind cluster (needs Docker and kind)
-	$(PYTEST) e2e --platform=kind
+e2e-kind: ## End-to-end tests on a kind cluster (needs Docker and kind; skips cleanly without them)
+	bash hack/kind/e2e.sh
 
 .PHONY: test
-test: lint deps ## Everything CI runs: lint, unit, integration and e2e tests
+test: lint deps helm ## Everything CI runs: lint, unit, integration, chart and e2e tests
 	$(PYTEST) tests e2e --platform=local
 
 .PHONY: bench

@@ -117,6 +117,10 @@ async def configure(*, settings: kopf.OperatorSettings, memo: kopf.Memo, logger:
     # Reconnect watches regularly so a silently dropped stream cannot stall us.
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
+    # We watch one namespace and our CRDs are installed with the chart: kopf's cluster-wide
+    # scan of namespaces and CRDs needs rights the operator's namespaced Role does not give,
+    # and kopf would retry the refused listing for about a minute before it serves anything.
+    settings.scanning.disabled = True
 
     kube = await Kube.connect()
     core = CoreClient(config.core_url, config.core_refresh_token)

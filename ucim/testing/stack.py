@@ -21,6 +21,8 @@ from pathlib import Path
 
 import aiohttp
 
+from ucim.common.kube import Kube
+from ucim.common.resources import UCloudJob
 from ucim.testing.core_standin import CoreStandIn
 
 PROVIDER = "ucim"
@@ -132,6 +134,22 @@ def component_env(
     }
 
 
+async def _release_jobs(platform_env: Mapping[str, str], namespace: str, timeout: float = 30) -> None:  # noqa: ASYNC109
+    """Delete the namespace's UCloudJobs while the operator still runs, so its finalizer lets them go.
+
+    Otherwise deleting the namespace later would hang on finalizers nobody removes.
+    """
+    async with await Kube.connect(platform_env.get("KUBECONFIG")) as kube:
+        for job in await kube.list(UCloudJob, namespace):
+            await kube.delete(UCloudJob, namespace, job.metadata.name)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while True:
+                    if not await kube.list(UCloudJob, namespace):
+                        break
+                    await asyncio.sleep(0.2)
+
+
 HEALTH_PORT_KEYS = {
     "ucim-gateway": "UCIM_GATEWAY_PORT",
     "ucim-operator": "UCIM_OPERATOR_METRICS_PORT",
@@ -159,6 +177,7 @@ async def running_stack(platform_env: Mapping[str, str], namespace: str) -> Asyn
                 stack.components[command] = await _start(command, workdir / f"{command}.log", env, health)
             yield stack
         finally:
+            await _release_jobs(platform_env, namespace)
             for component in reversed(list(stack.components.values())):
                 if component.process.returncode is None:
                     component.process.terminate()

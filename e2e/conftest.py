@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import uuid
+from collections.abc import AsyncIterator, Generator
 
 import pytest
+
+from tests.support.platform import Platform
+from ucim.testing.stack import Stack, running_stack
 
 
 def kind_unavailable_reason() -> str | None:
@@ -22,6 +27,16 @@ def kind_unavailable_reason() -> str | None:
     if engine.returncode != 0:
         return "no Docker engine is running (`docker info` failed)"
     return None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Keep each phase's report on the item, so fixtures can tell whether the test failed."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -36,3 +51,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for item in items:
             if "e2e" in item.path.parts:
                 item.add_marker(skip)
+
+
+@pytest.fixture
+async def stack(platform: Platform, request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
+    if request.config.getoption("--platform") != "local":
+        pytest.skip("the job-path e2e runs the components as local processes")
+    namespace = f"ucim-e2e-{uuid.uuid4().hex[:6]}"
+    platform.kubectl("create", "namespace", namespace)
+    try:
+        async with running_stack(platform.env, namespace) as running:
+            yield running
+            report = getattr(request.node, "rep_call", None)
+            if report is not None and report.failed:
+                # What a person would look at first: the components' logs, the events, the resources.
+                print(running.logs())
+                print(platform.kubectl("get", "events", "-n", namespace, check=False).stdout)
+                print(platform.kubectl("get", "ucj,ui", "-n", namespace, "-o", "yaml", check=False).stdout)
+    finally:
+        platform.kubectl("delete", "namespace", namespace, "--wait=false", check=False)

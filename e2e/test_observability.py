@@ -1,0 +1,60 @@
+"""A real Prometheus scrapes every running component while jobs flow; every dashboard panel returns data.
+
+Traffic covers what the panels show: jobs that succeed and fail, a submission Slurm rejects,
+and a while during which Core refuses updates (so delivery failures exist). Queries use a
+two-minute window in place of Grafana's ``$__rate_interval``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.support.prometheus import dashboard_queries, prometheus, query, static_job, wait_for
+from ucim.common.protocol import JobState, SimpleDuration
+from ucim.testing.core_standin import ProviderCallError
+from ucim.testing.stack import Stack
+
+REPO = Path(__file__).resolve().parents[1]
+DASHBOARDS = sorted((REPO / "charts" / "ucim" / "dashboards").glob("*.json"))
+RATE_WINDOW = "2m"
+PORTS = {
+    "ucim-gateway": "UCIM_GATEWAY_PORT",
+    "ucim-operator": "UCIM_OPERATOR_METRICS_PORT",
+    "ucim-bridge": "UCIM_BRIDGE_METRICS_PORT",
+}
+
+
+async def traffic(stack: Stack) -> None:
+    core = stack.core
+    ok, failing = str(uuid.uuid4().int % 10**9), str(uuid.uuid4().int % 10**9)
+    # Core refuses updates for a few seconds: deliveries fail, then catch up.
+    core.fail_requests("/api/jobs/control/update", seconds=3)
+    await core.create_jobs([core.make_job(ok, "alice", ("sleep-exit", "1"), {"seconds": 1})])
+    await core.create_jobs([core.make_job(failing, "bob", ("sleep-exit", "1"), {"seconds": 1, "exitCode": 3})])
+    rejected = core.make_job("0", "alice", ("sleep-exit", "1"), {}, time_allocation=SimpleDuration(hours=5))
+    rejected.specification.product.id, rejected.specification.product.category = "short-1", "cpu-short"
+    with pytest.raises(ProviderCallError):
+        await core.create_jobs([rejected])
+    await core.wait_for_update(ok, JobState.SUCCESS, timeout=60)
+    await core.wait_for_update(failing, JobState.FAILURE, timeout=60)
+    await core.retrieve_products()
+
+
+async def test_every_dashboard_panel_returns_data(stack: Stack) -> None:
+    scrape = [static_job(name, f"127.0.0.1:{stack.envs[name][port]}") for name, port in sorted(PORTS.items())]
+    with prometheus(scrape) as url:
+        await asyncio.to_thread(wait_for, lambda: len(query(url, "up == 1")) == len(PORTS), 30, "every target up")
+        await traffic(stack)
+        # Several scrapes after the traffic, so every rate has two samples in its window.
+        await asyncio.sleep(4)
+        empty = [
+            f"{dashboard.stem} / {title}: {promql}"
+            for dashboard in DASHBOARDS
+            for title, promql in dashboard_queries(dashboard, RATE_WINDOW)
+            if not query(url, promql)
+        ]
+        assert empty == [], "panels without data:\n" + "\n".join(empty)

@@ -1,10 +1,13 @@
 """Job updates of many jobs, sent to UCloud/Core together.
 
 Each job's delivery handler hands its pending updates to the ``DeliveryQueue``
-and waits; a background task (started at operator start-up) collects what
-arrives within a short interval (~100 ms) and sends it in requests of at most
-100 items. A job's updates always travel together and in order, in one request,
-so Core either has all of them or none.
+and waits; a background task (started at operator start-up) sends them in
+requests of at most 100 items, starting at most one request per interval
+(~100 ms): an update that finds the sender idle goes at once (no added latency
+for a lone state change), what arrives while the interval since the last
+request runs is collected and sent together when it ends (a burst of changes,
+one monitor cycle's worth, becomes few requests). A job's updates always travel
+together and in order, in one request, so Core either has all of them or none.
 
 The queue holds nothing durable: the truth is each UCloudJob's status
 (``transitions[reportedTransitions:]`` is what Core has not acknowledged), so a
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -57,7 +61,10 @@ def pack(groups: Sequence[_Group], max_items: int) -> tuple[list[_Group], list[_
 
 
 class DeliveryQueue:
-    """Collects job updates for ``interval`` seconds and sends them in batches of at most ``max_items``."""
+    """Sends job updates in batches of at most ``max_items``, starting at most one batch per ``interval`` seconds.
+
+    Batches of more than ``max_items`` updates waiting at once go back to back.
+    """
 
     def __init__(self, send: Send, *, interval: float = 0.1, max_items: int = 100) -> None:
         self._send = send
@@ -77,16 +84,21 @@ class DeliveryQueue:
 
     async def run(self) -> None:
         """The background sender; runs until cancelled."""
+        loop = asyncio.get_running_loop()
+        last_sent = -math.inf
         while True:
             await self._arrived.wait()
-            await asyncio.sleep(self._interval)
+            # Idle for an interval: send now. Otherwise gather until the interval is over.
+            if (wait := last_sent + self._interval - loop.time()) > 0:
+                await asyncio.sleep(wait)
             self._arrived.clear()
-            while self._groups:
-                waiting = [group for group in self._groups if not group.done.done()]  # callers may have gone
-                batch, rest = pack(waiting, self._max_items)
-                self._groups = deque(rest)
-                if batch:
-                    await self._send_batch(batch)
+            last_sent = loop.time()
+            # What waits now goes now; what arrives while it is being sent goes in the next round.
+            waiting = [group for group in self._groups if not group.done.done()]  # callers may have gone
+            self._groups.clear()
+            while waiting:
+                batch, waiting = pack(waiting, self._max_items)
+                await self._send_batch(batch)
 
     async def _send_batch(self, batch: list[_Group]) -> None:
         try:

@@ -29,7 +29,8 @@ class OperatorSettings(ComponentSettings):
     # The compute products registered with Core at start-up (the gateway serves the same list).
     machine_types: list[MachineType] = Field(default_factory=lambda: list(DEFAULT_MACHINE_TYPES))
     register_products: bool = True
-    # Job updates of many jobs are collected for this long and sent to Core together.
+    # At most one request to Core starts per this interval: a lone update goes at once, updates of several
+    # jobs arriving within it are gathered and sent together when it ends.
     delivery_batch_interval_seconds: float = Field(default=0.1, ge=0.0, le=5.0)
     # At most this many updates per request to Core (the anchor sends 100).
     delivery_batch_size: int = Field(default=100, ge=1, le=100)

@@ -1,13 +1,30 @@
 """Submitting and cancelling a user's Slurm jobs, as that user.
 
-Submission is idempotent on the Slurm job name, which is the UCloudJob's identity:
-before anything is written, the instance asks Slurm for a job of that name and, if one
-exists, answers with it (``alreadySubmitted``). A job folder is
-``<home>/<jobs_folder>/<UCloud job id>`` (0770, the process runs with umask 0007), the
-script is ``job.sbatch`` in it, written atomically. When sbatch refuses the job, what
-this submission created is removed again, so a retry starts from the same state; when
-Slurm cannot be reached, the folder stays and a retry finds the job by name if sbatch
-created it after all.
+Submission is idempotent on the Slurm job name, which is the UCloudJob's identity, and the
+job folder ``<home>/<jobs_folder>/<UCloud job id>`` (0770, the process runs with umask
+0007) is the local record of what was submitted, so the common case asks Slurm nothing
+before ``sbatch``:
+
+* **no folder**: this job was never submitted from here. The folder is created (``mkdir``,
+  which exactly one caller can win), the script ``job.sbatch`` is written atomically and
+  sbatch runs at once. After sbatch answers, ``.slurm-job-id`` (the Slurm id and the job
+  name) is written atomically into the folder.
+* **a record of this job name**: the job was submitted; the answer is its id with
+  ``alreadySubmitted``, again without asking Slurm. (A record of another name, left by an
+  earlier UCloudJob with the same UCloud job id, counts as no record.)
+* **a folder without that record**: something happened between ``mkdir`` and the record
+  (the process died around sbatch, sbatch timed out, Slurm was away, or sbatch refused an
+  earlier attempt in a folder the user had made). Only Slurm knows, so it is asked by name
+  (:meth:`SlurmClient.find_jobs_by_name`: squeue, then sacct); a job found is recorded and
+  answered, otherwise the job is submitted.
+
+When sbatch refuses the job, what this submission created is removed again (the script,
+and the folder if this call made it), so a retry starts from the same state: no folder,
+nothing in Slurm. When Slurm cannot be reached, the folder stays and a retry looks the job
+up by name, in case sbatch created it after all. Submissions of one job name are serialised
+within the instance, and the one instance of a user is the only process that submits its
+jobs; the record is written without fsync, so after a power loss (not a process crash) a
+folder whose record was lost takes the lookup path, which is still correct.
 """
 
 from __future__ import annotations
@@ -27,6 +44,8 @@ from ucim.user_sidecar.templates import Catalogue, check_job_id, check_job_name,
 log = logging.getLogger(__name__)
 
 SCRIPT_NAME: Final = "job.sbatch"
+# The submission record in the job folder: "slurm_job_id=<id>" and "slurm_job_name=<name>" lines.
+RECORD_NAME: Final = ".slurm-job-id"
 FOLDER_MODE: Final = 0o770
 
 SUBMISSIONS = Counter(
@@ -68,11 +87,18 @@ class Submitter:
                 self._locks[name] = (lock, users - 1)
 
     async def _submit_once(self, name: str, folder: Path, script: str) -> SubmitResponse:
-        existing = await self.slurm.find_jobs_by_name(name)
-        if existing:
-            log.info("job already submitted", extra={"slurm_job_id": existing[0], "job_name": name})
-            return SubmitResponse(slurm_job_id=existing[0], job_folder=str(folder), already_submitted=True)
+        recorded = read_record(folder)
+        if recorded is not None and recorded[1] == name:
+            log.info("job already submitted", extra={"slurm_job_id": recorded[0], "job_name": name})
+            return SubmitResponse(slurm_job_id=recorded[0], job_folder=str(folder), already_submitted=True)
         created = self._make_folder(folder)
+        if not created:
+            # An earlier attempt got at least as far as mkdir but left no record: ask Slurm.
+            existing = await self.slurm.find_jobs_by_name(name)
+            if existing:
+                log.info("job already submitted", extra={"slurm_job_id": existing[0], "job_name": name})
+                _write_record(folder, existing[0], name)
+                return SubmitResponse(slurm_job_id=existing[0], job_folder=str(folder), already_submitted=True)
         script_path = folder / SCRIPT_NAME
         _write_atomically(script_path, script)
         try:
@@ -83,6 +109,7 @@ class Submitter:
             if created:
                 _remove_if_empty(folder)
             raise
+        _write_record(folder, job_id, name)
         return SubmitResponse(slurm_job_id=job_id, job_folder=str(folder))
 
     def _make_folder(self, folder: Path) -> bool:
@@ -101,6 +128,35 @@ class Submitter:
     async def cancel(self, job_ids: list[int]) -> None:
         """scancel as the user: Slurm itself refuses jobs that are not the user's."""
         await self.slurm.cancel(job_ids)
+
+
+def read_record(folder: Path) -> tuple[int, str] | None:
+    """(Slurm job id, job name) from the folder's submission record; None if there is no usable one."""
+    try:
+        text = (folder / RECORD_NAME).read_text(encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except (OSError, UnicodeDecodeError):
+        log.warning("submission record unreadable; asking Slurm", extra={"folder": str(folder)}, exc_info=True)
+        return None
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition("=")
+        fields[key.strip()] = value.strip()
+    job_id, name = fields.get("slurm_job_id", ""), fields.get("slurm_job_name", "")
+    if not (job_id.isascii() and job_id.isdigit() and name):
+        log.warning("submission record garbled; asking Slurm", extra={"folder": str(folder)})
+        return None
+    return int(job_id), name
+
+
+def _write_record(folder: Path, job_id: int, name: str) -> None:
+    """Record a submission; best effort: without the record a retry asks Slurm instead."""
+    try:
+        _write_atomically(folder / RECORD_NAME, f"slurm_job_id={job_id}\nslurm_job_name={name}\n")
+    except OSError:
+        extra = {"folder": str(folder), "slurm_job_id": job_id}
+        log.warning("could not record the submission; a retry will ask Slurm", extra=extra, exc_info=True)
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -7,12 +7,14 @@ import statistics
 import subprocess
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.instance_support import SIDECAR, Spawner, fork_server, session_for
 from tests.support.platform import Platform
@@ -119,6 +121,70 @@ async def test_the_same_job_name_twice_is_one_slurm_job(alice: str, platform: Pl
     assert sorted(a["alreadySubmitted"] for a in answers) == [False, True, True]
     named = slurm(platform, "squeue", "-h", "-t", "all", "-u", "alice", "-n", body["slurmJobName"], "-o", "%A")
     assert named.split() == [str(first[1]["slurmJobId"])]
+
+
+async def slurm_calls(path: str) -> Counter[str]:
+    """How many Slurm commands the instance has run so far, by tool (from its own /metrics)."""
+    async with session_for(path) as session, session.get("/metrics") as response:
+        text = await response.text()
+    calls: Counter[str] = Counter()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "ucim_slurm_command_seconds_count":
+                calls[sample.labels["command"]] += int(sample.value)
+    return calls
+
+
+async def test_a_first_submission_runs_sbatch_alone_and_a_retry_reads_the_record(
+    alice: str, platform: Platform
+) -> None:
+    body = job("sleep-exit", seconds=0)
+    before = await slurm_calls(alice)
+    status, answer = await post(alice, "/jobs/submit", body)
+    assert status == 200, answer
+    # No job folder yet: nothing was ever submitted for this job, so only sbatch runs.
+    assert await slurm_calls(alice) - before == Counter({"sbatch": 1})
+    record = Path(answer["jobFolder"]) / ".slurm-job-id"
+    assert record.read_text() == f"slurm_job_id={answer['slurmJobId']}\nslurm_job_name={body['slurmJobName']}\n"
+    assert record.stat().st_uid == 1101
+    # The retry is answered from the record, without asking Slurm.
+    before = await slurm_calls(alice)
+    status, again = await post(alice, "/jobs/submit", body)
+    assert (status, again) == (200, {**answer, "alreadySubmitted": True})
+    assert await slurm_calls(alice) - before == Counter()
+
+
+async def test_a_folder_without_its_record_asks_slurm_by_name(alice: str, platform: Platform) -> None:
+    # The instance died between sbatch and the record: the job exists in Slurm, the record does not.
+    body = job("sleep-exit", seconds=0)
+    status, answer = await post(alice, "/jobs/submit", body)
+    assert status == 200, answer
+    record = Path(answer["jobFolder"]) / ".slurm-job-id"
+    record.unlink()
+    before = await slurm_calls(alice)
+    status, again = await post(alice, "/jobs/submit", body)
+    assert (status, again) == (200, {**answer, "alreadySubmitted": True})
+    calls = await slurm_calls(alice) - before
+    assert calls["squeue"] == 1 and calls["sbatch"] == 0, calls
+    assert record.read_text().startswith(f"slurm_job_id={answer['slurmJobId']}\n"), "recorded again"
+    named = slurm(platform, "squeue", "-h", "-t", "all", "-u", "alice", "-n", body["slurmJobName"], "-o", "%A")
+    assert named.split() == [str(answer["slurmJobId"])]
+
+
+async def test_a_folder_without_a_record_or_a_slurm_job_is_submitted(alice: str, platform: Platform) -> None:
+    # An earlier attempt made the folder and stopped before sbatch (or the user made it): Slurm has no job.
+    body = job("sleep-exit", seconds=0)
+    folder = Path(f"/home/alice/ucloud-jobs/{body['jobId']}")
+    platform.run_as("alice", "mkdir", "-p", str(folder))
+    before = await slurm_calls(alice)
+    status, answer = await post(alice, "/jobs/submit", body)
+    assert status == 200, answer
+    assert answer["alreadySubmitted"] is False
+    calls = await slurm_calls(alice) - before
+    assert calls["squeue"] == 1 and calls["sbatch"] == 1, calls
+    assert (folder / ".slurm-job-id").exists()
+    named = slurm(platform, "squeue", "-h", "-t", "all", "-u", "alice", "-n", body["slurmJobName"], "-o", "%A")
+    assert named.split() == [str(answer["slurmJobId"])]
 
 
 async def test_unknown_partition_is_a_readable_400_and_leaves_nothing_behind(alice: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,6 +158,10 @@ async def test_updates_are_recorded_in_order_per_job(core: CoreStandIn, core_cli
     assert final.timestamp == T0 + 3
     assert [u.state for u in core.updates_for("41")] == [JobState.IN_QUEUE, JobState.RUNNING, JobState.SUCCESS]
     assert [u.state for u in core.updates_for("42")] == [JobState.RUNNING]
+    # Each update carries its arrival time, for latency measurements (bench/bench_job_path.py).
+    arrivals = [at for at, _ in core.record.received("41")]
+    assert [u.state for _, u in core.record.received("41")] == [JobState.IN_QUEUE, JobState.RUNNING, JobState.SUCCESS]
+    assert arrivals == sorted(arrivals) and abs(arrivals[-1] - time.time()) < 60
 
 
 async def test_waiting_for_an_update_that_never_comes_times_out(core: CoreStandIn) -> None:

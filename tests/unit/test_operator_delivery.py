@@ -70,6 +70,23 @@ async def test_updates_of_many_jobs_share_requests_of_at_most_100(queue: Deliver
         assert all(statuses == ["0", "1", "2"] for statuses in by_job.values())
 
 
+async def test_a_lone_update_goes_at_once_and_a_burst_after_it_waits_for_the_interval(core: FakeCore) -> None:
+    delivery = DeliveryQueue(core.send, interval=0.3, max_items=100)
+    task = asyncio.create_task(delivery.run())
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        async with asyncio.timeout(0.2):  # far less than the interval: nothing held it back
+            await delivery.deliver(items("first", 1))
+        # Right behind it: gathered, and sent one interval after the first request.
+        await asyncio.gather(delivery.deliver(items("second", 1)), delivery.deliver(items("third", 2)))
+        assert loop.time() - started >= 0.25
+        assert [[i.id for i in r] for r in core.requests] == [["first"], ["second", "third", "third"]]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 async def test_core_unavailable_fails_every_caller_in_the_batch(queue: DeliveryQueue, core: FakeCore) -> None:
     core.fail = lambda _: CoreUnavailableError("down")
     results = await asyncio.gather(queue.deliver(items("a", 1)), queue.deliver(items("b", 2)), return_exceptions=True)

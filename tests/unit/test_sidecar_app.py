@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -13,6 +14,7 @@ from prometheus_client import REGISTRY
 from pytest_aiohttp import AiohttpClient
 
 from ucim.common.slurm import SlurmClient, SlurmRejectedError, SlurmUnavailableError
+from ucim.user_sidecar import jobs
 from ucim.user_sidecar.app import SUBMITTER, init_app
 from ucim.user_sidecar.settings import SidecarSettings
 
@@ -23,12 +25,14 @@ class FakeSlurm(SlurmClient):
     def __init__(self) -> None:
         super().__init__()
         self.jobs: dict[str, int] = {}
+        self.lookups: list[str] = []
         self.scripts: list[str] = []
         self.cancelled: list[int] = []
         self.refuse: str | None = None
         self.away = False
 
     async def find_jobs_by_name(self, name: str, *, user: str | None = None) -> list[int]:
+        self.lookups.append(name)
         return [self.jobs[name]] if name in self.jobs else []
 
     async def submit(self, script_path: Path, *, cwd: Path, env: Mapping[str, str] | None = None) -> int:
@@ -79,7 +83,10 @@ async def test_submit_writes_the_script_into_the_job_folder(instance: tuple[Any,
     assert await response.json() == {"slurmJobId": 1000, "jobFolder": str(folder), "alreadySubmitted": False}
     assert (folder / "job.sbatch").read_text() == slurm.scripts[0]
     assert (folder.stat().st_mode & 0o777) == 0o770
-    assert [p.name for p in folder.iterdir()] == ["job.sbatch"], "no temporary file is left"
+    assert sorted(p.name for p in folder.iterdir()) == [".slurm-job-id", "job.sbatch"], "no temporary file is left"
+    assert (folder / ".slurm-job-id").read_text() == "slurm_job_id=1000\nslurm_job_name=ucloud-4711-abc\n"
+    # No folder: never submitted from here, so sbatch runs without asking Slurm first.
+    assert slurm.lookups == []
 
 
 async def test_submit_twice_answers_with_the_first_job(instance: tuple[Any, FakeSlurm, Path]) -> None:
@@ -90,6 +97,88 @@ async def test_submit_twice_answers_with_the_first_job(instance: tuple[Any, Fake
     assert second == {**first, "alreadySubmitted": True}
     assert len(slurm.scripts) == 1
     assert submissions("already_submitted") == before + 1
+    # The folder's record answered: Slurm was not asked.
+    assert slurm.lookups == []
+
+
+async def test_concurrent_submits_of_one_job_are_one_job(instance: tuple[Any, FakeSlurm, Path]) -> None:
+    client, slurm, _ = instance
+    answers = await asyncio.gather(*(client.post("/jobs/submit", json=body("31")) for _ in range(5)))
+    results = [await answer.json() for answer in answers]
+    assert {r["slurmJobId"] for r in results} == {1000}
+    assert sorted(r["alreadySubmitted"] for r in results) == [False, True, True, True, True]
+    assert (len(slurm.scripts), slurm.lookups) == (1, [])
+
+
+async def test_a_folder_without_a_record_asks_slurm_and_finds_the_job(instance: tuple[Any, FakeSlurm, Path]) -> None:
+    # The instance died between sbatch and the record: the folder and the Slurm job exist, the record does not.
+    client, slurm, home = instance
+    first = await (await client.post("/jobs/submit", json=body("21"))).json()
+    folder = home / "ucloud-jobs" / "21"
+    (folder / ".slurm-job-id").unlink()
+    second = await (await client.post("/jobs/submit", json=body("21"))).json()
+    assert second == {**first, "alreadySubmitted": True}
+    assert slurm.lookups == ["ucloud-21-abc"]
+    assert len(slurm.scripts) == 1
+    # Found once, recorded again: the next retry is answered from the folder.
+    assert (folder / ".slurm-job-id").exists()
+    await client.post("/jobs/submit", json=body("21"))
+    assert slurm.lookups == ["ucloud-21-abc"]
+
+
+async def test_a_folder_without_a_record_and_no_job_in_slurm_is_submitted(
+    instance: tuple[Any, FakeSlurm, Path],
+) -> None:
+    client, slurm, home = instance
+    (home / "ucloud-jobs" / "22").mkdir(parents=True)
+    (home / "ucloud-jobs" / "22" / "input.txt").write_text("mine")
+    answer = await (await client.post("/jobs/submit", json=body("22"))).json()
+    assert (answer["slurmJobId"], answer["alreadySubmitted"]) == (1000, False)
+    assert slurm.lookups == ["ucloud-22-abc"]
+    assert (home / "ucloud-jobs" / "22" / "input.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        "slurm_job_id=77\nslurm_job_name=ucim-another-object\n",  # an earlier UCloudJob with the same job id
+        "slurm_job_id=\n",  # cut short
+        "garbage",
+        "slurm_job_id=٣\nslurm_job_name=ucloud-23-abc\n",  # a digit, but not an ASCII one
+    ],
+)
+async def test_a_record_of_another_job_or_a_garbled_one_is_not_trusted(
+    instance: tuple[Any, FakeSlurm, Path], record: str
+) -> None:
+    client, slurm, home = instance
+    folder = home / "ucloud-jobs" / "23"
+    folder.mkdir(parents=True)
+    (folder / ".slurm-job-id").write_text(record)
+    answer = await (await client.post("/jobs/submit", json=body("23"))).json()
+    assert (answer["slurmJobId"], answer["alreadySubmitted"]) == (1000, False)
+    assert slurm.lookups == ["ucloud-23-abc"]
+    assert jobs.read_record(folder) == (1000, "ucloud-23-abc")
+
+
+async def test_a_record_that_cannot_be_written_does_not_fail_the_submission(
+    instance: tuple[Any, FakeSlurm, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, slurm, home = instance
+    write = jobs._write_atomically
+
+    def no_record(path: Path, text: str) -> None:
+        if path.name == jobs.RECORD_NAME:
+            raise OSError(28, "No space left on device")
+        write(path, text)
+
+    monkeypatch.setattr(jobs, "_write_atomically", no_record)
+    answer = await (await client.post("/jobs/submit", json=body("24"))).json()
+    assert (answer["slurmJobId"], answer["alreadySubmitted"]) == (1000, False)
+    assert not (home / "ucloud-jobs" / "24" / ".slurm-job-id").exists()
+    # The retry cannot use the record, so it asks Slurm, which knows the job.
+    again = await (await client.post("/jobs/submit", json=body("24"))).json()
+    assert (again["slurmJobId"], again["alreadySubmitted"]) == (1000, True)
+    assert slurm.lookups == ["ucloud-24-abc"]
 
 
 async def test_a_rejected_job_leaves_no_folder(instance: tuple[Any, FakeSlurm, Path]) -> None:
@@ -104,6 +193,11 @@ async def test_a_rejected_job_leaves_no_folder(instance: tuple[Any, FakeSlurm, P
         "detailedCode": 0,
     }
     assert not (home / "ucloud-jobs" / "9").exists()
+    # The folder is gone again, so the retry is a first submission: no lookup.
+    slurm.refuse = None
+    assert (await client.post("/jobs/submit", json=body("9"))).status == 200
+    assert slurm.lookups == []
+    slurm.refuse = "The requested partition does not exist on this cluster"
     # A folder the user had already prepared stays, without the script.
     (home / "ucloud-jobs" / "10").mkdir(parents=True)
     (home / "ucloud-jobs" / "10" / "input.txt").write_text("mine")
@@ -118,8 +212,11 @@ async def test_slurm_away_is_503_and_keeps_the_folder_for_the_retry(instance: tu
     assert response.status == 503
     assert "not reachable" in (await response.json())["why"]
     assert (home / "ucloud-jobs" / "11" / "job.sbatch").exists()
+    assert not (home / "ucloud-jobs" / "11" / ".slurm-job-id").exists()
     slurm.away = False
+    # sbatch may have created the job before Slurm went quiet: the retry asks Slurm before submitting.
     assert (await client.post("/jobs/submit", json=body("11"))).status == 200
+    assert slurm.lookups == ["ucloud-11-abc"]
 
 
 @pytest.mark.parametrize(

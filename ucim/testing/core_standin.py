@@ -198,6 +198,8 @@ class CoreRecord:
 
     refresh_count: int = 0
     job_updates: list[JobUpdateItem] = field(default_factory=list)
+    # When each of job_updates arrived (time.time(), epoch seconds), for latency measurements.
+    job_update_received_at: list[float] = field(default_factory=list)
     products: list[ProductV2] = field(default_factory=list)
     approved_connections: list[str] = field(default_factory=list)
     cleared_connections: list[str] = field(default_factory=list)
@@ -208,9 +210,17 @@ class CoreRecord:
     def updates_for(self, job_id: str) -> list[JobUpdate]:
         return [item.update for item in self.job_updates if item.id == job_id]
 
+    def received(self, job_id: str) -> list[tuple[float, JobUpdate]]:
+        """(arrival time as epoch seconds, update) for ``job_id``, in arrival order."""
+        pairs = zip(self.job_update_received_at, self.job_updates, strict=True)
+        return [(at, item.update) for at, item in pairs if item.id == job_id]
+
     async def add_job_updates(self, items: Iterable[JobUpdateItem]) -> None:
+        received_at = time.time()
         async with self.changed:
-            self.job_updates.extend(items)
+            for item in items:
+                self.job_updates.append(item)
+                self.job_update_received_at.append(received_at)
             self.changed.notify_all()
 
     async def wait_for_update(self, job_id: str, state: JobState, timeout: float) -> JobUpdate:  # noqa: ASYNC109

@@ -1,0 +1,677 @@
+#!/usr/bin/env python3
+"""The job path: warm submit latency against raw sbatch, and state change → JobUpdate at Core.
+
+Runs the whole of ucim as processes (``ucim.testing.stack.running_stack``: gateway, operator,
+bridge, with UCloud/Core's stand-in in this process) against the local platform
+(``python3 hack/local_platform.py up``), as root, in a fresh namespace ``ucim-bench-<rand>``.
+
+**Warm submit**, side by side in one run: ``--count`` rounds, each submitting one job in every
+one of these ways, in an order that rotates from round to round:
+
+* (a1) ``runuser -u alice -- sbatch --parsable <trivial script>``, timed here (runuser's own
+  PAM session set-up included);
+* (a2) the same ``sbatch`` started by a Python process that already runs as alice (a helper
+  started once with runuser), timed by that process: the raw cost of sbatch as the user;
+* (b) ``POST <UserInstance.status.endpoint>/jobs/submit`` with the ingress token, over a kept-alive
+  connection, timed here: bridge ingress → alice's instance → render, job folder, sbatch;
+* (c) ``core.create_jobs`` (Core → gateway → UCloudJob → operator → instance → Submitted), timed
+  here, for reference;
+
+and (a3), the sbatch call inside the instance as the instance logs it (``Slurm job submitted``),
+which (b) minus (a3) turns into what ucim itself adds to each submission. The first Core job
+(which starts alice's instance) and three rounds of each kind come first and are not counted.
+While they are submitted a root job holds the whole node (``--exclusive``, 5-minute limit), so
+none of them runs and no job start competes for the two CPUs; every job goes to the same
+pending queue.
+
+**State change → JobUpdate received by Core**: the Core jobs from above (``sleep-exit`` 600 s)
+are held (``scontrol hold``) and the node freed; then, one job at a time, after a random pause
+(so that the change lands at a random point of the bridge's 1 s poll cycle): ``scontrol release``
+→ the job turns RUNNING; after another pause, ``scancel`` → it turns CANCELLED (UCloud SUCCESS).
+The instant of each Slurm change is found by asking squeue about that one job every ~10 ms
+(its uncertainty is reported); the instant Core received the update is recorded by the
+stand-in; the bridge's transition timestamp splits the latency into detection (Slurm → the
+bridge's poll) and delivery (→ operator → Core). The bridge's own Slurm calls are counted from
+its ``/metrics`` (``ucim_slurm_command_seconds_count``: squeue, sacct, ...;
+``ucim_slurm_poll_duration_seconds_count``: monitor cycles that queried Slurm) over a window
+that starts and ends right after one of its polls, while all Core jobs of the run are tracked.
+
+Job *starts* are not at a random point of the bridge's cycle, whatever the pauses: slurmctld
+starts jobs on its own once-a-second tick, whose phase drifts only slowly (a few ms per second)
+against the bridge's 1 s poll. Within one run the RUNNING latency is therefore nearly constant,
+somewhere between ~0.05 and ~1.05 s depending on that phase; averaged over a long time it is
+~0.5 s like any other change. Cancellations (and job ends) happen at any moment.
+
+    python3 bench/bench_job_path.py                           # 30 submit rounds, 20 jobs' state changes
+    python3 bench/bench_job_path.py --count 50 --state-changes 30 --json out.json
+
+The table goes to stdout, followed by the JSON document (also written to --json if given).
+Every job the run made is cancelled, its job folder removed, the namespace deleted, however
+the run ends. The run is bounded: ``--count`` ≤ 200 and ``--max-seconds`` (default 600).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from ucim.common.instance_api import SUBMIT_PATH
+from ucim.common.kube import Kube
+from ucim.common.protocol import JobState, SimpleDuration
+from ucim.common.resources import UCloudJob, UserInstance
+from ucim.testing.stack import CLUSTER, Stack, running_stack
+
+PLATFORM_ENV: Final = Path("/var/tmp/ucim-platform/platform.env")  # noqa: S108 (hack/local_platform.py writes it)
+USER: Final = "alice"
+RUNUSER: Final = shutil.which("runuser") or "/usr/sbin/runuser"
+# The helper that runs as alice needs an interpreter alice can execute (not root's own, perhaps).
+SYSTEM_PYTHON: Final = shutil.which("python3", path="/usr/bin:/bin") or "/usr/bin/python3"
+MAX_COUNT: Final = 200
+WARM_UP_ROUNDS: Final = 3
+SLURM_POLL_PERIOD: Final = 0.01  # how often this bench asks squeue about the one job that is changing
+TARGETS: Final = {
+    "warm_submit": "instance /jobs/submit <= 1.3 x raw sbatch + 20 ms (p50 and p99)",
+    "state_change_p50_ms": 1000.0,
+    "state_change_p99_ms": 2000.0,
+    "bridge_slurm_queries_per_second": 1.0,
+}
+# sbatch of the raw rounds: as small as the instance's script, with the same kind of directives.
+TRIVIAL_SCRIPT: Final = """#!/bin/bash
+#SBATCH --job-name=ucim-bench-raw
+#SBATCH --output=/dev/null
+#SBATCH --time=1
+#SBATCH --mem=100
+#SBATCH --partition=normal
+sleep 0
+"""
+# Runs as alice: one JSON argv per line in, one JSON result per line out; times each command itself.
+HELPER: Final = r"""
+import json, subprocess, sys, time
+for line in sys.stdin:
+    request = json.loads(line)
+    started = time.perf_counter()
+    done = subprocess.run(request["argv"], cwd=request["cwd"], capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    print(json.dumps({"rc": done.returncode, "out": done.stdout, "err": done.stderr, "seconds": seconds}), flush=True)
+"""
+
+
+def platform_env() -> dict[str, str]:
+    env = {}
+    for line in PLATFORM_ENV.read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not key.startswith("#"):
+            env[key.strip()] = value.strip()
+    return env
+
+
+def summary(samples_ms: Sequence[float]) -> dict[str, float]:
+    ordered = sorted(samples_ms)
+    if not ordered:
+        return {"n": 0}
+    return {
+        "n": len(ordered),
+        "p50": round(statistics.median(ordered), 2),
+        "p99": round(ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))], 2),
+        "min": round(ordered[0], 2),
+        "max": round(ordered[-1], 2),
+        "mean": round(statistics.fmean(ordered), 2),
+    }
+
+
+@dataclass
+class Run:
+    """What one run made (so that cleanup finds all of it) and measured."""
+
+    env: dict[str, str]
+    tag: str
+    workdir: Path
+    deadline: float
+    rng: random.Random
+    blocker: int | None = None
+    slurm_ids: set[int] = field(default_factory=set)
+    job_folders: list[Path] = field(default_factory=list)
+    core_jobs: dict[str, int] = field(default_factory=dict)  # UCloud job id → Slurm id
+    instance_submits: dict[int, float] = field(default_factory=dict)  # Slurm id → (b) seconds, warm rounds
+    samples: dict[str, list[float]] = field(default_factory=dict)
+    sequence: list[tuple[str, float]] = field(default_factory=list)
+
+    def add(self, kind: str, seconds: float) -> None:
+        self.samples.setdefault(kind, []).append(seconds * 1000)
+
+    def check_time(self, what: str) -> None:
+        if time.monotonic() > self.deadline:
+            raise TimeoutError(f"--max-seconds reached during {what}")
+
+    @property
+    def slurm_env(self) -> dict[str, str]:
+        return {**os.environ, **self.env}
+
+
+async def command(argv: Sequence[str], env: dict[str, str], cwd: Path | None = None) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+        cwd=cwd,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def slurm(run: Run, *argv: str, check: bool = True) -> str:
+    rc, out, err = await command(argv, run.slurm_env)
+    if check and rc != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({rc}): {err.strip()}")
+    return out.strip()
+
+
+def sbatch_id(output: str) -> int:
+    return int(output.strip().splitlines()[-1].split(";")[0])
+
+
+class AliceHelper:
+    """A process that already runs as alice and runs commands for us, timing them itself."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+
+    @classmethod
+    async def start(cls, run: Run) -> AliceHelper:
+        env = {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "HOME": f"/home/{USER}",
+            "USER": USER,
+            "LOGNAME": USER,
+            "LANG": "C.UTF-8",
+            "SLURM_CONF": run.env["SLURM_CONF"],
+        }
+        proc = await asyncio.create_subprocess_exec(
+            RUNUSER, "-u", USER, "--", SYSTEM_PYTHON, "-u", "-c", HELPER,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env, cwd=run.workdir,
+        )  # fmt: skip
+        return cls(proc)
+
+    async def run(self, argv: Sequence[str], cwd: Path) -> tuple[int, str, float]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write((json.dumps({"argv": list(argv), "cwd": str(cwd)}) + "\n").encode())
+        await self.proc.stdin.drain()
+        answer = json.loads(await asyncio.wait_for(self.proc.stdout.readline(), 60))
+        if answer["rc"] != 0:
+            raise RuntimeError(f"{' '.join(argv)} as {USER} failed: {answer['err'].strip()}")
+        return int(answer["rc"]), str(answer["out"]), float(answer["seconds"])
+
+    async def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            await asyncio.wait_for(self.proc.wait(), 5)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+
+
+async def metrics(url: str) -> dict[str, float]:
+    """The bridge's Slurm counters: commands by tool and monitor cycles that queried Slurm."""
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        text = await response.text()
+    found: dict[str, float] = defaultdict(float)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "ucim_slurm_command_seconds_count":
+                found[sample.labels["command"]] += sample.value
+            elif sample.name == "ucim_slurm_poll_duration_seconds_count":
+                found["poll_cycles"] += sample.value
+    return dict(found)
+
+
+# --------------------------------------------------------------------------- warm submit
+
+
+async def start_blocker(run: Run) -> None:
+    """A root job that takes the whole node, so that what the bench submits stays pending."""
+    out = await slurm(
+        run, "sbatch", "--parsable", "--exclusive", "--partition=normal", "--time=5", "--job-name=ucim-bench-blocker",
+        "--output=/dev/null", f"--chdir={run.workdir}", "--wrap", "sleep 300",
+    )  # fmt: skip
+    run.blocker = sbatch_id(out)
+    for _ in range(300):
+        if await slurm(run, "squeue", "-h", "-j", str(run.blocker), "-o", "%T", check=False) == "RUNNING":
+            return
+        await asyncio.sleep(0.1)
+    raise RuntimeError("the node is busy: the bench's blocker job did not start within 30 s")
+
+
+def submit_body(job_id: str, name: str) -> dict[str, Any]:
+    return {
+        "jobId": job_id,
+        "slurmJobName": name,
+        "application": {"name": "sleep-exit", "version": "1"},
+        "parameters": {"seconds": {"type": "integer", "value": 0}},
+        "resources": {"nodes": 1, "cpusPerNode": 1, "memoryMegabytesPerNode": 100, "timeLimitMinutes": 1},
+        "slurm": {"partition": "normal"},
+    }
+
+
+@dataclass
+class Submitters:
+    """The four ways of submitting a job; each returns how long its submission took, in seconds."""
+
+    run: Run
+    stack: Stack
+    kube: Kube
+    helper: AliceHelper
+    session: aiohttp.ClientSession
+    sbatch: list[str]
+    submit_url: str = ""
+    serial: int = 0
+
+    def next_id(self) -> int:
+        self.serial += 1
+        return self.serial
+
+    async def raw_runuser(self) -> float:
+        run = self.run
+        started = time.perf_counter()
+        rc, out, err = await command([RUNUSER, "-u", USER, "--", *self.sbatch], run.slurm_env, run.workdir)
+        seconds = time.perf_counter() - started
+        if rc != 0:
+            raise RuntimeError(f"runuser sbatch failed: {err.strip()}")
+        run.slurm_ids.add(sbatch_id(out))
+        return seconds
+
+    async def raw_as_alice(self) -> float:
+        _, out, seconds = await self.helper.run(self.sbatch, self.run.workdir)
+        self.run.slurm_ids.add(sbatch_id(out))
+        return seconds
+
+    async def instance_submit(self) -> float:
+        run = self.run
+        job_id = f"bench-{run.tag}-{self.next_id()}"
+        body = submit_body(job_id, f"ucim-bench-{run.tag}-{job_id}")
+        headers = {"Authorization": f"Bearer {self.stack.envs['ucim-bridge']['UCIM_BRIDGE_INGRESS_TOKEN']}"}
+        started = time.perf_counter()
+        async with self.session.post(self.submit_url, json=body, headers=headers) as response:
+            answer = await response.json()
+        seconds = time.perf_counter() - started
+        run.job_folders.append(Path(f"/home/{USER}/ucloud-jobs/{job_id}"))
+        if response.status != 200:
+            raise RuntimeError(f"/jobs/submit answered {response.status}: {answer}")
+        run.slurm_ids.add(answer["slurmJobId"])
+        run.instance_submits[answer["slurmJobId"]] = seconds
+        return seconds
+
+    async def core_create(self) -> float:
+        run, core = self.run, self.stack.core
+        job_id = f"{int(run.tag, 16) % 10**6}{self.next_id():04d}"
+        job = core.make_job(
+            job_id, USER, ("sleep-exit", "1"), {"seconds": 600}, time_allocation=SimpleDuration(minutes=10)
+        )
+        started = time.perf_counter()
+        await core.create_jobs([job])
+        seconds = time.perf_counter() - started
+        run.job_folders.append(Path(f"/home/{USER}/ucloud-jobs/{job_id}"))
+        created = await self.kube.get(UCloudJob, self.stack.namespace, UCloudJob.name_for(job_id))
+        if created is None or created.status.slurm_job_id is None:
+            raise RuntimeError(f"Core job {job_id} was not submitted when create_jobs answered")
+        run.core_jobs[job_id] = created.status.slurm_job_id
+        run.slurm_ids.add(created.status.slurm_job_id)
+        return seconds
+
+    async def find_instance(self) -> None:
+        """The first Core job brings alice's instance up (449, integration/init, retry): not a warm submit."""
+        await self.core_create()
+        instance = await self.kube.get(UserInstance, self.stack.namespace, UserInstance.name_for(USER, CLUSTER))
+        if instance is None or instance.status.endpoint is None:
+            raise RuntimeError(f"{USER}'s instance has no endpoint")
+        self.submit_url = instance.status.endpoint.rstrip("/") + SUBMIT_PATH
+
+
+async def measure_submits(run: Run, stack: Stack, kube: Kube, count: int) -> None:
+    script = run.workdir / "trivial.sbatch"
+    script.write_text(TRIVIAL_SCRIPT)
+    script.chmod(0o644)
+    run.workdir.chmod(0o755)
+    helper = await AliceHelper.start(run)
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+            submitters = Submitters(run, stack, kube, helper, session, ["sbatch", "--parsable", str(script)])
+            await submitters.find_instance()
+            kinds: list[tuple[str, Callable[[], Awaitable[float]]]] = [
+                ("a1_runuser_sbatch", submitters.raw_runuser),
+                ("a2_sbatch_as_alice", submitters.raw_as_alice),
+                ("b_instance_submit", submitters.instance_submit),
+                ("c_core_create", submitters.core_create),
+            ]
+            for round_ in range(WARM_UP_ROUNDS + count):
+                run.check_time("the submit rounds")
+                shift = round_ % len(kinds)
+                for kind, submit in kinds[shift:] + kinds[:shift]:
+                    seconds = await submit()
+                    if round_ >= WARM_UP_ROUNDS:
+                        run.add(kind, seconds)
+                        run.sequence.append((kind, round(seconds * 1000, 2)))
+    finally:
+        await helper.close()
+    # The instance's own timings of the warm-up submissions are not wanted either.
+    for slurm_id in list(run.instance_submits)[:WARM_UP_ROUNDS]:
+        del run.instance_submits[slurm_id]
+
+
+def sbatch_in_instance(log: Path, slurm_ids: set[int]) -> dict[int, float]:
+    """The instance's own sbatch times (``Slurm job submitted``, in the bridge's log) for these jobs."""
+    seconds = {}
+    for line in log.read_text(errors="replace").splitlines():
+        with contextlib.suppress(ValueError):
+            entry = json.loads(line)
+            if entry.get("message") == "Slurm job submitted" and entry.get("slurm_job_id") in slurm_ids:
+                seconds[int(entry["slurm_job_id"])] = float(entry["seconds"])
+    return seconds
+
+
+# --------------------------------------------------------------------------- state changes
+
+
+async def slurm_change(run: Run, slurm_id: int, wanted: str, since: float) -> tuple[float, float]:
+    """When squeue first shows ``wanted`` for the job: (estimate, ± uncertainty), epoch seconds."""
+    previous = since
+    for _ in range(3000):
+        started = time.time()
+        state = await slurm(run, "squeue", "-h", "-t", "all", "-j", str(slurm_id), "-o", "%T", check=False)
+        ended = time.time()
+        if state == wanted:
+            return (previous + ended) / 2, (ended - previous) / 2
+        previous = started
+        await asyncio.sleep(SLURM_POLL_PERIOD)
+    raise RuntimeError(f"Slurm job {slurm_id} did not become {wanted}")
+
+
+async def core_received(stack: Stack, job_id: str, state: JobState) -> tuple[float, int]:
+    """(when Core received the job's first update to ``state``, epoch seconds; the update's timestamp, ms)."""
+    await stack.core.wait_for_update(job_id, state, timeout=30)
+    at, update = next((at, u) for at, u in stack.core.record.received(job_id) if u.state == state)
+    return at, update.timestamp
+
+
+def slurm_queries(counts: dict[str, float]) -> float:
+    return sum(counts.get(tool, 0) for tool in ("squeue", "sacct", "scontrol", "sinfo"))
+
+
+async def right_after_a_poll(url: str) -> tuple[dict[str, float], float]:
+    """The bridge's counters just after its next Slurm query (±20 ms), and when: a window edge."""
+    first = slurm_queries(await metrics(url))
+    deadline = time.monotonic() + 5  # without tracked jobs the bridge asks Slurm nothing
+    while True:
+        await asyncio.sleep(0.02)
+        counts, now = await metrics(url), time.time()
+        if slurm_queries(counts) != first or time.monotonic() > deadline:
+            return counts, now
+
+
+async def measure_state_changes(run: Run, stack: Stack, jobs: int, bridge_metrics: str) -> dict[str, Any]:
+    ids = run.core_jobs
+    await slurm(run, "scontrol", "hold", ",".join(str(i) for i in ids.values()))
+    if run.blocker is not None:
+        await slurm(run, "scancel", str(run.blocker), check=False)
+    await asyncio.sleep(3)  # the node is free, the monitor has seen the holds
+    before, started = await right_after_a_poll(bridge_metrics)
+    events: list[dict[str, Any]] = []
+    for job_id, slurm_id in list(ids.items())[:jobs]:
+        for action, slurm_state, ucloud_state in (
+            ("scontrol release", "RUNNING", JobState.RUNNING),
+            ("scancel", "CANCELLED", JobState.SUCCESS),
+        ):
+            run.check_time("the state changes")
+            # A random moment of the bridge's poll cycle (job starts still come at slurmctld's own tick).
+            await asyncio.sleep(run.rng.uniform(0.0, 1.0))
+            since = time.time()
+            await slurm(run, *action.split(), str(slurm_id))
+            (changed, plus_minus), (received, stamp) = await asyncio.gather(
+                slurm_change(run, slurm_id, slurm_state, since), core_received(stack, job_id, ucloud_state)
+            )
+            run.add(f"state_change_{ucloud_state.value}", received - changed)
+            events.append({
+                "job": job_id, "slurmJobId": slurm_id, "action": action, "state": ucloud_state.value,
+                "slurmChangedAt": round(changed, 3), "uncertaintyMs": round(plus_minus * 1000, 1),
+                "bridgeTransitionAt": stamp / 1000, "coreReceivedAt": round(received, 3),
+            })  # fmt: skip
+    after, ended = await right_after_a_poll(bridge_metrics)
+    seconds = ended - started
+    queries = slurm_queries(after) - slurm_queries(before)
+    cycles = after.get("poll_cycles", 0) - before.get("poll_cycles", 0)
+
+    def part(state: str | None, start: str, end: str) -> dict[str, float]:
+        chosen = [e for e in events if state in (None, e["state"])]
+        return summary([(e[end] - e[start]) * 1000 for e in chosen])
+
+    return {
+        "jobs": min(jobs, len(ids)),
+        "tracked_jobs_at_start": len(ids),
+        "window_seconds": round(seconds, 2),
+        "slurm_to_bridge_ms": {
+            state or "all": part(state, "slurmChangedAt", "bridgeTransitionAt")
+            for state in ("RUNNING", "SUCCESS", None)
+        },
+        "bridge_to_core_ms": part(None, "bridgeTransitionAt", "coreReceivedAt"),
+        "slurm_change_uncertainty_ms": summary([e["uncertaintyMs"] for e in events]),
+        "bridge_slurm_commands": {k: v - before.get(k, 0) for k, v in sorted(after.items()) if k != "poll_cycles"},
+        "bridge_slurm_queries_per_second": round(queries / seconds, 3),
+        "bridge_poll_cycles_per_second": round(cycles / seconds, 3),
+        "events": events,
+    }
+
+
+# --------------------------------------------------------------------------- the run
+
+
+async def cleanup(run: Run, stack: Stack | None, kube: Kube | None, namespace: str) -> None:
+    """Cancel every job, let the operator release the UCloudJobs, remove the job folders."""
+    ids = sorted(run.slurm_ids | ({run.blocker} if run.blocker else set()))
+    if ids:
+        await slurm(run, "scancel", *(str(i) for i in ids), check=False)
+    if kube is not None and stack is not None:
+        for job in await kube.list(UCloudJob, namespace):
+            with contextlib.suppress(Exception):
+                await kube.delete(UCloudJob, namespace, job.metadata.name)
+        for _ in range(150):  # the operator cancels, tells Core and lets go: bounded
+            if not await kube.list(UCloudJob, namespace):
+                break
+            await asyncio.sleep(0.2)
+    for folder in run.job_folders:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def release_leftovers(env: dict[str, str], namespace: str) -> None:
+    """After the operator stopped: drop the finalizers of anything left, then delete the namespace."""
+    kubectl = [str(Path(env["UCIM_BIN_DIR"]) / "kubectl"), "--kubeconfig", env["KUBECONFIG"], "-n", namespace]
+    full_env = {**os.environ, **env}
+    for kind in ("ucloudjobs", "userinstances"):
+        names = subprocess.run(
+            [*kubectl, "get", kind, "-o", "name"], capture_output=True, text=True, env=full_env, check=False
+        ).stdout.split()
+        for name in names:
+            subprocess.run(
+                [*kubectl, "patch", name, "--type=merge", "-p", '{"metadata":{"finalizers":null}}'],
+                capture_output=True, env=full_env, check=False,
+            )  # fmt: skip
+    delete = [*kubectl[:-2], "delete", "namespace", namespace, "--wait=false"]
+    subprocess.run(delete, capture_output=True, env=full_env, check=False)
+
+
+async def bench(opts: argparse.Namespace) -> dict[str, Any]:
+    env = platform_env()
+    tag = uuid.uuid4().hex[:6]
+    namespace = f"ucim-bench-{tag}"
+    workdir = Path(tempfile.mkdtemp(prefix="ucim-bench-job-path-"))
+    run = Run(
+        env=env, tag=tag, workdir=workdir, deadline=time.monotonic() + opts.max_seconds, rng=random.Random(opts.seed)
+    )
+    kubectl = [str(Path(env["UCIM_BIN_DIR"]) / "kubectl"), "--kubeconfig", env["KUBECONFIG"]]
+    if (await command([*kubectl, "create", "namespace", namespace], run.slurm_env))[0] != 0:
+        raise RuntimeError(f"cannot create the namespace {namespace}")
+    result: dict[str, Any] = {"namespace": namespace}
+    stack: Stack | None = None
+    cleaned = False
+    try:
+        async with running_stack(env, namespace) as stack, await Kube.connect(env["KUBECONFIG"]) as kube:
+            bridge_metrics = f"http://127.0.0.1:{stack.envs['ucim-bridge']['UCIM_BRIDGE_METRICS_PORT']}/metrics"
+            try:
+                await start_blocker(run)
+                await measure_submits(run, stack, kube, opts.count)
+                bridge_log = stack.components["ucim-bridge"].log
+                in_instance = sbatch_in_instance(bridge_log, set(run.instance_submits))
+                for slurm_id, seconds in in_instance.items():
+                    run.add("a3_sbatch_in_instance", seconds)
+                    # What ucim adds to sbatch: ingress, instance, script and folder, per submission.
+                    run.add("b_minus_a3_ucim_overhead", run.instance_submits[slurm_id] - seconds)
+                # Only the Core jobs are tracked by the bridge; the others go now.
+                others = run.slurm_ids - set(run.core_jobs.values())
+                await slurm(run, "scancel", *(str(i) for i in sorted(others)), check=False)
+                result["state_changes"] = await measure_state_changes(run, stack, opts.state_changes, bridge_metrics)
+            except BaseException:
+                print(stack.logs(), file=sys.stderr)
+                raise
+            finally:
+                await cleanup(run, stack, kube, namespace)
+                cleaned = True
+    finally:
+        if not cleaned:
+            await cleanup(run, None, None, namespace)
+        await asyncio.to_thread(release_leftovers, env, namespace)
+        shutil.rmtree(workdir, ignore_errors=True)
+        if stack is not None:
+            if opts.keep_logs:
+                result["logs"] = str(stack.workdir)
+            else:
+                shutil.rmtree(stack.workdir, ignore_errors=True)
+    submits = {kind: samples for kind, samples in run.samples.items() if not kind.startswith("state_change_")}
+    result["submit_ms"] = {kind: summary(samples) for kind, samples in sorted(submits.items())}
+    changes = {kind: samples for kind, samples in run.samples.items() if kind.startswith("state_change_")}
+    result["state_change_to_core_ms"] = {
+        **{kind.removeprefix("state_change_"): summary(samples) for kind, samples in sorted(changes.items())},
+        "all": summary([s for samples in changes.values() for s in samples]),
+    }
+    result["verdict"] = verdict(result)
+    result["submit_sequence"] = run.sequence
+    return result
+
+
+def verdict(result: dict[str, Any]) -> dict[str, Any]:
+    submit = result["submit_ms"]
+    b = submit["b_instance_submit"]
+    checks: dict[str, Any] = {}
+    for raw in ("a2_sbatch_as_alice", "a1_runuser_sbatch"):
+        for p in ("p50", "p99"):
+            limit = round(1.3 * submit[raw][p] + 20, 2)
+            checks[f"submit_{p}_vs_{raw}"] = {"measured": b[p], "limit": limit, "ok": b[p] <= limit}
+    changes = result["state_change_to_core_ms"]["all"]
+    checks["state_change_p50"] = {
+        "measured": changes["p50"], "limit": TARGETS["state_change_p50_ms"],
+        "ok": changes["p50"] <= TARGETS["state_change_p50_ms"],
+    }  # fmt: skip
+    checks["state_change_p99"] = {
+        "measured": changes["p99"], "limit": TARGETS["state_change_p99_ms"],
+        "ok": changes["p99"] <= TARGETS["state_change_p99_ms"],
+    }  # fmt: skip
+    rate = result["state_changes"]["bridge_slurm_queries_per_second"]
+    limit = TARGETS["bridge_slurm_queries_per_second"]
+    checks["bridge_slurm_queries_per_second"] = {"measured": rate, "limit": limit, "ok": rate <= limit}
+    return checks
+
+
+LABELS: Final = {
+    "a1_runuser_sbatch": "(a1) runuser -u alice -- sbatch",
+    "a2_sbatch_as_alice": "(a2) sbatch from a process as alice",
+    "a3_sbatch_in_instance": "(a3) sbatch inside the instance",
+    "b_minus_a3_ucim_overhead": "(b)-(a3) what ucim adds, per submission",
+    "b_instance_submit": "(b) /jobs/submit via the ingress",
+    "c_core_create": "(c) Core create_jobs → Submitted",
+    "IN_QUEUE": "",
+    "RUNNING": "→ RUNNING (scontrol release)",
+    "SUCCESS": "→ SUCCESS (scancel)",
+    "all": "all state changes",
+}
+
+
+def table(result: dict[str, Any]) -> str:
+    def row(label: str, s: dict[str, float]) -> str:
+        return f"{label:44} {s['p50']:9.1f} {s['p99']:9.1f} {s['max']:9.1f} {s['n']:5}"
+
+    header = f"{'':44} {'p50':>9} {'p99':>9} {'max':>9} {'n':>5}"
+    lines = ["warm submit (ms)", header]
+    lines += [row(LABELS[kind], s) for kind, s in result["submit_ms"].items()]
+    changes = result["state_changes"]
+    tracked = changes["tracked_jobs_at_start"]
+    lines += ["", f"state change → JobUpdate received by Core (ms; {tracked} jobs tracked at the start)", header]
+    lines += [row(LABELS[kind], s) for kind, s in result["state_change_to_core_ms"].items()]
+    for kind, label in (("RUNNING", "RUNNING"), ("SUCCESS", "SUCCESS"), ("all", "all")):
+        lines.append(row(f"  of which Slurm → bridge's transition, {label}", changes["slurm_to_bridge_ms"][kind]))
+    lines.append(row("  of which bridge's transition → Core", changes["bridge_to_core_ms"]))
+    lines.append(row("  (± when squeue showed the change)", changes["slurm_change_uncertainty_ms"]))
+    lines.append(
+        f"bridge Slurm calls: {changes['bridge_slurm_commands']} in {changes['window_seconds']} s = "
+        f"{changes['bridge_slurm_queries_per_second']}/s ({changes['bridge_poll_cycles_per_second']} poll cycles/s)"
+    )
+    lines += ["", "targets"]
+    for name, check in result["verdict"].items():
+        lines.append(f"  {name:44} {check['measured']:>9} ≤ {check['limit']:<9} {'ok' if check['ok'] else 'MISSED'}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--count", type=int, default=30, help="submit rounds (default 30)")
+    parser.add_argument("--state-changes", type=int, default=20, help="jobs whose two state changes are timed")
+    parser.add_argument("--max-seconds", type=float, default=600, help="give up after this long (default 600)")
+    parser.add_argument("--seed", type=int, default=None, help="of the random pauses")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the components' logs (path in the JSON)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the JSON document here")
+    opts = parser.parse_args()
+    if not 1 <= opts.count <= MAX_COUNT:
+        parser.error(f"--count must be between 1 and {MAX_COUNT}")
+    if not 1 <= opts.state_changes <= opts.count:
+        parser.error("--state-changes must be between 1 and --count")
+    if os.geteuid() != 0:
+        print("run as root: the bridge drops privileges per instance", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    result = asyncio.run(bench(opts))
+    document = {
+        "benchmark": "job_path",
+        "python": sys.version.split()[0],
+        "cpus": os.cpu_count(),
+        "count": opts.count,
+        "duration_s": round(time.monotonic() - started, 1),
+        "targets": TARGETS,
+        **result,
+    }
+    print(table(result))
+    print(json.dumps(document, indent=2))
+    if opts.json:
+        opts.json.write_text(json.dumps(document, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -34,6 +34,8 @@ from ucim.common.protocol import (
     AccessTokenAndCsrf,
     BulkRequest,
     BulkResponse,
+    Job,
+    JobUpdate,
     JobUpdateItem,
     ProductV2,
     RefreshTokenItem,
@@ -42,6 +44,7 @@ from ucim.common.protocol import (
 
 REFRESH_PATH: Final = "/auth/providers/refresh"
 JOB_UPDATE_PATH: Final = "/api/jobs/control/update"
+JOB_RETRIEVE_PATH: Final = "/api/jobs/control/retrieve"
 PRODUCTS_PATH: Final = "/api/products/v2"
 
 # Renew the access token when it has less than this left (UCloud's shared/pkg/rpc/client.go).
@@ -155,6 +158,11 @@ class CoreClient:
         for chunk in batched(items, MAX_ITEMS_PER_REQUEST):
             await self._call(JOB_UPDATE_PATH, dump(BulkRequest[JobUpdateItem](items=chunk)))
 
+    async def job_updates(self, job_id: str) -> list[JobUpdate]:
+        """The updates Core holds for a job (``GET /api/jobs/control/retrieve`` with ``includeUpdates``)."""
+        answer = await self._call(JOB_RETRIEVE_PATH, None, params={"id": job_id, "includeUpdates": "true"})
+        return Job.model_validate(answer).updates or []
+
     async def register_products(self, products: Sequence[ProductV2]) -> None:
         """``POST /api/products/v2``: Core creates or updates the provider's products."""
         if products:
@@ -184,8 +192,8 @@ class CoreClient:
             self._owns_session = True
         return self._session
 
-    async def _call(self, path: str, body: Any) -> Any:
-        """POST ``body`` with retries on transient failures; the parsed answer."""
+    async def _call(self, path: str, body: Any, params: dict[str, str] | None = None) -> Any:
+        """POST ``body`` (or GET with ``params`` when there is no body) with retries; the parsed answer."""
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(CoreUnavailableError),
             wait=wait_random_exponential(multiplier=0.2, max=5),
@@ -195,18 +203,18 @@ class CoreClient:
         )
         async for attempt in retrying:
             with attempt:
-                return await self._call_authorized(path, body)
+                return await self._call_authorized(path, body, params)
         raise AssertionError("unreachable: tenacity reraises the last error")  # pragma: no cover
 
-    async def _call_authorized(self, path: str, body: Any) -> Any:
+    async def _call_authorized(self, path: str, body: Any, params: dict[str, str] | None) -> Any:
         token = await self.access_token()
         try:
-            return await self._post(path, body, {"Authorization": f"Bearer {token}"})
+            return await self._send(path, body, {"Authorization": f"Bearer {token}"}, params)
         except _UnauthorizedError:
             # The token was revoked or Core restarted with new keys: one more try with a fresh token.
             self.forget_token(token)
             token = await self.access_token()
-            return await self._post(path, body, {"Authorization": f"Bearer {token}"})
+            return await self._send(path, body, {"Authorization": f"Bearer {token}"}, params)
 
     async def _refresh(self) -> str:
         body = dump(
@@ -214,15 +222,19 @@ class CoreClient:
                 items=[RefreshTokenItem(refresh_token=self._refresh_token.get_secret_value())]
             )
         )
-        answer = BulkResponse[AccessTokenAndCsrf].model_validate(await self._post(REFRESH_PATH, body, {}))
+        answer = BulkResponse[AccessTokenAndCsrf].model_validate(await self._send(REFRESH_PATH, body, {}))
         if len(answer.responses) != 1:
             raise CoreRejectedError(200, f"refresh answered {len(answer.responses)} tokens for one refresh token")
         self.refresh_count += 1
         return answer.responses[0].access_token
 
-    async def _post(self, path: str, body: Any, headers: dict[str, str]) -> Any:
+    async def _send(self, path: str, body: Any, headers: dict[str, str], params: dict[str, str] | None = None) -> Any:
+        """One request: a POST of ``body``, or a GET with ``params`` when ``body`` is None."""
+        method = "POST" if body is not None else "GET"
         try:
-            async with self._http().post(self._url + path, json=body, headers=headers) as response:
+            async with self._http().request(
+                method, self._url + path, json=body, params=params, headers=headers
+            ) as response:
                 try:
                     answer = await response.json(content_type=None)
                 except ValueError:

@@ -24,7 +24,8 @@ the bridge appends, kopf serialises it with the other handlers of the same job (
 two deliveries of one job never overlap and stay in order), and its retries are
 kopf's. Several jobs' deliveries are batched by ``DeliveryQueue``. If the operator
 stops after Core accepted a batch but before ``reportedTransitions`` was written,
-that one batch is sent again after the restart (Core sees it twice); nothing is lost.
+the next process asks Core (once per job, only for changes older than itself) which
+of them it already holds and sends only the rest: nothing is lost or repeated.
 
 All kopf settings are fixed here, once, in the start-up handler: changing the
 finalizer or the annotation prefix later would orphan existing objects.
@@ -46,7 +47,7 @@ from ucim.common.conditions import is_true
 from ucim.common.core_client import CoreClient, CoreError, CoreRejectedError, batched
 from ucim.common.kube import Kube
 from ucim.common.observability import start_health_server
-from ucim.common.protocol import JobState
+from ucim.common.protocol import JobState, now_ms
 from ucim.common.reasons import (
     CANCEL_REQUESTED,
     CANCELLED,
@@ -93,6 +94,10 @@ class Runtime:
     # Per job uid: how many transitions this process has delivered. Guards against
     # sending twice when kopf hands a handler a body older than our own last write.
     delivered: dict[str, int] = field(default_factory=dict)
+    # When this process started (epoch ms): changes older than this may have been sent by an earlier one.
+    started_ms: int = field(default_factory=now_ms)
+    # Jobs whose in-doubt changes were already checked against Core by this process.
+    checked_with_core: set[str] = field(default_factory=set)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     health: web.AppRunner | None = None
 
@@ -247,8 +252,11 @@ async def report(*, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: 
             patch.status["reportedTransitions"] = start
         return
     # Send what Core has not acknowledged, in order; a job's changes travel in one request.
-    reported = start
+    recorded = reported = start
     try:
+        skipped = await _held_by_core(runtime, job, uid, pending)
+        start, pending = start + skipped, pending[skipped:]
+        reported = start
         for chunk in batched(pending, runtime.config.delivery_batch_size):
             await runtime.queue.deliver(jobs.job_updates(job, chunk))
             reported += len(chunk)
@@ -268,7 +276,7 @@ async def report(*, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: 
         runtime.delivered[uid] = reported
     except CoreError as error:
         # Core is down: say so on the job and try again later; later changes wait behind these, in order.
-        if reported > start:
+        if reported > recorded:
             patch.status["reportedTransitions"] = reported
         runtime.backlog.set(uid, len(job.status.transitions) - reported)
         patch.fns.append(jobs.condition(REPORTED, "False", reason=CORE_DELIVERY_FAILING, message=str(error), now=now))
@@ -282,6 +290,23 @@ async def report(*, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: 
     # Delivered (or dropped): advance the counter, a merge patch of this one field, so the bridge's appends stay.
     patch.status["reportedTransitions"] = reported
     runtime.backlog.set(uid, len(job.status.transitions) - reported)
+
+
+async def _held_by_core(runtime: Runtime, job: UCloudJob, uid: str, pending: list[JobTransition]) -> int:
+    """How many leading ``pending`` changes Core already has, asked once per job and process.
+
+    Only changes older than this process can be in doubt: an earlier operator may have been
+    stopped after Core accepted them and before ``reportedTransitions`` was written. Asking
+    Core closes that gap, so a restart neither loses nor repeats an update.
+    """
+    if pending[0].timestamp >= runtime.started_ms or uid in runtime.checked_with_core:
+        return 0
+    try:
+        held = jobs.already_at_core(pending, await runtime.core.job_updates(job.spec.job_id))
+    except CoreRejectedError:
+        held = 0  # Core does not know the job (yet): nothing of it can be there
+    runtime.checked_with_core.add(uid)
+    return held
 
 
 # --- UCloudJob: termination and deletion ---------------------------------------

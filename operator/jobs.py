@@ -105,6 +105,21 @@ def unreported(status: UCloudJobStatus, delivered: int = 0) -> tuple[int, list[J
     return start, status.transitions[start:]
 
 
+def already_at_core(pending: list[JobTransition], at_core: list[JobUpdate]) -> int:
+    """How many of the leading ``pending`` changes Core already holds (same state and timestamp).
+
+    An earlier operator process may have been stopped after Core accepted a batch and
+    before it recorded that in ``reportedTransitions``; those are not sent again.
+    """
+    held = {(update.state, update.timestamp) for update in at_core}
+    count = 0
+    for transition in pending:
+        if (transition.state, transition.timestamp) not in held:
+            break
+        count += 1
+    return count
+
+
 def job_update(transition: JobTransition, job_folder: str | None) -> JobUpdate:
     """One state change as Core takes it; every other key is null (Go writes them all)."""
     return JobUpdate(

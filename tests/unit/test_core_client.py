@@ -159,3 +159,13 @@ def test_batched_keeps_order() -> None:
     assert list(batched([], 100)) == []
     with pytest.raises(ValueError, match="positive"):
         list(batched([1], 0))
+
+
+async def test_job_updates_are_read_back_from_core(client: CoreClient, core: CoreStandIn) -> None:
+    core.jobs["1"] = core.make_job("1", "alice")
+    await client.push_job_updates([update("1", 1), update("1", 2)])
+    held = await client.job_updates("1")
+    assert [u.status for u in held] == ["#1", "#2"]
+    with pytest.raises(CoreRejectedError) as raised:
+        await client.job_updates("unknown")
+    assert raised.value.status == 404

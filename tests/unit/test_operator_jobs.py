@@ -10,7 +10,7 @@ import kopf
 import pytest
 
 from ucim.common.instance_api import SubmitResponse
-from ucim.common.protocol import JobState, dump
+from ucim.common.protocol import JobState, JobUpdate, dump
 from ucim.common.reasons import CANCELLED, REPORTED, SLURM_SUBMIT_REJECTED, SUBMITTED
 from ucim.common.resources import JobTransition, UCloudJob, UCloudJobStatus
 from ucim.operator import jobs
@@ -199,3 +199,15 @@ def test_backoff_doubles_up_to_a_cap(retry: int, expected: float) -> None:
 def test_milliseconds_and_timestamps() -> None:
     assert jobs.millis(T0) == T0_MS
     assert jobs.rfc3339(T0 + timedelta(microseconds=5)) == "2026-03-01T12:00:00Z"
+
+
+def test_changes_core_already_holds_are_not_sent_again() -> None:
+    pending = [
+        JobTransition(state=JobState.RUNNING, timestamp=2, message="running"),
+        JobTransition(state=JobState.SUCCESS, timestamp=3, message="completed"),
+    ]
+    at_core = [JobUpdate(state=JobState.IN_QUEUE, timestamp=1), JobUpdate(state=JobState.RUNNING, timestamp=2)]
+    assert jobs.already_at_core(pending, at_core) == 1
+    assert jobs.already_at_core(pending, []) == 0
+    # Only a leading run counts: a gap means everything from the gap on is sent.
+    assert jobs.already_at_core(pending, [JobUpdate(state=JobState.SUCCESS, timestamp=3)]) == 0

@@ -877,6 +877,19 @@ async def _job_update(request: web.Request) -> web.Response:
     return _ok()
 
 
+async def _retrieve_job(request: web.Request) -> web.Response:
+    """``GET /api/jobs/control/retrieve``: the job as Core holds it, with the updates it received."""
+    core = request.app[CORE_STANDIN]
+    _require_provider(request)
+    job_id = request.query.get("id", "")
+    job = core.jobs.get(job_id)
+    if job is None:
+        raise _CoreHttpError(404, f"no job {job_id!r}")
+    include_updates = request.query.get("includeUpdates") == "true"
+    updates = core.record.updates_for(job_id) if include_updates else None
+    return _ok(job.model_copy(update={"updates": updates}))
+
+
 async def _register_products(request: web.Request) -> web.Response:
     core = request.app[CORE_STANDIN]
     _require_provider(request)
@@ -924,6 +937,7 @@ def init_app(core: CoreStandIn) -> web.Application:
     app[CORE_STANDIN] = core
     app.router.add_post("/auth/providers/refresh", _refresh)
     app.router.add_post("/api/jobs/control/update", _job_update)
+    app.router.add_get("/api/jobs/control/retrieve", _retrieve_job)
     app.router.add_post("/api/products/v2", _register_products)
     app.router.add_post("/api/providers/integration/control/approveConnection", _approve_connection)
     app.router.add_post("/api/providers/integration/control/clearConnection", _clear_connection)

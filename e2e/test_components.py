@@ -1,4 +1,8 @@
-"""Every component starts against the real platform and serves /healthz and /metrics."""
+"""Every component starts against the real platform and serves /healthz and /metrics.
+
+Local processes only: on kind the components are the release's pods and the frontend container,
+whose /metrics test_observability scrapes (and whose probes and `helm test` check /healthz).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,8 @@ import pytest
 
 from tests.support.platform import Platform
 from ucim.testing.core_standin import CoreKeys
+
+pytestmark = pytest.mark.local_platform
 
 
 def free_port() -> int:

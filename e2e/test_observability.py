@@ -21,11 +21,6 @@ from ucim.testing.stack import Stack
 REPO = Path(__file__).resolve().parents[1]
 DASHBOARDS = sorted((REPO / "charts" / "ucim" / "dashboards").glob("*.json"))
 RATE_WINDOW = "2m"
-PORTS = {
-    "ucim-gateway": "UCIM_GATEWAY_PORT",
-    "ucim-operator": "UCIM_OPERATOR_METRICS_PORT",
-    "ucim-bridge": "UCIM_BRIDGE_METRICS_PORT",
-}
 
 
 async def traffic(stack: Stack) -> None:
@@ -45,9 +40,10 @@ async def traffic(stack: Stack) -> None:
 
 
 async def test_every_dashboard_panel_returns_data(stack: Stack) -> None:
-    scrape = [static_job(name, f"127.0.0.1:{stack.envs[name][port]}") for name, port in sorted(PORTS.items())]
+    targets = stack.metrics_targets()  # gateway, operator, bridge: processes here, or the kind release's
+    scrape = [static_job(name, target) for name, target in sorted(targets.items())]
     with prometheus(scrape) as url:
-        await asyncio.to_thread(wait_for, lambda: len(query(url, "up == 1")) == len(PORTS), 30, "every target up")
+        await asyncio.to_thread(wait_for, lambda: len(query(url, "up == 1")) == len(targets), 30, "every target up")
         await traffic(stack)
         # Several scrapes after the traffic, so every rate has two samples in its window.
         await asyncio.sleep(4)

@@ -1,12 +1,20 @@
-# Shared by hack/kind/*.sh: names, the state directory, and the "can kind run here?" check.
-# shellcheck shell=bash
+# Shared by hack/kind/*.sh: names, ports, the state directory, and the "can kind run here?" check.
+# shellcheck shell=bash disable=SC2034  # the names below are used by the scripts that source this file
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cluster=${UCIM_KIND_CLUSTER:-ucim}
 namespace=${UCIM_KIND_NAMESPACE:-ucim}
+release=ucim                      # the Helm release; its objects are named ucim-operator, ucim-gateway, ...
 state=${UCIM_KIND_DIR:-${UCIM_CACHE:-$HOME/.cache/ucim}/kind}
 frontend=$cluster-frontend        # the Slurm frontend container, running ucim-bridge
-core=$cluster-core                # the UCloud/Core stand-in container
+legacy_core=$cluster-core         # the Core stand-in container earlier versions of up.sh ran; removed when found
 tag=kind
+# The e2e tests run UCloud/Core's stand-in themselves, on this machine, at this port of the kind network's
+# gateway address (see up.sh); the bridge's metrics are published on the host's loopback at the second one.
+core_port=${UCIM_KIND_CORE_PORT:-18080}
+bridge_metrics_port=${UCIM_KIND_BRIDGE_METRICS_PORT:-19102}
+# What kind.env holds; hack/kind/e2e.sh runs up.sh again when an older up.sh wrote it.
+# Keep equal to KIND_ENV_VERSION in ucim/testing/kind_stack.py.
+env_version=2
 # The kubectl the local platform builds, for machines without one on PATH.
 PATH=$PATH:${UCIM_CACHE:-$HOME/.cache/ucim}/bin/current
 
@@ -28,3 +36,20 @@ require_kind() {
 }
 
 cluster_exists() { kind get clusters 2>/dev/null | grep -qx "$cluster"; }
+
+# The IPv4 gateway of the docker network kind's nodes are on ("kind"): the address of this machine
+# on that network, so what listens here on it is reachable from the node, its pods and the frontend
+# container. Docker leaves IPAM's Gateway empty on some versions; the subnet's first address is it then.
+kind_network_gateway() {
+  local gateway subnet
+  gateway=$(docker network inspect kind -f '{{range .IPAM.Config}}{{println .Gateway}}{{end}}' \
+    | grep -E '^[0-9]+(\.[0-9]+){3}$' | head -n 1 || true)
+  if [[ -z $gateway ]]; then
+    subnet=$(docker network inspect kind -f '{{range .IPAM.Config}}{{println .Subnet}}{{end}}' \
+      | grep -E '^[0-9]+(\.[0-9]+){3}/[0-9]+$' | head -n 1 || true)
+    [[ -n $subnet ]] || return 1
+    subnet=${subnet%/*}
+    gateway=${subnet%.*}.$((${subnet##*.} + 1))
+  fi
+  echo "$gateway"
+}

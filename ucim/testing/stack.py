@@ -3,21 +3,29 @@
 Used by the e2e tests and by ``make demo``: it starts the gateway, the operator and
 the slurm_bridge (their real console scripts, with settings from the environment)
 in one namespace, and plays UCloud/Core in-process with ``CoreStandIn``.
+
+``Stack`` is also what ``ucim.testing.kind_stack`` yields for the Helm release in a kind
+cluster, so the e2e tests read the same on both: the frontend (``Frontend``: where Slurm
+runs and the users' files are) is this machine here and a container there, and
+``Stack.kubectl`` talks to whichever apiserver holds the resources.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
+import shlex
 import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
+from typing import Any
 
 import aiohttp
 
@@ -35,6 +43,99 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class CommandError(AssertionError):
+    """A command a test ran failed (an AssertionError, so pytest reports it as a failed check)."""
+
+
+def run_command(
+    cmd: Sequence[str],
+    *,
+    stdin: str | None = None,
+    check: bool = True,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd`` to completion, text in and out; with ``check``, raise ``CommandError`` on a non-zero exit."""
+    result = subprocess.run(
+        list(cmd),
+        input=stdin,
+        stdin=subprocess.DEVNULL if stdin is None else None,
+        capture_output=True,
+        text=True,
+        env=None if env is None else dict(env),
+        timeout=timeout,
+        check=False,
+    )
+    if check and result.returncode != 0:
+        raise CommandError(f"{shlex.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@dataclass(frozen=True)
+class Frontend:
+    """The HPC frontend: where Slurm runs, the users exist and their job folders are.
+
+    Locally that is this machine (``container`` None: commands run here, with ``env``); on kind it is
+    the Slurm frontend container, and every command goes through ``docker exec`` (as root, in the
+    container's own environment). ``user`` runs a command as that user, the way a login would
+    (``runuser`` keeps the environment, so SLURM_CONF holds).
+    """
+
+    container: str | None = None
+    env: Mapping[str, str] | None = None
+
+    def command(self, cmd: Sequence[str], *, user: str | None = None, stdin: bool = False) -> list[str]:
+        """The command line that runs ``cmd`` on the frontend."""
+        argv = ["runuser", "-u", user, "--", *cmd] if user is not None else list(cmd)
+        if self.container is None:
+            return argv
+        return ["docker", "exec", *(["-i"] if stdin else []), self.container, *argv]
+
+    def run(
+        self, *cmd: str, user: str | None = None, stdin: str | None = None, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        argv = self.command(cmd, user=user, stdin=stdin is not None)
+        env = None if self.container is not None else {**os.environ, **(self.env or {})}
+        return run_command(argv, stdin=stdin, check=check, env=env, timeout=timeout)
+
+    def read_file(self, path: str | PurePath) -> str:
+        return self.run("cat", "--", str(path)).stdout
+
+    def exists(self, path: str | PurePath) -> bool:
+        return self.run("test", "-e", str(path), check=False).returncode == 0
+
+    def owner_uid(self, path: str | PurePath) -> int:
+        return int(self.run("stat", "-c", "%u", "--", str(path)).stdout)
+
+
+@dataclass(frozen=True)
+class Kubectl:
+    """kubectl against one cluster: ``binary`` with ``kubeconfig`` (None: $KUBECONFIG)."""
+
+    binary: str = "kubectl"
+    kubeconfig: str | None = None
+
+    def argv(self, *args: str) -> list[str]:
+        """The command line of ``kubectl args``."""
+        return [self.binary, *(["--kubeconfig", self.kubeconfig] if self.kubeconfig else []), *args]
+
+    def __call__(
+        self, *args: str, stdin: str | None = None, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        return run_command(self.argv(*args), stdin=stdin, check=check, timeout=timeout)
+
+    def json(self, *args: str) -> Any:
+        """The parsed ``-o json`` output of ``args``."""
+        return json.loads(self(*args, "-o", "json").stdout)
+
+
+def platform_kubectl(platform_env: Mapping[str, str]) -> Kubectl:
+    """The local platform's kubectl (the one it built, when $UCIM_BIN_DIR says where) and kubeconfig."""
+    bin_dir = platform_env.get("UCIM_BIN_DIR")
+    binary = str(Path(bin_dir) / "kubectl") if bin_dir else shutil.which("kubectl") or "kubectl"
+    return Kubectl(binary, platform_env.get("KUBECONFIG"))
+
+
 @dataclass
 class Component:
     name: str
@@ -49,7 +150,11 @@ class Component:
 
 @dataclass
 class Stack:
-    """A running ucim: gateway, operator and bridge processes plus Core's stand-in."""
+    """A running ucim: gateway, operator and bridge processes plus Core's stand-in.
+
+    ``frontend`` and ``kubectl`` reach the frontend and the apiserver; the methods below are what the
+    e2e tests use, on the local platform as on kind (``ucim.testing.kind_stack.KindStack``).
+    """
 
     core: CoreStandIn
     namespace: str
@@ -57,6 +162,41 @@ class Stack:
     workdir: Path
     envs: dict[str, dict[str, str]] = field(default_factory=dict)
     components: dict[str, Component] = field(default_factory=dict)
+    frontend: Frontend = field(default_factory=Frontend)
+    kubectl: Kubectl = field(default_factory=Kubectl)
+
+    # --- the frontend: Slurm and the users' files ---
+
+    def run_as(
+        self, user: str, *cmd: str, check: bool = True, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a command on the frontend as a local user, the way a login would."""
+        return self.frontend.run(*cmd, user=user, stdin=stdin, check=check)
+
+    def read_file(self, path: str | PurePath) -> str:
+        """A file on the frontend, read as root."""
+        return self.frontend.read_file(path)
+
+    def exists(self, path: str | PurePath) -> bool:
+        """Whether a path exists on the frontend (as root sees it)."""
+        return self.frontend.exists(path)
+
+    def owner_uid(self, path: str | PurePath) -> int:
+        """The uid that owns a path on the frontend."""
+        return self.frontend.owner_uid(path)
+
+    # --- the resources ---
+
+    def get(self, resource: str) -> dict[str, Any]:
+        """One object of the stack's namespace, e.g. ``ucj/<name>``, as JSON."""
+        obj: dict[str, Any] = self.kubectl.json("get", "--namespace", self.namespace, resource)
+        return obj
+
+    # --- the components ---
+
+    def metrics_targets(self) -> dict[str, str]:
+        """``host:port`` of each component's /metrics, as this machine reaches it (for Prometheus)."""
+        return {name: f"127.0.0.1:{self.envs[name][key]}" for name, key in HEALTH_PORT_KEYS.items()}
 
     def logs(self) -> str:
         return "\n".join(f"--- {c.name} ({c.log})\n{c.tail()}" for c in self.components.values())
@@ -134,7 +274,7 @@ def component_env(
     }
 
 
-async def _release_jobs(platform_env: Mapping[str, str], namespace: str, timeout: float = 30) -> None:  # noqa: ASYNC109
+async def release_jobs(platform_env: Mapping[str, str], namespace: str, timeout: float = 30) -> None:  # noqa: ASYNC109
     """Delete the namespace's UCloudJobs while the operator still runs, so its finalizer lets them go.
 
     Otherwise deleting the namespace later would hang on finalizers nobody removes.
@@ -168,7 +308,15 @@ async def running_stack(platform_env: Mapping[str, str], namespace: str) -> Asyn
         envs = component_env(platform_env, namespace, core, ingress_token, socket_dir)
         gateway_url = f"http://127.0.0.1:{envs['ucim-gateway']['UCIM_GATEWAY_PORT']}"
         core.provider_url = gateway_url
-        stack = Stack(core=core, namespace=namespace, gateway_url=gateway_url, workdir=workdir, envs=envs)
+        stack = Stack(
+            core=core,
+            namespace=namespace,
+            gateway_url=gateway_url,
+            workdir=workdir,
+            envs=envs,
+            frontend=Frontend(env=platform_env),
+            kubectl=platform_kubectl(platform_env),
+        )
         try:
             # The bridge first: the operator and the gateway need instances to become Ready.
             for command in ("ucim-bridge", "ucim-operator", "ucim-gateway"):
@@ -177,7 +325,7 @@ async def running_stack(platform_env: Mapping[str, str], namespace: str) -> Asyn
                 stack.components[command] = await _start(command, workdir / f"{command}.log", env, health)
             yield stack
         finally:
-            await _release_jobs(platform_env, namespace)
+            await release_jobs(platform_env, namespace)
             for component in reversed(list(stack.components.values())):
                 if component.process.returncode is None:
                     component.process.terminate()

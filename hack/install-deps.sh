@@ -9,7 +9,7 @@
 # daemons itself, as plain processes under its run directory.
 set -euo pipefail
 
-pkgs=(slurmctld slurmd slurm-client slurmdbd munge mariadb-server openssl prometheus)
+pkgs=(slurmctld slurmd slurm-client slurmdbd munge mariadb-server openssl prometheus shellcheck)
 
 missing=()
 for p in "${pkgs[@]}"; do

@@ -29,38 +29,21 @@ def set_condition(
     observed_generation: int | None = None,
     now: datetime | None = None,
 ) -> list[Condition]:
-    """Return ``conditions`` with ``type_`` set; the others are kept as they are."""
+    """Return ``conditions`` with ``type_`` set; the others are kept as they are, in order."""
     now = now or utcnow()
-    result: list[Condition] = []
-    found = False
-    for existing in conditions:
-        if existing.type != type_:
-            result.append(existing)
-            continue
-        found = True
-        changed_at = existing.last_transition_time if existing.status == status else now
-        result.append(
-            Condition(
-                type=type_,
-                status=status,
-                reason=reason,
-                message=message,
-                observed_generation=observed_generation,
-                last_transition_time=changed_at,
-            )
-        )
-    if not found:
-        result.append(
-            Condition(
-                type=type_,
-                status=status,
-                reason=reason,
-                message=message,
-                observed_generation=observed_generation,
-                last_transition_time=now,
-            )
-        )
-    return result
+    existing = find_condition(conditions, type_)
+    changed_at = existing.last_transition_time if existing is not None and existing.status == status else now
+    updated = Condition(
+        type=type_,
+        status=status,
+        reason=reason,
+        message=message,
+        observed_generation=observed_generation,
+        last_transition_time=changed_at,
+    )
+    if existing is None:
+        return [*conditions, updated]
+    return [updated if c.type == type_ else c for c in conditions]
 
 
 def find_condition(conditions: Sequence[Condition], type_: str) -> Condition | None:

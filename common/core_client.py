@@ -22,14 +22,14 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from itertools import islice
-from types import TracebackType
-from typing import Any, Final, Self, TypeVar
+from typing import Any, Final, TypeVar
 
 import aiohttp
 import jwt
 from pydantic import SecretStr
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
+from ucim.common.http_client import SessionClient
 from ucim.common.protocol import (
     AccessTokenAndCsrf,
     BulkRequest,
@@ -111,7 +111,7 @@ def _why(status: int, body: Any) -> str:
     return f"HTTP {status}"
 
 
-class CoreClient:
+class CoreClient(SessionClient):
     """Calls from the provider to Core, authenticated with a cached access token."""
 
     def __init__(
@@ -125,31 +125,16 @@ class CoreClient:
         sleep: Sleep = asyncio.sleep,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
+        super().__init__(timeout=aiohttp.ClientTimeout(total=timeout), session=session)
         self._url = url.rstrip("/")
         self._refresh_token = refresh_token
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._attempts = attempts
         self._clock = clock
         self._sleep = sleep
-        self._session = session
-        self._owns_session = session is None
         self._token: str | None = None
         self._token_expires_at: float | None = None
         self._token_lock = asyncio.Lock()
         self.refresh_count = 0
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        if self._session is not None and self._owns_session:
-            await self._session.close()
-        self._session = None
 
     # --- the calls ---
 
@@ -185,12 +170,6 @@ class CoreClient:
             self._token = self._token_expires_at = None
 
     # --- plumbing ---
-
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
-            self._owns_session = True
-        return self._session
 
     async def _call(self, path: str, body: Any, params: dict[str, str] | None = None) -> Any:
         """POST ``body`` (or GET with ``params`` when there is no body) with retries; the parsed answer."""

@@ -13,12 +13,12 @@ instance down, restarting, slow).
 from __future__ import annotations
 
 import json
-from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final
 
 import aiohttp
 from pydantic import SecretStr, ValidationError
 
+from ucim.common.http_client import SessionClient
 from ucim.common.instance_api import CANCEL_PATH, SUBMIT_PATH, CancelRequest, SubmitRequest, SubmitResponse
 
 # 4xx answers that mean "not now" rather than "no": the ingress does not know the
@@ -49,29 +49,14 @@ def _why(status: int, body: Any, text: str) -> str:
     return text.strip()[:500] or f"HTTP {status}"
 
 
-class InstanceClient:
+class InstanceClient(SessionClient):
     """Submit and cancel Slurm jobs through a user's instance."""
 
     def __init__(
         self, ingress_token: SecretStr, *, timeout: float, session: aiohttp.ClientSession | None = None
     ) -> None:
+        super().__init__(timeout=aiohttp.ClientTimeout(total=timeout), session=session)
         self._token = ingress_token
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._session = session
-        self._owns_session = session is None
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        if self._session is not None and self._owns_session:
-            await self._session.close()
-        self._session = None
 
     async def submit(self, endpoint: str, request: SubmitRequest) -> SubmitResponse:
         """Submit a job; idempotent on ``request.slurm_job_name`` (an earlier submission is found, not repeated)."""
@@ -84,12 +69,6 @@ class InstanceClient:
     async def cancel(self, endpoint: str, slurm_job_ids: list[int]) -> None:
         """Cancel jobs (``scancel`` as the user); cancelling a job that has ended is not an error."""
         await self._post(endpoint, CANCEL_PATH, CancelRequest(slurm_job_ids=slurm_job_ids).model_dump(by_alias=True))
-
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
-            self._owns_session = True
-        return self._session
 
     async def _post(self, endpoint: str, path: str, body: dict[str, Any]) -> Any:
         url = endpoint.rstrip("/") + path

@@ -30,7 +30,7 @@ platform-status: ## Show what the local platform runs
 	$(PLATFORM) status
 
 .PHONY: demo
-demo: platform-up ## Bring up the platform and run a demo job end to end
+demo: install platform-up ## Bring up the platform and run a demo job end to end
 	$(PYTHON) hack/demo.py
 
 .PHONY: lint
@@ -73,7 +73,7 @@ e2e-kind: ## End-to-end tests on a kind cluster (needs Docker and kind; skips cl
 	bash hack/kind/e2e.sh
 
 .PHONY: test
-test: lint deps helm ## Everything CI runs: lint, unit, integration, chart and e2e tests
+test: install lint deps helm ## Everything CI runs: lint, unit, integration, chart and e2e tests
 	$(PYTEST) tests e2e --platform=local
 
 .PHONY: bench

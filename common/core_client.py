@@ -2,8 +2,9 @@
 
 What a provider calls on Core: it trades its refresh token for a short-lived
 access token (``POST /auth/providers/refresh``), pushes job updates
-(``POST /api/jobs/control/update``) and registers its products
-(``POST /api/products/v2``).
+(``POST /api/jobs/control/update``), registers its products
+(``POST /api/products/v2``) and approves or clears user connections
+(``/api/providers/integration/control/{approve,clear}Connection``).
 
 * The access token is cached and renewed before it expires: its ``exp`` claim
   is read without verifying the signature (the provider only needs to know when
@@ -34,6 +35,7 @@ from ucim.common.protocol import (
     AccessTokenAndCsrf,
     BulkRequest,
     BulkResponse,
+    FindByUsername,
     Job,
     JobUpdate,
     JobUpdateItem,
@@ -46,6 +48,8 @@ REFRESH_PATH: Final = "/auth/providers/refresh"
 JOB_UPDATE_PATH: Final = "/api/jobs/control/update"
 JOB_RETRIEVE_PATH: Final = "/api/jobs/control/retrieve"
 PRODUCTS_PATH: Final = "/api/products/v2"
+APPROVE_CONNECTION_PATH: Final = "/api/providers/integration/control/approveConnection"
+CLEAR_CONNECTION_PATH: Final = "/api/providers/integration/control/clearConnection"
 
 # Renew the access token when it has less than this left (UCloud's shared/pkg/rpc/client.go).
 RENEW_BEFORE_SECONDS: Final = 180.0
@@ -152,6 +156,14 @@ class CoreClient(SessionClient):
         """``POST /api/products/v2``: Core creates or updates the provider's products."""
         if products:
             await self._call(PRODUCTS_PATH, dump(BulkRequest[ProductV2](items=list(products))))
+
+    async def approve_connection(self, username: str) -> None:
+        """Tell Core that ``username`` is now connected to this provider."""
+        await self._call(APPROVE_CONNECTION_PATH, dump(FindByUsername(username=username)))
+
+    async def clear_connection(self, username: str) -> None:
+        """Tell Core that ``username`` is no longer connected to this provider."""
+        await self._call(CLEAR_CONNECTION_PATH, dump(FindByUsername(username=username)))
 
     async def access_token(self) -> str:
         """A token Core accepts for the next few minutes, refreshed when it is about to expire."""

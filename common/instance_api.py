@@ -16,6 +16,9 @@ from ucim.common.resources import ApplicationRef, JobResources, ParameterValue, 
 SUBMIT_PATH = "/jobs/submit"
 CANCEL_PATH = "/jobs/cancel"
 HEALTH_PATH = "/healthz"
+# Bodies are UCloud's own (``FilesProviderBrowseRequest``, ``FilesProviderRetrieveRequest`` in protocol.py).
+FILES_BROWSE_PATH = "/files/browse"
+FILES_RETRIEVE_PATH = "/files/retrieve"
 
 
 class _Message(BaseModel):

@@ -26,6 +26,7 @@ from functools import cache
 from typing import Annotated, Any, Generic, Literal, Self, TypeVar
 
 from pydantic import (
+    AliasChoices,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -632,6 +633,122 @@ class ProviderRegisteredResource(WireModel, Generic[S]):
     project: str | None = None
     project_all_read: bool = False
     project_all_write: bool = False
+
+
+# --- files and drives ---------------------------------------------------------
+
+FileType = Literal["FILE", "DIRECTORY"]
+FileIcon = Literal["", "DIRECTORY_STAR", "DIRECTORY_SHARES", "DIRECTORY_TRASH", "DIRECTORY_JOBS"]
+SortDirection = Literal["ascending", "descending", ""]
+
+
+class FileMetadataHistory(WireModel):
+    metadata: dict[str, list[dict[str, Any]]] | None = None
+
+
+class UFileStatus(WireModel):
+    """The status of a file; timestamps and unix fields are always written, sizes may be null."""
+
+    type: FileType
+    icon: Annotated[FileIcon, OMIT_EMPTY] = ""
+    size_in_bytes: int | None = None
+    size_including_children_in_bytes: int | None = None
+    file_count: int | None = None
+    directory_count: int | None = None
+    modified_at: Timestamp = 0
+    accessed_at: Timestamp = 0
+    unix_mode: int = 0
+    unix_owner: int = 0
+    unix_group: int = 0
+    metadata: FileMetadataHistory = Field(default_factory=FileMetadataHistory)
+
+
+class ProviderFile(WireModel):
+    """A file as the provider answers browse and retrieve; ``id`` is the UCloud path ``/<drive>/a/b``."""
+
+    id: OmitEmptyStr = ""
+    status: UFileStatus
+    created_at: Timestamp
+    legacy_sensitivity: OmitEmptyStr = ""
+
+
+class FileFlags(WireModel):
+    """ResourceFlags and FileFlags, flattened as Go does; every filter is optional."""
+
+    include_others: bool = False
+    include_updates: bool = False
+    include_support: bool = False
+    include_product: bool = False
+    filter_labels: dict[str, str] | None = None
+    filter_created_by: str | None = None
+    filter_created_after: int | None = None
+    filter_created_before: int | None = None
+    filter_provider: str | None = None
+    filter_product_id: str | None = None
+    filter_product_category: str | None = None
+    hide_product_id: str | None = None
+    hide_product_category: str | None = None
+    hide_provider: str | None = None
+    filter_provider_ids: str | None = None
+    filter_ids: str | None = None
+    sort_by: str | None = None
+    sort_direction: SortDirection | None = None
+    include_permissions: bool | None = None
+    include_timestamps: bool | None = None
+    include_sizes: bool | None = None
+    include_unix_info: bool | None = None
+    include_metadata: bool | None = None
+    filter_by_file_extension: str | None = None
+    path: str | None = None  # the folder to browse
+    filter_hidden_files: bool | None = None
+
+
+class ResourceBrowseRequest(WireModel, Generic[T]):
+    flags: T
+    items_per_page: OmitEmptyInt = 0  # <= 0 means 50; capped at 1000
+    next: str | None = None
+    sort_by: str | None = None
+    sort_direction: SortDirection | None = None
+
+
+class ResourceRetrieveRequest(WireModel, Generic[T]):
+    flags: T
+    id: str
+
+
+class DriveSpecification(WireModel):
+    title: str = ""
+    product: ProductReference | None = None
+    labels: dict[str, str] | None = None
+
+
+class Drive(WireModel):
+    """A drive (FileCollection) as Core resolves it; only what a provider reads is modelled, the rest is ignored."""
+
+    id: OmitEmptyStr = ""
+    created_at: Timestamp = 0
+    owner: ResourceOwner = Field(default_factory=ResourceOwner)
+    provider_generated_id: OmitEmptyStr = ""
+    specification: DriveSpecification = Field(default_factory=DriveSpecification)
+
+
+class FilesProviderBrowseRequest(WireModel):
+    """``POST /ucloud/P/files/browse``.
+
+    Core writes the untagged Go field as ``"Browse"``; ``"browse"`` is accepted too.
+    """
+
+    resolved_collection: Drive = Field(default_factory=Drive)
+    browse: ResourceBrowseRequest[FileFlags] = Field(
+        validation_alias=AliasChoices("Browse", "browse"), serialization_alias="Browse"
+    )
+
+
+class FilesProviderRetrieveRequest(WireModel):
+    """``POST /ucloud/P/files/retrieve``."""
+
+    resolved_collection: Drive = Field(default_factory=Drive)
+    retrieve: ResourceRetrieveRequest[FileFlags]
 
 
 # --- authentication and connections -------------------------------------------

@@ -39,5 +39,11 @@ SPAWN_FAILED: Final = "SpawnFailed"
 INSTANCE_EXITED: Final = "InstanceExited"
 IDLE_STOPPED: Final = "IdleStopped"
 
+# --- UserConnection condition types and reasons (MAPPED as above) ------------------
+CONNECTED: Final = "Connected"  # Core knows the user as connected (True), or the user unlinked (False)
+CONNECTION_APPROVED: Final = "ConnectionApproved"
+AUTO_CONNECTED: Final = "AutoConnected"
+UNLINKED: Final = "Unlinked"
+
 # Annotation that asks the bridge to (re)start a stopped instance: its value is a timestamp.
 REQUESTED_AT_ANNOTATION: Final = "ucim.io/requested-at"

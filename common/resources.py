@@ -1,4 +1,4 @@
-"""Typed models of ucim's custom resources, UCloudJob and UserInstance.
+"""Typed models of ucim's custom resources, UCloudJob, UserInstance and UserConnection.
 
 This module is the only place that knows their shape: code builds a model and
 calls ``to_manifest()`` / ``status_patch()``, and reads objects with
@@ -210,6 +210,37 @@ class UserInstance(_Resource):
     @staticmethod
     def name_for(ucloud_username: str, cluster: str) -> str:
         """The deterministic object name for a (UCloud user, cluster) pair."""
+        return dns_name(cluster, ucloud_username)
+
+
+# --- UserConnection -------------------------------------------------------------
+
+
+class UserConnectionSpec(_Model):
+    ucloud_username: str = Field(min_length=1)
+    cluster: str = Field(min_length=1)
+    local_user: str | None = None
+    uid: int | None = Field(default=None, ge=1)
+    expires_at: datetime | None = None
+
+
+class UserConnectionStatus(_Model):
+    observed_generation: int | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+
+
+class UserConnection(_Resource):
+    """The durable UCloud user <-> local account link; the one source of a user's uid."""
+
+    KIND: ClassVar[str] = "UserConnection"
+    PLURAL: ClassVar[str] = "userconnections"
+
+    spec: UserConnectionSpec
+    status: UserConnectionStatus = Field(default_factory=UserConnectionStatus)
+
+    @staticmethod
+    def name_for(ucloud_username: str, cluster: str) -> str:
+        """The deterministic object name for a (UCloud user, cluster) pair, as the UserInstance's."""
         return dns_name(cluster, ucloud_username)
 
 

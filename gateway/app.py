@@ -6,14 +6,16 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from ucim.common.core_client import CoreClient
 from ucim.common.kube import Kube
 from ucim.common.observability import add_health_routes
 from ucim.gateway.auth import CoreVerifier, load_public_key, read_public_key
+from ucim.gateway.connections import Connections
 from ucim.gateway.errors import error_middleware
 from ucim.gateway.instances import Instances
 from ucim.gateway.middlewares import VERIFIER, auth_middleware, metrics_middleware
 from ucim.gateway.settings import GatewaySettings
-from ucim.gateway.views import INSTANCES, KUBE, SETTINGS, setup_routes
+from ucim.gateway.views import CONNECTIONS, CORE, INSTANCES, KUBE, SETTINGS, setup_routes
 
 
 def core_verifier(settings: GatewaySettings) -> CoreVerifier:
@@ -30,10 +32,28 @@ async def kubernetes(app: web.Application) -> AsyncIterator[None]:
     """The Kubernetes client lives as long as the application."""
     settings = app[SETTINGS]
     kube = await Kube.connect(settings.kubeconfig)
-    app[KUBE] = kube
-    app[INSTANCES] = Instances(kube, settings.namespace, settings.cluster, settings.idle_timeout_seconds)
+    use_kube(app, kube)
     yield
     await kube.close()
+
+
+def use_kube(app: web.Application, kube: Kube) -> None:
+    settings = app[SETTINGS]
+    app[KUBE] = kube
+    app[INSTANCES] = Instances(kube, settings.namespace, settings.cluster, settings.idle_timeout_seconds)
+    app[CONNECTIONS] = Connections(kube, settings.namespace, settings.cluster, settings.connection_expire_after_ms)
+
+
+async def core_client(app: web.Application) -> AsyncIterator[None]:
+    """The client for Core (connections), when Core's URL and refresh token are configured."""
+    settings = app[SETTINGS]
+    if settings.core_url is None or settings.core_refresh_token is None:
+        app[CORE] = None
+        yield
+        return
+    async with CoreClient(settings.core_url, settings.core_refresh_token) as core:
+        app[CORE] = core
+        yield
 
 
 def init_app(settings: GatewaySettings, kube: Kube | None = None) -> web.Application:
@@ -44,8 +64,8 @@ def init_app(settings: GatewaySettings, kube: Kube | None = None) -> web.Applica
     if kube is None:
         app.cleanup_ctx.append(kubernetes)
     else:
-        app[KUBE] = kube
-        app[INSTANCES] = Instances(kube, settings.namespace, settings.cluster, settings.idle_timeout_seconds)
+        use_kube(app, kube)
+    app.cleanup_ctx.append(core_client)
     add_health_routes(app)
     setup_routes(app, settings.provider_id)
     return app

@@ -40,3 +40,16 @@ class GatewaySettings(ComponentSettings):
     # How long job creation waits for the submission, so an sbatch rejection comes back as a 400.
     submit_wait_seconds: float = 5.0
     idle_timeout_seconds: int = 1800
+
+    # Connections (integration/connect, unlinked). Core's URL and the provider's refresh token, to call
+    # approveConnection/clearConnection; without them integration/connect answers 503.
+    core_url: str | None = None
+    core_refresh_token: SecretStr | None = None
+    # Where Core sends the user after connecting (integration/connect's redirectTo): UCloud's public URL.
+    ucloud_url: str = "https://cloud.sdu.dk"
+    # retrieveManifest's expireAfterMs: a connection ends this long after it was made; None: never.
+    connection_expire_after_ms: int | None = Field(default=None, ge=1)
+    # integration/init connects a user who is not connected (IM2 connects users automatically); off: 403.
+    auto_connect: bool = True
+    # How long integration/connect waits for the bridge to map the user.
+    connect_wait_seconds: float = 10.0

@@ -4,22 +4,35 @@ Routing follows the protocol: a call that names an end user (``UCloud-Username``
 or ``usernameHint``) needs that user's instance Ready, or is answered 449 so
 that Core runs ``integration/init`` and retries; ``integration/*`` is served
 whatever the headers.
+
+Connections: ``integration/connect`` makes sure the user's UserConnection exists, waits
+(bounded) for the bridge to map it to a local account, approves it at Core and answers
+``redirectTo``; a refused mapping is a 403 with the reason. ``integration/unlinked``
+expires the connection (the uid is kept), clears it at Core and stops the user's
+instance. ``integration/init`` for a user who is not connected (never, or expired)
+connects them when ``auto_connect`` is on (the default, as IM2 does), and otherwise
+answers 403 "not connected".
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+from datetime import UTC, datetime
 from typing import TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from ucim.common import reasons
 from ucim.common.conditions import find_condition
+from ucim.common.core_client import CoreClient, CoreError
 from ucim.common.kube import ConflictError, Kube, NotFoundError
 from ucim.common.protocol import (
     BulkRequest,
     BulkResponse,
+    ConnectResponse,
     Empty,
     FindByStringId,
     FindByUsername,
@@ -29,8 +42,9 @@ from ucim.common.protocol import (
     dump,
 )
 from ucim.common.reasons import SUBMITTED
-from ucim.common.resources import UCloudJob
+from ucim.common.resources import UCloudJob, UserInstance
 from ucim.gateway.auth import acting_username
+from ucim.gateway.connections import ConnectionRefusedError, Connections, is_connected
 from ucim.gateway.errors import ProviderError
 from ucim.gateway.instances import Instances, MappingRefusedError
 from ucim.gateway.jobs import to_ucloud_job
@@ -39,6 +53,10 @@ from ucim.gateway.settings import GatewaySettings
 SETTINGS = web.AppKey("settings", GatewaySettings)
 KUBE = web.AppKey("kube", Kube)
 INSTANCES = web.AppKey("instances", Instances)
+CONNECTIONS = web.AppKey("connections", Connections)
+CORE = web.AppKey[CoreClient | None]("core")
+
+log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
 SUBMIT_POLL_INTERVAL = 0.02
@@ -70,24 +88,84 @@ async def require_ready_user(request: web.Request) -> str | None:
 # --- integration ------------------------------------------------------------------
 
 
-async def integration_init(request: web.Request) -> web.Response:
+async def username_of(request: web.Request) -> str:
     body = await parse(request, FindByUsername)
     if not body.username:
         raise ProviderError(400, "username is required")
+    return body.username
+
+
+def core_of(request: web.Request) -> CoreClient:
+    core = request.app[CORE]
+    if core is None:
+        raise ProviderError(503, "this provider cannot reach UCloud/Core: its URL and refresh token are not configured")
+    return core
+
+
+async def integration_connect(request: web.Request) -> web.Response:
+    username = await username_of(request)
+    settings, connections = request.app[SETTINGS], request.app[CONNECTIONS]
+    connection = await connections.ensure(username)
+    try:
+        async with asyncio.timeout(settings.connect_wait_seconds):
+            connection = await connections.wait_mapped(username)
+    except ConnectionRefusedError as error:
+        raise ProviderError(403, f"{username} cannot use this provider: {error}") from error
+    except TimeoutError as error:
+        raise ProviderError(503, f"{username} could not be mapped to a local account in time; try again") from error
+    try:
+        await core_of(request).approve_connection(username)
+    except CoreError as error:
+        raise ProviderError(502, f"UCloud/Core did not approve the connection: {error}") from error
+    await connections.mark_connected(connection, reasons.CONNECTION_APPROVED, datetime.now(UTC))
+    log.info("user connected", extra={"ucloud_user": username, "uid": connection.spec.uid})
+    return ok(ConnectResponse(redirect_to=settings.ucloud_url))
+
+
+async def integration_unlinked(request: web.Request) -> web.Response:
+    username = await username_of(request)
+    app = request.app
+    connection = await app[CONNECTIONS].get(username)
+    if connection is not None:
+        await app[CONNECTIONS].mark_unlinked(connection, datetime.now(UTC))
+    # The bridge stops the instance's process when its UserInstance goes.
+    await app[KUBE].delete(UserInstance, app[SETTINGS].namespace, app[INSTANCES].name_for(username))
+    try:
+        await core_of(request).clear_connection(username)
+    except CoreError as error:
+        raise ProviderError(502, f"UCloud/Core did not clear the connection: {error}") from error
+    log.info("user unlinked", extra={"ucloud_user": username})
+    return ok(Empty())
+
+
+async def require_connected(request: web.Request, username: str) -> None:
+    """A user who is not connected is connected now (auto_connect), or refused with a 403."""
+    connections, now = request.app[CONNECTIONS], datetime.now(UTC)
+    if is_connected(await connections.get(username), now):
+        return
+    if not request.app[SETTINGS].auto_connect:
+        raise ProviderError(403, f"{username} is not connected to this provider; connect through UCloud first")
+    connection = await connections.ensure(username)
+    await connections.mark_connected(connection, reasons.AUTO_CONNECTED, now)
+
+
+async def integration_init(request: web.Request) -> web.Response:
+    username = await username_of(request)
+    await require_connected(request, username)
     instances = request.app[INSTANCES]
-    await instances.ensure(body.username)
+    await instances.ensure(username)
     try:
         async with asyncio.timeout(request.app[SETTINGS].init_wait_seconds):
-            await instances.wait_ready(body.username)
+            await instances.wait_ready(username)
     except MappingRefusedError as error:
-        raise ProviderError(403, f"{body.username} cannot use this provider: {error}") from error
+        raise ProviderError(403, f"{username} cannot use this provider: {error}") from error
     except TimeoutError:
         pass  # Core retries the original call; the instance keeps starting meanwhile.
     return ok(Empty())
 
 
-async def retrieve_manifest(_: web.Request) -> web.Response:
-    return ok(IntegrationManifest(enabled=True, expire_after_ms=None))
+async def retrieve_manifest(request: web.Request) -> web.Response:
+    return ok(IntegrationManifest(enabled=True, expire_after_ms=request.app[SETTINGS].connection_expire_after_ms))
 
 
 # --- jobs ---------------------------------------------------------------------------
@@ -166,6 +244,8 @@ async def not_supported(request: web.Request) -> web.Response:
 def setup_routes(app: web.Application, provider_id: str) -> None:
     base = f"/ucloud/{provider_id}"
     app.router.add_post(f"{base}/integration/init", integration_init)
+    app.router.add_post(f"{base}/integration/connect", integration_connect)
+    app.router.add_post(f"{base}/integration/unlinked", integration_unlinked)
     app.router.add_get(f"{base}/integration/retrieveManifest", retrieve_manifest)
     app.router.add_post(f"{base}/jobs", create_jobs)
     app.router.add_post(f"{base}/jobs/terminate", terminate_jobs)
@@ -173,4 +253,4 @@ def setup_routes(app: web.Application, provider_id: str) -> None:
     app.router.add_post(f"{base}/jobs/{{operation:extend|suspend|unsuspend}}", not_supported)
 
 
-__all__ = ["INSTANCES", "KUBE", "SETTINGS", "setup_routes"]
+__all__ = ["CONNECTIONS", "CORE", "INSTANCES", "KUBE", "SETTINGS", "setup_routes"]

@@ -3,8 +3,9 @@
 The bridge watches the UserInstances of its namespace whose ``spec.cluster`` is its own
 and runs one small worker per instance. A worker reads top to bottom:
 
-1. **Mapped?** Without ``spec.uid`` it runs the mapping policy and writes
-   ``spec.localUser``/``spec.uid`` once. A refusal is ``Mapped=False``/``Ready=False``,
+1. **Mapped?** Without ``spec.uid`` it takes the account of the user's UserConnection
+   (``connections.py``; the mapping policy runs there, or here when the user has no
+   connection yet) and writes ``spec.localUser``/``spec.uid`` once. A refusal is ``Mapped=False``/``Ready=False``,
    reason ``MappingRefused``, the message says why; it is tried again only when the
    ``ucim.io/requested-at`` annotation changes.
 2. **Running?** If its child runs: stop it when it was idle (no ingress request) for
@@ -51,6 +52,7 @@ from ucim.common import reasons
 from ucim.common.conditions import ConditionStatus, find_condition, set_condition
 from ucim.common.kube import ConflictError, InvalidError, Kube, NotFoundError
 from ucim.common.resources import UserInstance
+from ucim.slurm_bridge.connections import ConnectionMapper
 from ucim.slurm_bridge.ingress import Routes
 from ucim.slurm_bridge.mapping import LocalAccount, Mapper, MappingRefusedError
 from ucim.slurm_bridge.settings import BridgeSettings
@@ -118,6 +120,7 @@ class InstanceManager:
         mapper: Mapper,
         fork_server: ForkServer,
         routes: Routes,
+        connections: ConnectionMapper | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.kube = kube
@@ -126,6 +129,7 @@ class InstanceManager:
         self.mapper = mapper
         self.fork_server = fork_server
         self.routes = routes
+        self.connections = connections
         self.clock = clock
         self.instances: dict[str, Instance] = {}
         self._by_pid: dict[int, Instance] = {}
@@ -247,7 +251,10 @@ class InstanceManager:
             return False
         obj = instance.obj
         try:
-            account = await self.mapper.map(obj.spec.ucloud_username)
+            if self.connections is not None:
+                account = await self.connections.account_for(obj.spec.ucloud_username)
+            else:
+                account = await self.mapper.map(obj.spec.ucloud_username)
         except MappingRefusedError as refusal:
             await self._refuse(instance, str(refusal))
             return False

@@ -32,6 +32,7 @@ from ucim.common.kube import Kube
 from ucim.common.logs import setup_logging
 from ucim.common.observability import start_health_server
 from ucim.common.slurm import SlurmClient, SlurmConfig
+from ucim.slurm_bridge.connections import ConnectionMapper
 from ucim.slurm_bridge.ingress import Routes, start_ingress
 from ucim.slurm_bridge.instances import InstanceManager
 from ucim.slurm_bridge.mapping import Mapper
@@ -87,8 +88,15 @@ async def serve(settings: BridgeSettings, fork_server: ForkServer | None, token:
 
     if fork_server is not None and token is not None:
         routes = Routes()
+        mapper = Mapper(settings.mapping)
+        connections = ConnectionMapper(kube=kube, namespace=settings.namespace, cluster=settings.cluster, mapper=mapper)
         manager = InstanceManager(
-            kube=kube, settings=settings, mapper=Mapper(settings.mapping), fork_server=fork_server, routes=routes
+            kube=kube,
+            settings=settings,
+            mapper=mapper,
+            fork_server=fork_server,
+            routes=routes,
+            connections=connections,
         )
         fork_server.attach(manager.on_child_exit)
         ingress = await start_ingress(
@@ -100,6 +108,7 @@ async def serve(settings: BridgeSettings, fork_server: ForkServer | None, token:
             tls_key=str(settings.ingress_tls_key_file) if settings.ingress_tls_key_file else None,
         )
         run("instances", manager.run())
+        run("connections", connections.run(settings.watch_timeout_seconds))
     else:
         log.error("no ingress token configured (UCIM_BRIDGE_INGRESS_TOKEN_FILE): user instances are disabled")
     if settings.monitor_enabled:

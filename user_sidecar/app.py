@@ -1,6 +1,7 @@
 """The user instance's application factory.
 
-Routes: ``POST /jobs/submit``, ``POST /jobs/cancel`` (``ucim.common.instance_api``),
+Routes: ``POST /jobs/submit``, ``POST /jobs/cancel``, ``POST /files/browse``,
+``POST /files/retrieve`` (``ucim.common.instance_api``),
 ``GET /healthz``, ``/readyz`` and ``/metrics``. The instance runs as its user; every
 file it writes and every Slurm command it runs is that user's own.
 
@@ -24,17 +25,27 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from ucim.common.instance_api import CANCEL_PATH, SUBMIT_PATH, SubmitRequest, SubmitResponse
+from ucim.common.instance_api import (
+    CANCEL_PATH,
+    FILES_BROWSE_PATH,
+    FILES_RETRIEVE_PATH,
+    SUBMIT_PATH,
+    SubmitRequest,
+    SubmitResponse,
+)
 from ucim.common.observability import add_health_routes
 from ucim.common.slurm import SlurmClient
 from ucim.user_sidecar import views
+from ucim.user_sidecar.files import Files
 from ucim.user_sidecar.jobs import Submitter
 from ucim.user_sidecar.middlewares import error_envelope
+from ucim.user_sidecar.paths import Drives
 from ucim.user_sidecar.settings import SidecarSettings
 from ucim.user_sidecar.templates import Catalogue, InvalidJobError, load_catalogue, render_script
 
 SETTINGS = web.AppKey("settings", SidecarSettings)
 SUBMITTER = views.SUBMITTER
+FILES = views.FILES
 
 
 def init_app(settings: SidecarSettings, catalogue: Catalogue | None = None) -> web.Application:
@@ -50,8 +61,11 @@ def init_app(settings: SidecarSettings, catalogue: Catalogue | None = None) -> w
     app = web.Application(middlewares=[error_envelope])
     app[SETTINGS] = settings
     app[SUBMITTER] = submitter
+    app[FILES] = Files(Drives.from_settings(settings.drives, home), jobs_folder=settings.jobs_folder)
     app.router.add_post(SUBMIT_PATH, views.submit)
     app.router.add_post(CANCEL_PATH, views.cancel)
+    app.router.add_post(FILES_BROWSE_PATH, views.browse_files)
+    app.router.add_post(FILES_RETRIEVE_PATH, views.retrieve_file)
     add_health_routes(app)
     return app
 
@@ -97,18 +111,35 @@ def _warm_up(settings: SidecarSettings, catalogue: Catalogue) -> None:
         with contextlib.suppress(InvalidJobError):
             render_script(catalogue, request, Path("/nonexistent/0"))
     json.dumps(SubmitResponse(slurm_job_id=1, job_folder="/").model_dump(mode="json", by_alias=True))
-    app = init_app(settings.model_copy(update={"user": "root", "home": Path("/nonexistent")}), catalogue)
-    calls: list[tuple[str, str, bytes | None]] = [
-        ("GET", "/healthz", None),
-        ("GET", "/readyz", None),
-        ("GET", "/metrics", None),
-        ("POST", SUBMIT_PATH, b"not json"),
-        ("POST", SUBMIT_PATH, b"{}"),
-        ("POST", SUBMIT_PATH, json.dumps(sample).encode()),  # unknown application: a 400 before Slurm
-        ("POST", CANCEL_PATH, b"{}"),
-        ("GET", "/nowhere", None),
-    ]
-    asyncio.run(_exercise(app, calls))
+    with tempfile.TemporaryDirectory(prefix="ucim-warm-up-home-") as home:
+        (Path(home) / "Trash").mkdir()
+        (Path(home) / "a.txt").write_bytes(b"warm-up")
+        app = init_app(settings.model_copy(update={"user": "root", "home": Path(home)}), catalogue)
+        calls: list[tuple[str, str, bytes | None]] = [
+            ("GET", "/healthz", None),
+            ("GET", "/readyz", None),
+            ("GET", "/metrics", None),
+            ("POST", SUBMIT_PATH, b"not json"),
+            ("POST", SUBMIT_PATH, b"{}"),
+            ("POST", SUBMIT_PATH, json.dumps(sample).encode()),  # unknown application: a 400 before Slurm
+            ("POST", CANCEL_PATH, b"{}"),
+            ("GET", "/nowhere", None),
+            ("POST", FILES_RETRIEVE_PATH, _retrieve("/home/a.txt")),
+            ("POST", FILES_RETRIEVE_PATH, _retrieve("/home/missing")),
+            ("POST", FILES_RETRIEVE_PATH, _retrieve("/home/../etc")),
+            ("POST", FILES_BROWSE_PATH, _browse("/home", itemsPerPage=1)),
+            ("POST", FILES_BROWSE_PATH, _browse("/home", sortBy="SIZE", sortDirection="descending")),
+            ("POST", FILES_BROWSE_PATH, _browse("/home/a.txt", sortBy="MODIFIED_AT", next="bm90IGEgdG9rZW4")),
+        ]
+        asyncio.run(_exercise(app, calls))
+
+
+def _retrieve(file_id: str) -> bytes:
+    return json.dumps({"resolvedCollection": {}, "retrieve": {"id": file_id, "flags": {}}}).encode()
+
+
+def _browse(path: str, **request: Any) -> bytes:
+    return json.dumps({"resolvedCollection": {}, "Browse": {"flags": {"path": path}, **request}}).encode()
 
 
 async def _exercise(app: web.Application, calls: list[tuple[str, str, bytes | None]]) -> None:

@@ -37,6 +37,8 @@ class SidecarSettings(ComponentSettings):
     home: Path | None = None
     # Job folders are <home>/<jobs_folder>/<UCloud job id>, as the anchor does.
     jobs_folder: str = Field(default="ucloud-jobs", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+    # UCloud drive id -> local root; "~" is the user's home. Project drives are added here later.
+    drives: dict[str, str] = Field(default_factory=lambda: {"home": "~"})
     # The application catalogue (YAML); the built-in one offers run-command and sleep-exit.
     catalogue_file: Path = DEFAULT_CATALOGUE
     # SLURM_CONF for the Slurm tools; read from SLURM_CONF too, so a login environment just works.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any, TypeVar
@@ -10,14 +11,18 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from ucim.common.instance_api import CancelRequest, SubmitRequest
+from ucim.common.protocol import FilesProviderBrowseRequest, FilesProviderRetrieveRequest, dump
 from ucim.common.slurm import SlurmError, SlurmRejectedError, SlurmUnavailableError
+from ucim.user_sidecar.files import Files
 from ucim.user_sidecar.jobs import SUBMISSIONS, Submitter
 from ucim.user_sidecar.middlewares import error_response
+from ucim.user_sidecar.paths import PathRefusedError
 from ucim.user_sidecar.templates import InvalidJobError
 
 log = logging.getLogger(__name__)
 
 SUBMITTER = web.AppKey("submitter", Submitter)
+FILES = web.AppKey("files", Files)
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -69,3 +74,34 @@ async def cancel(request: web.Request) -> web.Response:
     except SlurmError as error:
         return error_response(400, str(error))
     return web.json_response({})
+
+
+async def browse_files(request: web.Request) -> web.Response:
+    body = (await parse(request, FilesProviderBrowseRequest)).browse
+    flags = body.flags
+    if not flags.path:
+        return error_response(400, "Browse.flags.path is required: the folder to list")
+    direction = body.sort_direction or flags.sort_direction or "ascending"
+    try:
+        page = await asyncio.to_thread(
+            request.app[FILES].browse,
+            flags.path,
+            sort_by=body.sort_by or flags.sort_by,
+            descending=direction == "descending",
+            items_per_page=body.items_per_page,
+            next_token=body.next,
+            filter_hidden=bool(flags.filter_hidden_files),
+            extension=flags.filter_by_file_extension,
+        )
+    except PathRefusedError as error:
+        return error_response(error.status, str(error))
+    return web.json_response(dump(page))
+
+
+async def retrieve_file(request: web.Request) -> web.Response:
+    body = await parse(request, FilesProviderRetrieveRequest)
+    try:
+        found = await asyncio.to_thread(request.app[FILES].retrieve, body.retrieve.id)
+    except PathRefusedError as error:
+        return error_response(error.status, str(error))
+    return web.json_response(dump(found))

@@ -150,6 +150,9 @@ def test_install_creates_everything_and_uninstall_keeps_the_crds(
             "delete ucloudjobs": True,
             "patch ucloudjobs/status": False,
             "watch ucloudjobs": False,
+            "create userconnections": True,
+            "patch userconnections/status": True,
+            "delete userconnections": False,
         },
     )
     _assert_can(
@@ -161,6 +164,8 @@ def test_install_creates_everything_and_uninstall_keeps_the_crds(
             "patch ucloudjobs/status": True,
             "create ucloudjobs": False,
             "delete userinstances": False,
+            "patch userconnections": True,
+            "create userconnections": False,
             "get secrets": False,
         },
     )

@@ -248,6 +248,11 @@ def test_rbac_is_split_by_purpose(helm: Helm) -> None:
     # The bridge creates and deletes nothing; only the gateway deletes (a failed start).
     assert verbs("r-ucim-bridge", "ucloudjobs") == {"get", "list", "watch", "patch"}
     assert verbs("r-ucim-bridge", "userinstances") == {"get", "list", "watch", "patch"}
+    # Connections: the gateway creates them and records Core's approval; the bridge maps them.
+    assert verbs("r-ucim-gateway", "userconnections") == {"create", "get", "list", "patch"}
+    assert verbs("r-ucim-gateway", "userconnections/status") == {"get", "patch"}
+    assert verbs("r-ucim-bridge", "userconnections") == {"get", "list", "watch", "patch"}
+    assert verbs("r-ucim-bridge", "userconnections/status") == {"get", "patch"}
     assert "delete" in verbs("r-ucim-gateway", "ucloudjobs")
     assert "delete" not in verbs("r-ucim-operator", "ucloudjobs")
     bindings = {b["metadata"]["name"]: b["subjects"][0]["name"] for b in find(manifests, "RoleBinding")}

@@ -24,7 +24,7 @@ def expected_message(sample: Path) -> str:
 
 
 def test_crds_are_established(platform: Platform) -> None:
-    for crd in ("ucloudjobs.ucim.io", "userinstances.ucim.io"):
+    for crd in ("ucloudjobs.ucim.io", "userinstances.ucim.io", "userconnections.ucim.io"):
         conditions = platform.get("default", f"crd/{crd}")["status"]["conditions"]
         assert {"type": "Established", "status": "True"}.items() <= next(
             c for c in conditions if c["type"] == "Established"
@@ -62,6 +62,24 @@ def test_uid_of_a_user_instance_is_set_once(platform: Platform, namespace: str) 
     platform.kubectl("apply", "-n", namespace, "-f", str(SAMPLES / "valid/userinstance.yaml"))
     result = platform.patch(namespace, "ui/alice-1234-local", {"spec": {"uid": 1102}}, check=False)
     assert "uid cannot change once it is mapped" in result.stderr
+
+
+def test_a_connection_never_switches_to_another_uid(platform: Platform, namespace: str) -> None:
+    platform.kubectl("apply", "-n", namespace, "-f", str(SAMPLES / "valid/userconnection.yaml"))
+    for patch, message in [
+        ({"spec": {"uid": 1102}}, "uid cannot change once it is mapped"),
+        ({"spec": {"uid": None}}, "uid cannot change once it is mapped"),
+        ({"spec": {"localUser": "bob"}}, "localUser cannot change once it is mapped"),
+        ({"spec": {"ucloudUsername": "bob"}}, "ucloudUsername is immutable"),
+    ]:
+        result = platform.patch(namespace, "uconn/local-alice-1234", patch, check=False)
+        assert result.returncode != 0
+        assert message in result.stderr
+    # Expiring (unlinked) and connecting again only move expiresAt; the uid stays.
+    platform.patch(namespace, "uconn/local-alice-1234", {"spec": {"expiresAt": None}})
+    assert platform.get(namespace, "uconn/local-alice-1234")["spec"]["uid"] == 1101
+    header = platform.kubectl("get", "userconnections", "-n", namespace).stdout.splitlines()[0]
+    assert header.split() == ["NAME", "USER", "LOCAL-USER", "UID", "CONNECTED", "AGE"]
 
 
 def test_status_is_written_only_through_the_subresource(platform: Platform, namespace: str) -> None:

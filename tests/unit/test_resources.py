@@ -10,7 +10,7 @@ import pytest
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from ucim.common.resources import UCloudJob, UCloudJobSpec, UserInstance, dns_name
+from ucim.common.resources import UCloudJob, UCloudJobSpec, UserConnection, UserInstance, dns_name
 
 REPO = Path(__file__).resolve().parents[2]
 CRDS = REPO / "crds"
@@ -47,8 +47,8 @@ def assert_same_fields(model: type[BaseModel], schema: dict[str, Any], where: st
             assert_same_fields(inner, properties[alias], f"{where}.{alias}")
 
 
-@pytest.mark.parametrize("model", [UCloudJob, UserInstance])
-def test_models_match_crd_schemas(model: type[UCloudJob] | type[UserInstance]) -> None:
+@pytest.mark.parametrize("model", [UCloudJob, UserInstance, UserConnection])
+def test_models_match_crd_schemas(model: type[UCloudJob] | type[UserInstance] | type[UserConnection]) -> None:
     schema = crd_schema(model.PLURAL)
     for part in ("spec", "status"):
         inner = nested_model(model.model_fields[part].annotation)
@@ -56,8 +56,8 @@ def test_models_match_crd_schemas(model: type[UCloudJob] | type[UserInstance]) -
         assert_same_fields(inner, schema["properties"][part], f"{model.KIND}.{part}")
 
 
-@pytest.mark.parametrize("model", [UCloudJob, UserInstance])
-def test_crd_names_match_models(model: type[UCloudJob] | type[UserInstance]) -> None:
+@pytest.mark.parametrize("model", [UCloudJob, UserInstance, UserConnection])
+def test_crd_names_match_models(model: type[UCloudJob] | type[UserInstance] | type[UserConnection]) -> None:
     crd = yaml.safe_load((CRDS / f"{model.PLURAL}.ucim.io.yaml").read_text())
     assert crd["spec"]["names"]["kind"] == model.KIND
     assert crd["spec"]["group"] == model.GROUP
@@ -68,7 +68,7 @@ def test_crd_names_match_models(model: type[UCloudJob] | type[UserInstance]) -> 
 def test_valid_samples_parse_and_round_trip() -> None:
     for path in sorted((CRDS / "samples" / "valid").glob("*.yaml")):
         obj = yaml.safe_load(path.read_text())
-        model = {"UCloudJob": UCloudJob, "UserInstance": UserInstance}[obj["kind"]]
+        model = {"UCloudJob": UCloudJob, "UserInstance": UserInstance, "UserConnection": UserConnection}[obj["kind"]]
         assert model.from_obj(obj).to_manifest() == obj, path.name
 
 

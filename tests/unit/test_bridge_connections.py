@@ -1,0 +1,94 @@
+"""The bridge maps UserConnections: once, adopting an instance's earlier mapping, and says why it refuses."""
+
+from __future__ import annotations
+
+import typing
+
+from tests.support.fake_kube import FakeKube
+from ucim.common import reasons
+from ucim.common.conditions import find_condition
+from ucim.common.kube import Kube
+from ucim.common.resources import ObjectMeta, UserConnection, UserConnectionSpec, UserInstance, UserInstanceSpec
+from ucim.slurm_bridge.connections import ConnectionMapper, needs_mapping
+from ucim.slurm_bridge.mapping import LocalAccount, Mapper, MappingRefusedError, MappingSettings
+
+NS = "ns"
+ALICE = LocalAccount(name="alice", uid=1101, gid=1101, groups=(1101,), home="/home/alice", login_shell="/bin/bash")
+OLD = LocalAccount(name="alice2", uid=1555, gid=1555, groups=(1555,), home="/home/alice2", login_shell="/bin/bash")
+
+
+class FakeMapper(Mapper):
+    def __init__(self) -> None:
+        super().__init__(MappingSettings())
+        self.refuse: str | None = None
+        self.calls = 0
+
+    async def map(self, ucloud_username: str) -> LocalAccount:
+        self.calls += 1
+        if self.refuse:
+            raise MappingRefusedError(self.refuse)
+        return ALICE
+
+    def resolve(self, uid: int, local_user: str | None) -> LocalAccount:
+        return {ALICE.uid: ALICE, OLD.uid: OLD}[uid]
+
+
+async def world() -> tuple[ConnectionMapper, FakeKube, FakeMapper]:
+    kube, mapper = FakeKube(), FakeMapper()
+    await kube.create(connection("alice#1"), NS)
+    return ConnectionMapper(kube=typing.cast(Kube, kube), namespace=NS, cluster="local", mapper=mapper), kube, mapper
+
+
+def connection(username: str) -> UserConnection:
+    return UserConnection(
+        metadata=ObjectMeta(name=UserConnection.name_for(username, "local")),
+        spec=UserConnectionSpec(ucloud_username=username, cluster="local"),
+    )
+
+
+async def current(kube: FakeKube, username: str = "alice#1") -> UserConnection:
+    found = await kube.get(UserConnection, NS, UserConnection.name_for(username, "local"))
+    assert found is not None
+    return found
+
+
+async def test_a_connection_is_mapped_once() -> None:
+    connections, kube, mapper = await world()
+    await connections.map(await current(kube))
+    mapped = await current(kube)
+    assert (mapped.spec.local_user, mapped.spec.uid) == ("alice", 1101)
+    condition = find_condition(mapped.status.conditions, reasons.MAPPED)
+    assert condition is not None and condition.status == "True"
+    assert not needs_mapping(mapped, "local")
+    # The instance path takes the connection's account and does not map again.
+    assert await connections.account_for("alice#1") == ALICE
+    assert mapper.calls == 1
+
+
+async def test_an_instance_mapped_before_the_connection_keeps_its_uid() -> None:
+    connections, kube, mapper = await world()
+    instance = UserInstance(
+        metadata=ObjectMeta(name=UserInstance.name_for("alice#1", "local")),
+        spec=UserInstanceSpec(ucloud_username="alice#1", cluster="local", local_user="alice2", uid=1555),
+    )
+    await kube.create(instance, NS)
+    await connections.map(await current(kube))
+    assert (await current(kube)).spec.uid == 1555
+    assert mapper.calls == 0
+
+
+async def test_a_refusal_is_recorded_with_the_reason_and_not_retried() -> None:
+    connections, kube, mapper = await world()
+    mapper.refuse = "there is no local user 'alice'"
+    await connections.map(await current(kube))
+    refused = await current(kube)
+    condition = find_condition(refused.status.conditions, reasons.MAPPED)
+    assert condition is not None and condition.status == "False" and "no local user" in condition.message
+    assert refused.spec.uid is None
+    assert not needs_mapping(refused, "local")
+
+
+async def test_an_instance_of_a_user_without_connection_is_mapped_by_policy() -> None:
+    connections, _, mapper = await world()
+    assert await connections.account_for("bob") == ALICE
+    assert mapper.calls == 1

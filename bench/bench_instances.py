@@ -27,7 +27,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,23 +41,7 @@ from ucim.common.conditions import is_true
 from ucim.common.kube import Kube
 from ucim.common.resources import ObjectMeta, UserInstance, UserInstanceSpec
 from ucim.slurm_bridge.spawner import uss_bytes
-
-PLATFORM_ENV = Path("/var/tmp/ucim-platform/platform.env")  # noqa: S108 (hack/local_platform.py writes it there)
-
-
-def platform_env() -> dict[str, str]:
-    env = {}
-    for line in PLATFORM_ENV.read_text().splitlines():
-        key, sep, value = line.partition("=")
-        if sep and not key.startswith("#"):
-            env[key.strip()] = value.strip()
-    return env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from ucim.testing.stack import free_port, read_platform_env
 
 
 def summary(samples: list[float]) -> dict[str, float]:
@@ -152,7 +135,7 @@ async def connect_and_measure(kubeconfig: str, namespace: str, cluster: str, cou
 
 def run(opts: argparse.Namespace) -> dict[str, Any]:
     """Start a bridge in a fresh namespace, measure, clean everything up."""
-    env = {**os.environ, **platform_env()}
+    env = {**os.environ, **read_platform_env()}
     tag = uuid.uuid4().hex[:8]
     namespace, cluster = f"ucim-bench-{tag}", f"bench-{tag}"
     folder = Path(tempfile.mkdtemp(prefix="ucim-bench-"))

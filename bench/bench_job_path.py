@@ -78,9 +78,8 @@ from ucim.common.instance_api import SUBMIT_PATH
 from ucim.common.kube import Kube
 from ucim.common.protocol import JobState, SimpleDuration
 from ucim.common.resources import UCloudJob, UserInstance
-from ucim.testing.stack import CLUSTER, Stack, running_stack
+from ucim.testing.stack import CLUSTER, Stack, read_platform_env, running_stack
 
-PLATFORM_ENV: Final = Path("/var/tmp/ucim-platform/platform.env")  # noqa: S108 (hack/local_platform.py writes it)
 USER: Final = "alice"
 RUNUSER: Final = shutil.which("runuser") or "/usr/sbin/runuser"
 # The helper that runs as alice needs an interpreter alice can execute (not root's own, perhaps).
@@ -113,15 +112,6 @@ for line in sys.stdin:
     seconds = time.perf_counter() - started
     print(json.dumps({"rc": done.returncode, "out": done.stdout, "err": done.stderr, "seconds": seconds}), flush=True)
 """
-
-
-def platform_env() -> dict[str, str]:
-    env = {}
-    for line in PLATFORM_ENV.read_text().splitlines():
-        key, sep, value = line.partition("=")
-        if sep and not key.startswith("#"):
-            env[key.strip()] = value.strip()
-    return env
 
 
 def summary(samples_ms: Sequence[float]) -> dict[str, float]:
@@ -520,7 +510,7 @@ def release_leftovers(env: dict[str, str], namespace: str) -> None:
 
 
 async def bench(opts: argparse.Namespace) -> dict[str, Any]:
-    env = platform_env()
+    env = read_platform_env()
     tag = uuid.uuid4().hex[:6]
     namespace = f"ucim-bench-{tag}"
     workdir = Path(tempfile.mkdtemp(prefix="ucim-bench-job-path-"))

@@ -30,18 +30,17 @@ from pathlib import Path
 from typing import Any
 
 from ucim.common.slurm import SACCT_FIELDS, SlurmClient, SlurmConfig, squeue_format
+from ucim.testing.stack import read_platform_env
 
-PLATFORM_ENV = Path("/var/tmp/ucim-platform/platform.env")  # noqa: S108 (hack/local_platform.py writes it there)
 MAX_JOBS = 2000  # hard bound on what one run may submit
 SUBMIT_CONCURRENCY = 8
 
 
 def platform_slurm_conf() -> Path:
-    for line in PLATFORM_ENV.read_text().splitlines():
-        key, _, value = line.partition("=")
-        if key.strip() == "SLURM_CONF":
-            return Path(value.strip())
-    raise SystemExit(f"no SLURM_CONF in {PLATFORM_ENV}: is the platform up?")
+    conf = read_platform_env().get("SLURM_CONF")
+    if conf is None:
+        raise SystemExit("no SLURM_CONF in the local platform's platform.env: is the platform up?")
+    return Path(conf)
 
 
 async def timed(fn: Callable[[], Awaitable[Any]], rounds: int) -> tuple[list[float], Any]:

@@ -6,7 +6,6 @@ whose /metrics test_observability scrapes (and whose probes and `helm test` chec
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 import urllib.error
@@ -17,14 +16,9 @@ import pytest
 
 from tests.support.platform import Platform
 from ucim.testing.core_standin import CoreKeys
+from ucim.testing.stack import free_port
 
 pytestmark = pytest.mark.local_platform
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:

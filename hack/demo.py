@@ -10,16 +10,13 @@ Core received.
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from ucim.common.protocol import JobState
-from ucim.testing.stack import running_stack
+from ucim.testing.stack import platform_kubectl, read_platform_env, running_stack
 
-RUN_DIR = Path(os.environ.get("UCIM_RUN_DIR", "/var/tmp/ucim-platform"))
 NAMESPACE = "ucim-demo"
 
 
@@ -27,18 +24,12 @@ def say(message: str) -> None:
     print(f"demo: {message}", flush=True)
 
 
-def platform_env() -> dict[str, str]:
-    pairs = (line.partition("=") for line in (RUN_DIR / "platform.env").read_text().splitlines())
-    return {key: value for key, sep, value in pairs if sep}
-
-
-def kubectl(env: dict[str, str], *args: str, check: bool = True) -> str:
-    cmd = [str(Path(env["UCIM_BIN_DIR"]) / "kubectl"), "--kubeconfig", env["KUBECONFIG"], *args]
-    return subprocess.run(cmd, capture_output=True, text=True, check=check).stdout
+def kubectl(env: dict[str, str], *args: str) -> str:
+    return platform_kubectl(env)(*args).stdout
 
 
 async def main() -> None:
-    env = platform_env()
+    env = read_platform_env()
     # A fresh namespace each time, so the listing shows only this run's job.
     kubectl(env, "delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=true", "--timeout=60s")
     kubectl(env, "create", "namespace", NAMESPACE)

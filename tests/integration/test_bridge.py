@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,16 +21,11 @@ import pytest
 
 from tests.support.platform import Platform
 from ucim.slurm_bridge.mapping import Mapper, MappingRefusedError, MappingSettings
+from ucim.testing.stack import free_port
 
 pytestmark = pytest.mark.integration
 
 TOKEN = "it-" + uuid.uuid4().hex
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def http(

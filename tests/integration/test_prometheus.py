@@ -8,7 +8,6 @@ Prometheus scrapes it every second. Then each query of the gateway dashboard, wi
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import threading
 import time
@@ -25,17 +24,12 @@ from tests.support.prometheus import dashboard_queries, http_get, query, static_
 from tests.support.prometheus import prometheus as run_prometheus
 from ucim.common.protocol import encode_username
 from ucim.testing.core_standin import CoreStandIn
+from ucim.testing.stack import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 GATEWAY_DASHBOARD = REPO / "charts" / "ucim" / "dashboards" / "gateway.json"
 PROVIDER = "ucim"
 RATE_WINDOW = "15s"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

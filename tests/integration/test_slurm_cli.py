@@ -34,6 +34,7 @@ from ucim.common.slurm import (
     SlurmRejectedError,
     minutes_to_slurm_time,
 )
+from ucim.testing.stack import read_platform_env
 
 pytestmark = pytest.mark.integration
 
@@ -97,7 +98,7 @@ def slurm_conf() -> Path:
     """SLURM_CONF of the running platform; skip the module if Slurm is not up."""
     if not PLATFORM_ENV.exists():
         pytest.skip(f"the local platform is not up ({PLATFORM_ENV} missing): python3 hack/local_platform.py up")
-    values = dict(line.split("=", 1) for line in PLATFORM_ENV.read_text().splitlines() if "=" in line)
+    values = read_platform_env(PLATFORM_ENV.parent)
     conf = Path(values.get("SLURM_CONF", ""))
     ping = subprocess.run(
         ["scontrol", "ping"],

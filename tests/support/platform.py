@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ucim.testing.stack import read_platform_env
+
 REPO = Path(__file__).resolve().parents[2]
 PLATFORM_SCRIPT = REPO / "hack" / "local_platform.py"
 
@@ -66,15 +68,6 @@ def _run(cmd: list[str], stdin: str | None, check: bool, env: dict[str, str]) ->
     return result
 
 
-def _read_env(path: Path) -> dict[str, str]:
-    env = {}
-    for line in path.read_text().splitlines():
-        key, sep, value = line.partition("=")
-        if sep and not key.startswith("#"):
-            env[key.strip()] = value.strip()
-    return env
-
-
 def _platform(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, str(PLATFORM_SCRIPT), *args], text=True, check=check)
 
@@ -85,9 +78,8 @@ def platform_session() -> Iterator[Platform]:
     already_up = status.returncode == 0
     if not already_up:
         _platform("up")
-    run_dir = Path(os.environ.get("UCIM_RUN_DIR", "/var/tmp/ucim-platform"))
     try:
-        yield Platform(env=_read_env(run_dir / "platform.env"))
+        yield Platform(env=read_platform_env())
     finally:
         if not already_up and os.environ.get("UCIM_KEEP_PLATFORM") != "1":
             _platform("down", check=False)

@@ -37,6 +37,21 @@ PROVIDER = "ucim"
 CLUSTER = "local"
 
 
+def platform_run_dir() -> Path:
+    """Where hack/local_platform.py keeps its state (``$UCIM_RUN_DIR``)."""
+    return Path(os.environ.get("UCIM_RUN_DIR", "/var/tmp/ucim-platform"))  # noqa: S108 (the platform's default)
+
+
+def read_platform_env(run_dir: Path | None = None) -> dict[str, str]:
+    """The ``KEY=value`` lines the local platform writes to ``<run dir>/platform.env``."""
+    env = {}
+    for line in ((run_dir or platform_run_dir()) / "platform.env").read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not key.startswith("#"):
+            env[key.strip()] = value.strip()
+    return env
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

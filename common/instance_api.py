@@ -16,9 +16,32 @@ from ucim.common.resources import ApplicationRef, JobResources, ParameterValue, 
 SUBMIT_PATH = "/jobs/submit"
 CANCEL_PATH = "/jobs/cancel"
 HEALTH_PATH = "/healthz"
-# Bodies are UCloud's own (``FilesProviderBrowseRequest``, ``FilesProviderRetrieveRequest`` in protocol.py).
+# File calls: bodies and answers are UCloud's own (``Files*`` in protocol.py), passed through by the
+# gateway unchanged. The drive of every file id is the request's ``resolvedCollection``, whose
+# providerGeneratedId is a locator (``ucim.common.drives``).
 FILES_BROWSE_PATH = "/files/browse"
 FILES_RETRIEVE_PATH = "/files/retrieve"
+FILES_FOLDER_PATH = "/files/folder"  # BulkRequest[FilesProviderCreateFolderRequestItem] -> BulkResponse[Empty]
+FILES_MOVE_PATH = "/files/move"  # BulkRequest[FilesProviderMoveOrCopyRequestItem] -> BulkResponse[Empty]
+FILES_COPY_PATH = "/files/copy"  # same as move
+FILES_TRASH_PATH = "/files/trash"  # BulkRequest[FilesProviderTrashRequestItem] -> BulkResponse[Empty]
+FILES_EMPTY_TRASH_PATH = "/files/emptyTrash"  # same as trash
+FILES_DELETE_PATH = "/files/delete"  # BulkRequest[UFile] -> BulkResponse[Empty] (Core's DELETE /files)
+
+# Transfers. Creating one answers a token per item (``TransferToken``); the gateway turns
+# it into the endpoint Core hands to the browser. Tokens are made and checked by the
+# instance, so a token only ever works for the user whose instance made it.
+FILES_UPLOAD_PATH = "/files/upload"  # BulkRequest[FilesProviderCreateUploadRequestItem] -> BulkResponse[TransferToken]
+FILES_DOWNLOAD_PATH = "/files/download"  # BulkRequest[FilesProviderCreateDownloadRequestItem] -> same
+# CHUNKED upload data: POST with the CHUNKED headers below and the chunk as the body;
+# GET with only the token header answers the upload's progress (``UploadProgress``).
+UPLOAD_CHUNK_PATH = "/transfers/upload"
+# A download: GET ?token=<t>, honouring Range.
+DOWNLOAD_FILE_PATH = "/transfers/download"
+
+CHUNKED_TOKEN_HEADER = "Chunked-Upload-Token"  # noqa: S105 (a header name)
+CHUNKED_OFFSET_HEADER = "Chunked-Upload-Offset"
+CHUNKED_TOTAL_SIZE_HEADER = "Chunked-Upload-Total-Size"
 
 
 class _Message(BaseModel):
@@ -46,3 +69,19 @@ class SubmitResponse(_Message):
 
 class CancelRequest(_Message):
     slurm_job_ids: list[int] = Field(min_length=1, max_length=10_000)
+
+
+class TransferToken(_Message):
+    """The instance's answer per item of FILES_UPLOAD_PATH / FILES_DOWNLOAD_PATH."""
+
+    token: str
+
+
+class UploadProgress(_Message):
+    """Answer to every chunk and to GET UPLOAD_CHUNK_PATH: how much of the file is stored."""
+
+    offset: int  # bytes stored so far: the next chunk starts here
+    total_size: int | None = None  # None until the first chunk named it
+    complete: bool = False
+    # The file's final id once complete (RENAME may have picked another name).
+    id: str | None = None

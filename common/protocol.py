@@ -751,6 +751,114 @@ class FilesProviderRetrieveRequest(WireModel):
     retrieve: ResourceRetrieveRequest[FileFlags]
 
 
+WriteConflictPolicy = Literal["RENAME", "REJECT", "REPLACE", "MERGE_RENAME"]
+UploadType = Literal["FILE", "FOLDER"]
+# "WEBSOCKET" is the web client's legacy name for WEBSOCKET_V1.
+UploadProtocol = Literal["CHUNKED", "WEBSOCKET_V1", "WEBSOCKET_V2", "WEBSOCKET"]
+
+
+class FilesProviderCreateFolderRequestItem(WireModel):
+    """Item of ``POST /ucloud/P/files/folder``."""
+
+    id: str
+    conflict_policy: WriteConflictPolicy
+    resolved_collection: Drive = Field(default_factory=Drive)
+
+
+class FilesProviderMoveOrCopyRequestItem(WireModel):
+    """Item of ``POST /ucloud/P/files/move`` and ``/copy``."""
+
+    resolved_old_collection: Drive = Field(default_factory=Drive)
+    resolved_new_collection: Drive = Field(default_factory=Drive)
+    old_id: str
+    new_id: str
+    conflict_policy: WriteConflictPolicy
+
+
+class FilesProviderTrashRequestItem(WireModel):
+    """Item of ``POST /ucloud/P/files/trash`` and ``/emptyTrash``."""
+
+    id: str
+    resolved_collection: Drive = Field(default_factory=Drive)
+
+
+class UFileSpecification(WireModel):
+    collection: str = ""
+    product: ProductReference | None = None
+
+
+class UFile(WireModel):
+    """Item of ``DELETE /ucloud/P/files``: the file as Core knows it; its ``id`` is the path."""
+
+    id: str
+    specification: UFileSpecification = Field(default_factory=UFileSpecification)
+
+
+class FilesProviderCreateUploadRequestItem(WireModel):
+    """Item of ``POST /ucloud/P/files/upload``: ``id`` is the target path."""
+
+    id: str
+    type: UploadType = "FILE"
+    supported_protocols: NullAsEmptyList[UploadProtocol] = Field(default_factory=list)
+    conflict_policy: WriteConflictPolicy = "REJECT"
+    resolved_collection: Drive = Field(default_factory=Drive)
+
+
+class FilesCreateUploadResponseItem(WireModel):
+    endpoint: str
+    protocol: UploadProtocol
+    token: str
+
+
+class FilesProviderCreateDownloadRequestItem(WireModel):
+    """Item of ``POST /ucloud/P/files/download``."""
+
+    id: str
+    resolved_collection: Drive = Field(default_factory=Drive)
+
+
+class FilesCreateDownloadResponseItem(WireModel):
+    endpoint: str
+
+
+class FSSupportStats(WireModel):
+    size_in_bytes: bool = False
+    size_including_children_in_bytes: bool = False
+    visualization: bool = False
+    modified_at: bool = False
+    created_at: bool = False
+    accessed_at: bool = False
+    unix_permissions: bool = False
+    unix_owner: bool = False
+    unix_group: bool = False
+
+
+class FSSupportCollection(WireModel):
+    acl_modifiable: bool = False
+    users_can_create: bool = False
+    users_can_delete: bool = False
+    users_can_rename: bool = False
+
+
+class FSSupportFiles(WireModel):
+    acl_modifiable: bool = False
+    trash_supported: bool = False
+    is_read_only: bool = False
+    search_supported: bool = False
+    streaming_search_supported: bool = False
+    shares_supported: bool = False
+    open_in_terminal: bool = False
+
+
+class FSSupport(WireModel):
+    """What UCloud may do with the drives of one storage product (``files/collections/retrieveProducts``)."""
+
+    product: ProductReference
+    stats: FSSupportStats = Field(default_factory=FSSupportStats)
+    collection: FSSupportCollection = Field(default_factory=FSSupportCollection)
+    files: FSSupportFiles = Field(default_factory=FSSupportFiles)
+
+
 # --- authentication and connections -------------------------------------------
 
 

@@ -47,7 +47,7 @@ class Locator:
             raise InvalidLocatorError(f"{text[:100]!r} is not a drive of this provider (expected {expected})")
         if not LOCAL_NAME.match(name):
             raise InvalidLocatorError(f"{name[:100]!r} is not a local user or group name")
-        return cls(kind, name)  # type: ignore[arg-type]  # kind checked against KINDS above
+        return cls(kind, name)
 
     @classmethod
     def home(cls, local_user: str) -> Locator:

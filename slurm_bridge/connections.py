@@ -11,12 +11,20 @@ refused, writes ``spec.localUser``/``spec.uid`` once (the CRD forbids changing t
 A refusal is ``Mapped=False MappingRefused`` with the reason; the gateway removes that
 condition to ask again. ``account_for`` is what the UserInstance loop calls: it takes the
 account from the connection when there is one, so instances and connections agree.
+
+A connection that has **ended** (the user unlinked, or ``spec.expiresAt`` passed) keeps its
+uid but starts nothing: ``account_for`` refuses it until the user connects again, and when
+an expiry comes the bridge stops the user's instance (it deletes the UserInstance, as the
+gateway does on unlink), so a job or a late request cannot revive it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
+from typing import Any
 
 from ucim.common import reasons
 from ucim.common.conditions import ConditionStatus, find_condition, set_condition
@@ -28,13 +36,24 @@ log = logging.getLogger(__name__)
 
 
 class ConnectionMapper:
-    def __init__(self, *, kube: Kube, namespace: str, cluster: str, mapper: Mapper) -> None:
+    def __init__(
+        self,
+        *,
+        kube: Kube,
+        namespace: str,
+        cluster: str,
+        mapper: Mapper,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self.kube = kube
         self.namespace = namespace
         self.cluster = cluster
         self.mapper = mapper
+        self.clock = clock
         self._busy: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        # Connection name -> (expiry, timer) of the expiries ahead of us.
+        self._expiries: dict[str, tuple[datetime, asyncio.TimerHandle]] = {}
 
     async def run(self, watch_timeout_seconds: int = 300) -> None:
         """List and watch forever; reconnect after errors."""
@@ -46,7 +65,9 @@ class ConnectionMapper:
                 async for kind, connection in self.kube.watch(
                     UserConnection, self.namespace, timeout_seconds=watch_timeout_seconds
                 ):
-                    if kind != "DELETED":
+                    if kind == "DELETED":
+                        self._forget_expiry(connection.metadata.name)
+                    else:
                         self.observe(connection)
                 delay = 1.0
             except asyncio.CancelledError:
@@ -57,14 +78,56 @@ class ConnectionMapper:
                 delay = min(delay * 2, 30.0)
 
     def observe(self, connection: UserConnection) -> None:
-        """Map ``connection`` (in the background) if it is ours and waits for a mapping."""
+        """Map ``connection`` (in the background) if it is ours and waits for a mapping; mind its expiry."""
         name = connection.metadata.name
+        if connection.spec.cluster == self.cluster:
+            self._schedule_expiry(connection)
         if not needs_mapping(connection, self.cluster) or name in self._busy:
             return
         self._busy.add(name)
-        task = asyncio.get_running_loop().create_task(self._map_logged(connection), name=f"connection-{name}")
+        self._spawn(self._map_logged(connection), f"connection-{name}")
+
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(work, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _schedule_expiry(self, connection: UserConnection) -> None:
+        name, expires = connection.metadata.name, connection.spec.expires_at
+        known = self._expiries.get(name)
+        if known is not None and known[0] == expires:
+            return
+        self._forget_expiry(name)
+        if expires is None:
+            return
+        delay = max(0.0, (expires - self.clock()).total_seconds())
+        username = connection.spec.ucloud_username
+        timer = asyncio.get_running_loop().call_later(
+            delay, lambda: self._spawn(self._expire_logged(username), f"expire-{name}")
+        )
+        self._expiries[name] = (expires, timer)
+
+    def _forget_expiry(self, name: str) -> None:
+        known = self._expiries.pop(name, None)
+        if known is not None:
+            known[1].cancel()
+
+    async def _expire_logged(self, ucloud_username: str) -> None:
+        try:
+            await self.expire(ucloud_username)
+        except Exception:
+            log.exception("stopping an expired connection's instance failed", extra={"ucloud_user": ucloud_username})
+
+    async def expire(self, ucloud_username: str) -> bool:
+        """Stop the user's instance if their connection has ended by now; whether it had."""
+        name = UserConnection.name_for(ucloud_username, self.cluster)
+        connection = await self.kube.get(UserConnection, self.namespace, name)
+        if connection is None or not has_ended(connection, self.clock()):
+            return False
+        instance = UserInstance.name_for(ucloud_username, self.cluster)
+        await self.kube.delete(UserInstance, self.namespace, instance)
+        log.info("connection expired: instance stopped", extra={"userconnection": name, "userinstance": instance})
+        return True
 
     async def _map_logged(self, connection: UserConnection) -> None:
         try:
@@ -86,9 +149,13 @@ class ConnectionMapper:
         await self._record(connection.metadata.name, account)
 
     async def account_for(self, ucloud_username: str) -> LocalAccount:
-        """The account of a user's instance: the connection's, or mapped now (and recorded there)."""
+        """The account of a user's instance: the connection's, or mapped now (and recorded there).
+
+        Raises MappingRefusedError when the user's connection has ended (unlinked or expired).
+        """
         name = UserConnection.name_for(ucloud_username, self.cluster)
         connection = await self.kube.get(UserConnection, self.namespace, name)
+        self._refuse_ended(connection)
         if connection is not None and connection.spec.uid is not None:
             return self.mapper.resolve(connection.spec.uid, connection.spec.local_user)
         account = await self.mapper.map(ucloud_username)
@@ -98,6 +165,16 @@ class ConnectionMapper:
         if recorded.spec.uid is None or recorded.spec.uid == account.uid:
             return account
         return self.mapper.resolve(recorded.spec.uid, recorded.spec.local_user)
+
+    async def ensure_active(self, ucloud_username: str) -> None:
+        """Raise MappingRefusedError if the user's connection has ended; no connection is fine."""
+        name = UserConnection.name_for(ucloud_username, self.cluster)
+        self._refuse_ended(await self.kube.get(UserConnection, self.namespace, name))
+
+    def _refuse_ended(self, connection: UserConnection | None) -> None:
+        if connection is not None and has_ended(connection, self.clock()):
+            username = connection.spec.ucloud_username
+            raise MappingRefusedError(f"{username} is no longer connected to this provider (unlinked or expired)")
 
     async def _adopted(self, ucloud_username: str) -> LocalAccount | None:
         instance = await self.kube.get(
@@ -140,3 +217,14 @@ def needs_mapping(connection: UserConnection, cluster: str) -> bool:
         return False
     mapped = find_condition(connection.status.conditions, reasons.MAPPED)
     return mapped is None or mapped.status != "False"
+
+
+def has_ended(connection: UserConnection, now: datetime) -> bool:
+    """The user unlinked (Connected=False), or the connection's expiry has passed.
+
+    A connection still waiting to be approved (no Connected condition) has not ended.
+    """
+    connected = find_condition(connection.status.conditions, reasons.CONNECTED)
+    if connected is not None and connected.status == "False":
+        return True
+    return connection.spec.expires_at is not None and connection.spec.expires_at <= now

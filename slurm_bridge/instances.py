@@ -294,6 +294,8 @@ class InstanceManager:
         if spec.uid is None:
             return None  # not mapped: reconcile maps first
         try:
+            if self.connections is not None:
+                await self.connections.ensure_active(spec.ucloud_username)  # an unlinked user starts nothing
             account = self.mapper.resolve(spec.uid, spec.local_user)
         except MappingRefusedError as refusal:
             await self._refuse(instance, str(refusal))

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import typing
+from datetime import UTC, datetime, timedelta
+
+import pytest
 
 from tests.support.fake_kube import FakeKube
 from ucim.common import reasons
@@ -92,3 +96,61 @@ async def test_an_instance_of_a_user_without_connection_is_mapped_by_policy() ->
     connections, _, mapper = await world()
     assert await connections.account_for("bob") == ALICE
     assert mapper.calls == 1
+
+
+async def alice_instance(kube: FakeKube) -> None:
+    instance = UserInstance(
+        metadata=ObjectMeta(name=UserInstance.name_for("alice#1", "local")),
+        spec=UserInstanceSpec(ucloud_username="alice#1", cluster="local", local_user="alice", uid=1101),
+    )
+    await kube.create(instance, NS)
+
+
+async def instance_exists(kube: FakeKube) -> bool:
+    return await kube.get(UserInstance, NS, UserInstance.name_for("alice#1", "local")) is not None
+
+
+async def test_an_unlinked_user_starts_nothing_and_keeps_the_uid() -> None:
+    connections, kube, _ = await world()
+    await connections.map(await current(kube))
+    unlinked = [{"type": reasons.CONNECTED, "status": "False", "reason": reasons.UNLINKED, "message": "",
+                 "lastTransitionTime": "2026-01-01T00:00:00Z"}]  # fmt: skip
+    await kube.patch_status(UserConnection, NS, (await current(kube)).metadata.name, {"conditions": unlinked})
+    with pytest.raises(MappingRefusedError, match="no longer connected"):
+        await connections.account_for("alice#1")
+    with pytest.raises(MappingRefusedError, match="no longer connected"):
+        await connections.ensure_active("alice#1")
+    assert (await current(kube)).spec.uid == 1101
+    await connections.ensure_active("bob")  # no connection at all: nothing to refuse
+
+
+async def test_an_expiry_stops_the_instance_when_it_comes() -> None:
+    connections, kube, _ = await world()
+    await alice_instance(kube)
+    soon = datetime.now(UTC) + timedelta(milliseconds=200)
+    name = (await current(kube)).metadata.name
+    await kube.patch(UserConnection, NS, name, {"spec": {"expiresAt": soon.isoformat()}})
+    connections.observe(await current(kube))
+    assert await instance_exists(kube)
+    for _ in range(100):
+        if not await instance_exists(kube):
+            break
+        await asyncio.sleep(0.02)
+    assert not await instance_exists(kube)
+    with pytest.raises(MappingRefusedError):
+        await connections.ensure_active("alice#1")
+
+
+async def test_a_renewed_expiry_replaces_the_old_timer() -> None:
+    connections, kube, _ = await world()
+    await alice_instance(kube)
+    name = (await current(kube)).metadata.name
+    soon = datetime.now(UTC) + timedelta(milliseconds=100)
+    await kube.patch(UserConnection, NS, name, {"spec": {"expiresAt": soon.isoformat()}})
+    connections.observe(await current(kube))
+    later = datetime.now(UTC) + timedelta(hours=1)
+    await kube.patch(UserConnection, NS, name, {"spec": {"expiresAt": later.isoformat()}})
+    connections.observe(await current(kube))  # the user connected again: a new expiry
+    await asyncio.sleep(0.3)
+    assert await instance_exists(kube)
+    assert not await connections.expire("alice#1")

@@ -33,7 +33,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from ucim.user_sidecar.app import FILES, init_app
+from ucim.common.protocol import Drive
+from ucim.user_sidecar.app import DRIVES, init_app
+from ucim.user_sidecar.files import Files
 from ucim.user_sidecar.settings import SidecarSettings
 
 SORTS = {"name": "PATH", "size": "SIZE", "modified": "MODIFIED_AT"}
@@ -66,7 +68,8 @@ async def run(entries: int, rounds: int) -> dict[str, Any]:
         for i in range(entries):
             (folder / f"file-{i:06d}.dat").write_bytes(b"x" * (i % 997))
         app = init_app(SidecarSettings(user=getpass.getuser(), home=Path(home)))
-        files = app[FILES]
+        drive = Drive(id="home", provider_generated_id=f"home:{getpass.getuser()}")
+        files = Files(app[DRIVES].resolve(drive))
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         socket = str(Path(home) / "bench.sock")
@@ -76,8 +79,8 @@ async def run(entries: int, rounds: int) -> dict[str, Any]:
             async with aiohttp.ClientSession(connector=connector, base_url="http://instance") as session:
 
                 async def http(sort: str, per_page: int, token: str | None) -> dict[str, Any]:
-                    body = {"Browse": {"flags": {"path": "/home/big"}, "itemsPerPage": per_page, "next": token}}
-                    body["Browse"]["sortBy"] = sort
+                    browse = {"flags": {"path": "/home/big"}, "itemsPerPage": per_page, "next": token, "sortBy": sort}
+                    body = {"resolvedCollection": drive.model_dump(by_alias=True), "Browse": browse}
                     async with session.post("/files/browse", json=body) as response:
                         assert response.status == 200, await response.text()
                         page: dict[str, Any] = await response.json()

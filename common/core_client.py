@@ -3,8 +3,9 @@
 What a provider calls on Core: it trades its refresh token for a short-lived
 access token (``POST /auth/providers/refresh``), pushes job updates
 (``POST /api/jobs/control/update``), registers its products
-(``POST /api/products/v2``) and approves or clears user connections
-(``/api/providers/integration/control/{approve,clear}Connection``).
+(``POST /api/products/v2``), approves or clears user connections
+(``/api/providers/integration/control/{approve,clear}Connection``) and registers
+the drives it offers (``/api/files/collections/control/{register,browse}``).
 
 * The access token is cached and renewed before it expires: its ``exp`` claim
   is read without verifying the signature (the provider only needs to know when
@@ -35,11 +36,16 @@ from ucim.common.protocol import (
     AccessTokenAndCsrf,
     BulkRequest,
     BulkResponse,
+    Drive,
+    DriveSpecification,
+    FindByStringId,
     FindByUsername,
     Job,
     JobUpdate,
     JobUpdateItem,
+    PageV2,
     ProductV2,
+    ProviderRegisteredResource,
     RefreshTokenItem,
     dump,
 )
@@ -50,12 +56,16 @@ JOB_RETRIEVE_PATH: Final = "/api/jobs/control/retrieve"
 PRODUCTS_PATH: Final = "/api/products/v2"
 APPROVE_CONNECTION_PATH: Final = "/api/providers/integration/control/approveConnection"
 CLEAR_CONNECTION_PATH: Final = "/api/providers/integration/control/clearConnection"
+DRIVE_REGISTER_PATH: Final = "/api/files/collections/control/register"
+DRIVE_BROWSE_PATH: Final = "/api/files/collections/control/browse"
 
 # Renew the access token when it has less than this left (UCloud's shared/pkg/rpc/client.go).
 RENEW_BEFORE_SECONDS: Final = 180.0
 # A token whose expiry cannot be read is used for at most this long.
 UNREADABLE_TOKEN_LIFETIME_SECONDS: Final = 60.0
 MAX_ITEMS_PER_REQUEST: Final = 100
+# Core's largest page (ItemsPerPage caps at 1000); a provider's drives are few, so one page is the rule.
+BROWSE_PAGE_SIZE: Final = 1000
 DEFAULT_TIMEOUT_SECONDS: Final = 10.0
 DEFAULT_ATTEMPTS: Final = 4
 # Answers that say "try again later" rather than "no".
@@ -164,6 +174,30 @@ class CoreClient(SessionClient):
     async def clear_connection(self, username: str) -> None:
         """Tell Core that ``username`` is no longer connected to this provider."""
         await self._call(CLEAR_CONNECTION_PATH, dump(FindByUsername(username=username)))
+
+    async def register_drives(self, drives: Sequence[ProviderRegisteredResource[DriveSpecification]]) -> list[str]:
+        """``POST /api/files/collections/control/register``: the ids Core gave the drives, in order."""
+        ids: list[str] = []
+        for chunk in batched(drives, MAX_ITEMS_PER_REQUEST):
+            body = dump(BulkRequest[ProviderRegisteredResource[DriveSpecification]](items=chunk))
+            answer = BulkResponse[FindByStringId].model_validate(await self._call(DRIVE_REGISTER_PATH, body) or {})
+            if len(answer.responses) != len(chunk):
+                raise CoreRejectedError(200, f"register answered {len(answer.responses)} ids for {len(chunk)} drives")
+            ids.extend(found.id for found in answer.responses)
+        return ids
+
+    async def browse_drives(self, provider_generated_ids: Sequence[str]) -> list[Drive]:
+        """The provider's drives at Core whose providerGeneratedId is one of these (every page)."""
+        wanted = set(provider_generated_ids)
+        found: list[Drive] = []
+        params = {"filterProviderIds": ",".join(sorted(wanted)), "itemsPerPage": str(BROWSE_PAGE_SIZE)}
+        while True:
+            page = PageV2[Drive].model_validate(await self._call(DRIVE_BROWSE_PATH, None, params=params) or {})
+            # Filtered here too: what matters is the exact id, whatever Core's filter does.
+            found.extend(drive for drive in page.items if drive.provider_generated_id in wanted)
+            if not page.next:
+                return found
+            params = {**params, "next": page.next}
 
     async def access_token(self) -> str:
         """A token Core accepts for the next few minutes, refreshed when it is about to expire."""

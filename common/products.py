@@ -1,8 +1,13 @@
-"""Machine types: the compute products ucim offers, and where they run in Slurm.
+"""The products ucim offers: machine types (compute, and where they run in Slurm) and storage.
 
-One configured list serves three readers: the gateway (``retrieveProducts``, and
-resolving a job's product to partition, QoS and resources), the operator
-(registering the products with Core at start-up), and the docs.
+One configured list of machine types serves three readers: the gateway (``retrieveProducts``,
+and resolving a job's product to partition, QoS and resources), the operator (registering the
+products with Core at start-up), and the docs.
+
+Storage is fixed: one category ``storage`` with a product per kind of drive, ``home`` (a
+user's home directory) and ``project`` (a project's group folder). The category is free to
+use: a drive exists because the site gave the user an account or the project a group, so
+UCloud need not grant it, and nothing is accounted.
 """
 
 from __future__ import annotations
@@ -11,6 +16,10 @@ from pydantic import BaseModel, Field
 
 from ucim.common.protocol import (
     AccountingUnit,
+    FSSupport,
+    FSSupportCollection,
+    FSSupportFiles,
+    FSSupportStats,
     JobSupport,
     ProductCategory,
     ProductReference,
@@ -85,3 +94,67 @@ DEFAULT_MACHINE_TYPES = [
 
 def find_machine(machines: list[MachineType], product: ProductReference) -> MachineType | None:
     return next((m for m in machines if m.name == product.id and m.category == product.category), None)
+
+
+class StorageProduct(BaseModel):
+    """One storage product: the product of every drive of one kind."""
+
+    name: str = Field(min_length=1)
+    category: str = Field(min_length=1)
+    description: str = ""
+
+    def reference(self, provider: str) -> ProductReference:
+        return ProductReference(id=self.name, category=self.category, provider=provider)
+
+    def product(self, provider: str) -> ProductV2:
+        """The product as registered with Core: a free-to-use STORAGE category in GB, as IM2 shapes it."""
+        return ProductV2(
+            type="storage",
+            product_type="STORAGE",
+            name=self.name,
+            description=self.description,
+            category=ProductCategory(
+                name=self.category,
+                provider=provider,
+                product_type="STORAGE",
+                accounting_unit=AccountingUnit(name="GB", name_plural="GB"),
+                accounting_frequency="ONCE",
+                free_to_use=True,
+            ),
+            price=1,
+        )
+
+    def support(self, provider: str) -> FSSupport:
+        """What UCloud may do with these drives: what the user's instance serves, nothing more."""
+        return FSSupport(
+            product=self.reference(provider),
+            stats=FSSupportStats(
+                size_in_bytes=True,
+                modified_at=True,
+                created_at=True,
+                accessed_at=True,
+                unix_permissions=True,
+                unix_owner=True,
+                unix_group=True,
+            ),
+            # Drives are the site's accounts and groups: users cannot create, delete, rename or share them.
+            collection=FSSupportCollection(),
+            files=FSSupportFiles(trash_supported=True),
+        )
+
+
+STORAGE_CATEGORY = "storage"
+HOME_PRODUCT = StorageProduct(name="home", category=STORAGE_CATEGORY, description="Your home directory")
+PROJECT_PRODUCT = StorageProduct(
+    name="project", category=STORAGE_CATEGORY, description="The project's folder, shared by its UNIX group"
+)
+STORAGE_PRODUCTS = (HOME_PRODUCT, PROJECT_PRODUCT)
+
+
+def storage_products(provider: str) -> list[ProductV2]:
+    """The storage products, as registered with Core next to the machine types."""
+    return [storage.product(provider) for storage in STORAGE_PRODUCTS]
+
+
+def storage_support(provider: str) -> list[FSSupport]:
+    return [storage.support(provider) for storage in STORAGE_PRODUCTS]

@@ -79,7 +79,9 @@ async def stack(request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
     namespace = f"ucim-e2e-{uuid.uuid4().hex[:6]}"
     platform.kubectl("create", "namespace", namespace)
     try:
-        async with running_stack(platform.env, namespace) as running:
+        marker = request.node.get_closest_marker("stack_settings")
+        settings = marker.args[0] if marker is not None else None
+        async with running_stack(platform.env, namespace, settings) as running:
             yield running
             _dump_on_failure(request, running)
     finally:

@@ -1,7 +1,8 @@
 """A real Prometheus scrapes every running component while jobs flow; every dashboard panel returns data.
 
 Traffic covers what the panels show: jobs that succeed and fail, a submission Slurm rejects,
-and a while during which Core refuses updates (so delivery failures exist). Queries use a
+a while during which Core refuses updates (so delivery failures exist), and a file uploaded
+and downloaded. Queries use a
 two-minute window in place of Grafana's ``$__rate_interval``.
 """
 
@@ -37,6 +38,19 @@ async def traffic(stack: Stack) -> None:
     await core.wait_for_update(ok, JobState.SUCCESS, timeout=60)
     await core.wait_for_update(failing, JobState.FAILURE, timeout=60)
     await core.retrieve_products()
+    await file_traffic(stack)
+
+
+async def file_traffic(stack: Stack) -> None:
+    """A file up and down through the gateway (the transfer panels), then removed."""
+    core = stack.core
+    await core.connect("alice")
+    name = f"/{core.home_of('alice').id}/ucim-metrics-{uuid.uuid4().hex[:8]}.bin"
+    upload = await core.create_upload("alice", name)
+    assert (await core.upload(upload, b"metrics" * 1000, "alice")).ok
+    download = await core.create_download("alice", name)
+    assert (await core.download(download.endpoint)).ok
+    assert (await core.files_call("alice", "delete", [{"id": name}])).ok
 
 
 async def test_every_dashboard_panel_returns_data(stack: Stack) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -11,11 +13,15 @@ from ucim.common.kube import Kube
 from ucim.common.observability import add_health_routes
 from ucim.gateway.auth import CoreVerifier, load_public_key, read_public_key
 from ucim.gateway.connections import Connections
+from ucim.gateway.drives import Drives, register_project_drives
 from ucim.gateway.errors import error_middleware
+from ucim.gateway.files import setup_file_routes
+from ucim.gateway.instance_proxy import InstanceProxy
 from ucim.gateway.instances import Instances
 from ucim.gateway.middlewares import VERIFIER, auth_middleware, metrics_middleware
 from ucim.gateway.settings import GatewaySettings
-from ucim.gateway.views import CONNECTIONS, CORE, INSTANCES, KUBE, SETTINGS, setup_routes
+from ucim.gateway.transfers import setup_transfer_routes
+from ucim.gateway.views import CONNECTIONS, CORE, DRIVES, INSTANCES, KUBE, PROXY, SETTINGS, setup_routes
 
 
 def core_verifier(settings: GatewaySettings) -> CoreVerifier:
@@ -45,15 +51,40 @@ def use_kube(app: web.Application, kube: Kube) -> None:
 
 
 async def core_client(app: web.Application) -> AsyncIterator[None]:
-    """The client for Core (connections), when Core's URL and refresh token are configured."""
+    """The client for Core (connections, drives), when Core's URL and refresh token are configured.
+
+    The project drives are registered in the background: a Core that is down must not keep
+    the gateway from serving.
+    """
     settings = app[SETTINGS]
     if settings.core_url is None or settings.core_refresh_token is None:
-        app[CORE] = None
+        app[CORE] = app[DRIVES] = None
         yield
         return
     async with CoreClient(settings.core_url, settings.core_refresh_token) as core:
         app[CORE] = core
+        drives = app[DRIVES] = Drives(core, app[KUBE], settings.namespace, settings.provider_id)
+        task = None
+        if settings.project_drives:
+            task = asyncio.create_task(register_project_drives(drives, settings.project_drives))
         yield
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def instance_proxy(app: web.Application) -> AsyncIterator[None]:
+    """One client session to the bridge ingress for every forward."""
+    settings = app[SETTINGS]
+    session = InstanceProxy.new_session(
+        settings.instance_connect_timeout_seconds, settings.instance_read_timeout_seconds
+    )
+    app[PROXY] = InstanceProxy(
+        app[INSTANCES], settings.ingress_token, session, cache_seconds=settings.instance_cache_seconds
+    )
+    yield
+    await session.close()
 
 
 def init_app(settings: GatewaySettings, kube: Kube | None = None) -> web.Application:
@@ -66,6 +97,10 @@ def init_app(settings: GatewaySettings, kube: Kube | None = None) -> web.Applica
     else:
         use_kube(app, kube)
     app.cleanup_ctx.append(core_client)
+    app.cleanup_ctx.append(instance_proxy)
     add_health_routes(app)
     setup_routes(app, settings.provider_id)
+    base = f"/ucloud/{settings.provider_id}"
+    setup_file_routes(app, base)
+    setup_transfer_routes(app, base)
     return app

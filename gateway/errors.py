@@ -23,6 +23,10 @@ class ProviderError(Exception):
         self.error_code = error_code
 
 
+class AnswerBrokenError(Exception):
+    """A streamed answer broke off after it began: the caller's connection must break, no error can follow."""
+
+
 def error_response(status: int, why: str, error_code: str = "") -> web.Response:
     return web.json_response(error_body(status, why, error_code), status=status)
 
@@ -33,6 +37,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except ProviderError as error:
         return error_response(error.status, error.why, error.error_code)
+    except AnswerBrokenError:
+        raise  # aiohttp closes the connection, so the caller sees a truncated answer as one
     except web.HTTPException as error:
         if error.status < 400:
             raise

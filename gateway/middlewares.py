@@ -6,23 +6,19 @@ import time
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from prometheus_client import Counter, Histogram
 
 from ucim.gateway.auth import AuthError, CoreVerifier
 from ucim.gateway.errors import error_response
+from ucim.gateway.metrics import ERRORS, LATENCY, REQUESTS, error_reason
 
 VERIFIER = web.AppKey("core_verifier", CoreVerifier)
 CLAIMS = web.RequestKey("claims", dict)
 # Served without Core's JWT: probes and metrics.
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
-
-REQUESTS = Counter("ucim_gateway_requests_total", "Requests answered by the gateway", ["route", "method", "code"])
-LATENCY = Histogram(
-    "ucim_gateway_request_duration_seconds",
-    "Time to answer a request, by route template",
-    ["route", "method"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-)
+_NONE: frozenset[str] = frozenset()
+# Also served without Core's JWT, per application: the browser-facing transfer endpoints, which
+# authenticate by the one-time token the user's instance checks.
+TOKEN_PATHS = web.AppKey("token_paths", frozenset[str])
 
 
 def route_template(request: web.Request) -> str:
@@ -46,12 +42,14 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
     finally:
         LATENCY.labels(route, request.method).observe(time.perf_counter() - start)
         REQUESTS.labels(route, request.method, str(status)).inc()
+        if status >= 400:
+            ERRORS.labels(route, error_reason(status)).inc()
     return response
 
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path in PUBLIC_PATHS:
+    if request.path in PUBLIC_PATHS or request.path in request.app.get(TOKEN_PATHS, _NONE):
         return await handler(request)
     try:
         request[CLAIMS] = request.app[VERIFIER].verify(request.headers.get("Authorization"))

@@ -5,11 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
+from ucim.common.drives import LOCAL_NAME
 from ucim.common.products import DEFAULT_MACHINE_TYPES, MachineType
 from ucim.common.settings import ComponentSettings
+
+
+class ProjectDrive(BaseModel):
+    """A UCloud project's drive: the folder of a local group (the project <-> gid table)."""
+
+    project: str = Field(min_length=1, description="the project's id at UCloud/Core")
+    group: str = Field(pattern=LOCAL_NAME.pattern, description="the local UNIX group whose folder it is")
+    title: str = Field(default="", description="the drive's title in UCloud; empty: the group's name")
 
 
 class GatewaySettings(ComponentSettings):
@@ -53,3 +62,18 @@ class GatewaySettings(ComponentSettings):
     auto_connect: bool = True
     # How long integration/connect waits for the bridge to map the user.
     connect_wait_seconds: float = 10.0
+
+    # The slurm_bridge ingress's bearer token: user instances are reached only through the ingress.
+    ingress_token: SecretStr = SecretStr("")
+    # The gateway's URL as browsers reach it: uploads and downloads go to <public_url>/ucloud/<provider_id>/...
+    public_url: str = "http://127.0.0.1:8889"
+    # How long a user's instance endpoint is reused without asking Kubernetes again. A failed forward forgets
+    # it at once; the endpoint of an instance changes only when it moves to another bridge.
+    instance_cache_seconds: float = Field(default=5.0, ge=0.0)
+    # Connecting to the bridge ingress; and the longest silence while a request or answer streams.
+    instance_connect_timeout_seconds: float = Field(default=5.0, gt=0.0)
+    instance_read_timeout_seconds: float = Field(default=300.0, gt=0.0)
+    # How long an upload chunk or a download waits for a stopped (idle) instance to start again.
+    transfer_wait_seconds: float = Field(default=15.0, ge=0.0)
+    # Project drives registered with Core at start-up: JSON list of {project, group, title}.
+    project_drives: list[ProjectDrive] = Field(default_factory=list)

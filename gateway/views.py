@@ -11,7 +11,10 @@ Connections: ``integration/connect`` makes sure the user's UserConnection exists
 expires the connection (the uid is kept), clears it at Core and stops the user's
 instance. ``integration/init`` for a user who is not connected (never, or expired)
 connects them when ``auto_connect`` is on (the default, as IM2 does), and otherwise
-answers 403 "not connected".
+answers 403 "not connected". Connect and init also register the user's home drive with
+Core once the local account is known (``ucim.gateway.drives``).
+
+File calls and transfers live in ``files.py`` and ``transfers.py``.
 """
 
 from __future__ import annotations
@@ -42,10 +45,12 @@ from ucim.common.protocol import (
     dump,
 )
 from ucim.common.reasons import SUBMITTED
-from ucim.common.resources import UCloudJob, UserInstance
+from ucim.common.resources import UCloudJob, UserConnection, UserInstance
 from ucim.gateway.auth import acting_username
 from ucim.gateway.connections import ConnectionRefusedError, Connections, is_connected
+from ucim.gateway.drives import HOME_DRIVE_ANNOTATION, Drives
 from ucim.gateway.errors import ProviderError
+from ucim.gateway.instance_proxy import InstanceProxy
 from ucim.gateway.instances import Instances, MappingRefusedError
 from ucim.gateway.jobs import to_ucloud_job
 from ucim.gateway.settings import GatewaySettings
@@ -55,6 +60,8 @@ KUBE = web.AppKey("kube", Kube)
 INSTANCES = web.AppKey("instances", Instances)
 CONNECTIONS = web.AppKey("connections", Connections)
 CORE = web.AppKey[CoreClient | None]("core")
+PROXY = web.AppKey("instance_proxy", InstanceProxy)
+DRIVES = web.AppKey[Drives | None]("drives")
 
 log = logging.getLogger(__name__)
 
@@ -110,15 +117,18 @@ async def integration_connect(request: web.Request) -> web.Response:
         async with asyncio.timeout(settings.connect_wait_seconds):
             connection = await connections.wait_mapped(username)
     except ConnectionRefusedError as error:
-        raise ProviderError(403, f"{username} cannot use this provider: {error}") from error
+        raise ProviderError(403, f"the user {username} cannot use this provider: {error}") from error
     except TimeoutError as error:
-        raise ProviderError(503, f"{username} could not be mapped to a local account in time; try again") from error
+        raise ProviderError(
+            503, f"the user {username} could not be mapped to a local account in time; try again"
+        ) from error
     try:
         await core_of(request).approve_connection(username)
     except CoreError as error:
         raise ProviderError(502, f"UCloud/Core did not approve the connection: {error}") from error
     await connections.mark_connected(connection, reasons.CONNECTION_APPROVED, datetime.now(UTC))
     log.info("user connected", extra={"ucloud_user": username, "uid": connection.spec.uid})
+    await register_home_drive(request, connection)
     return ok(ConnectResponse(redirect_to=settings.ucloud_url))
 
 
@@ -138,29 +148,47 @@ async def integration_unlinked(request: web.Request) -> web.Response:
     return ok(Empty())
 
 
-async def require_connected(request: web.Request, username: str) -> None:
-    """A user who is not connected is connected now (auto_connect), or refused with a 403."""
+async def require_connected(request: web.Request, username: str) -> UserConnection:
+    """The user's connection; a user who is not connected is connected now (auto_connect), or refused with a 403."""
     connections, now = request.app[CONNECTIONS], datetime.now(UTC)
-    if is_connected(await connections.get(username), now):
-        return
+    connection = await connections.get(username)
+    if is_connected(connection, now) and connection is not None:
+        return connection
     if not request.app[SETTINGS].auto_connect:
-        raise ProviderError(403, f"{username} is not connected to this provider; connect through UCloud first")
+        raise ProviderError(403, f"the user {username} is not connected to this provider; connect through UCloud first")
     connection = await connections.ensure(username)
-    await connections.mark_connected(connection, reasons.AUTO_CONNECTED, now)
+    return await connections.mark_connected(connection, reasons.AUTO_CONNECTED, now)
+
+
+async def register_home_drive(request: web.Request, connection: UserConnection) -> None:
+    """Register the user's home drive with Core if it is not yet (and the user is mapped); never fails the call."""
+    drives = request.app[DRIVES]
+    if drives is None:
+        return
+    try:
+        await drives.ensure_home(connection)
+    except (CoreError, NotFoundError) as error:
+        # The next connect or init tries again: the drive is only remembered once Core has it.
+        user = connection.spec.ucloud_username
+        log.warning("registering the home drive failed", extra={"ucloud_user": user, "error": str(error)})
 
 
 async def integration_init(request: web.Request) -> web.Response:
     username = await username_of(request)
-    await require_connected(request, username)
+    connection = await require_connected(request, username)
     instances = request.app[INSTANCES]
     await instances.ensure(username)
     try:
         async with asyncio.timeout(request.app[SETTINGS].init_wait_seconds):
             await instances.wait_ready(username)
     except MappingRefusedError as error:
-        raise ProviderError(403, f"{username} cannot use this provider: {error}") from error
+        raise ProviderError(403, f"the user {username} cannot use this provider: {error}") from error
     except TimeoutError:
         pass  # Core retries the original call; the instance keeps starting meanwhile.
+    if HOME_DRIVE_ANNOTATION not in (connection.metadata.annotations or {}):
+        # Read again: the bridge maps the user's account while the instance starts.
+        connection = await request.app[CONNECTIONS].get(username) or connection
+        await register_home_drive(request, connection)
     return ok(Empty())
 
 
@@ -253,4 +281,4 @@ def setup_routes(app: web.Application, provider_id: str) -> None:
     app.router.add_post(f"{base}/jobs/{{operation:extend|suspend|unsuspend}}", not_supported)
 
 
-__all__ = ["CONNECTIONS", "CORE", "INSTANCES", "KUBE", "SETTINGS", "setup_routes"]
+__all__ = ["CONNECTIONS", "CORE", "DRIVES", "INSTANCES", "KUBE", "PROXY", "SETTINGS", "setup_routes"]

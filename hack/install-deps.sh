@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install the Debian packages the local platform (hack/local_platform.py) needs:
 # Slurm 22.05 (controller, node daemon, client, accounting daemon), munge,
-# MariaDB for slurmdbd, and openssl for the Kubernetes PKI.
+# MariaDB for slurmdbd, openssl for the Kubernetes PKI, and nginx as the file
+# benchmark's baseline proxy (bench/bench_files.py runs its own nginx process with its
+# own config; the system service is never started).
 #
 # Warm runs are ~0 s: when every package is already installed, neither
 # `apt-get update` nor `apt-get install` runs. Debian's policy-rc.d on these
@@ -9,7 +11,7 @@
 # daemons itself, as plain processes under its run directory.
 set -euo pipefail
 
-pkgs=(slurmctld slurmd slurm-client slurmdbd munge mariadb-server openssl prometheus shellcheck)
+pkgs=(slurmctld slurmd slurm-client slurmdbd munge mariadb-server openssl prometheus shellcheck nginx)
 
 missing=()
 for p in "${pkgs[@]}"; do

@@ -1,9 +1,11 @@
 """The user instance's application factory.
 
 Routes: ``POST /jobs/submit``, ``POST /jobs/cancel``, ``POST /files/browse``,
-``POST /files/retrieve`` (``ucim.common.instance_api``),
-``GET /healthz``, ``/readyz`` and ``/metrics``. The instance runs as its user; every
-file it writes and every Slurm command it runs is that user's own.
+``/files/retrieve``, ``/files/folder``, ``/files/move``, ``/files/copy``, ``/files/trash``,
+``/files/emptyTrash`` and ``/files/delete``; transfers (``/files/upload``,
+``/files/download``, ``/transfers/upload``, ``/transfers/download``, see ``transfer_views``),
+all in ``ucim.common.instance_api``; ``GET /healthz``, ``/readyz`` and ``/metrics``. The
+instance runs as its user; every file it writes and every Slurm command it runs is that user's own.
 
 :func:`for_fork_server` is the hook through which the slurm_bridge's fork server runs
 instances: it loads and compiles everything once, as root, before any fork, and gives
@@ -28,7 +30,13 @@ from aiohttp import web
 from ucim.common.instance_api import (
     CANCEL_PATH,
     FILES_BROWSE_PATH,
+    FILES_COPY_PATH,
+    FILES_DELETE_PATH,
+    FILES_EMPTY_TRASH_PATH,
+    FILES_FOLDER_PATH,
+    FILES_MOVE_PATH,
     FILES_RETRIEVE_PATH,
+    FILES_TRASH_PATH,
     SUBMIT_PATH,
     SubmitRequest,
     SubmitResponse,
@@ -36,16 +44,17 @@ from ucim.common.instance_api import (
 from ucim.common.observability import add_health_routes
 from ucim.common.slurm import SlurmClient
 from ucim.user_sidecar import views
-from ucim.user_sidecar.files import Files
 from ucim.user_sidecar.jobs import Submitter
 from ucim.user_sidecar.middlewares import error_envelope
-from ucim.user_sidecar.paths import Drives
+from ucim.user_sidecar.paths import DriveResolver
 from ucim.user_sidecar.settings import SidecarSettings
 from ucim.user_sidecar.templates import Catalogue, InvalidJobError, load_catalogue, render_script
+from ucim.user_sidecar.transfer_views import TRANSFERS, add_transfer_routes, exercise
+from ucim.user_sidecar.transfers import Transfers
 
 SETTINGS = web.AppKey("settings", SidecarSettings)
 SUBMITTER = views.SUBMITTER
-FILES = views.FILES
+DRIVES = views.DRIVES
 
 
 def init_app(settings: SidecarSettings, catalogue: Catalogue | None = None) -> web.Application:
@@ -61,11 +70,20 @@ def init_app(settings: SidecarSettings, catalogue: Catalogue | None = None) -> w
     app = web.Application(middlewares=[error_envelope])
     app[SETTINGS] = settings
     app[SUBMITTER] = submitter
-    app[FILES] = Files(Drives.from_settings(settings.drives, home), jobs_folder=settings.jobs_folder)
+    drives = app[DRIVES] = DriveResolver(settings.drive_roots, user, home)
+    app[TRANSFERS] = Transfers.for_instance(settings, drives)
+    app[views.JOBS_FOLDER] = settings.jobs_folder
     app.router.add_post(SUBMIT_PATH, views.submit)
     app.router.add_post(CANCEL_PATH, views.cancel)
     app.router.add_post(FILES_BROWSE_PATH, views.browse_files)
     app.router.add_post(FILES_RETRIEVE_PATH, views.retrieve_file)
+    app.router.add_post(FILES_FOLDER_PATH, views.create_folder)
+    app.router.add_post(FILES_MOVE_PATH, views.move_files)
+    app.router.add_post(FILES_COPY_PATH, views.copy_files)
+    app.router.add_post(FILES_TRASH_PATH, views.trash_files)
+    app.router.add_post(FILES_EMPTY_TRASH_PATH, views.empty_trash)
+    app.router.add_post(FILES_DELETE_PATH, views.delete_files)
+    add_transfer_routes(app)
     add_health_routes(app)
     return app
 
@@ -114,6 +132,8 @@ def _warm_up(settings: SidecarSettings, catalogue: Catalogue) -> None:
     with tempfile.TemporaryDirectory(prefix="ucim-warm-up-home-") as home:
         (Path(home) / "Trash").mkdir()
         (Path(home) / "a.txt").write_bytes(b"warm-up")
+        (Path(home) / "tree").mkdir()
+        (Path(home) / "tree" / "link").symlink_to("../a.txt")
         app = init_app(settings.model_copy(update={"user": "root", "home": Path(home)}), catalogue)
         calls: list[tuple[str, str, bytes | None]] = [
             ("GET", "/healthz", None),
@@ -127,19 +147,50 @@ def _warm_up(settings: SidecarSettings, catalogue: Catalogue) -> None:
             ("POST", FILES_RETRIEVE_PATH, _retrieve("/home/a.txt")),
             ("POST", FILES_RETRIEVE_PATH, _retrieve("/home/missing")),
             ("POST", FILES_RETRIEVE_PATH, _retrieve("/home/../etc")),
+            ("POST", FILES_RETRIEVE_PATH, _retrieve("/other/a.txt")),
+            ("POST", FILES_RETRIEVE_PATH, _retrieve("/home/a.txt", locator="home:someone-else")),
+            ("POST", FILES_RETRIEVE_PATH, _retrieve("/home/a.txt", locator="project:nobody")),
             ("POST", FILES_BROWSE_PATH, _browse("/home", itemsPerPage=1)),
             ("POST", FILES_BROWSE_PATH, _browse("/home", sortBy="SIZE", sortDirection="descending")),
             ("POST", FILES_BROWSE_PATH, _browse("/home/a.txt", sortBy="MODIFIED_AT", next="bm90IGEgdG9rZW4")),
+            ("POST", FILES_FOLDER_PATH, _items({"id": "/home/made", "conflictPolicy": "REJECT"})),
+            ("POST", FILES_FOLDER_PATH, _items({"id": "/home/made", "conflictPolicy": "REJECT"})),  # 409
+            ("POST", FILES_FOLDER_PATH, _items({"id": "/home/made", "conflictPolicy": "RENAME"})),
+            ("POST", FILES_COPY_PATH, _items(_two("/home/tree", "/home/made/tree", "RENAME"))),
+            ("POST", FILES_COPY_PATH, _items(_two("/home/tree", "/home/made/tree", "MERGE_RENAME"))),
+            ("POST", FILES_MOVE_PATH, _items(_two("/home/made/tree", "/home/tree", "MERGE_RENAME"))),
+            ("POST", FILES_MOVE_PATH, _items(_two("/home/tree", "/home/made", "REPLACE"))),
+            ("POST", FILES_MOVE_PATH, _items(_two("/home/made", "/home/made/in", "REJECT"))),  # into itself
+            ("POST", FILES_TRASH_PATH, _items({"id": "/home/made"})),
+            ("POST", FILES_TRASH_PATH, _items({"id": "/home/Trash/made"})),
+            ("POST", FILES_TRASH_PATH, _items({"id": "/home/a.txt"})),
+            ("POST", FILES_EMPTY_TRASH_PATH, _items({"id": "/home"})),
+            ("POST", FILES_DELETE_PATH, _items({"id": "/home/made(1)"})),
+            ("POST", FILES_DELETE_PATH, _items({"id": "/home/missing"})),
+            ("POST", FILES_DELETE_PATH, json.dumps({"items": [{"id": "/home/a.txt"}]}).encode()),  # no drive
         ]
         asyncio.run(_exercise(app, calls))
 
 
-def _retrieve(file_id: str) -> bytes:
-    return json.dumps({"resolvedCollection": {}, "retrieve": {"id": file_id, "flags": {}}}).encode()
+def _drive(locator: str = "home:root") -> dict[str, Any]:
+    return {"id": "home", "providerGeneratedId": locator}
+
+
+def _retrieve(file_id: str, locator: str = "home:root") -> bytes:
+    return json.dumps({"resolvedCollection": _drive(locator), "retrieve": {"id": file_id, "flags": {}}}).encode()
 
 
 def _browse(path: str, **request: Any) -> bytes:
-    return json.dumps({"resolvedCollection": {}, "Browse": {"flags": {"path": path}, **request}}).encode()
+    return json.dumps({"resolvedCollection": _drive(), "Browse": {"flags": {"path": path}, **request}}).encode()
+
+
+def _two(old: str, new: str, policy: str) -> dict[str, Any]:
+    drives = {"resolvedOldCollection": _drive(), "resolvedNewCollection": _drive()}
+    return {**drives, "oldId": old, "newId": new, "conflictPolicy": policy}
+
+
+def _items(*items: dict[str, Any]) -> bytes:
+    return json.dumps({"items": [{"resolvedCollection": _drive(), **item} for item in items]}).encode()
 
 
 async def _exercise(app: web.Application, calls: list[tuple[str, str, bytes | None]]) -> None:
@@ -155,5 +206,6 @@ async def _exercise(app: web.Application, calls: list[tuple[str, str, bytes | No
                     headers = {"Accept-Encoding": "gzip, deflate", "Content-Type": "application/json"}
                     async with session.request(method, f"http://warm-up{route}", data=body, headers=headers) as r:
                         await r.read()
+                await exercise(session, "http://warm-up", _drive())
     finally:
         await runner.cleanup()

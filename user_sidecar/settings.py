@@ -12,14 +12,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from ucim.common.drives import KINDS
 from ucim.common.settings import ComponentSettings
 from ucim.common.slurm import SlurmConfig
+from ucim.user_sidecar.paths import check_root_pattern
 
 # The catalogue shipped with ucim; a site replaces it with `catalogue_file`.
 DEFAULT_CATALOGUE = Path(__file__).with_name("catalogue.yaml")
+DEFAULT_DRIVE_ROOTS = {"home": "~"}
 
 
 class SidecarSettings(ComponentSettings):
@@ -37,8 +40,11 @@ class SidecarSettings(ComponentSettings):
     home: Path | None = None
     # Job folders are <home>/<jobs_folder>/<UCloud job id>, as the anchor does.
     jobs_folder: str = Field(default="ucloud-jobs", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-    # UCloud drive id -> local root; "~" is the user's home. Project drives are added here later.
-    drives: dict[str, str] = Field(default_factory=lambda: {"home": "~"})
+    # Drive locator kind -> local root pattern; {name} is the locator's user or group, "~" the instance
+    # user's home. A drive's locator comes with every request (ucim.common.drives); "home:<u>" is served
+    # only to <u>'s own instance. A site with project folders adds e.g. "project": "/work/projects/{name}"
+    # (what is given is merged over the default, so adding "project" keeps "home").
+    drive_roots: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_DRIVE_ROOTS))
     # The application catalogue (YAML); the built-in one offers run-command and sleep-exit.
     catalogue_file: Path = DEFAULT_CATALOGUE
     # SLURM_CONF for the Slurm tools; read from SLURM_CONF too, so a login environment just works.
@@ -53,6 +59,33 @@ class SidecarSettings(ComponentSettings):
     lang: str = "C.UTF-8"
     # How long in-flight requests may finish when the instance is asked to stop.
     shutdown_timeout_seconds: float = Field(default=5.0, ge=0)
+
+    # Transfers (ucim.user_sidecar.transfers). Sessions live in this folder below the user's home (made 0700);
+    # each name is a plain one, and none may be "." or "..".
+    transfer_folder: str = Field(
+        default=".ucim/transfers", pattern=r"^\.?[A-Za-z0-9_-][A-Za-z0-9_.-]*(/\.?[A-Za-z0-9_-][A-Za-z0-9_.-]*)*$"
+    )
+    # An upload lives this long after its last chunk (CHUNKED asks for at least 30 min) ...
+    upload_idle_seconds: float = Field(default=30 * 60, gt=0)
+    # ... and never longer than this after it began (CHUNKED: at most 48 h).
+    upload_max_age_seconds: float = Field(default=48 * 3600, gt=0)
+    # The largest file one upload may hold (1 TiB).
+    upload_max_bytes: int = Field(default=1 << 40, ge=0)
+    # A chunk whose body sends nothing for this long is cut off; what arrived is kept.
+    upload_body_idle_seconds: float = Field(default=60.0, gt=0)
+    # A download token is used once, and within this time.
+    download_lifetime_seconds: float = Field(default=15 * 60, gt=0)
+    # How often expired sessions (and the data of abandoned uploads) are removed; also at start-up.
+    transfer_sweep_interval_seconds: float = Field(default=5 * 60, gt=0)
+
+    @field_validator("drive_roots")
+    @classmethod
+    def _known_kinds_and_valid_patterns(cls, roots: dict[str, str]) -> dict[str, str]:
+        for kind, pattern in roots.items():
+            if kind not in KINDS:
+                raise ValueError(f"{kind!r} is not a drive kind; use {' or '.join(KINDS)}")
+            check_root_pattern(pattern)
+        return {**DEFAULT_DRIVE_ROOTS, **roots}
 
     def slurm_config(self, user: str, home: Path) -> SlurmConfig:
         """How this instance runs sbatch and friends: as itself, with a small clean environment."""

@@ -1,29 +1,72 @@
-"""The instance API handlers (paths in ``ucim.common.instance_api``)."""
+"""The instance API handlers (paths in ``ucim.common.instance_api``).
+
+File calls carry their drives (``resolvedCollection`` and friends): every handler roots
+them with :data:`DRIVES` before it touches a file id. Bulk file calls run their items in
+order; the first that fails ends the call with its status and a why that names it.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any, Final, TypeVar
 
 from aiohttp import web
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from ucim.common.instance_api import CancelRequest, SubmitRequest
-from ucim.common.protocol import FilesProviderBrowseRequest, FilesProviderRetrieveRequest, dump
+from ucim.common.protocol import (
+    BulkRequest,
+    BulkResponse,
+    Drive,
+    Empty,
+    FilesProviderBrowseRequest,
+    FilesProviderCreateFolderRequestItem,
+    FilesProviderMoveOrCopyRequestItem,
+    FilesProviderRetrieveRequest,
+    FilesProviderTrashRequestItem,
+    UFile,
+    dump,
+)
 from ucim.common.slurm import SlurmError, SlurmRejectedError, SlurmUnavailableError
+from ucim.user_sidecar import fileops
 from ucim.user_sidecar.files import Files
 from ucim.user_sidecar.jobs import SUBMISSIONS, Submitter
 from ucim.user_sidecar.middlewares import error_response
-from ucim.user_sidecar.paths import PathRefusedError
+from ucim.user_sidecar.paths import DriveResolver, Drives, PathRefusedError, parse_id, refusal
 from ucim.user_sidecar.templates import InvalidJobError
 
 log = logging.getLogger(__name__)
 
 SUBMITTER = web.AppKey("submitter", Submitter)
-FILES = web.AppKey("files", Files)
+# Roots the drives a request names: ``request.app[DRIVES].resolve(*collections) -> Drives``.
+DRIVES = web.AppKey("drives", DriveResolver)
+JOBS_FOLDER = web.AppKey("jobs_folder", str)
 M = TypeVar("M", bound=BaseModel)
+Item = TypeVar("Item", bound=BaseModel)
+SHOWN_ID_CHARS: Final = 200
+
+
+class FilesDeleteRequestItem(UFile):
+    """An item of Core's ``DELETE files``: a UFile, which names its drive by id only.
+
+    Core's Go UFile carries no locator. A caller may add the drive as ``resolvedCollection``
+    (UCloud's older provider API had that field); otherwise the instance uses the drive
+    as an earlier request named it (``DriveResolver.recall``: a user browses a folder
+    before deleting in it), and refuses the item with a 400 that says so when none did.
+    """
+
+    resolved_collection: Drive = Field(default_factory=Drive)
+
+
+# Built once, here: pydantic makes a class per parametrization.
+FolderRequest = BulkRequest[FilesProviderCreateFolderRequestItem]
+MoveOrCopyRequest = BulkRequest[FilesProviderMoveOrCopyRequestItem]
+TrashRequest = BulkRequest[FilesProviderTrashRequestItem]
+DeleteRequest = BulkRequest[FilesDeleteRequestItem]
+EmptyResponses = BulkResponse[Empty]
 
 
 def readable(error: ValidationError, limit: int = 5) -> str:
@@ -76,15 +119,21 @@ async def cancel(request: web.Request) -> web.Response:
     return web.json_response({})
 
 
+def files_for(request: web.Request, *collections: Drive) -> Files:
+    """Browse and retrieve on the drives of this request."""
+    return Files(request.app[DRIVES].resolve(*collections), jobs_folder=request.app[JOBS_FOLDER])
+
+
 async def browse_files(request: web.Request) -> web.Response:
-    body = (await parse(request, FilesProviderBrowseRequest)).browse
+    whole = await parse(request, FilesProviderBrowseRequest)
+    body = whole.browse
     flags = body.flags
     if not flags.path:
         return error_response(400, "Browse.flags.path is required: the folder to list")
     direction = body.sort_direction or flags.sort_direction or "ascending"
     try:
         page = await asyncio.to_thread(
-            request.app[FILES].browse,
+            files_for(request, whole.resolved_collection).browse,
             flags.path,
             sort_by=body.sort_by or flags.sort_by,
             descending=direction == "descending",
@@ -101,7 +150,99 @@ async def browse_files(request: web.Request) -> web.Response:
 async def retrieve_file(request: web.Request) -> web.Response:
     body = await parse(request, FilesProviderRetrieveRequest)
     try:
-        found = await asyncio.to_thread(request.app[FILES].retrieve, body.retrieve.id)
+        found = await asyncio.to_thread(files_for(request, body.resolved_collection).retrieve, body.retrieve.id)
     except PathRefusedError as error:
         return error_response(error.status, str(error))
     return web.json_response(dump(found))
+
+
+async def run_items(
+    request: web.Request,
+    model: type[BulkRequest[Item]],
+    drives_of: Callable[[Item], tuple[Drive, ...]],
+    shown: Callable[[Item], str],
+    operation: Callable[[Drives, Item], object],
+) -> web.Response:
+    """Run ``operation`` on each item in turn, in a thread; one ``{}`` per item, or the first failure."""
+    body = await parse(request, model)
+    for number, item in enumerate(body.items, start=1):
+        what = f"item {number} ({shown(item)[:SHOWN_ID_CHARS]})"
+        try:
+            drives = request.app[DRIVES].resolve(*drives_of(item))
+            await asyncio.to_thread(operation, drives, item)
+        except PathRefusedError as error:
+            return error_response(error.status, f"{what}: {error}")
+        except OSError as error:  # the operations answer OSErrors themselves; this is the safety net
+            failure = refusal(error, what)
+            return error_response(failure.status, str(failure))
+    return web.json_response(dump(EmptyResponses(responses=[Empty() for _ in body.items])))
+
+
+async def create_folder(request: web.Request) -> web.Response:
+    def operation(drives: Drives, item: FilesProviderCreateFolderRequestItem) -> object:
+        return fileops.create_folder(drives, drives.parse(item.id), item.conflict_policy)
+
+    return await run_items(request, FolderRequest, lambda item: (item.resolved_collection,), _id, operation)
+
+
+async def move_files(request: web.Request) -> web.Response:
+    def operation(drives: Drives, item: FilesProviderMoveOrCopyRequestItem) -> object:
+        return fileops.move(drives, drives.parse(item.old_id), drives.parse(item.new_id), item.conflict_policy)
+
+    return await run_items(request, MoveOrCopyRequest, _old_and_new_drives, _old_and_new, operation)
+
+
+async def copy_files(request: web.Request) -> web.Response:
+    def operation(drives: Drives, item: FilesProviderMoveOrCopyRequestItem) -> object:
+        return fileops.copy(drives, drives.parse(item.old_id), drives.parse(item.new_id), item.conflict_policy)
+
+    return await run_items(request, MoveOrCopyRequest, _old_and_new_drives, _old_and_new, operation)
+
+
+async def trash_files(request: web.Request) -> web.Response:
+    def operation(drives: Drives, item: FilesProviderTrashRequestItem) -> object:
+        return fileops.trash(drives, drives.parse(item.id))
+
+    return await run_items(request, TrashRequest, lambda item: (item.resolved_collection,), _id, operation)
+
+
+async def empty_trash(request: web.Request) -> web.Response:
+    def operation(drives: Drives, item: FilesProviderTrashRequestItem) -> object:
+        fileops.empty_trash(drives, drives.parse(item.id))
+        return None
+
+    return await run_items(request, TrashRequest, lambda item: (item.resolved_collection,), _id, operation)
+
+
+async def delete_files(request: web.Request) -> web.Response:
+    resolver = request.app[DRIVES]
+
+    def drive_of(item: FilesDeleteRequestItem) -> tuple[Drive, ...]:
+        if item.resolved_collection.id:
+            return (item.resolved_collection,)
+        drive_id = item.specification.collection or parse_id(item.id).drive
+        known = resolver.recall(drive_id)
+        if known is None:
+            raise PathRefusedError(
+                f"Core's delete does not say where drive {drive_id[:100]} is, and no call since this instance"
+                " started named it: open the drive, then delete again"
+            )
+        return (known,)
+
+    def operation(drives: Drives, item: FilesDeleteRequestItem) -> object:
+        fileops.delete(drives, drives.parse(item.id))
+        return None
+
+    return await run_items(request, DeleteRequest, drive_of, _id, operation)
+
+
+def _id(item: FilesProviderCreateFolderRequestItem | FilesProviderTrashRequestItem | UFile) -> str:
+    return item.id
+
+
+def _old_and_new(item: FilesProviderMoveOrCopyRequestItem) -> str:
+    return f"{item.old_id} -> {item.new_id}"
+
+
+def _old_and_new_drives(item: FilesProviderMoveOrCopyRequestItem) -> tuple[Drive, ...]:
+    return item.resolved_old_collection, item.resolved_new_collection

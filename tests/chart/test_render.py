@@ -201,9 +201,7 @@ def test_operator_runs_alone(helm: Helm) -> None:
 
 # Env variables the chart already sets for settings another issue is adding. The test fails once
 # such a setting exists, so that the entry is removed here.
-PENDING_SETTINGS = {
-    "UCIM_GATEWAY_INGRESS_TOKEN": "issue 4: the gateway forwards user requests through the bridge ingress",
-}
+PENDING_SETTINGS: dict[str, str] = {}
 
 
 def test_chart_env_is_settings(helm: Helm) -> None:
@@ -306,6 +304,45 @@ def test_network_policies_admit_the_test_pod(helm: Helm) -> None:
         if "podSelector" in p
     )
     assert one(manifests, "NetworkPolicy", "r-ucim-operator")["spec"]["policyTypes"] == ["Ingress", "Egress"]
+
+
+def gateway_env(manifests: list[Manifest]) -> dict[str, str]:
+    container = one(manifests, "Deployment", "r-ucim-gateway")["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value", "<secret>") for e in container["env"]}
+
+
+def test_gateway_public_url_comes_from_the_ingress_or_the_value(helm: Helm) -> None:
+    assert (
+        gateway_env(helm.template(values=ci_values("all-on")))["UCIM_GATEWAY_PUBLIC_URL"] == "https://ucim.example.org"
+    )
+    chosen = helm.template("--set", "gateway.publicUrl=https://files.example.org/", values=ci_values("all-on"))
+    assert gateway_env(chosen)["UCIM_GATEWAY_PUBLIC_URL"] == "https://files.example.org"
+    assert "UCIM_GATEWAY_PUBLIC_URL" not in gateway_env(helm.template(values=ci_values("minimal")))
+
+
+def test_gateway_connection_and_drive_settings(helm: Helm) -> None:
+    drives = '[{"project": "p-1", "group": "ucimproj"}]'
+    env = gateway_env(
+        helm.template(
+            "--set",
+            "gateway.connectionExpireAfterMs=86400000",
+            "--set",
+            "gateway.autoConnect=false",
+            "--set-json",
+            f"gateway.projectDrives={drives}",
+            values=ci_values("minimal"),
+        )
+    )
+    assert env["UCIM_GATEWAY_CONNECTION_EXPIRE_AFTER_MS"] == "86400000"
+    assert env["UCIM_GATEWAY_AUTO_CONNECT"] == "false"
+    assert json.loads(env["UCIM_GATEWAY_PROJECT_DRIVES"]) == [{"project": "p-1", "group": "ucimproj"}]
+
+
+def test_gateway_may_reach_core(helm: Helm) -> None:
+    """The gateway approves connections and registers drives at Core, so its egress lets it through."""
+    policy = one(helm.template(values=ci_values("all-on")), "NetworkPolicy", "r-ucim-gateway")
+    blocks = [peer["ipBlock"]["cidr"] for rule in policy["spec"]["egress"] for peer in rule.get("to", [])]
+    assert "192.0.2.0/24" in blocks
 
 
 # --- CRDs -----------------------------------------------------------------------------------

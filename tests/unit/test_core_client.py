@@ -9,7 +9,9 @@ import jwt
 import pytest
 from pydantic import SecretStr
 
+from ucim.common import core_client
 from ucim.common.core_client import (
+    DRIVE_BROWSE_PATH,
     JOB_UPDATE_PATH,
     PRODUCTS_PATH,
     REFRESH_PATH,
@@ -21,7 +23,14 @@ from ucim.common.core_client import (
     token_expiry,
 )
 from ucim.common.products import DEFAULT_MACHINE_TYPES
-from ucim.common.protocol import JobState, JobUpdate, JobUpdateItem
+from ucim.common.protocol import (
+    DriveSpecification,
+    JobState,
+    JobUpdate,
+    JobUpdateItem,
+    ProductReference,
+    ProviderRegisteredResource,
+)
 from ucim.testing import CoreKeys, CoreStandIn
 
 PROVIDER = "hippo"
@@ -169,3 +178,37 @@ async def test_job_updates_are_read_back_from_core(client: CoreClient, core: Cor
     with pytest.raises(CoreRejectedError) as raised:
         await client.job_updates("unknown")
     assert raised.value.status == 404
+
+
+def drive_item(locator: str, provider: str = PROVIDER) -> ProviderRegisteredResource[DriveSpecification]:
+    product = ProductReference(id="home", category="storage", provider=provider)
+    return ProviderRegisteredResource[DriveSpecification](
+        spec=DriveSpecification(title="Home", product=product),
+        provider_generated_id=locator,
+        created_by=locator.partition(":")[2],
+    )
+
+
+async def test_drives_are_registered_and_found_again(client: CoreClient, core: CoreStandIn) -> None:
+    ids = await client.register_drives([drive_item("home:alice"), drive_item("home:bob")])
+    assert len(ids) == 2 and len(set(ids)) == 2
+    assert core.home_of("alice").id == ids[0]
+    with pytest.raises(CoreRejectedError) as raised:
+        await client.register_drives([drive_item("home:alice")])
+    assert raised.value.status == 409
+    with pytest.raises(CoreRejectedError) as raised:
+        await client.register_drives([drive_item("home:carol", provider="another")])
+    assert raised.value.status == 403
+    found = await client.browse_drives(["home:bob", "home:nobody"])
+    assert [(d.id, d.provider_generated_id) for d in found] == [(ids[1], "home:bob")]
+
+
+async def test_browsing_drives_follows_every_page(
+    client: CoreClient, core: CoreStandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(core_client, "BROWSE_PAGE_SIZE", 2)
+    locators = [f"project:g{i}" for i in range(5)]
+    await client.register_drives([drive_item(locator) for locator in locators])
+    found = await client.browse_drives(locators)
+    assert sorted(d.provider_generated_id for d in found) == locators
+    assert core.record.requests[DRIVE_BROWSE_PATH] == 3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,11 +22,13 @@ from pytest_aiohttp import AiohttpClient
 
 from ucim.common.protocol import (
     AppParameterValue,
+    DriveSpecification,
     Job,
     JobState,
     JobUpdate,
     JobUpdateItem,
     ProductReference,
+    ProviderRegisteredResource,
     decode_username,
     dump,
 )
@@ -452,3 +455,154 @@ async def test_the_process_entry_point_serves_and_writes_its_key(
         server.cancel()
         with pytest.raises(asyncio.CancelledError):
             await server
+
+
+# --- drives and files ---------------------------------------------------------
+
+
+def home_item(username: str, provider: str = PROVIDER, product: bool = True) -> dict[str, Any]:
+    reference = {"id": "home", "category": "storage", "provider": provider}
+    return {
+        "spec": {"title": "Home", "product": reference if product else None},
+        "providerGeneratedId": f"home:{username}",
+        "createdBy": username,
+        "project": None,
+    }
+
+
+async def test_drives_are_registered_with_ids_of_cores_own(
+    core: CoreStandIn, core_client: TestClient[Any, Any]
+) -> None:
+    headers = {"Authorization": f"Bearer {await access_token(core_client)}"}
+    register = "/api/files/collections/control/register"
+    response = await core_client.post(register, json={"items": [home_item("alice"), home_item("bob")]}, headers=headers)
+    assert response.status == 200
+    ids = [r["id"] for r in (await response.json())["responses"]]
+    assert [d.provider_generated_id for d in (core.home_of("alice"), core.home_of("bob"))] == ["home:alice", "home:bob"]
+    assert [core.home_of("alice").id, core.home_of("bob").id] == ids
+    refusals = [
+        await core_client.post(register, json={"items": [home_item("alice")]}, headers=headers),
+        await core_client.post(register, json={"items": [home_item("carol", provider="other")]}, headers=headers),
+        await core_client.post(register, json={"items": [home_item("carol", product=False)]}, headers=headers),
+        await core_client.post(register, json={"items": [home_item("carol")]}),
+    ]
+    assert [r.status for r in refusals] == [409, 403, 400, 401]
+    assert core.drives_of("carol") == []
+
+    browse = "/api/files/collections/control/browse"
+    page = await (
+        await core_client.get(browse, params={"filterProviderIds": "home:bob,home:x"}, headers=headers)
+    ).json()
+    assert [d["providerGeneratedId"] for d in page["items"]] == ["home:bob"]
+    page = await (await core_client.get(browse, params={"itemsPerPage": "1"}, headers=headers)).json()
+    assert len(page["items"]) == 1 and page["next"] == "1"
+    page = await (await core_client.get(browse, params={"itemsPerPage": "1", "next": "1"}, headers=headers)).json()
+    assert page["items"][0]["providerGeneratedId"] == "home:bob" and page["next"] is None
+
+
+def registered(item: dict[str, Any]) -> ProviderRegisteredResource[DriveSpecification]:
+    return ProviderRegisteredResource[DriveSpecification].model_validate(item)
+
+
+@dataclass
+class FileProvider:
+    """A provider that records the file calls and transfers it receives."""
+
+    calls: list[tuple[str, str, dict[str, str], bytes]] = field(default_factory=list)
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        return app
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.calls.append((request.method, request.path_qs, dict(request.headers), body))
+        if request.path.endswith("/files/upload"):
+            items = json.loads(body)["items"]
+            endpoint = str(request.url.with_path(f"/ucloud/{PROVIDER}/upload").with_query(usernameHint="YWxpY2U"))
+            return web.json_response(
+                {"responses": [{"endpoint": endpoint, "protocol": "CHUNKED", "token": "tok"} for _ in items]}
+            )
+        if request.path.endswith("/files/download"):
+            return web.json_response({"responses": [{"endpoint": str(request.url.with_path("/dl"))}]})
+        if request.path.endswith("/files/browse"):
+            return web.json_response({"items": [], "itemsPerPage": 50, "next": None})
+        if request.path == "/dl":
+            return web.Response(body=b"file content", headers={"Content-Range": request.headers.get("Range", "")})
+        return web.json_response({})
+
+    def last_json(self) -> Any:
+        return json.loads(self.calls[-1][3])
+
+
+@pytest.fixture
+async def file_provider(core: CoreStandIn, aiohttp_client: AiohttpClient) -> FileProvider:
+    fake = FileProvider()
+    client = await aiohttp_client(fake.app())
+    core.provider_url = str(client.make_url("/"))
+    return fake
+
+
+async def test_file_calls_carry_the_resolved_drive(core: CoreStandIn, file_provider: FileProvider) -> None:
+    [home_id] = core.drives.register(
+        [ProviderRegisteredResource[DriveSpecification].model_validate(home_item("alice"))]
+    )
+    home = f"/{home_id}"
+
+    await core.files_browse("alice", f"{home}/docs", items_per_page=10, sort_by="PATH")
+    method, path, headers, _ = file_provider.calls[-1]
+    body = file_provider.last_json()
+    assert (method, path) == ("POST", f"/ucloud/{PROVIDER}/files/browse")
+    assert decode_username(headers["UCloud-Username"]) == "alice"
+    assert body["Browse"]["flags"]["path"] == f"{home}/docs"
+    assert body["Browse"]["itemsPerPage"] == 10 and body["Browse"]["sortBy"] == "PATH"
+    drive = body["resolvedCollection"]
+    assert (drive["id"], drive["providerGeneratedId"], drive["owner"]["createdBy"]) == (home_id, "home:alice", "alice")
+    assert drive["specification"]["product"] == {"id": "home", "category": "storage", "provider": PROVIDER}
+    assert {"permissions", "updates", "status"} <= set(drive)
+
+    move = {"oldId": f"{home}/a", "newId": f"{home}/b", "conflictPolicy": "REJECT"}
+    assert (await core.files_call("alice", "move", [move])).ok
+    item = file_provider.last_json()["items"][0]
+    assert item["resolvedOldCollection"]["id"] == item["resolvedNewCollection"]["id"] == home_id
+
+    assert (await core.files_call("alice", "delete", [{"id": f"{home}/a"}])).ok
+    method, path, _, _ = file_provider.calls[-1]
+    item = file_provider.last_json()["items"][0]
+    assert (method, path) == ("DELETE", f"/ucloud/{PROVIDER}/files")
+    assert item["id"] == f"{home}/a" and item["specification"]["collection"] == home_id
+
+    assert (await core.files_call("alice", "trash", [{"id": f"{home}/a"}])).ok
+    assert file_provider.last_json()["items"][0]["resolvedCollection"]["id"] == home_id
+    with pytest.raises(KeyError, match="no drive"):
+        await core.files_call("alice", "trash", [{"id": "/999/a"}])
+
+
+async def test_transfers_are_created_and_played_as_the_browser_does(
+    core: CoreStandIn, file_provider: FileProvider
+) -> None:
+    [home_id] = core.drives.register(
+        [ProviderRegisteredResource[DriveSpecification].model_validate(home_item("alice"))]
+    )
+    upload = await core.create_upload("alice", f"/{home_id}/big.bin", conflict_policy="RENAME")
+    item = file_provider.last_json()["items"][0]
+    assert (item["id"], item["type"], item["conflictPolicy"]) == (f"/{home_id}/big.bin", "FILE", "RENAME")
+    assert item["resolvedCollection"]["id"] == home_id
+
+    answer = await core.upload(upload, b"0123456789", "alice", chunk_size=4)
+    assert answer.ok
+    chunks = [
+        (headers, body)
+        for method, path, headers, body in file_provider.calls
+        if path.startswith(f"/ucloud/{PROVIDER}/upload")
+    ]
+    assert [body for _, body in chunks] == [b"0123", b"4567", b"89"]
+    assert [h["Chunked-Upload-Offset"] for h, _ in chunks] == ["0", "4", "8"]
+    assert {h["Chunked-Upload-Total-Size"] for h, _ in chunks} == {"10"}
+    assert {h["Chunked-Upload-Token"] for h, _ in chunks} == {"tok"}
+    assert all("Authorization" not in h for h, _ in chunks)
+
+    download = await core.create_download("alice", f"/{home_id}/big.bin")
+    fetched = await core.download(download.endpoint, {"Range": "bytes=0-3"})
+    assert (fetched.status, fetched.body, fetched.headers["Content-Range"]) == (200, b"file content", "bytes=0-3")

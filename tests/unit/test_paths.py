@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import threading
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
+from ucim.common.protocol import Drive
 from ucim.user_sidecar.files import Files
 from ucim.user_sidecar.paths import (
+    DriveResolver,
     Drives,
     FileId,
     PathForbiddenError,
     PathNotFoundError,
     PathRefusedError,
+    check_root_pattern,
     parse_id,
 )
+from ucim.user_sidecar.settings import SidecarSettings
 
 
 @pytest.fixture
@@ -85,19 +91,76 @@ def test_names_up_to_the_limits_are_fine() -> None:
 
 def test_unknown_drives_are_refused(world: tuple[Drives, Path, Path]) -> None:
     drives, _, _ = world
-    with pytest.raises(PathRefusedError, match="unknown drive 'etc'"):
+    with pytest.raises(PathRefusedError, match="/etc/passwd is not in drive home"):
         drives.parse("/etc/passwd")
+    with pytest.raises(PathRefusedError, match="the request names none"):
+        Drives({}).parse("/home/a")
 
 
-def test_drives_from_settings() -> None:
-    drives = Drives.from_settings({"home": "~", "scratch": "~/scratch", "proj": "/srv/p"}, Path("/home/alice"))
-    assert drives.roots == {
-        "home": Path("/home/alice"),
-        "scratch": Path("/home/alice/scratch"),
-        "proj": Path("/srv/p"),
+def drive(drive_id: str, locator: str = "") -> Drive:
+    return Drive(id=drive_id, provider_generated_id=locator)
+
+
+ROOTS = {"home": "~", "project": "/work/projects/{name}"}
+HOME = Path("/home/alice")
+
+
+def test_drives_come_from_the_request() -> None:
+    drives = Drives.for_request(
+        [drive("17", "home:alice"), drive("42", "project:physics"), drive("17", "home:alice"), Drive()],
+        ROOTS,
+        "alice",
+        HOME,
+    )
+    assert drives.roots == {"17": HOME, "42": Path("/work/projects/physics")}
+    assert Drives.for_request([drive("1", "home:alice")], {"home": "~/ucloud"}, "alice", HOME).roots == {
+        "1": HOME / "ucloud"
     }
-    with pytest.raises(ValueError, match="absolute"):
-        Drives.from_settings({"x": "relative"}, Path("/home/alice"))
+    assert Drives.for_request([drive("1", "home:alice")], {"home": "/data/{name}"}, "alice", HOME).roots == {
+        "1": Path("/data/alice")
+    }
+    resolver = DriveResolver(ROOTS, "alice", HOME)
+    assert resolver.resolve(drive("9", "project:chem")).roots == {"9": Path("/work/projects/chem")}
+    assert resolver.resolve().roots == {}
+
+
+@pytest.mark.parametrize(
+    ("collection", "roots", "status", "why"),
+    [
+        (drive("17", "home:bob"), ROOTS, 403, "drive 17 (home:bob) is the home of another user"),
+        (drive("17", "project:physics"), {"home": "~"}, 400, "project drives are not configured"),
+        (drive("17", "home:alice"), {"project": "/p/{name}"}, 400, "home drives are not configured"),
+        (drive("17"), ROOTS, 400, "drive 17: the drive has no providerGeneratedId"),
+        (drive("17", "s3:bucket"), ROOTS, 400, "drive 17: 's3:bucket' is not a drive of this provider"),
+        (drive("17", "project:../etc"), ROOTS, 400, "drive 17: '../etc' is not a local user or group name"),
+        (drive("17", "project:a/b"), ROOTS, 400, "is not a local user or group name"),
+        (drive("a/b", "home:alice"), ROOTS, 400, "'a/b' is not a drive id"),
+        (drive("", "home:alice"), ROOTS, 400, "'' is not a drive id"),
+    ],
+)
+def test_drives_that_cannot_be_served(collection: Drive, roots: dict[str, str], status: int, why: str) -> None:
+    with pytest.raises(PathRefusedError, match=re.escape(why)) as caught:
+        Drives.for_request([collection], roots, "alice", HOME)
+    assert caught.value.status == status
+
+
+def test_one_drive_id_with_two_locators_is_refused() -> None:
+    with pytest.raises(PathRefusedError, match="two different locators"):
+        Drives.for_request([drive("1", "home:alice"), drive("1", "project:x")], ROOTS, "alice", HOME)
+
+
+@pytest.mark.parametrize("pattern", ["relative/{name}", "/p/{other}", "/p/{name!r}", "/p/{name:>9}", "/p/{", "/p/../x"])
+def test_bad_root_patterns_are_refused(pattern: str) -> None:
+    with pytest.raises(ValueError, match=r"drive root|field|pattern|'\.\.'"):
+        check_root_pattern(pattern)
+    with pytest.raises(ValidationError):
+        SidecarSettings(drive_roots={"project": pattern})
+
+
+def test_drive_roots_settings_keep_home_and_know_only_two_kinds() -> None:
+    assert SidecarSettings(drive_roots={"project": "/p/{name}"}).drive_roots == {"home": "~", "project": "/p/{name}"}
+    with pytest.raises(ValidationError, match="'scratch' is not a drive kind"):
+        SidecarSettings(drive_roots={"scratch": "/scratch"})
     with pytest.raises(ValueError, match="drive id"):
         Drives({"a/b": Path("/")})
 

@@ -1,4 +1,7 @@
-"""POST /files/browse and /files/retrieve through the real app factory, on a temporary home."""
+"""POST /files/browse and /files/retrieve through the real app factory, on a temporary home.
+
+The drive of every request is ``home`` with the locator ``home:<this process's user>``.
+"""
 
 from __future__ import annotations
 
@@ -15,19 +18,22 @@ from ucim.user_sidecar.app import init_app
 from ucim.user_sidecar.settings import SidecarSettings
 
 Client = Any
+USER = getpass.getuser()
+HOME_DRIVE = {"id": "home", "providerGeneratedId": f"home:{USER}", "specification": {"title": "Home"}}
 
 
 @pytest.fixture
 async def client(aiohttp_client: AiohttpClient, tmp_path: Path) -> Client:
-    return await aiohttp_client(init_app(SidecarSettings(user=getpass.getuser(), home=tmp_path)))
+    return await aiohttp_client(init_app(SidecarSettings(user=USER, home=tmp_path)))
 
 
 def browse_body(path: str, key: str = "Browse", **request: Any) -> dict[str, Any]:
     flags = request.pop("flags", {})
-    return {
-        "resolvedCollection": {"id": "17", "specification": {"title": "Home"}},
-        key: {"flags": {"path": path, **flags}, **request},
-    }
+    return {"resolvedCollection": HOME_DRIVE, key: {"flags": {"path": path, **flags}, **request}}
+
+
+def retrieve_body(file_id: str, drive: dict[str, Any] = HOME_DRIVE) -> dict[str, Any]:
+    return {"resolvedCollection": drive, "retrieve": {"id": file_id, "flags": {}}}
 
 
 async def browse(client: Client, path: str, **request: Any) -> PageV2[ProviderFile]:
@@ -158,9 +164,7 @@ async def test_retrieve_describes_one_file_with_folder_icons(client: Client, tmp
     (tmp_path / "f").write_text("abc")
 
     async def retrieve(file_id: str) -> dict[str, Any]:
-        response = await client.post(
-            "/files/retrieve", json={"resolvedCollection": {}, "retrieve": {"id": file_id, "flags": {}}}
-        )
+        response = await client.post("/files/retrieve", json=retrieve_body(file_id))
         assert response.status == 200, await response.text()
         result: dict[str, Any] = await response.json()
         return result
@@ -183,19 +187,45 @@ async def test_retrieve_describes_one_file_with_folder_icons(client: Client, tmp
         ("/files/browse", browse_body("/home/.."), 400, "The path contains '..'"),
         ("/files/browse", browse_body("/home/a\x00"), 400, "The path contains a NUL byte"),
         ("/files/browse", browse_body("/home/\udcff"), 400, "The path is not valid UTF-8"),
-        ("/files/browse", browse_body("/etc"), 400, "Unknown drive 'etc'"),
+        ("/files/browse", browse_body("/etc"), 400, "/etc is not in drive home"),
         ("/files/browse", browse_body("/home/nope"), 404, "/home/nope does not exist"),
         ("/files/browse", browse_body("/home/link"), 400, "/home/link is a symbolic link; links are not followed"),
         ("/files/browse", browse_body("/home", sortBy="colour"), 400, "Cannot sort by 'colour'"),
         ("/files/browse", browse_body("/home", next="garbage!"), 400, "The next token is not one this instance made"),
         ("/files/browse", {"Browse": {"flags": {}}}, 400, "Browse.flags.path is required"),
         ("/files/browse", {"resolvedCollection": {}}, 400, "Invalid request: Browse: Field required"),
-        ("/files/retrieve", {"retrieve": {"id": "relative", "flags": {}}}, 400, "A file id is /<drive>/<path>"),
+        ("/files/retrieve", retrieve_body("relative"), 400, "A file id is /<drive>/<path>"),
+        ("/files/retrieve", retrieve_body("/home/link/passwd"), 400, "/home/link is a symbolic link"),
+        ("/files/retrieve", {"retrieve": {"id": "/home", "flags": {}}}, 400, "/home is not in a drive"),
         (
             "/files/retrieve",
-            {"retrieve": {"id": "/home/link/passwd", "flags": {}}},
+            retrieve_body("/17/a", {"id": "17"}),
             400,
-            "/home/link is a symbolic link",
+            "Drive 17: the drive has no providerGeneratedId",
+        ),
+        (
+            "/files/retrieve",
+            retrieve_body("/17/a", {"id": "17", "providerGeneratedId": "s3:bucket"}),
+            400,
+            "Drive 17: 's3:bucket' is not a drive of this provider",
+        ),
+        (
+            "/files/retrieve",
+            retrieve_body("/17/a", {"id": "17", "providerGeneratedId": "home:someone-else"}),
+            403,
+            "Drive 17 (home:someone-else) is the home of another user",
+        ),
+        (
+            "/files/retrieve",
+            retrieve_body("/17/a", {"id": "17", "providerGeneratedId": "project:physics"}),
+            400,
+            "Drive 17 (project:physics): project drives are not configured",
+        ),
+        (
+            "/files/retrieve",
+            retrieve_body("/home/a", {"id": "../x", "providerGeneratedId": f"home:{USER}"}),
+            400,
+            "'../x' is not a drive id",
         ),
     ],
 )
@@ -214,3 +244,18 @@ async def test_a_next_token_from_another_sort_is_refused(client: Client, tmp_pat
     token = (await browse(client, "/home", itemsPerPage=1)).next
     status, why = await error(client, "/files/browse", browse_body("/home", next=token, sortBy="SIZE"))
     assert (status, why) == (400, "The next token belongs to a different sort order; start again without it")
+
+
+async def test_project_drives_are_rooted_by_the_site_pattern(aiohttp_client: AiohttpClient, tmp_path: Path) -> None:
+    (tmp_path / "projects" / "physics").mkdir(parents=True)
+    (tmp_path / "projects" / "physics" / "data.csv").write_text("1,2")
+    roots = {"project": str(tmp_path / "projects" / "{name}")}
+    client = await aiohttp_client(init_app(SidecarSettings(user=USER, home=tmp_path / "home", drive_roots=roots)))
+    drive = {"id": "42", "providerGeneratedId": "project:physics"}
+    response = await client.post("/files/retrieve", json=retrieve_body("/42/data.csv", drive))
+    assert response.status == 200, await response.text()
+    assert (await response.json())["status"]["sizeInBytes"] == 3
+    status, why = await error(
+        client, "/files/retrieve", retrieve_body("/42/x", {**drive, "providerGeneratedId": "project:chem"})
+    )
+    assert (status, why) == (404, "Drive '42' does not exist")

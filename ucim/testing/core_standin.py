@@ -3,13 +3,17 @@
 It plays both halves of Core that a provider meets:
 
 * the server a provider calls: ``POST /auth/providers/refresh``,
-  ``POST /api/jobs/control/update``, ``POST /api/products/v2`` and
-  ``POST /api/providers/integration/control/{approve,clear}Connection``.
-  Everything received is recorded, and failures can be injected to test
-  redelivery;
+  ``POST /api/jobs/control/update``, ``POST /api/products/v2``,
+  ``POST /api/providers/integration/control/{approve,clear}Connection`` and the
+  drives' ``/api/files/collections/control/{register,browse}`` (drives are kept in
+  ``drives``, a ``DriveStore``). Everything received is recorded, and failures can
+  be injected to test redelivery;
 * the client that calls the provider at ``/ucloud/<providerId>/...`` with a
   fresh RS256 service JWT and, on 449/503 for a user, the
-  ``integration/init`` + retry loop Core runs (5 attempts, 500 ms apart).
+  ``integration/init`` + retry loop Core runs (5 attempts, 500 ms apart). File
+  calls (``files_browse``, ``files_call``, ``create_upload``, ...) send the drive
+  of each file as ``resolvedCollection``, as Core does; ``upload``/``download``
+  then play the browser on the endpoints the provider answered.
 
 Facts (paths, claims, retry counts) come from docs/protocol.md; wire shapes from
 ``ucim.common.protocol``. Run it as a process with
@@ -22,8 +26,10 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import hashlib
 import hmac
 import json as json_lib  # `json` is the name of call_provider's body argument
+import os
 import signal
 import time
 from collections import Counter
@@ -40,6 +46,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from pydantic import BaseModel, ValidationError
 
+from ucim.common.instance_api import CHUNKED_OFFSET_HEADER, CHUNKED_TOKEN_HEADER, CHUNKED_TOTAL_SIZE_HEADER
 from ucim.common.protocol import (
     AccessTokenAndCsrf,
     AccountingUnit,
@@ -51,8 +58,13 @@ from ucim.common.protocol import (
     BulkRequest,
     BulkResponse,
     ConnectResponse,
+    Drive,
+    DriveSpecification,
+    FilesCreateDownloadResponseItem,
+    FilesCreateUploadResponseItem,
     FindByStringId,
     FindByUsername,
+    FSSupport,
     IntegrationManifest,
     InvocationParameter,
     Job,
@@ -63,22 +75,29 @@ from ucim.common.protocol import (
     JobUpdate,
     JobUpdateItem,
     NameAndVersion,
+    PageV2,
     ProductCategory,
     ProductReference,
     ProductV2,
+    ProviderFile,
+    ProviderRegisteredResource,
     RefreshTokenItem,
     ResolvedSupport,
     ResourceOwner,
     SimpleDuration,
+    SortDirection,
     Tool,
     ToolDescription,
     ToolReference,
     UniversalBackendSupport,
+    UploadType,
+    WriteConflictPolicy,
     dump,
     encode_username,
     error_body,
     now_ms,
 )
+from ucim.testing.core_drives import DriveRefusedError, DriveStore, browse_body, resolve_items, retrieve_body
 
 ISSUER = "cloud.sdu.dk"
 AUDIENCE = "all:write"
@@ -91,6 +110,8 @@ USER_NOT_READY_STATUSES = frozenset({449, 503})
 INIT_RETRY_ATTEMPTS = 5
 INIT_RETRY_DELAY_SECONDS = 0.5
 PROVIDER_CALL_TIMEOUT_SECONDS = 5.0
+# The web client's CHUNKED chunk size (frontend-web Files/Upload.ts maxChunkSize).
+WEB_CLIENT_CHUNK_BYTES = 16_000_000
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -296,6 +317,22 @@ class ProviderResponse:
             raise ProviderCallError(self.status, self.body)
 
 
+@dataclass(frozen=True)
+class BrowserResponse:
+    """A transfer endpoint's answer, body as bytes."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    def json(self) -> Any:
+        return json_lib.loads(self.body)
+
+
 class ProviderCallError(Exception):
     """The provider answered a Core call with a non-2xx status."""
 
@@ -304,6 +341,22 @@ class ProviderCallError(Exception):
         super().__init__(f"provider answered {status}: {why}")
         self.status = status
         self.body = body
+
+
+def _chunk_reader(data: bytes | Path, size: int) -> Callable[[int], Awaitable[bytes]]:
+    """``await read(offset)``: the chunk of ``data`` (bytes, or a file read off the event loop) at ``offset``."""
+
+    async def from_bytes(offset: int) -> bytes:
+        return bytes(data[offset : offset + size]) if isinstance(data, bytes) else b""
+
+    def from_file(path: Path, offset: int) -> bytes:
+        with path.open("rb") as source:
+            source.seek(offset)
+            return source.read(size)
+
+    if isinstance(data, Path):
+        return lambda offset: asyncio.to_thread(from_file, data, offset)
+    return from_bytes
 
 
 # --- the stand-in -------------------------------------------------------------
@@ -340,6 +393,7 @@ class CoreStandIn:
         self.record = CoreRecord()
         self.failures = FailurePlan()
         self.jobs: dict[str, Job] = {}  # jobs sent to the provider, by id
+        self.drives = DriveStore(provider_id)  # drives the provider registered, by Core's id
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
@@ -559,6 +613,162 @@ class CoreStandIn:
     async def retrieve_manifest(self) -> IntegrationManifest:
         response = await self.call_provider("GET", "integration/retrieveManifest")
         return _parse_ok(response, IntegrationManifest)
+
+    # --- drives and files ---
+
+    def drives_of(self, username: str) -> list[Drive]:
+        """The user's personal drives (their home), as registered by the provider."""
+        return self.drives.of_user(username)
+
+    def project_drives(self, project: str) -> list[Drive]:
+        return self.drives.of_project(project)
+
+    def home_of(self, username: str) -> Drive:
+        """The user's one personal drive; an error when the provider registered none (or several)."""
+        drives = self.drives_of(username)
+        if len(drives) != 1:
+            raise LookupError(f"{username} has {len(drives)} personal drives at Core, not one: {drives}")
+        return drives[0]
+
+    async def retrieve_storage_products(self) -> list[FSSupport]:
+        """``GET files/collections/retrieveProducts``, which Core polls for the drives' support flags."""
+        response = await self.call_provider("GET", "files/collections/retrieveProducts")
+        return _parse_ok(response, BulkResponse[FSSupport]).responses
+
+    async def files_browse_call(
+        self,
+        username: str,
+        path: str,
+        *,
+        items_per_page: int = 0,
+        next_token: str | None = None,
+        sort_by: str | None = None,
+        sort_direction: SortDirection | None = None,
+        flags: Mapping[str, Any] | None = None,
+    ) -> ProviderResponse:
+        """``POST files/browse`` of the folder ``path`` (``/<drive id>/...``), the answer as it is."""
+        body = browse_body(
+            self.drives.drive_of(path),
+            path,
+            items_per_page=items_per_page,
+            next_token=next_token,
+            sort_by=sort_by,
+            sort_direction=sort_direction,
+            flags=flags,
+        )
+        return await self.call_provider("POST", "files/browse", body, username)
+
+    async def files_browse(self, username: str, path: str, **options: Any) -> PageV2[ProviderFile]:
+        """``files_browse_call`` parsed; a non-2xx answer raises ProviderCallError."""
+        return _parse_ok(await self.files_browse_call(username, path, **options), PageV2[ProviderFile])
+
+    async def files_retrieve(self, username: str, file_id: str) -> ProviderFile:
+        body = retrieve_body(self.drives.drive_of(file_id), file_id)
+        return _parse_ok(await self.call_provider("POST", "files/retrieve", body, username), ProviderFile)
+
+    async def files_call(self, username: str, operation: str, items: Sequence[Mapping[str, Any]]) -> ProviderResponse:
+        """A bulk file call as Core makes it: ``folder``, ``move``, ``copy``, ``trash``, ``emptyTrash``, ``delete``
+        (and ``upload``, ``download``).
+
+        ``items`` are the end user's items (``{"id", "conflictPolicy"}``, ``{"oldId", "newId",
+        "conflictPolicy"}``, ``{"id"}``); the drives are resolved here, and ``delete`` goes out as
+        ``DELETE files`` with UFile items. The answer is returned as it is.
+        """
+        body = {"items": resolve_items(operation, items, self.drives)}
+        if operation == "delete":
+            return await self.call_provider("DELETE", "files", body, username)
+        return await self.call_provider("POST", f"files/{operation}", body, username)
+
+    async def create_upload(
+        self,
+        username: str,
+        path: str,
+        *,
+        upload_type: UploadType = "FILE",
+        conflict_policy: WriteConflictPolicy = "REJECT",
+        protocols: Sequence[str] = ("CHUNKED", "WEBSOCKET"),
+    ) -> FilesCreateUploadResponseItem:
+        """``POST files/upload`` for one target; the endpoint, protocol and token the browser gets."""
+        item = {
+            "id": path,
+            "type": upload_type,
+            "supportedProtocols": list(protocols),
+            "conflictPolicy": conflict_policy,
+        }
+        response = await self.files_call(username, "upload", [item])
+        answer = _parse_ok(response, BulkResponse[FilesCreateUploadResponseItem])
+        if len(answer.responses) != 1:  # core2 answers 502 "malformed response" here
+            raise ProviderCallError(502, {"why": f"malformed response: {len(answer.responses)} items for one"})
+        return answer.responses[0]
+
+    async def create_download(self, username: str, path: str) -> FilesCreateDownloadResponseItem:
+        """``POST files/download`` for one file; the endpoint the browser gets."""
+        response = await self.files_call(username, "download", [{"id": path}])
+        answer = _parse_ok(response, BulkResponse[FilesCreateDownloadResponseItem])
+        if len(answer.responses) != 1:
+            raise ProviderCallError(502, {"why": f"malformed response: {len(answer.responses)} items for one"})
+        return answer.responses[0]
+
+    # --- the browser's side of transfers ---
+
+    async def upload(
+        self,
+        upload: FilesCreateUploadResponseItem,
+        data: bytes | Path,
+        username: str,
+        *,
+        chunk_size: int = WEB_CLIENT_CHUNK_BYTES,
+        offset: int = 0,
+    ) -> BrowserResponse:
+        """Send ``data[offset:]`` to a CHUNKED endpoint as the web client does, chunk after chunk, no JWT.
+
+        ``data`` may be a file, read one chunk at a time (so a test can upload more than it
+        wants to hold). Stops at the first answer that is not a success and returns it;
+        otherwise the last one.
+        """
+        read = _chunk_reader(data, chunk_size)
+        total = await asyncio.to_thread(os.path.getsize, data) if isinstance(data, Path) else len(data)
+        headers = {
+            CHUNKED_TOKEN_HEADER: upload.token,
+            CHUNKED_TOTAL_SIZE_HEADER: str(total),
+            USERNAME_HEADER: encode_username(username),
+        }
+        answer = BrowserResponse(200, {}, b"")
+        while True:
+            chunk = await read(offset)
+            answer = await self.browser_request(
+                "POST", upload.endpoint, {**headers, CHUNKED_OFFSET_HEADER: str(offset)}, chunk
+            )
+            offset += len(chunk)
+            if not answer.ok or offset >= total:
+                return answer
+
+    async def upload_progress(self, upload: FilesCreateUploadResponseItem, username: str) -> BrowserResponse:
+        """``GET`` the CHUNKED endpoint with only the token: how far the upload got (to resume it)."""
+        headers = {CHUNKED_TOKEN_HEADER: upload.token, USERNAME_HEADER: encode_username(username)}
+        return await self.browser_request("GET", upload.endpoint, headers)
+
+    async def download(self, endpoint: str, headers: Mapping[str, str] | None = None) -> BrowserResponse:
+        """GET a download endpoint as the browser does (Range and the like in ``headers``)."""
+        return await self.browser_request("GET", endpoint, headers or {})
+
+    async def download_digest(self, endpoint: str) -> tuple[int, int, str]:
+        """GET a download endpoint, hashing the body as it arrives: ``(status, size, sha256 hex)``."""
+        digest, size = hashlib.sha256(), 0
+        async with aiohttp.ClientSession() as session, session.get(endpoint) as response:
+            async for piece in response.content.iter_chunked(1 << 20):
+                digest.update(piece)
+                size += len(piece)
+            return response.status, size, digest.hexdigest()
+
+    async def browser_request(
+        self, method: str, url: str, headers: Mapping[str, str], body: bytes | None = None
+    ) -> BrowserResponse:
+        """A request as a browser sends it to a transfer endpoint: no Core JWT."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.call_timeout))
+        async with self._session.request(method, url, headers=dict(headers), data=body) as response:
+            return BrowserResponse(response.status, dict(response.headers), await response.read())
 
     def make_job(
         self,
@@ -898,6 +1108,31 @@ async def _register_products(request: web.Request) -> web.Response:
     return _ok()
 
 
+async def _register_drives(request: web.Request) -> web.Response:
+    """``POST /api/files/collections/control/register``: Core's ids, in order; 409 for a providerGeneratedId it has."""
+    core = request.app[CORE_STANDIN]
+    _require_provider(request)
+    body = _validate(BulkRequest[ProviderRegisteredResource[DriveSpecification]], await _read_json(request))
+    try:
+        ids = core.drives.register(body.items)
+    except DriveRefusedError as refusal:
+        raise _CoreHttpError(refusal.status, refusal.why) from None
+    return _ok(BulkResponse[FindByStringId](responses=[FindByStringId(id=drive_id) for drive_id in ids]))
+
+
+async def _browse_drives(request: web.Request) -> web.Response:
+    """``GET /api/files/collections/control/browse``, with ``filterProviderIds``, ``itemsPerPage`` and ``next``."""
+    core = request.app[CORE_STANDIN]
+    _require_provider(request)
+    wanted = request.query.get("filterProviderIds")
+    provider_ids = {item for item in wanted.split(",") if item} if wanted else None
+    try:
+        items_per_page = int(request.query.get("itemsPerPage") or 0)
+    except ValueError:
+        raise _CoreHttpError(400, "Invalid request supplied") from None
+    return _ok(core.drives.browse(provider_ids, items_per_page, request.query.get("next")))
+
+
 async def _approve_connection(request: web.Request) -> web.Response:
     core = request.app[CORE_STANDIN]
     _require_provider(request)
@@ -924,6 +1159,7 @@ async def _state(request: web.Request) -> web.Response:
             "products": [dump(product) for product in record.products],
             "approvedConnections": record.approved_connections,
             "clearedConnections": record.cleared_connections,
+            "drives": [dump(drive) for drive in request.app[CORE_STANDIN].drives.drives.values()],
         }
     )
 
@@ -941,6 +1177,8 @@ def init_app(core: CoreStandIn) -> web.Application:
     app.router.add_post("/api/products/v2", _register_products)
     app.router.add_post("/api/providers/integration/control/approveConnection", _approve_connection)
     app.router.add_post("/api/providers/integration/control/clearConnection", _clear_connection)
+    app.router.add_post("/api/files/collections/control/register", _register_drives)
+    app.router.add_get("/api/files/collections/control/browse", _browse_drives)
     app.router.add_get("/_standin/state", _state)
     return app
 

@@ -19,7 +19,8 @@ The tests reach the gateway at the NodePort kind publishes on 127.0.0.1 (hack/ki
 the frontend with ``docker exec`` (``Frontend(container=...)``), the operator's /metrics through a
 ``kubectl port-forward`` this module runs, and the bridge's at the port up.sh publishes on 127.0.0.1.
 The namespace is the release's: its operator and the bridge serve that one namespace only, so the
-tests share it and each one deletes its UCloudJobs at the end (as ``running_stack`` does).
+tests share it and each one deletes its UCloudJobs at the end (as ``running_stack`` does), then the
+users' connections and instances (``forget_users``), so that every test's Core meets users anew.
 
 ``kill`` crashes a component the way SIGKILL does locally: its container is killed on its node
 (``crictl stop --timeout 0`` sends SIGKILL at once; no graceful shutdown) and the kubelet restarts it
@@ -52,6 +53,7 @@ from ucim.testing.stack import (
     Frontend,
     Kubectl,
     Stack,
+    forget_users,
     free_port,
     release_jobs,
     run_command,
@@ -492,6 +494,7 @@ async def kind_stack(env: KindEnv | None = None) -> AsyncIterator[KindStack]:
                 yield stack
             finally:
                 await release_jobs({"KUBECONFIG": env.kubeconfig}, env.namespace)
+                await forget_users({"KUBECONFIG": env.kubeconfig}, env.namespace)
         finally:
             await stack._stop_forwarding()
             shutil.rmtree(workdir, ignore_errors=True)

@@ -29,8 +29,8 @@ from typing import Any
 
 import aiohttp
 
-from ucim.common.kube import Kube
-from ucim.common.resources import UCloudJob
+from ucim.common.kube import Kube, NotFoundError
+from ucim.common.resources import UCloudJob, UserConnection, UserInstance
 from ucim.testing.core_standin import CoreStandIn
 
 PROVIDER = "ucim"
@@ -267,6 +267,10 @@ def component_env(
             "UCIM_GATEWAY_CLUSTER": CLUSTER,
             "UCIM_GATEWAY_PROVIDER_ID": PROVIDER,
             "UCIM_GATEWAY_CORE_PUBLIC_KEY": core_key,
+            "UCIM_GATEWAY_CORE_URL": core.url,
+            "UCIM_GATEWAY_CORE_REFRESH_TOKEN": core.refresh_token,
+            "UCIM_GATEWAY_INGRESS_TOKEN": ingress_token,
+            "UCIM_GATEWAY_PUBLIC_URL": f"http://127.0.0.1:{ports['gateway']}",
         },
         "ucim-operator": {
             **base,
@@ -305,6 +309,19 @@ async def release_jobs(platform_env: Mapping[str, str], namespace: str, timeout:
                     await asyncio.sleep(0.2)
 
 
+async def forget_users(platform_env: Mapping[str, str], namespace: str) -> None:
+    """Delete the namespace's UserConnections and UserInstances, so the next test's Core meets new users.
+
+    For a namespace that outlives one test (kind's release): a fresh Core stand-in knows no drive
+    of a connection made for an earlier one.
+    """
+    async with await Kube.connect(platform_env.get("KUBECONFIG")) as kube:
+        for kind in (UserInstance, UserConnection):
+            for obj in await kube.list(kind, namespace):
+                with contextlib.suppress(NotFoundError):
+                    await kube.delete(kind, namespace, obj.metadata.name)
+
+
 HEALTH_PORT_KEYS = {
     "ucim-gateway": "UCIM_GATEWAY_PORT",
     "ucim-operator": "UCIM_OPERATOR_METRICS_PORT",
@@ -313,14 +330,21 @@ HEALTH_PORT_KEYS = {
 
 
 @contextlib.asynccontextmanager
-async def running_stack(platform_env: Mapping[str, str], namespace: str) -> AsyncIterator[Stack]:
-    """Start Core's stand-in and every component; stop them all afterwards (logs kept on failure)."""
+async def running_stack(
+    platform_env: Mapping[str, str], namespace: str, settings: Mapping[str, Mapping[str, str]] | None = None
+) -> AsyncIterator[Stack]:
+    """Start Core's stand-in and every component; stop them all afterwards (logs kept on failure).
+
+    ``settings`` adds to a component's environment, e.g. ``{"ucim-gateway": {"UCIM_GATEWAY_AUTO_CONNECT": "false"}}``.
+    """
     workdir = Path(tempfile.mkdtemp(prefix="ucim-stack-"))
     socket_dir = Path("/run") / f"ucim-{namespace}"
     ingress_token = secrets.token_urlsafe(32)
     async with CoreStandIn(PROVIDER, secrets.token_urlsafe(16)) as core:
         await core.start()
         envs = component_env(platform_env, namespace, core, ingress_token, socket_dir)
+        for command, extra in (settings or {}).items():
+            envs[command].update(extra)
         gateway_url = f"http://127.0.0.1:{envs['ucim-gateway']['UCIM_GATEWAY_PORT']}"
         core.provider_url = gateway_url
         stack = Stack(

@@ -62,6 +62,15 @@ app.kubernetes.io/component: {{ . }}
 {{- default (printf "%s-bridge" (include "ucim.fullname" .)) .Values.bridge.serviceAccount.name }}
 {{- end }}
 
+{{/* The gateway's URL as browsers reach it: gateway.publicUrl, else the Ingress's first host; empty when neither. */}}
+{{- define "ucim.gatewayPublicUrl" -}}
+{{- if .Values.gateway.publicUrl }}
+{{- .Values.gateway.publicUrl | trimSuffix "/" }}
+{{- else if .Values.gateway.ingress.enabled }}
+{{- printf "https://%s" (first .Values.gateway.ingress.hosts).host }}
+{{- end }}
+{{- end }}
+
 {{/* The bridge's token Secret. */}}
 {{- define "ucim.bridge.tokenSecretName" -}}
 {{- printf "%s-token" (include "ucim.bridge.serviceAccountName" .) }}

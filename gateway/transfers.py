@@ -1,0 +1,206 @@
+"""The browser-facing transfer endpoints: CHUNKED uploads and downloads, streamed to the user's instance.
+
+``files/upload`` and ``files/download`` hand the browser an endpoint on the gateway
+(``ucim.gateway.files``). The browser calls it without Core's JWT: the one-time token the
+user's instance made is the credential, and that instance checks it. The user, and with
+it the instance to ask, comes from ``usernameHint`` (or ``UCloud-Username``); a wrong
+hint only reaches an instance that does not know the token.
+
+* ``POST /ucloud/<p>/upload``: one CHUNKED chunk (``Chunked-Upload-Token``, ``-Offset``,
+  ``-Total-Size``), streamed to the instance's UPLOAD_CHUNK_PATH;
+* ``GET /ucloud/<p>/upload``: the upload's progress (the token header only);
+* ``GET /ucloud/<p>/download?token=…``: the file, honouring Range and If-Range;
+* ``OPTIONS`` on both: the CORS preflight. Every answer carries
+  ``Access-Control-Allow-Origin: *``, errors included, so the browser can read the ``why``.
+
+An instance stopped while idle is woken and waited for (``transfer_wait_seconds``):
+uploads and downloads outlive instance restarts, since the instance keeps its sessions
+on disk. A user with neither instance nor connection gets the same 404 as an unknown
+token, so the endpoints do not tell which users exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Final
+
+from aiohttp import web
+from prometheus_client import Counter
+
+from ucim.common import instance_api as api
+from ucim.common.protocol import decode_username
+from ucim.gateway.auth import USERNAME_HEADER, USERNAME_HINT
+from ucim.gateway.connections import is_connected
+from ucim.gateway.errors import ProviderError
+from ucim.gateway.instance_proxy import (
+    CHUNK,
+    InstanceNotReadyError,
+    InstanceUnreachableError,
+    pick_headers,
+    relay,
+)
+from ucim.gateway.instances import MappingRefusedError
+from ucim.gateway.metrics import DOWNLOAD_BYTES, UPLOAD_BYTES
+from ucim.gateway.middlewares import TOKEN_PATHS
+from ucim.gateway.views import CONNECTIONS, INSTANCES, PROXY, SETTINGS
+
+log = logging.getLogger(__name__)
+
+UNKNOWN: Final = "unknown or expired token"
+# The CHUNKED protocol's largest chunk (the web client sends 16 MB).
+MAX_CHUNK_BYTES: Final = 32_000_000
+UPLOAD_HEADERS: Final = (
+    "Content-Type",
+    api.CHUNKED_TOKEN_HEADER,
+    api.CHUNKED_OFFSET_HEADER,
+    api.CHUNKED_TOTAL_SIZE_HEADER,
+)
+PROGRESS_HEADERS: Final = (api.CHUNKED_TOKEN_HEADER,)
+DOWNLOAD_HEADERS: Final = ("Range", "If-Range", "If-None-Match", "If-Modified-Since")
+CORS_HEADERS: Final = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Expose-Headers": ", ".join(
+        ("Content-Length", "Content-Range", "Content-Disposition", "Accept-Ranges", "ETag", api.CHUNKED_OFFSET_HEADER)
+    ),
+}
+PREFLIGHT_HEADERS: Final = {
+    **CORS_HEADERS,
+    "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+    "Access-Control-Allow-Headers": ", ".join(
+        ("Content-Type", USERNAME_HEADER, *UPLOAD_HEADERS[1:], "Range", "If-Range")
+    ),
+    "Access-Control-Max-Age": "86400",
+}
+
+
+def transfer_user(request: web.Request) -> str:
+    """The user whose instance serves this transfer, from ``usernameHint`` or ``UCloud-Username``."""
+    encoded = request.query.get(USERNAME_HINT) or request.headers.get(USERNAME_HEADER)
+    if not encoded:
+        raise ProviderError(400, f"the {USERNAME_HINT} query parameter (or the {USERNAME_HEADER} header) is required")
+    try:
+        return decode_username(encoded)
+    except ValueError as error:
+        raise ProviderError(400, f"invalid {USERNAME_HINT}: {error}") from error
+
+
+async def wake(request: web.Request, username: str) -> None:
+    """Start the user's instance again (or at all, for a connected user) and wait for it, bounded."""
+    app = request.app
+    instances = app[INSTANCES]
+    if await instances.get(username) is None and not is_connected(
+        await app[CONNECTIONS].get(username), datetime.now(UTC)
+    ):
+        raise ProviderError(404, UNKNOWN)
+    await instances.ensure(username)
+    try:
+        async with asyncio.timeout(app[SETTINGS].transfer_wait_seconds):
+            await instances.wait_ready(username)
+    except MappingRefusedError as error:
+        raise ProviderError(404, UNKNOWN) from error
+    except TimeoutError as error:
+        raise ProviderError(503, "the storage service of this user is starting; try again shortly") from error
+    log.info("instance woken for a transfer", extra={"ucloud_user": username})
+
+
+class _Body:
+    """The request body as a stream, remembering whether any of it was taken (then it cannot be sent again)."""
+
+    def __init__(self, request: web.Request, counter: Counter | None) -> None:
+        self._request = request
+        self._counter = counter
+        self.started = False
+
+    def stream(self) -> AsyncIterator[bytes] | None:
+        return self._chunks() if self._request.body_exists else None
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        async for chunk in self._request.content.iter_chunked(CHUNK):
+            self.started = True
+            if self._counter is not None:
+                self._counter.inc(len(chunk))
+            yield chunk
+
+
+async def forward_transfer(
+    request: web.Request,
+    path: str,
+    header_names: tuple[str, ...],
+    *,
+    params: dict[str, str] | None = None,
+    upload: Counter | None = None,
+    download: Counter | None = None,
+) -> web.StreamResponse:
+    """Forward to the user's instance, waking it when it is not running; the answer streams back."""
+    username = transfer_user(request)
+    proxy = request.app[PROXY]
+    headers = pick_headers(request, header_names)
+    for attempt in (1, 2):
+        body = _Body(request, upload)
+        try:
+            upstream = await proxy.send(
+                username, request.method, path, headers=headers, params=params, body=body.stream()
+            )
+        except InstanceNotReadyError as error:
+            if body.started:
+                # Part of the body is gone: only the browser can send it again.
+                raise ProviderError(503, "the storage service of this user restarted; send the chunk again") from error
+            if attempt == 2:
+                raise ProviderError(503, "the storage service of this user is starting; try again shortly") from error
+            await wake(request, username)
+            continue
+        except InstanceUnreachableError as error:
+            raise ProviderError(502, str(error)) from error
+        return await relay(request, upstream, download)
+    raise AssertionError("unreachable: the second attempt returns or raises")  # pragma: no cover
+
+
+async def upload_chunk(request: web.Request) -> web.StreamResponse:
+    if api.CHUNKED_TOKEN_HEADER not in request.headers:
+        raise ProviderError(400, f"the {api.CHUNKED_TOKEN_HEADER} header is required")
+    # The CHUNKED protocol requires Content-Length and chunks of at most 32 MB: nothing unbounded gets through.
+    if request.content_length is None:
+        raise ProviderError(411, "Content-Length is required: send each chunk with its length")
+    if request.content_length > MAX_CHUNK_BYTES:
+        raise ProviderError(413, f"a chunk may hold at most {MAX_CHUNK_BYTES} bytes")
+    return await forward_transfer(request, api.UPLOAD_CHUNK_PATH, UPLOAD_HEADERS, upload=UPLOAD_BYTES)
+
+
+async def upload_progress(request: web.Request) -> web.StreamResponse:
+    if api.CHUNKED_TOKEN_HEADER not in request.headers:
+        raise ProviderError(400, f"the {api.CHUNKED_TOKEN_HEADER} header is required")
+    return await forward_transfer(request, api.UPLOAD_CHUNK_PATH, PROGRESS_HEADERS)
+
+
+async def download_file(request: web.Request) -> web.StreamResponse:
+    token = request.query.get("token")
+    if not token:
+        raise ProviderError(400, "the token query parameter is required")
+    return await forward_transfer(
+        request, api.DOWNLOAD_FILE_PATH, DOWNLOAD_HEADERS, params={"token": token}, download=DOWNLOAD_BYTES
+    )
+
+
+async def preflight(request: web.Request) -> web.Response:
+    return web.Response(status=204, headers=PREFLIGHT_HEADERS)
+
+
+async def add_cors(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: every answer of a transfer endpoint is readable cross-origin."""
+    if request.path in request.app[TOKEN_PATHS]:
+        response.headers.update(CORS_HEADERS)
+
+
+def setup_transfer_routes(app: web.Application, base: str) -> None:
+    """The browser's routes under ``base``; they need no JWT (``TOKEN_PATHS``) and answer CORS."""
+    upload, download = f"{base}/upload", f"{base}/download"
+    app.router.add_post(upload, upload_chunk)
+    app.router.add_get(upload, upload_progress, allow_head=False)
+    app.router.add_get(download, download_file)
+    app.router.add_route("OPTIONS", upload, preflight)
+    app.router.add_route("OPTIONS", download, preflight)
+    app[TOKEN_PATHS] = frozenset({upload, download})
+    app.on_response_prepare.append(add_cors)

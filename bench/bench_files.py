@@ -276,8 +276,14 @@ def rotated(keys: Sequence[str], round_: int) -> list[str]:
     return [*keys[shift:], *keys[:shift]]
 
 
+def progress(message: str) -> None:
+    """Where a long run is, on stderr (stdout carries only the table and the JSON)."""
+    print(f"bench files [{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
 async def guarded(run: Run, lane: Lane, what: str, call: Callable[[], Awaitable[None]]) -> float | None:
     """Time ``call``; a failure takes the lane out of the run (with why) instead of ending it."""
+    progress(f"{LABELS[lane.key]}: {what}")
     try:
         return await timed(call)
     except (TransferError, aiohttp.ClientError, TimeoutError, OSError) as error:
@@ -664,6 +670,7 @@ async def bench(opts: argparse.Namespace) -> dict[str, Any]:
     work = make_work_folder()
     result: dict[str, Any] = {"machine": machine(work)}
     try:
+        progress(f"writing the sources: {opts.size_mib} MiB and {opts.small_files:,} small files in {work}")
         workload = await asyncio.to_thread(make_workload, work, opts.size_mib, opts.small_files)
         run = Run(opts, workload, deadline=time.monotonic() + opts.max_seconds)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=120)
@@ -692,10 +699,14 @@ async def bench(opts: argparse.Namespace) -> dict[str, Any]:
                 except (TransferError, aiohttp.ClientError, OSError, TimeoutError, RuntimeError, LookupError) as error:
                     run.unavailable["full"] = f"{type(error).__name__}: {error}"
             for round_ in range(opts.rounds):
+                progress(f"large file, round {round_ + 1} of {opts.rounds}")
                 await large_round(run, round_)
             for round_ in range(opts.small_rounds):
+                progress(f"small files, round {round_ + 1} of {opts.small_rounds}")
                 await small_round(run, round_)
+            progress("comparing every stored and downloaded copy with its source")
             result["verified"] = await asyncio.to_thread(verify, run)
+            progress("browsing")
             result["browse"] = (
                 await browse(run, ucim, session)
                 if ucim is not None

@@ -38,7 +38,7 @@ from ucim.gateway.instances import Instances
 
 log = logging.getLogger(__name__)
 
-CHUNK: Final = 1 << 16
+CHUNK: Final = 1 << 20
 # The instance's answer headers a caller may see; everything else (hop-by-hop, Server, ...) stays behind.
 ANSWER_HEADERS: Final = (
     "Content-Type",

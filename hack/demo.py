@@ -2,9 +2,10 @@
 
 `make demo` starts the local platform first. This script then starts ucim's
 components as local processes (gateway, operator, slurm_bridge), plays
-UCloud/Core with its stand-in, starts a job for alice, and shows it go
-IN_QUEUE → RUNNING → SUCCESS in `kubectl get ucloudjobs` and in the updates
-Core received.
+UCloud/Core with its stand-in, connects alice, starts a job for her, and shows
+it go IN_QUEUE → RUNNING → SUCCESS in `kubectl get ucloudjobs` and in the updates
+Core received; then Core browses the job's folder and downloads its output through
+the gateway, as alice's own instance reads them.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from pathlib import Path
 
 from ucim.common.protocol import JobState
 from ucim.testing.stack import platform_kubectl, read_platform_env, running_stack
@@ -36,6 +36,9 @@ async def main() -> None:
     say("starting ucim-bridge, ucim-operator and ucim-gateway against the local platform")
     async with running_stack(env, NAMESPACE) as stack:
         core = stack.core
+        await core.connect("alice")
+        home = core.home_of("alice")
+        say(f"alice connected; her home is drive {home.id} ({home.provider_generated_id}) at Core")
         job_id = str(int(time.time()))
         say(f"Core starts job {job_id} for alice: run-command 'sleep 3; echo hello from $(id -un) on $(hostname)'")
         started = time.monotonic()
@@ -61,8 +64,13 @@ async def main() -> None:
         if JobState.SUCCESS not in seen:
             print(stack.logs())
             raise SystemExit("demo: the job did not finish in 90 s")
-        output = await asyncio.to_thread(Path(f"/home/alice/ucloud-jobs/{job_id}/stdout.txt").read_text)
-        say(f"the job's stdout.txt (owned by alice): {output.strip()}")
+        folder = f"/{home.id}/ucloud-jobs/{job_id}"
+        page = await core.files_browse("alice", folder)
+        listing = ", ".join(f"{item.id.rsplit('/', 1)[1]} ({item.status.size_in_bytes} B)" for item in page.items)
+        say(f"Core browses {folder} through the gateway: {listing}")
+        download = await core.create_download("alice", f"{folder}/stdout.txt")
+        output = (await core.download(download.endpoint)).body.decode()
+        say(f"and downloads stdout.txt (one-time token): {output.strip()}")
         print(kubectl(env, "get", "userinstances", "-n", NAMESPACE), end="")
     say("done")
 

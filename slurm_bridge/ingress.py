@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 INGRESS_REQUESTS = Counter("ucim_ingress_requests", "Requests to the bridge ingress, by HTTP status.", ["code"])
 
 PREFIX: Final = "/instances/"
-CHUNK: Final = 1 << 16
+CHUNK: Final = 1 << 20
 _HOP_BY_HOP: Final = frozenset(
     {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te", "trailer",
      "transfer-encoding", "upgrade", "expect"}

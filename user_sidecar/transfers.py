@@ -329,13 +329,18 @@ def _folder_fd(location: Location) -> int:
         return os.dup(fd)
 
 
-def _pwrite_all(fd: int, data: bytes | bytearray, position: int, shown: str) -> None:
-    view = memoryview(data)
+def _pwrite_all(fd: int, pieces: Sequence[bytes], position: int, shown: str) -> None:
+    """Write ``pieces`` one after the other at ``position`` (one pwritev, repeated for what a short write left)."""
+    views = [memoryview(piece) for piece in pieces]
     try:
-        while view:
-            written = os.pwrite(fd, view, position)
-            view = view[written:]
+        while views:
+            written = os.pwritev(fd, views, position)
             position += written
+            while views and written >= len(views[0]):
+                written -= len(views[0])
+                views.pop(0)
+            if views and written:
+                views[0] = views[0][written:]
     except OSError as error:
         raise refusal(error, shown) from error
 
@@ -365,6 +370,64 @@ class _Received:
 
     arrived: int = 0
     written: int = 0
+
+
+class _DiskWriter:
+    """Writes a chunk's pieces at their place in the partial file, in batches of about WRITE_PIECE_BYTES.
+
+    A batch is written in a worker thread while the next one arrives, so the disk and the network
+    work at the same time; at most two batches are held. ``received.written`` counts what is on disk.
+    """
+
+    def __init__(self, fd: int, start: int, received: _Received, shown: str) -> None:
+        self._fd, self._start, self._received, self._shown = fd, start, received, shown
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._writing: asyncio.Future[None] | None = None
+        self._writing_bytes = 0
+
+    async def add(self, piece: bytes) -> None:
+        self._pending.append(piece)
+        self._pending_bytes += len(piece)
+        if self._pending_bytes >= WRITE_PIECE_BYTES:
+            await self._wait()
+            self._start_writing()
+
+    async def flush(self) -> None:
+        """Everything added is on disk (or the write's refusal is raised)."""
+        await self._wait()
+        self._start_writing()
+        await self._wait()
+
+    async def settle(self) -> None:
+        """No write is left running on the fd (the caller closes it next); a failure was reported already.
+
+        Waits even when the request is being cancelled: the worker thread cannot be stopped, and
+        closing its fd under it could let it write into a file opened later with the same number.
+        """
+        writing = self._writing
+        if writing is not None:
+            await asyncio.wait([writing])
+            if not writing.cancelled():
+                writing.exception()  # looked at: the refusal it carries was raised already, or is moot
+
+    def _start_writing(self) -> None:
+        if not self._pending:
+            return
+        batch, at = self._pending, self._start + self._received.written
+        self._pending, self._writing_bytes, self._pending_bytes = [], self._pending_bytes, 0
+        self._writing = asyncio.ensure_future(asyncio.to_thread(_pwrite_all, self._fd, batch, at, self._shown))
+
+    async def _wait(self) -> None:
+        writing = self._writing
+        if writing is None:
+            return
+        try:
+            await asyncio.shield(writing)  # a cancelled request does not cancel the write under way
+        finally:
+            if writing.done():
+                self._writing = None
+        self._received.written += self._writing_bytes
 
 
 @dataclass
@@ -616,44 +679,38 @@ class Transfers:
     async def _receive(
         self, fd: int, *, start: int, length: int, body: AsyncIterator[bytes], received: _Received, shown: str
     ) -> None:
-        """Write the body at ``start`` in pieces of about WRITE_PIECE_BYTES as it arrives."""
-        pending = bytearray()
-
-        async def flush() -> None:
-            if pending:
-                await asyncio.to_thread(_pwrite_all, fd, pending, start + received.written, shown)
-                received.written += len(pending)
-                pending.clear()
-
-        while True:
-            try:
-                async with asyncio.timeout(self.limits.body_idle_seconds):
-                    piece = await anext(body, None)
-            except TimeoutError:
-                await flush()
-                raise TransferRefusedError(
-                    f"no data arrived for {self.limits.body_idle_seconds:g} s; the {received.written} bytes of the "
-                    f"chunk that did are kept: continue at offset {start + received.written}",
-                    408,
-                    expected_offset=start + received.written,
-                ) from None
-            except BodyInterruptedError:
-                await flush()
-                raise TransferRefusedError(
-                    f"the chunk was cut off after {received.written} of {length} bytes; they are kept: "
-                    f"continue at offset {start + received.written}",
-                    expected_offset=start + received.written,
-                ) from None
-            if piece is None:
-                break
-            received.arrived += len(piece)
-            if received.arrived > length:
-                await flush()
-                raise TransferRefusedError(f"the body is longer than its Content-Length ({length} bytes)")
-            pending += piece
-            if len(pending) >= WRITE_PIECE_BYTES:
-                await flush()
-        await flush()
+        """Write the body at ``start`` as it arrives (``_DiskWriter``)."""
+        writer = _DiskWriter(fd, start, received, shown)
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(self.limits.body_idle_seconds):
+                        piece = await anext(body, None)
+                except TimeoutError:
+                    await writer.flush()
+                    raise TransferRefusedError(
+                        f"no data arrived for {self.limits.body_idle_seconds:g} s; the {received.written} bytes of "
+                        f"the chunk that did are kept: continue at offset {start + received.written}",
+                        408,
+                        expected_offset=start + received.written,
+                    ) from None
+                except BodyInterruptedError:
+                    await writer.flush()
+                    raise TransferRefusedError(
+                        f"the chunk was cut off after {received.written} of {length} bytes; they are kept: "
+                        f"continue at offset {start + received.written}",
+                        expected_offset=start + received.written,
+                    ) from None
+                if piece is None:
+                    break
+                received.arrived += len(piece)
+                if received.arrived > length:
+                    await writer.flush()
+                    raise TransferRefusedError(f"the body is longer than its Content-Length ({length} bytes)")
+                await writer.add(piece)
+            await writer.flush()
+        finally:
+            await writer.settle()
         if received.written < length:
             raise TransferRefusedError(
                 f"the body ended after {received.written} of {length} bytes; they are kept: "

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import pwd
+import subprocess
 import tempfile
 import uuid
 from collections.abc import AsyncIterator
@@ -19,6 +21,15 @@ from ucim.slurm_bridge.spawner import ForkServer, ForkServerConfig, SpawnRequest
 
 PROBE = "tests.integration.sidecar_probe:for_fork_server"
 SIDECAR = "ucim.user_sidecar.app:for_fork_server"
+
+
+def alice_home() -> Path:
+    return Path(pwd.getpwnam("alice").pw_dir)  # the platform creates alice; so not at import time
+
+
+def as_alice(*command: str) -> None:
+    """Run a command as alice, as her login would (files it makes are hers)."""
+    subprocess.run(["runuser", "-u", "alice", "--", *command], check=True, timeout=30, cwd="/")
 
 
 @dataclass

@@ -11,7 +11,6 @@ import os
 import pwd
 import shutil
 import stat
-import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -20,14 +19,10 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from tests.integration.instance_support import SIDECAR, Spawner, fork_server, session_for
+from tests.integration.instance_support import SIDECAR, Spawner, alice_home, as_alice, fork_server, session_for
 from tests.support.platform import Platform
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
-
-
-def alice_home() -> Path:
-    return Path(pwd.getpwnam("alice").pw_dir)  # the platform creates alice; so not at import time
 
 
 ALICE_UID = 1101
@@ -67,10 +62,6 @@ async def alice(spawner: Spawner) -> str:
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def bob(spawner: Spawner) -> str:
     return (await spawner.spawn("bob"))[1]
-
-
-def as_alice(*command: str) -> None:
-    subprocess.run(["runuser", "-u", "alice", "--", *command], check=True, timeout=30, cwd="/")
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import hashlib
 import os
 import pwd
 import shutil
-import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from tests.integration.instance_support import SIDECAR, Spawner, fork_server, session_for
+from tests.integration.instance_support import SIDECAR, Spawner, alice_home, as_alice, fork_server, session_for
 from tests.support.platform import Platform
 from ucim.common.instance_api import (
     CHUNKED_OFFSET_HEADER,
@@ -38,10 +37,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 ALICE_UID = 1101
 MIB = 1 << 20
 SESSIONS = f".ucim-it-{uuid.uuid4().hex[:8]}"  # each run its own session folder, removed afterwards
-
-
-def alice_home() -> Path:
-    return Path(pwd.getpwnam("alice").pw_dir)
 
 
 def home_of(user: str) -> dict[str, str]:
@@ -66,10 +61,6 @@ async def alice(spawner: Spawner) -> str:
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def bob(spawner: Spawner) -> str:
     return (await spawner.spawn("bob"))[1]
-
-
-def as_alice(*command: str) -> None:
-    subprocess.run(["runuser", "-u", "alice", "--", *command], check=True, timeout=30, cwd="/")
 
 
 @pytest.fixture(scope="module")

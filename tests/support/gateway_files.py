@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,10 @@ PUBLIC_URL = "https://gateway.example:8443"
 BASE = f"/ucloud/{PROVIDER}"
 READY = {"type": "Ready", "status": "True", "reason": "InstanceServing", "message": "",
          "lastTransitionTime": "2026-01-01T00:00:00Z"}  # fmt: skip
+
+
+# make_gateway(**options): a gateway client with settings(core, **options).
+GatewayFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 
 def settings(core: CoreStandIn, **options: Any) -> GatewaySettings:

@@ -24,16 +24,6 @@ NAMESPACE = "ucim"
 
 
 @pytest.fixture
-def core() -> CoreStandIn:
-    return CoreStandIn(PROVIDER, "refresh-token")
-
-
-@pytest.fixture
-def kube() -> FakeKube:
-    return FakeKube()
-
-
-@pytest.fixture
 async def client(core: CoreStandIn, kube: FakeKube, aiohttp_client: AiohttpClient) -> TestClient[Any, Any]:
     settings = GatewaySettings(
         core_public_key=SecretStr(core.keys.public_key_b64()),

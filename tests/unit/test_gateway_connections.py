@@ -37,11 +37,6 @@ async def core() -> AsyncIterator[CoreStandIn]:
     await core.stop()
 
 
-@pytest.fixture
-def kube() -> FakeKube:
-    return FakeKube()
-
-
 async def gateway(
     core: CoreStandIn, kube: FakeKube, aiohttp_client: AiohttpClient, **extra: Any
 ) -> TestClient[Any, Any]:

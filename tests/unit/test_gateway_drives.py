@@ -36,11 +36,6 @@ async def core() -> AsyncIterator[CoreStandIn]:
         yield core
 
 
-@pytest.fixture
-def kube() -> FakeKube:
-    return FakeKube()
-
-
 async def gateway(
     core: CoreStandIn, kube: FakeKube, aiohttp_client: AiohttpClient, **options: Any
 ) -> TestClient[Any, Any]:

@@ -7,63 +7,15 @@ HTTP server, so forwarding, headers and streaming are exercised over real connec
 from __future__ import annotations
 
 import json
-import typing
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
-from pytest_aiohttp import AiohttpClient, AiohttpServer
 
-from tests.support.fake_ingress import FakeIngress
-from tests.support.fake_kube import FakeKube
-from tests.support.gateway_files import BASE, PROVIDER, PUBLIC_URL, Env, metric, settings
+from tests.support.gateway_files import BASE, PROVIDER, PUBLIC_URL, Env, GatewayFactory, metric
 from ucim.common import instance_api as api
-from ucim.common.kube import Kube
 from ucim.common.protocol import decode_username, encode_username
-from ucim.gateway.app import init_app
-from ucim.testing import CoreStandIn
-
-
-@pytest.fixture
-def core() -> CoreStandIn:
-    return CoreStandIn(PROVIDER, "refresh-token")
-
-
-@pytest.fixture
-def kube() -> FakeKube:
-    return FakeKube()
-
-
-@pytest.fixture
-def ingress() -> FakeIngress:
-    return FakeIngress()
-
-
-@pytest.fixture
-async def ingress_server(ingress: FakeIngress, aiohttp_server: AiohttpServer) -> TestServer:
-    return await aiohttp_server(ingress.app())
-
-
-GatewayFactory = Callable[..., typing.Awaitable[TestClient[Any, Any]]]
-
-
-@pytest.fixture
-def make_gateway(core: CoreStandIn, kube: FakeKube, aiohttp_client: AiohttpClient) -> GatewayFactory:
-    async def make(**options: Any) -> TestClient[Any, Any]:
-        return await aiohttp_client(init_app(settings(core, **options), kube=typing.cast(Kube, kube)))
-
-    return make
-
-
-@pytest.fixture
-async def env(
-    core: CoreStandIn, kube: FakeKube, ingress: FakeIngress, ingress_server: TestServer, make_gateway: GatewayFactory
-) -> Env:
-    return Env(core, kube, ingress, ingress_server, await make_gateway())
-
 
 # --- Core's calls -----------------------------------------------------------------------
 

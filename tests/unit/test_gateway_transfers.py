@@ -4,63 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import typing
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
-from pytest_aiohttp import AiohttpClient, AiohttpServer
 
-from tests.support.fake_ingress import FakeIngress
-from tests.support.fake_kube import FakeKube
-from tests.support.gateway_files import BASE, NAMESPACE, PROVIDER, READY, Env, metric, settings
+from tests.support.gateway_files import BASE, NAMESPACE, READY, Env, GatewayFactory, metric
 from ucim.common import instance_api as api
-from ucim.common.kube import Kube
 from ucim.common.protocol import encode_username
 from ucim.common.reasons import REQUESTED_AT_ANNOTATION
 from ucim.common.resources import UserConnection, UserInstance
 from ucim.gateway import transfers
-from ucim.gateway.app import init_app
-from ucim.testing import CoreStandIn
-
-GatewayFactory = Callable[..., typing.Awaitable[TestClient[Any, Any]]]
-
-
-@pytest.fixture
-def core() -> CoreStandIn:
-    return CoreStandIn(PROVIDER, "refresh-token")
-
-
-@pytest.fixture
-def kube() -> FakeKube:
-    return FakeKube()
-
-
-@pytest.fixture
-def ingress() -> FakeIngress:
-    return FakeIngress()
-
-
-@pytest.fixture
-async def ingress_server(ingress: FakeIngress, aiohttp_server: AiohttpServer) -> TestServer:
-    return await aiohttp_server(ingress.app())
-
-
-@pytest.fixture
-def make_gateway(core: CoreStandIn, kube: FakeKube, aiohttp_client: AiohttpClient) -> GatewayFactory:
-    async def make(**options: Any) -> TestClient[Any, Any]:
-        options.setdefault("transfer_wait_seconds", 2.0)
-        return await aiohttp_client(init_app(settings(core, **options), kube=typing.cast(Kube, kube)))
-
-    return make
-
-
-@pytest.fixture
-async def env(
-    core: CoreStandIn, kube: FakeKube, ingress: FakeIngress, ingress_server: TestServer, make_gateway: GatewayFactory
-) -> Env:
-    return Env(core, kube, ingress, ingress_server, await make_gateway())
 
 
 def hint(username: str) -> str:

@@ -50,6 +50,7 @@ from ucim.common.resources import UserInstance
 from ucim.gateway.app import init_app
 from ucim.gateway.settings import GatewaySettings
 from ucim.testing import CoreStandIn
+from ucim.testing.memory import ResidentPeaks
 from ucim.testing.stack import free_port, read_platform_env
 
 TOKEN = "bench-ingress-token-0123456789"  # noqa: S105 - a loopback bench's own token
@@ -57,6 +58,7 @@ PROVIDER = "ucim"
 USER = "alice"
 CHUNK = 1 << 16
 CHUNK_BYTES = 32_000_000
+MIB = 1 << 20
 READY = {"type": "Ready", "status": "True", "reason": "InstanceServing", "message": "",
          "lastTransitionTime": "2026-01-01T00:00:00Z"}  # fmt: skip
 
@@ -122,23 +124,13 @@ async def timed(rounds: int, call: Callable[[], Awaitable[None]]) -> list[float]
     return samples
 
 
-def rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 async def peak_rss_during(work: Awaitable[None]) -> tuple[float, float, float]:
-    """(RSS before, peak RSS while ``work`` runs, seconds it took), sampled every 20 ms."""
-    before, peak = rss_mib(), rss_mib()
-    task = asyncio.ensure_future(work)
-    start = time.perf_counter()
-    while not task.done():
-        peak = max(peak, rss_mib())
-        await asyncio.sleep(0.02)
-    await task
-    return before, peak, time.perf_counter() - start
+    """(RSS before, peak RSS while ``work`` runs, in MiB; seconds it took)."""
+    async with ResidentPeaks({"self": "self"}) as peaks:
+        start = time.perf_counter()
+        await work
+        seconds = time.perf_counter() - start
+    return peaks.before["self"] / MIB, peaks.peak["self"] / MIB, seconds
 
 
 async def gateway_for(core: CoreStandIn, kube: Any, namespace: str, cache: float, stack: AsyncExitStack) -> str:

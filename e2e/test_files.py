@@ -22,6 +22,7 @@ from yarl import URL
 from ucim.common.instance_api import CHUNKED_OFFSET_HEADER, CHUNKED_TOKEN_HEADER, CHUNKED_TOTAL_SIZE_HEADER
 from ucim.common.protocol import FilesCreateUploadResponseItem, encode_username
 from ucim.testing.core_standin import CoreStandIn, ProviderCallError
+from ucim.testing.memory import ResidentPeaks
 from ucim.testing.stack import Stack
 
 pytestmark = pytest.mark.e2e
@@ -237,41 +238,6 @@ async def _settled_progress(core: CoreStandIn, upload: FilesCreateUploadResponse
 # --- memory under a large transfer (local processes: their memory is read from /proc) ----------
 
 
-def resident_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise LookupError(f"no VmRSS for {pid}")
-
-
-class MemoryWatch:
-    """Samples the resident memory of some processes every 20 ms while it runs."""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = pids
-        self.before = {name: resident_bytes(pid) for name, pid in pids.items()}
-        self.peak = dict(self.before)
-        self._task: asyncio.Task[None] | None = None
-
-    async def _sample(self) -> None:
-        while True:
-            for name, pid in self.pids.items():
-                self.peak[name] = max(self.peak[name], resident_bytes(pid))
-            await asyncio.sleep(0.02)
-
-    async def __aenter__(self) -> MemoryWatch:
-        self._task = asyncio.create_task(self._sample())
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
-
-    def growth(self) -> dict[str, int]:
-        return {name: self.peak[name] - self.before[name] for name in self.pids}
-
-
 @pytest.fixture
 def two_gib_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
     """A 2 GiB file of non-repeating-per-MiB data, and its SHA-256."""
@@ -299,7 +265,7 @@ async def test_a_2_gib_upload_and_download_keep_gateway_and_bridge_memory_flat(
     upload = await core.create_upload("alice", file_id)
     pids = {name: stack.components[f"ucim-{name}"].process.pid for name in ("gateway", "bridge")}
 
-    async with MemoryWatch(pids) as watch:
+    async with ResidentPeaks(pids) as watch:
         answer = await core.upload(upload, source, "alice")
         assert answer.ok, answer.body
         download = await core.create_download("alice", file_id)

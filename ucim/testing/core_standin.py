@@ -345,17 +345,20 @@ class ProviderCallError(Exception):
 
 def _chunk_reader(data: bytes | Path, size: int) -> Callable[[int], Awaitable[bytes]]:
     """``await read(offset)``: the chunk of ``data`` (bytes, or a file read off the event loop) at ``offset``."""
+    if isinstance(data, Path):
+        path = data
+
+        def from_file(offset: int) -> bytes:
+            with path.open("rb") as source:
+                source.seek(offset)
+                return source.read(size)
+
+        return lambda offset: asyncio.to_thread(from_file, offset)
+    content = data
 
     async def from_bytes(offset: int) -> bytes:
-        return bytes(data[offset : offset + size]) if isinstance(data, bytes) else b""
+        return content[offset : offset + size]
 
-    def from_file(path: Path, offset: int) -> bytes:
-        with path.open("rb") as source:
-            source.seek(offset)
-            return source.read(size)
-
-    if isinstance(data, Path):
-        return lambda offset: asyncio.to_thread(from_file, data, offset)
     return from_bytes
 
 

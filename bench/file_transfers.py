@@ -1,10 +1,11 @@
 """The client side of bench/bench_files.py: one file up or down, the same way for every HTTP contender.
 
 An upload is UCloud's CHUNKED protocol as the web client speaks it (PROTOCOL-SCHEMAS §7.2):
-the file is read chunk by chunk (16,000,000 bytes, the web client's ``maxChunkSize``) and
-each chunk is one ``POST <endpoint>`` with ``Chunked-Upload-Offset`` and
-``Chunked-Upload-Total-Size``, sequentially. A download is one ``GET <endpoint>`` whose
-body is written to disk as it arrives.
+the file goes chunk by chunk (16,000,000 bytes, the web client's ``maxChunkSize``), each
+chunk one ``POST <endpoint>`` with ``Chunked-Upload-Offset`` and
+``Chunked-Upload-Total-Size``, sequentially, its body sent by sendfile. A download is one
+``GET <endpoint>`` whose body is spliced to disk as it arrives. The client copies nothing
+(``bench.http_files``): on this 2-CPU machine it would otherwise eat the CPU it measures.
 
 The contenders differ only in how they get the endpoint:
 
@@ -24,17 +25,17 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final, Protocol
-from urllib.parse import quote, urljoin
+from urllib.parse import quote, urljoin, urlsplit
 
 import aiohttp
 
+from bench.http_files import FileRange, HttpFiles
 from ucim.common.instance_api import CHUNKED_OFFSET_HEADER, CHUNKED_TOKEN_HEADER, CHUNKED_TOTAL_SIZE_HEADER
 from ucim.common.protocol import Drive, FilesCreateDownloadResponseItem, FilesCreateUploadResponseItem, encode_username
 from ucim.testing.core_drives import resolved
 from ucim.testing.core_standin import USER_NOT_READY_STATUSES, USERNAME_HEADER, CoreStandIn
 
 CHUNK_SIZE: Final = 16_000_000  # the UCloud web client's maxChunkSize (Files/Upload.ts)
-PIECE: Final = 1 << 20  # how much of a download is taken from the socket at a time, at most
 TOKEN_REUSE_SECONDS: Final = 60.0  # Core's JWTs live 600 s; the bench mints one a minute, not one a call
 
 
@@ -47,49 +48,51 @@ async def _refusal(response: aiohttp.ClientResponse, what: str) -> TransferError
     return TransferError(f"{what} answered {response.status}: {text}")
 
 
-async def upload_chunked(
-    session: aiohttp.ClientSession, url: str, source: Path, headers: Mapping[str, str] | None = None
-) -> None:
-    """``source`` to ``url`` in CHUNK_SIZE chunks, one POST each, in order (at least one, even when empty)."""
+async def upload_chunked(url: str, source: Path, headers: Mapping[str, str] | None = None) -> None:
+    """``source`` to ``url`` in CHUNK_SIZE chunks, one POST each, in order (at least one, even when empty).
+
+    The chunks go out by sendfile (``bench.http_files``): the client does not copy them.
+    """
+    parts = urlsplit(url)
+    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    sender = HttpFiles(f"{parts.scheme}://{parts.netloc}")
     fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
     try:
         size = os.fstat(fd).st_size
         offset = 0
         while True:
-            chunk = os.pread(fd, CHUNK_SIZE, offset)
+            count = min(CHUNK_SIZE, size - offset)
             chunk_headers = {
                 **(headers or {}),
                 CHUNKED_OFFSET_HEADER: str(offset),
                 CHUNKED_TOTAL_SIZE_HEADER: str(size),
             }
-            async with session.post(url, data=chunk, headers=chunk_headers) as response:
-                if not 200 <= response.status < 300:
-                    raise await _refusal(response, f"chunk at {offset} of {source.name}")
-                await response.read()
-            offset += len(chunk)
-            if offset >= size or not chunk:
+            answer = await sender.post(target, chunk_headers, FileRange(fd, offset, count))
+            if not 200 <= answer.status < 300:
+                why = answer.body[:500].decode(errors="replace")
+                raise TransferError(f"chunk at {offset} of {source.name} answered {answer.status}: {why}")
+            offset += count
+            if offset >= size:
                 return
     finally:
         os.close(fd)
+        await sender.close()
 
 
-async def download_to(session: aiohttp.ClientSession, url: str, destination: Path) -> int:
-    """GET ``url`` into ``destination`` as the body arrives; the number of bytes written."""
+async def download_to(url: str, destination: Path) -> int:
+    """GET ``url`` into ``destination``, spliced from the socket as it arrives; the number of bytes written."""
+    parts = urlsplit(url)
+    client = HttpFiles(f"{parts.scheme}://{parts.netloc}")
     fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    written = 0
     try:
-        async with session.get(url) as response:
-            if response.status != 200:
-                raise await _refusal(response, f"download of {destination.name}")
-            async for piece in response.content.iter_chunked(PIECE):
-                view = memoryview(piece)
-                while view:
-                    n = os.write(fd, view)
-                    written += n
-                    view = view[n:]
+        answer = await client.get_to(parts.path + (f"?{parts.query}" if parts.query else ""), fd)
     finally:
         os.close(fd)
-    return written
+        await client.close()
+    if answer.status != 200:
+        why = answer.body[:500].decode(errors="replace")
+        raise TransferError(f"download of {destination.name} answered {answer.status}: {why}")
+    return answer.stored
 
 
 async def each_concurrently(names: Iterable[str], work: Callable[[str], Awaitable[None]], concurrency: int) -> None:
@@ -120,15 +123,14 @@ class PlainContender:
 
     label = "nginx → plain endpoint"
 
-    def __init__(self, session: aiohttp.ClientSession, base_url: str) -> None:
-        self.session = session
+    def __init__(self, base_url: str) -> None:
         self.base_url = base_url.rstrip("/")
 
     async def upload(self, source: Path, name: str) -> None:
-        await upload_chunked(self.session, f"{self.base_url}/upload?name={quote(name)}", source)
+        await upload_chunked(f"{self.base_url}/upload?name={quote(name)}", source)
 
     async def download(self, name: str, destination: Path) -> None:
-        await download_to(self.session, f"{self.base_url}/download?name={quote(name)}", destination)
+        await download_to(f"{self.base_url}/download?name={quote(name)}", destination)
 
 
 class ProviderCalls:
@@ -170,9 +172,8 @@ class FullPathContender:
 
     label = "full path (gateway → bridge → instance)"
 
-    def __init__(self, calls: ProviderCalls, session: aiohttp.ClientSession, drive: Drive, folder_id: str) -> None:
+    def __init__(self, calls: ProviderCalls, drive: Drive, folder_id: str) -> None:
         self.calls = calls
-        self.session = session
         self.drive = resolved(drive)  # as Core sends it with every item
         self.folder_id = folder_id.rstrip("/")
         # Where a relative endpoint would be relative to: the provider's public address, as Core knows it.
@@ -200,10 +201,10 @@ class FullPathContender:
         if created.protocol != "CHUNKED":
             raise TransferError(f"files/upload answered the protocol {created.protocol}, not CHUNKED")
         headers = {CHUNKED_TOKEN_HEADER: created.token, USERNAME_HEADER: encode_username(self.calls.username)}
-        await upload_chunked(self.session, urljoin(self.base_url, created.endpoint), source, headers)
+        await upload_chunked(urljoin(self.base_url, created.endpoint), source, headers)
 
     async def download(self, name: str, destination: Path) -> None:
         created = FilesCreateDownloadResponseItem.model_validate(
             await self.create("download", {"id": self.file_id(name)})
         )
-        await download_to(self.session, urljoin(self.base_url, created.endpoint), destination)
+        await download_to(urljoin(self.base_url, created.endpoint), destination)

@@ -4,12 +4,19 @@ Core signs an RS256 JWT for every call (sub ``_UCloud``, role ``SERVICE``,
 issuer ``cloud.sdu.dk``); the acting end user, when there is one, travels
 base64-encoded in the ``UCloud-Username`` header or the ``usernameHint`` query
 parameter. A header without a valid JWT counts for nothing.
+
+Core reuses one token for many calls, so the claims of tokens whose signature checked out are
+kept (a bounded LRU, :class:`VerifiedTokens`): a token seen again skips the RSA check but not
+the time checks, so it is refused the moment it expires, exactly as a fresh one would be.
 """
 
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +29,50 @@ from ucim.common.protocol import decode_username
 
 USERNAME_HEADER = "UCloud-Username"
 USERNAME_HINT = "usernameHint"
+VERIFIED_TOKENS = 1024
 
 
 class AuthError(Exception):
     """The request is not from Core; the message says why."""
+
+
+class VerifiedTokens:
+    """The claims of the last ``size`` tokens that passed verification; the least recently used go first.
+
+    Not locked: the gateway verifies on its one event loop, and nothing here awaits.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._claims: OrderedDict[str, dict[str, Any]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._claims)
+
+    def get(self, token: str) -> dict[str, Any] | None:
+        claims = self._claims.get(token)
+        if claims is not None:
+            self._claims.move_to_end(token)
+        return claims
+
+    def put(self, token: str, claims: dict[str, Any]) -> None:
+        self._claims[token] = claims
+        self._claims.move_to_end(token)
+        while len(self._claims) > self.size:
+            self._claims.popitem(last=False)
+
+    def drop(self, token: str) -> None:
+        self._claims.pop(token, None)
+
+
+def check_times(claims: dict[str, Any], now: float, leeway: float) -> None:
+    """PyJWT's time checks (iat, nbf, exp, in its order, with its errors) on claims it already decoded."""
+    if "iat" in claims and int(claims["iat"]) > now + leeway:
+        raise jwt.ImmatureSignatureError("The token is not yet valid (iat)")
+    if "nbf" in claims and int(claims["nbf"]) > now + leeway:
+        raise jwt.ImmatureSignatureError("The token is not yet valid (nbf)")
+    if int(claims["exp"]) <= now - leeway:
+        raise jwt.ExpiredSignatureError("Signature has expired")
 
 
 @dataclass(frozen=True)
@@ -33,6 +80,13 @@ class CoreVerifier:
     public_key: RSAPublicKey
     issuer: str
     leeway_seconds: int = 30
+    cache_size: int = VERIFIED_TOKENS
+    # The clock of the checks on cached tokens; jwt.decode reads the system clock itself.
+    clock: Callable[[], float] = field(default=time.time, repr=False, compare=False)
+    _verified: VerifiedTokens = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_verified", VerifiedTokens(self.cache_size))
 
     def verify(self, authorization: str | None) -> dict[str, Any]:
         """The claims of a valid Core service token, or AuthError."""
@@ -40,20 +94,33 @@ class CoreVerifier:
             raise AuthError("missing bearer token")
         token = authorization.removeprefix("Bearer ").strip()
         try:
-            claims: dict[str, Any] = jwt.decode(
-                token,
-                self.public_key,
-                algorithms=["RS256"],
-                issuer=self.issuer,
-                leeway=self.leeway_seconds,
-                options={"require": ["exp", "iss", "sub"], "verify_aud": False},
-            )
+            claims = self._claims(token)
         except jwt.ExpiredSignatureError as error:
             raise AuthError("token expired") from error
         except jwt.InvalidTokenError as error:
             raise AuthError(f"invalid token: {error}") from error
+        return dict(claims)  # a copy: a handler that edits its claims leaves the cached ones alone
+
+    def _claims(self, token: str) -> dict[str, Any]:
+        cached = self._verified.get(token)
+        if cached is not None:
+            try:
+                check_times(cached, self.clock(), self.leeway_seconds)
+            except jwt.InvalidTokenError:
+                self._verified.drop(token)
+                raise
+            return cached
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            self.public_key,
+            algorithms=["RS256"],
+            issuer=self.issuer,
+            leeway=self.leeway_seconds,
+            options={"require": ["exp", "iss", "sub"], "verify_aud": False},
+        )
         if claims.get("sub") != "_UCloud" or claims.get("role") != "SERVICE":
             raise AuthError("token is not a UCloud service token")
+        self._verified.put(token, claims)
         return claims
 
 

@@ -96,13 +96,13 @@ async def forward_for_core(request: web.Request, path: str) -> web.StreamRespons
     proxy = request.app[PROXY]
     try:
         upstream = await proxy.send(
-            username, "POST", path, headers=pick_headers(request, CORE_CALL_HEADERS), body=request_body(request)
+            username, "POST", path, headers=pick_headers(request, CORE_CALL_HEADERS), body=await request_body(request)
         )
     except InstanceNotReadyError as error:
         raise ProviderError(449, f"{error}; call integration/init") from error
     except InstanceUnreachableError as error:
         raise ProviderError(502, str(error)) from error
-    return await relay(request, upstream)
+    return await relay(request, upstream, idle_seconds=request.app[SETTINGS].instance_read_timeout_seconds)
 
 
 def forwarder(path: str) -> Handler:
@@ -128,7 +128,7 @@ async def create_transfer(request: web.Request, path: str) -> tuple[str, list[st
     username = core_user(request)
     try:
         upstream = await request.app[PROXY].send(
-            username, "POST", path, headers=pick_headers(request, CORE_CALL_HEADERS), body=request_body(request)
+            username, "POST", path, headers=pick_headers(request, CORE_CALL_HEADERS), body=await request_body(request)
         )
     except InstanceNotReadyError as error:
         raise ProviderError(449, f"{error}; call integration/init") from error

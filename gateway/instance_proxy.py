@@ -26,14 +26,17 @@ from typing import Final
 
 import aiohttp
 from aiohttp import web
+from aiohttp.payload import Payload
 from multidict import CIMultiDict
 from prometheus_client import Counter
 from pydantic import SecretStr
 
 from ucim.common.conditions import is_true
 from ucim.common.instance_api import CHUNKED_OFFSET_HEADER
+from ucim.common.proxy_bodies import small_answer_body, small_request_body
 from ucim.common.reasons import READY
-from ucim.gateway.errors import AnswerBrokenError
+from ucim.common.splice import BodyStoppedError, SocketAnswer
+from ucim.gateway.errors import AnswerBrokenError, ProviderError
 from ucim.gateway.instances import Instances
 
 log = logging.getLogger(__name__)
@@ -138,7 +141,7 @@ class InstanceProxy:
         *,
         headers: Mapping[str, str] | None = None,
         params: Mapping[str, str] | None = None,
-        body: AsyncIterable[bytes] | None = None,
+        body: AsyncIterable[bytes] | bytes | Payload | None = None,
     ) -> aiohttp.ClientResponse:
         """Send one request to the user's instance; the caller reads and releases the answer.
 
@@ -176,17 +179,16 @@ class InstanceProxy:
         return response
 
 
-def request_body(request: web.Request, counter: Counter | None = None) -> AsyncIterator[bytes] | None:
-    """The request's body as a stream of chunks (counted while it flows), or None without one."""
+async def request_body(request: web.Request) -> bytes | AsyncIterator[bytes] | None:
+    """The request's body: read whole when small, else as a stream of chunks; None without one."""
     if not request.body_exists:
         return None
-    return _chunks(request, counter)
+    small = await small_request_body(request)
+    return small if small is not None else _chunks(request)
 
 
-async def _chunks(request: web.Request, counter: Counter | None) -> AsyncIterator[bytes]:
+async def _chunks(request: web.Request) -> AsyncIterator[bytes]:
     async for chunk in request.content.iter_chunked(CHUNK):
-        if counter is not None:
-            counter.inc(len(chunk))
         yield chunk
 
 
@@ -199,18 +201,38 @@ def pick_headers(request: web.Request, names: Iterable[str]) -> dict[str, str]:
 
 
 async def relay(
-    request: web.Request, upstream: aiohttp.ClientResponse, counter: Counter | None = None
+    request: web.Request, upstream: aiohttp.ClientResponse, counter: Counter | None = None, *, idle_seconds: float
 ) -> web.StreamResponse:
-    """Stream the instance's answer to the caller: status, the headers in ANSWER_HEADERS, the body.
+    """The instance's answer to the caller: status, the headers in ANSWER_HEADERS, the body.
 
-    Once the answer has begun, a broken upstream can only break the caller's connection too
-    (AnswerBrokenError), so that a truncated body is never taken for a whole one.
+    A small body is read whole and sent in one piece (``ucim.common.proxy_bodies``), a large one
+    is spliced from socket to socket where both are plain (``ucim.common.splice``), others
+    stream; ``idle_seconds`` bounds a splice's silence. Once an answer has begun, a broken
+    upstream can only break the caller's connection too (AnswerBrokenError), so that a
+    truncated body is never taken for a whole one.
     """
-    response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-    for name in ANSWER_HEADERS:
-        value = upstream.headers.get(name)
-        if value is not None:
-            response.headers[name] = value
+    headers = {name: upstream.headers[name] for name in ANSWER_HEADERS if name in upstream.headers}
+    try:
+        small = await small_answer_body(request, upstream)
+    except (aiohttp.ClientError, TimeoutError) as error:
+        upstream.close()
+        raise ProviderError(502, f"the instance's answer broke off: {error}") from error
+    if small is not None:
+        upstream.release()
+        if counter is not None:
+            counter.inc(len(small))
+        return web.Response(status=upstream.status, reason=upstream.reason, body=small, headers=headers)
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+    spliced = SocketAnswer.of(request, upstream)
+    if spliced is not None:
+        try:
+            sent = await spliced.send(request, response, idle_seconds)
+        except (BodyStoppedError, OSError) as error:
+            log.warning("an answer broke off", extra={"path": request.path, "error": str(error)})
+            raise AnswerBrokenError(f"the answer broke off: {error}") from error
+        if counter is not None:
+            counter.inc(sent)
+        return response
     try:
         await response.prepare(request)
         async for chunk in upstream.content.iter_chunked(CHUNK):

@@ -31,7 +31,9 @@ from aiohttp import web
 from prometheus_client import Counter
 
 from ucim.common import instance_api as api
+from ucim.common import splice
 from ucim.common.protocol import decode_username
+from ucim.common.splice import SocketBody, SplicedPayload
 from ucim.gateway.auth import USERNAME_HEADER, USERNAME_HINT
 from ucim.gateway.connections import is_connected
 from ucim.gateway.errors import ProviderError
@@ -107,19 +109,36 @@ async def wake(request: web.Request, username: str) -> None:
 
 
 class _Body:
-    """The request body as a stream, remembering whether any of it was taken (then it cannot be sent again)."""
+    """The request body on its way on, remembering whether any of it was taken (then it cannot be sent again).
 
-    def __init__(self, request: web.Request, counter: Counter | None) -> None:
+    Spliced from the browser's connection into the instance's when both are plain sockets
+    (``ucim.common.splice``), else streamed through aiohttp.
+    """
+
+    def __init__(self, request: web.Request, counter: Counter | None, idle_seconds: float) -> None:
         self._request = request
         self._counter = counter
-        self.started = False
+        self._idle_seconds = idle_seconds
+        self._spliced: SplicedPayload | None = None
+        self._streamed = False
 
-    def stream(self) -> AsyncIterator[bytes] | None:
-        return self._chunks() if self._request.body_exists else None
+    @property
+    def started(self) -> bool:
+        return self._streamed or (self._spliced is not None and self._spliced.started)
+
+    def payload(self) -> SplicedPayload | AsyncIterator[bytes] | None:
+        if not self._request.body_exists:
+            return None
+        socket_body = SocketBody.of(self._request)
+        if socket_body is None:
+            return self._chunks()
+        counted = self._counter.inc if self._counter is not None else None
+        self._spliced = SplicedPayload(socket_body, self._idle_seconds, counted)
+        return self._spliced
 
     async def _chunks(self) -> AsyncIterator[bytes]:
         async for chunk in self._request.content.iter_chunked(CHUNK):
-            self.started = True
+            self._streamed = True
             if self._counter is not None:
                 self._counter.inc(len(chunk))
             yield chunk
@@ -139,10 +158,10 @@ async def forward_transfer(
     proxy = request.app[PROXY]
     headers = pick_headers(request, header_names)
     for attempt in (1, 2):
-        body = _Body(request, upload)
+        body = _Body(request, upload, request.app[SETTINGS].instance_read_timeout_seconds)
         try:
             upstream = await proxy.send(
-                username, request.method, path, headers=headers, params=params, body=body.stream()
+                username, request.method, path, headers=headers, params=params, body=body.payload()
             )
         except InstanceNotReadyError as error:
             if body.started:
@@ -154,7 +173,9 @@ async def forward_transfer(
             continue
         except InstanceUnreachableError as error:
             raise ProviderError(502, str(error)) from error
-        return await relay(request, upstream, download)
+        return await relay(
+            request, upstream, download, idle_seconds=request.app[SETTINGS].instance_read_timeout_seconds
+        )
     raise AssertionError("unreachable: the second attempt returns or raises")  # pragma: no cover
 
 
@@ -204,3 +225,4 @@ def setup_transfer_routes(app: web.Application, base: str) -> None:
     app.router.add_route("OPTIONS", download, preflight)
     app[TOKEN_PATHS] = frozenset({upload, download})
     app.on_response_prepare.append(add_cors)
+    splice.enable(app)  # chunks go on to the instance straight from the browser's connection

@@ -36,7 +36,10 @@ from prometheus_client import Counter
 from pydantic import SecretStr
 from yarl import URL
 
+from ucim.common import splice
 from ucim.common.protocol import error_body
+from ucim.common.proxy_bodies import small_answer_body, small_request_body
+from ucim.common.splice import BodyStoppedError, SocketAnswer, SocketBody, SplicedPayload
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,7 @@ INGRESS_REQUESTS = Counter("ucim_ingress_requests", "Requests to the bridge ingr
 
 PREFIX: Final = "/instances/"
 CHUNK: Final = 1 << 20
+BODY_IDLE_SECONDS: Final = 300.0  # a spliced body that stops for this long is cut off (the instance keeps what came)
 _HOP_BY_HOP: Final = frozenset(
     {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te", "trailer",
      "transfer-encoding", "upgrade", "expect"}
@@ -160,7 +164,18 @@ def _forwarded_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in _NOT_FORWARDED)
 
 
-async def _body(request: web.Request) -> AsyncIterator[bytes]:
+async def _body(request: web.Request) -> bytes | SplicedPayload | AsyncIterator[bytes] | None:
+    """A small body whole; a large one spliced from the gateway's connection into the instance's; else a stream."""
+    if not request.body_exists:
+        return None
+    small = await small_request_body(request)
+    if small is not None:
+        return small
+    socket_body = SocketBody.of(request)
+    return _chunks(request) if socket_body is None else SplicedPayload(socket_body, BODY_IDLE_SECONDS)
+
+
+async def _chunks(request: web.Request) -> AsyncIterator[bytes]:
     async for chunk in request.content.iter_chunked(CHUNK):
         yield chunk
 
@@ -178,27 +193,16 @@ async def forward(request: web.Request) -> web.StreamResponse:
         headers["Content-Length"] = str(request.content_length)
     route.in_flight += 1
     route.touch()
-    response: web.StreamResponse | None = None
     try:
         async with session.request(
             request.method,
             _target(request),
             headers=headers,
-            data=_body(request) if request.body_exists else None,
+            data=await _body(request),
             allow_redirects=False,
         ) as upstream:
-            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-            for key, value in upstream.headers.items():
-                if key.lower() not in _HOP_BY_HOP:
-                    response.headers.add(key, value)
-            await response.prepare(request)
-            async for chunk in upstream.content.iter_chunked(CHUNK):
-                await response.write(chunk)
-            await response.write_eof()
-            return response
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        if response is not None and response.prepared:
-            raise  # the answer has begun: all that is left is to break the connection
+            return await _pass_back(request, upstream)
+    except (aiohttp.ClientError, TimeoutError, BodyStoppedError, OSError) as exc:
         if isinstance(exc, aiohttp.ClientConnectorError):
             return error(503, f"instance {name!r} is not running", {"Retry-After": "1"})
         log.warning("instance broke the connection", extra={"instance": name, "error": str(exc)})
@@ -208,9 +212,37 @@ async def forward(request: web.Request) -> web.StreamResponse:
         route.touch()
 
 
+class AnswerBrokenError(Exception):
+    """The instance's answer broke off after it began: all that is left is to break the caller's connection."""
+
+
+async def _pass_back(request: web.Request, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+    """The instance's answer to the caller: a small one whole, a large one spliced, any other streamed."""
+    passed = CIMultiDict((k, v) for k, v in upstream.headers.items() if k.lower() not in _HOP_BY_HOP)
+    small = await small_answer_body(request, upstream)
+    if small is not None:
+        return web.Response(status=upstream.status, reason=upstream.reason, body=small, headers=passed)
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=passed)
+    try:
+        spliced = SocketAnswer.of(request, upstream)
+        if spliced is not None:
+            await spliced.send(request, response, BODY_IDLE_SECONDS)
+            return response
+        await response.prepare(request)
+        async for chunk in upstream.content.iter_chunked(CHUNK):
+            await response.write(chunk)
+        await response.write_eof()
+    except (aiohttp.ClientError, TimeoutError, BodyStoppedError, OSError) as exc:
+        if response.prepared:
+            raise AnswerBrokenError(f"the answer of {request.path} broke off: {exc}") from exc
+        raise
+    return response
+
+
 def init_app(routes: Routes, token: SecretStr) -> web.Application:
     """The ingress application; every route requires the token."""
     app = web.Application(middlewares=[count_requests, require_token])
+    splice.enable(app)
     app[ROUTES] = routes
     app[TOKEN_DIGEST] = _digest(token.get_secret_value())
     app.router.add_route("*", "/instances/{name}", forward)

@@ -1,10 +1,13 @@
 """Browse and retrieve, as the instance's user, inside the drives of :mod:`.paths`.
 
-Browse lists a folder with one ``scandir`` on its fd, sorts by name, size or modification
-time (ties broken by name) in either direction and pages with an opaque ``next`` that
-holds the sort key of the last item sent (keyset paging: a page never repeats or skips
-an entry that stayed in place while others came and went). Sorted by name, only the
-entries on the page are ``stat``-ed.
+Browse sorts a folder by name, size or modification time (ties broken by name) in either
+direction and pages with an opaque ``next`` that holds the sort key of the last item sent
+(keyset paging: a page never repeats or skips an entry that stayed in place while others
+came and went). A page is the ``size + 1`` smallest (or largest) keys after the cursor,
+taken with :mod:`heapq` rather than a sort of the whole folder; the extra one only says
+whether a next page exists. Sorted by name, the folder is listed by name alone (one
+``listdir`` on its fd, ``scandir`` when an extension filter must tell folders apart) and
+only the entries on the page are ``stat``-ed; sorted by size or time, every entry is.
 
 Entries are shown as themselves: a symbolic link is a FILE with the link's own
 metadata, never followed (browsing into one is refused by :mod:`.paths`). Names that
@@ -15,10 +18,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import bisect
+import heapq
 import json
 import os
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,7 +50,8 @@ SORT_FIELDS = {
 }
 
 SortKey = tuple[Any, str]
-Row = tuple[SortKey, os.DirEntry[str]]
+# A candidate for the page: its key and, when the listing needed it already, its stat.
+Row = tuple[SortKey, os.stat_result | None]
 
 
 def sort_field(value: str | None) -> str:
@@ -92,7 +97,8 @@ class Cursor:
             raise PathRefusedError("the next token is not one this instance made") from error
         if (token_field, token_descending) != (field, descending):
             raise PathRefusedError("the next token belongs to a different sort order; start again without it")
-        if not isinstance(name, str) or not isinstance(primary, str | int):
+        # Only these keys compare with the folder's: a name's primary is always 0, size and time are ints.
+        if not isinstance(name, str) or not isinstance(primary, int) or (field == "name" and primary != 0):
             raise PathRefusedError("the next token is not one this instance made")
         return cls(field, descending, (primary, name))
 
@@ -140,47 +146,95 @@ class Files:
         field = sort_field(sort_by)
         size = DEFAULT_PAGE if items_per_page <= 0 else min(items_per_page, MAX_PAGE)
         cursor = Cursor.decode(next_token, field, descending) if next_token else None
+        # One more than the page: it only tells whether a next page exists.
+        query = _Query(field, descending, cursor, size + 1, filter_hidden, extension)
         folder = self.drives.parse(path)
         with self.drives.open_folder(folder, listing=True) as fd:
-            rows = self._rows(fd, field, filter_hidden, extension)
-            keys = [key for key, _ in rows]
-            if descending:
-                end = bisect.bisect_left(keys, cursor.key) if cursor else len(rows)
-                chosen = rows[max(0, end - size) : end][::-1]
-                more = end - size > 0
-            else:
-                start = bisect.bisect_right(keys, cursor.key) if cursor else 0
-                chosen = rows[start : start + size]
-                more = start + size < len(rows)
+            chosen = _first_by_name(fd, query) if field == "name" else _first_by_stat(fd, query)
+            more = len(chosen) > size
+            del chosen[size:]
             items = []
-            for _, entry in chosen:
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
+            for (_, name), listed in chosen:
+                st = listed if listed is not None else _lstat(fd, name)
+                if st is None:
                     continue  # gone since the listing
-                items.append(self.describe(folder.child(entry.name), st))
+                items.append(self.describe(folder.child(name), st))
         token = Cursor(field, descending, chosen[-1][0]).encode() if more and chosen else None
         return PageV2[ProviderFile](items=items, items_per_page=size, next=token)
 
-    @staticmethod
-    def _rows(fd: int, field: str, filter_hidden: bool, extension: str | None) -> list[Row]:
-        rows: list[Row] = []
-        with os.scandir(fd) as listing:
-            for entry in listing:
-                name = entry.name
-                if (filter_hidden and name.startswith(".")) or not _valid_name(name):
-                    continue
-                if extension and not name.endswith(extension) and not entry.is_dir(follow_symlinks=False):
-                    continue
-                if field == "name":
-                    rows.append(((0, name), entry))
-                    continue
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                # Folders have no size of their own: they sort before every file.
-                primary = (-1 if stat.S_ISDIR(st.st_mode) else st.st_size) if field == "size" else st.st_mtime_ns
-                rows.append(((primary, name), entry))
-        rows.sort(key=lambda row: row[0])
-        return rows
+
+def _shown(name: str, filter_hidden: bool) -> bool:
+    return not (filter_hidden and name.startswith(".")) and _valid_name(name)
+
+
+def _shown_names(names: list[str], filter_hidden: bool) -> list[str]:
+    """The names that pass ``_shown``; the UTF-8 check runs once for the whole listing when all of it passes."""
+    if filter_hidden:
+        names = [name for name in names if not name.startswith(".")]
+    if _valid_name("".join(names)):
+        return names
+    return [name for name in names if _valid_name(name)]
+
+
+def _entries(fd: int, filter_hidden: bool, extension: str | None) -> Iterator[os.DirEntry[str]]:
+    """The entries browse may show; folders pass the extension filter (d_type tells them apart)."""
+    with os.scandir(fd) as listing:
+        for entry in listing:
+            name = entry.name
+            if not _shown(name, filter_hidden):
+                continue
+            if extension and not name.endswith(extension) and not entry.is_dir(follow_symlinks=False):
+                continue
+            yield entry
+
+
+def _lstat(fd: int, name: str) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+@dataclass(frozen=True)
+class _Query:
+    """Which entries of the folder a page wants: the order, where it starts, how many, which ones."""
+
+    field: str
+    descending: bool
+    cursor: Cursor | None
+    count: int
+    filter_hidden: bool
+    extension: str | None
+
+
+def _first_by_name(fd: int, query: _Query) -> list[Row]:
+    """The first rows after the cursor by name: bare names, nothing ``stat``-ed yet."""
+    if query.extension:
+        names = [entry.name for entry in _entries(fd, query.filter_hidden, query.extension)]
+    else:
+        names = _shown_names(os.listdir(fd), query.filter_hidden)
+    if query.cursor:
+        # Every name's key is (0, name) and a name cursor's primary is 0: names compare as their keys do.
+        last = query.cursor.key[1]
+        names = [name for name in names if name < last] if query.descending else [name for name in names if name > last]
+    take = heapq.nlargest if query.descending else heapq.nsmallest
+    return [((0, name), None) for name in take(query.count, names)]
+
+
+def _first_by_stat(fd: int, query: _Query) -> list[Row]:
+    """The first rows after the cursor by size or time: every entry's key needs its stat."""
+    rows: list[Row] = []
+    for entry in _entries(fd, query.filter_hidden, query.extension):
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue  # gone since the listing
+        # Folders have no size of their own: they sort before every file.
+        primary = (-1 if stat.S_ISDIR(st.st_mode) else st.st_size) if query.field == "size" else st.st_mtime_ns
+        rows.append(((primary, entry.name), st))
+    if query.cursor:
+        after = query.cursor.key
+        rows = [row for row in rows if row[0] < after] if query.descending else [row for row in rows if row[0] > after]
+    # Keys are unique (names are), so two rows never get as far as comparing their stats.
+    take = heapq.nlargest if query.descending else heapq.nsmallest
+    return take(query.count, rows)

@@ -27,6 +27,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
+from ucim.common import splice
 from ucim.common.instance_api import (
     CHUNKED_OFFSET_HEADER,
     CHUNKED_TOKEN_HEADER,
@@ -45,6 +46,7 @@ from ucim.common.protocol import (
     FilesProviderCreateUploadRequestItem,
     dump,
 )
+from ucim.common.splice import SocketBody
 from ucim.user_sidecar.middlewares import error_response
 from ucim.user_sidecar.paths import PathRefusedError
 from ucim.user_sidecar.transfers import (
@@ -82,6 +84,7 @@ _PREFLIGHT: Final = {
 
 def add_transfer_routes(app: web.Application) -> None:
     """The transfer routes, and the sweeper of expired sessions; ``app[TRANSFERS]`` must be set."""
+    splice.enable(app)  # chunks are written straight from the socket
     app.router.add_post(FILES_UPLOAD_PATH, create_uploads)
     app.router.add_post(FILES_DOWNLOAD_PATH, create_downloads)
     app.router.add_post(UPLOAD_CHUNK_PATH, upload_chunk)
@@ -166,7 +169,7 @@ async def upload_chunk(request: web.Request) -> web.Response:
         if length is None:
             raise TransferRefusedError("a chunk needs a Content-Length", 411)
         progress = await request.app[TRANSFERS].write_chunk(
-            token, offset=offset, total_size=total_size, length=length, body=_body(request)
+            token, offset=offset, total_size=total_size, length=length, body=SocketBody.of(request) or _body(request)
         )
     except PathRefusedError as error:
         return _refusal(error)

@@ -56,9 +56,11 @@ from ucim.common.protocol import (
     FilesProviderCreateUploadRequestItem,
     WriteConflictPolicy,
 )
+from ucim.common.splice import BodyIdleError, BodyStoppedError, SocketBody
 from ucim.user_sidecar.conflicts import ConflictError, commit
 from ucim.user_sidecar.paths import DriveResolver, Drives, FileId, PathRefusedError, refusal
 from ucim.user_sidecar.settings import SidecarSettings
+from ucim.user_sidecar.writeback import BackgroundWriteBack
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,8 @@ log = logging.getLogger(__name__)
 MAX_CHUNK_BYTES: Final = 32_000_000
 # Received data is written in pieces of about this size: never a whole chunk in memory.
 WRITE_PIECE_BYTES: Final = 1 << 20
+# A chunk's body: straight from the request's socket when it can be (splice), else its pieces.
+ChunkBody = SocketBody | AsyncIterator[bytes]
 PARTIAL_PREFIX: Final = ".ucim-upload-"
 PARTIAL_SUFFIX: Final = ".part"
 # secrets.token_urlsafe(32) is 43 characters; anything else cannot be one of ours.
@@ -465,6 +469,7 @@ class Transfers:
         self._clock = clock
         # Uploads with a chunk being written (or sessions being swept): one at a time each.
         self._busy: set[str] = set()
+        self._write_back = BackgroundWriteBack()
         # A finished upload gets the mode a newly created file of the user's would have.
         self._file_mode = 0o666 & ~_umask()
 
@@ -608,12 +613,12 @@ class Transfers:
         return st.st_size if stat.S_ISREG(st.st_mode) else 0
 
     async def write_chunk(
-        self, token: str | None, *, offset: int, total_size: int, length: int, body: AsyncIterator[bytes]
+        self, token: str | None, *, offset: int, total_size: int, length: int, body: ChunkBody
     ) -> UploadProgress:
         """Store one chunk of ``length`` bytes from ``body`` at ``offset`` (-1: at the end).
 
-        ``body`` raises BodyInterruptedError when the client stops sending; what arrived
-        until then is kept.
+        ``body`` is the request's socket (spliced to the file) or its pieces, which raise
+        BodyInterruptedError when the client stops sending; what arrived until then is kept.
         """
         if length > MAX_CHUNK_BYTES:
             raise TransferRefusedError(f"a chunk may hold at most {MAX_CHUNK_BYTES} bytes, not {length}", 413)
@@ -635,7 +640,7 @@ class Transfers:
             self._busy.discard(key)
 
     async def _write_chunk(
-        self, key: str, session: UploadSession, *, offset: int, total_size: int, length: int, body: AsyncIterator[bytes]
+        self, key: str, session: UploadSession, *, offset: int, total_size: int, length: int, body: ChunkBody
     ) -> UploadProgress:
         if session.total_size is not None and total_size != session.total_size:
             raise TransferRefusedError(f"this upload's total size is {session.total_size} bytes, not {total_size}")
@@ -665,6 +670,7 @@ class Transfers:
                 session = session.model_copy(update={"last_activity": self._clock()})
                 await asyncio.to_thread(self.store.save, key, session)
             if start + length < total_size:
+                self._write_back.start(fd, start, length)  # the disk works while the next chunk arrives
                 return UploadProgress(offset=start + length, total_size=total_size)
             final_id = await asyncio.to_thread(self._finish, session, folder_fd, fd)
         finally:
@@ -677,9 +683,49 @@ class Transfers:
         return UploadProgress(offset=total_size, total_size=total_size, complete=True, id=final_id)
 
     async def _receive(
+        self, fd: int, *, start: int, length: int, body: ChunkBody, received: _Received, shown: str
+    ) -> None:
+        """Write the body at ``start`` as it arrives: by splice from the socket, or piece by piece."""
+        if isinstance(body, SocketBody):
+            try:
+                received.arrived = received.written = await body.to_file(fd, start, self.limits.body_idle_seconds)
+            except BodyIdleError as stopped:
+                received.arrived = received.written = stopped.moved
+                raise self._idle(start, received) from None
+            except BodyStoppedError as stopped:
+                received.arrived = received.written = stopped.moved
+                raise self._cut_off(start, length, received) from None
+            except OSError as error:  # the disk's refusal (full, quota, ...)
+                raise refusal(error, shown) from error
+        else:
+            await self._receive_pieces(fd, start=start, length=length, body=body, received=received, shown=shown)
+        if received.written < length:
+            raise TransferRefusedError(
+                f"the body ended after {received.written} of {length} bytes; they are kept: "
+                f"continue at offset {start + received.written}",
+                expected_offset=start + received.written,
+            )
+
+    def _idle(self, start: int, received: _Received) -> TransferRefusedError:
+        return TransferRefusedError(
+            f"no data arrived for {self.limits.body_idle_seconds:g} s; the {received.written} bytes of "
+            f"the chunk that did are kept: continue at offset {start + received.written}",
+            408,
+            expected_offset=start + received.written,
+        )
+
+    @staticmethod
+    def _cut_off(start: int, length: int, received: _Received) -> TransferRefusedError:
+        return TransferRefusedError(
+            f"the chunk was cut off after {received.written} of {length} bytes; they are kept: "
+            f"continue at offset {start + received.written}",
+            expected_offset=start + received.written,
+        )
+
+    async def _receive_pieces(
         self, fd: int, *, start: int, length: int, body: AsyncIterator[bytes], received: _Received, shown: str
     ) -> None:
-        """Write the body at ``start`` as it arrives (``_DiskWriter``)."""
+        """Write the pieces of ``body`` at ``start`` as they arrive (``_DiskWriter``)."""
         writer = _DiskWriter(fd, start, received, shown)
         try:
             while True:
@@ -688,19 +734,10 @@ class Transfers:
                         piece = await anext(body, None)
                 except TimeoutError:
                     await writer.flush()
-                    raise TransferRefusedError(
-                        f"no data arrived for {self.limits.body_idle_seconds:g} s; the {received.written} bytes of "
-                        f"the chunk that did are kept: continue at offset {start + received.written}",
-                        408,
-                        expected_offset=start + received.written,
-                    ) from None
+                    raise self._idle(start, received) from None
                 except BodyInterruptedError:
                     await writer.flush()
-                    raise TransferRefusedError(
-                        f"the chunk was cut off after {received.written} of {length} bytes; they are kept: "
-                        f"continue at offset {start + received.written}",
-                        expected_offset=start + received.written,
-                    ) from None
+                    raise self._cut_off(start, length, received) from None
                 if piece is None:
                     break
                 received.arrived += len(piece)
@@ -711,12 +748,6 @@ class Transfers:
             await writer.flush()
         finally:
             await writer.settle()
-        if received.written < length:
-            raise TransferRefusedError(
-                f"the body ended after {received.written} of {length} bytes; they are kept: "
-                f"continue at offset {start + received.written}",
-                expected_offset=start + received.written,
-            )
 
     def _open_partial(self, session: UploadSession) -> tuple[int, int, int]:
         """(folder fd, partial file fd, its size); the partial file is created if it is not there."""

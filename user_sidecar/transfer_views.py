@@ -96,9 +96,7 @@ def add_transfer_routes(app: web.Application) -> None:
 
 
 async def _sweeping(app: web.Application) -> AsyncIterator[None]:
-    transfers = app[TRANSFERS]
-    await transfers.start()
-    sweeper = asyncio.create_task(transfers.sweep_forever())
+    sweeper = asyncio.create_task(app[TRANSFERS].sweep_forever())
     yield
     sweeper.cancel()
     with contextlib.suppress(asyncio.CancelledError):

@@ -248,18 +248,23 @@ class SessionStore:
             return self._cache.get(key)
 
     def _load(self, key: str) -> UploadSession | DownloadSession | None:
+        session = self._read(key)
+        if session is None:
+            return None
+        with self._lock:
+            return self._cache.setdefault(key, session)
+
+    def _read(self, key: str) -> UploadSession | DownloadSession | None:
         try:
             raw = self._path(key).read_bytes()
         except (FileNotFoundError, NotADirectoryError):
             return None
         try:
-            session = _SESSION.validate_json(raw)
+            return _SESSION.validate_json(raw)
         except ValidationError:
             log.warning("an unreadable transfer session was removed", extra={"file": self._path(key).name})
             self._unlink(key)
             return None
-        with self._lock:
-            return self._cache.setdefault(key, session)
 
     def remove(self, key: str) -> bool:
         """Forget the session; True when this call removed its file (so exactly one caller wins)."""
@@ -274,23 +279,27 @@ class SessionStore:
             return False
         return True
 
-    def load_all(self) -> None:
-        """Read every session on disk (at start-up); drop unreadable ones and stale temporary files."""
+    def on_disk(self) -> list[tuple[str, UploadSession | DownloadSession]]:
+        """Every session on disk, read without caching it (the sweep's view).
+
+        Unreadable sessions and stale temporary files are removed on the way.
+        """
         try:
             entries = list(os.scandir(self.folder))
         except (FileNotFoundError, NotADirectoryError):
-            return
+            return []
+        found = []
         for entry in entries:
             if _SESSION_FILE.match(entry.name):
-                self._load(entry.name.removesuffix(".json"))
+                key = entry.name.removesuffix(".json")
+                session = self.cached(key) or self._read(key)
+                if session is not None:
+                    found.append((key, session))
             elif entry.name.startswith(_TEMP_PREFIX):
                 with contextlib.suppress(OSError):
                     if time.time() - entry.stat(follow_symlinks=False).st_mtime > _STALE_TEMP_SECONDS:
                         Path(entry.path).unlink()
-
-    def items(self) -> list[tuple[str, UploadSession | DownloadSession]]:
-        with self._lock:
-            return list(self._cache.items())
+        return found
 
 
 def _mkstemp(folder: Path) -> tuple[int, str]:
@@ -814,17 +823,13 @@ class Transfers:
 
     # --- expiry ---
 
-    async def start(self) -> None:
-        """Load the sessions of earlier runs and sweep the expired ones."""
-        await asyncio.to_thread(self.store.load_all)
-        await self.sweep()
-
     async def sweep(self) -> int:
         """Remove expired sessions (and the partial files of unfinished uploads); how many."""
+        sessions = await asyncio.to_thread(self.store.on_disk)
         now = self._clock()
         expired = [
             (key, session)
-            for key, session in self.store.items()
+            for key, session in sessions
             if key not in self._busy and now >= expires_at(session, self.limits)
         ]
         keys = {key for key, _ in expired}
@@ -860,12 +865,16 @@ class Transfers:
             os.close(folder_fd)
 
     async def sweep_forever(self) -> None:
+        """Sweep now (what earlier runs left behind) and then every ``sweep_interval_seconds``.
+
+        In the background: an instance serves at once, however many sessions it finds.
+        """
         while True:
-            await asyncio.sleep(self.limits.sweep_interval_seconds)
             try:
                 await self.sweep()
             except Exception:
                 log.exception("sweeping transfer sessions failed")
+            await asyncio.sleep(self.limits.sweep_interval_seconds)
 
 
 T = TypeVar("T")

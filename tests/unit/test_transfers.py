@@ -437,7 +437,7 @@ async def test_uploads_that_cannot_start(world: World, item: dict[str, Any], sta
     assert status_ == status
     assert answer["why"].startswith(f"Item 2 ({item['id']}): "), answer["why"]
     assert why in answer["why"]
-    assert world.transfers.store.items() == []  # nothing was created for the valid first item either
+    assert world.transfers.store.on_disk() == []  # nothing was created for the valid first item either
 
 
 async def test_each_item_gets_its_own_token_in_order(world: World) -> None:
@@ -473,7 +473,6 @@ async def test_sessions_are_files_named_by_the_token_hash_and_survive_a_restart(
     assert stat.S_IMODE(folder.stat().st_mode) == stat.S_IMODE((w.home / ".ucim").stat().st_mode) == 0o700
     assert stat.S_IMODE(session_file.stat().st_mode) == 0o600
     again = w.new_transfers()
-    await again.start()
     assert (await again.upload_progress(token)).offset == 3
 
     done = await again.write_chunk(token, offset=3, total_size=6, length=3, body=pieces(b"de", b"f"))
@@ -512,7 +511,7 @@ async def test_an_active_upload_still_ends_at_its_maximum_age(aiohttp_client: Ai
     assert (await send(w, token, 4, 10, b"x")).status == 404  # 32 s after it began, 8 s after its last chunk
 
 
-async def test_expired_sessions_of_an_earlier_run_are_swept_at_start(world: World) -> None:
+async def test_expired_sessions_of_an_earlier_run_are_swept(world: World) -> None:
     w = world
     token = await create_upload(w, "/home/up/earlier.bin")
     assert (await send(w, token, 0, 6, b"abc")).status == 200
@@ -522,7 +521,7 @@ async def test_expired_sessions_of_an_earlier_run_are_swept_at_start(world: Worl
     os.utime(w.home / ".ucim" / "transfers" / ".tmp-crashed", (0, 0))
     (w.home / ".ucim" / "transfers" / ("0" * 64 + ".json")).write_text("not json")
     again = w.new_transfers()
-    await again.start()
+    assert await again.sweep() == 2
     assert list((w.home / ".ucim" / "transfers").iterdir()) == []
     assert list((w.home / "up").iterdir()) == []
 
@@ -538,7 +537,7 @@ async def test_a_download_token_lives_15_minutes(world: World) -> None:
 async def test_the_store_never_holds_the_token(world: World) -> None:
     (world.home / "f.txt").write_bytes(b"data")
     token = await create_download(world, "/home/f.txt")
-    ((key, session),) = world.transfers.store.items()
+    ((key, session),) = world.transfers.store.on_disk()
     assert key == digest(token)
     assert token not in session.model_dump_json()
 
@@ -566,7 +565,7 @@ async def test_a_download_is_served_once_with_its_name(world: World) -> None:
     await eventually(counted)
     async with world.client.get(DOWNLOAD_FILE_PATH, params={"token": token}) as response:
         assert response.status == 404
-    assert world.transfers.store.items() == []
+    assert world.transfers.store.on_disk() == []
 
 
 async def test_two_concurrent_requests_with_one_token_one_wins(world: World) -> None:
@@ -712,7 +711,7 @@ async def test_the_warm_up_exercise_takes_every_path_and_leaves_a_finished_uploa
     base = f"http://{world.client.host}:{world.client.port}"
     await exercise(world.client.session, base, DRIVE)
     assert (world.home / "warm-up-upload.txt").read_bytes() == b"warm-up!"
-    ((_, session),) = world.transfers.store.items()  # the download was used; the upload stays, finished
+    ((_, session),) = world.transfers.store.on_disk()  # the download was used; the upload stays, finished
     assert isinstance(session, UploadSession)
     assert session.final_id == "/home/warm-up-upload.txt"
 

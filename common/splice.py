@@ -1,9 +1,10 @@
-"""A request body moved straight from its socket to a file or another socket, with Linux ``splice(2)``.
+"""Bodies moved straight from one socket to a file or another socket, with Linux ``splice(2)``.
 
 Through aiohttp every byte of a body is copied from the kernel into Python, parsed, joined and
 copied back: on a 2-core machine a 1 GiB upload spends most of its time there, three times over
 (gateway, bridge, instance). ``splice`` moves the bytes socket → pipe → file or socket inside the
-kernel instead.
+kernel instead. A request's body (:class:`SocketBody`, also as an outgoing request's payload:
+:class:`SplicedPayload`) and an upstream answer's body (:class:`SocketAnswer`) can go this way.
 
 :meth:`SocketBody.of` says whether a request's body can be taken this way: a plain (not TLS)
 socket, a ``Content-Length`` of at least ``MIN_BYTES``, no ``Transfer-Encoding`` or
@@ -12,7 +13,8 @@ Nothing changes until the body is actually moved (``to_file`` / ``to_socket``): 
 refuses the request first leaves the connection to aiohttp as usual. Once moved, what aiohttp
 had already read is written first, aiohttp stops reading the socket, the rest goes by splice in
 a worker thread, and the connection closes after the answer (aiohttp's parser still waits for
-the bytes it never saw, so the connection cannot carry another request).
+the bytes it never saw, so the connection cannot carry another request). An answer's upstream
+connection closes for the same reason; the connection it is sent on stays usable.
 
 The worker thread works on its own duplicate of the socket, so that aiohttp closing the
 connection can never make it read from a reused descriptor; a cancelled caller stops it within
@@ -27,7 +29,7 @@ import fcntl
 import os
 import select
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Final
 
 from aiohttp import ClientPayloadError, ClientResponse, hdrs, web
@@ -38,7 +40,6 @@ PIPE_BYTES: Final = 1 << 20  # what one splice moves at most (a pipe holds 64 Ki
 # Smaller bodies are cheaper through aiohttp than through a worker thread (and keep the connection).
 MIN_BYTES: Final = 256 << 10
 POLL_SECONDS: Final = 0.25  # how soon a cancelled move notices
-_F_SETPIPE_SZ: Final = 1031
 _SPLICE_FLAGS: Final = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 
 
@@ -89,13 +90,7 @@ class SocketBody:
         if not isinstance(request, web.Request) or not request.app.get(_CLOSES):
             return None  # the app does not close connections after a move: see enable()
         length = request.content_length
-        if (
-            not _plain_socket(transport)
-            or length is None
-            or length < MIN_BYTES
-            or hdrs.TRANSFER_ENCODING in request.headers
-            or hdrs.CONTENT_ENCODING in request.headers
-        ):
+        if not _plain_socket(transport) or length is None or not _worth_a_splice(length, request.headers):
             return None
         return cls(request, length)
 
@@ -208,9 +203,7 @@ class SocketAnswer:
             or not _plain_socket(connection.transport)
             or not _plain_socket(request.transport)
             or length is None
-            or length < MIN_BYTES
-            or hdrs.TRANSFER_ENCODING in upstream.headers
-            or hdrs.CONTENT_ENCODING in upstream.headers
+            or not _worth_a_splice(length, upstream.headers)
         ):
             return None
         return cls(upstream, length)
@@ -252,6 +245,11 @@ async def socket_to_file(source: int, count: int, fd: int, position: int, idle_s
     For a client that reads an answer's body itself; raises BodyStoppedError when it stops early.
     """
     return await _run(b"", os.dup(source), count, _FileSink(fd, position), idle_seconds)
+
+
+def _worth_a_splice(length: int, headers: Mapping[str, str]) -> bool:
+    """A body large enough, sent as it is (no chunked framing, no compression) for its length to be its bytes."""
+    return length >= MIN_BYTES and hdrs.TRANSFER_ENCODING not in headers and hdrs.CONTENT_ENCODING not in headers
 
 
 def _plain_socket(transport: asyncio.BaseTransport | None) -> bool:
@@ -364,7 +362,7 @@ class _SocketSink:
 def _pipe() -> tuple[int, int]:
     read_end, write_end = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
     with contextlib.suppress(OSError):  # the system's pipe-max-size may be lower: keep the default
-        fcntl.fcntl(write_end, _F_SETPIPE_SZ, PIPE_BYTES)
+        fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
     return read_end, write_end
 
 

@@ -260,6 +260,16 @@ def answer_proxy(upstream_url: str, outcome: dict[str, Any]) -> Handler:
     return handle
 
 
+async def behind_a_proxy(aiohttp_server: AiohttpServer, handler: Handler, outcome: dict[str, Any]) -> TestServer:
+    """``GET /file`` served by ``handler``, behind an ``answer_proxy``; the proxy's server."""
+    upstream_app = web.Application()
+    upstream_app.router.add_get("/file", handler)
+    upstream = await aiohttp_server(upstream_app)
+    proxy_app = web.Application()
+    proxy_app.router.add_get("/file", answer_proxy(str(upstream.make_url("/file")), outcome))
+    return await aiohttp_server(proxy_app)
+
+
 async def test_an_answer_is_spliced_back_and_the_callers_connection_stays_usable(
     aiohttp_server: AiohttpServer,
 ) -> None:
@@ -268,13 +278,8 @@ async def test_an_answer_is_spliced_back_and_the_callers_connection_stays_usable
     async def file(_: web.Request) -> web.Response:
         return web.Response(body=data)
 
-    upstream_app = web.Application()
-    upstream_app.router.add_get("/file", file)
-    upstream = await aiohttp_server(upstream_app)
     outcome: dict[str, Any] = {}
-    proxy_app = web.Application()
-    proxy_app.router.add_get("/file", answer_proxy(str(upstream.make_url("/file")), outcome))
-    proxy = await aiohttp_server(proxy_app)
+    proxy = await behind_a_proxy(aiohttp_server, file, outcome)
     connector = aiohttp.TCPConnector(limit=1)
     async with aiohttp.ClientSession(connector=connector) as session:
         for _ in range(2):  # the same kept-alive connection carries both
@@ -295,13 +300,8 @@ async def test_an_answer_that_breaks_off_breaks_the_callers_connection(aiohttp_s
         request.transport.close()
         return response
 
-    upstream_app = web.Application()
-    upstream_app.router.add_get("/file", broken)
-    upstream = await aiohttp_server(upstream_app)
     outcome: dict[str, Any] = {}
-    proxy_app = web.Application()
-    proxy_app.router.add_get("/file", answer_proxy(str(upstream.make_url("/file")), outcome))
-    proxy = await aiohttp_server(proxy_app)
+    proxy = await behind_a_proxy(aiohttp_server, broken, outcome)
     async with aiohttp.ClientSession() as session, session.get(proxy.make_url("/file")) as response:
         with pytest.raises(aiohttp.ClientPayloadError):
             await response.read()

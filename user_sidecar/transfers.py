@@ -68,6 +68,8 @@ log = logging.getLogger(__name__)
 MAX_CHUNK_BYTES: Final = 32_000_000
 # Received data is written in pieces of about this size: never a whole chunk in memory.
 WRITE_PIECE_BYTES: Final = 1 << 20
+# A session whose only change is its activity time is written at most this often.
+ACTIVITY_WRITE_SECONDS: Final = 10.0
 # A chunk's body: straight from the request's socket when it can be (splice), else its pieces.
 ChunkBody = SocketBody | AsyncIterator[bytes]
 PARTIAL_PREFIX: Final = ".ucim-upload-"
@@ -202,6 +204,7 @@ class SessionStore:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self._cache: dict[str, UploadSession | DownloadSession] = {}
+        self._written_activity: dict[str, float] = {}  # the activity time on disk, of the sessions written here
         self._lock = threading.Lock()
 
     def _path(self, key: str) -> Path:
@@ -234,6 +237,25 @@ class SessionStore:
             with contextlib.suppress(OSError):
                 Path(temp).unlink()
             raise
+        with self._lock:
+            self._cache[key] = session
+            if isinstance(session, UploadSession):
+                self._written_activity[key] = session.last_activity
+
+    def note_activity(self, key: str, session: UploadSession) -> None:
+        """Keep ``session``, which differs from the kept one in its activity time at most.
+
+        It is written only when the time on disk is ACTIVITY_WRITE_SECONDS old: a 1 GiB upload
+        then writes its session a few times instead of once per chunk, and a crash loses at most
+        that much of a 30-minute lifetime.
+        """
+        with self._lock:
+            kept = self._cache.get(key)
+            written = self._written_activity.get(key, 0.0)
+        same = kept is not None and kept.model_copy(update={"last_activity": session.last_activity}) == session
+        if not same or session.last_activity - written >= ACTIVITY_WRITE_SECONDS:
+            self.save(key, session)
+            return
         with self._lock:
             self._cache[key] = session
 
@@ -270,6 +292,7 @@ class SessionStore:
         """Forget the session; True when this call removed its file (so exactly one caller wins)."""
         with self._lock:
             self._cache.pop(key, None)
+            self._written_activity.pop(key, None)
         return self._unlink(key)
 
     def _unlink(self, key: str) -> bool:
@@ -677,7 +700,7 @@ class Transfers:
                 UPLOAD_BYTES.inc(received.written)
                 # Also after an interruption: what arrived is kept, and the attempt counts as activity.
                 session = session.model_copy(update={"last_activity": self._clock()})
-                await asyncio.to_thread(self.store.save, key, session)
+                await asyncio.to_thread(self.store.note_activity, key, session)
             if start + length < total_size:
                 self._write_back.start(fd, start, length)  # the disk works while the next chunk arrives
                 return UploadProgress(offset=start + length, total_size=total_size)

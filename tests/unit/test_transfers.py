@@ -480,6 +480,27 @@ async def test_sessions_are_files_named_by_the_token_hash_and_survive_a_restart(
     assert (w.home / "up" / "restart.bin").read_bytes() == b"abcdef"
 
 
+async def test_a_session_whose_activity_alone_changed_is_written_at_most_every_10_seconds(world: World) -> None:
+    w = world
+    token = await create_upload(w, "/home/up/often.bin")
+    (session_file,) = (w.home / ".ucim" / "transfers").iterdir()
+
+    def on_disk() -> dict[str, Any]:
+        written: dict[str, Any] = json.loads(session_file.read_text())
+        return written
+
+    assert (await send(w, token, 0, 9, b"abc")).status == 200
+    first = on_disk()
+    assert first["total_size"] == 9  # a new total size is written at once
+    w.clock.now += 5
+    assert (await send(w, token, 3, 9, b"def")).status == 200
+    assert on_disk() == first  # 5 s later: the activity is kept in memory only ...
+    assert w.transfers.store.get(digest(token)).last_activity == first["last_activity"] + 5  # type: ignore[union-attr]
+    w.clock.now += 6
+    assert (await send(w, token, 6, 9, b"gh")).status == 200
+    assert on_disk()["last_activity"] == first["last_activity"] + 11  # ... until it is 10 s old
+
+
 async def test_an_idle_upload_expires_and_is_swept_with_its_data(world: World) -> None:
     w = world
     token = await create_upload(w, "/home/up/idle.bin")

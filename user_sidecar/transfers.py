@@ -242,20 +242,21 @@ class SessionStore:
             if isinstance(session, UploadSession):
                 self._written_activity[key] = session.last_activity
 
-    def note_activity(self, key: str, session: UploadSession) -> None:
-        """Keep ``session``, which differs from the kept one in its activity time at most.
+    def must_write(self, key: str, session: UploadSession) -> bool:
+        """Whether ``session`` must go to disk, or only its activity time changed since it was kept.
 
-        It is written only when the time on disk is ACTIVITY_WRITE_SECONDS old: a 1 GiB upload
-        then writes its session a few times instead of once per chunk, and a crash loses at most
-        that much of a 30-minute lifetime.
+        The activity time alone is written when the one on disk is ACTIVITY_WRITE_SECONDS old: a
+        1 GiB upload then writes its session a few times instead of once per chunk, and a crash
+        loses at most that much of a 30-minute lifetime.
         """
         with self._lock:
             kept = self._cache.get(key)
             written = self._written_activity.get(key, 0.0)
         same = kept is not None and kept.model_copy(update={"last_activity": session.last_activity}) == session
-        if not same or session.last_activity - written >= ACTIVITY_WRITE_SECONDS:
-            self.save(key, session)
-            return
+        return not same or session.last_activity - written >= ACTIVITY_WRITE_SECONDS
+
+    def keep(self, key: str, session: UploadSession | DownloadSession) -> None:
+        """Remember ``session`` without writing it (``must_write`` said it need not be)."""
         with self._lock:
             self._cache[key] = session
 
@@ -700,7 +701,10 @@ class Transfers:
                 UPLOAD_BYTES.inc(received.written)
                 # Also after an interruption: what arrived is kept, and the attempt counts as activity.
                 session = session.model_copy(update={"last_activity": self._clock()})
-                await asyncio.to_thread(self.store.note_activity, key, session)
+                if self.store.must_write(key, session):
+                    await asyncio.to_thread(self.store.save, key, session)
+                else:
+                    self.store.keep(key, session)
             if start + length < total_size:
                 self._write_back.start(fd, start, length)  # the disk works while the next chunk arrives
                 return UploadProgress(offset=start + length, total_size=total_size)

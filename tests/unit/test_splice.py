@@ -243,6 +243,7 @@ async def test_a_body_over_tls_goes_through_aiohttp(aiohttp_server: AiohttpServe
 
 def answer_proxy(upstream_url: str, outcome: dict[str, Any]) -> Handler:
     """A handler that GETs ``upstream_url`` and passes its answer back by SocketAnswer."""
+    outcome["done"] = asyncio.Event()
 
     async def handle(request: web.Request) -> web.StreamResponse:
         async with aiohttp.ClientSession() as session, session.get(upstream_url) as upstream:
@@ -255,6 +256,8 @@ def answer_proxy(upstream_url: str, outcome: dict[str, Any]) -> Handler:
             except BodyStoppedError as stopped:
                 outcome["error"] = stopped
                 raise
+            finally:
+                outcome["done"].set()  # the caller may have the whole answer before send() returns
             return response
 
     return handle
@@ -286,7 +289,9 @@ async def test_an_answer_is_spliced_back_and_the_callers_connection_stays_usable
             async with session.get(proxy.make_url("/file")) as response:
                 assert await response.read() == data
                 assert response.headers.get("Connection", "keep-alive") != "close"
+            await finished(outcome)
             assert outcome["spliced"] and outcome["sent"] == len(data)
+            outcome["done"].clear()
 
 
 async def test_an_answer_that_breaks_off_breaks_the_callers_connection(aiohttp_server: AiohttpServer) -> None:
@@ -305,5 +310,6 @@ async def test_an_answer_that_breaks_off_breaks_the_callers_connection(aiohttp_s
     async with aiohttp.ClientSession() as session, session.get(proxy.make_url("/file")) as response:
         with pytest.raises(aiohttp.ClientPayloadError):
             await response.read()
+    await finished(outcome)
     assert isinstance(outcome["error"], BodyEndedError)
     assert outcome["error"].moved == len(sent)

@@ -102,7 +102,7 @@ class SocketBody:
         return await self._move(_FileSink(fd, position), idle_seconds)
 
     async def to_socket(self, sink: int, idle_seconds: float) -> int:
-        """Send the body on the non-blocking socket ``sink`` (a duplicate of it); the number of bytes sent.
+        """Send the body on the non-blocking socket ``sink``; the number of bytes sent.
 
         Raises BodyStoppedError (with what was sent) when the body does not all arrive.
         """
@@ -128,7 +128,7 @@ class SocketBody:
             request[_MOVED] = True
             request.protocol.close()
         try:
-            return await _run(head, _dup_socket(transport), left, sink, idle_seconds)
+            return await _run(head, _socket_fd(transport), left, sink, idle_seconds)
         finally:
             request.content.feed_eof()  # aiohttp lingers on a body it thinks unread
 
@@ -231,8 +231,8 @@ class SocketAnswer:
             if left:
                 connection.protocol.pause_reading()  # also keeps the read above from resuming the transport
                 connection.transport.pause_reading()
-            source = _dup_socket(connection.transport)
-            sent = await _run(head, source, left, _SocketSink(_socket_fd(request.transport)), idle_seconds)
+            sink = _SocketSink(_socket_fd(request.transport))
+            sent = await _run(head, _socket_fd(connection.transport), left, sink, idle_seconds)
         finally:
             upstream.close()  # its parser never saw the body: the connection cannot carry another answer
         await response.write_eof()
@@ -240,11 +240,11 @@ class SocketAnswer:
 
 
 async def socket_to_file(source: int, count: int, fd: int, position: int, idle_seconds: float) -> int:
-    """``count`` bytes of the socket ``source`` (non-blocking; a duplicate is used) into ``fd`` at ``position``.
+    """``count`` bytes of the non-blocking socket ``source`` into ``fd`` at ``position``.
 
     For a client that reads an answer's body itself; raises BodyStoppedError when it stops early.
     """
-    return await _run(b"", os.dup(source), count, _FileSink(fd, position), idle_seconds)
+    return await _run(b"", source, count, _FileSink(fd, position), idle_seconds)
 
 
 def _worth_a_splice(length: int, headers: Mapping[str, str]) -> bool:
@@ -267,11 +267,6 @@ def _socket_fd(transport: asyncio.BaseTransport) -> int:
     return fd
 
 
-def _dup_socket(transport: asyncio.BaseTransport) -> int:
-    """A descriptor of the transport's socket of the worker thread's own (aiohttp may close the original)."""
-    return os.dup(_socket_fd(transport))
-
-
 async def _send_headers(writer: AbstractStreamWriter, transport: asyncio.BaseTransport) -> None:
     """aiohttp's buffered headers on the wire, so that a splice can follow them."""
     send_headers = getattr(writer, "send_headers", None)
@@ -284,9 +279,20 @@ async def _send_headers(writer: AbstractStreamWriter, transport: asyncio.BaseTra
 
 
 async def _run(head: bytes, source: int, left: int, sink: _FileSink | _SocketSink, idle_seconds: float) -> int:
-    """``_move`` in a worker thread, which owns ``source`` and ``sink``; a cancelled caller stops it and waits."""
+    """``_move`` in a worker thread; a cancelled caller stops it and waits for it.
+
+    The thread works on duplicates of the socket ``source`` and of a socket sink, and closes them
+    itself: aiohttp closing a connection can never make it use a descriptor number reused since.
+    """
+    owned_source = os.dup(source)
+    try:
+        owned_sink = sink.duplicate()
+    except BaseException:
+        os.close(owned_source)
+        raise
     stop = threading.Event()
-    moving = asyncio.ensure_future(asyncio.to_thread(_move, head, source, left, sink, _Waits(idle_seconds, stop)))
+    waits = _Waits(idle_seconds, stop)
+    moving = asyncio.ensure_future(asyncio.to_thread(_move, head, owned_source, left, owned_sink, waits))
     try:
         return await asyncio.shield(moving)
     except asyncio.CancelledError:
@@ -324,6 +330,9 @@ class _FileSink:
     def __init__(self, fd: int, position: int) -> None:
         self.fd, self.position = fd, position
 
+    def duplicate(self) -> _FileSink:
+        return self  # the file stays the caller's
+
     def close(self) -> None:
         pass
 
@@ -336,10 +345,13 @@ class _FileSink:
 
 
 class _SocketSink:
-    """A duplicate of a socket, the thread's own."""
+    """A socket to send on; the thread works on its own duplicate (``duplicate``) and closes it."""
 
     def __init__(self, fd: int) -> None:
-        self.fd = os.dup(fd)
+        self.fd = fd
+
+    def duplicate(self) -> _SocketSink:
+        return _SocketSink(os.dup(self.fd))
 
     def close(self) -> None:
         os.close(self.fd)

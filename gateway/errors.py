@@ -9,6 +9,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from ucim.common.protocol import error_body
+from ucim.common.proxy_bodies import AnswerBrokenError
 
 log = logging.getLogger(__name__)
 
@@ -21,10 +22,6 @@ class ProviderError(Exception):
         self.status = status
         self.why = why
         self.error_code = error_code
-
-
-class AnswerBrokenError(Exception):
-    """A streamed answer broke off after it began: the caller's connection must break, no error can follow."""
 
 
 def error_response(status: int, why: str, error_code: str = "") -> web.Response:

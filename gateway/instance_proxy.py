@@ -18,7 +18,6 @@ fails. Two outcomes besides an answer matter to callers and are told apart here:
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
@@ -33,15 +32,11 @@ from pydantic import SecretStr
 
 from ucim.common.conditions import is_true
 from ucim.common.instance_api import CHUNKED_OFFSET_HEADER
-from ucim.common.proxy_bodies import small_answer_body, small_request_body
+from ucim.common.proxy_bodies import BROKEN, pass_back, pieces, small_request_body
 from ucim.common.reasons import READY
-from ucim.common.splice import BodyStoppedError, SocketAnswer
-from ucim.gateway.errors import AnswerBrokenError, ProviderError
+from ucim.gateway.errors import ProviderError
 from ucim.gateway.instances import Instances
 
-log = logging.getLogger(__name__)
-
-CHUNK: Final = 1 << 20
 # The instance's answer headers a caller may see; everything else (hop-by-hop, Server, ...) stays behind.
 ANSWER_HEADERS: Final = (
     "Content-Type",
@@ -180,16 +175,11 @@ class InstanceProxy:
 
 
 async def request_body(request: web.Request) -> bytes | AsyncIterator[bytes] | None:
-    """The request's body: read whole when small, else as a stream of chunks; None without one."""
+    """The request's body: read whole when small, else as a stream of pieces; None without one."""
     if not request.body_exists:
         return None
     small = await small_request_body(request)
-    return small if small is not None else _chunks(request)
-
-
-async def _chunks(request: web.Request) -> AsyncIterator[bytes]:
-    async for chunk in request.content.iter_chunked(CHUNK):
-        yield chunk
+    return small if small is not None else pieces(request)
 
 
 def pick_headers(request: web.Request, names: Iterable[str]) -> dict[str, str]:
@@ -203,46 +193,14 @@ def pick_headers(request: web.Request, names: Iterable[str]) -> dict[str, str]:
 async def relay(
     request: web.Request, upstream: aiohttp.ClientResponse, counter: Counter | None = None, *, idle_seconds: float
 ) -> web.StreamResponse:
-    """The instance's answer to the caller: status, the headers in ANSWER_HEADERS, the body.
+    """The instance's answer to the caller: status, the headers in ANSWER_HEADERS, the body (``pass_back``).
 
-    A small body is read whole and sent in one piece (``ucim.common.proxy_bodies``), a large one
-    is spliced from socket to socket where both are plain (``ucim.common.splice``), others
-    stream; ``idle_seconds`` bounds a splice's silence. Once an answer has begun, a broken
-    upstream can only break the caller's connection too (AnswerBrokenError), so that a
-    truncated body is never taken for a whole one.
+    ``counter`` counts the body's bytes; ``idle_seconds`` bounds a splice's silence. An answer that
+    breaks before it began is a 502; after, the caller's connection breaks (AnswerBrokenError).
     """
     headers = {name: upstream.headers[name] for name in ANSWER_HEADERS if name in upstream.headers}
+    on_sent = counter.inc if counter is not None else None
     try:
-        small = await small_answer_body(request, upstream)
-    except (aiohttp.ClientError, TimeoutError) as error:
-        upstream.close()
+        return await pass_back(request, upstream, headers, idle_seconds=idle_seconds, on_sent=on_sent)
+    except BROKEN as error:
         raise ProviderError(502, f"the instance's answer broke off: {error}") from error
-    if small is not None:
-        upstream.release()
-        if counter is not None:
-            counter.inc(len(small))
-        return web.Response(status=upstream.status, reason=upstream.reason, body=small, headers=headers)
-    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
-    spliced = SocketAnswer.of(request, upstream)
-    if spliced is not None:
-        try:
-            sent = await spliced.send(request, response, idle_seconds)
-        except (BodyStoppedError, OSError) as error:
-            log.warning("an answer broke off", extra={"path": request.path, "error": str(error)})
-            raise AnswerBrokenError(f"the answer broke off: {error}") from error
-        if counter is not None:
-            counter.inc(sent)
-        return response
-    try:
-        await response.prepare(request)
-        async for chunk in upstream.content.iter_chunked(CHUNK):
-            await response.write(chunk)
-            if counter is not None:
-                counter.inc(len(chunk))
-        await response.write_eof()
-    except (aiohttp.ClientError, TimeoutError) as error:
-        upstream.close()
-        log.warning("an answer broke off", extra={"path": request.path, "error": str(error) or type(error).__name__})
-        raise AnswerBrokenError(f"the answer broke off: {error}") from error
-    upstream.release()
-    return response

@@ -33,12 +33,12 @@ from prometheus_client import Counter
 from ucim.common import instance_api as api
 from ucim.common import splice
 from ucim.common.protocol import decode_username
+from ucim.common.proxy_bodies import pieces
 from ucim.common.splice import SocketBody, SplicedPayload
 from ucim.gateway.auth import USERNAME_HEADER, USERNAME_HINT
 from ucim.gateway.connections import is_connected
 from ucim.gateway.errors import ProviderError
 from ucim.gateway.instance_proxy import (
-    CHUNK,
     InstanceNotReadyError,
     InstanceUnreachableError,
     pick_headers,
@@ -131,17 +131,15 @@ class _Body:
             return None
         socket_body = SocketBody.of(self._request)
         if socket_body is None:
-            return self._chunks()
+            return pieces(self._request, self._streamed_piece)
         counted = self._counter.inc if self._counter is not None else None
         self._spliced = SplicedPayload(socket_body, self._idle_seconds, counted)
         return self._spliced
 
-    async def _chunks(self) -> AsyncIterator[bytes]:
-        async for chunk in self._request.content.iter_chunked(CHUNK):
-            self._streamed = True
-            if self._counter is not None:
-                self._counter.inc(len(chunk))
-            yield chunk
+    def _streamed_piece(self, size: int) -> None:
+        self._streamed = True
+        if self._counter is not None:
+            self._counter.inc(size)
 
 
 async def forward_transfer(

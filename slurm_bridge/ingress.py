@@ -38,16 +38,15 @@ from yarl import URL
 
 from ucim.common import splice
 from ucim.common.protocol import error_body
-from ucim.common.proxy_bodies import small_answer_body, small_request_body
-from ucim.common.splice import BodyStoppedError, SocketAnswer, SocketBody, SplicedPayload
+from ucim.common.proxy_bodies import BROKEN, pass_back, pieces, small_request_body
+from ucim.common.splice import SocketBody, SplicedPayload
 
 log = logging.getLogger(__name__)
 
 INGRESS_REQUESTS = Counter("ucim_ingress_requests", "Requests to the bridge ingress, by HTTP status.", ["code"])
 
 PREFIX: Final = "/instances/"
-CHUNK: Final = 1 << 20
-BODY_IDLE_SECONDS: Final = 300.0  # a spliced body that stops for this long is cut off (the instance keeps what came)
+BODY_IDLE_SECONDS: Final = 300.0  # a spliced body that stops this long is cut off (the instance keeps what came)
 _HOP_BY_HOP: Final = frozenset(
     {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te", "trailer",
      "transfer-encoding", "upgrade", "expect"}
@@ -172,12 +171,7 @@ async def _body(request: web.Request) -> bytes | SplicedPayload | AsyncIterator[
     if small is not None:
         return small
     socket_body = SocketBody.of(request)
-    return _chunks(request) if socket_body is None else SplicedPayload(socket_body, BODY_IDLE_SECONDS)
-
-
-async def _chunks(request: web.Request) -> AsyncIterator[bytes]:
-    async for chunk in request.content.iter_chunked(CHUNK):
-        yield chunk
+    return pieces(request) if socket_body is None else SplicedPayload(socket_body, BODY_IDLE_SECONDS)
 
 
 async def forward(request: web.Request) -> web.StreamResponse:
@@ -201,8 +195,9 @@ async def forward(request: web.Request) -> web.StreamResponse:
             data=await _body(request),
             allow_redirects=False,
         ) as upstream:
-            return await _pass_back(request, upstream)
-    except (aiohttp.ClientError, TimeoutError, BodyStoppedError, OSError) as exc:
+            passed = CIMultiDict((k, v) for k, v in upstream.headers.items() if k.lower() not in _HOP_BY_HOP)
+            return await pass_back(request, upstream, passed, idle_seconds=BODY_IDLE_SECONDS)
+    except BROKEN as exc:
         if isinstance(exc, aiohttp.ClientConnectorError):
             return error(503, f"instance {name!r} is not running", {"Retry-After": "1"})
         log.warning("instance broke the connection", extra={"instance": name, "error": str(exc)})
@@ -210,33 +205,6 @@ async def forward(request: web.Request) -> web.StreamResponse:
     finally:
         route.in_flight -= 1
         route.touch()
-
-
-class AnswerBrokenError(Exception):
-    """The instance's answer broke off after it began: all that is left is to break the caller's connection."""
-
-
-async def _pass_back(request: web.Request, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
-    """The instance's answer to the caller: a small one whole, a large one spliced, any other streamed."""
-    passed = CIMultiDict((k, v) for k, v in upstream.headers.items() if k.lower() not in _HOP_BY_HOP)
-    small = await small_answer_body(request, upstream)
-    if small is not None:
-        return web.Response(status=upstream.status, reason=upstream.reason, body=small, headers=passed)
-    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=passed)
-    try:
-        spliced = SocketAnswer.of(request, upstream)
-        if spliced is not None:
-            await spliced.send(request, response, BODY_IDLE_SECONDS)
-            return response
-        await response.prepare(request)
-        async for chunk in upstream.content.iter_chunked(CHUNK):
-            await response.write(chunk)
-        await response.write_eof()
-    except (aiohttp.ClientError, TimeoutError, BodyStoppedError, OSError) as exc:
-        if response.prepared:
-            raise AnswerBrokenError(f"the answer of {request.path} broke off: {exc}") from exc
-        raise
-    return response
 
 
 def init_app(routes: Routes, token: SecretStr) -> web.Application:

@@ -28,6 +28,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from ucim.common.event_loops import run_relay
 from ucim.common.kube import Kube
 from ucim.common.logs import setup_logging
 from ucim.common.observability import start_health_server
@@ -158,7 +159,7 @@ def main() -> None:
         # Secrets only now: the fork server, and so every instance, never had them.
         if fork_server is not None:
             token = settings.read_ingress_token()
-        code = asyncio.run(serve(settings, fork_server, token))
+        code = run_relay(serve(settings, fork_server, token))
     except BaseException:
         if fork_server is not None:
             with contextlib.suppress(Exception):

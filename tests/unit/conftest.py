@@ -1,9 +1,12 @@
 """Fixtures shared by the gateway's unit tests: Core's stand-in, a fake Kubernetes, and a gateway
-in front of a fake bridge ingress (``env``), built through the real application factory."""
+in front of a fake bridge ingress (``env``), built through the real application factory; and the
+event loops the tests run on."""
 
 from __future__ import annotations
 
+import asyncio
 import typing
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -13,9 +16,19 @@ from pytest_aiohttp import AiohttpClient, AiohttpServer
 from tests.support.fake_ingress import FakeIngress
 from tests.support.fake_kube import FakeKube
 from tests.support.gateway_files import PROVIDER, Env, GatewayFactory, settings
+from ucim.common.event_loops import new_relay_loop
 from ucim.common.kube import Kube
 from ucim.gateway.app import init_app
 from ucim.testing import CoreStandIn
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Tests marked ``relay_loops`` run on asyncio's loop (the instances') and on the relays' (uvloop)."""
+    if item.get_closest_marker("relay_loops") is not None:
+        return {"asyncio": asyncio.new_event_loop, "uvloop": new_relay_loop}
+    return {"asyncio": asyncio.new_event_loop}
 
 
 @pytest.fixture

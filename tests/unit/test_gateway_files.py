@@ -17,6 +17,8 @@ from tests.support.gateway_files import BASE, PROVIDER, PUBLIC_URL, Env, Gateway
 from ucim.common import instance_api as api
 from ucim.common.protocol import decode_username, encode_username
 
+pytestmark = pytest.mark.relay_loops  # the gateway and the bridge run on uvloop
+
 # --- Core's calls -----------------------------------------------------------------------
 
 FORWARDS = [

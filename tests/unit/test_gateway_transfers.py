@@ -15,6 +15,8 @@ from ucim.common.reasons import REQUESTED_AT_ANNOTATION
 from ucim.common.resources import UserConnection, UserInstance
 from ucim.gateway import transfers
 
+pytestmark = pytest.mark.relay_loops  # the gateway and the bridge run on uvloop
+
 
 def hint(username: str) -> str:
     return base64.urlsafe_b64encode(username.encode()).decode().rstrip("=")

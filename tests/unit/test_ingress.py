@@ -15,6 +15,8 @@ from pytest_aiohttp import AiohttpClient
 
 from ucim.slurm_bridge.ingress import Routes, init_app
 
+pytestmark = pytest.mark.relay_loops  # the gateway and the bridge run on uvloop
+
 TOKEN = "a-token-that-is-long-enough"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 

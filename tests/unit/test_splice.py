@@ -33,6 +33,8 @@ from ucim.common.splice import (
     SplicedPayload,
 )
 
+pytestmark = pytest.mark.relay_loops  # the proxies splice on uvloop, the instances on asyncio's loop
+
 MIB = 1 << 20
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

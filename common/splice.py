@@ -28,6 +28,7 @@ import contextlib
 import fcntl
 import os
 import select
+import socket
 import threading
 from collections.abc import Callable, Mapping
 from typing import Final
@@ -40,6 +41,10 @@ PIPE_BYTES: Final = 1 << 20  # what one splice moves at most (a pipe holds 64 Ki
 # Smaller bodies are cheaper through aiohttp than through a worker thread (and keep the connection).
 MIN_BYTES: Final = 256 << 10
 POLL_SECONDS: Final = 0.25  # how soon a cancelled move notices
+# A unix socket's send buffer stays at net.core.wmem_default (~208 KiB) unless asked, where TCP grows
+# its own: a large body then crosses in many small steps, each a wake-up of both ends (an upload's
+# bridge → instance hop ran at ~0.75x the speed it reaches with 4 MiB). The kernel caps it at net.core.wmem_max.
+UNIX_SEND_BUFFER_BYTES: Final = 4 << 20
 _SPLICE_FLAGS: Final = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 
 
@@ -106,6 +111,7 @@ class SocketBody:
 
         Raises BodyStoppedError (with what was sent) when the body does not all arrive.
         """
+        widen_send_buffer(sink)
         return await self._move(_SocketSink(sink), idle_seconds)
 
     async def _move(self, sink: _FileSink | _SocketSink, idle_seconds: float) -> int:
@@ -250,6 +256,16 @@ async def socket_to_file(source: int, count: int, fd: int, position: int, idle_s
 def _worth_a_splice(length: int, headers: Mapping[str, str]) -> bool:
     """A body large enough, sent as it is (no chunked framing, no compression) for its length to be its bytes."""
     return length >= MIN_BYTES and hdrs.TRANSFER_ENCODING not in headers and hdrs.CONTENT_ENCODING not in headers
+
+
+def widen_send_buffer(fd: int) -> None:
+    """Give the socket ``fd``, if a unix one, a send buffer fit for large bodies (UNIX_SEND_BUFFER_BYTES)."""
+    with socket.socket(fileno=os.dup(fd)) as sock:  # options belong to the socket: a duplicate sets them
+        if (
+            sock.family == socket.AF_UNIX
+            and sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < UNIX_SEND_BUFFER_BYTES
+        ):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, UNIX_SEND_BUFFER_BYTES)
 
 
 def _plain_socket(transport: asyncio.BaseTransport | None) -> bool:

@@ -46,7 +46,7 @@ from ucim.common.protocol import (
     FilesProviderCreateUploadRequestItem,
     dump,
 )
-from ucim.common.splice import SocketBody
+from ucim.common.splice import SocketBody, widen_send_buffer
 from ucim.user_sidecar.middlewares import error_response
 from ucim.user_sidecar.paths import PathRefusedError
 from ucim.user_sidecar.transfers import (
@@ -218,6 +218,9 @@ async def download(request: web.Request) -> web.StreamResponse:
         if uses_token and not await transfers.consume(opened.key):
             return _refusal(TransferRefusedError("unknown or expired download token", 404))
         response = _HandlerPreparedFileResponse(f"/proc/self/fd/{opened.fd}", headers=_download_headers(opened.name))
+        connection = request.transport.get_extra_info("socket") if request.transport is not None else None
+        if connection is not None:
+            widen_send_buffer(connection.fileno())  # the bridge's unix socket: the file goes out in fewer steps
         try:
             await response.prepare(request)
             await response.write_eof()

@@ -203,6 +203,22 @@ async def test_a_proxy_splices_the_body_into_its_own_request(aiohttp_server: Aio
     assert sum(counted) == len(data)
 
 
+def test_a_unix_socket_gets_a_wide_send_buffer_and_tcp_keeps_its_own() -> None:
+    unix, peer = socket.socketpair(socket.AF_UNIX)
+    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        tcp_before = tcp.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        splice.widen_send_buffer(unix.fileno())
+        splice.widen_send_buffer(tcp.fileno())
+        cap = int(Path("/proc/sys/net/core/wmem_max").read_text())
+        # The kernel keeps twice what it is given (for its own bookkeeping), at most twice wmem_max.
+        assert unix.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == 2 * min(splice.UNIX_SEND_BUFFER_BYTES, cap)
+        assert tcp.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == tcp_before
+    finally:
+        for sock in (unix, peer, tcp):
+            sock.close()
+
+
 def self_signed(folder: Path) -> ssl.SSLContext:
     """A server context with a throw-away certificate for 127.0.0.1."""
     key = ec.generate_private_key(ec.SECP256R1())

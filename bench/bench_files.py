@@ -35,8 +35,9 @@ downloaded copy is compared with its source.
 
 **Browse**: the first 100 entries (by name) of a 10,000-entry folder in alice's home,
 ``--browse-calls`` times (≥ 200) each way, rotating: through the gateway (as Core calls it),
-through the bridge ingress, and on the instance's unix socket; p50/p99, and what the gateway
-adds.
+through the bridge ingress, on the instance's unix socket, and through two bare aiohttp relays
+in front of that socket (``bench/bare_relays.py``: what any two Python hops add on this
+machine, the floor for the gateway and the bridge); p50/p99, and what the gateway adds.
 
 Targets (issue): for the large file, full path ≥ 0.7 x nginx and ≥ 0.5 x cp, in both
 directions; browsing 100 entries through the gateway adds ≤ 2 ms p50 over the instance itself.
@@ -77,6 +78,7 @@ from typing import Any, Final
 
 import aiohttp
 
+from bench.bare_relays import bare_relays
 from bench.bench_job_path import release_leftovers
 from bench.file_transfers import (
     Contender,
@@ -118,6 +120,7 @@ LABELS: Final = {
     "socket": "instance, on its unix socket",
     "ingress": "instance, through the bridge ingress",
     "gateway": "gateway, as Core calls it",
+    "bare": "two bare aiohttp relays (the floor)",
 }
 
 
@@ -551,7 +554,7 @@ async def full_path_lane(ucim: Ucim, work: Path) -> Lane:
 
 
 async def browse(run: Run, ucim: Ucim, session: aiohttp.ClientSession) -> dict[str, Any]:
-    """First page of 100 of a 10,000-entry folder: gateway vs ingress vs the unix socket."""
+    """First page of 100 of a 10,000-entry folder: gateway vs ingress vs the unix socket, and two bare relays."""
     folder = ucim.home / BROWSE_FOLDER
     await asyncio.to_thread(fill_browse_folder, run.workload, folder)
     request = browse_body(
@@ -564,9 +567,18 @@ async def browse(run: Run, ucim: Ucim, session: aiohttp.ClientSession) -> dict[s
     body = json.dumps(request).encode()
     json_type = {"Content-Type": "application/json"}
     ingress = {"Authorization": f"Bearer {ucim.ingress_token}", **json_type}
-    async with aiohttp.ClientSession(
-        connector=aiohttp.UnixConnector(path=ucim.socket), timeout=aiohttp.ClientTimeout(total=30)
-    ) as unix:
+    result: dict[str, Any] = {"entries": len(run.workload.small_names), "page": BROWSE_PAGE, "ways": {}}
+    async with contextlib.AsyncExitStack() as stack:
+        unix = await stack.enter_async_context(
+            aiohttp.ClientSession(
+                connector=aiohttp.UnixConnector(path=ucim.socket), timeout=aiohttp.ClientTimeout(total=30)
+            )
+        )
+        try:
+            bare = await stack.enter_async_context(bare_relays(ucim.socket))
+        except (OSError, ValueError, TimeoutError) as error:
+            bare = None
+            result["ways"]["bare"] = {"available": False, "why": f"{type(error).__name__}: {error}"}
 
         async def post(client: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> tuple[int, bytes]:
             async with client.post(url, data=body, headers=headers) as response:
@@ -579,7 +591,8 @@ async def browse(run: Run, ucim: Ucim, session: aiohttp.ClientSession) -> dict[s
                 session, ucim.calls.core.provider_endpoint("files/browse"), {**ucim.calls.headers(), **json_type}
             ),
         }
-        result: dict[str, Any] = {"entries": len(run.workload.small_names), "page": BROWSE_PAGE, "ways": {}}
+        if bare is not None:
+            ways["bare"] = lambda: post(session, f"{bare}{FILES_BROWSE_PATH}", json_type)
         working = {}
         for way, call in ways.items():
             status, answer = await call()
@@ -600,11 +613,20 @@ async def browse(run: Run, ucim: Ucim, session: aiohttp.ClientSession) -> dict[s
                     samples[way].append(seconds * 1000)
     for way, values in samples.items():
         result["ways"][way] = {"available": True, **latency(values)}
-    ways_ms = result["ways"]
-    for base in ("socket", "ingress"):
-        if ways_ms.get("gateway", {}).get("available") and ways_ms.get(base, {}).get("available"):
-            result[f"gateway_adds_p50_ms_over_{base}"] = round(ways_ms["gateway"]["p50"] - ways_ms[base]["p50"], 3)
-    return result
+    return {**result, **added_p50(result["ways"])}
+
+
+def added_p50(ways_ms: dict[str, Any]) -> dict[str, float]:
+    """What the gateway adds over the ingress and the socket, and what the bare relays add over the socket."""
+    added = {}
+    for name, way, base in (
+        ("gateway_adds_p50_ms_over_socket", "gateway", "socket"),
+        ("gateway_adds_p50_ms_over_ingress", "gateway", "ingress"),
+        ("bare_relays_add_p50_ms_over_socket", "bare", "socket"),
+    ):
+        if ways_ms.get(way, {}).get("available") and ways_ms.get(base, {}).get("available"):
+            added[name] = round(ways_ms[way]["p50"] - ways_ms[base]["p50"], 3)
+    return added
 
 
 def browse_refusal(status: int, answer: bytes) -> str | None:
@@ -802,12 +824,15 @@ def table(result: dict[str, Any]) -> str:
             f"browse: first {browsing['page']} of a {browsing['entries']:,}-entry folder, ms",
             f"  {'':46} {'p50':>9} {'p99':>9} {'n':>5}",
         ]
-        for way in ("socket", "ingress", "gateway"):
+        for way in ("socket", "ingress", "gateway", "bare"):
             figure = browsing["ways"].get(way, {"available": False, "why": "?"})
             if figure["available"]:
                 lines.append(f"  {LABELS[way]:46} {figure['p50']:9.2f} {figure['p99']:9.2f} {figure['n']:5}")
             else:
                 lines.append(f"  {LABELS[way]:46} not available ({figure['why']})")
+        floor = browsing.get("bare_relays_add_p50_ms_over_socket")
+        if floor is not None:
+            lines.append(f"  (two bare relays add {floor:.2f} ms p50 over the socket here: the floor for two hops)")
     else:
         lines.append(f"browse: not available ({browsing.get('why')})")
     lines += ["", "targets"]

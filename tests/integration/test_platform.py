@@ -135,18 +135,22 @@ def test_alice_job_output_is_hers_and_bob_cannot_read_it(platform: Platform) -> 
     script = f"#!/bin/bash\n#SBATCH --output={out_file}\n#SBATCH --time=1\nid -un\n"
     script_path = f"/home/alice/ucim-it-{tag}.sh"
     platform.run_as("alice", "tee", script_path, stdin=script)
-    job_id = platform.run_as("alice", "sbatch", "--parsable", "--chdir=/home/alice", script_path).stdout
-    job_id = job_id.strip()
-    deadline = time.monotonic() + 60
-    while True:
-        state = platform.run_as("alice", "squeue", "-h", "-j", job_id, "-o", "%T", check=False).stdout.strip()
-        if state in ("", "COMPLETED") and Path(out_file).exists():
-            break
-        assert time.monotonic() < deadline, f"job {job_id} did not finish (state {state!r})"
-        time.sleep(0.3)
-    stat = Path(out_file).stat()
-    assert stat.st_uid == int(platform.run_as("alice", "id", "-u").stdout)
-    assert Path(out_file).read_text().strip() == "alice"
-    denied = platform.run_as("bob", "cat", out_file, check=False)
-    assert denied.returncode != 0
-    assert "Permission denied" in denied.stderr
+    try:
+        job_id = platform.run_as("alice", "sbatch", "--parsable", "--chdir=/home/alice", script_path).stdout
+        job_id = job_id.strip()
+        deadline = time.monotonic() + 60
+        while True:
+            state = platform.run_as("alice", "squeue", "-h", "-j", job_id, "-o", "%T", check=False).stdout.strip()
+            if state in ("", "COMPLETED") and Path(out_file).exists():
+                break
+            assert time.monotonic() < deadline, f"job {job_id} did not finish (state {state!r})"
+            time.sleep(0.3)
+        stat = Path(out_file).stat()
+        assert stat.st_uid == int(platform.run_as("alice", "id", "-u").stdout)
+        assert Path(out_file).read_text().strip() == "alice"
+        denied = platform.run_as("bob", "cat", out_file, check=False)
+        assert denied.returncode != 0
+        assert "Permission denied" in denied.stderr
+    finally:
+        for leftover in (script_path, out_file):  # alice's home is shared by every run
+            Path(leftover).unlink(missing_ok=True)

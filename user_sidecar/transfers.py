@@ -196,7 +196,7 @@ def expires_at(session: UploadSession | DownloadSession, limits: TransferLimits)
 
 
 class SessionStore:
-    """Sessions by key: one JSON file each in ``folder`` (0700), cached in memory.
+    """Sessions by key: one JSON file each in ``folder`` (0700), cached in memory but for finished uploads.
 
     Safe to use from the event loop and from worker threads.
     """
@@ -238,6 +238,10 @@ class SessionStore:
                 Path(temp).unlink()
             raise
         with self._lock:
+            if not _kept_in_memory(session):
+                self._cache.pop(key, None)
+                self._written_activity.pop(key, None)
+                return
             self._cache[key] = session
             if isinstance(session, UploadSession):
                 self._written_activity[key] = session.last_activity
@@ -272,8 +276,8 @@ class SessionStore:
 
     def _load(self, key: str) -> UploadSession | DownloadSession | None:
         session = self._read(key)
-        if session is None:
-            return None
+        if session is None or not _kept_in_memory(session):
+            return session
         with self._lock:
             return self._cache.setdefault(key, session)
 
@@ -324,6 +328,12 @@ class SessionStore:
                     if time.time() - entry.stat(follow_symlinks=False).st_mtime > _STALE_TEMP_SECONDS:
                         Path(entry.path).unlink()
         return found
+
+
+def _kept_in_memory(session: UploadSession | DownloadSession) -> bool:
+    """All but finished uploads: those are asked for rarely, and an instance that takes thousands of
+    small files should not hold them all (the session on disk answers, until it expires)."""
+    return not (isinstance(session, UploadSession) and session.finished)
 
 
 def _mkstemp(folder: Path) -> tuple[int, str]:

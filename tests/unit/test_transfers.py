@@ -247,6 +247,8 @@ async def test_an_upload_in_chunks_is_byte_identical_and_only_visible_when_compl
         "This upload is complete (/home/up/data.bin); it takes no more chunks",
     )
     assert (await progress(w, token)).body["complete"] is True
+    # A finished upload's session is read from disk when asked for, never kept in memory.
+    assert w.transfers.store.cached(digest(token)) is None
     assert metric("ucim_instance_upload_bytes_total") - uploaded == len(data)
     assert metric("ucim_instance_transfers_total", kind="upload", outcome="completed") - completed == 1
 

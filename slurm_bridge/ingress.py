@@ -14,6 +14,9 @@ in memory). Answers of the ingress itself use UCloud's error envelope:
 
 The token is never forwarded, nor are hop-by-hop headers or ``Host``. Every request
 counts as activity of its instance (the idle timer), from its start to its end.
+
+``GET /instances/<name>`` asking to upgrade to ``ucim-instance`` opens a tunnel instead: the
+connection then carries the instance's own HTTP (``ucim.slurm_bridge.tunnels``).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from ucim.common import splice
 from ucim.common.protocol import error_body
 from ucim.common.proxy_bodies import BROKEN, pass_back, pieces, small_request_body
 from ucim.common.splice import SocketBody, SplicedPayload
+from ucim.slurm_bridge.tunnels import InstanceUnreachableError, tunnel, wants_tunnel
 
 log = logging.getLogger(__name__)
 
@@ -180,8 +184,10 @@ async def forward(request: web.Request) -> web.StreamResponse:
     if route is None:
         return error(404, f"there is no instance {name!r} on this bridge")
     session = route.session
-    if session is None:
-        return error(503, f"instance {name!r} is not running", {"Retry-After": "1"})
+    if session is None or route.socket_path is None:
+        return _not_running(name)
+    if wants_tunnel(request) and "tail" not in request.match_info:
+        return await _tunnel_to(request, route.socket_path, route)
     headers = _forwarded_headers(request.headers)
     if request.content_length is not None:
         headers["Content-Length"] = str(request.content_length)
@@ -199,12 +205,23 @@ async def forward(request: web.Request) -> web.StreamResponse:
             return await pass_back(request, upstream, passed, idle_seconds=BODY_IDLE_SECONDS)
     except BROKEN as exc:
         if isinstance(exc, aiohttp.ClientConnectorError):
-            return error(503, f"instance {name!r} is not running", {"Retry-After": "1"})
+            return _not_running(name)
         log.warning("instance broke the connection", extra={"instance": name, "error": str(exc)})
         return error(502, f"instance {name!r} did not answer properly")
     finally:
         route.in_flight -= 1
         route.touch()
+
+
+async def _tunnel_to(request: web.Request, socket_path: str, route: Route) -> web.StreamResponse:
+    try:
+        return await tunnel(request, socket_path, route.touch)
+    except InstanceUnreachableError:
+        return _not_running(route.name)
+
+
+def _not_running(name: str) -> web.Response:
+    return error(503, f"instance {name!r} is not running", {"Retry-After": "1"})
 
 
 def init_app(routes: Routes, token: SecretStr) -> web.Application:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import h11
 import pytest
 from aiohttp import web
 from prometheus_client import REGISTRY
@@ -158,3 +161,99 @@ async def test_an_instance_that_went_away_is_503(aiohttp_client: AiohttpClient, 
     assert (await client.get("/instances/gone/healthz", headers=AUTH)).status == 503
     await routes.remove("gone")
     assert (await client.get("/instances/gone/healthz", headers=AUTH)).status == 404
+
+
+UPGRADE = {**AUTH, "Connection": "Upgrade", "Upgrade": "ucim-instance"}
+
+
+Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def open_tunnel(port: int, name: str, headers: dict[str, str]) -> tuple[int, *Streams]:
+    """A raw connection to the ingress asking for a tunnel to ``name``: the answer's status, and the streams."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = "".join(f"{key}: {value}\r\n" for key, value in headers.items())
+    writer.write(f"GET /instances/{name} HTTP/1.1\r\nHost: bridge\r\n{head}\r\n".encode())
+    answer = await reader.readuntil(b"\r\n\r\n")
+    return int(answer.split()[1]), reader, writer
+
+
+async def call_through(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str, body: bytes) -> Any:
+    """One kept-alive POST over a tunnel, spoken to the instance itself; its JSON answer."""
+    connection = h11.Connection(h11.CLIENT)
+    fields = [("Host", "instance"), ("Content-Length", str(len(body)))]
+    request = h11.Request(method="POST", target=path, headers=fields)
+    writer.write(connection.send(request) + connection.send(h11.Data(data=body)) + connection.send(h11.EndOfMessage()))
+    answer = bytearray()
+    while True:
+        event = connection.next_event()
+        if event is h11.NEED_DATA:
+            connection.receive_data(await reader.read(65536))
+        elif isinstance(event, h11.Data):
+            answer += event.data
+        elif isinstance(event, h11.EndOfMessage):
+            return json.loads(answer)
+
+
+async def test_a_tunnel_carries_kept_alive_calls_to_the_instance_and_counts_as_activity(
+    aiohttp_client: AiohttpClient, routes: Routes, instance_socket: str
+) -> None:
+    routes.open("alice", instance_socket)
+    route = routes.get("alice")
+    assert route is not None
+    client = await aiohttp_client(init_app(routes, SecretStr(TOKEN)))
+    assert client.port is not None
+    status, reader, writer = await open_tunnel(client.port, "alice", UPGRADE)
+    assert status == 101
+    try:
+        for number in range(3):  # one connection, three calls: the tunnel stays
+            before = route.last_activity
+            seen = await call_through(reader, writer, f"/files/browse?n={number}", b'{"x": 1}')
+            assert (seen["method"], seen["path"], seen["body"]) == ("POST", f"/files/browse?n={number}", '{"x": 1}')
+            assert seen["headers"]["host"] == "instance"  # the caller's own request, untouched
+            assert route.last_activity > before
+        assert route.in_flight == 0  # an open tunnel is not activity by itself: the idle timer still runs
+    finally:
+        writer.close()
+
+
+async def test_a_tunnel_needs_the_token_and_a_running_instance(
+    aiohttp_client: AiohttpClient, routes: Routes, tmp_path: Path
+) -> None:
+    client = await aiohttp_client(init_app(routes, SecretStr(TOKEN)))
+    assert client.port is not None
+    routes.ensure("sleepy")
+    routes.open("gone", str(tmp_path / "nothing-listens.sock"))
+    for name, headers, expected in (
+        ("alice", {**UPGRADE, "Authorization": "Bearer nope"}, 401),
+        ("ghost", UPGRADE, 404),
+        ("sleepy", UPGRADE, 503),
+        ("gone", UPGRADE, 503),
+    ):
+        status, _, writer = await open_tunnel(client.port, name, headers)
+        writer.close()
+        assert status == expected, name
+
+
+async def test_a_tunnel_closes_with_the_instance(aiohttp_client: AiohttpClient, routes: Routes, tmp_path: Path) -> None:
+    accepted: asyncio.Queue[asyncio.StreamWriter] = asyncio.Queue()
+
+    async def instance(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await accepted.put(writer)
+
+    path = str(tmp_path / "raw.sock")
+    server = await asyncio.start_unix_server(instance, path)
+    try:
+        routes.open("alice", path)
+        client = await aiohttp_client(init_app(routes, SecretStr(TOKEN)))
+        assert client.port is not None
+        status, reader, writer = await open_tunnel(client.port, "alice", UPGRADE)
+        assert status == 101
+        inner = await asyncio.wait_for(accepted.get(), 5)
+        inner.write(b"raw bytes, both ways")
+        assert await asyncio.wait_for(reader.readexactly(20), 5) == b"raw bytes, both ways"
+        inner.close()  # the instance goes away: so does the caller's connection
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+    finally:
+        server.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -18,11 +17,7 @@ from typing import Any
 
 import pytest
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from ucim.testing.stack import free_port
 
 
 def http_get(url: str, headers: dict[str, str] | None = None, data: bytes | None = None) -> tuple[int, bytes]:
@@ -55,7 +50,7 @@ def prometheus(scrape_configs: list[dict[str, Any]]) -> Iterator[str]:
     folder = Path(tempfile.mkdtemp(prefix="ucim-prometheus-"))
     config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"}, "scrape_configs": scrape_configs}
     (folder / "prometheus.yml").write_text(json.dumps(config))
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [
             binary,

@@ -52,10 +52,29 @@ def read_platform_env(run_dir: Path | None = None) -> dict[str, str]:
     return env
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free port below the kernel's ephemeral range, never handed out twice by this process.
+
+    A port from ``bind(0)`` is an ephemeral one: a client socket can take it before the component
+    it is for binds it (seen once in CI: the gateway's EADDRINUSE). ``hack/local_platform.py``
+    picks its ports the same way, on its own (it runs on the standard library alone).
+    """
+    low, high = (int(n) for n in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    candidates = range(20000, low) if low > 21000 else range(high + 1, 65536)
+    while True:
+        port = secrets.choice(candidates)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
 
 
 class CommandError(AssertionError):

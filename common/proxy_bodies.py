@@ -16,7 +16,7 @@ from typing import Final
 import aiohttp
 from aiohttp import web
 
-from ucim.common.splice import MIN_BYTES, BodyStoppedError, SocketAnswer
+from ucim.common.splice import MIN_BYTES, BodyStoppedError, SocketAnswer, SocketBody, SplicedPayload
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +34,17 @@ def is_small(length: int | None) -> bool:
     return length is not None and length < MIN_BYTES
 
 
-async def small_request_body(request: web.Request) -> bytes | None:
-    """The whole body of a request whose Content-Length is small; None when it must stream."""
-    return await request.read() if request.body_exists and is_small(request.content_length) else None
+async def forwarded_body(
+    request: web.Request, idle_seconds: float
+) -> bytes | SplicedPayload | AsyncIterator[bytes] | None:
+    """The request's body for the next hop: a small one whole; a large one spliced where the app
+    ``splice.enable``-d it (``idle_seconds`` bounds its silence); else a stream of pieces. None without one."""
+    if not request.body_exists:
+        return None
+    if is_small(request.content_length):
+        return await request.read()
+    socket_body = SocketBody.of(request)
+    return pieces(request) if socket_body is None else SplicedPayload(socket_body, idle_seconds)
 
 
 async def pieces(request: web.Request, on_piece: Callable[[int], None] | None = None) -> AsyncIterator[bytes]:

@@ -169,7 +169,7 @@ class SplicedPayload(Payload):
             return
         await _send_headers(writer, transport)
         try:
-            sent = await self._body.to_socket(transport.get_extra_info("socket").fileno(), self._idle_seconds)
+            sent = await self._body.to_socket(_socket_fd(transport), self._idle_seconds)
         except BodyStoppedError as stopped:
             self._count(stopped.moved)
             raise

@@ -12,9 +12,11 @@ Ready gets 449, so that Core runs ``integration/init`` and retries.
 from __future__ import annotations
 
 import base64
+from collections.abc import AsyncIterator
 from typing import Final
 
 from aiohttp import web
+from aiohttp.payload import Payload
 from aiohttp.typedefs import Handler
 from pydantic import ValidationError
 from yarl import URL
@@ -29,6 +31,7 @@ from ucim.common.protocol import (
     FSSupport,
     dump,
 )
+from ucim.common.proxy_bodies import forwarded_body
 from ucim.gateway.auth import USERNAME_HINT, acting_username
 from ucim.gateway.errors import ProviderError
 from ucim.gateway.instance_proxy import (
@@ -36,7 +39,6 @@ from ucim.gateway.instance_proxy import (
     InstanceUnreachableError,
     pick_headers,
     relay,
-    request_body,
 )
 from ucim.gateway.settings import GatewaySettings
 from ucim.gateway.views import PROXY, SETTINGS
@@ -96,13 +98,18 @@ async def forward_for_core(request: web.Request, path: str) -> web.StreamRespons
     proxy = request.app[PROXY]
     try:
         upstream = await proxy.send(
-            username, "POST", path, headers=pick_headers(request, CORE_CALL_HEADERS), body=await request_body(request)
+            username, "POST", path, headers=pick_headers(request, CORE_CALL_HEADERS), body=await core_call_body(request)
         )
     except InstanceNotReadyError as error:
         raise ProviderError(449, f"{error}; call integration/init") from error
     except InstanceUnreachableError as error:
         raise ProviderError(502, str(error)) from error
     return await relay(request, upstream, idle_seconds=request.app[SETTINGS].instance_read_timeout_seconds)
+
+
+async def core_call_body(request: web.Request) -> bytes | AsyncIterator[bytes] | Payload | None:
+    """The body of a call of Core's, as it goes on to the instance (``forwarded_body``)."""
+    return await forwarded_body(request, request.app[SETTINGS].instance_read_timeout_seconds)
 
 
 def forwarder(path: str) -> Handler:
@@ -128,7 +135,7 @@ async def create_transfer(request: web.Request, path: str) -> tuple[str, list[st
     username = core_user(request)
     try:
         upstream = await request.app[PROXY].send(
-            username, "POST", path, headers=pick_headers(request, CORE_CALL_HEADERS), body=await request_body(request)
+            username, "POST", path, headers=pick_headers(request, CORE_CALL_HEADERS), body=await core_call_body(request)
         )
     except InstanceNotReadyError as error:
         raise ProviderError(449, f"{error}; call integration/init") from error

@@ -19,7 +19,7 @@ fails. Two outcomes besides an answer matter to callers and are told apart here:
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -32,7 +32,7 @@ from pydantic import SecretStr
 
 from ucim.common.conditions import is_true
 from ucim.common.instance_api import CHUNKED_OFFSET_HEADER
-from ucim.common.proxy_bodies import BROKEN, pass_back, pieces, small_request_body
+from ucim.common.proxy_bodies import BROKEN, pass_back
 from ucim.common.reasons import READY
 from ucim.gateway.errors import ProviderError
 from ucim.gateway.instances import Instances
@@ -172,14 +172,6 @@ class InstanceProxy:
                 "the bridge refused the gateway's ingress token (UCIM_GATEWAY_INGRESS_TOKEN)"
             )
         return response
-
-
-async def request_body(request: web.Request) -> bytes | AsyncIterator[bytes] | None:
-    """The request's body: read whole when small, else as a stream of pieces; None without one."""
-    if not request.body_exists:
-        return None
-    small = await small_request_body(request)
-    return small if small is not None else pieces(request)
 
 
 def pick_headers(request: web.Request, names: Iterable[str]) -> dict[str, str]:

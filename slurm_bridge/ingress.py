@@ -26,7 +26,6 @@ import hmac
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final
@@ -41,8 +40,7 @@ from yarl import URL
 
 from ucim.common import splice
 from ucim.common.protocol import error_body
-from ucim.common.proxy_bodies import BROKEN, pass_back, pieces, small_request_body
-from ucim.common.splice import SocketBody, SplicedPayload
+from ucim.common.proxy_bodies import BROKEN, forwarded_body, pass_back
 from ucim.slurm_bridge.tunnels import InstanceUnreachableError, tunnel, wants_tunnel
 
 log = logging.getLogger(__name__)
@@ -167,17 +165,6 @@ def _forwarded_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in _NOT_FORWARDED)
 
 
-async def _body(request: web.Request) -> bytes | SplicedPayload | AsyncIterator[bytes] | None:
-    """A small body whole; a large one spliced from the gateway's connection into the instance's; else a stream."""
-    if not request.body_exists:
-        return None
-    small = await small_request_body(request)
-    if small is not None:
-        return small
-    socket_body = SocketBody.of(request)
-    return pieces(request) if socket_body is None else SplicedPayload(socket_body, BODY_IDLE_SECONDS)
-
-
 async def forward(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
     route = request.app[ROUTES].get(name)
@@ -198,7 +185,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
             request.method,
             _target(request),
             headers=headers,
-            data=await _body(request),
+            data=await forwarded_body(request, BODY_IDLE_SECONDS),
             allow_redirects=False,
         ) as upstream:
             passed = CIMultiDict((k, v) for k, v in upstream.headers.items() if k.lower() not in _HOP_BY_HOP)

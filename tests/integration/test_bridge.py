@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import h11
 import pytest
 
 from tests.support.platform import Platform
@@ -245,6 +247,45 @@ def test_the_ingress_needs_the_token(bridge: Bridge) -> None:
     status, body = http(f"{bridge.ingress}/instances/nothing/healthz")
     assert status == 404
     assert "no instance 'nothing'" in body["why"]
+
+
+def tunnel_calls(ingress: str, name: str, token: str, paths: list[str]) -> tuple[int, list[tuple[int, Any]]]:
+    """Ask the ingress for a tunnel to ``name``; its status, and each GET of ``paths`` over it (one connection)."""
+    host, port = ingress.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(
+            f"GET /instances/{name} HTTP/1.1\r\nHost: bridge\r\nAuthorization: Bearer {token}\r\n"
+            "Connection: Upgrade\r\nUpgrade: ucim-instance\r\n\r\n".encode()
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(1)  # byte by byte: what follows the 101 is the instance's
+        status = int(head.split()[1])
+        answers = []
+        for path in paths if status == 101 else []:
+            connection = h11.Connection(h11.CLIENT)
+            sock.sendall(connection.send(h11.Request(method="GET", target=path, headers=[("Host", "instance")])))
+            sock.sendall(connection.send(h11.EndOfMessage()))
+            code, body = 0, b""
+            while not isinstance(event := connection.next_event(), h11.EndOfMessage):
+                if event is h11.NEED_DATA:
+                    connection.receive_data(sock.recv(65536))
+                elif isinstance(event, h11.Response):
+                    code = event.status_code
+                elif isinstance(event, h11.Data):
+                    body += event.data
+            answers.append((code, json.loads(body)))
+        return status, answers
+
+
+def test_a_tunnel_reaches_the_users_instance_and_needs_the_token(bridge: Bridge) -> None:
+    name, _ = instance(bridge, "alice#1234")
+    status, answers = tunnel_calls(bridge.ingress, name, TOKEN, ["/healthz", "/healthz"])
+    assert status == 101
+    assert [code for code, _ in answers] == [200, 200]  # two calls, one kept-alive connection
+    assert answers[0][1] == http(f"{bridge.ingress}/instances/{name}/healthz")[1]  # the same instance answered
+    assert tunnel_calls(bridge.ingress, name, "wrong-token", ["/healthz"]) == (401, [])
+    assert tunnel_calls(bridge.ingress, "nothing", TOKEN, ["/healthz"]) == (404, [])
 
 
 def test_a_job_submitted_through_the_ingress_runs_as_alice(bridge: Bridge, platform: Platform) -> None:

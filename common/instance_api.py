@@ -13,6 +13,10 @@ from pydantic.alias_generators import to_camel
 
 from ucim.common.resources import ApplicationRef, JobResources, ParameterValue, SlurmPlacement
 
+# ``GET <endpoint>`` upgraded to this protocol opens a tunnel: the connection then carries the
+# instance's own HTTP (``ucim.slurm_bridge.tunnels``, ``ucim.gateway.tunnel_connector``).
+TUNNEL_UPGRADE = "ucim-instance"
+
 SUBMIT_PATH = "/jobs/submit"
 CANCEL_PATH = "/jobs/cancel"
 HEALTH_PATH = "/healthz"

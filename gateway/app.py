@@ -75,16 +75,17 @@ async def core_client(app: web.Application) -> AsyncIterator[None]:
 
 
 async def instance_proxy(app: web.Application) -> AsyncIterator[None]:
-    """One client session to the bridge ingress for every forward."""
+    """The client sessions to the bridge ingress (forwards and tunnels) live as long as the application."""
     settings = app[SETTINGS]
-    session = InstanceProxy.new_session(
-        settings.instance_connect_timeout_seconds, settings.instance_read_timeout_seconds
-    )
-    app[PROXY] = InstanceProxy(
-        app[INSTANCES], settings.ingress_token, session, cache_seconds=settings.instance_cache_seconds
+    proxy = app[PROXY] = InstanceProxy(
+        app[INSTANCES],
+        settings.ingress_token,
+        connect_timeout=settings.instance_connect_timeout_seconds,
+        read_timeout=settings.instance_read_timeout_seconds,
+        cache_seconds=settings.instance_cache_seconds,
     )
     yield
-    await session.close()
+    await proxy.close()
 
 
 def init_app(settings: GatewaySettings, kube: Kube | None = None) -> web.Application:

@@ -1,9 +1,15 @@
 """Forwarding requests to a user's instance through the slurm_bridge ingress, streamed both ways.
 
-An instance is reached only at ``<UserInstance.status.endpoint><path>`` with the ingress
-bearer token. Bodies are never held whole: the request streams from the caller into the
-ingress and the answer streams back, so a 2 GiB upload or download costs the gateway a
-few buffers of memory.
+An instance is reached only through the ingress, with its bearer token, in one of two ways:
+
+* ``send``: ``<method> <UserInstance.status.endpoint><path>``; the bridge forwards the request
+  (and splices large bodies). Uploads and downloads go this way.
+* ``call``: through a tunnel to the instance (``tunnel_connector``), kept alive and reused;
+  the bridge relays bytes without parsing HTTP. Core's calls go this way: they are small and
+  many, and a browse of 100 entries should cost little more than the instance's own work.
+
+Bodies are never held whole: the request streams from the caller into the ingress and the
+answer streams back, so a 2 GiB upload or download costs the gateway a few buffers of memory.
 
 Each forward would otherwise need a Kubernetes GET to find the endpoint; the endpoint of a
 Ready instance is kept for ``cache_seconds`` instead, and forgotten as soon as a forward
@@ -29,6 +35,7 @@ from aiohttp.payload import Payload
 from multidict import CIMultiDict
 from prometheus_client import Counter
 from pydantic import SecretStr
+from yarl import URL
 
 from ucim.common.conditions import is_true
 from ucim.common.instance_api import CHUNKED_OFFSET_HEADER
@@ -36,6 +43,7 @@ from ucim.common.proxy_bodies import BROKEN, pass_back
 from ucim.common.reasons import READY
 from ucim.gateway.errors import ProviderError
 from ucim.gateway.instances import Instances
+from ucim.gateway.tunnel_connector import TunnelConnector, TunnelRefusedError
 
 # The instance's answer headers a caller may see; everything else (hop-by-hop, Server, ...) stays behind.
 ANSWER_HEADERS: Final = (
@@ -52,6 +60,10 @@ ANSWER_HEADERS: Final = (
     "Retry-After",
     CHUNKED_OFFSET_HEADER,
 )
+Body = AsyncIterable[bytes] | bytes | Payload | None  # a request body as aiohttp's client takes it
+# An endpoint that refused a tunnel (an older bridge, a proxy that drops Upgrade) is not asked again for this long.
+UNTUNNELED_SECONDS: Final = 300.0
+KEEPALIVE_SECONDS: Final = 30.0  # an idle connection to the bridge (or tunnel to an instance) is closed after
 
 
 class InstanceNotReadyError(Exception):
@@ -68,42 +80,46 @@ class _Cached:
     until: float
 
 
-def bridge_token_refused(response: aiohttp.ClientResponse) -> bool:
-    """The ingress itself refused our token (an instance never answers with its challenge)."""
-    return response.status == 401 and "ucim-bridge" in response.headers.get("WWW-Authenticate", "")
+def bridge_refusal(username: str, status: int, headers: Mapping[str, str]) -> Exception | None:
+    """The error for an answer of the ingress itself, or None for an answer of the instance.
 
-
-def bridge_not_running(response: aiohttp.ClientResponse) -> bool:
-    """The ingress's "instance is not running": a 503 that asks to come back (an instance's own 503 does not)."""
-    return response.status == 503 and "Retry-After" in response.headers
+    The ingress refuses our token with its own challenge (an instance never sends it), and says that
+    an instance is not running with a 503 that asks to come back (an instance's own 503 does not).
+    """
+    if status == 503 and "Retry-After" in headers:
+        return InstanceNotReadyError(f"the instance of {username} is not running")
+    if status == 401 and "ucim-bridge" in headers.get("WWW-Authenticate", ""):
+        return InstanceUnreachableError("the bridge refused the gateway's ingress token (UCIM_GATEWAY_INGRESS_TOKEN)")
+    return None
 
 
 class InstanceProxy:
-    """Finds a user's instance and forwards requests to it; one client session for the application."""
+    """Finds a user's instance and forwards requests to it; its client sessions live as long as the application."""
 
     def __init__(
         self,
         instances: Instances,
         ingress_token: SecretStr,
-        session: aiohttp.ClientSession,
         *,
+        connect_timeout: float,
+        read_timeout: float,
         cache_seconds: float = 5.0,
     ) -> None:
+        """Call from a coroutine (it opens client sessions); ``close`` them when done."""
         self.instances = instances
         self._authorization = f"Bearer {ingress_token.get_secret_value()}"
-        self._session = session
         self._cache_seconds = cache_seconds
         self._endpoints: dict[str, _Cached] = {}
+        self._untunneled: dict[str, float] = {}  # endpoint -> until when its calls go the plain way
+        # No total timeout (a transfer may take hours), bounded silence.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout)
+        self._session = _session(aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_SECONDS), timeout)
+        self._tunnels = TunnelConnector(self._authorization, keepalive_timeout=KEEPALIVE_SECONDS)
+        self._tunnel_session = _session(self._tunnels, timeout)
 
-    @staticmethod
-    def new_session(connect_timeout: float, read_timeout: float) -> aiohttp.ClientSession:
-        """The session forwards go through: no total timeout (a transfer may take hours), bounded silence."""
-        return aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout),
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
+    async def close(self) -> None:
+        await self._session.close()
+        await self._tunnel_session.close()
 
     # --- where the instance is ---
 
@@ -128,6 +144,27 @@ class InstanceProxy:
 
     # --- forwarding ---
 
+    async def call(self, username: str, path: str, *, headers: Mapping[str, str], body: Body) -> aiohttp.ClientResponse:
+        """One of Core's calls (a POST) to the user's instance, through a kept-alive tunnel; like ``send``.
+
+        The ingress token opens the tunnel and is never sent to the instance. A bridge that
+        answers the upgrade with anything but 101 or its own refusals (an older bridge, or a
+        proxy in front of it that drops ``Upgrade``) gets the call the plain way, ``send``, and so
+        do the calls to that endpoint for the next UNTUNNELED_SECONDS.
+        """
+        endpoint = await self.endpoint(username)
+        if self._untunneled.get(endpoint, 0.0) <= time.monotonic():
+            url = self._tunnels.base_url(endpoint).with_path(path)
+            try:
+                return await self._request(username, self._tunnel_session, "POST", url, _outgoing(headers), body=body)
+            except TunnelRefusedError as refused:
+                error = bridge_refusal(username, refused.status, refused.headers)
+                if error is not None:
+                    self.forget(username)
+                    raise error from refused
+                self._untunneled[endpoint] = time.monotonic() + UNTUNNELED_SECONDS
+        return await self.send(username, "POST", path, headers=headers, body=body)
+
     async def send(
         self,
         username: str,
@@ -136,42 +173,59 @@ class InstanceProxy:
         *,
         headers: Mapping[str, str] | None = None,
         params: Mapping[str, str] | None = None,
-        body: AsyncIterable[bytes] | bytes | Payload | None = None,
+        body: Body = None,
     ) -> aiohttp.ClientResponse:
-        """Send one request to the user's instance; the caller reads and releases the answer.
+        """Send one request to the user's instance through the ingress; the caller reads and releases the answer.
 
         The bridge's own refusals never reach the caller: they raise InstanceNotReadyError or
         InstanceUnreachableError, and the cached endpoint is forgotten.
         """
         endpoint = await self.endpoint(username)
-        outgoing = CIMultiDict(headers or {})
-        outgoing["Authorization"] = self._authorization
-        # Bytes as they are on disk: no compressed answer (nor a ".gz" sibling a file server might pick).
-        outgoing["Accept-Encoding"] = "identity"
+        outgoing = _outgoing(headers, self._authorization)
+        response = await self._request(
+            username, self._session, method, URL(endpoint + path), outgoing, params=params, body=body
+        )
+        error = bridge_refusal(username, response.status, response.headers)
+        if error is not None:
+            response.release()
+            self.forget(username)
+            raise error
+        return response
+
+    async def _request(
+        self,
+        username: str,
+        session: aiohttp.ClientSession,
+        method: str,
+        url: URL,
+        headers: CIMultiDict[str],
+        *,
+        params: Mapping[str, str] | None = None,
+        body: Body,
+    ) -> aiohttp.ClientResponse:
         try:
-            response = await self._session.request(
-                method,
-                endpoint + path,
-                params=params,
-                headers=outgoing,
-                data=body,
-                allow_redirects=False,
-            )
+            return await session.request(method, url, params=params, headers=headers, data=body, allow_redirects=False)
+        except TunnelRefusedError:
+            raise
         except (aiohttp.ClientError, TimeoutError) as error:
             self.forget(username)
             reason = str(error) or type(error).__name__
             raise InstanceUnreachableError(f"the instance of {username} is unreachable: {reason}") from error
-        if bridge_not_running(response):
-            response.release()
-            self.forget(username)
-            raise InstanceNotReadyError(f"the instance of {username} is not running")
-        if bridge_token_refused(response):
-            response.release()
-            self.forget(username)
-            raise InstanceUnreachableError(
-                "the bridge refused the gateway's ingress token (UCIM_GATEWAY_INGRESS_TOKEN)"
-            )
-        return response
+
+
+def _outgoing(headers: Mapping[str, str] | None, authorization: str | None = None) -> CIMultiDict[str]:
+    outgoing = CIMultiDict(headers or {})
+    if authorization is not None:
+        outgoing["Authorization"] = authorization
+    # Bytes as they are on disk: no compressed answer (nor a ".gz" sibling a file server might pick).
+    outgoing["Accept-Encoding"] = "identity"
+    return outgoing
+
+
+def _session(connector: aiohttp.BaseConnector, timeout: aiohttp.ClientTimeout) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        connector=connector, timeout=timeout, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()
+    )
 
 
 def pick_headers(request: web.Request, names: Iterable[str]) -> dict[str, str]:

@@ -18,11 +18,10 @@ import asyncio
 import contextlib
 import typing
 from collections.abc import Callable
-from typing import Final
 
 from aiohttp import web
 
-UPGRADE: Final = "ucim-instance"  # the Upgrade token of a tunnel
+from ucim.common.instance_api import TUNNEL_UPGRADE
 
 
 class InstanceUnreachableError(Exception):
@@ -32,7 +31,8 @@ class InstanceUnreachableError(Exception):
 def wants_tunnel(request: web.Request) -> bool:
     """A GET asking to upgrade its connection to a tunnel."""
     connection = {token.strip().lower() for token in request.headers.get("Connection", "").split(",")}
-    return request.method == "GET" and request.headers.get("Upgrade", "").lower() == UPGRADE and "upgrade" in connection
+    upgrade = request.headers.get("Upgrade", "").lower()
+    return request.method == "GET" and upgrade == TUNNEL_UPGRADE and "upgrade" in connection
 
 
 class _End(asyncio.Protocol):
@@ -93,7 +93,7 @@ async def tunnel(request: web.Request, socket_path: str, on_data: Callable[[], N
         inner_transport, inner = await loop.create_unix_connection(lambda: _End(ended, on_data), socket_path)
     except OSError as error:
         raise InstanceUnreachableError(str(error)) from error
-    response = web.StreamResponse(status=101, headers={"Upgrade": UPGRADE, "Connection": "Upgrade"})
+    response = web.StreamResponse(status=101, headers={"Upgrade": TUNNEL_UPGRADE, "Connection": "Upgrade"})
     try:
         await response.prepare(request)
         transport = request.transport

@@ -5,6 +5,10 @@ its challenge for a wrong token, 503 with ``Retry-After`` for an instance that i
 running) and plays the instance's file and transfer API (``ucim.common.instance_api``)
 well enough to check what the gateway forwards: every request is recorded, bodies are
 read in chunks and answers are streamed, with hooks to pause mid-stream.
+
+Tunnels (``GET /instances/<name>`` upgraded) are the real bridge's (``ucim.slurm_bridge.tunnels``):
+each instance that gets one listens on a unix socket of its own, where the same fake instance
+answers. ``stop`` stops an instance the way the bridge sees it: its tunnels close.
 """
 
 from __future__ import annotations
@@ -12,13 +16,17 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from ucim.common import instance_api as api
 from ucim.common.protocol import error_body
+from ucim.slurm_bridge.tunnels import tunnel, wants_tunnel
 
 TOKEN = "ingress-token-for-unit-tests"
 
@@ -34,6 +42,7 @@ class Seen:
     headers: dict[str, str]
     body: bytes
     chunks: int  # how many reads the body took
+    tunneled: bool  # it came through a tunnel, not forwarded by the ingress
 
 
 @dataclass
@@ -52,27 +61,91 @@ class FakeIngress:
     resume_download: asyncio.Event | None = None
     browse_entries: int = 100
 
+    # False: a bridge from before tunnels (the upgrade finds no route); how many tunnels were opened or refused.
+    tunnels: bool = True
+    tunnels_opened: int = 0
+    upgrades_refused: int = 0
+    socket_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="ucim-fake-ingress-")))
+    # name -> the instance's unix server (started with its first tunnel) and its open tunnels
+    _servers: dict[str, tuple[asyncio.Server, web.Server]] = field(default_factory=dict)
+    _tunnels: dict[str, set[asyncio.Event]] = field(default_factory=dict)
+
     def app(self) -> web.Application:
         app = web.Application()
+        app.router.add_route("GET", "/instances/{name}", self.open_tunnel)
         app.router.add_route("*", "/instances/{name}/{tail:.*}", self.handle)
+        app.on_cleanup.append(self._clean_up)
         return app
 
     def last(self) -> Seen:
         return self.seen[-1]
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def stop(self, name: str) -> None:
+        """The instance stops: the ingress answers 503 for it, and its tunnels close."""
+        self.running.discard(name)
+        if name in self._servers:
+            server, web_server = self._servers.pop(name)
+            server.close()
+            await web_server.shutdown(0.1)
+        for ended in list(self._tunnels.get(name, ())):
+            await ended.wait()
+
+    def _refusal(self, request: web.Request, name: str) -> web.Response | None:
         if request.headers.get("Authorization") != f"Bearer {TOKEN}":
             return web.json_response(
                 error_body(401, "a valid ingress token is required"),
                 status=401,
                 headers={"WWW-Authenticate": 'Bearer realm="ucim-bridge"'},
             )
-        name = request.match_info["name"]
         if name not in self.running:
             return web.json_response(
                 error_body(503, f"instance {name!r} is not running"), status=503, headers={"Retry-After": "1"}
             )
-        path = "/" + request.match_info["tail"]
+        return None
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        return self._refusal(request, name) or await self.serve(request, name, "/" + request.match_info["tail"])
+
+    async def open_tunnel(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        if (refusal := self._refusal(request, name)) is not None:
+            return refusal
+        if not self.tunnels or not wants_tunnel(request):
+            self.upgrades_refused += 1
+            return web.Response(status=404, text="404: Not Found")
+        self.tunnels_opened += 1
+        socket_path = await self._instance_socket(name)
+        ended = asyncio.Event()
+        self._tunnels.setdefault(name, set()).add(ended)
+        try:
+            return await tunnel(request, socket_path, lambda: None)
+        finally:
+            ended.set()
+            self._tunnels[name].discard(ended)
+
+    async def _instance_socket(self, name: str) -> str:
+        path = str(self.socket_dir / f"{name}.sock")
+        if name not in self._servers:
+
+            async def serve_tunneled(request: web.BaseRequest) -> web.StreamResponse:
+                return await self.serve(request, name, request.path, tunneled=True)
+
+            web_server = web.Server(serve_tunneled)
+            Path(path).unlink(missing_ok=True)  # left by a stopped one
+            server = await asyncio.get_running_loop().create_unix_server(web_server, path)
+            self._servers[name] = (server, web_server)
+        return path
+
+    async def _clean_up(self, _app: web.Application) -> None:
+        for name in list(self._servers):
+            await self.stop(name)
+        shutil.rmtree(self.socket_dir, ignore_errors=True)
+
+    async def serve(
+        self, request: web.BaseRequest, name: str, path: str, *, tunneled: bool = False
+    ) -> web.StreamResponse:
+        """The instance ``name`` answers ``request`` for ``path``."""
         body, chunks = b"", 0
         async for chunk in request.content.iter_chunked(1 << 16):
             if not body and path == api.UPLOAD_CHUNK_PATH:
@@ -81,7 +154,8 @@ class FakeIngress:
                     await self.resume_upload.wait()
             body += chunk
             chunks += 1
-        self.seen.append(Seen(name, request.method, path, dict(request.query), dict(request.headers), body, chunks))
+        headers = dict(request.headers)
+        self.seen.append(Seen(name, request.method, path, dict(request.query), headers, body, chunks, tunneled))
         if path in self.refusals:
             status, answer = self.refusals.pop(path)
             return web.json_response(answer, status=status)
@@ -102,7 +176,7 @@ class FakeIngress:
             return {"items": items, "itemsPerPage": 100, "next": None}
         return {"echo": parsed}
 
-    async def serve_download(self, request: web.Request) -> web.StreamResponse:
+    async def serve_download(self, request: web.BaseRequest) -> web.StreamResponse:
         data, status, headers = self.download, 200, {"Accept-Ranges": "bytes", "ETag": '"v1"'}
         match = re.fullmatch(r"bytes=(\d+)-(\d*)", request.headers.get("Range", ""))
         if match:

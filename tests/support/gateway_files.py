@@ -61,7 +61,7 @@ async def serve(
     if ready:
         ingress.running.add(name)
     else:
-        ingress.running.discard(name)
+        await ingress.stop(name)
     return name
 
 

@@ -48,12 +48,37 @@ async def test_core_calls_reach_the_instance_verbatim(
     assert response.status == 200, await response.text()
     seen = env.ingress.last()
     assert (seen.instance, seen.method, seen.path, seen.body) == (name, "POST", path, body)
+    assert seen.tunneled
+    assert "Authorization" not in seen.headers  # the ingress token opened the tunnel; the instance never sees it
     assert seen.headers["Content-Type"] == "application/json"
     assert seen.headers["Accept-Encoding"] == "identity"
     assert "UCloud-Username" not in seen.headers and "Cookie" not in seen.headers
     assert response.headers["Content-Type"].startswith("application/json")
     if path != api.FILES_BROWSE_PATH:
         assert (await response.json())["echo"] == json.loads(body)
+
+
+async def test_core_calls_share_a_kept_alive_tunnel_per_instance(env: Env) -> None:
+    alice = await env.serve()
+    bob = await env.serve("bob")
+    for _ in range(3):
+        for user in ("alice", "bob"):
+            response = await env.gateway.post(f"{BASE}/files/browse", json={}, headers=env.headers(user))
+            assert response.status == 200
+    assert env.ingress.tunnels_opened == 2
+    assert [seen.instance for seen in env.ingress.seen] == [alice, bob] * 3  # each through its own
+
+
+async def test_a_bridge_without_tunnels_gets_core_calls_the_plain_way(env: Env) -> None:
+    env.ingress.tunnels = False  # an older bridge, or a proxy before it that drops Upgrade
+    name = await env.serve()
+    for _ in range(3):
+        response = await env.gateway.post(f"{BASE}/files/folder", json={"items": []}, headers=env.headers())
+        assert response.status == 200
+        assert (await response.json())["echo"] == {"items": []}
+        seen = env.ingress.last()
+        assert (seen.instance, seen.path, seen.tunneled) == (name, api.FILES_FOLDER_PATH, False)
+    assert env.ingress.upgrades_refused == 1  # asked once, then remembered
 
 
 async def test_the_instances_refusal_reaches_core_unchanged(env: Env) -> None:
@@ -93,7 +118,7 @@ async def test_a_user_without_a_ready_instance_gets_449(env: Env) -> None:
 async def test_an_instance_stopped_behind_the_cache_is_a_449_and_forgotten(env: Env) -> None:
     name = await env.serve()
     assert (await env.gateway.post(f"{BASE}/files/folder", json={}, headers=env.headers())).status == 200
-    env.ingress.running.discard(name)  # stopped while idle; Kubernetes still says Ready for a moment
+    await env.ingress.stop(name)  # stopped while idle; Kubernetes still says Ready for a moment
     assert (await env.gateway.post(f"{BASE}/files/folder", json={}, headers=env.headers())).status == 449
     env.ingress.running.add(name)
     assert (await env.gateway.post(f"{BASE}/files/folder", json={}, headers=env.headers())).status == 200

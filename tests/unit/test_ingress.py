@@ -5,18 +5,23 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import h11
 import pytest
 from aiohttp import web
 from prometheus_client import REGISTRY
 from pydantic import SecretStr
-from pytest_aiohttp import AiohttpClient
+from pytest_aiohttp import AiohttpClient, AiohttpServer
 
+from tests.support.certificates import self_signed, trusting
+from ucim.gateway.tunnel_connector import TunnelConnector, TunnelRefusedError
 from ucim.slurm_bridge.ingress import Routes, init_app
+from ucim.testing.stack import free_port
 
 pytestmark = pytest.mark.relay_loops  # the gateway and the bridge run on uvloop
 
@@ -257,3 +262,64 @@ async def test_a_tunnel_closes_with_the_instance(aiohttp_client: AiohttpClient, 
         writer.close()
     finally:
         server.close()
+
+
+# --- the gateway's half: TunnelConnector against this ingress ---
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+async def test_the_gateways_tunnels_are_kept_alive_and_carry_large_bodies(
+    aiohttp_server: AiohttpServer, routes: Routes, instance_socket: str, tmp_path: Path, tls: bool
+) -> None:
+    routes.open("alice", instance_socket)
+    server = await aiohttp_server(init_app(routes, SecretStr(TOKEN)), ssl=self_signed(tmp_path) if tls else None)
+    connector = TunnelConnector(f"Bearer {TOKEN}", ssl_context=trusting(tmp_path) if tls else None)
+    opened: list[object] = []
+
+    async def count_opened(*event: object) -> None:
+        opened.append(event)
+
+    tracing = aiohttp.TraceConfig()
+    tracing.on_connection_create_end.append(count_opened)
+    async with aiohttp.ClientSession(connector=connector, trace_configs=[tracing]) as session:
+        base = connector.base_url(str(server.make_url("/instances/alice")))
+        assert base.scheme == "http"  # the instance's own HTTP; TLS, if any, is the tunnel's
+        for number in range(3):
+            async with session.post(base.with_path("/files/browse").with_query(n=number), data=b"{}") as answer:
+                seen = await answer.json()
+            assert (seen["path"], seen["body"]) == (f"/files/browse?n={number}", "{}")
+            assert "authorization" not in seen["headers"]  # the token opens the tunnel, the instance never sees it
+        data = os.urandom(8 * 1024 * 1024)
+        async with session.post(base.with_path("/upload"), data=data) as answer:
+            assert await answer.json() == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        async with session.get(base.with_path("/download")) as answer:
+            assert await answer.read() == b"x" * 64 * 65536
+    assert len(opened) == 1  # one tunnel for every call
+
+
+async def test_the_gateways_connector_tells_the_ingress_refusals(aiohttp_server: AiohttpServer, routes: Routes) -> None:
+    routes.ensure("sleepy")
+    server = await aiohttp_server(init_app(routes, SecretStr(TOKEN)))
+    for token, name, status, header in (
+        ("nope", "sleepy", 401, "WWW-Authenticate"),
+        (TOKEN, "ghost", 404, None),
+        (TOKEN, "sleepy", 503, "Retry-After"),
+    ):
+        connector = TunnelConnector(f"Bearer {token}")
+        async with aiohttp.ClientSession(connector=connector) as session:
+            url = connector.base_url(str(server.make_url(f"/instances/{name}"))).with_path("/healthz")
+            with pytest.raises(TunnelRefusedError) as refused:
+                await session.get(url)
+            assert refused.value.status == status
+            assert header is None or header in refused.value.headers
+
+
+async def test_the_gateways_connector_names_an_ingress_it_cannot_reach() -> None:
+    connector = TunnelConnector(f"Bearer {TOKEN}")
+    port = free_port()  # nothing listens there
+    async with aiohttp.ClientSession(connector=connector) as session:
+        url = connector.base_url(f"http://127.0.0.1:{port}/instances/alice").with_path("/healthz")
+        with pytest.raises(aiohttp.ClientConnectionError, match=f"cannot reach the bridge ingress at .*:{port}"):
+            await session.get(url)
+        with pytest.raises(aiohttp.InvalidURL, match="not a tunnel's URL"):
+            await session.get(f"http://127.0.0.1:{port}/healthz")

@@ -6,10 +6,8 @@ import asyncio
 import hashlib
 import os
 import socket
-import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +15,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from pytest_aiohttp import AiohttpServer
 
+from tests.support.certificates import self_signed
 from ucim.common import splice
 from ucim.common.splice import (
     BodyEndedError,
@@ -217,30 +212,6 @@ def test_a_unix_socket_gets_a_wide_send_buffer_and_tcp_keeps_its_own() -> None:
     finally:
         for sock in (unix, peer, tcp):
             sock.close()
-
-
-def self_signed(folder: Path) -> ssl.SSLContext:
-    """A server context with a throw-away certificate for 127.0.0.1."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.now(UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=1))
-        .not_valid_after(now + timedelta(hours=1))
-        .sign(key, hashes.SHA256())
-    )
-    (folder / "cert.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    (folder / "key.pem").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(folder / "cert.pem", folder / "key.pem")
-    return context
 
 
 async def test_a_body_over_tls_goes_through_aiohttp(aiohttp_server: AiohttpServer, tmp_path: Path) -> None:

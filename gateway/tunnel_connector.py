@@ -143,14 +143,15 @@ class TunnelConnector(aiohttp.BaseConnector):
                 transport, handshake = await self._loop.create_connection(_Handshake, host, port, ssl=context)
                 transport.write(_upgrade_request(endpoint, self._authorization))
                 head = await handshake.head
-        except OSError as error:
+        except BaseException as error:
             if transport is not None:
                 transport.close()
-            reason = f"cannot reach the bridge ingress at {endpoint.origin()}: {error}"
-            raise aiohttp.ClientConnectionError(reason) from error
-        except BaseException:
-            if transport is not None:
-                transport.close()
+            if isinstance(error, TimeoutError):  # not wrapped in aiohttp's error, which would name the made-up host
+                reason = f"the bridge ingress at {endpoint.origin()} opened no tunnel within {timeout.sock_connect} s"
+                raise aiohttp.ClientConnectionError(reason) from error
+            if isinstance(error, OSError):
+                reason = f"cannot reach the bridge ingress at {endpoint.origin()}: {error}"
+                raise aiohttp.ClientConnectionError(reason) from error
             raise
         if head.status != 101 or head.headers.get("Upgrade", "").lower() != TUNNEL_UPGRADE:
             transport.close()

@@ -323,3 +323,21 @@ async def test_the_gateways_connector_names_an_ingress_it_cannot_reach() -> None
             await session.get(url)
         with pytest.raises(aiohttp.InvalidURL, match="not a tunnel's URL"):
             await session.get(f"http://127.0.0.1:{port}/healthz")
+
+
+async def test_the_gateways_connector_gives_up_on_an_ingress_that_does_not_answer() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # reads the upgrade and never answers
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    connector = TunnelConnector(f"Bearer {TOKEN}")
+    timeout = aiohttp.ClientTimeout(sock_connect=0.2)
+    try:
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            url = connector.base_url(f"http://127.0.0.1:{port}/instances/alice").with_path("/healthz")
+            with pytest.raises(aiohttp.ClientConnectionError, match=f"127.0.0.1:{port} opened no tunnel within 0.2 s"):
+                await session.get(url)
+    finally:
+        server.close()

@@ -63,7 +63,7 @@ ANSWER_HEADERS: Final = (
 Body = AsyncIterable[bytes] | bytes | Payload | None  # a request body as aiohttp's client takes it
 # An endpoint that refused a tunnel (an older bridge, a proxy that drops Upgrade) is not asked again for this long.
 UNTUNNELED_SECONDS: Final = 300.0
-KEEPALIVE_SECONDS: Final = 30.0  # an idle connection to the bridge (or tunnel to an instance) is closed after
+KEEPALIVE_SECONDS: Final = 30.0  # silence after which a kept-alive connection (or tunnel) to the bridge is closed
 
 
 class InstanceNotReadyError(Exception):

@@ -703,28 +703,28 @@ class Transfers:
             if start < stored:
                 await asyncio.to_thread(os.ftruncate, fd, start)  # the client sends this part again
             session = session.model_copy(update={"total_size": total_size})
-            received = _Received()
+            completes = start + length == total_size
+            received, arrived_whole = _Received(), False
             try:
                 shown = f"the upload to {session.location.file_id.ucloud_id}"
                 await self._receive(fd, start=start, length=length, body=body, received=received, shown=shown)
+                arrived_whole = True
             finally:
                 UPLOAD_BYTES.inc(received.written)
                 # Also after an interruption: what arrived is kept, and the attempt counts as activity.
                 session = session.model_copy(update={"last_activity": self._clock()})
-                if self.store.must_write(key, session):
-                    await asyncio.to_thread(self.store.save, key, session)
-                else:
-                    self.store.keep(key, session)
-            if start + length < total_size:
+                if not (completes and arrived_whole):  # else _finish records the session, whatever happens
+                    if self.store.must_write(key, session):
+                        await asyncio.to_thread(self.store.save, key, session)
+                    else:
+                        self.store.keep(key, session)
+            if not completes:
                 self._write_back.start(fd, start, length)  # the disk works while the next chunk arrives
                 return UploadProgress(offset=start + length, total_size=total_size)
-            final_id = await asyncio.to_thread(self._finish, session, folder_fd, fd)
+            final_id = await asyncio.to_thread(self._finish, key, session, folder_fd, fd)
         finally:
             os.close(fd)
             os.close(folder_fd)
-        await asyncio.to_thread(
-            self.store.save, key, session.model_copy(update={"final_id": final_id, "last_activity": self._clock()})
-        )
         TRANSFER_EVENTS.labels("upload", "completed").inc()
         return UploadProgress(offset=total_size, total_size=total_size, complete=True, id=final_id)
 
@@ -816,13 +816,21 @@ class Transfers:
             409,
         )
 
-    def _finish(self, session: UploadSession, folder_fd: int, fd: int) -> str:
-        """Put the complete file in place under the conflict policy; the UCloud id it got."""
+    def _finish(self, key: str, session: UploadSession, folder_fd: int, fd: int) -> str:
+        """Put the complete file in place under the conflict policy and record the session; the UCloud id it got.
+
+        One call in one thread, for a small file's sake: its upload is a single chunk. When the
+        file cannot be put in place, the session is recorded as it is (its data stays for a retry).
+        """
         location = session.location
-        os.fsync(fd)
         try:
+            os.fsync(fd)
             name = commit(folder_fd, session.partial_name, folder_fd, location.parts[-1], session.conflict_policy)
-        except ConflictError as error:
+        except BaseException as error:
+            with contextlib.suppress(OSError):  # the original error is what the client must see
+                self.store.save(key, session)
+            if not isinstance(error, ConflictError):
+                raise
             TRANSFER_EVENTS.labels("upload", "conflict").inc()
             minutes = self.limits.upload_idle_seconds / 60
             raise TransferRefusedError(
@@ -832,7 +840,9 @@ class Transfers:
             ) from error
         os.fchmod(fd, self._file_mode)
         _sync_folder(folder_fd)
-        return FileId(location.drive, (*location.parts[:-1], name)).ucloud_id
+        final_id = FileId(location.drive, (*location.parts[:-1], name)).ucloud_id
+        self.store.save(key, session.model_copy(update={"final_id": final_id, "last_activity": self._clock()}))
+        return final_id
 
     # --- downloads ---
 

@@ -409,6 +409,8 @@ async def test_reject_keeps_the_data_when_the_name_was_taken_meanwhile(world: Wo
     assert answer.body["why"].startswith("'data.txt' already exists; the uploaded data is kept for 30 minutes")
     assert (w.home / "up" / "data.txt").read_bytes() == b"theirs"
     assert (await progress(w, token)).body == {"offset": 4, "totalSize": 4, "complete": False, "id": None}
+    restarted = await w.new_transfers().upload_progress(token)  # the refused session was recorded on disk
+    assert (restarted.offset, restarted.total_size, restarted.complete) == (4, 4, False)
     (w.home / "up" / "data.txt").unlink()
     answer = await send(w, token, 4, 4, b"")  # an empty chunk at the end finishes it
     assert answer.body["complete"] is True
@@ -480,6 +482,8 @@ async def test_sessions_are_files_named_by_the_token_hash_and_survive_a_restart(
     done = await again.write_chunk(token, offset=3, total_size=6, length=3, body=pieces(b"de", b"f"))
     assert (done.complete, done.id) == (True, "/home/up/restart.bin")
     assert (w.home / "up" / "restart.bin").read_bytes() == b"abcdef"
+    finished = await w.new_transfers().upload_progress(token)  # a retried last chunk finds it complete
+    assert (finished.complete, finished.id) == (True, "/home/up/restart.bin")
 
 
 async def test_a_session_whose_activity_alone_changed_is_written_at_most_every_10_seconds(world: World) -> None:

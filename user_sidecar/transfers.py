@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import logging
 import os
 import re
@@ -42,7 +43,7 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Final, Literal, Protocol, TypeVar
@@ -70,6 +71,8 @@ MAX_CHUNK_BYTES: Final = 32_000_000
 WRITE_PIECE_BYTES: Final = 1 << 20
 # A session whose only change is its activity time is written at most this often.
 ACTIVITY_WRITE_SECONDS: Final = 10.0
+# Sessions a sweep reads at a time.
+SWEEP_BATCH: Final = 100
 # A chunk's body: straight from the request's socket when it can be (splice), else its pieces.
 ChunkBody = SocketBody | AsyncIterator[bytes]
 PARTIAL_PREFIX: Final = ".ucim-upload-"
@@ -307,27 +310,26 @@ class SessionStore:
             return False
         return True
 
-    def on_disk(self) -> list[tuple[str, UploadSession | DownloadSession]]:
-        """Every session on disk, read without caching it (the sweep's view).
+    def on_disk(self) -> Generator[tuple[str, UploadSession | DownloadSession], None, None]:
+        """Every session on disk, read one by one as the caller goes, without caching it (the sweep's view).
 
         Unreadable sessions and stale temporary files are removed on the way.
         """
         try:
-            entries = list(os.scandir(self.folder))
+            entries = os.scandir(self.folder)
         except (FileNotFoundError, NotADirectoryError):
-            return []
-        found = []
-        for entry in entries:
-            if _SESSION_FILE.match(entry.name):
-                key = entry.name.removesuffix(".json")
-                session = self.cached(key) or self._read(key)
-                if session is not None:
-                    found.append((key, session))
-            elif entry.name.startswith(_TEMP_PREFIX):
-                with contextlib.suppress(OSError):
-                    if time.time() - entry.stat(follow_symlinks=False).st_mtime > _STALE_TEMP_SECONDS:
-                        Path(entry.path).unlink()
-        return found
+            return
+        with entries:
+            for entry in entries:
+                if _SESSION_FILE.match(entry.name):
+                    key = entry.name.removesuffix(".json")
+                    session = self.cached(key) or self._read(key)
+                    if session is not None:
+                        yield key, session
+                elif entry.name.startswith(_TEMP_PREFIX):
+                    with contextlib.suppress(OSError):
+                        if time.time() - entry.stat(follow_symlinks=False).st_mtime > _STALE_TEMP_SECONDS:
+                            Path(entry.path).unlink()
 
 
 def _kept_in_memory(session: UploadSession | DownloadSession) -> bool:
@@ -871,21 +873,31 @@ class Transfers:
     # --- expiry ---
 
     async def sweep(self) -> int:
-        """Remove expired sessions (and the partial files of unfinished uploads); how many."""
-        sessions = await asyncio.to_thread(self.store.on_disk)
-        now = self._clock()
-        expired = [
-            (key, session)
-            for key, session in sessions
-            if key not in self._busy and now >= expires_at(session, self.limits)
-        ]
-        keys = {key for key, _ in expired}
-        self._busy |= keys  # no chunk starts on a session while it goes
+        """Remove expired sessions (and the partial files of unfinished uploads); how many.
+
+        Sessions are read SWEEP_BATCH at a time: thousands of them (a bulk upload of small files
+        leaves one per file for a while) cost an instance no more memory than a few hundred.
+        """
+        sessions = self.store.on_disk()
+        removed = 0
         try:
-            await asyncio.to_thread(self._discard, expired)
+            while batch := await asyncio.to_thread(list, itertools.islice(sessions, SWEEP_BATCH)):
+                now = self._clock()
+                expired = [
+                    (key, session)
+                    for key, session in batch
+                    if key not in self._busy and now >= expires_at(session, self.limits)
+                ]
+                keys = {key for key, _ in expired}
+                self._busy |= keys  # no chunk starts on a session while it goes
+                try:
+                    await asyncio.to_thread(self._discard, expired)
+                finally:
+                    self._busy -= keys
+                removed += len(expired)
         finally:
-            self._busy -= keys
-        return len(expired)
+            sessions.close()
+        return removed
 
     def _discard(self, sessions: list[tuple[str, UploadSession | DownloadSession]]) -> None:
         for key, session in sessions:

@@ -29,6 +29,7 @@ from ucim.common.instance_api import (
     FILES_UPLOAD_PATH,
     UPLOAD_CHUNK_PATH,
 )
+from ucim.user_sidecar import transfers as transfers_module
 from ucim.user_sidecar.middlewares import error_envelope
 from ucim.user_sidecar.paths import DriveResolver
 from ucim.user_sidecar.settings import SidecarSettings
@@ -441,7 +442,7 @@ async def test_uploads_that_cannot_start(world: World, item: dict[str, Any], sta
     assert status_ == status
     assert answer["why"].startswith(f"Item 2 ({item['id']}): "), answer["why"]
     assert why in answer["why"]
-    assert world.transfers.store.on_disk() == []  # nothing was created for the valid first item either
+    assert list(world.transfers.store.on_disk()) == []  # nothing was created for the valid first item either
 
 
 async def test_each_item_gets_its_own_token_in_order(world: World) -> None:
@@ -553,6 +554,19 @@ async def test_expired_sessions_of_an_earlier_run_are_swept(world: World) -> Non
     assert list((w.home / "up").iterdir()) == []
 
 
+async def test_a_sweep_reads_sessions_a_batch_at_a_time(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    w = world
+    monkeypatch.setattr(transfers_module, "SWEEP_BATCH", 3)
+    (w.home / "f.txt").write_bytes(b"data")
+    old = [await create_download(w, "/home/f.txt") for _ in range(7)]
+    w.clock.now += 15 * 60
+    fresh = await create_download(w, "/home/f.txt")
+    assert len(old) == 7
+    assert await w.new_transfers().sweep() == 7  # three batches, the last one partly fresh
+    (left,) = (w.home / ".ucim" / "transfers").iterdir()
+    assert left.name == f"{digest(fresh)}.json"
+
+
 async def test_a_download_token_lives_15_minutes(world: World) -> None:
     (world.home / "f.txt").write_bytes(b"data")
     token = await create_download(world, "/home/f.txt")
@@ -564,7 +578,7 @@ async def test_a_download_token_lives_15_minutes(world: World) -> None:
 async def test_the_store_never_holds_the_token(world: World) -> None:
     (world.home / "f.txt").write_bytes(b"data")
     token = await create_download(world, "/home/f.txt")
-    ((key, session),) = world.transfers.store.on_disk()
+    ((key, session),) = list(world.transfers.store.on_disk())
     assert key == digest(token)
     assert token not in session.model_dump_json()
 
@@ -592,7 +606,7 @@ async def test_a_download_is_served_once_with_its_name(world: World) -> None:
     await eventually(counted)
     async with world.client.get(DOWNLOAD_FILE_PATH, params={"token": token}) as response:
         assert response.status == 404
-    assert world.transfers.store.on_disk() == []
+    assert list(world.transfers.store.on_disk()) == []
 
 
 async def test_two_concurrent_requests_with_one_token_one_wins(world: World) -> None:

@@ -97,8 +97,13 @@ async def forward_for_core(request: web.Request, path: str) -> web.StreamRespons
     username = core_user(request)
     proxy = request.app[PROXY]
     try:
-        upstream = await proxy.call(
-            username, path, headers=pick_headers(request, CORE_CALL_HEADERS), body=await core_call_body(request)
+        upstream = await proxy.send(
+            username,
+            "POST",
+            path,
+            headers=pick_headers(request, CORE_CALL_HEADERS),
+            body=await core_call_body(request),
+            tunnel=True,
         )
     except InstanceNotReadyError as error:
         raise ProviderError(449, f"{error}; call integration/init") from error
@@ -134,8 +139,13 @@ async def create_transfer(request: web.Request, path: str) -> tuple[str, list[st
     """Forward a create-upload or create-download: the acting user and the instance's tokens, in order."""
     username = core_user(request)
     try:
-        upstream = await request.app[PROXY].call(
-            username, path, headers=pick_headers(request, CORE_CALL_HEADERS), body=await core_call_body(request)
+        upstream = await request.app[PROXY].send(
+            username,
+            "POST",
+            path,
+            headers=pick_headers(request, CORE_CALL_HEADERS),
+            body=await core_call_body(request),
+            tunnel=True,
         )
     except InstanceNotReadyError as error:
         raise ProviderError(449, f"{error}; call integration/init") from error

@@ -2,10 +2,10 @@
 
 An instance is reached only through the ingress, with its bearer token, in one of two ways:
 
-* ``send``: ``<method> <UserInstance.status.endpoint><path>``; the bridge forwards the request
-  (and splices large bodies). Uploads and downloads go this way.
-* ``call``: through a tunnel to the instance (``tunnel_connector``), kept alive and reused;
-  the bridge relays bytes without parsing HTTP. Core's calls go this way: they are small and
+* forwarded: ``<method> <UserInstance.status.endpoint><path>``; the bridge forwards the request
+  and splices large bodies. Downloads and large upload chunks go this way.
+* through a tunnel to the instance (``tunnel_connector``), kept alive and reused; the bridge
+  relays bytes without parsing HTTP. Core's calls and small upload chunks go this way: they are
   many, and a browse of 100 entries should cost little more than the instance's own work.
 
 Bodies are never held whole: the request streams from the caller into the ingress and the
@@ -144,27 +144,6 @@ class InstanceProxy:
 
     # --- forwarding ---
 
-    async def call(self, username: str, path: str, *, headers: Mapping[str, str], body: Body) -> aiohttp.ClientResponse:
-        """One of Core's calls (a POST) to the user's instance, through a kept-alive tunnel; like ``send``.
-
-        The ingress token opens the tunnel and is never sent to the instance. A bridge that
-        answers the upgrade with anything but 101 or its own refusals (an older bridge, or a
-        proxy in front of it that drops ``Upgrade``) gets the call the plain way, ``send``, and so
-        do the calls to that endpoint for the next UNTUNNELED_SECONDS.
-        """
-        endpoint = await self.endpoint(username)
-        if self._untunneled.get(endpoint, 0.0) <= time.monotonic():
-            url = self._tunnels.base_url(endpoint).with_path(path)
-            try:
-                return await self._request(username, self._tunnel_session, "POST", url, _outgoing(headers), body=body)
-            except TunnelRefusedError as refused:
-                error = bridge_refusal(username, refused.status, refused.headers)
-                if error is not None:
-                    self.forget(username)
-                    raise error from refused
-                self._untunneled[endpoint] = time.monotonic() + UNTUNNELED_SECONDS
-        return await self.send(username, "POST", path, headers=headers, body=body)
-
     async def send(
         self,
         username: str,
@@ -174,13 +153,32 @@ class InstanceProxy:
         headers: Mapping[str, str] | None = None,
         params: Mapping[str, str] | None = None,
         body: Body = None,
+        tunnel: bool = False,
     ) -> aiohttp.ClientResponse:
-        """Send one request to the user's instance through the ingress; the caller reads and releases the answer.
+        """Send one request to the user's instance; the caller reads and releases the answer.
 
-        The bridge's own refusals never reach the caller: they raise InstanceNotReadyError or
-        InstanceUnreachableError, and the cached endpoint is forgotten.
+        ``tunnel``: through a kept-alive tunnel (for small requests with small answers), else
+        forwarded by the ingress (which splices large bodies both ways). The bridge's own
+        refusals never reach the caller: they raise InstanceNotReadyError or
+        InstanceUnreachableError, and the cached endpoint is forgotten. A bridge that answers
+        the upgrade with anything but 101 or those refusals (an older bridge, or a proxy in
+        front of it that drops ``Upgrade``) gets the request forwarded, and so do the requests
+        to that endpoint for the next UNTUNNELED_SECONDS.
         """
         endpoint = await self.endpoint(username)
+        if tunnel and self._untunneled.get(endpoint, 0.0) <= time.monotonic():
+            url = self._tunnels.base_url(endpoint).with_path(path)
+            try:
+                # No token: it opened the tunnel, and the instance never sees it.
+                return await self._request(
+                    username, self._tunnel_session, method, url, _outgoing(headers), params=params, body=body
+                )
+            except TunnelRefusedError as refused:
+                error = bridge_refusal(username, refused.status, refused.headers)
+                if error is not None:
+                    self.forget(username)
+                    raise error from refused
+                self._untunneled[endpoint] = time.monotonic() + UNTUNNELED_SECONDS
         outgoing = _outgoing(headers, self._authorization)
         response = await self._request(
             username, self._session, method, URL(endpoint + path), outgoing, params=params, body=body

@@ -33,7 +33,7 @@ from prometheus_client import Counter
 from ucim.common import instance_api as api
 from ucim.common import splice
 from ucim.common.protocol import decode_username
-from ucim.common.proxy_bodies import pieces
+from ucim.common.proxy_bodies import is_small, pieces
 from ucim.common.splice import SocketBody, SplicedPayload
 from ucim.gateway.auth import USERNAME_HEADER, USERNAME_HINT
 from ucim.gateway.connections import is_connected
@@ -155,11 +155,14 @@ async def forward_transfer(
     username = transfer_user(request)
     proxy = request.app[PROXY]
     headers = pick_headers(request, header_names)
+    # An upload's small chunks (a small file is one) and its progress take a tunnel; downloads and large
+    # chunks are forwarded, so that the bridge splices them.
+    tunnel = path == api.UPLOAD_CHUNK_PATH and is_small(request.content_length or 0)
     for attempt in (1, 2):
         body = _Body(request, upload, request.app[SETTINGS].instance_read_timeout_seconds)
         try:
             upstream = await proxy.send(
-                username, request.method, path, headers=headers, params=params, body=body.payload()
+                username, request.method, path, headers=headers, params=params, body=body.payload(), tunnel=tunnel
             )
         except InstanceNotReadyError as error:
             if body.started:

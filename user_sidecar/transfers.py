@@ -878,25 +878,23 @@ class Transfers:
         Sessions are read SWEEP_BATCH at a time: thousands of them (a bulk upload of small files
         leaves one per file for a while) cost an instance no more memory than a few hundred.
         """
+        # Never closed early: a cancelled sweep may leave it running in its thread. Its folder closes when it ends.
         sessions = self.store.on_disk()
         removed = 0
-        try:
-            while batch := await asyncio.to_thread(list, itertools.islice(sessions, SWEEP_BATCH)):
-                now = self._clock()
-                expired = [
-                    (key, session)
-                    for key, session in batch
-                    if key not in self._busy and now >= expires_at(session, self.limits)
-                ]
-                keys = {key for key, _ in expired}
-                self._busy |= keys  # no chunk starts on a session while it goes
-                try:
-                    await asyncio.to_thread(self._discard, expired)
-                finally:
-                    self._busy -= keys
-                removed += len(expired)
-        finally:
-            sessions.close()
+        while batch := await asyncio.to_thread(list, itertools.islice(sessions, SWEEP_BATCH)):
+            now = self._clock()
+            expired = [
+                (key, session)
+                for key, session in batch
+                if key not in self._busy and now >= expires_at(session, self.limits)
+            ]
+            keys = {key for key, _ in expired}
+            self._busy |= keys  # no chunk starts on a session while it goes
+            try:
+                await asyncio.to_thread(self._discard, expired)
+            finally:
+                self._busy -= keys
+            removed += len(expired)
         return removed
 
     def _discard(self, sessions: list[tuple[str, UploadSession | DownloadSession]]) -> None:

@@ -8,7 +8,8 @@ import hashlib
 import json
 import os
 import stat
-from collections.abc import AsyncIterator, Awaitable, Callable
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from email.utils import formatdate
 from pathlib import Path
@@ -565,6 +566,26 @@ async def test_a_sweep_reads_sessions_a_batch_at_a_time(world: World, monkeypatc
     assert await w.new_transfers().sweep() == 7  # three batches, the last one partly fresh
     (left,) = (w.home / ".ucim" / "transfers").iterdir()
     assert left.name == f"{digest(fresh)}.json"
+
+
+async def test_a_sweep_cancelled_while_its_thread_reads_stops(world: World) -> None:
+    transfers = world.new_transfers()
+    reading, go_on = threading.Event(), threading.Event()
+
+    def slow_disk() -> Iterator[tuple[str, Any]]:
+        reading.set()
+        go_on.wait(5)  # in the sweep's thread, while the sweep is cancelled
+        yield from ()
+
+    transfers.store.on_disk = slow_disk  # type: ignore[method-assign,assignment]
+    sweeping = asyncio.create_task(transfers.sweep_forever())
+    assert await asyncio.to_thread(reading.wait, 5)
+    sweeping.cancel()
+    try:
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(sweeping, 5)
+    finally:
+        go_on.set()
 
 
 async def test_a_download_token_lives_15_minutes(world: World) -> None:

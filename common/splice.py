@@ -86,6 +86,7 @@ class SocketBody:
     def __init__(self, request: web.Request, length: int) -> None:
         self.request = request
         self.length = length
+        self.moved = 0  # bytes that reached the destination, once a move ended (also stopped or cancelled)
         self._taken = False
 
     @classmethod
@@ -114,6 +115,9 @@ class SocketBody:
         widen_send_buffer(sink)
         return await self._move(_SocketSink(sink), idle_seconds)
 
+    def _ended(self, moved: int) -> None:
+        self.moved = moved
+
     async def _move(self, sink: _FileSink | _SocketSink, idle_seconds: float) -> int:
         if self._taken:
             raise RuntimeError("a request body can be moved only once")
@@ -134,7 +138,7 @@ class SocketBody:
             request[_MOVED] = True
             request.protocol.close()
         try:
-            return await _run(head, _socket_fd(transport), left, sink, idle_seconds)
+            return await _run(head, _socket_fd(transport), left, sink, idle_seconds, ended=self._ended)
         finally:
             request.content.feed_eof()  # aiohttp lingers on a body it thinks unread
 
@@ -169,11 +173,9 @@ class SplicedPayload(Payload):
             return
         await _send_headers(writer, transport)
         try:
-            sent = await self._body.to_socket(_socket_fd(transport), self._idle_seconds)
-        except BodyStoppedError as stopped:
-            self._count(stopped.moved)
-            raise
-        self._count(sent)
+            await self._body.to_socket(_socket_fd(transport), self._idle_seconds)
+        finally:  # also when aiohttp cancels the write because the answer came first
+            self._count(self._body.moved)
 
     async def _stream(self, writer: AbstractStreamWriter) -> None:
         async for piece in self._body.request.content.iter_chunked(PIPE_BYTES):
@@ -294,8 +296,19 @@ async def _send_headers(writer: AbstractStreamWriter, transport: asyncio.BaseTra
         await asyncio.sleep(0.001)
 
 
-async def _run(head: bytes, source: int, left: int, sink: _FileSink | _SocketSink, idle_seconds: float) -> int:
+async def _run(
+    head: bytes,
+    source: int,
+    left: int,
+    sink: _FileSink | _SocketSink,
+    idle_seconds: float,
+    *,
+    ended: Callable[[int], None] | None = None,
+) -> int:
     """``_move`` in a worker thread; a cancelled caller stops it and waits for it.
+
+    ``ended`` hears how many bytes reached the sink once the thread is done, however it ended: a
+    caller cancelled after the last byte went (aiohttp's client, once the answer came) still counts it.
 
     The thread works on duplicates of the socket ``source`` and of a socket sink, and closes them
     itself: aiohttp closing a connection can never make it use a descriptor number reused since.
@@ -315,6 +328,16 @@ async def _run(head: bytes, source: int, left: int, sink: _FileSink | _SocketSin
         stop.set()
         await asyncio.wait([moving])  # the thread holds fds the caller is about to close
         raise
+    finally:
+        if ended is not None and moving.done():
+            ended(_moved_by(moving))
+
+
+def _moved_by(thread: asyncio.Future[int]) -> int:
+    error = thread.exception()
+    if error is None:
+        return thread.result()
+    return error.moved if isinstance(error, BodyStoppedError) else 0
 
 
 # --- the worker thread's side -------------------------------------------------------------

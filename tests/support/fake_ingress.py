@@ -65,7 +65,7 @@ class FakeIngress:
     tunnels: bool = True
     tunnels_opened: int = 0
     upgrades_refused: int = 0
-    socket_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="ucim-fake-ingress-")))
+    _socket_dir: Path | None = None  # made with the first tunnel
     # name -> the instance's unix server (started with its first tunnel) and its open tunnels
     _servers: dict[str, tuple[asyncio.Server, web.Server]] = field(default_factory=dict)
     _tunnels: dict[str, set[asyncio.Event]] = field(default_factory=dict)
@@ -125,7 +125,9 @@ class FakeIngress:
             self._tunnels[name].discard(ended)
 
     async def _instance_socket(self, name: str) -> str:
-        path = str(self.socket_dir / f"{name}.sock")
+        if self._socket_dir is None:
+            self._socket_dir = Path(tempfile.mkdtemp(prefix="ucim-fake-ingress-"))
+        path = str(self._socket_dir / f"{name}.sock")
         if name not in self._servers:
 
             async def serve_tunneled(request: web.BaseRequest) -> web.StreamResponse:
@@ -140,7 +142,8 @@ class FakeIngress:
     async def _clean_up(self, _app: web.Application) -> None:
         for name in list(self._servers):
             await self.stop(name)
-        shutil.rmtree(self.socket_dir, ignore_errors=True)
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
 
     async def serve(
         self, request: web.BaseRequest, name: str, path: str, *, tunneled: bool = False

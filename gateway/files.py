@@ -12,11 +12,10 @@ Ready gets 449, so that Core runs ``integration/init`` and retries.
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
 from typing import Final
 
+import aiohttp
 from aiohttp import web
-from aiohttp.payload import Payload
 from aiohttp.typedefs import Handler
 from pydantic import ValidationError
 from yarl import URL
@@ -92,29 +91,27 @@ def core_user(request: web.Request) -> str:
     return username
 
 
-async def forward_for_core(request: web.Request, path: str) -> web.StreamResponse:
-    """Forward a call of Core's to the user's instance and stream its answer back."""
+async def send_for_core(request: web.Request, path: str) -> tuple[str, aiohttp.ClientResponse]:
+    """Send a call of Core's on to the acting user's instance (through a tunnel): the user and the answer.
+
+    No instance to answer is a 449 (Core then runs ``integration/init``); an unreachable one a 502.
+    """
     username = core_user(request)
-    proxy = request.app[PROXY]
+    body = await forwarded_body(request, request.app[SETTINGS].instance_read_timeout_seconds)
+    headers = pick_headers(request, CORE_CALL_HEADERS)
     try:
-        upstream = await proxy.send(
-            username,
-            "POST",
-            path,
-            headers=pick_headers(request, CORE_CALL_HEADERS),
-            body=await core_call_body(request),
-            tunnel=True,
-        )
+        upstream = await request.app[PROXY].send(username, "POST", path, headers=headers, body=body, tunnel=True)
     except InstanceNotReadyError as error:
         raise ProviderError(449, f"{error}; call integration/init") from error
     except InstanceUnreachableError as error:
         raise ProviderError(502, str(error)) from error
+    return username, upstream
+
+
+async def forward_for_core(request: web.Request, path: str) -> web.StreamResponse:
+    """Forward a call of Core's to the user's instance and stream its answer back."""
+    _, upstream = await send_for_core(request, path)
     return await relay(request, upstream, idle_seconds=request.app[SETTINGS].instance_read_timeout_seconds)
-
-
-async def core_call_body(request: web.Request) -> bytes | AsyncIterator[bytes] | Payload | None:
-    """The body of a call of Core's, as it goes on to the instance (``forwarded_body``)."""
-    return await forwarded_body(request, request.app[SETTINGS].instance_read_timeout_seconds)
 
 
 def forwarder(path: str) -> Handler:
@@ -137,20 +134,7 @@ class _InstanceRefusalError(Exception):
 
 async def create_transfer(request: web.Request, path: str) -> tuple[str, list[str]]:
     """Forward a create-upload or create-download: the acting user and the instance's tokens, in order."""
-    username = core_user(request)
-    try:
-        upstream = await request.app[PROXY].send(
-            username,
-            "POST",
-            path,
-            headers=pick_headers(request, CORE_CALL_HEADERS),
-            body=await core_call_body(request),
-            tunnel=True,
-        )
-    except InstanceNotReadyError as error:
-        raise ProviderError(449, f"{error}; call integration/init") from error
-    except InstanceUnreachableError as error:
-        raise ProviderError(502, str(error)) from error
+    username, upstream = await send_for_core(request, path)
     async with upstream:
         answer = await upstream.content.read(MAX_TOKEN_ANSWER_BYTES + 1)
         status = upstream.status

@@ -37,6 +37,8 @@ from aiohttp import ClientPayloadError, ClientResponse, hdrs, web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.payload import Payload
 
+from ucim.common.file_writes import WRITE_BYTES, pwrite_all
+
 PIPE_BYTES: Final = 1 << 20  # what one splice moves at most (a pipe holds 64 KiB unless asked)
 # Smaller bodies are cheaper through aiohttp than through a worker thread (and keep the connection).
 MIN_BYTES: Final = 256 << 10
@@ -376,11 +378,12 @@ class _FileSink:
         pass
 
     def write(self, data: memoryview, moved: int, waits: _Waits) -> int:
-        return os.pwrite(self.fd, data, self.position + moved)
+        return pwrite_all(self.fd, [data], self.position + moved)
 
     def splice(self, pipe: int, count: int, moved: int, waits: _Waits) -> int:
-        # Into a file a splice never waits; a short one is the disk's (ENOSPC raises).
-        return os.splice(pipe, self.fd, count, offset_dst=self.position + moved)
+        # Into a file a splice never waits; a short one is the disk's (ENOSPC raises). In pieces of
+        # at most WRITE_BYTES, as ucim.common.file_writes explains.
+        return os.splice(pipe, self.fd, min(count, WRITE_BYTES), offset_dst=self.position + moved)
 
 
 class _SocketSink:

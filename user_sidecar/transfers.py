@@ -51,6 +51,7 @@ from typing import Annotated, Final, Literal, Protocol, TypeVar
 from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from ucim.common.file_writes import pwrite_all
 from ucim.common.instance_api import UploadProgress
 from ucim.common.protocol import (
     FilesProviderCreateDownloadRequestItem,
@@ -379,17 +380,9 @@ def _folder_fd(location: Location) -> int:
 
 
 def _pwrite_all(fd: int, pieces: Sequence[bytes], position: int, shown: str) -> None:
-    """Write ``pieces`` one after the other at ``position`` (one pwritev, repeated for what a short write left)."""
-    views = [memoryview(piece) for piece in pieces]
+    """Write ``pieces`` one after the other at ``position``; a refusal (a full disk) as the user is shown it."""
     try:
-        while views:
-            written = os.pwritev(fd, views, position)
-            position += written
-            while views and written >= len(views[0]):
-                written -= len(views[0])
-                views.pop(0)
-            if views and written:
-                views[0] = views[0][written:]
+        pwrite_all(fd, pieces, position)
     except OSError as error:
         raise refusal(error, shown) from error
 

@@ -27,9 +27,12 @@ The sources are made once and read once before the rounds (a warm page cache; ca
 never dropped, which would take root from everyone else on the machine); before each timed
 transfer its destination is removed and ``sync`` flushes what earlier transfers left dirty,
 so that no transfer pays for another's write-back. The large file first goes one round per lane
-untimed (``--warm-up-rounds``): on a VM the first touch of memory the guest never used costs
-several times a later one (seen here: 2.8 s instead of 0.3 s to write 1 GiB into the page
-cache), which is the host's cost, not the contender's. Throughput is MB/s with MB = 10^6 bytes;
+untimed (``--warm-up-rounds``): on a VM the guest's first use of memory it never touched costs
+more than later ones (this one sets up its memory lazily, as it first needs it), which is the
+host's cost, not the contender's. Every writer into the page cache here writes at most
+256 KiB per call, as cp (128 KiB) and the instance do (``ucim.common.file_writes`` says why:
+on a VM that hands free memory back to its host, 1 GiB in 1 MiB calls took 1.8 s, not 0.2 s).
+Throughput is MB/s with MB = 10^6 bytes;
 each figure is the p50 over the rounds (min and max in the JSON). At the end every stored and
 downloaded copy is compared with its source.
 
@@ -856,7 +859,7 @@ def main() -> int:
         "--rounds",
         type=int,
         default=5,
-        help="large-file rounds (default 5: on a VM one round in three or four can run at half speed)",
+        help="large-file rounds (default 5: on a VM rounds of the same copy vary by up to ±40%%)",
     )
     parser.add_argument("--small-rounds", type=int, default=2, help="small-file rounds (default 2)")
     parser.add_argument(

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from ucim.common import file_writes
 from ucim.common.file_writes import WRITE_BYTES, pwrite_all
 
 SIZES = [0, 1, 4096, 70_000, WRITE_BYTES - 1, WRITE_BYTES, WRITE_BYTES + 1, 3 * WRITE_BYTES + 5]
@@ -26,7 +25,7 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         joined = b"".join(buffers)
         return real(fd, [joined[: max(1, asked - 1)]], offset)
 
-    monkeypatch.setattr(file_writes.os, "pwritev", short_pwritev)
+    monkeypatch.setattr(os, "pwritev", short_pwritev)
     return sizes
 
 

@@ -379,7 +379,7 @@ def _folder_fd(location: Location) -> int:
         return os.dup(fd)
 
 
-def _pwrite_all(fd: int, pieces: Sequence[bytes], position: int, shown: str) -> None:
+def _write_pieces(fd: int, pieces: Sequence[bytes], position: int, shown: str) -> None:
     """Write ``pieces`` one after the other at ``position``; a refusal (a full disk) as the user is shown it."""
     try:
         pwrite_all(fd, pieces, position)
@@ -458,7 +458,7 @@ class _DiskWriter:
             return
         batch, at = self._pending, self._start + self._received.written
         self._pending, self._writing_bytes, self._pending_bytes = [], self._pending_bytes, 0
-        self._writing = asyncio.ensure_future(asyncio.to_thread(_pwrite_all, self._fd, batch, at, self._shown))
+        self._writing = asyncio.ensure_future(asyncio.to_thread(_write_pieces, self._fd, batch, at, self._shown))
 
     async def _wait(self) -> None:
         writing = self._writing

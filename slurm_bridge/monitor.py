@@ -2,7 +2,8 @@
 
 Each cycle (:meth:`SlurmMonitor.run_once`):
 
-1. lists the UCloudJobs of this bridge's cluster that have a Slurm id and are not final;
+1. lists the UCloudJobs of this bridge's cluster (counting them by state: ``ucim_jobs``) and
+   keeps those that have a Slurm id and are not final;
 2. asks Slurm about all of them in **one** ``squeue`` (:meth:`SlurmClient.poll`); jobs squeue
    has forgotten go to **one** ``sacct`` (:meth:`SlurmClient.poll_accounting`); a job that
    neither knows after :attr:`SlurmMonitor.vanish_grace` is failed as "job vanished from Slurm";
@@ -24,6 +25,7 @@ monitor tracks the job) the operator never writes ``transitions`` again, only
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import Callable
@@ -50,6 +52,12 @@ POLL_ERRORS = Counter(
     "Monitor cycles, or single job updates, that failed (Slurm or Kubernetes).",
 )
 TRACKED_JOBS = Gauge("ucim_slurm_tracked_jobs", "UCloudJobs with a Slurm id that are not final yet.")
+JOBS = Gauge(
+    "ucim_jobs",
+    "UCloudJobs of this bridge's cluster by UCloud state (UNSUBMITTED: none yet), as the monitor last listed them.",
+    ["state"],
+)
+UNSUBMITTED: Final = "UNSUBMITTED"  # a job the operator has not submitted yet has no state
 STATE_CHANGES = Counter(
     "ucim_job_state_changes_total",
     "UCloud state changes the monitor wrote, by new state.",
@@ -139,6 +147,13 @@ def submitted_ms(job: UCloudJob) -> int | None:
 # --------------------------------------------------------------------------- the monitor
 
 
+def count_by_state(jobs: list[UCloudJob]) -> None:
+    """Set ``ucim_jobs`` from ``jobs``; every state is set, so a state no job is in any more reads 0."""
+    counts = collections.Counter(job.status.state or UNSUBMITTED for job in jobs)
+    for state in (*JobState, UNSUBMITTED):
+        JOBS.labels(str(state)).set(counts[state])
+
+
 class SlurmMonitor:
     """Polls Slurm for every tracked UCloudJob of one cluster and writes what changed."""
 
@@ -163,14 +178,13 @@ class SlurmMonitor:
         return int(self._clock() * 1000)
 
     async def tracked_jobs(self) -> list[UCloudJob]:
-        """This cluster's UCloudJobs that have a Slurm id and are not final."""
-        jobs = await self.kube.list(UCloudJob, self.namespace)
+        """This cluster's UCloudJobs that have a Slurm id and are not final (counting all of them by state)."""
+        jobs = [job for job in await self.kube.list(UCloudJob, self.namespace) if job.spec.cluster == self.cluster]
+        count_by_state(jobs)
         return [
             job
             for job in jobs
-            if job.spec.cluster == self.cluster
-            and job.status.slurm_job_id is not None
-            and not (job.status.state is not None and job.status.state.is_final)
+            if job.status.slurm_job_id is not None and not (job.status.state is not None and job.status.state.is_final)
         ]
 
     async def _query(self, ids: set[int]) -> tuple[dict[int, SlurmJobInfo], bool]:

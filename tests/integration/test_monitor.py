@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from prometheus_client import REGISTRY
 
 from tests.support.platform import Platform
 from ucim.common.kube import Kube
@@ -98,6 +99,9 @@ async def test_job_goes_running_then_failure_with_exit_code(platform: Platform, 
     again = await kube.get(UCloudJob, namespace, name)
     assert again is not None
     assert again.metadata.resource_version == version
+    # ucim_jobs counts the namespace's jobs by state, final ones too.
+    assert REGISTRY.get_sample_value("ucim_jobs", {"state": "FAILURE"}) == 1
+    assert REGISTRY.get_sample_value("ucim_jobs", {"state": "RUNNING"}) == 0
 
 
 async def test_unchanged_running_job_is_not_patched(platform: Platform, namespace: str, kube: Kube) -> None:

@@ -15,8 +15,10 @@ from ucim.common.protocol import JobState
 from ucim.common.resources import UCloudJob
 from ucim.common.slurm import SlurmClient, SlurmConfig, SlurmJobInfo
 from ucim.slurm_bridge.monitor import (
+    UNSUBMITTED,
     VANISHED_MESSAGE,
     SlurmMonitor,
+    count_by_state,
     status_patch,
     submitted_ms,
     vanished_patch,
@@ -152,3 +154,18 @@ async def test_run_survives_failed_cycles_and_counts_them() -> None:
 
 def _errors() -> float:
     return REGISTRY.get_sample_value("ucim_slurm_poll_errors_total") or 0.0
+
+
+def test_jobs_are_counted_by_state_and_a_state_left_reads_zero() -> None:
+    unsubmitted = UCloudJob.from_obj(yaml.safe_load(SAMPLE.read_text()) | {"status": {}})
+    count_by_state([job(), job(), job(JobState.RUNNING), unsubmitted])
+    assert _jobs() == {**dict.fromkeys([*JobState, UNSUBMITTED], 0.0), "IN_QUEUE": 2, "RUNNING": 1, UNSUBMITTED: 1}
+    count_by_state([job(JobState.SUCCESS)])
+    assert _jobs() == {**dict.fromkeys([*JobState, UNSUBMITTED], 0.0), "SUCCESS": 1}
+
+
+def _jobs() -> dict[str, float]:
+    return {
+        state: REGISTRY.get_sample_value("ucim_jobs", {"state": state}) or 0.0
+        for state in [*map(str, JobState), UNSUBMITTED]
+    }

@@ -494,6 +494,7 @@ async def running_ucim(run: Run, session: aiohttp.ClientSession) -> AsyncIterato
     stack: Stack | None = None
     try:
         async with running_stack(env, namespace) as stack, await Kube.connect(env["KUBECONFIG"]) as kube:
+            stack.keep_logs = run.opts.keep_logs
             try:
                 calls = ProviderCalls(stack.core, session, USER)
                 instance = await instance_of(kube, namespace, calls)
@@ -518,11 +519,8 @@ async def running_ucim(run: Run, session: aiohttp.ClientSession) -> AsyncIterato
         shutil.rmtree(home, ignore_errors=True)
         forget_transfer_sessions(Path(account.pw_dir), since=started)
         await asyncio.to_thread(release_leftovers, env, namespace)
-        if stack is not None:
-            if run.opts.keep_logs:
-                print(f"the components' logs: {stack.workdir}", file=sys.stderr)
-            else:
-                shutil.rmtree(stack.workdir, ignore_errors=True)
+        if stack is not None and stack.keep_logs:
+            print(f"the components' logs: {stack.workdir}", file=sys.stderr)
 
 
 def forget_transfer_sessions(user_home: Path, since: float) -> None:

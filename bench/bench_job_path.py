@@ -525,6 +525,7 @@ async def bench(opts: argparse.Namespace) -> dict[str, Any]:
     cleaned = False
     try:
         async with running_stack(env, namespace) as stack, await Kube.connect(env["KUBECONFIG"]) as kube:
+            stack.keep_logs = opts.keep_logs
             bridge_metrics = f"http://127.0.0.1:{stack.envs['ucim-bridge']['UCIM_BRIDGE_METRICS_PORT']}/metrics"
             try:
                 await start_blocker(run)
@@ -550,11 +551,8 @@ async def bench(opts: argparse.Namespace) -> dict[str, Any]:
             await cleanup(run, None, None, namespace)
         await asyncio.to_thread(release_leftovers, env, namespace)
         shutil.rmtree(workdir, ignore_errors=True)
-        if stack is not None:
-            if opts.keep_logs:
-                result["logs"] = str(stack.workdir)
-            else:
-                shutil.rmtree(stack.workdir, ignore_errors=True)
+        if stack is not None and stack.keep_logs:
+            result["logs"] = str(stack.workdir)
     submits = {kind: samples for kind, samples in run.samples.items() if not kind.startswith("state_change_")}
     result["submit_ms"] = {kind: summary(samples) for kind, samples in sorted(submits.items())}
     changes = {kind: samples for kind, samples in run.samples.items() if kind.startswith("state_change_")}

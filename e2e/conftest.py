@@ -93,6 +93,8 @@ def _dump_on_failure(request: pytest.FixtureRequest, stack: Stack) -> None:
     report = getattr(request.node, "rep_call", None)
     if report is None or not report.failed:
         return
+    stack.keep_logs = True
+    print(f"the components' logs: {stack.workdir}")
     print(stack.logs())
     print(stack.kubectl("get", "events", "-n", stack.namespace, check=False).stdout)
     print(stack.kubectl("get", "ucj,ui", "-n", stack.namespace, "-o", "yaml", check=False).stdout)

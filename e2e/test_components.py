@@ -6,17 +6,19 @@ whose /metrics test_observability scrapes (and whose probes and `helm test` chec
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 
 import pytest
 
 from tests.support.platform import Platform
 from ucim.testing.core_standin import CoreKeys
-from ucim.testing.stack import free_port
+from ucim.testing.stack import free_port, running_stack
 
 pytestmark = pytest.mark.local_platform
 
@@ -79,3 +81,21 @@ def test_component_serves_health_and_metrics(component: tuple[str, int]) -> None
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         metrics = response.read().decode()
     assert "process_resident_memory_bytes" in metrics
+
+
+async def test_a_stack_keeps_its_logs_only_when_its_body_failed(platform: Platform) -> None:
+    namespace = f"ucim-e2e-{uuid.uuid4().hex[:6]}"
+    platform.kubectl("create", "namespace", namespace)
+    try:
+        async with running_stack(platform.env, namespace) as stack:
+            passed = stack.workdir
+            assert (passed / "ucim-gateway.log").exists()
+        assert not passed.exists()
+        with pytest.raises(RuntimeError, match="a test failed"):
+            async with running_stack(platform.env, namespace) as stack:
+                failed = stack.workdir
+                raise RuntimeError("a test failed")
+        assert (failed / "ucim-gateway.log").exists()
+        shutil.rmtree(failed)
+    finally:
+        platform.kubectl("delete", "namespace", namespace, "--wait=false", check=False)

@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -124,11 +123,11 @@ def alive(pid: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def bridge(platform: Platform) -> Iterator[Bridge]:
+def bridge(platform: Platform, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bridge]:
     tag = uuid.uuid4().hex[:8]
     namespace = f"ucim-bridge-{tag}"
     platform.kubectl("create", "namespace", namespace)
-    folder = Path(tempfile.mkdtemp(prefix="ucim-bridge-"))
+    folder = tmp_path_factory.mktemp("ucim-bridge")  # pytest keeps the last few runs' folders
     token_file = folder / "ingress-token"
     token_file.write_text(TOKEN + "\n")
     token_file.chmod(0o600)

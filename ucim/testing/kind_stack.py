@@ -497,4 +497,5 @@ async def kind_stack(env: KindEnv | None = None) -> AsyncIterator[KindStack]:
                 await forget_users({"KUBECONFIG": env.kubeconfig}, env.namespace)
         finally:
             await stack._stop_forwarding()
-            shutil.rmtree(workdir, ignore_errors=True)
+            if not stack.keep_logs:
+                shutil.rmtree(workdir, ignore_errors=True)

@@ -198,6 +198,9 @@ class Stack:
     components: dict[str, Component] = field(default_factory=dict)
     frontend: Frontend = field(default_factory=Frontend)
     kubectl: Kubectl = field(default_factory=Kubectl)
+    # The components' logs (``workdir``) stay after the stack stops when this is set, or when its
+    # body raised; otherwise they go with it.
+    keep_logs: bool = False
 
     # --- the frontend: Slurm and the users' files ---
 
@@ -352,7 +355,9 @@ HEALTH_PORT_KEYS = {
 async def running_stack(
     platform_env: Mapping[str, str], namespace: str, settings: Mapping[str, Mapping[str, str]] | None = None
 ) -> AsyncIterator[Stack]:
-    """Start Core's stand-in and every component; stop them all afterwards (logs kept on failure).
+    """Start Core's stand-in and every component; stop them all afterwards.
+
+    Their logs (``Stack.workdir``) are removed then, unless the body raised or set ``Stack.keep_logs``.
 
     ``settings`` adds to a component's environment, e.g. ``{"ucim-gateway": {"UCIM_GATEWAY_AUTO_CONNECT": "false"}}``.
     """
@@ -382,6 +387,9 @@ async def running_stack(
                 health = f"http://127.0.0.1:{env[HEALTH_PORT_KEYS[command]]}/healthz"
                 stack.components[command] = await _start(command, workdir / f"{command}.log", env, health)
             yield stack
+        except BaseException:
+            stack.keep_logs = True
+            raise
         finally:
             await release_jobs(platform_env, namespace)
             for component in reversed(list(stack.components.values())):
@@ -394,3 +402,5 @@ async def running_stack(
                         component.process.kill()
                         await component.process.wait()
             shutil.rmtree(socket_dir, ignore_errors=True)
+            if not stack.keep_logs:
+                shutil.rmtree(workdir, ignore_errors=True)

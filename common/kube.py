@@ -11,7 +11,7 @@ import json
 import os
 from collections.abc import AsyncIterator
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Final, Self, TypeVar
 
 from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -22,6 +22,12 @@ R = TypeVar("R", bound=_Resource)
 
 # The client guesses a patch's content type from the body; a dict must be a merge patch.
 _AS_MERGE_PATCH: dict[str, Any] = {"_content_type": "application/merge-patch+json"}
+# The client sets no timeout of its own: over a connection that died silently (a host gone, a
+# dropped flow) a call would wait forever. A call fails after this long instead...
+REQUEST_TIMEOUT_SECONDS: Final = 30.0
+# ...and a watch this long after the end the apiserver was asked for (a quiet watch may
+# rightly carry nothing until then).
+WATCH_GRACE_SECONDS: Final = 30.0
 
 
 class ConflictError(Exception):
@@ -56,10 +62,16 @@ def _api_message(error: ApiException) -> str:
 class Kube:
     """Typed CRUD, status patches and watches on ucim's custom resources."""
 
-    def __init__(self, api_client: client.ApiClient) -> None:
+    def __init__(
+        self,
+        api_client: client.ApiClient,
+        request_timeout: float = REQUEST_TIMEOUT_SECONDS,
+        watch_grace: float = WATCH_GRACE_SECONDS,
+    ) -> None:
         self._api_client = api_client
         self._custom = client.CustomObjectsApi(api_client)
-        self._core = client.CoreV1Api(api_client)
+        self._request_timeout = request_timeout
+        self._watch_grace = watch_grace
 
     @classmethod
     async def connect(cls, kubeconfig: str | None = None) -> Self:
@@ -84,7 +96,14 @@ class Kube:
         await self.close()
 
     def _where(self, kind: type[R], namespace: str) -> dict[str, Any]:
-        return {"group": kind.GROUP, "version": kind.VERSION, "namespace": namespace, "plural": kind.PLURAL}
+        """A call's target, and how long it may take."""
+        return {
+            "group": kind.GROUP,
+            "version": kind.VERSION,
+            "namespace": namespace,
+            "plural": kind.PLURAL,
+            "_request_timeout": self._request_timeout,
+        }
 
     async def create(self, obj: R, namespace: str) -> R:
         try:
@@ -137,10 +156,14 @@ class Kube:
                 raise _translate(error) from error
 
     async def watch(self, kind: type[R], namespace: str, timeout_seconds: int = 300) -> AsyncIterator[tuple[str, R]]:
-        """Events (ADDED, MODIFIED, DELETED) on every object of a kind; ends after the timeout."""
+        """Events (ADDED, MODIFIED, DELETED) on every object of a kind; ends after the timeout.
+
+        Raises TimeoutError when the apiserver has not ended it ``watch_grace`` seconds after that.
+        """
         stream = watch.Watch()
+        where = self._where(kind, namespace) | {"_request_timeout": timeout_seconds + self._watch_grace}
         async with stream.stream(
-            self._custom.list_namespaced_custom_object, **self._where(kind, namespace), timeout_seconds=timeout_seconds
+            self._custom.list_namespaced_custom_object, **where, timeout_seconds=timeout_seconds
         ) as events:
             async for event in events:
                 yield event["type"], kind.from_obj(event["object"])

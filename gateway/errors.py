@@ -42,6 +42,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(error.status, error.reason)
     except json.JSONDecodeError as error:
         return error_response(400, f"request body is not valid JSON: {error}")
+    except TimeoutError:
+        # The calls that can time out here are the Kubernetes API's (ucim.common.kube bounds them).
+        log.warning("a call timed out", extra={"path": request.path}, exc_info=True)
+        return error_response(503, "the Kubernetes API of this provider did not answer in time; try again")
     except Exception:
         log.exception("unhandled error", extra={"path": request.path})
         return error_response(500, "internal server error")

@@ -113,6 +113,21 @@ async def test_user_without_a_ready_instance_gets_449(client: TestClient[Any, An
     assert response.status == 449
 
 
+async def test_a_kubernetes_api_that_times_out_is_a_readable_503(
+    client: TestClient[Any, Any], core: CoreStandIn, kube: FakeKube, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def silent(*_: object) -> None:
+        raise TimeoutError
+
+    monkeypatch.setattr(kube, "get", silent)
+    job = core.make_job("1", "alice")
+    response = await client.post(
+        f"/ucloud/{PROVIDER}/jobs", headers=headers(core, "alice"), json={"items": [dump(job)]}
+    )
+    assert response.status == 503
+    assert "did not answer in time" in (await response.json())["why"]
+
+
 async def test_init_creates_the_instance_whatever_the_headers(
     client: TestClient[Any, Any], core: CoreStandIn, kube: FakeKube
 ) -> None:

@@ -1,0 +1,51 @@
+"""ucim.common.kube: calls and watches end when the apiserver's connection goes silent."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+from kubernetes_asyncio import client
+from pytest_aiohttp import AiohttpServer
+
+from ucim.common.kube import Kube
+from ucim.common.resources import UCloudJob
+
+PLURAL_PATH = f"/apis/{UCloudJob.GROUP}/{UCloudJob.VERSION}/namespaces/ns/{UCloudJob.PLURAL}"
+
+
+async def silent(request: web.Request) -> web.StreamResponse:
+    """Answers the headers (a watch's, or any call's), then nothing: a connection that died quietly."""
+    response = web.StreamResponse()
+    await response.prepare(request)
+    await asyncio.sleep(3600)
+    return response
+
+
+@pytest.fixture
+async def kube(aiohttp_server: AiohttpServer) -> AsyncIterator[Kube]:
+    app = web.Application()
+    app.router.add_get(PLURAL_PATH, silent)
+    app.router.add_get(PLURAL_PATH + "/{name}", silent)
+    server = await aiohttp_server(app)
+    configuration = client.Configuration(host=str(server.make_url("")).rstrip("/"))
+    async with Kube(client.ApiClient(configuration), request_timeout=0.3, watch_grace=0.3) as kube:
+        yield kube
+
+
+async def test_a_call_the_apiserver_never_answers_times_out(kube: Kube) -> None:
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        await kube.get(UCloudJob, "ns", "job")
+    assert time.monotonic() - started < 5
+
+
+async def test_a_silent_watch_times_out_after_its_end_and_the_grace(kube: Kube) -> None:
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        async for _ in kube.watch(UCloudJob, "ns", timeout_seconds=1):
+            pass
+    assert 1.2 <= time.monotonic() - started < 6  # not before the end it asked the apiserver for

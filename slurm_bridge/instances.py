@@ -487,6 +487,10 @@ class InstanceManager:
     def _count_running(self) -> None:
         RUNNING.set(sum(1 for i in self.instances.values() if i.serving))
 
+    def serving_pids(self) -> list[int]:
+        """The processes of the instances that serve now."""
+        return [i.pid for i in self.instances.values() if i.serving and i.pid is not None]
+
 
 def _newer(obj: UserInstance, than: UserInstance) -> bool:
     """Whether ``obj`` is a later version than ``than`` (resourceVersions are opaque but grow here)."""

@@ -6,8 +6,8 @@ Start order matters:
 2. **the fork server**, before any secret is read, with a filtered environment, so that
    no user instance can ever hold the ingress token or the Kubernetes credentials;
 3. the ingress token (from its file), the Kubernetes client (its token);
-4. the ingress, the UserInstance loop, the Slurm monitor, ``/healthz`` ``/readyz``
-   ``/metrics``.
+4. the ingress, the UserInstance loop (and the measuring of the instances' memory), the Slurm
+   monitor, ``/healthz`` ``/readyz`` ``/metrics``.
 
 SIGTERM or SIGINT stops it cleanly (exit 0): instances are marked not Ready, then they
 stop with the fork server. If the fork server dies, the bridge exits 1 (systemd restarts
@@ -35,6 +35,7 @@ from ucim.common.observability import start_health_server
 from ucim.common.slurm import SlurmClient, SlurmConfig
 from ucim.slurm_bridge.connections import ConnectionMapper
 from ucim.slurm_bridge.ingress import Routes, start_ingress
+from ucim.slurm_bridge.instance_memory import measure_forever
 from ucim.slurm_bridge.instances import InstanceManager
 from ucim.slurm_bridge.mapping import Mapper
 from ucim.slurm_bridge.monitor import SlurmMonitor
@@ -109,6 +110,7 @@ async def serve(settings: BridgeSettings, fork_server: ForkServer | None, token:
             tls_key=str(settings.ingress_tls_key_file) if settings.ingress_tls_key_file else None,
         )
         run("instances", manager.run())
+        run("instance-memory", measure_forever(manager.serving_pids, settings.memory_interval_seconds))
         run("connections", connections.run(settings.watch_timeout_seconds))
     else:
         log.error("no ingress token configured (UCIM_BRIDGE_INGRESS_TOKEN_FILE): user instances are disabled")

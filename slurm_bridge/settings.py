@@ -73,6 +73,8 @@ class BridgeSettings(ComponentSettings):
     activity_write_interval_seconds: float = Field(default=30.0, gt=0)
     # The watch is re-established (with a full re-list) at least this often.
     watch_timeout_seconds: int = Field(default=120, ge=1)
+    # The running instances' memory (ucim_instances_memory_bytes) is measured this often.
+    memory_interval_seconds: float = Field(default=15.0, gt=0)
 
     # --- the Slurm monitor (slurm_bridge/monitor.py) ---
     monitor_enabled: bool = True

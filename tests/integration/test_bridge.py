@@ -144,6 +144,7 @@ def bridge(platform: Platform, tmp_path_factory: pytest.TempPathFactory) -> Iter
         "UCIM_BRIDGE_RESTART_BACKOFF_SECONDS": "1",
         "UCIM_BRIDGE_ACTIVITY_WRITE_INTERVAL_SECONDS": "1",
         "UCIM_BRIDGE_STOP_GRACE_SECONDS": "3",
+        "UCIM_BRIDGE_MEMORY_INTERVAL_SECONDS": "0.2",
     }
     env.pop("UCIM_BRIDGE_INGRESS_TOKEN", None)
     started = Bridge(
@@ -385,6 +386,22 @@ def test_the_bridge_exports_its_metrics(bridge: Bridge) -> None:
     ):
         assert line in text, line
     assert "alice" not in text and "bob" not in text
+
+
+def test_the_bridge_measures_what_its_instances_take(bridge: Bridge) -> None:
+    instance(bridge, "alice")
+    instance(bridge, "bob")
+
+    def measured() -> tuple[float, float]:
+        _, text = http(f"{bridge.metrics}/metrics", token=None)
+        values = dict(line.split() for line in text.splitlines() if line.startswith("ucim_instance"))
+        together, largest = values.get("ucim_instances_memory_bytes"), values.get("ucim_instance_memory_max_bytes")
+        return float(together or 0), float(largest or 0)
+
+    wait_until(lambda: measured()[1] > 1 << 20, 10, "the instances' memory to be measured")
+    together, largest = measured()
+    # Two instances or more together; each one's share of the fork server's pages is part of its PSS.
+    assert 1 << 20 < largest < together < 1 << 30
 
 
 def test_a_restarted_bridge_starts_its_instances_again(bridge: Bridge) -> None:

@@ -147,6 +147,11 @@ def submitted_ms(job: UCloudJob) -> int | None:
 # --------------------------------------------------------------------------- the monitor
 
 
+def is_tracked(job: UCloudJob) -> bool:
+    """A job the monitor asks Slurm about: it has a Slurm id and is not final."""
+    return job.status.slurm_job_id is not None and not (job.status.state is not None and job.status.state.is_final)
+
+
 def count_by_state(jobs: list[UCloudJob]) -> None:
     """Set ``ucim_jobs`` from ``jobs``; every state is set, so a state no job is in any more reads 0."""
     counts = collections.Counter(job.status.state or UNSUBMITTED for job in jobs)
@@ -177,15 +182,9 @@ class SlurmMonitor:
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
 
-    async def tracked_jobs(self) -> list[UCloudJob]:
-        """This cluster's UCloudJobs that have a Slurm id and are not final (counting all of them by state)."""
-        jobs = [job for job in await self.kube.list(UCloudJob, self.namespace) if job.spec.cluster == self.cluster]
-        count_by_state(jobs)
-        return [
-            job
-            for job in jobs
-            if job.status.slurm_job_id is not None and not (job.status.state is not None and job.status.state.is_final)
-        ]
+    async def cluster_jobs(self) -> list[UCloudJob]:
+        """This cluster's UCloudJobs."""
+        return [job for job in await self.kube.list(UCloudJob, self.namespace) if job.spec.cluster == self.cluster]
 
     async def _query(self, ids: set[int]) -> tuple[dict[int, SlurmJobInfo], bool]:
         """One squeue for all ids, one sacct for the ones it forgot; (infos, whether sacct answered)."""
@@ -205,7 +204,9 @@ class SlurmMonitor:
 
     async def run_once(self) -> int:
         """One cycle; how many UCloudJobs it patched."""
-        jobs = await self.tracked_jobs()
+        every = await self.cluster_jobs()
+        count_by_state(every)
+        jobs = [job for job in every if is_tracked(job)]
         TRACKED_JOBS.set(len(jobs))
         if not jobs:
             return 0

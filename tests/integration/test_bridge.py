@@ -19,6 +19,7 @@ from typing import Any
 
 import h11
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.platform import Platform
 from ucim.slurm_bridge.mapping import Mapper, MappingRefusedError, MappingSettings
@@ -394,9 +395,10 @@ def test_the_bridge_measures_what_its_instances_take(bridge: Bridge) -> None:
 
     def measured() -> tuple[float, float]:
         _, text = http(f"{bridge.metrics}/metrics", token=None)
-        values = dict(line.split() for line in text.splitlines() if line.startswith("ucim_instance"))
-        together, largest = values.get("ucim_instances_memory_bytes"), values.get("ucim_instance_memory_max_bytes")
-        return float(together or 0), float(largest or 0)
+        values = {
+            sample.name: sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+        }
+        return values.get("ucim_instances_memory_bytes", 0.0), values.get("ucim_instance_memory_max_bytes", 0.0)
 
     wait_until(lambda: measured()[1] > 1 << 20, 10, "the instances' memory to be measured")
     together, largest = measured()

@@ -10,22 +10,19 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from ucim.common import reasons
 from ucim.common.conditions import ConditionStatus, find_condition, is_true, set_condition
 from ucim.common.kube import ConflictError, Kube
 from ucim.common.resources import ObjectMeta, UserConnection, UserConnectionSpec
+from ucim.common.times import rfc3339
 
 POLL_INTERVAL = 0.02
 
 
 class ConnectionRefusedError(Exception):
     """The bridge could not map the user to a local account; the message says why."""
-
-
-def rfc3339(moment: datetime) -> str:
-    return moment.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def is_connected(connection: UserConnection | None, now: datetime) -> bool:

@@ -64,6 +64,7 @@ from ucim.common.reasons import (
 )
 from ucim.common.resources import JobTransition, UCloudJob, UserInstance
 from ucim.common.settings import API_GROUP, API_VERSION
+from ucim.common.times import millis, now_utc, rfc3339
 from ucim.operator import jobs, userinstances
 from ucim.operator.delivery import Backlog, DeliveryQueue
 from ucim.operator.instances import InstanceClient, InstanceRejectedError, InstanceUnreachableError
@@ -174,7 +175,7 @@ async def shutdown(*, memo: kopf.Memo, **_: Any) -> None:
 async def submit(*, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, **_: Any) -> None:
     runtime = _runtime(memo)
     job = UCloudJob.from_obj(dict(body))
-    now = jobs.now_utc()
+    now = now_utc()
 
     # First visit: conditions start out Unknown, so `kubectl describe` shows the job is being worked on.
     if not job.status.conditions:
@@ -208,7 +209,7 @@ async def submit(*, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: 
     if not jobs.submit_attempted(job):
         await runtime.kube.patch(
             UCloudJob, _namespace(job), job.metadata.name,
-            {"metadata": {"annotations": {jobs.SUBMIT_STARTED_ANNOTATION: jobs.rfc3339(now)}}},
+            {"metadata": {"annotations": {jobs.SUBMIT_STARTED_ANNOTATION: rfc3339(now)}}},
         )  # fmt: skip
     try:
         answer = await runtime.instances.submit(instance.status.endpoint, jobs.submit_request(job))
@@ -240,7 +241,7 @@ async def report(*, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: 
     runtime = _runtime(memo)
     job = UCloudJob.from_obj(dict(body))
     uid = job.metadata.uid or job.metadata.name
-    now = jobs.now_utc()
+    now = now_utc()
     if job.status.reported_transitions >= runtime.delivered.get(uid, 0):
         runtime.delivered.pop(uid, None)  # the status has caught up with what we sent
     start, pending = jobs.unreported(job.status, runtime.delivered.get(uid, 0))
@@ -316,7 +317,7 @@ async def _held_by_core(runtime: Runtime, job: UCloudJob, uid: str, pending: lis
 async def terminate(*, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, **_: Any) -> None:
     runtime = _runtime(memo)
     job = UCloudJob.from_obj(dict(body))
-    now = jobs.now_utc()
+    now = now_utc()
 
     # Cancelled by an earlier attempt (or ended before submission, which counts as cancelled).
     if is_true(job.status.conditions, CANCELLED):
@@ -354,7 +355,7 @@ async def release(*, body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> 
     runtime = _runtime(memo)
     job = UCloudJob.from_obj(dict(body))
     uid = job.metadata.uid or job.metadata.name
-    now = jobs.now_utc()
+    now = now_utc()
     out_of_attempts = retry + 1 >= runtime.config.delete_attempts
     final: tuple[JobState, str] | None = None
 
@@ -384,7 +385,7 @@ async def release(*, body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> 
     items = jobs.job_updates(job, pending)
     if final is not None:
         state, message = final
-        transition = JobTransition(state=state, timestamp=jobs.millis(now), message=message)
+        transition = JobTransition(state=state, timestamp=millis(now), message=message)
         items.extend(jobs.job_updates(job, [transition]))
     try:
         await runtime.queue.deliver(items)
@@ -427,7 +428,7 @@ def _instance_backoff(runtime: Runtime, retry: int) -> float:
 @kopf.on.create(*USERINSTANCES)
 async def instance_created(*, patch: kopf.Patch, **_: Any) -> None:
     # The bridge has not written any conditions yet: show that we wait for it.
-    patch.fns.append(userinstances.waiting_for_bridge(jobs.now_utc()))
+    patch.fns.append(userinstances.waiting_for_bridge(now_utc()))
 
 
 @kopf.on.field(*USERINSTANCES, field="status.conditions")

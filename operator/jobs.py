@@ -12,7 +12,7 @@ never written from a stale copy.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Final, cast
 
 import kopf
@@ -22,6 +22,7 @@ from ucim.common.instance_api import SubmitRequest, SubmitResponse
 from ucim.common.protocol import JobState, JobUpdate, JobUpdateItem
 from ucim.common.reasons import CORE_UP_TO_DATE, REPORTED, SLURM_ACCEPTED, SUBMITTED, WAITING_FOR_INSTANCE
 from ucim.common.resources import Condition, JobTransition, SlurmPlacement, UCloudJob, UCloudJobStatus
+from ucim.common.times import millis, rfc3339
 
 # Written on the UCloudJob just before the first submit call: from then on a
 # Slurm job may exist even though its id never reached the status (a crash in
@@ -33,19 +34,6 @@ SLURM_JOB_NAME_PREFIX: Final = "ucim-"
 
 # What kopf's ``patch.fns`` take: a function that changes the raw object in place.
 StatusFn = Callable[[kopf.RawBody], None]
-
-
-def now_utc() -> datetime:
-    return datetime.now(UTC)
-
-
-def millis(moment: datetime) -> int:
-    """A datetime as UCloud's integer epoch milliseconds."""
-    return int(moment.timestamp() * 1000)
-
-
-def rfc3339(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def backoff(retry: int, *, first: float, cap: float) -> float:

@@ -20,7 +20,8 @@ from ucim.common.conditions import find_condition, is_true
 from ucim.common.kube import ConflictError, Kube
 from ucim.common.reasons import MAPPED, READY, REQUESTED_AT_ANNOTATION, WAITING_FOR_BRIDGE
 from ucim.common.resources import Condition, ObjectMeta, UserInstance, UserInstanceSpec
-from ucim.operator.jobs import StatusFn, condition, rfc3339
+from ucim.common.times import rfc3339
+from ucim.operator.jobs import StatusFn, condition
 
 # Ask again at most this often while an instance does not come up.
 WAKE_INTERVAL: Final = timedelta(seconds=30)

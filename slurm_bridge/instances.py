@@ -52,6 +52,7 @@ from ucim.common import reasons
 from ucim.common.conditions import ConditionStatus, find_condition, set_condition
 from ucim.common.kube import ConflictError, InvalidError, Kube, NotFoundError
 from ucim.common.resources import UserInstance
+from ucim.common.times import rfc3339
 from ucim.slurm_bridge.connections import ConnectionMapper
 from ucim.slurm_bridge.ingress import Routes
 from ucim.slurm_bridge.mapping import LocalAccount, Mapper, MappingRefusedError
@@ -76,10 +77,6 @@ def socket_path(socket_dir: Path, namespace: str, name: str) -> str:
     """A short, fixed-length socket name (unix socket paths are limited to 107 bytes)."""
     digest = hashlib.sha256(f"{namespace}/{name}".encode()).hexdigest()[:32]
     return str(socket_dir / f"{digest}.sock")
-
-
-def rfc3339(moment: datetime) -> str:
-    return moment.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 @dataclass

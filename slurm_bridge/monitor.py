@@ -29,7 +29,7 @@ import collections
 import logging
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, Final
 
@@ -39,6 +39,7 @@ from ucim.common.kube import ConflictError, InvalidError, Kube, NotFoundError
 from ucim.common.protocol import JobState
 from ucim.common.resources import UCloudJob
 from ucim.common.slurm import SlurmClient, SlurmError, SlurmJobInfo
+from ucim.common.times import rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +80,6 @@ class _LostUpdateError(Exception):
 
 
 # --------------------------------------------------------------------------- pure functions
-
-
-def rfc3339(moment: datetime | None) -> str | None:
-    """An aware datetime as RFC 3339 in UTC (``2026-11-25T03:50:00Z``); None stays None."""
-    if moment is None:
-        return None
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _with_transition(job: UCloudJob, state: JobState, message: str, now_ms: int) -> dict[str, Any]:

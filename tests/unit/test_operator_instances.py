@@ -17,9 +17,9 @@ from ucim.common.instance_api import CANCEL_PATH, SUBMIT_PATH, SubmitRequest
 from ucim.common.protocol import error_body
 from ucim.common.reasons import MAPPED, READY, REQUESTED_AT_ANNOTATION
 from ucim.common.resources import ApplicationRef, JobResources, UserInstance
+from ucim.common.times import rfc3339
 from ucim.operator import userinstances
 from ucim.operator.instances import InstanceClient, InstanceRejectedError, InstanceUnreachableError
-from ucim.operator.jobs import rfc3339
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 TOKEN = "ingress-token-123"

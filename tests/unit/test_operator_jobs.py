@@ -196,11 +196,6 @@ def test_backoff_doubles_up_to_a_cap(retry: int, expected: float) -> None:
     assert jobs.backoff(retry, first=0.5, cap=10.0) == expected
 
 
-def test_milliseconds_and_timestamps() -> None:
-    assert jobs.millis(T0) == T0_MS
-    assert jobs.rfc3339(T0 + timedelta(microseconds=5)) == "2026-03-01T12:00:00Z"
-
-
 def test_changes_core_already_holds_are_not_sent_again() -> None:
     pending = [
         JobTransition(state=JobState.RUNNING, timestamp=2, message="running"),

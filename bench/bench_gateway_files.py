@@ -46,7 +46,7 @@ from tests.support.fake_kube import FakeKube
 from ucim.common import instance_api as api
 from ucim.common.kube import Kube
 from ucim.common.protocol import encode_username
-from ucim.common.resources import UserInstance
+from ucim.common.resources import UserInstance, cluster_labels
 from ucim.gateway.app import init_app
 from ucim.gateway.settings import GatewaySettings
 from ucim.testing import CoreStandIn
@@ -145,7 +145,10 @@ async def gateway_for(core: CoreStandIn, kube: Any, namespace: str, cache: float
 
 
 async def place_instance(kube: Any, namespace: str, name: str, endpoint: str) -> None:
-    manifest = {"metadata": {"name": name}, "spec": {"ucloudUsername": USER, "cluster": "local"}}
+    manifest = {
+        "metadata": {"name": name, "labels": cluster_labels("local")},
+        "spec": {"ucloudUsername": USER, "cluster": "local"},
+    }
     await kube.create(UserInstance.from_obj(manifest), namespace)
     await kube.patch_status(UserInstance, namespace, name, {"conditions": [READY], "endpoint": endpoint})
 

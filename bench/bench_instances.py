@@ -39,7 +39,7 @@ from typing import Any
 
 from ucim.common.conditions import is_true
 from ucim.common.kube import Kube
-from ucim.common.resources import ObjectMeta, UserInstance, UserInstanceSpec
+from ucim.common.resources import ObjectMeta, UserInstance, UserInstanceSpec, cluster_labels
 from ucim.slurm_bridge.spawner import uss_bytes
 from ucim.testing.stack import free_port, read_platform_env
 
@@ -91,7 +91,7 @@ async def measure(kube: Kube, namespace: str, cluster: str, count: int) -> dict[
             user = ("alice", "bob")[i % 2]
             name = f"bench-{i:04d}"
             instance = UserInstance(
-                metadata=ObjectMeta(name=name),
+                metadata=ObjectMeta(name=name, labels=cluster_labels(cluster)),
                 spec=UserInstanceSpec(ucloud_username=f"{user}#{i:04d}", cluster=cluster, idle_timeout_seconds=0),
             )
             started = time.perf_counter()

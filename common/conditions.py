@@ -30,20 +30,38 @@ def set_condition(
     now: datetime | None = None,
 ) -> list[Condition]:
     """Return ``conditions`` with ``type_`` set; the others are kept as they are, in order."""
-    now = now or utcnow()
+    updated = updated_condition(
+        conditions, type_, status, reason=reason, message=message, observed_generation=observed_generation, now=now
+    )
+    if find_condition(conditions, type_) is None:
+        return [*conditions, updated]
+    return [updated if c.type == type_ else c for c in conditions]
+
+
+def updated_condition(
+    conditions: Sequence[Condition],
+    type_: str,
+    status: ConditionStatus,
+    *,
+    reason: str,
+    message: str,
+    observed_generation: int | None = None,
+    now: datetime | None = None,
+) -> Condition:
+    """The condition ``type_`` as it is to be written: ``lastTransitionTime`` moves only if its status flips.
+
+    What a component applies by itself (server-side apply of its own condition type).
+    """
     existing = find_condition(conditions, type_)
-    changed_at = existing.last_transition_time if existing is not None and existing.status == status else now
-    updated = Condition(
+    flipped = existing is None or existing.status != status
+    return Condition(
         type=type_,
         status=status,
         reason=reason,
         message=message,
         observed_generation=observed_generation,
-        last_transition_time=changed_at,
+        last_transition_time=(now or utcnow()) if flipped or existing is None else existing.last_transition_time,
     )
-    if existing is None:
-        return [*conditions, updated]
-    return [updated if c.type == type_ else c for c in conditions]
 
 
 def find_condition(conditions: Sequence[Condition], type_: str) -> Condition | None:

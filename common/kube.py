@@ -7,11 +7,13 @@ choice of client stays a detail of this module.
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final, Self, TypeVar
+from typing import Any, Final, Generic, Literal, Self, TypeVar
 
 from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -22,6 +24,9 @@ R = TypeVar("R", bound=_Resource)
 
 # The client guesses a patch's content type from the body; a dict must be a merge patch.
 _AS_MERGE_PATCH: dict[str, Any] = {"_content_type": "application/merge-patch+json"}
+# Server-side apply (JSON is YAML): the apiserver merges lists keyed by their map keys
+# (conditions by type) and records which field manager owns each entry.
+_AS_APPLY_PATCH: dict[str, Any] = {"_content_type": "application/apply-patch+yaml", "force": True}
 # The client sets no timeout of its own: over a connection that died silently (a host gone, a
 # dropped flow) a call would wait forever. A call fails after this long instead...
 REQUEST_TIMEOUT_SECONDS: Final = 30.0
@@ -42,14 +47,32 @@ class InvalidError(Exception):
     """The apiserver rejected the object; the message is its readable reason."""
 
 
+class GoneError(Exception):
+    """A watch asked to resume from a resourceVersion the apiserver no longer keeps (410): list again."""
+
+
 def _translate(error: ApiException) -> Exception:
     if error.status == 404:
         return NotFoundError(error.reason)
     if error.status == 409:
         return ConflictError(error.reason)
+    if error.status == 410:
+        return GoneError(error.reason)
     if error.status == 422:
         return InvalidError(_api_message(error))
     return error
+
+
+EventType = Literal["ADDED", "MODIFIED", "DELETED", "BOOKMARK"]
+
+
+@dataclass(frozen=True)
+class WatchEvent(Generic[R]):
+    """One event of a watch; a BOOKMARK carries only the resourceVersion to resume from."""
+
+    type: EventType
+    obj: R | None
+    resource_version: str
 
 
 def _api_message(error: ApiException) -> str:
@@ -124,9 +147,22 @@ class Kube:
         return kind.from_obj(obj)
 
     async def list(self, kind: type[R], namespace: str, label_selector: str | None = None) -> list[R]:
-        kwargs: dict[str, Any] = {"label_selector": label_selector} if label_selector else {}
-        result = await self._custom.list_namespaced_custom_object(**self._where(kind, namespace), **kwargs)
-        return [kind.from_obj(item) for item in result["items"]]
+        return (await self.list_versioned(kind, namespace, label_selector))[0]
+
+    async def list_versioned(
+        self, kind: type[R], namespace: str, label_selector: str | None = None, field_selector: str | None = None
+    ) -> tuple[builtins.list[R], str]:
+        """The objects (filtered by the apiserver) and the list's resourceVersion, where a watch resumes."""
+        kwargs: dict[str, Any] = {}
+        if label_selector:
+            kwargs["label_selector"] = label_selector
+        if field_selector:
+            kwargs["field_selector"] = field_selector
+        try:
+            result = await self._custom.list_namespaced_custom_object(**self._where(kind, namespace), **kwargs)
+        except ApiException as error:
+            raise _translate(error) from error
+        return [kind.from_obj(item) for item in result["items"]], str(result["metadata"]["resourceVersion"])
 
     async def patch(self, kind: type[R], namespace: str, name: str, body: dict[str, Any]) -> R:
         """A JSON merge patch of the main resource (spec, metadata)."""
@@ -138,11 +174,39 @@ class Kube:
             raise _translate(error) from error
         return kind.from_obj(obj)
 
-    async def patch_status(self, kind: type[R], namespace: str, name: str, status: dict[str, Any]) -> R:
-        """A JSON merge patch of the status subresource; ``status`` is the status' own fields."""
+    async def patch_status(
+        self, kind: type[R], namespace: str, name: str, status: dict[str, Any], *, resource_version: str | None = None
+    ) -> R:
+        """A JSON merge patch of the status subresource; ``status`` is the status' own fields.
+
+        With ``resource_version`` the patch applies only to that version of the object
+        (ConflictError otherwise): the way to replace a list another component may have
+        changed since it was read.
+        """
+        body: dict[str, Any] = {"status": status}
+        if resource_version is not None:
+            body["metadata"] = {"resourceVersion": resource_version}
         try:
             obj = await self._custom.patch_namespaced_custom_object_status(
-                **self._where(kind, namespace), name=name, body={"status": status}, **_AS_MERGE_PATCH
+                **self._where(kind, namespace), name=name, body=body, **_AS_MERGE_PATCH
+            )
+        except ApiException as error:
+            raise _translate(error) from error
+        return kind.from_obj(obj)
+
+    async def apply_status(
+        self, kind: type[R], namespace: str, name: str, status: dict[str, Any], *, field_manager: str
+    ) -> R:
+        """Server-side apply of the status fields ``field_manager`` owns; the other managers' stay.
+
+        For a list with map keys, such as ``conditions`` (keyed by type), only the entries
+        sent are this manager's: two components can each own one condition of the same
+        object without reading it first and without overwriting each other.
+        """
+        body = {"apiVersion": kind.api_version(), "kind": kind.KIND, "metadata": {"name": name}, "status": status}
+        try:
+            obj = await self._custom.patch_namespaced_custom_object_status(
+                **self._where(kind, namespace), name=name, body=body, field_manager=field_manager, **_AS_APPLY_PATCH
             )
         except ApiException as error:
             raise _translate(error) from error
@@ -155,15 +219,71 @@ class Kube:
             if error.status != 404:
                 raise _translate(error) from error
 
-    async def watch(self, kind: type[R], namespace: str, timeout_seconds: int = 300) -> AsyncIterator[tuple[str, R]]:
-        """Events (ADDED, MODIFIED, DELETED) on every object of a kind; ends after the timeout.
+    async def watch(
+        self,
+        kind: type[R],
+        namespace: str,
+        *,
+        resource_version: str | None = None,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        timeout_seconds: int = 300,
+    ) -> AsyncIterator[WatchEvent[R]]:
+        """Events on the objects of a kind (those the selectors pick), from ``resource_version`` on.
 
-        Raises TimeoutError when the apiserver has not ended it ``watch_grace`` seconds after that.
+        Without a version the apiserver starts with an ADDED event per existing object.
+        Bookmarks are asked for, so a quiet watch still learns where to resume. Ends after
+        the timeout; raises GoneError when ``resource_version`` is too old, and TimeoutError
+        when the apiserver has not ended the watch ``watch_grace`` seconds after its timeout.
         """
         stream = watch.Watch()
         where = self._where(kind, namespace) | {"_request_timeout": timeout_seconds + self._watch_grace}
-        async with stream.stream(
-            self._custom.list_namespaced_custom_object, **where, timeout_seconds=timeout_seconds
-        ) as events:
-            async for event in events:
-                yield event["type"], kind.from_obj(event["object"])
+        options: dict[str, Any] = {"timeout_seconds": timeout_seconds, "allow_watch_bookmarks": True}
+        for key, value in (
+            ("resource_version", resource_version),
+            ("label_selector", label_selector),
+            ("field_selector", field_selector),
+        ):
+            if value:
+                options[key] = value
+        try:
+            async with stream.stream(self._custom.list_namespaced_custom_object, **where, **options) as events:
+                async for event in events:
+                    raw = event["raw_object"]
+                    version = str(raw["metadata"]["resourceVersion"])
+                    if event["type"] == "BOOKMARK":
+                        yield WatchEvent("BOOKMARK", None, version)
+                    else:
+                        yield WatchEvent(event["type"], kind.from_obj(raw), version)
+        except ApiException as error:
+            raise _translate(error) from error
+
+    async def wait_for(
+        self, kind: type[R], namespace: str, name: str, predicate: Callable[[R | None], bool]
+    ) -> R | None:
+        """The object once ``predicate`` holds for it (None: it does not exist); callers bound the wait.
+
+        One read, then a watch of that one object (field selector on its name) from the
+        version read: a change is seen the moment the apiserver has it, and nothing is
+        read on a timer. The predicate may raise to end the wait early (a refusal).
+        """
+        field_selector = f"metadata.name={name}"
+        while True:
+            # A list of that one name gives the object (if any) and the version to watch from, in one call.
+            found, version = await self.list_versioned(kind, namespace, field_selector=field_selector)
+            current = found[0] if found else None
+            if predicate(current):
+                return current
+            try:
+                while True:
+                    async for event in self.watch(
+                        kind, namespace, resource_version=version, field_selector=field_selector
+                    ):
+                        version = event.resource_version
+                        if event.type == "BOOKMARK":
+                            continue
+                        current = None if event.type == "DELETED" else event.obj
+                        if predicate(current):
+                            return current
+            except GoneError:
+                continue  # the version is too old to resume from: read the object again

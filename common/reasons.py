@@ -33,6 +33,7 @@ READY: Final = "Ready"  # the instance serves requests
 WAITING_FOR_BRIDGE: Final = "WaitingForBridge"
 USER_MAPPED: Final = "UserMapped"
 MAPPING_REFUSED: Final = "MappingRefused"
+MAPPING_RETRIED: Final = "MappingRetried"  # asked again after a refusal: the bridge is trying
 SPAWNING: Final = "Spawning"
 INSTANCE_SERVING: Final = "InstanceServing"
 SPAWN_FAILED: Final = "SpawnFailed"

@@ -1,4 +1,4 @@
-"""Typed models of ucim's custom resources, UCloudJob, UserInstance and UserConnection.
+"""Typed models of ucim's custom resources, UCloudJob, UserInstance and UserConnection (and the Lease).
 
 This module is the only place that knows their shape: code builds a model and
 calls ``to_manifest()`` / ``status_patch()``, and reads objects with
@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 from datetime import datetime
-from typing import Any, ClassVar, Literal, Self
+from typing import Any, ClassVar, Final, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -242,6 +242,53 @@ class UserConnection(_Resource):
     def name_for(ucloud_username: str, cluster: str) -> str:
         """The deterministic object name for a (UCloud user, cluster) pair, as the UserInstance's."""
         return dns_name(cluster, ucloud_username)
+
+
+# --- Lease (coordination.k8s.io) --------------------------------------------------
+
+
+class LeaseSpec(_Model):
+    holder_identity: str | None = None
+    lease_duration_seconds: int | None = None
+    renew_time: datetime | None = None
+
+
+class Lease(_Resource):
+    """A bridge's heartbeat: renewed while it runs, so that others can tell a Ready it can no longer stand by."""
+
+    KIND: ClassVar[str] = "Lease"
+    PLURAL: ClassVar[str] = "leases"
+    GROUP: ClassVar[str] = "coordination.k8s.io"
+    VERSION: ClassVar[str] = "v1"
+
+    spec: LeaseSpec = Field(default_factory=LeaseSpec)
+
+    @staticmethod
+    def name_for(bridge: str) -> str:
+        """The Lease of the bridge named ``bridge`` (a UserInstance's ``status.bridge``)."""
+        return dns_name("ucim-bridge", bridge)
+
+    def expired(self, now: datetime) -> bool:
+        """Not renewed within its duration: its holder has stopped (or cannot reach the apiserver)."""
+        spec = self.spec
+        if spec.renew_time is None or spec.lease_duration_seconds is None:
+            return False
+        return (now - spec.renew_time).total_seconds() > spec.lease_duration_seconds
+
+
+# --- labels -------------------------------------------------------------------
+
+# Every UCloudJob, UserInstance and UserConnection carries its cluster as a label, so that a
+# bridge lists and watches only its own cluster's objects (the apiserver filters them).
+CLUSTER_LABEL: Final = "ucim.io/cluster"
+
+
+def cluster_labels(cluster: str) -> dict[str, str]:
+    return {CLUSTER_LABEL: cluster}
+
+
+def cluster_selector(cluster: str) -> str:
+    return f"{CLUSTER_LABEL}={cluster}"
 
 
 # --- names --------------------------------------------------------------------

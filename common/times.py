@@ -30,6 +30,11 @@ def rfc3339(moment: datetime, *, fraction: bool = False) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def micro_time(moment: datetime) -> str:
+    """Kubernetes' MicroTime (a Lease's renewTime): RFC 3339 with exactly six fractional digits."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def parse_rfc3339(text: str | None) -> datetime | None:
     """An aware datetime from RFC 3339 text; None for no text or text that is not a time."""
     if not text:

@@ -9,8 +9,10 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from ucim.common.core_client import CoreClient
+from ucim.common.informer import Informer
 from ucim.common.kube import Kube
 from ucim.common.observability import add_health_routes
+from ucim.common.resources import Lease, cluster_selector
 from ucim.gateway.auth import CoreVerifier, load_public_key, read_public_key
 from ucim.gateway.connections import Connections
 from ucim.gateway.drives import Drives, register_project_drives
@@ -35,11 +37,18 @@ def core_verifier(settings: GatewaySettings) -> CoreVerifier:
 
 
 async def kubernetes(app: web.Application) -> AsyncIterator[None]:
-    """The Kubernetes client lives as long as the application."""
+    """The Kubernetes client lives as long as the application, and so does the watch of the bridges' Leases."""
     settings = app[SETTINGS]
     kube = await Kube.connect(settings.kubeconfig)
     use_kube(app, kube)
+    leases = app[INSTANCES].leases = Informer(
+        kube, Lease, settings.namespace, label_selector=cluster_selector(settings.cluster)
+    )
+    watch = asyncio.create_task(leases.run(), name="lease-watch")
     yield
+    watch.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watch
     await kube.close()
 
 

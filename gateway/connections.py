@@ -1,24 +1,25 @@
 """The UCloud user <-> local account connections, kept as UserConnection resources.
 
-The gateway owns a connection's life (create, Connected condition, ``spec.expiresAt``);
+The gateway owns a connection's life (create, the Connected condition, ``spec.expiresAt``,
+the ``ucim.io/requested-at`` annotation that asks for a refused mapping to be tried again);
 the bridge owns its mapping (``spec.localUser``/``spec.uid``, written once, and the
-``Mapped`` condition). A connection is never deleted on unlink, only expired, so a user
-who connects again gets the same uid back.
+``Mapped`` condition). Each applies its own condition under its own field manager, so
+neither overwrites the other's. A connection is never deleted on unlink, only expired, so
+a user who connects again gets the same uid back.
 """
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from ucim.common import reasons
-from ucim.common.conditions import ConditionStatus, find_condition, is_true, set_condition
+from ucim.common.conditions import ConditionStatus, find_condition, is_true, updated_condition
 from ucim.common.kube import ConflictError, Kube
-from ucim.common.resources import ObjectMeta, UserConnection, UserConnectionSpec
+from ucim.common.ownership import FIELD_MANAGERS
+from ucim.common.resources import ObjectMeta, UserConnection, UserConnectionSpec, cluster_labels
 from ucim.common.times import rfc3339
-
-POLL_INTERVAL = 0.02
+from ucim.common.user_instances import requested_at
 
 
 class ConnectionRefusedError(Exception):
@@ -45,69 +46,90 @@ class Connections:
     async def get(self, username: str) -> UserConnection | None:
         return await self.kube.get(UserConnection, self.namespace, self.name_for(username))
 
-    async def ensure(self, username: str) -> UserConnection:
+    async def ensure(self, username: str, now: datetime) -> UserConnection:
         """The user's connection, created (unmapped, not yet connected) if there is none.
 
-        A refused mapping is forgotten, so that the bridge tries again (the account may exist now).
+        A refused mapping is asked for again (a new requested-at), so that the bridge tries
+        again: the account may exist now. The refusal stands until the bridge has answered.
         """
         connection = await self.get(username)
         if connection is None:
             connection = UserConnection(
-                metadata=ObjectMeta(name=self.name_for(username), namespace=self.namespace),
+                metadata=ObjectMeta(
+                    name=self.name_for(username), namespace=self.namespace, labels=cluster_labels(self.cluster)
+                ),
                 spec=UserConnectionSpec(ucloud_username=username, cluster=self.cluster),
             )
             try:
                 return await self.kube.create(connection, self.namespace)
             except ConflictError:  # created concurrently: take that one
-                return await self.ensure(username)
-        mapped = find_condition(connection.status.conditions, reasons.MAPPED)
-        if connection.spec.uid is None and mapped is not None and mapped.status == "False":
-            others = [c.to_dict() for c in connection.status.conditions if c.type != reasons.MAPPED]
-            connection = await self.kube.patch_status(
-                UserConnection, self.namespace, connection.metadata.name, {"conditions": others}
-            )
+                return await self.ensure(username, now)
+        if connection.spec.uid is None and refused(connection) is not None:
+            ask = {"metadata": {"annotations": requested_at(now)}}
+            connection = await self.kube.patch(UserConnection, self.namespace, connection.metadata.name, ask)
         return connection
 
-    async def wait_mapped(self, username: str) -> UserConnection:
+    async def wait_mapped(self, username: str, asked_at: datetime) -> UserConnection:
         """Return once the bridge mapped the user (callers bound it with asyncio.timeout).
 
-        Raises ConnectionRefusedError when the bridge refused the user.
+        Raises ConnectionRefusedError when the bridge refused the user since ``asked_at``
+        (when :meth:`ensure` ran): a refusal from before is not the answer to this ask. The
+        bridge flips Mapped to Unknown while it tries again, so its new answer is a new
+        transition; conditions keep whole seconds, hence the rounding.
         """
-        while True:
-            connection = await self.get(username)
-            if connection is not None:
-                if connection.spec.uid is not None:
-                    return connection
-                mapped = find_condition(connection.status.conditions, reasons.MAPPED)
-                if mapped is not None and mapped.status == "False":
-                    raise ConnectionRefusedError(mapped.message)
-            await asyncio.sleep(POLL_INTERVAL)
+        since = asked_at.replace(microsecond=0)
+
+        def mapped_or_refused(connection: UserConnection | None) -> bool:
+            if connection is None:
+                return False
+            if connection.spec.uid is not None:
+                return True
+            mapped = find_condition(connection.status.conditions, reasons.MAPPED)
+            if mapped is not None and mapped.status == "False" and mapped.last_transition_time >= since:
+                raise ConnectionRefusedError(mapped.message)
+            return False
+
+        found = await self.kube.wait_for(UserConnection, self.namespace, self.name_for(username), mapped_or_refused)
+        if found is None:  # mapped_or_refused holds only for an object
+            raise ConnectionRefusedError("the connection was deleted")
+        return found
 
     async def mark_connected(self, connection: UserConnection, reason: str, now: datetime) -> UserConnection:
         """Connected=True, and a fresh expiry (or none) in place of an old one."""
         expires = None if self.expire_after_ms is None else rfc3339(now + timedelta(milliseconds=self.expire_after_ms))
-        name = connection.metadata.name
-        await self.kube.patch(UserConnection, self.namespace, name, {"spec": {"expiresAt": expires}})
-        return await self._set_connected(name, "True", reason, "connected through UCloud", now)
+        patch = {"spec": {"expiresAt": expires}}
+        connection = await self.kube.patch(UserConnection, self.namespace, connection.metadata.name, patch)
+        return await self._set_connected(connection, "True", reason, "connected through UCloud", now)
 
     async def mark_unlinked(self, connection: UserConnection, now: datetime) -> UserConnection:
         """Expired now; the mapping (uid) is kept, so the user gets the same uid on a new connection."""
-        name = connection.metadata.name
-        await self.kube.patch(UserConnection, self.namespace, name, {"spec": {"expiresAt": rfc3339(now)}})
-        return await self._set_connected(name, "False", reasons.UNLINKED, "the user unlinked the provider", now)
+        patch = {"spec": {"expiresAt": rfc3339(now)}}
+        connection = await self.kube.patch(UserConnection, self.namespace, connection.metadata.name, patch)
+        return await self._set_connected(connection, "False", reasons.UNLINKED, "the user unlinked the provider", now)
 
     async def _set_connected(
-        self, name: str, status: ConditionStatus, reason: str, message: str, now: datetime
+        self, connection: UserConnection, status: ConditionStatus, reason: str, message: str, now: datetime
     ) -> UserConnection:
-        current = await self.kube.get(UserConnection, self.namespace, name)
-        conditions = set_condition(
-            current.status.conditions if current else [],
+        """Apply the gateway's one condition; the bridge's Mapped is its own and stays as it is."""
+        connected = updated_condition(
+            connection.status.conditions,
             reasons.CONNECTED,
             status,
             reason=reason,
             message=message,
-            observed_generation=current.metadata.generation if current else None,
+            observed_generation=connection.metadata.generation,
             now=now,
         )
-        patch = {"conditions": [c.to_dict() for c in conditions]}
-        return await self.kube.patch_status(UserConnection, self.namespace, name, patch)
+        return await self.kube.apply_status(
+            UserConnection,
+            self.namespace,
+            connection.metadata.name,
+            {"conditions": [connected.to_dict()]},
+            field_manager=FIELD_MANAGERS["gateway"],
+        )
+
+
+def refused(connection: UserConnection) -> str | None:
+    """Why the bridge refused to map the user, or None."""
+    mapped = find_condition(connection.status.conditions, reasons.MAPPED)
+    return mapped.message if mapped is not None and mapped.status == "False" else None

@@ -29,6 +29,7 @@ from ucim.common.kube import Kube
 from ucim.common.products import HOME_PRODUCT, PROJECT_PRODUCT
 from ucim.common.protocol import DriveSpecification, ProviderRegisteredResource
 from ucim.common.resources import UserConnection
+from ucim.common.retry import retrying
 from ucim.gateway.settings import ProjectDrive
 
 log = logging.getLogger(__name__)
@@ -116,11 +117,14 @@ async def register_project_drives(
     sleep: Sleep = asyncio.sleep,
 ) -> dict[str, str]:
     """Keep trying until every project drive is registered (Core may be down, or lack the products yet)."""
-    delay = 1.0
-    while True:
-        try:
+    async for attempt in retrying(
+        first=1.0,
+        cap=max_wait,
+        log=log,
+        what="registering the project drives",
+        retry_on=lambda error: isinstance(error, CoreError),
+        sleep=sleep,
+    ):
+        with attempt:
             return await drives.ensure_projects(wanted)
-        except CoreError as error:
-            log.warning("registering the project drives failed (%s); retrying in %.0f s", error, delay)
-        await sleep(delay)
-        delay = min(delay * 2, max_wait)
+    raise AssertionError("unreachable: the retries never stop")  # pragma: no cover

@@ -37,10 +37,8 @@ from prometheus_client import Counter
 from pydantic import SecretStr
 from yarl import URL
 
-from ucim.common.conditions import is_true
 from ucim.common.instance_api import CHUNKED_OFFSET_HEADER
 from ucim.common.proxy_bodies import BROKEN, pass_back
-from ucim.common.reasons import READY
 from ucim.gateway.errors import ProviderError
 from ucim.gateway.instances import Instances
 from ucim.gateway.tunnel_connector import TunnelConnector, TunnelRefusedError
@@ -132,7 +130,7 @@ class InstanceProxy:
         instance = await self.instances.get(username)
         if instance is None:
             raise InstanceNotReadyError(f"{username} has no instance")
-        if not is_true(instance.status.conditions, READY) or not instance.status.endpoint:
+        if not self.instances.ready(instance) or not instance.status.endpoint:
             raise InstanceNotReadyError(f"the instance of {username} is not ready")
         endpoint = instance.status.endpoint.rstrip("/")
         if self._cache_seconds > 0:

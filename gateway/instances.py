@@ -1,17 +1,22 @@
-"""Finding, creating and waking a user's UserInstance, and waiting for it to be Ready."""
+"""Finding, creating and waking a user's UserInstance, and waiting for it to be Ready.
+
+Ready is the bridge's word, and a bridge that was killed cannot take it back: an instance
+counts as ready only while its bridge's Lease (``slurm_bridge/heartbeat.py``) is fresh.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
 
-from ucim.common.conditions import find_condition, is_true
-from ucim.common.kube import ConflictError, Kube
-from ucim.common.reasons import MAPPED, READY, REQUESTED_AT_ANNOTATION
-from ucim.common.resources import ObjectMeta, UserInstance, UserInstanceSpec
-
-POLL_INTERVAL = 0.02
+from ucim.common.conditions import is_true
+from ucim.common.informer import Informer
+from ucim.common.kube import Kube
+from ucim.common.reasons import READY
+from ucim.common.resources import Lease, UserInstance
+from ucim.common.times import now_utc
+from ucim.common.user_instances import ensure_user_instance, refusal
 
 
 class MappingRefusedError(Exception):
@@ -24,6 +29,28 @@ class Instances:
     namespace: str
     cluster: str
     idle_timeout_seconds: int
+    # The bridges' Leases, watched; None: not watched, every Ready is taken as it is.
+    leases: Informer[Lease] | None = None
+    clock: Callable[[], datetime] = field(default=now_utc)
+
+    def bridge_alive(self, instance: UserInstance) -> bool:
+        """The instance's bridge renews its Lease (a bridge without one, or not known yet, is trusted)."""
+        if self.leases is None or instance.status.bridge is None:
+            return True
+        lease = self.leases.get(Lease.name_for(instance.status.bridge))
+        return lease is None or not lease.expired(self.clock())
+
+    def ready(self, instance: UserInstance | None) -> bool:
+        """Ready, by a bridge that is alive."""
+        return instance is not None and is_true(instance.status.conditions, READY) and self.bridge_alive(instance)
+
+    def ready_or_refused(self, instance: UserInstance | None) -> bool:
+        """Whether ``instance`` is ready; MappingRefusedError if the bridge refused its user."""
+        if self.ready(instance):
+            return True
+        if instance is not None and (why := refusal(instance)) is not None:
+            raise MappingRefusedError(why)
+        return False
 
     def name_for(self, username: str) -> str:
         return UserInstance.name_for(username, self.cluster)
@@ -32,39 +59,27 @@ class Instances:
         return await self.kube.get(UserInstance, self.namespace, self.name_for(username))
 
     async def is_ready(self, username: str) -> bool:
-        instance = await self.get(username)
-        return instance is not None and is_true(instance.status.conditions, READY)
+        return self.ready(await self.get(username))
 
     async def ensure(self, username: str) -> UserInstance:
-        """Create the user's instance, or ask the bridge to start it again if it is not Ready."""
-        instance = await self.get(username)
-        if instance is None:
-            instance = UserInstance(
-                metadata=ObjectMeta(name=self.name_for(username), namespace=self.namespace),
-                spec=UserInstanceSpec(
-                    ucloud_username=username, cluster=self.cluster, idle_timeout_seconds=self.idle_timeout_seconds
-                ),
-            )
-            try:
-                return await self.kube.create(instance, self.namespace)
-            except ConflictError:  # created concurrently: take that one
-                return await self.ensure(username)
-        if not is_true(instance.status.conditions, READY):
-            wake = {"metadata": {"annotations": {REQUESTED_AT_ANNOTATION: f"{time.time():.3f}"}}}
-            instance = await self.kube.patch(UserInstance, self.namespace, instance.metadata.name, wake)
-        return instance
+        """Create the user's instance, or ask the bridge to start it again if it is not Ready.
+
+        A refused user is asked for again too: they come back through Core, and the
+        account may exist by now.
+        """
+        return await ensure_user_instance(
+            self.kube,
+            self.namespace,
+            username,
+            self.cluster,
+            idle_timeout_seconds=self.idle_timeout_seconds,
+            now=now_utc(),
+            retry_refused=True,
+        )
 
     async def wait_ready(self, username: str) -> None:
         """Return once the instance is Ready (callers bound it with asyncio.timeout).
 
         Raises MappingRefusedError when the bridge could not map the user.
         """
-        while True:
-            instance = await self.get(username)
-            if instance is not None:
-                if is_true(instance.status.conditions, READY):
-                    return
-                mapped = find_condition(instance.status.conditions, MAPPED)
-                if mapped is not None and mapped.status == "False":
-                    raise MappingRefusedError(mapped.message)
-            await asyncio.sleep(POLL_INTERVAL)
+        await self.kube.wait_for(UserInstance, self.namespace, self.name_for(username), self.ready_or_refused)

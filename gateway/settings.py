@@ -46,8 +46,11 @@ class GatewaySettings(ComponentSettings):
     machine_types: list[MachineType] = Field(default_factory=lambda: list(DEFAULT_MACHINE_TYPES))
     # How long integration/init waits for an instance to become Ready (Core retries 5 x 500 ms).
     init_wait_seconds: float = 2.0
-    # How long job creation waits for the submission, so an sbatch rejection comes back as a 400.
-    submit_wait_seconds: float = 5.0
+    # Core gives a provider call about 5 s before it records a failure: job creation answers within this.
+    core_call_budget_seconds: float = Field(default=4.0, gt=0.0)
+    # How long job creation waits (within that budget) for the submission, so an sbatch rejection comes back as
+    # a 400; a later rejection reaches Core as a FAILURE job update.
+    submit_wait_seconds: float = Field(default=3.0, ge=0.0)
     idle_timeout_seconds: int = 1800
 
     # Connections (integration/connect, unlinked). Core's URL and the provider's refresh token, to call

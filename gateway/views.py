@@ -46,6 +46,7 @@ from ucim.common.protocol import (
 )
 from ucim.common.reasons import SUBMITTED
 from ucim.common.resources import UCloudJob, UserConnection, UserInstance
+from ucim.common.times import now_utc
 from ucim.gateway.auth import acting_username
 from ucim.gateway.connections import ConnectionRefusedError, Connections, is_connected
 from ucim.gateway.drives import HOME_DRIVE_ANNOTATION, Drives
@@ -66,7 +67,6 @@ DRIVES = web.AppKey[Drives | None]("drives")
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
-SUBMIT_POLL_INTERVAL = 0.02
 
 
 async def parse(request: web.Request, model: type[M]) -> M:
@@ -112,10 +112,11 @@ def core_of(request: web.Request) -> CoreClient:
 async def integration_connect(request: web.Request) -> web.Response:
     username = await username_of(request)
     settings, connections = request.app[SETTINGS], request.app[CONNECTIONS]
-    connection = await connections.ensure(username)
+    asked_at = now_utc()
+    connection = await connections.ensure(username, asked_at)
     try:
         async with asyncio.timeout(settings.connect_wait_seconds):
-            connection = await connections.wait_mapped(username)
+            connection = await connections.wait_mapped(username, asked_at)
     except ConnectionRefusedError as error:
         raise ProviderError(403, f"the user {username} cannot use this provider: {error}") from error
     except TimeoutError as error:
@@ -156,7 +157,7 @@ async def require_connected(request: web.Request, username: str) -> UserConnecti
         return connection
     if not request.app[SETTINGS].auto_connect:
         raise ProviderError(403, f"the user {username} is not connected to this provider; connect through UCloud first")
-    connection = await connections.ensure(username)
+    connection = await connections.ensure(username, now)
     return await connections.mark_connected(connection, reasons.AUTO_CONNECTED, now)
 
 
@@ -183,8 +184,12 @@ async def integration_init(request: web.Request) -> web.Response:
             await instances.wait_ready(username)
     except MappingRefusedError as error:
         raise ProviderError(403, f"the user {username} cannot use this provider: {error}") from error
-    except TimeoutError:
-        pass  # Core retries the original call; the instance keeps starting meanwhile.
+    except TimeoutError as error:
+        # Not ready yet: a 200 would end Core's retries while every call fails. Core retries on 503.
+        wait = request.app[SETTINGS].init_wait_seconds
+        raise ProviderError(
+            503, f"the instance of {username} is not ready after {wait:g} s; it keeps starting, try again"
+        ) from error
     if HOME_DRIVE_ANNOTATION not in (connection.metadata.annotations or {}):
         # Read again: the bridge maps the user's account while the instance starts.
         connection = await request.app[CONNECTIONS].get(username) or connection
@@ -200,6 +205,8 @@ async def retrieve_manifest(request: web.Request) -> web.Response:
 
 
 async def create_jobs(request: web.Request) -> web.Response:
+    # Core gives a provider call about 5 s: everything after the creates must fit the rest of the budget.
+    deadline = asyncio.get_running_loop().time() + request.app[SETTINGS].core_call_budget_seconds
     await require_ready_user(request)
     body = await parse(request, BulkRequest[Job])
     settings, kube = request.app[SETTINGS], request.app[KUBE]
@@ -217,7 +224,8 @@ async def create_jobs(request: web.Request) -> web.Response:
         # The same UCloud job again finds the existing resource: creation is idempotent.
         with contextlib.suppress(ConflictError):
             await kube.create(job, settings.namespace)
-    rejections = await wait_for_submissions(kube, settings.namespace, wanted, settings.submit_wait_seconds)
+    wait = min(settings.submit_wait_seconds, deadline - asyncio.get_running_loop().time())
+    rejections = await wait_for_submissions(kube, settings.namespace, wanted, wait)
     if len(wanted) == 1 and rejections:
         # Core shows a single job's error to the user; the job never existed in Slurm, so keep nothing.
         await kube.delete(UCloudJob, settings.namespace, wanted[0].metadata.name)
@@ -225,24 +233,36 @@ async def create_jobs(request: web.Request) -> web.Response:
     return ok(BulkResponse[FindByStringId](responses=[FindByStringId(id=job.metadata.name) for job in wanted]))
 
 
+def submission_settled(job: UCloudJob | None) -> bool:
+    """The operator has an answer for the job (Submitted is True or False), or the job is gone."""
+    if job is None:
+        return True
+    condition = find_condition(job.status.conditions, SUBMITTED)
+    return condition is not None and condition.status != "Unknown"
+
+
 async def wait_for_submissions(kube: Kube, namespace: str, jobs: list[UCloudJob], wait: float) -> dict[str, str]:
-    """Wait (bounded) until each job is submitted or rejected; the rejections' messages by name."""
-    pending = {job.metadata.name for job in jobs}
+    """Wait (at most ``wait`` seconds) until each job is submitted or rejected; the rejections' messages by name.
+
+    Jobs still waiting for Slurm then are answered as created: Core hears how their
+    submission ends through job updates.
+    """
+    if wait <= 0:
+        return {}
+    waits = {
+        asyncio.create_task(kube.wait_for(UCloudJob, namespace, job.metadata.name, submission_settled)): job
+        for job in jobs
+    }
+    done, pending = await asyncio.wait(waits, timeout=wait)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
     rejected: dict[str, str] = {}
-    try:
-        async with asyncio.timeout(wait):
-            while pending:
-                for name in sorted(pending):
-                    current = await kube.get(UCloudJob, namespace, name)
-                    condition = find_condition(current.status.conditions, SUBMITTED) if current else None
-                    if condition is not None and condition.status != "Unknown":
-                        pending.discard(name)
-                        if condition.status == "False":
-                            rejected[name] = condition.message
-                if pending:
-                    await asyncio.sleep(SUBMIT_POLL_INTERVAL)
-    except TimeoutError:
-        pass  # still queued for submission: Core hears the outcome through job updates
+    for task in done:
+        job = task.result()
+        condition = find_condition(job.status.conditions, SUBMITTED) if job is not None else None
+        if job is not None and condition is not None and condition.status == "False":
+            rejected[job.metadata.name] = condition.message
     return rejected
 
 

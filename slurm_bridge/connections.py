@@ -8,8 +8,12 @@ refused, writes ``spec.localUser``/``spec.uid`` once (the CRD forbids changing t
   connected), its account is adopted, so the uid never changes;
 * otherwise the mapping policy (``mapping.Mapper``) runs.
 
-A refusal is ``Mapped=False MappingRefused`` with the reason; the gateway removes that
-condition to ask again. ``account_for`` is what the UserInstance loop calls: it takes the
+A refusal is ``Mapped=False MappingRefused`` with the reason; the gateway asks again by
+stamping ``ucim.io/requested-at`` on the connection, and the bridge answers each new stamp
+(``Mapped=Unknown MappingRetried`` first, so that its answer is a new transition). Mapped is
+the bridge's own condition, applied under its field manager (the gateway owns Connected).
+A mapping that fails for another reason (the apiserver away) is retried with backoff.
+``account_for`` is what the UserInstance loop calls: it takes the
 account from the connection when there is one, so instances and connections agree.
 
 A connection that has **ended** (the user unlinked, or ``spec.expiresAt`` passed) keeps its
@@ -27,9 +31,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ucim.common import reasons
-from ucim.common.conditions import ConditionStatus, find_condition, set_condition
+from ucim.common.conditions import ConditionStatus, find_condition, updated_condition
+from ucim.common.informer import Change, Informer
 from ucim.common.kube import ConflictError, InvalidError, Kube
-from ucim.common.resources import UserConnection, UserInstance
+from ucim.common.ownership import FIELD_MANAGERS
+from ucim.common.resources import UserConnection, UserInstance, cluster_selector
+from ucim.common.retry import retrying
 from ucim.slurm_bridge.mapping import LocalAccount, Mapper, MappingRefusedError
 
 log = logging.getLogger(__name__)
@@ -52,40 +59,49 @@ class ConnectionMapper:
         self.clock = clock
         self._busy: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        # The newest copy the watch delivered of each connection, and the requested-at each refusal answered.
+        self._latest: dict[str, UserConnection] = {}
+        self._refused_at: dict[str, str | None] = {}
         # Connection name -> (expiry, timer) of the expiries ahead of us.
         self._expiries: dict[str, tuple[datetime, asyncio.TimerHandle]] = {}
 
     async def run(self, watch_timeout_seconds: int = 300) -> None:
-        """List and watch forever; reconnect after errors."""
-        delay = 1.0
-        while True:
-            try:
-                for connection in await self.kube.list(UserConnection, self.namespace):
-                    self.observe(connection)
-                async for kind, connection in self.kube.watch(
-                    UserConnection, self.namespace, timeout_seconds=watch_timeout_seconds
-                ):
-                    if kind == "DELETED":
-                        self._forget_expiry(connection.metadata.name)
-                    else:
-                        self.observe(connection)
-                delay = 1.0
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("UserConnection watch failed; reconnecting", extra={"delay": delay})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+        """Watch this cluster's connections until cancelled."""
+        connections = Informer(
+            self.kube,
+            UserConnection,
+            self.namespace,
+            label_selector=cluster_selector(self.cluster),
+            on_event=self.on_event,
+            watch_timeout_seconds=watch_timeout_seconds,
+        )
+        await connections.run()
+
+    def on_event(self, change: Change, connection: UserConnection) -> None:
+        if change == "DELETED":
+            self._forget_expiry(connection.metadata.name)
+            self._latest.pop(connection.metadata.name, None)
+        else:
+            self.observe(connection)
 
     def observe(self, connection: UserConnection) -> None:
-        """Map ``connection`` (in the background) if it is ours and waits for a mapping; mind its expiry."""
+        """Map ``connection`` (in the background) if it waits for a mapping; mind its expiry."""
         name = connection.metadata.name
-        if connection.spec.cluster == self.cluster:
-            self._schedule_expiry(connection)
-        if not needs_mapping(connection, self.cluster) or name in self._busy:
+        self._latest[name] = connection
+        self._schedule_expiry(connection)
+        if not self.needs_mapping(connection) or name in self._busy:
             return
         self._busy.add(name)
-        self._spawn(self._map_logged(connection), f"connection-{name}")
+        self._spawn(self._map_retried(name), f"connection-{name}")
+
+    def needs_mapping(self, connection: UserConnection) -> bool:
+        """Not mapped, and not refused, or refused and asked again since (a new requested-at)."""
+        if connection.spec.uid is not None:
+            return False
+        mapped = find_condition(connection.status.conditions, reasons.MAPPED)
+        if mapped is None or mapped.status != "False":
+            return True
+        return _requested_at(connection) != self._refused_at.get(connection.metadata.name)
 
     def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.get_running_loop().create_task(work, name=name)
@@ -129,24 +145,32 @@ class ConnectionMapper:
         log.info("connection expired: instance stopped", extra={"userconnection": name, "userinstance": instance})
         return True
 
-    async def _map_logged(self, connection: UserConnection) -> None:
+    async def _map_retried(self, name: str) -> None:
+        """Map the newest copy of the connection; failures (not refusals) are retried with backoff."""
         try:
-            await self.map(connection)
-        except Exception:
-            log.exception("mapping UserConnection failed", extra={"userconnection": connection.metadata.name})
+            async for attempt in retrying(first=0.5, cap=30.0, log=log, what=f"mapping UserConnection {name}"):
+                with attempt:
+                    connection = self._latest.get(name)
+                    if connection is not None and self.needs_mapping(connection):
+                        await self.map(connection)
         finally:
-            self._busy.discard(connection.metadata.name)
+            self._busy.discard(name)
 
     async def map(self, connection: UserConnection) -> None:
         """Write the account of ``connection``'s user, or why there is none."""
-        username = connection.spec.ucloud_username
+        name, username = connection.metadata.name, connection.spec.ucloud_username
+        mapped = find_condition(connection.status.conditions, reasons.MAPPED)
+        if mapped is not None and mapped.status == "False":
+            # Asked again after a refusal: say so, so that the answer below is a transition of its own.
+            connection = await self._set_mapped(connection, "Unknown", reasons.MAPPING_RETRIED, "mapping again")
         try:
             account = await self._adopted(username) or await self.mapper.map(username)
         except MappingRefusedError as refusal:
-            log.warning("user refused", extra={"userconnection": connection.metadata.name, "why": str(refusal)})
-            await self._set_mapped(connection.metadata.name, "False", reasons.MAPPING_REFUSED, str(refusal))
+            log.warning("user refused", extra={"userconnection": name, "why": str(refusal)})
+            self._refused_at[name] = _requested_at(connection)
+            await self._set_mapped(connection, "False", reasons.MAPPING_REFUSED, str(refusal))
             return
-        await self._record(connection.metadata.name, account)
+        await self._record(connection, account)
 
     async def account_for(self, ucloud_username: str) -> LocalAccount:
         """The account of a user's instance: the connection's, or mapped now (and recorded there).
@@ -161,7 +185,7 @@ class ConnectionMapper:
         account = await self.mapper.map(ucloud_username)
         if connection is None:
             return account  # an instance started without a connection: the connection adopts it later
-        recorded = await self._record(name, account)
+        recorded = await self._record(connection, account)
         if recorded.spec.uid is None or recorded.spec.uid == account.uid:
             return account
         return self.mapper.resolve(recorded.spec.uid, recorded.spec.local_user)
@@ -184,7 +208,8 @@ class ConnectionMapper:
             return None
         return self.mapper.resolve(instance.spec.uid, instance.spec.local_user)
 
-    async def _record(self, name: str, account: LocalAccount) -> UserConnection:
+    async def _record(self, connection: UserConnection, account: LocalAccount) -> UserConnection:
+        name = connection.metadata.name
         try:
             recorded = await self.kube.patch(
                 UserConnection, self.namespace, name, {"spec": {"localUser": account.name, "uid": account.uid}}
@@ -196,27 +221,35 @@ class ConnectionMapper:
                 raise
             return fresh
         message = f"mapped to local user {account.name} ({account.uid})"
-        await self._set_mapped(name, "True", reasons.USER_MAPPED, message)
+        recorded = await self._set_mapped(recorded, "True", reasons.USER_MAPPED, message)
         log.info(
             "UCloud user connected", extra={"userconnection": name, "local_user": account.name, "uid": account.uid}
         )
         return recorded
 
-    async def _set_mapped(self, name: str, status: ConditionStatus, reason: str, message: str) -> None:
-        current = await self.kube.get(UserConnection, self.namespace, name)
-        if current is None:
-            return
-        conditions = set_condition(current.status.conditions, reasons.MAPPED, status, reason=reason, message=message)
-        await self.kube.patch_status(
-            UserConnection, self.namespace, name, {"conditions": [c.to_dict() for c in conditions]}
+    async def _set_mapped(
+        self, connection: UserConnection, status: ConditionStatus, reason: str, message: str
+    ) -> UserConnection:
+        """Apply the bridge's one condition; the gateway's Connected is its own and stays as it is."""
+        mapped = updated_condition(
+            connection.status.conditions,
+            reasons.MAPPED,
+            status,
+            reason=reason,
+            message=message,
+            observed_generation=connection.metadata.generation,
+        )
+        return await self.kube.apply_status(
+            UserConnection,
+            self.namespace,
+            connection.metadata.name,
+            {"conditions": [mapped.to_dict()]},
+            field_manager=FIELD_MANAGERS["bridge"],
         )
 
 
-def needs_mapping(connection: UserConnection, cluster: str) -> bool:
-    if connection.spec.cluster != cluster or connection.spec.uid is not None:
-        return False
-    mapped = find_condition(connection.status.conditions, reasons.MAPPED)
-    return mapped is None or mapped.status != "False"
+def _requested_at(connection: UserConnection) -> str | None:
+    return (connection.metadata.annotations or {}).get(reasons.REQUESTED_AT_ANNOTATION)
 
 
 def has_ended(connection: UserConnection, now: datetime) -> bool:

@@ -27,9 +27,10 @@ the bridge goes away), so a new bridge **restarts every instance cleanly**; ther
 nothing to adopt. On a graceful stop the bridge first marks its running instances
 ``Ready=False`` so that nobody routes to them.
 
-Watch: every (re)connection first lists all UserInstances (which also finds those deleted
-while the watch was down), then watches; the watch is re-established every
-``watch_timeout_seconds``.
+Watch: :class:`ucim.common.informer.Informer` lists this cluster's UserInstances (label
+selector ``ucim.io/cluster=<cluster>``; a list after a broken watch also finds those deleted
+meanwhile), then watches from the list's version. A reconcile that fails (the apiserver away)
+is tried again with the one backoff of :mod:`ucim.common.retry`.
 """
 
 from __future__ import annotations
@@ -50,8 +51,10 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from ucim.common import reasons
 from ucim.common.conditions import ConditionStatus, find_condition, set_condition
+from ucim.common.informer import Change, Informer
 from ucim.common.kube import ConflictError, InvalidError, Kube, NotFoundError
-from ucim.common.resources import UserInstance
+from ucim.common.resources import UserInstance, cluster_selector
+from ucim.common.retry import delay_after
 from ucim.common.times import rfc3339
 from ucim.slurm_bridge.connections import ConnectionMapper
 from ucim.slurm_bridge.ingress import Routes
@@ -70,7 +73,9 @@ SPAWN_SECONDS = Histogram(
 RUNNING = Gauge("ucim_instances_running", "User instances running on this bridge.")
 EXITS = Counter("ucim_instance_exits", "Instances that exited without being asked to.")
 
-_API_RETRY_SECONDS = 5.0
+# A reconcile that failed (not a refusal: the apiserver away) is tried again after this, doubling.
+_ERROR_FIRST_RETRY_SECONDS = 0.5
+_ERROR_MAX_RETRY_SECONDS = 30.0
 
 
 def socket_path(socket_dir: Path, namespace: str, name: str) -> str:
@@ -94,6 +99,7 @@ class Instance:
     stopping: bool = False
     exit_status: int | None = None
     failures: int = 0
+    errors: int = 0  # reconciles in a row that raised
     retry_at: float = 0.0  # monotonic; no start before this
     # The requested-at value when it was stopped for idleness / refused: only a new one restarts it.
     parked_at_request: str | None = None
@@ -131,48 +137,28 @@ class InstanceManager:
         self.instances: dict[str, Instance] = {}
         self._by_pid: dict[int, Instance] = {}
         self._early_exits: dict[int, int] = {}
-        self.watching = False
+        self.informer = Informer(
+            kube,
+            UserInstance,
+            self.namespace,
+            label_selector=cluster_selector(settings.cluster),
+            on_event=self.observe,
+            watch_timeout_seconds=settings.watch_timeout_seconds,
+        )
 
     # ----------------------------------------------------------------- the watch
 
     async def run(self) -> None:
-        """List and watch forever; reconnect after errors."""
-        delay = 1.0
-        while True:
-            try:
-                await self._resync()
-                self.watching = True
-                async for kind, obj in self.kube.watch(
-                    UserInstance, self.namespace, timeout_seconds=self.settings.watch_timeout_seconds
-                ):
-                    self.observe(kind, obj)
-                delay = 1.0
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                self.watching = False
-                log.exception("UserInstance watch failed; reconnecting", extra={"delay": delay})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
-
-    async def _resync(self) -> None:
-        objects = [o for o in await self.kube.list(UserInstance, self.namespace) if o.spec.cluster == self.cluster]
-        for obj in objects:
-            self.observe("ADDED", obj)
-        present = {o.metadata.name for o in objects}
-        for name, instance in self.instances.items():
-            if name not in present:
-                instance.deleted = True
-                instance.wake.set()
+        """List and watch until cancelled."""
+        await self.informer.run()
 
     @property
-    def cluster(self) -> str:
-        return self.settings.cluster
+    def watching(self) -> bool:
+        """The watch is current: the bridge knows every instance it should run."""
+        return self.informer.synced.is_set()
 
-    def observe(self, kind: str, obj: UserInstance) -> None:
+    def observe(self, kind: Change, obj: UserInstance) -> None:
         """One watch event: hand the object to its worker (starting one if needed)."""
-        if obj.spec.cluster != self.cluster:
-            return
         name = obj.metadata.name
         instance = self.instances.get(name)
         if kind == "DELETED":
@@ -209,13 +195,17 @@ class InstanceManager:
                 return
             try:
                 delay = await self.reconcile(instance)
+                instance.errors = 0
             except asyncio.CancelledError:
                 raise
             except NotFoundError:
                 delay = None  # deleted meanwhile: the watch says so next
             except Exception:
-                log.exception("reconciling UserInstance failed", extra={"userinstance": instance.name})
-                delay = _API_RETRY_SECONDS
+                instance.errors += 1
+                delay = delay_after(instance.errors, first=_ERROR_FIRST_RETRY_SECONDS, cap=_ERROR_MAX_RETRY_SECONDS)
+                log.exception(
+                    "reconciling UserInstance failed", extra={"userinstance": instance.name, "retry_in": delay}
+                )
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
             # coincides with the event being set, and the worker would never stop.
             with contextlib.suppress(TimeoutError):
@@ -356,9 +346,10 @@ class InstanceManager:
 
     def _backoff(self, instance: Instance) -> float:
         instance.failures += 1
-        delay = min(
-            self.settings.restart_backoff_seconds * 2.0 ** (instance.failures - 1),
-            self.settings.restart_backoff_max_seconds,
+        delay = delay_after(
+            instance.failures,
+            first=self.settings.restart_backoff_seconds,
+            cap=self.settings.restart_backoff_max_seconds,
         )
         instance.retry_at = self.clock() + delay
         instance.parked_at_request = instance.requested_at

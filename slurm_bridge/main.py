@@ -34,6 +34,7 @@ from ucim.common.logs import setup_logging
 from ucim.common.observability import start_health_server
 from ucim.common.slurm import SlurmClient, SlurmConfig
 from ucim.slurm_bridge.connections import ConnectionMapper
+from ucim.slurm_bridge.heartbeat import keep_lease
 from ucim.slurm_bridge.ingress import Routes, start_ingress
 from ucim.slurm_bridge.instance_memory import measure_forever
 from ucim.slurm_bridge.instances import InstanceManager
@@ -114,9 +115,25 @@ async def serve(settings: BridgeSettings, fork_server: ForkServer | None, token:
         run("connections", connections.run(settings.watch_timeout_seconds))
     else:
         log.error("no ingress token configured (UCIM_BRIDGE_INGRESS_TOKEN_FILE): user instances are disabled")
+    run(
+        "heartbeat",
+        keep_lease(
+            kube,
+            settings.namespace,
+            bridge=settings.bridge_name,
+            cluster=settings.cluster,
+            duration_seconds=settings.lease_duration_seconds,
+        ),
+    )
     if settings.monitor_enabled:
         slurm = SlurmClient(SlurmConfig(slurm_conf=settings.slurm_conf))
-        monitor = SlurmMonitor(kube, slurm, namespace=settings.namespace, cluster=settings.cluster)
+        monitor = SlurmMonitor.for_cluster(
+            kube,
+            slurm,
+            namespace=settings.namespace,
+            cluster=settings.cluster,
+            watch_timeout_seconds=settings.watch_timeout_seconds,
+        )
         run("slurm-monitor", monitor.run(settings.monitor_interval_seconds))
 
     async def ready() -> bool:

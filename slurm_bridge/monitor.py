@@ -1,31 +1,31 @@
 """The bridge's Slurm monitor: one batched Slurm query per cycle, status patches only on change.
 
-Each cycle (:meth:`SlurmMonitor.run_once`):
+The UCloudJobs of this bridge's cluster come from a watch (:class:`ucim.common.informer.Informer`,
+label selector ``ucim.io/cluster=<cluster>``): the apiserver is never listed or read on a
+timer. Each cycle (:meth:`SlurmMonitor.run_once`):
 
-1. lists the UCloudJobs of this bridge's cluster (counting them by state: ``ucim_jobs``) and
-   keeps those that have a Slurm id and are not final;
+1. takes the cached jobs (counting them by state: ``ucim_jobs``) and keeps those that have a
+   Slurm id and are not final;
 2. asks Slurm about all of them in **one** ``squeue`` (:meth:`SlurmClient.poll`); jobs squeue
    has forgotten go to **one** ``sacct`` (:meth:`SlurmClient.poll_accounting`); a job that
    neither knows after :attr:`SlurmMonitor.vanish_grace` is failed as "job vanished from Slurm";
 3. patches the status of each job whose Slurm view changed, as :func:`status_patch` computes it.
 
-Transitions and concurrent writers
-==================================
-``status.transitions`` is the delivery log the operator sends to Core. A JSON merge patch
-replaces a list whole, so appending is a read-modify-write: the monitor re-reads the object
-right before patching and computes the patch from that copy, and after the patch checks that
-the list it wrote is the one stored (:class:`_LostUpdateError` otherwise, retried with a fresh
-read). ``Kube.patch_status`` sends no ``metadata.resourceVersion`` precondition, so a write
-landing between that re-read and the patch could still be overwritten. That window is
-harmless here: after the first IN_QUEUE entry (written with ``slurmJobId``, before this
-monitor tracks the job) the operator never writes ``transitions`` again, only
-``reportedTransitions``, which this patch leaves alone; and one bridge serves one cluster.
+Transitions and the other writer
+================================
+``status.transitions`` is the delivery log the operator sends to Core. Its first entry is the
+operator's (written with ``slurmJobId``, before this monitor tracks the job), every later one
+this monitor's. A JSON merge patch replaces a list whole, so appending is a read-modify-write:
+the patch carries the ``resourceVersion`` of the copy it was computed from, and the apiserver
+refuses it (409) if the object changed since. Then the job is read once and the patch computed
+again, at most :data:`_PATCH_ATTEMPTS` times; nothing another writer appended is lost.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -35,9 +35,10 @@ from typing import Any, Final
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from ucim.common.informer import Informer
 from ucim.common.kube import ConflictError, InvalidError, Kube, NotFoundError
 from ucim.common.protocol import JobState
-from ucim.common.resources import UCloudJob
+from ucim.common.resources import UCloudJob, cluster_selector
 from ucim.common.slurm import SlurmClient, SlurmError, SlurmJobInfo
 from ucim.common.times import rfc3339
 
@@ -67,16 +68,16 @@ STATE_CHANGES = Counter(
 
 VANISHED_MESSAGE: Final = "job vanished from Slurm"
 DEFAULT_VANISH_GRACE: Final = timedelta(minutes=5)
-# How often one job's read-modify-write is retried when the stored transitions moved under it.
+# How often one job's patch is computed again when the job changed under it (409).
 _PATCH_ATTEMPTS: Final = 3
 
 
-# Computes one job's status patch from a (fresh) copy of it; None when nothing changed.
+# Computes one job's status patch from a copy of it; None when nothing changed.
 _Compute = Callable[[UCloudJob], dict[str, Any] | None]
 
 
 class _LostUpdateError(Exception):
-    """The stored transitions are not the ones the patch wrote: someone wrote concurrently."""
+    """The job kept changing under the patch: another writer is busy with it."""
 
 
 # --------------------------------------------------------------------------- pure functions
@@ -160,25 +161,34 @@ class SlurmMonitor:
         self,
         kube: Kube,
         slurm: SlurmClient,
+        jobs: Informer[UCloudJob],
         *,
-        namespace: str,
-        cluster: str,
         vanish_grace: timedelta = DEFAULT_VANISH_GRACE,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.kube = kube
         self.slurm = slurm
-        self.namespace = namespace
-        self.cluster = cluster
+        self.jobs = jobs
+        self.namespace = jobs.namespace
         self.vanish_grace = vanish_grace
         self._clock = clock
 
+    @classmethod
+    def for_cluster(
+        cls, kube: Kube, slurm: SlurmClient, *, namespace: str, cluster: str, watch_timeout_seconds: int = 300
+    ) -> SlurmMonitor:
+        """A monitor of the UCloudJobs labelled with ``cluster`` in ``namespace``."""
+        jobs = Informer(
+            kube,
+            UCloudJob,
+            namespace,
+            label_selector=cluster_selector(cluster),
+            watch_timeout_seconds=watch_timeout_seconds,
+        )
+        return cls(kube, slurm, jobs)
+
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
-
-    async def cluster_jobs(self) -> list[UCloudJob]:
-        """This cluster's UCloudJobs."""
-        return [job for job in await self.kube.list(UCloudJob, self.namespace) if job.spec.cluster == self.cluster]
 
     async def _query(self, ids: set[int]) -> tuple[dict[int, SlurmJobInfo], bool]:
         """One squeue for all ids, one sacct for the ones it forgot; (infos, whether sacct answered)."""
@@ -197,8 +207,8 @@ class SlurmMonitor:
             return infos, True
 
     async def run_once(self) -> int:
-        """One cycle; how many UCloudJobs it patched."""
-        every = await self.cluster_jobs()
+        """One cycle over the watched jobs; how many UCloudJobs it patched."""
+        every = list(self.jobs.objects.values())
         count_by_state(every)
         jobs = [job for job in every if is_tracked(job)]
         TRACKED_JOBS.set(len(jobs))
@@ -220,28 +230,31 @@ class SlurmMonitor:
             if compute(job) is None:
                 continue
             try:
-                patched += await self._apply(job.metadata.name, slurm_id, compute)
-            except (ConflictError, InvalidError, _LostUpdateError):
+                patched += await self._apply(job, slurm_id, compute)
+            except (InvalidError, _LostUpdateError):
                 POLL_ERRORS.inc()
                 log.exception("could not update UCloudJob", extra={"ucloudjob": job.metadata.name})
         return patched
 
-    async def _apply(self, name: str, slurm_id: int, compute: _Compute) -> int:
-        """Read-modify-write of one job's status; 1 if it was patched (see the module docstring)."""
-        for attempt in range(1, _PATCH_ATTEMPTS + 1):
-            fresh = await self.kube.get(UCloudJob, self.namespace, name)
-            if fresh is None or fresh.status.slurm_job_id != slurm_id:
-                return 0  # deleted, or resubmitted under another id, since the list
-            patch = compute(fresh)
+    async def _apply(self, job: UCloudJob, slurm_id: int, compute: _Compute) -> int:
+        """Patch one job's status from ``job`` (the watched copy), guarded by its resourceVersion; 1 if patched."""
+        name = job.metadata.name
+        current: UCloudJob | None = job
+        for _ in range(_PATCH_ATTEMPTS):
+            if current is None or current.status.slurm_job_id != slurm_id:
+                return 0  # deleted, or resubmitted under another id, since the watch saw it
+            patch = compute(current)
             if patch is None:
                 return 0
             try:
-                stored = await self.kube.patch_status(UCloudJob, self.namespace, name, patch)
+                await self.kube.patch_status(
+                    UCloudJob, self.namespace, name, patch, resource_version=current.metadata.resource_version
+                )
             except NotFoundError:
                 return 0
-            if "transitions" in patch and [t.to_dict() for t in stored.status.transitions] != patch["transitions"]:
-                if attempt == _PATCH_ATTEMPTS:
-                    raise _LostUpdateError(f"transitions of {name} kept changing")
+            except ConflictError:
+                # Changed since that copy (the operator wrote, or the watch is behind): read it once, again.
+                current = await self.kube.get(UCloudJob, self.namespace, name)
                 continue
             if "state" in patch:
                 STATE_CHANGES.labels(patch["state"]).inc()
@@ -250,17 +263,24 @@ class SlurmMonitor:
                     extra={"ucloudjob": name, "slurm_job_id": slurm_id, "state": patch["state"]},
                 )
             return 1
-        return 0
+        raise _LostUpdateError(f"{name} kept changing under the patch")
 
     async def run(self, interval: float = 1.0) -> None:
-        """Cycle forever, starting at most one cycle (one Slurm query) per ``interval`` seconds."""
-        while True:
-            started = time.monotonic()
-            try:
-                await self.run_once()
-            except Exception:
-                # The loop is the last line: any failure (Slurm down, apiserver away) is logged,
-                # counted and retried next cycle; cancellation (BaseException) still ends it.
-                POLL_ERRORS.inc()
-                log.exception("Slurm monitor cycle failed")
-            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+        """Watch the jobs and cycle forever, starting at most one cycle (one Slurm query) per ``interval`` seconds."""
+        watch = asyncio.create_task(self.jobs.run(), name="ucloudjobs-watch")
+        try:
+            await self.jobs.synced.wait()
+            while True:
+                started = time.monotonic()
+                try:
+                    await self.run_once()
+                except Exception:
+                    # The loop is the last line: any failure (Slurm down, apiserver away) is logged,
+                    # counted and retried next cycle; cancellation (BaseException) still ends it.
+                    POLL_ERRORS.inc()
+                    log.exception("Slurm monitor cycle failed")
+                await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+        finally:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch

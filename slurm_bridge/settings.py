@@ -71,8 +71,11 @@ class BridgeSettings(ComponentSettings):
     stable_after_seconds: float = Field(default=60.0, gt=0)
     # status.lastActivityAt is written at most this often.
     activity_write_interval_seconds: float = Field(default=30.0, gt=0)
-    # The watch is re-established (with a full re-list) at least this often.
+    # Each watch asks the apiserver to end it after this long; the next one resumes where it ended.
     watch_timeout_seconds: int = Field(default=120, ge=1)
+    # The bridge's Lease (its heartbeat) is renewed every third of this; the gateway takes the instances of a
+    # bridge whose Lease is older than this as not ready.
+    lease_duration_seconds: int = Field(default=30, ge=3)
     # The running instances' memory (ucim_instances_memory_bytes) is measured this often.
     memory_interval_seconds: float = Field(default=15.0, gt=0)
 

@@ -22,6 +22,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.platform import Platform
+from ucim.common.resources import cluster_labels
 from ucim.slurm_bridge.mapping import Mapper, MappingRefusedError, MappingSettings
 from ucim.testing.stack import free_port
 
@@ -80,7 +81,7 @@ class Bridge:
         manifest = {
             "apiVersion": "ucim.io/v1alpha1",
             "kind": "UserInstance",
-            "metadata": {"name": name},
+            "metadata": {"name": name, "labels": cluster_labels(self.env["UCIM_BRIDGE_CLUSTER"])},
             "spec": {
                 "ucloudUsername": username,
                 "cluster": self.env["UCIM_BRIDGE_CLUSTER"],

@@ -29,7 +29,7 @@ from ucim.common.instance_api import CANCEL_PATH, SUBMIT_PATH, CancelRequest, Su
 from ucim.common.kube import Kube
 from ucim.common.protocol import JobState, error_body
 from ucim.common.reasons import REQUESTED_AT_ANNOTATION
-from ucim.common.resources import Condition, UCloudJob, UserInstance
+from ucim.common.resources import Condition, UCloudJob, UserInstance, cluster_labels
 from ucim.operator import handlers
 from ucim.testing import CoreStandIn
 
@@ -256,7 +256,10 @@ async def ready_instance(kube: Kube, namespace: str, bridge: FakeBridge, owner: 
     """What the bridge does: the user's instance exists, is mapped, and serves at an endpoint."""
     name = UserInstance.name_for(owner, CLUSTER)
     if await kube.get(UserInstance, namespace, name) is None:
-        manifest = {"metadata": {"name": name}, "spec": {"ucloudUsername": owner, "cluster": CLUSTER}}
+        manifest = {
+            "metadata": {"name": name, "labels": cluster_labels(CLUSTER)},
+            "spec": {"ucloudUsername": owner, "cluster": CLUSTER},
+        }
         await kube.create(UserInstance.model_validate(manifest), namespace)
     return await mark_ready(kube, namespace, name, bridge.endpoint("alice"))
 
@@ -532,7 +535,10 @@ async def test_a_user_the_mapping_refuses_fails_the_job(
     operator: OperatorThread, kube: Kube, namespace: str, core: CoreStandIn, bridge: FakeBridge
 ) -> None:
     name = UserInstance.name_for(OWNER, CLUSTER)
-    manifest = {"metadata": {"name": name}, "spec": {"ucloudUsername": OWNER, "cluster": CLUSTER}}
+    manifest = {
+        "metadata": {"name": name, "labels": cluster_labels(CLUSTER)},
+        "spec": {"ucloudUsername": OWNER, "cluster": CLUSTER},
+    }
     await kube.create(UserInstance.model_validate(manifest), namespace)
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     refused = [

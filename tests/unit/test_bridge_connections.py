@@ -13,7 +13,8 @@ from ucim.common import reasons
 from ucim.common.conditions import find_condition
 from ucim.common.kube import Kube
 from ucim.common.resources import ObjectMeta, UserConnection, UserConnectionSpec, UserInstance, UserInstanceSpec
-from ucim.slurm_bridge.connections import ConnectionMapper, needs_mapping
+from ucim.common.user_instances import requested_at
+from ucim.slurm_bridge.connections import ConnectionMapper
 from ucim.slurm_bridge.mapping import LocalAccount, Mapper, MappingRefusedError, MappingSettings
 
 NS = "ns"
@@ -63,7 +64,7 @@ async def test_a_connection_is_mapped_once() -> None:
     assert (mapped.spec.local_user, mapped.spec.uid) == ("alice", 1101)
     condition = find_condition(mapped.status.conditions, reasons.MAPPED)
     assert condition is not None and condition.status == "True"
-    assert not needs_mapping(mapped, "local")
+    assert not connections.needs_mapping(mapped)
     # The instance path takes the connection's account and does not map again.
     assert await connections.account_for("alice#1") == ALICE
     assert mapper.calls == 1
@@ -81,7 +82,7 @@ async def test_an_instance_mapped_before_the_connection_keeps_its_uid() -> None:
     assert mapper.calls == 0
 
 
-async def test_a_refusal_is_recorded_with_the_reason_and_not_retried() -> None:
+async def test_a_refusal_is_recorded_with_the_reason_and_retried_only_when_asked_again() -> None:
     connections, kube, mapper = await world()
     mapper.refuse = "there is no local user 'alice'"
     await connections.map(await current(kube))
@@ -89,7 +90,30 @@ async def test_a_refusal_is_recorded_with_the_reason_and_not_retried() -> None:
     condition = find_condition(refused.status.conditions, reasons.MAPPED)
     assert condition is not None and condition.status == "False" and "no local user" in condition.message
     assert refused.spec.uid is None
-    assert not needs_mapping(refused, "local")
+    assert not connections.needs_mapping(refused)
+
+    # The gateway asks again (a new requested-at): the bridge maps again, and its answer is a new transition.
+    asked = datetime.now(UTC) + timedelta(seconds=2)
+    ask = {"metadata": {"annotations": requested_at(asked)}}
+    again = await kube.patch(UserConnection, NS, refused.metadata.name, ask)
+    assert connections.needs_mapping(again)
+    mapper.refuse = None
+    await connections.map(again)
+    mapped = find_condition((await current(kube)).status.conditions, reasons.MAPPED)
+    assert mapped is not None and mapped.status == "True"
+    assert mapped.last_transition_time > condition.last_transition_time or mapped.status != condition.status
+
+
+async def test_mapped_and_connected_are_written_by_their_own_owners_and_both_stay() -> None:
+    connections, kube, _ = await world()
+    name = (await current(kube)).metadata.name
+    connected = {"type": reasons.CONNECTED, "status": "True", "reason": reasons.AUTO_CONNECTED, "message": "",
+                 "lastTransitionTime": "2026-01-01T00:00:00Z"}  # fmt: skip
+    stale = await current(kube)  # read before the gateway writes Connected
+    await kube.apply_status(UserConnection, NS, name, {"conditions": [connected]}, field_manager="ucim-gateway")
+    await connections.map(stale)
+    both = {c.type: c.status for c in (await current(kube)).status.conditions}
+    assert both == {reasons.CONNECTED: "True", reasons.MAPPED: "True"}
 
 
 async def test_an_instance_of_a_user_without_connection_is_mapped_by_policy() -> None:

@@ -188,12 +188,10 @@ async def test_a_new_instance_is_mapped_then_served(world: World) -> None:
     assert route is not None and route.running
 
 
-async def test_other_clusters_are_not_ours(world: World) -> None:
-    manager, kube, forks, _ = world
-    obj = kube.add("ui-x")
-    manager.observe("ADDED", obj.model_copy(update={"spec": obj.spec.model_copy(update={"cluster": "elsewhere"})}))
-    await asyncio.sleep(0.1)
-    assert forks.spawned == [] and "status" not in kube.objects["ui-x"]
+async def test_only_this_clusters_instances_are_watched(world: World) -> None:
+    manager, *_ = world
+    # The apiserver filters them: the watch asks only for objects labelled with our cluster.
+    assert manager.informer.label_selector == "ucim.io/cluster=local"
 
 
 async def test_a_refused_user_waits_for_a_new_request(world: World) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import typing
 from typing import Any
 
@@ -10,7 +11,7 @@ from aiohttp.test_utils import TestClient
 from pydantic import SecretStr
 from pytest_aiohttp import AiohttpClient
 
-from tests.support.fake_kube import FakeKube
+from tests.support.fake_kube import FakeKube, play_instance_bridge
 from ucim.common.kube import Kube
 from ucim.common.protocol import dump, encode_username
 from ucim.common.resources import UCloudJob, UserInstance
@@ -131,12 +132,28 @@ async def test_a_kubernetes_api_that_times_out_is_a_readable_503(
 async def test_init_creates_the_instance_whatever_the_headers(
     client: TestClient[Any, Any], core: CoreStandIn, kube: FakeKube
 ) -> None:
+    name = UserInstance.name_for("alice#1234", "local")
+    serve = asyncio.create_task(play_instance_bridge(kube, NAMESPACE, name))
     response = await client.post(
         f"/ucloud/{PROVIDER}/integration/init", headers=headers(core, "alice#1234"), json={"username": "alice#1234"}
     )
+    await serve
     assert response.status == 200
-    instance = await kube.get(UserInstance, NAMESPACE, UserInstance.name_for("alice#1234", "local"))
+    instance = await kube.get(UserInstance, NAMESPACE, name)
     assert instance is not None and instance.spec.ucloud_username == "alice#1234"
+    assert instance.metadata.labels == {"ucim.io/cluster": "local"}
+
+
+async def test_init_says_503_while_the_instance_is_not_ready(
+    client: TestClient[Any, Any], core: CoreStandIn, kube: FakeKube
+) -> None:
+    # A 200 would end Core's retries while every call fails; Core retries on 503 (and 449).
+    response = await client.post(
+        f"/ucloud/{PROVIDER}/integration/init", headers=headers(core), json={"username": "carol"}
+    )
+    assert response.status == 503
+    assert "not ready" in (await response.json())["why"]
+    assert await kube.get(UserInstance, NAMESPACE, UserInstance.name_for("carol", "local")) is not None
 
 
 async def test_init_reports_a_refused_mapping(client: TestClient[Any, Any], core: CoreStandIn, kube: FakeKube) -> None:

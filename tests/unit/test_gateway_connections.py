@@ -15,11 +15,12 @@ from aiohttp.test_utils import TestClient
 from pydantic import SecretStr
 from pytest_aiohttp import AiohttpClient
 
-from tests.support.fake_kube import FakeKube
+from tests.support.fake_kube import FakeKube, play_instance_bridge
 from ucim.common import reasons
 from ucim.common.conditions import find_condition, is_true
 from ucim.common.kube import Kube
 from ucim.common.resources import UserConnection, UserInstance
+from ucim.common.times import now_utc, rfc3339
 from ucim.gateway.app import init_app
 from ucim.gateway.settings import GatewaySettings
 from ucim.testing import CoreStandIn
@@ -69,7 +70,7 @@ async def play_bridge(kube: FakeKube, username: str, uid: int | None = 1101, ref
         await asyncio.sleep(0.01)
     if refuse:
         refused = {"type": "Mapped", "status": "False", "reason": "MappingRefused", "message": refuse,
-                   "lastTransitionTime": "2026-01-01T00:00:00Z"}  # fmt: skip
+                   "lastTransitionTime": rfc3339(now_utc())}  # fmt: skip
         await kube.patch_status(UserConnection, NAMESPACE, name, {"conditions": [refused]})
     else:
         await kube.patch(UserConnection, NAMESPACE, name, {"spec": {"localUser": "alice", "uid": uid}})
@@ -114,7 +115,7 @@ async def test_a_refused_mapping_is_a_403_with_the_reason(
     assert response.status == 403
     assert "there is no local user 'mallory'" in (await response.json())["why"]
     assert core.record.approved_connections == []
-    # Connecting again forgets the refusal, so the bridge tries once more.
+    # Connecting again asks for the mapping again, so the bridge tries once more.
     bridge = asyncio.create_task(play_bridge(kube, "mallory"))
     await client.post(f"/ucloud/{PROVIDER}/integration/connect", json={"username": "mallory"}, headers=auth(core))
     await bridge
@@ -137,7 +138,9 @@ async def test_init_of_a_user_not_connected_is_refused_until_they_connect(
     )
     await bridge
     assert connect.status == 200
+    serve = asyncio.create_task(play_instance_bridge(kube, NAMESPACE, UserInstance.name_for("alice#1", "local")))
     assert (await client.post(init, json={"username": "alice#1"}, headers=auth(core))).status == 200
+    await serve
     assert kube.objects.get(("userinstances", NAMESPACE, UserInstance.name_for("alice#1", "local"))) is not None
 
 
@@ -145,7 +148,9 @@ async def test_init_connects_automatically_by_default(
     core: CoreStandIn, kube: FakeKube, aiohttp_client: AiohttpClient
 ) -> None:
     client = await gateway(core, kube, aiohttp_client)
+    serve = asyncio.create_task(play_instance_bridge(kube, NAMESPACE, UserInstance.name_for("bob", "local")))
     response = await client.post(f"/ucloud/{PROVIDER}/integration/init", json={"username": "bob"}, headers=auth(core))
+    await serve
     assert response.status == 200
     connection = connection_of(kube, "bob")
     assert connection is not None
@@ -161,7 +166,9 @@ async def test_unlinked_expires_keeps_the_uid_clears_at_core_and_stops_the_insta
     await client.post(f"/ucloud/{PROVIDER}/integration/connect", json={"username": "alice#1"}, headers=auth(core))
     await bridge
     init = f"/ucloud/{PROVIDER}/integration/init"
+    serve = asyncio.create_task(play_instance_bridge(kube, NAMESPACE, UserInstance.name_for("alice#1", "local")))
     assert (await client.post(init, json={"username": "alice#1"}, headers=auth(core))).status == 200
+    await serve
 
     response = await client.post(
         f"/ucloud/{PROVIDER}/integration/unlinked", json={"username": "alice#1"}, headers=auth(core)

@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient
 from pydantic import SecretStr, ValidationError
 from pytest_aiohttp import AiohttpClient
 
-from tests.support.fake_kube import FakeKube
+from tests.support.fake_kube import FakeKube, play_instance_bridge
 from ucim.common.core_client import CoreClient
 from ucim.common.kube import Kube
 from ucim.common.protocol import ProductReference
@@ -131,7 +131,9 @@ async def test_init_of_an_unmapped_user_registers_nothing_yet(
     core: CoreStandIn, kube: FakeKube, aiohttp_client: AiohttpClient
 ) -> None:
     client = await gateway(core, kube, aiohttp_client, init_wait_seconds=0.05)
+    serve = asyncio.create_task(play_instance_bridge(kube, NAMESPACE, UserInstance.name_for("bob", "local")))
     response = await client.post(f"/ucloud/{PROVIDER}/integration/init", json={"username": "bob"}, headers=auth(core))
+    await serve
     assert response.status == 200
     assert core.drives_of("bob") == []
 

@@ -1,9 +1,10 @@
-"""The monitor's pure status computation (no Slurm, no apiserver)."""
+"""The monitor's status computation and its writes (no Slurm, no apiserver)."""
 
 from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,8 @@ import pytest
 import yaml
 from prometheus_client import REGISTRY
 
+from ucim.common.informer import Informer
+from ucim.common.kube import ConflictError
 from ucim.common.protocol import JobState
 from ucim.common.resources import UCloudJob
 from ucim.common.slurm import SlurmClient, SlurmConfig, SlurmJobInfo
@@ -129,27 +132,67 @@ def test_submitted_ms_prefers_submitted_at() -> None:
     assert submitted_ms(job(submittedAt="2026-11-25T03:50:00Z")) == int(STARTED.timestamp() * 1000)
 
 
-class _BrokenKube:
-    """Stands in for Kube: the apiserver is away."""
+class _BrokenSlurm(SlurmClient):
+    """Slurm is away."""
 
     calls = 0
 
-    async def list(self, *_: object) -> list[UCloudJob]:
+    async def poll(self, job_ids: Any) -> dict[int, SlurmJobInfo]:
         self.calls += 1
-        raise ConnectionError("apiserver away")
+        raise ConnectionError("slurmctld away")
+
+
+class _Conflicting:
+    """Stands in for Kube: the first patch finds the job changed (409), the fresh copy takes it."""
+
+    def __init__(self, fresh: UCloudJob) -> None:
+        self.fresh = fresh
+        self.patches: list[tuple[str | None, dict[str, Any]]] = []
+
+    async def patch_status(
+        self, kind: object, namespace: str, name: str, status: dict[str, Any], *, resource_version: str | None
+    ) -> None:
+        self.patches.append((resource_version, status))
+        if resource_version != self.fresh.metadata.resource_version:
+            raise ConflictError("the object has been modified")
+
+    async def get(self, *_: object) -> UCloudJob:
+        return self.fresh
+
+
+def informer_of(*jobs: UCloudJob) -> Informer[UCloudJob]:
+    informer: Informer[UCloudJob] = Informer(None, UCloudJob, "ns")  # type: ignore[arg-type]
+    informer.objects = {j.metadata.name: j for j in jobs}
+    informer.synced.set()
+    return informer
 
 
 async def test_run_survives_failed_cycles_and_counts_them() -> None:
-    kube = _BrokenKube()
-    monitor = SlurmMonitor(kube, SlurmClient(SlurmConfig()), namespace="ns", cluster="local")  # type: ignore[arg-type]
+    slurm = _BrokenSlurm(SlurmConfig())
+    monitor = SlurmMonitor(None, slurm, informer_of(job()))  # type: ignore[arg-type]
+    monitor.jobs.run = asyncio.Event().wait  # type: ignore[method-assign]  # the cache above stays as it is
     before = _errors()
     task = asyncio.create_task(monitor.run(interval=0.01))
     await asyncio.sleep(0.1)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert kube.calls >= 2
-    assert _errors() - before == kube.calls
+    assert slurm.calls >= 2
+    assert _errors() - before == slurm.calls
+
+
+async def test_a_patch_carries_the_version_it_was_computed_from_and_is_computed_again_on_conflict() -> None:
+    stale = job()
+    stale.metadata.resource_version = "10"
+    # Meanwhile the operator wrote (its reportedTransitions): the stored object is version 11.
+    fresh = job(reportedTransitions=1)
+    fresh.metadata.resource_version = "11"
+    kube = _Conflicting(fresh)
+    monitor = SlurmMonitor(kube, SlurmClient(SlurmConfig()), informer_of(stale))  # type: ignore[arg-type]
+    compute = partial(status_patch, info=info("RUNNING"), now_ms=NOW)
+    assert await monitor._apply(stale, 42, compute) == 1
+    assert [version for version, _ in kube.patches] == ["10", "11"]
+    assert [t["state"] for t in kube.patches[-1][1]["transitions"]] == ["IN_QUEUE", "RUNNING"]
 
 
 def _errors() -> float:

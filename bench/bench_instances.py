@@ -77,7 +77,10 @@ async def measure(kube: Kube, namespace: str, cluster: str, count: int) -> dict[
 
     async def watch() -> None:
         while True:
-            async for _, obj in kube.watch(UserInstance, namespace, timeout_seconds=300):
+            async for event in kube.watch(UserInstance, namespace, timeout_seconds=300):
+                obj = event.obj
+                if obj is None:
+                    continue
                 if is_true(obj.status.conditions, "Ready") and obj.metadata.name not in ready_at:
                     ready_at[obj.metadata.name] = time.perf_counter()
                     objects[obj.metadata.name] = obj

@@ -56,10 +56,10 @@ async def test_init_then_jobs_land_in_the_apiserver(
     first = await client.post(f"/ucloud/{PROVIDER}/jobs", headers=auth(core, "alice#1"), json={"items": [dump(job)]})
     assert first.status == 449
 
-    init = await client.post(
-        f"/ucloud/{PROVIDER}/integration/init", headers=auth(core, "alice#1"), json={"username": "alice#1"}
-    )
-    assert init.status == 200
+    init_call = f"/ucloud/{PROVIDER}/integration/init"
+    init = await client.post(init_call, headers=auth(core, "alice#1"), json={"username": "alice#1"})
+    # No bridge serves it yet: a 503, on which Core tries again (a 200 would end its retries).
+    assert init.status == 503, await init.text()
     name = UserInstance.name_for("alice#1", "local")
     assert platform.get(namespace, f"userinstance/{name}")["spec"]["ucloudUsername"] == "alice#1"
 
@@ -72,6 +72,8 @@ async def test_init_then_jobs_land_in_the_apiserver(
         "lastTransitionTime": "2026-01-01T00:00:00Z",
     }
     platform.patch(namespace, f"userinstance/{name}", {"status": {"conditions": [ready]}}, status=True)
+    init = await client.post(init_call, headers=auth(core, "alice#1"), json={"username": "alice#1"})
+    assert init.status == 200, await init.text()
 
     for _ in range(2):
         response = await client.post(

@@ -167,10 +167,14 @@ def informer_of(*jobs: UCloudJob) -> Informer[UCloudJob]:
     return informer
 
 
+async def _watch_nothing() -> None:
+    await asyncio.Event().wait()
+
+
 async def test_run_survives_failed_cycles_and_counts_them() -> None:
     slurm = _BrokenSlurm(SlurmConfig())
     monitor = SlurmMonitor(None, slurm, informer_of(job()))  # type: ignore[arg-type]
-    monitor.jobs.run = asyncio.Event().wait  # type: ignore[method-assign]  # the cache above stays as it is
+    monitor.jobs.run = _watch_nothing  # type: ignore[method-assign]  # the cache above stays as it is
     before = _errors()
     task = asyncio.create_task(monitor.run(interval=0.01))
     await asyncio.sleep(0.1)

@@ -372,6 +372,7 @@ async def test_user_not_ready_leads_to_init_and_a_retry(core: CoreStandIn, provi
     received = Job.model_validate(provider.received_jobs[0])
     assert received == job
     assert received.specification.parameters == {
+        "ucMetricSampleRate": AppParameterValue.text("0ms"),
         "message": AppParameterValue.text("hello"),
         "count": AppParameterValue.integer(3),
     }
@@ -426,6 +427,19 @@ def test_make_job_builds_what_core_sends(core: CoreStandIn) -> None:
     assert wire["status"]["resolvedSupport"]["support"]["native"] == {"enabled": True, "logs": True}
     assert wire["status"]["jobParametersJson"]["request"]["application"] == {"name": "jupyter", "version": "4.0"}
     assert isinstance(wire["createdAt"], int)
+
+
+def test_make_job_adds_cores_own_parameter_as_core_does(core: CoreStandIn) -> None:
+    """Core adds ucMetricSampleRate after storing the request; no application declares it; a user's value stays."""
+    wire = dump(core.make_job("9", "alice", parameters={"verbose": True}))
+    added = wire["specification"]["parameters"]["ucMetricSampleRate"]
+    assert (added["type"], added["value"]) == ("text", "0ms")
+    assert set(wire["status"]["jobParametersJson"]["request"]["parameters"]) == {"verbose"}
+    declared = wire["status"]["resolvedApplication"]["invocation"]["parameters"]
+    assert [p["name"] for p in declared] == ["verbose"]
+    chosen = core.make_job("9", "alice", parameters={"ucMetricSampleRate": "1000ms"})
+    assert chosen.specification.parameters is not None
+    assert chosen.specification.parameters["ucMetricSampleRate"].value == "1000ms"
 
 
 # --- as a process -------------------------------------------------------------

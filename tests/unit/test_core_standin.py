@@ -414,6 +414,24 @@ async def test_retrieve_products_reads_the_support_flags(core: CoreStandIn, prov
     assert support.native.logs is False
 
 
+async def test_a_poll_round_asks_what_core_asks_without_a_user(core: CoreStandIn, provider: FakeProvider) -> None:
+    async with core:
+        statuses = await core.poll_provider()
+    assert list(statuses) == [
+        "integration/retrieveManifest",
+        "files/collections/retrieveProducts",
+        "jobs/retrieveProducts",
+        "ingresses/retrieveProducts",
+        "networkips/retrieveProducts",
+        "licenses/retrieveProducts",
+        "private-networks/retrieveProducts",
+        "provider/branding/retrieveInfo",
+    ]
+    # The fake provider serves only the jobs' products (and checks there is no user); a failed poll is reported.
+    assert {path for path, status in statuses.items() if status == 200} == {"jobs/retrieveProducts"}
+    assert provider.init_calls == []
+
+
 def test_make_job_builds_what_core_sends(core: CoreStandIn) -> None:
     job = core.make_job("9", "alice", ("jupyter", "4.0"), {"verbose": True}, project="p-1")
     wire = dump(job)

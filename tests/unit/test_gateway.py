@@ -12,12 +12,12 @@ from pytest_aiohttp import AiohttpClient
 
 from tests.support.fake_kube import FakeKube
 from ucim.common.kube import Kube
-from ucim.common.protocol import dump, encode_username
+from ucim.common.protocol import BulkResponse, JobSupport, dump, encode_username
 from ucim.common.resources import UCloudJob, UserInstance
 from ucim.gateway.app import init_app
 from ucim.gateway.settings import GatewaySettings
 from ucim.testing import CoreStandIn
-from ucim.testing.core_standin import CoreKeys, token_claims, unsigned_token
+from ucim.testing.core_standin import POLLED_PATHS, CoreKeys, token_claims, unsigned_token
 
 PROVIDER = "ucim"
 NAMESPACE = "ucim"
@@ -103,6 +103,43 @@ async def test_retrieve_products_lists_the_machine_types(client: TestClient[Any,
     assert {s["product"]["id"] for s in supports} == {"cpu-1", "cpu-2", "short-1"}
     assert supports[0]["native"] == {"enabled": True}
     assert supports[0]["docker"] == {}
+
+
+@pytest.mark.parametrize("resource_type", ["ingresses", "networkips", "licenses", "private-networks"])
+async def test_types_not_offered_list_no_products(
+    client: TestClient[Any, Any], core: CoreStandIn, resource_type: str
+) -> None:
+    response = await client.get(f"/ucloud/{PROVIDER}/{resource_type}/retrieveProducts", headers=headers(core))
+    assert response.status == 200
+    # What Go writes for an empty BulkResponse (omitempty), as IM2 answers; Core reads no products.
+    assert await response.json() == {}
+    assert BulkResponse[JobSupport].model_validate({}).responses == []
+
+
+async def test_the_branding_is_the_protocols_shape(client: TestClient[Any, Any], core: CoreStandIn) -> None:
+    response = await client.get(f"/ucloud/{PROVIDER}/provider/branding/retrieveInfo", headers=headers(core))
+    assert response.status == 200
+    assert await response.json() == {
+        "id": PROVIDER,
+        "title": PROVIDER,
+        "shortTitle": PROVIDER,
+        "shortDescription": "",
+        "description": "",
+        "url": "",
+        "logo": None,
+        "sections": [],
+        "productDescription": [],
+    }
+
+
+async def test_every_poll_of_core_is_answered(client: TestClient[Any, Any], core: CoreStandIn) -> None:
+    """Core polls these every 10 s; none may fail (the real Core saw four 404s and a branding 404)."""
+    core.provider_url = str(client.make_url("/"))
+    async with core:
+        statuses = await core.poll_provider()
+        branding = await core.retrieve_branding()
+    assert statuses == dict.fromkeys(POLLED_PATHS, 200)
+    assert branding.id == PROVIDER
 
 
 async def test_user_without_a_ready_instance_gets_449(client: TestClient[Any, Any], core: CoreStandIn) -> None:

@@ -79,6 +79,7 @@ from ucim.common.protocol import (
     ProductCategory,
     ProductReference,
     ProductV2,
+    ProviderBranding,
     ProviderFile,
     ProviderRegisteredResource,
     RefreshTokenItem,
@@ -110,6 +111,17 @@ USER_NOT_READY_STATUSES = frozenset({449, 503})
 INIT_RETRY_ATTEMPTS = 5
 INIT_RETRY_DELAY_SECONDS = 0.5
 PROVIDER_CALL_TIMEOUT_SECONDS = 5.0
+# What Core asks every provider every 10 s, without a user (core2 orchestrator/features.go, provider_brandings.go).
+POLLED_PATHS = (
+    "integration/retrieveManifest",
+    "files/collections/retrieveProducts",
+    "jobs/retrieveProducts",
+    "ingresses/retrieveProducts",
+    "networkips/retrieveProducts",
+    "licenses/retrieveProducts",
+    "private-networks/retrieveProducts",
+    "provider/branding/retrieveInfo",
+)
 # The web client's CHUNKED chunk size (frontend-web Files/Upload.ts maxChunkSize).
 WEB_CLIENT_CHUNK_BYTES = 16_000_000
 
@@ -608,6 +620,14 @@ class CoreStandIn:
         """``GET /ucloud/<id>/jobs/retrieveProducts``, which Core polls to learn the support flags."""
         response = await self.call_provider("GET", "jobs/retrieveProducts")
         return _parse_ok(response, BulkResponse[JobSupport]).responses
+
+    async def poll_provider(self) -> dict[str, int]:
+        """One round of the polls Core makes of every provider (``POLLED_PATHS``): each answer's status, by path."""
+        return {path: (await self.call_provider("GET", path)).status for path in POLLED_PATHS}
+
+    async def retrieve_branding(self) -> ProviderBranding:
+        response = await self.call_provider("GET", "provider/branding/retrieveInfo")
+        return _parse_ok(response, ProviderBranding)
 
     async def connect(self, username: str) -> ConnectResponse:
         response = await self.call_provider("POST", "integration/connect", dump(FindByUsername(username=username)))

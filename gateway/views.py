@@ -253,8 +253,9 @@ async def terminate_jobs(request: web.Request) -> web.Response:
     for job in body.items:
         try:
             await kube.patch(UCloudJob, settings.namespace, UCloudJob.name_for(job.id), {"spec": {"terminate": True}})
-        except NotFoundError as error:
-            raise ProviderError(404, f"unknown job {job.id}") from error
+        except NotFoundError:
+            # Nothing left to stop (never created, or already gone): done, as IM2's terminate is (slurm/compute.go).
+            log.info("terminate of a job this provider does not know", extra={"job_id": job.id})
     return ok(BulkResponse[Empty](responses=[Empty() for _ in body.items]))
 
 

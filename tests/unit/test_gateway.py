@@ -12,7 +12,7 @@ from pytest_aiohttp import AiohttpClient
 
 from tests.support.fake_kube import FakeKube
 from ucim.common.kube import Kube
-from ucim.common.protocol import BulkResponse, JobSupport, dump, encode_username
+from ucim.common.protocol import BulkResponse, Empty, JobSupport, dump, encode_username
 from ucim.common.resources import UCloudJob, UserInstance
 from ucim.gateway.app import init_app
 from ucim.gateway.settings import GatewaySettings
@@ -245,6 +245,25 @@ async def test_terminate_marks_the_job(client: TestClient[Any, Any], core: CoreS
     assert response.status == 200
     stored = await kube.get(UCloudJob, NAMESPACE, UCloudJob.name_for("77"))
     assert stored is not None and stored.spec.terminate is True
+
+
+async def test_terminating_a_job_the_provider_does_not_know_is_done(
+    client: TestClient[Any, Any], core: CoreStandIn, kube: FakeKube
+) -> None:
+    """IM2 answers 200 when the job is gone from Slurm; Core must not see a failure for a job that cannot run."""
+    await make_ready(kube, "alice")
+    known, unknown = core.make_job("77", "alice"), core.make_job("78", "alice")
+    await client.post(f"/ucloud/{PROVIDER}/jobs", headers=headers(core, "alice"), json={"items": [dump(known)]})
+    response = await client.post(
+        f"/ucloud/{PROVIDER}/jobs/terminate",
+        headers=headers(core, "alice"),
+        json={"items": [dump(unknown), dump(known)]},
+    )
+    assert response.status == 200
+    assert BulkResponse[Empty].model_validate(await response.json()).responses == [Empty(), Empty()]
+    stored = await kube.get(UCloudJob, NAMESPACE, UCloudJob.name_for("77"))
+    assert stored is not None and stored.spec.terminate is True
+    assert await kube.get(UCloudJob, NAMESPACE, UCloudJob.name_for("78")) is None
 
 
 async def test_extension_is_refused_in_words(client: TestClient[Any, Any], core: CoreStandIn) -> None:

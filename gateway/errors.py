@@ -7,6 +7,7 @@ import logging
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from aiohttp.web_urldispatcher import MatchInfoError
 
 from ucim.common.protocol import error_body
 from ucim.common.proxy_bodies import AnswerBrokenError
@@ -28,6 +29,18 @@ def error_response(status: int, why: str, error_code: str = "") -> web.Response:
     return web.json_response(error_body(status, why, error_code), status=status)
 
 
+def http_error_response(request: web.Request, error: web.HTTPException) -> web.Response:
+    """aiohttp's own errors in the envelope; the router's (no such path or method) say what was asked."""
+    if not isinstance(request.match_info, MatchInfoError):
+        return error_response(error.status, error.reason)
+    if isinstance(error, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(error.allowed_methods))
+        response = error_response(error.status, f"{request.method} is not allowed on {request.path}; use {allowed}")
+        response.headers["Allow"] = error.headers["Allow"]
+        return response
+    return error_response(error.status, f"this provider has no endpoint {request.method} {request.path}")
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
@@ -39,7 +52,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as error:
         if error.status < 400:
             raise
-        return error_response(error.status, error.reason)
+        return http_error_response(request, error)
     except json.JSONDecodeError as error:
         return error_response(400, f"request body is not valid JSON: {error}")
     except TimeoutError:

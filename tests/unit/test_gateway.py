@@ -89,6 +89,29 @@ async def test_bad_tokens_get_401_with_a_reason(client: TestClient[Any, Any], co
     assert body["statusCode"] == 401 and body["why"]
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "status", "why"),
+    [
+        ("GET", f"/ucloud/{PROVIDER}/shares/retrieveProducts", 404, f"no endpoint GET /ucloud/{PROVIDER}/shares/"),
+        ("POST", f"/ucloud/{PROVIDER}/nope", 404, f"no endpoint POST /ucloud/{PROVIDER}/nope"),
+        ("GET", "/ucloud/another-provider/jobs/retrieveProducts", 404, "no endpoint GET /ucloud/another-provider/"),
+        ("POST", f"/ucloud/{PROVIDER}/jobs/retrieveProducts", 405, "POST is not allowed on /ucloud/ucim/jobs/"),
+        ("DELETE", f"/ucloud/{PROVIDER}/jobs", 405, "; use POST"),
+    ],
+)
+async def test_unknown_endpoints_answer_in_the_error_envelope(
+    client: TestClient[Any, Any], core: CoreStandIn, *, method: str, path: str, status: int, why: str
+) -> None:
+    response = await client.request(method, path, headers=headers(core, "alice"), json={})
+    assert response.status == status
+    assert response.content_type == "application/json"
+    body = await response.json()
+    assert set(body) == {"statusCode", "why", "errorCode", "detailedCode"}
+    assert body["statusCode"] == status and why in body["why"]
+    if status == 405:
+        assert response.headers["Allow"]
+
+
 async def test_username_header_without_jwt_is_refused(client: TestClient[Any, Any]) -> None:
     response = await client.post(
         f"/ucloud/{PROVIDER}/jobs", headers={"UCloud-Username": encode_username("alice")}, json={}

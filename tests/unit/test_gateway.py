@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import typing
 from typing import Any
 
@@ -77,8 +78,9 @@ async def test_probes_and_metrics_need_no_token(client: TestClient[Any, Any]) ->
         lambda core: core.mint_service_token(role="USER"),
         lambda core: core.mint_service_token(issuer="evil.example"),
         lambda core: unsigned_token(token_claims(subject="_UCloud", role="SERVICE", principal_type="service")),
+        lambda core: core.mint_service_token(extra_claims={"exp": str(int(time.time()) + 600)}),
     ],
-    ids=["empty", "garbage", "wrong-key", "expired", "wrong-sub", "wrong-role", "wrong-issuer", "alg-none"],
+    ids=["empty", "garbage", "wrong-key", "expired", "wrong-sub", "wrong-role", "wrong-issuer", "alg-none", "exp-text"],
 )
 async def test_bad_tokens_get_401_with_a_reason(client: TestClient[Any, Any], core: CoreStandIn, forge: Any) -> None:
     response = await client.get(

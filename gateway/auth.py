@@ -26,6 +26,8 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.serialization import load_der_public_key, load_pem_public_key
 
 from ucim.common.protocol import decode_username
+from ucim.common.resources import MAX_USERNAME_LENGTH
+from ucim.gateway.errors import ProviderError
 
 USERNAME_HEADER = "UCloud-Username"
 USERNAME_HINT = "usernameHint"
@@ -166,6 +168,17 @@ def acting_username(request: web.Request) -> str | None:
     if not encoded:
         return None
     try:
-        return decode_username(encoded)
+        username = decode_username(encoded)
     except ValueError as error:
         raise web.HTTPBadRequest(reason=f"invalid {USERNAME_HEADER}: {error}") from error
+    return check_username(username, USERNAME_HEADER)
+
+
+def check_username(username: str, where: str) -> str:
+    """A username this provider can keep (the CRDs' limit), or a 400 that says the limit."""
+    if len(username) > MAX_USERNAME_LENGTH:
+        raise ProviderError(
+            400,
+            f"the username in {where} is {len(username)} characters long; at most {MAX_USERNAME_LENGTH} are allowed",
+        )
+    return username

@@ -46,13 +46,13 @@ from ucim.common.protocol import (
 )
 from ucim.common.reasons import SUBMITTED
 from ucim.common.resources import UCloudJob, UserConnection, UserInstance
-from ucim.gateway.auth import acting_username
+from ucim.gateway.auth import acting_username, check_username
 from ucim.gateway.connections import ConnectionRefusedError, Connections, is_connected
 from ucim.gateway.drives import HOME_DRIVE_ANNOTATION, Drives
 from ucim.gateway.errors import ProviderError
 from ucim.gateway.instance_proxy import InstanceProxy
 from ucim.gateway.instances import Instances, MappingRefusedError
-from ucim.gateway.jobs import to_ucloud_job
+from ucim.gateway.jobs import to_ucloud_job, validate_jobs
 from ucim.gateway.settings import GatewaySettings
 
 SETTINGS = web.AppKey("settings", GatewaySettings)
@@ -99,7 +99,7 @@ async def username_of(request: web.Request) -> str:
     body = await parse(request, FindByUsername)
     if not body.username:
         raise ProviderError(400, "username is required")
-    return body.username
+    return check_username(body.username, "the request body")
 
 
 def core_of(request: web.Request) -> CoreClient:
@@ -200,8 +200,9 @@ async def retrieve_manifest(request: web.Request) -> web.Response:
 
 
 async def create_jobs(request: web.Request) -> web.Response:
-    await require_ready_user(request)
+    acting_user = await require_ready_user(request)
     body = await parse(request, BulkRequest[Job])
+    validate_jobs(body.items, acting_user)
     settings, kube = request.app[SETTINGS], request.app[KUBE]
     wanted = [
         to_ucloud_job(

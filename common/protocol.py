@@ -890,6 +890,34 @@ class IntegrationManifest(WireModel):
     expire_after_ms: int | None = None
 
 
+# --- provider branding (shared/pkg/orchestrators/provider_metadata.go) ---------
+
+
+class ProviderBrandingSection(WireModel):
+    description: str = ""  # Markdown
+    image: str | None = None  # a URL; relative ones are resolved against the provider's domain by Core
+
+
+class ProviderBrandingProductDescription(WireModel):
+    category: str
+    short_description: str = ""  # shown in grant applications
+    section: ProviderBrandingSection = Field(default_factory=ProviderBrandingSection)
+
+
+class ProviderBranding(WireModel):
+    """``GET /ucloud/<id>/provider/branding/retrieveInfo``, which Core polls every 10 s."""
+
+    id: str
+    title: str = ""
+    short_title: str = ""
+    short_description: str = ""
+    description: str = ""  # Markdown
+    url: str = ""
+    logo: str | None = None
+    sections: list[ProviderBrandingSection] = Field(default_factory=list)
+    product_description: list[ProviderBrandingProductDescription] = Field(default_factory=list)
+
+
 # --- UCloud-Username header ---------------------------------------------------
 
 

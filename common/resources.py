@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 from datetime import datetime
-from typing import Any, ClassVar, Final, Literal, Self
+from typing import Annotated, Any, ClassVar, Final, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -80,32 +80,46 @@ class _Resource(_Model):
         return {"status": status.to_dict() if isinstance(status, _Model) else {}}
 
 
+# --- limits -------------------------------------------------------------------
+# The CRDs' limits, so that a value is refused here, readably, before the apiserver refuses it
+# (tests/unit/test_resources.py keeps them equal to the schemas in crds/).
+
+# A UCloud username, as ucloudUsername (UserInstance, UserConnection) and owner (UCloudJob).
+MAX_USERNAME_LENGTH: Final = 256
+MAX_NODES: Final = 10_000
+# sbatch reads --time into a signed 32-bit count of seconds (Slurm's parse_time.c time_str2secs), so no
+# longer limit can reach Slurm: about 68 years.
+MAX_TIME_LIMIT_MINUTES: Final = (2**31 - 1) // 60
+# The largest uid: (uid_t)-1 means "no uid" to setresuid and chown.
+MAX_UID: Final = 2**32 - 2
+
+
 # --- UCloudJob ----------------------------------------------------------------
 
 
 class ApplicationRef(_Model):
-    name: str = Field(min_length=1)
-    version: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=128)
+    version: str = Field(min_length=1, max_length=64)
 
 
 class ProductRef(_Model):
-    id: str = Field(min_length=1)
-    category: str = Field(min_length=1)
-    provider: str | None = None
+    id: str = Field(min_length=1, max_length=128)
+    category: str = Field(min_length=1, max_length=128)
+    provider: str | None = Field(default=None, max_length=128)
 
 
 class SlurmPlacement(_Model):
-    partition: str | None = None
-    qos: str | None = None
-    account: str | None = None
+    partition: str | None = Field(default=None, max_length=128)
+    qos: str | None = Field(default=None, max_length=128)
+    account: str | None = Field(default=None, max_length=128)
 
 
 class JobResources(_Model):
-    nodes: int = Field(ge=1)
-    cpus_per_node: int = Field(ge=1)
+    nodes: int = Field(ge=1, le=MAX_NODES)
+    cpus_per_node: int = Field(ge=1, le=100_000)
     memory_megabytes_per_node: int = Field(ge=1)
-    gpus_per_node: int | None = Field(default=None, ge=0)
-    time_limit_minutes: int | None = Field(default=None, ge=1)
+    gpus_per_node: int | None = Field(default=None, ge=0, le=64)
+    time_limit_minutes: int | None = Field(default=None, ge=1, le=MAX_TIME_LIMIT_MINUTES)
 
 
 ParameterType = Literal[
@@ -119,25 +133,25 @@ class ParameterValue(_Model):
 
     type: ParameterType
     value: Any = None
-    path: str | None = None
+    path: str | None = Field(default=None, max_length=4096)
     read_only: bool | None = None
-    mount_path: str | None = None
-    hostname: str | None = None
-    job_id: str | None = None
-    id: str | None = None
-    modules: list[str] | None = None
+    mount_path: str | None = Field(default=None, max_length=4096)
+    hostname: str | None = Field(default=None, max_length=253)
+    job_id: str | None = Field(default=None, max_length=128)
+    id: str | None = Field(default=None, max_length=256)
+    modules: list[Annotated[str, Field(max_length=256)]] | None = Field(default=None, max_length=256)
 
 
 class UCloudJobSpec(_Model):
-    job_id: str = Field(min_length=1)
-    owner: str = Field(min_length=1)
-    project: str | None = None
-    cluster: str = Field(min_length=1)
+    job_id: str = Field(min_length=1, max_length=128)
+    owner: str = Field(min_length=1, max_length=MAX_USERNAME_LENGTH)
+    project: str | None = Field(default=None, max_length=256)
+    cluster: str = Field(min_length=1, max_length=63)
     application: ApplicationRef
     product: ProductRef
     slurm: SlurmPlacement | None = None
     resources: JobResources
-    parameters: dict[str, ParameterValue] | None = None
+    parameters: dict[str, ParameterValue] | None = Field(default=None, max_length=256)
     terminate: bool | None = None
 
 
@@ -182,10 +196,10 @@ class UCloudJob(_Resource):
 
 
 class UserInstanceSpec(_Model):
-    ucloud_username: str = Field(min_length=1)
-    cluster: str = Field(min_length=1)
-    local_user: str | None = None
-    uid: int | None = Field(default=None, ge=1)
+    ucloud_username: str = Field(min_length=1, max_length=MAX_USERNAME_LENGTH)
+    cluster: str = Field(min_length=1, max_length=63)
+    local_user: str | None = Field(default=None, min_length=1, max_length=32)
+    uid: int | None = Field(default=None, ge=1, le=MAX_UID)
     idle_timeout_seconds: int = Field(default=1800, ge=0)
 
 
@@ -217,10 +231,10 @@ class UserInstance(_Resource):
 
 
 class UserConnectionSpec(_Model):
-    ucloud_username: str = Field(min_length=1)
-    cluster: str = Field(min_length=1)
-    local_user: str | None = None
-    uid: int | None = Field(default=None, ge=1)
+    ucloud_username: str = Field(min_length=1, max_length=MAX_USERNAME_LENGTH)
+    cluster: str = Field(min_length=1, max_length=63)
+    local_user: str | None = Field(default=None, min_length=1, max_length=32)
+    uid: int | None = Field(default=None, ge=1, le=MAX_UID)
     expires_at: datetime | None = None
 
 

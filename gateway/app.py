@@ -21,6 +21,7 @@ from ucim.gateway.files import setup_file_routes
 from ucim.gateway.instance_proxy import InstanceProxy
 from ucim.gateway.instances import Instances
 from ucim.gateway.middlewares import VERIFIER, auth_middleware, metrics_middleware
+from ucim.gateway.provider import setup_provider_routes
 from ucim.gateway.settings import GatewaySettings
 from ucim.gateway.transfers import setup_transfer_routes
 from ucim.gateway.views import CONNECTIONS, CORE, DRIVES, INSTANCES, KUBE, PROXY, SETTINGS, setup_routes
@@ -113,4 +114,5 @@ def init_app(settings: GatewaySettings, kube: Kube | None = None) -> web.Applica
     base = f"/ucloud/{settings.provider_id}"
     setup_file_routes(app, base)
     setup_transfer_routes(app, base)
+    setup_provider_routes(app, base)
     return app

@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import jwt
 from aiohttp import web
@@ -26,6 +26,8 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.serialization import load_der_public_key, load_pem_public_key
 
 from ucim.common.protocol import decode_username
+from ucim.common.resources import MAX_USERNAME_LENGTH
+from ucim.gateway.errors import ProviderError
 
 USERNAME_HEADER = "UCloud-Username"
 USERNAME_HINT = "usernameHint"
@@ -63,6 +65,24 @@ class VerifiedTokens:
 
     def drop(self, token: str) -> None:
         self._claims.pop(token, None)
+
+
+# RFC 7519 §2: a NumericDate is a JSON number. PyJWT converts these claims with int() and so also takes
+# "1767225600" or true; Core writes numbers (core2 foundation/auth_providers.go), so anything else is refused.
+NUMERIC_DATE_CLAIMS: Final = ("exp", "nbf", "iat")
+# What else int() takes; other types PyJWT refuses itself.
+_JSON_TYPES: Final = {str: "a string", bool: "a boolean"}
+
+
+def check_claim_types(claims: dict[str, Any]) -> None:
+    """Each NumericDate claim present is a number; jwt.InvalidTokenError names the claim otherwise."""
+    for name in NUMERIC_DATE_CLAIMS:
+        if name not in claims:
+            continue
+        value = claims[name]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            found = _JSON_TYPES.get(type(value), type(value).__name__)
+            raise jwt.InvalidTokenError(f"the {name} claim must be a number of seconds (a NumericDate), not {found}")
 
 
 def check_times(claims: dict[str, Any], now: float, leeway: float) -> None:
@@ -118,6 +138,7 @@ class CoreVerifier:
             leeway=self.leeway_seconds,
             options={"require": ["exp", "iss", "sub"], "verify_aud": False},
         )
+        check_claim_types(claims)
         if claims.get("sub") != "_UCloud" or claims.get("role") != "SERVICE":
             raise AuthError("token is not a UCloud service token")
         self._verified.put(token, claims)
@@ -147,6 +168,17 @@ def acting_username(request: web.Request) -> str | None:
     if not encoded:
         return None
     try:
-        return decode_username(encoded)
+        username = decode_username(encoded)
     except ValueError as error:
         raise web.HTTPBadRequest(reason=f"invalid {USERNAME_HEADER}: {error}") from error
+    return check_username(username, USERNAME_HEADER)
+
+
+def check_username(username: str, where: str) -> str:
+    """A username this provider can keep (the CRDs' limit), or a 400 that says the limit."""
+    if len(username) > MAX_USERNAME_LENGTH:
+        raise ProviderError(
+            400,
+            f"the username in {where} is {len(username)} characters long; at most {MAX_USERNAME_LENGTH} are allowed",
+        )
+    return username

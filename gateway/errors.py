@@ -7,7 +7,9 @@ import logging
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from aiohttp.web_urldispatcher import MatchInfoError
 
+from ucim.common.kube import InvalidError
 from ucim.common.protocol import error_body
 from ucim.common.proxy_bodies import AnswerBrokenError
 
@@ -28,6 +30,26 @@ def error_response(status: int, why: str, error_code: str = "") -> web.Response:
     return web.json_response(error_body(status, why, error_code), status=status)
 
 
+def http_error_response(request: web.Request, error: web.HTTPException) -> web.Response:
+    """aiohttp's own errors in the envelope; the router's (no such path or method) say what was asked."""
+    if not isinstance(request.match_info, MatchInfoError):
+        return error_response(error.status, error.reason)
+    if isinstance(error, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(error.allowed_methods))
+        response = error_response(error.status, f"{request.method} is not allowed on {request.path}; use {allowed}")
+        response.headers["Allow"] = error.headers["Allow"]
+        return response
+    return error_response(error.status, f"this provider has no endpoint {request.method} {request.path}")
+
+
+def bad_request(request: web.Request, error: json.JSONDecodeError | InvalidError) -> web.Response:
+    if isinstance(error, json.JSONDecodeError):
+        return error_response(400, f"request body is not valid JSON: {error}")
+    # The apiserver refused what the request asked to store (a limit no check here knew): the caller's to fix.
+    log.warning("the Kubernetes API refused an object", extra={"path": request.path, "error": str(error)})
+    return error_response(400, f"this provider cannot store what was asked: {error}")
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
@@ -39,9 +61,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as error:
         if error.status < 400:
             raise
-        return error_response(error.status, error.reason)
-    except json.JSONDecodeError as error:
-        return error_response(400, f"request body is not valid JSON: {error}")
+        return http_error_response(request, error)
+    except (json.JSONDecodeError, InvalidError) as error:
+        return bad_request(request, error)
     except TimeoutError:
         # The calls that can time out here are the Kubernetes API's (ucim.common.kube bounds them).
         log.warning("a call timed out", extra={"path": request.path}, exc_info=True)

@@ -35,7 +35,7 @@ from ucim.common import splice
 from ucim.common.protocol import decode_username
 from ucim.common.proxy_bodies import is_small, pieces
 from ucim.common.splice import SocketBody, SplicedPayload
-from ucim.gateway.auth import USERNAME_HEADER, USERNAME_HINT
+from ucim.gateway.auth import USERNAME_HEADER, USERNAME_HINT, check_username
 from ucim.gateway.connections import is_connected
 from ucim.gateway.errors import ProviderError
 from ucim.gateway.instance_proxy import (
@@ -84,9 +84,10 @@ def transfer_user(request: web.Request) -> str:
     if not encoded:
         raise ProviderError(400, f"the {USERNAME_HINT} query parameter (or the {USERNAME_HEADER} header) is required")
     try:
-        return decode_username(encoded)
+        username = decode_username(encoded)
     except ValueError as error:
         raise ProviderError(400, f"invalid {USERNAME_HINT}: {error}") from error
+    return check_username(username, USERNAME_HINT)
 
 
 async def wake(request: web.Request, username: str) -> None:

@@ -47,13 +47,13 @@ from ucim.common.protocol import (
 from ucim.common.reasons import SUBMITTED
 from ucim.common.resources import UCloudJob, UserConnection, UserInstance
 from ucim.common.times import now_utc
-from ucim.gateway.auth import acting_username
+from ucim.gateway.auth import acting_username, check_username
 from ucim.gateway.connections import ConnectionRefusedError, Connections, is_connected
 from ucim.gateway.drives import HOME_DRIVE_ANNOTATION, Drives
 from ucim.gateway.errors import ProviderError
 from ucim.gateway.instance_proxy import InstanceProxy
 from ucim.gateway.instances import Instances, MappingRefusedError
-from ucim.gateway.jobs import to_ucloud_job
+from ucim.gateway.jobs import to_ucloud_job, validate_jobs
 from ucim.gateway.settings import GatewaySettings
 
 SETTINGS = web.AppKey("settings", GatewaySettings)
@@ -99,7 +99,7 @@ async def username_of(request: web.Request) -> str:
     body = await parse(request, FindByUsername)
     if not body.username:
         raise ProviderError(400, "username is required")
-    return body.username
+    return check_username(body.username, "the request body")
 
 
 def core_of(request: web.Request) -> CoreClient:
@@ -207,8 +207,9 @@ async def retrieve_manifest(request: web.Request) -> web.Response:
 async def create_jobs(request: web.Request) -> web.Response:
     # Core gives a provider call about 5 s: everything after the creates must fit the rest of the budget.
     deadline = asyncio.get_running_loop().time() + request.app[SETTINGS].core_call_budget_seconds
-    await require_ready_user(request)
+    acting_user = await require_ready_user(request)
     body = await parse(request, BulkRequest[Job])
+    validate_jobs(body.items, acting_user)
     settings, kube = request.app[SETTINGS], request.app[KUBE]
     wanted = [
         to_ucloud_job(
@@ -273,8 +274,9 @@ async def terminate_jobs(request: web.Request) -> web.Response:
     for job in body.items:
         try:
             await kube.patch(UCloudJob, settings.namespace, UCloudJob.name_for(job.id), {"spec": {"terminate": True}})
-        except NotFoundError as error:
-            raise ProviderError(404, f"unknown job {job.id}") from error
+        except NotFoundError:
+            # Nothing left to stop (never created, or already gone): done, as IM2's terminate is (slurm/compute.go).
+            log.info("terminate of a job this provider does not know", extra={"job_id": job.id})
     return ok(BulkResponse[Empty](responses=[Empty() for _ in body.items]))
 
 

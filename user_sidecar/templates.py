@@ -11,9 +11,12 @@ and the ``UCLOUD_*`` variables. Rules that keep a parameter from ever becoming c
   gives ``Markup``, which is quoted like any other string). ``{{ x | sh }}`` is the same
   quoting, for templates that want to say so.
 * **Only declared parameters, of the declared type.** :func:`bind_parameters` refuses
-  names the application does not declare, values of another type, numbers out of
-  range, text with a NUL character (no program argument can hold one), text that is
-  not valid Unicode, and text over the declared length; each with a readable message.
+  values of another type, numbers out of range, text with a NUL character (no program
+  argument can hold one), text that is not valid Unicode, and text over the declared
+  length; each with a readable message. Values of names the application does not
+  declare are dropped, as IM2 does (Core adds its own, e.g. ``ucMetricSampleRate``);
+  only ``_injected_*`` ones (IM2's convention for provider-made parameters) reach the
+  template, checked like a parameter of their own type.
 * **Directives are built here, not by templates**, from validated values: a partition
   or job name with a space, quote, ``$`` or newline is refused rather than quoted.
 
@@ -24,13 +27,14 @@ installation's files (they may live in a directory only root can enter).
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, cast, get_args
 
 import yaml
 from jinja2 import StrictUndefined, Template, TemplateError
@@ -43,6 +47,8 @@ from ucim.common.resources import ParameterValue
 from ucim.common.slurm import minutes_to_slurm_time
 
 BASE_TEMPLATE = Path(__file__).with_name("sbatch.j2")
+
+log = logging.getLogger(__name__)
 
 # Text parameters above this many bytes are refused unless the application allows more;
 # Linux limits one program argument to 128 KiB.
@@ -62,9 +68,13 @@ _RESERVED: Final = frozenset(
      "memory_mb_per_node", "gpus_per_node", "time_limit_minutes", "body"}
 )  # fmt: skip
 
+# Undeclared parameters with this prefix are kept (IM2 job_parameters.go keeps them too).
+INJECTED_PREFIX: Final = "_injected_"
+
 ParameterKind = Literal["text", "integer", "floating_point", "boolean"]
 Scalar = str | int | float | bool
 
+_SCALAR_KINDS: Final = frozenset(get_args(ParameterKind))
 _TYPE_WORDS: Final[Mapping[str, str]] = {
     "text": "text",
     "integer": "an integer",
@@ -251,13 +261,7 @@ def _check_number(name: str, spec: ParameterSpec, value: float) -> float:
 
 
 def bind_parameters(app: ApplicationSpec, given: Mapping[str, ParameterValue]) -> dict[str, Scalar | None]:
-    """The template's variables: each declared parameter, checked, or its default."""
-    unknown = sorted(set(given) - set(app.parameters))
-    if unknown:
-        takes = ", ".join(app.parameters) or "no parameters"
-        raise InvalidJobError(
-            f"application {app.name}@{app.version} has no parameter {', '.join(map(repr, unknown))} (it takes: {takes})"
-        )
+    """The template's variables: each declared parameter, checked, or its default; then the ``_injected_*`` values."""
     bound: dict[str, Scalar | None] = {}
     for name, spec in app.parameters.items():
         parameter = given.get(name)
@@ -269,7 +273,24 @@ def bind_parameters(app: ApplicationSpec, given: Mapping[str, ParameterValue]) -
         if parameter.type != spec.type:
             raise InvalidJobError(f"parameter {name!r} must be of type {spec.type}, not {parameter.type}")
         bound[name] = _check_value(name, spec, parameter.value)
+    undeclared = {name: value for name, value in given.items() if name not in app.parameters}
+    bound.update(_injected(undeclared))
+    dropped = sorted(set(undeclared) - set(bound))
+    if dropped:
+        # Core adds parameters of its own to every job (ucMetricSampleRate); IM2 drops them too.
+        application = f"{app.name}@{app.version}"
+        log.debug("undeclared parameters dropped", extra={"application": application, "dropped": dropped})
     return bound
+
+
+def _injected(undeclared: Mapping[str, ParameterValue]) -> dict[str, Scalar]:
+    """The ``_injected_*`` values of a scalar type, checked as an optional parameter of that type."""
+    kept: dict[str, Scalar] = {}
+    for name, parameter in undeclared.items():
+        if name.startswith(INJECTED_PREFIX) and parameter.type in _SCALAR_KINDS and parameter.value is not None:
+            spec = ParameterSpec(type=cast(ParameterKind, parameter.type), optional=True)
+            kept[name] = _check_value(name, spec, parameter.value)
+    return kept
 
 
 # --- the script ------------------------------------------------------------------

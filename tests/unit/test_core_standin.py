@@ -372,6 +372,7 @@ async def test_user_not_ready_leads_to_init_and_a_retry(core: CoreStandIn, provi
     received = Job.model_validate(provider.received_jobs[0])
     assert received == job
     assert received.specification.parameters == {
+        "ucMetricSampleRate": AppParameterValue.text("0ms"),
         "message": AppParameterValue.text("hello"),
         "count": AppParameterValue.integer(3),
     }
@@ -413,6 +414,24 @@ async def test_retrieve_products_reads_the_support_flags(core: CoreStandIn, prov
     assert support.native.logs is False
 
 
+async def test_a_poll_round_asks_what_core_asks_without_a_user(core: CoreStandIn, provider: FakeProvider) -> None:
+    async with core:
+        statuses = await core.poll_provider()
+    assert list(statuses) == [
+        "integration/retrieveManifest",
+        "files/collections/retrieveProducts",
+        "jobs/retrieveProducts",
+        "ingresses/retrieveProducts",
+        "networkips/retrieveProducts",
+        "licenses/retrieveProducts",
+        "private-networks/retrieveProducts",
+        "provider/branding/retrieveInfo",
+    ]
+    # The fake provider serves only the jobs' products (and checks there is no user); a failed poll is reported.
+    assert {path for path, status in statuses.items() if status == 200} == {"jobs/retrieveProducts"}
+    assert provider.init_calls == []
+
+
 def test_make_job_builds_what_core_sends(core: CoreStandIn) -> None:
     job = core.make_job("9", "alice", ("jupyter", "4.0"), {"verbose": True}, project="p-1")
     wire = dump(job)
@@ -426,6 +445,19 @@ def test_make_job_builds_what_core_sends(core: CoreStandIn) -> None:
     assert wire["status"]["resolvedSupport"]["support"]["native"] == {"enabled": True, "logs": True}
     assert wire["status"]["jobParametersJson"]["request"]["application"] == {"name": "jupyter", "version": "4.0"}
     assert isinstance(wire["createdAt"], int)
+
+
+def test_make_job_adds_cores_own_parameter_as_core_does(core: CoreStandIn) -> None:
+    """Core adds ucMetricSampleRate after storing the request; no application declares it; a user's value stays."""
+    wire = dump(core.make_job("9", "alice", parameters={"verbose": True}))
+    added = wire["specification"]["parameters"]["ucMetricSampleRate"]
+    assert (added["type"], added["value"]) == ("text", "0ms")
+    assert set(wire["status"]["jobParametersJson"]["request"]["parameters"]) == {"verbose"}
+    declared = wire["status"]["resolvedApplication"]["invocation"]["parameters"]
+    assert [p["name"] for p in declared] == ["verbose"]
+    chosen = core.make_job("9", "alice", parameters={"ucMetricSampleRate": "1000ms"})
+    assert chosen.specification.parameters is not None
+    assert chosen.specification.parameters["ucMetricSampleRate"].value == "1000ms"
 
 
 # --- as a process -------------------------------------------------------------

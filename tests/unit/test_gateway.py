@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import typing
 from typing import Any
 
@@ -12,13 +13,13 @@ from pydantic import SecretStr
 from pytest_aiohttp import AiohttpClient
 
 from tests.support.fake_kube import FakeKube, play_instance_bridge
-from ucim.common.kube import Kube
-from ucim.common.protocol import dump, encode_username
-from ucim.common.resources import UCloudJob, UserInstance
+from ucim.common.kube import InvalidError, Kube
+from ucim.common.protocol import BulkResponse, Empty, Job, JobSupport, SimpleDuration, dump, encode_username
+from ucim.common.resources import MAX_NODES, MAX_TIME_LIMIT_MINUTES, MAX_USERNAME_LENGTH, UCloudJob, UserInstance
 from ucim.gateway.app import init_app
 from ucim.gateway.settings import GatewaySettings
 from ucim.testing import CoreStandIn
-from ucim.testing.core_standin import CoreKeys, token_claims, unsigned_token
+from ucim.testing.core_standin import POLLED_PATHS, CoreKeys, token_claims, unsigned_token
 
 PROVIDER = "ucim"
 NAMESPACE = "ucim"
@@ -78,8 +79,9 @@ async def test_probes_and_metrics_need_no_token(client: TestClient[Any, Any]) ->
         lambda core: core.mint_service_token(role="USER"),
         lambda core: core.mint_service_token(issuer="evil.example"),
         lambda core: unsigned_token(token_claims(subject="_UCloud", role="SERVICE", principal_type="service")),
+        lambda core: core.mint_service_token(extra_claims={"exp": str(int(time.time()) + 600)}),
     ],
-    ids=["empty", "garbage", "wrong-key", "expired", "wrong-sub", "wrong-role", "wrong-issuer", "alg-none"],
+    ids=["empty", "garbage", "wrong-key", "expired", "wrong-sub", "wrong-role", "wrong-issuer", "alg-none", "exp-text"],
 )
 async def test_bad_tokens_get_401_with_a_reason(client: TestClient[Any, Any], core: CoreStandIn, forge: Any) -> None:
     response = await client.get(
@@ -88,6 +90,29 @@ async def test_bad_tokens_get_401_with_a_reason(client: TestClient[Any, Any], co
     assert response.status == 401
     body = await response.json()
     assert body["statusCode"] == 401 and body["why"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "why"),
+    [
+        ("GET", f"/ucloud/{PROVIDER}/shares/retrieveProducts", 404, f"no endpoint GET /ucloud/{PROVIDER}/shares/"),
+        ("POST", f"/ucloud/{PROVIDER}/nope", 404, f"no endpoint POST /ucloud/{PROVIDER}/nope"),
+        ("GET", "/ucloud/another-provider/jobs/retrieveProducts", 404, "no endpoint GET /ucloud/another-provider/"),
+        ("POST", f"/ucloud/{PROVIDER}/jobs/retrieveProducts", 405, "POST is not allowed on /ucloud/ucim/jobs/"),
+        ("DELETE", f"/ucloud/{PROVIDER}/jobs", 405, "; use POST"),
+    ],
+)
+async def test_unknown_endpoints_answer_in_the_error_envelope(
+    client: TestClient[Any, Any], core: CoreStandIn, *, method: str, path: str, status: int, why: str
+) -> None:
+    response = await client.request(method, path, headers=headers(core, "alice"), json={})
+    assert response.status == status
+    assert response.content_type == "application/json"
+    body = await response.json()
+    assert set(body) == {"statusCode", "why", "errorCode", "detailedCode"}
+    assert body["statusCode"] == status and why in body["why"]
+    if status == 405:
+        assert response.headers["Allow"]
 
 
 async def test_username_header_without_jwt_is_refused(client: TestClient[Any, Any]) -> None:
@@ -104,6 +129,43 @@ async def test_retrieve_products_lists_the_machine_types(client: TestClient[Any,
     assert {s["product"]["id"] for s in supports} == {"cpu-1", "cpu-2", "short-1"}
     assert supports[0]["native"] == {"enabled": True}
     assert supports[0]["docker"] == {}
+
+
+@pytest.mark.parametrize("resource_type", ["ingresses", "networkips", "licenses", "private-networks"])
+async def test_types_not_offered_list_no_products(
+    client: TestClient[Any, Any], core: CoreStandIn, resource_type: str
+) -> None:
+    response = await client.get(f"/ucloud/{PROVIDER}/{resource_type}/retrieveProducts", headers=headers(core))
+    assert response.status == 200
+    # What Go writes for an empty BulkResponse (omitempty), as IM2 answers; Core reads no products.
+    assert await response.json() == {}
+    assert BulkResponse[JobSupport].model_validate({}).responses == []
+
+
+async def test_the_branding_is_the_protocols_shape(client: TestClient[Any, Any], core: CoreStandIn) -> None:
+    response = await client.get(f"/ucloud/{PROVIDER}/provider/branding/retrieveInfo", headers=headers(core))
+    assert response.status == 200
+    assert await response.json() == {
+        "id": PROVIDER,
+        "title": PROVIDER,
+        "shortTitle": PROVIDER,
+        "shortDescription": "",
+        "description": "",
+        "url": "",
+        "logo": None,
+        "sections": [],
+        "productDescription": [],
+    }
+
+
+async def test_every_poll_of_core_is_answered(client: TestClient[Any, Any], core: CoreStandIn) -> None:
+    """Core polls these every 10 s; none may fail (the real Core saw four 404s and a branding 404)."""
+    core.provider_url = str(client.make_url("/"))
+    async with core:
+        statuses = await core.poll_provider()
+        branding = await core.retrieve_branding()
+    assert statuses == dict.fromkeys(POLLED_PATHS, 200)
+    assert branding.id == PROVIDER
 
 
 async def test_user_without_a_ready_instance_gets_449(client: TestClient[Any, Any], core: CoreStandIn) -> None:
@@ -227,7 +289,156 @@ async def test_terminate_marks_the_job(client: TestClient[Any, Any], core: CoreS
     assert stored is not None and stored.spec.terminate is True
 
 
+async def test_terminating_a_job_the_provider_does_not_know_is_done(
+    client: TestClient[Any, Any], core: CoreStandIn, kube: FakeKube
+) -> None:
+    """IM2 answers 200 when the job is gone from Slurm; Core must not see a failure for a job that cannot run."""
+    await make_ready(kube, "alice")
+    known, unknown = core.make_job("77", "alice"), core.make_job("78", "alice")
+    await client.post(f"/ucloud/{PROVIDER}/jobs", headers=headers(core, "alice"), json={"items": [dump(known)]})
+    response = await client.post(
+        f"/ucloud/{PROVIDER}/jobs/terminate",
+        headers=headers(core, "alice"),
+        json={"items": [dump(unknown), dump(known)]},
+    )
+    assert response.status == 200
+    assert BulkResponse[Empty].model_validate(await response.json()).responses == [Empty(), Empty()]
+    stored = await kube.get(UCloudJob, NAMESPACE, UCloudJob.name_for("77"))
+    assert stored is not None and stored.spec.terminate is True
+    assert await kube.get(UCloudJob, NAMESPACE, UCloudJob.name_for("78")) is None
+
+
 async def test_extension_is_refused_in_words(client: TestClient[Any, Any], core: CoreStandIn) -> None:
     response = await client.post(f"/ucloud/{PROVIDER}/jobs/extend", headers=headers(core), json={"items": []})
     assert response.status == 400
     assert "not supported" in (await response.json())["why"]
+
+
+# --- what a job may ask for: checked before anything is written -------------------------------------------
+
+
+async def post_job(client: TestClient[Any, Any], core: CoreStandIn, job: Job, username: str | None = "alice") -> Any:
+    return await client.post(f"/ucloud/{PROVIDER}/jobs", headers=headers(core, username), json={"items": [dump(job)]})
+
+
+def stored_jobs(kube: FakeKube) -> list[Any]:
+    return [key for key in kube.objects if key[0] == "ucloudjobs"]
+
+
+@pytest.mark.parametrize(
+    ("allocation", "why"),
+    [
+        (SimpleDuration(hours=-1), "time allocation of -1 h 0 min 0 s; it must be positive"),
+        (SimpleDuration(hours=1, minutes=-60), "time allocation of 1 h -60 min 0 s; it must be positive"),
+        (SimpleDuration(hours=0), "it must be positive"),
+        (SimpleDuration(hours=10**30), f"at most {MAX_TIME_LIMIT_MINUTES} (about 68 years"),
+        (SimpleDuration(hours=10**400), f"at most {MAX_TIME_LIMIT_MINUTES}"),
+        (SimpleDuration(minutes=MAX_TIME_LIMIT_MINUTES, seconds=1), f"{MAX_TIME_LIMIT_MINUTES + 1} minutes; at most"),
+    ],
+    ids=["negative", "negative-total", "zero", "huge", "beyond-floats", "one-minute-over"],
+)
+async def test_time_allocations_slurm_cannot_take_are_a_readable_400(
+    client: TestClient[Any, Any], core: CoreStandIn, kube: FakeKube, allocation: SimpleDuration, why: str
+) -> None:
+    await make_ready(kube, "alice")
+    response = await post_job(client, core, core.make_job("1", "alice", time_allocation=allocation))
+    assert response.status == 400
+    assert why in (await response.json())["why"]
+    assert not stored_jobs(kube)
+
+
+async def test_the_longest_time_limit_slurm_takes_is_kept(
+    client: TestClient[Any, Any], core: CoreStandIn, kube: FakeKube
+) -> None:
+    await make_ready(kube, "alice")
+    job = core.make_job("1", "alice", time_allocation=SimpleDuration(minutes=MAX_TIME_LIMIT_MINUTES))
+    assert (await post_job(client, core, job)).status == 200
+    stored = await kube.get(UCloudJob, NAMESPACE, UCloudJob.name_for("1"))
+    assert stored is not None and stored.spec.resources.time_limit_minutes == MAX_TIME_LIMIT_MINUTES
+
+
+async def test_more_nodes_than_the_crd_allows_is_a_readable_400(
+    client: TestClient[Any, Any], core: CoreStandIn, kube: FakeKube
+) -> None:
+    await make_ready(kube, "alice")
+    response = await post_job(client, core, core.make_job("1", "alice", replicas=MAX_NODES + 1))
+    assert response.status == 400
+    assert f"asks for {MAX_NODES + 1} nodes; from 1 to {MAX_NODES} are allowed" in (await response.json())["why"]
+    assert not stored_jobs(kube)
+
+
+async def test_a_value_beyond_a_crd_limit_is_a_400_before_the_apiserver_sees_it(
+    client: TestClient[Any, Any], core: CoreStandIn, kube: FakeKube
+) -> None:
+    await make_ready(kube, "alice")
+    response = await post_job(client, core, core.make_job("1", "alice", project="p" * 257))
+    assert response.status == 400
+    why = (await response.json())["why"]
+    assert "Job 1 cannot be stored: UCloudJobSpec project: String should have at most 256 characters" in why
+    assert not stored_jobs(kube)
+
+
+async def test_an_apiserver_refusal_is_a_400_with_its_message(
+    client: TestClient[Any, Any], core: CoreStandIn, kube: FakeKube, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def refuse(*_: object) -> None:
+        raise InvalidError('UCloudJob.ucim.io "x" is invalid: spec.owner: Too long: may not be longer than 256')
+
+    await make_ready(kube, "alice")
+    monkeypatch.setattr(kube, "create", refuse)
+    response = await post_job(client, core, core.make_job("1", "alice"))
+    assert response.status == 400
+    assert "spec.owner: Too long: may not be longer than 256" in (await response.json())["why"]
+
+
+async def test_a_job_whose_owner_is_not_the_acting_user_is_refused(
+    client: TestClient[Any, Any], core: CoreStandIn, kube: FakeKube
+) -> None:
+    """Core starts a job as its creator (owner.createdBy) and acts for that same user; a mismatch runs as neither."""
+    await make_ready(kube, "alice")
+    response = await post_job(client, core, core.make_job("1", "bob"), username="alice")
+    assert response.status == 400
+    assert "Job 1 belongs to 'bob' but the request acts for 'alice'" in (await response.json())["why"]
+    assert not stored_jobs(kube)
+
+
+# --- usernames: the CRDs keep at most 256 characters ---------------------------------------------------
+
+
+LONG_NAME = "a" * (MAX_USERNAME_LENGTH + 1)
+
+
+@pytest.mark.parametrize("operation", ["init", "connect", "unlinked"])
+async def test_an_over_long_username_in_integration_calls_is_a_readable_400(
+    client: TestClient[Any, Any], core: CoreStandIn, kube: FakeKube, operation: str
+) -> None:
+    response = await client.post(
+        f"/ucloud/{PROVIDER}/integration/{operation}", headers=headers(core), json={"username": LONG_NAME}
+    )
+    assert response.status == 400
+    why = (await response.json())["why"]
+    assert f"is {MAX_USERNAME_LENGTH + 1} characters long; at most {MAX_USERNAME_LENGTH} are allowed" in why
+    assert not kube.objects
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", "jobs"), ("POST", "jobs/terminate"), ("POST", "files/browse"), ("POST", "files/upload")],
+)
+async def test_an_over_long_acting_user_is_a_400_not_449(
+    client: TestClient[Any, Any], core: CoreStandIn, kube: FakeKube, method: str, path: str
+) -> None:
+    response = await client.request(
+        method, f"/ucloud/{PROVIDER}/{path}", headers=headers(core, LONG_NAME), json={"items": []}
+    )
+    assert response.status == 400
+    assert "The username in UCloud-Username is 257 characters long" in (await response.json())["why"]
+    assert not kube.objects
+
+
+async def test_an_over_long_transfer_user_is_a_readable_400(client: TestClient[Any, Any]) -> None:
+    response = await client.get(
+        f"/ucloud/{PROVIDER}/download", params={"token": "t", "usernameHint": encode_username(LONG_NAME)}
+    )
+    assert response.status == 400
+    assert "The username in usernameHint is 257 characters long" in (await response.json())["why"]

@@ -120,6 +120,29 @@ def test_a_cached_token_is_checked_against_nbf_and_iat_too(keys: CoreKeys, clock
 
 
 @pytest.mark.parametrize(
+    ("claims", "why"),
+    [
+        ({"exp": "{soon}"}, "the exp claim must be a number of seconds (a NumericDate), not a string"),
+        ({"nbf": "0"}, "the nbf claim must be a number of seconds (a NumericDate), not a string"),
+        ({"iat": True}, "the iat claim must be a number of seconds (a NumericDate), not a boolean"),
+        # What int() cannot convert, PyJWT refuses itself.
+        ({"exp": "tomorrow"}, "Expiration Time claim (exp) must be an integer."),
+        ({"nbf": None}, "Not Before claim (nbf) must be an integer."),
+    ],
+)
+def test_numeric_date_claims_must_be_numbers(keys: CoreKeys, clock: Clock, claims: dict[str, Any], why: str) -> None:
+    soon = str(int(time.time()) + 600)
+    forged = {name: soon if value == "{soon}" else value for name, value in claims.items()}
+    assert refusal(verifier_for(keys, clock), bearer(keys, **forged)) == f"invalid token: {why}"
+
+
+def test_numeric_dates_may_have_fractions(keys: CoreKeys, clock: Clock) -> None:
+    """RFC 7519 allows non-integer NumericDates."""
+    now = time.time()
+    assert verifier_for(keys, clock).verify(bearer(keys, iat=now - 1.5, nbf=now - 1.5, exp=now + 600.5))
+
+
+@pytest.mark.parametrize(
     "forge",
     [
         lambda keys: bearer(CoreKeys.generate()),

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import typing
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
 import yaml
@@ -54,6 +55,54 @@ def test_models_match_crd_schemas(model: type[UCloudJob] | type[UserInstance] | 
         inner = nested_model(model.model_fields[part].annotation)
         assert inner is not None
         assert_same_fields(inner, schema["properties"][part], f"{model.KIND}.{part}")
+
+
+# CRD keywords and the pydantic constraint that says the same.
+_SCHEMA_BOUNDS = {"minimum": "ge", "maximum": "le", "minLength": "min_length", "maxLength": "max_length",
+                  "maxItems": "max_length", "maxProperties": "max_length"}  # fmt: skip
+
+
+def schema_bounds(schema: dict[str, Any]) -> dict[str, int]:
+    return {_SCHEMA_BOUNDS[key]: value for key, value in schema.items() if key in _SCHEMA_BOUNDS}
+
+
+def metadata_bounds(metadata: Iterable[Any]) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for item in metadata:
+        for inner in getattr(item, "metadata", [item]):  # a Field() inside Annotated carries its own metadata
+            found |= {name: getattr(inner, name) for name in set(_SCHEMA_BOUNDS.values()) if hasattr(inner, name)}
+    return found
+
+
+def item_bounds(annotation: Any) -> dict[str, int]:
+    """The bounds of the items of a list[...] (or list[...] | None) annotation."""
+    for arg in (annotation, *typing.get_args(annotation)):
+        if typing.get_origin(arg) is list:
+            (item,) = typing.get_args(arg)
+            return metadata_bounds(typing.get_args(item)[1:]) if typing.get_origin(item) is Annotated else {}
+    return {}
+
+
+def assert_same_bounds(model: type[BaseModel], schema: dict[str, Any], where: str) -> None:
+    properties = schema.get("properties", {})
+    for name, field in model.model_fields.items():
+        alias = field.alias or name
+        prop = properties[alias]
+        assert metadata_bounds(field.metadata) == schema_bounds(prop), f"{where}.{alias}: model and CRD disagree"
+        items = prop.get("items", {})
+        if items.get("type") not in (None, "object"):
+            assert item_bounds(field.annotation) == schema_bounds(items), f"{where}.{alias}[]: model and CRD disagree"
+        inner = nested_model(field.annotation)
+        if inner is not None:
+            assert_same_bounds(inner, prop.get("additionalProperties", prop.get("items", prop)), f"{where}.{alias}")
+
+
+@pytest.mark.parametrize("model", [UCloudJob, UserInstance, UserConnection])
+def test_specs_have_the_crd_limits(model: type[UCloudJob] | type[UserInstance] | type[UserConnection]) -> None:
+    """What the gateway writes is checked before it reaches the apiserver, so its refusal is never the first."""
+    spec = nested_model(model.model_fields["spec"].annotation)
+    assert spec is not None
+    assert_same_bounds(spec, crd_schema(model.PLURAL)["properties"]["spec"], f"{model.KIND}.spec")
 
 
 @pytest.mark.parametrize("model", [UCloudJob, UserInstance, UserConnection])

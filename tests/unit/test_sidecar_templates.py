@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shlex
 from pathlib import Path
 from typing import Any
@@ -156,13 +157,37 @@ def test_job_ids_that_are_not_folder_names_are_refused(job_id: str) -> None:
         (command(5, "integer"), "must be of type text"),
         (command(5), "must be text, not int"),
         (command(["a"]), "must be text, not list"),
-        ({**command("true"), "extra": {"type": "text", "value": "x"}}, "has no parameter 'extra'"),
         ({}, "parameter 'command' of run-command@1 is required"),
     ],
 )
 def test_bad_run_command_parameters_are_refused(parameters: dict[str, Any], why: str) -> None:
     with pytest.raises(InvalidJobError, match=why):
         render_script(CATALOGUE, request(parameters=parameters), FOLDER)
+
+
+def test_parameters_the_application_does_not_declare_are_dropped(caplog: pytest.LogCaptureFixture) -> None:
+    """Core adds ``ucMetricSampleRate`` to every job; like IM2, undeclared names are left out, not refused."""
+    given = {**command("true"), "ucMetricSampleRate": {"type": "text", "value": "0ms"}, "x": {"type": "file"}}
+    with caplog.at_level(logging.DEBUG, logger="ucim.user_sidecar.templates"):
+        script = render_script(CATALOGUE, request(parameters=given), FOLDER)
+    assert "ucMetricSampleRate" not in script and "0ms" not in script
+    assert shlex.split(body_of(script))[-1] == "true"
+    (record,) = [r for r in caplog.records if r.getMessage() == "undeclared parameters dropped"]
+    assert record.__dict__["dropped"] == ["ucMetricSampleRate", "x"]
+
+
+def test_injected_parameters_reach_the_template_checked_like_their_type() -> None:
+    compiled = parse_catalogue(catalogue("echo {{ _injected_account }} {{ x }}"), BASE_TEMPLATE.read_text())
+    given = {
+        "x": {"type": "text", "value": "a"},
+        "_injected_account": {"type": "text", "value": "$(id)"},
+        "_injected_modules": {"type": "modules", "modules": ["gcc"]},
+    }
+    script = render_script(compiled, request("t", parameters=given), FOLDER)
+    assert shlex.split(body_of(script)) == ["echo", "$(id)", "a"]
+    given["_injected_account"] = {"type": "text", "value": "a\x00b"}
+    with pytest.raises(InvalidJobError, match="'_injected_account' holds a NUL"):
+        render_script(compiled, request("t", parameters=given), FOLDER)
 
 
 def test_sleep_exit_takes_defaults_and_checks_numbers() -> None:

@@ -79,6 +79,7 @@ from ucim.common.protocol import (
     ProductCategory,
     ProductReference,
     ProductV2,
+    ProviderBranding,
     ProviderFile,
     ProviderRegisteredResource,
     RefreshTokenItem,
@@ -110,6 +111,17 @@ USER_NOT_READY_STATUSES = frozenset({449, 503})
 INIT_RETRY_ATTEMPTS = 5
 INIT_RETRY_DELAY_SECONDS = 0.5
 PROVIDER_CALL_TIMEOUT_SECONDS = 5.0
+# What Core asks every provider every 10 s, without a user (core2 orchestrator/features.go, provider_brandings.go).
+POLLED_PATHS = (
+    "integration/retrieveManifest",
+    "files/collections/retrieveProducts",
+    "jobs/retrieveProducts",
+    "ingresses/retrieveProducts",
+    "networkips/retrieveProducts",
+    "licenses/retrieveProducts",
+    "private-networks/retrieveProducts",
+    "provider/branding/retrieveInfo",
+)
 # The web client's CHUNKED chunk size (frontend-web Files/Upload.ts maxChunkSize).
 WEB_CLIENT_CHUNK_BYTES = 16_000_000
 
@@ -609,6 +621,14 @@ class CoreStandIn:
         response = await self.call_provider("GET", "jobs/retrieveProducts")
         return _parse_ok(response, BulkResponse[JobSupport]).responses
 
+    async def poll_provider(self) -> dict[str, int]:
+        """One round of the polls Core makes of every provider (``POLLED_PATHS``): each answer's status, by path."""
+        return {path: (await self.call_provider("GET", path)).status for path in POLLED_PATHS}
+
+    async def retrieve_branding(self) -> ProviderBranding:
+        response = await self.call_provider("GET", "provider/branding/retrieveInfo")
+        return _parse_ok(response, ProviderBranding)
+
     async def connect(self, username: str) -> ConnectResponse:
         response = await self.call_provider("POST", "integration/connect", dump(FindByUsername(username=username)))
         return _parse_ok(response, ConnectResponse)
@@ -813,6 +833,12 @@ def _parse_ok(response: ProviderResponse, model: type[M]) -> M:
 
 ParameterInput = AppParameterValue | str | bool | int | float
 
+# Core adds this parameter to every job it sends, declared by no application; its value is
+# "0ms" unless the user turned job reports on (then "250ms" or the user's rate) and is kept
+# when the user set it (core2 orchestrator/job.go, jobMetricSampleRateParam).
+METRIC_SAMPLE_RATE = "ucMetricSampleRate"
+METRIC_SAMPLE_RATE_OFF = "0ms"
+
 # The ApplicationParameter type that takes each value type (VerifyParameterType).
 _PARAMETER_TYPE_FOR_VALUE = {
     "text": "text",
@@ -921,6 +947,7 @@ def make_job(
         app_ref = NameAndVersion(name=application[0], version=application[1])
     product = product or ProductReference(id="cpu-1", category="cpu", provider=provider)
     values = {key: as_parameter_value(value) for key, value in (parameters or {}).items()}
+    declared = {key: value for key, value in values.items() if key != METRIC_SAMPLE_RATE}
     time_allocation = time_allocation or SimpleDuration(hours=1)
     resolved_product = resolved_product or compute_product(product)
     support = JobSupport(product=product, native=UniversalBackendSupport(enabled=True, logs=True))
@@ -934,6 +961,9 @@ def make_job(
         resources=list(resources) if resources is not None else None,
         time_allocation=time_allocation,
     )
+    exported = _exported_parameters(specification, resolved_product, support)
+    # Core adds its own parameter after it stored the user's request (core2 job.go JobCreate).
+    specification.parameters = {METRIC_SAMPLE_RATE: AppParameterValue.text(METRIC_SAMPLE_RATE_OFF)} | values
     return Job(
         id=job_id,
         created_at=created_at if created_at is not None else now_ms(),
@@ -941,8 +971,8 @@ def make_job(
         specification=specification,
         status=JobStatus(
             state=JobState.IN_QUEUE,
-            job_parameters_json=_exported_parameters(specification, resolved_product, support),
-            resolved_application=resolved_application or default_application(app_ref, values, time_allocation),
+            job_parameters_json=exported,
+            resolved_application=resolved_application or default_application(app_ref, declared, time_allocation),
             resolved_product=resolved_product,
             resolved_support=ResolvedSupport[JobSupport](product=resolved_product, support=support, features=[]),
         ),

@@ -58,7 +58,8 @@ def _translate(error: ApiException) -> Exception:
         return ConflictError(error.reason)
     if error.status == 410:
         return GoneError(error.reason)
-    if error.status == 422:
+    if error.status in (400, 422):
+        # A body the apiserver cannot take (422: invalid; 400: e.g. a field of the wrong type): its words say why.
         return InvalidError(_api_message(error))
     return error
 

@@ -23,6 +23,7 @@ from ucim.common.resources import (
     ProductRef,
     UCloudJob,
     UCloudJobSpec,
+    cluster_labels,
 )
 from ucim.gateway.auth import check_username
 from ucim.gateway.errors import ProviderError
@@ -112,7 +113,7 @@ def to_ucloud_job(
 def _resource(job: Job, namespace: str, cluster: str, provider_id: str, machine: MachineType) -> UCloudJob:
     spec = job.specification
     return UCloudJob(
-        metadata=ObjectMeta(name=UCloudJob.name_for(job.id), namespace=namespace, labels={"ucim.io/cluster": cluster}),
+        metadata=ObjectMeta(name=UCloudJob.name_for(job.id), namespace=namespace, labels=cluster_labels(cluster)),
         spec=UCloudJobSpec(
             job_id=job.id,
             owner=job.owner.created_by,

@@ -18,6 +18,7 @@ from typing import Any, Final, Generic, Literal, Self, TypeVar
 from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from ucim.common.ownership import Component, check_writer
 from ucim.common.resources import _Resource
 
 R = TypeVar("R", bound=_Resource)
@@ -91,14 +92,17 @@ class Kube:
         api_client: client.ApiClient,
         request_timeout: float = REQUEST_TIMEOUT_SECONDS,
         watch_grace: float = WATCH_GRACE_SECONDS,
+        component: Component | None = None,
     ) -> None:
         self._api_client = api_client
+        # Whose writes these are: a status field the component does not own is refused (ucim.common.ownership).
+        self._component = component
         self._custom = client.CustomObjectsApi(api_client)
         self._request_timeout = request_timeout
         self._watch_grace = watch_grace
 
     @classmethod
-    async def connect(cls, kubeconfig: str | None = None) -> Self:
+    async def connect(cls, kubeconfig: str | None = None, *, component: Component | None = None) -> Self:
         """In a pod, the service account; elsewhere the kubeconfig (or $KUBECONFIG)."""
         configuration = client.Configuration()
         in_cluster = kubeconfig is None and "KUBECONFIG" not in os.environ and "KUBERNETES_SERVICE_HOST" in os.environ
@@ -108,7 +112,7 @@ class Kube:
             await config.load_kube_config(
                 config_file=kubeconfig or os.environ.get("KUBECONFIG"), client_configuration=configuration
             )
-        return cls(client.ApiClient(configuration))
+        return cls(client.ApiClient(configuration), component=component)
 
     async def close(self) -> None:
         await self._api_client.close()
@@ -184,6 +188,7 @@ class Kube:
         (ConflictError otherwise): the way to replace a list another component may have
         changed since it was read.
         """
+        self._check_writer(kind, status)
         body: dict[str, Any] = {"status": status}
         if resource_version is not None:
             body["metadata"] = {"resourceVersion": resource_version}
@@ -204,6 +209,7 @@ class Kube:
         sent are this manager's: two components can each own one condition of the same
         object without reading it first and without overwriting each other.
         """
+        self._check_writer(kind, status)
         body = {"apiVersion": kind.api_version(), "kind": kind.KIND, "metadata": {"name": name}, "status": status}
         try:
             obj = await self._custom.patch_namespaced_custom_object_status(
@@ -212,6 +218,10 @@ class Kube:
         except ApiException as error:
             raise _translate(error) from error
         return kind.from_obj(obj)
+
+    def _check_writer(self, kind: type[R], status: dict[str, Any]) -> None:
+        if self._component is not None:
+            check_writer(self._component, kind.KIND, status)
 
     async def delete(self, kind: type[R], namespace: str, name: str) -> None:
         try:

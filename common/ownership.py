@@ -26,21 +26,23 @@ FIELD_MANAGERS: Final[dict[Component, str]] = {
 STATUS_OWNERS: Final[dict[tuple[str, str], tuple[Component, ...]]] = {
     # UCloudJob: the operator submits and reports; the bridge watches Slurm.
     ("UCloudJob", "conditions"): ("operator",),
+    ("UCloudJob", "observedGeneration"): ("operator",),
     ("UCloudJob", "reportedTransitions"): ("operator",),
     ("UCloudJob", "slurmJobId"): ("operator",),
     ("UCloudJob", "submittedAt"): ("operator",),
     ("UCloudJob", "jobFolder"): ("operator",),
     ("UCloudJob", "providerGeneratedId"): ("operator",),
     ("UCloudJob", "slurmState"): ("bridge",),
-    ("UCloudJob", "reason"): ("bridge",),
     ("UCloudJob", "nodeList"): ("bridge",),
     ("UCloudJob", "exitCode"): ("bridge",),
     ("UCloudJob", "startedAt"): ("bridge",),
     ("UCloudJob", "endedAt"): ("bridge",),
     # The operator writes the first entry (before Slurm has the job: IN_QUEUE, or the end of a
     # job Slurm never got), the bridge every later one; both with a resourceVersion precondition.
+    # ``reason`` is why the job ended without Slurm (the operator's) or Slurm's own reason (the bridge's).
     ("UCloudJob", "state"): ("operator", "bridge"),
     ("UCloudJob", "transitions"): ("operator", "bridge"),
+    ("UCloudJob", "reason"): ("operator", "bridge"),
     # UserInstance: the bridge has the process in front of it; nobody else writes its status.
     ("UserInstance", "conditions"): ("bridge",),
     ("UserInstance", "observedGeneration"): ("bridge",),
@@ -54,3 +56,29 @@ STATUS_OWNERS: Final[dict[tuple[str, str], tuple[Component, ...]]] = {
     ("UserConnection", "conditions[Connected]"): ("gateway",),
     ("UserConnection", "conditions[Mapped]"): ("bridge",),
 }
+
+# Kinds whose conditions are owned one type at a time (each owner applies only its own).
+_CONDITIONS_BY_TYPE: Final = frozenset({"UserConnection"})
+
+
+class OwnershipError(Exception):
+    """A component wrote a status field that is not its own: a bug, refused before it reaches the apiserver."""
+
+
+def written_fields(kind: str, status: dict[str, object]) -> list[str]:
+    """The fields of :data:`STATUS_OWNERS` that a status write of ``kind`` touches."""
+    fields: list[str] = []
+    for key, value in status.items():
+        if key == "conditions" and kind in _CONDITIONS_BY_TYPE and isinstance(value, list):
+            fields.extend(f"conditions[{c.get('type')}]" for c in value if isinstance(c, dict))
+        else:
+            fields.append(key)
+    return fields
+
+
+def check_writer(component: Component, kind: str, status: dict[str, object]) -> None:
+    """Refuse a status write by ``component`` of a field it does not own."""
+    for field in written_fields(kind, status):
+        owners = STATUS_OWNERS.get((kind, field), ())
+        if component not in owners:
+            raise OwnershipError(f"{component} may not write {kind} status.{field} (owners: {', '.join(owners)})")

@@ -40,7 +40,7 @@ def core_verifier(settings: GatewaySettings) -> CoreVerifier:
 async def kubernetes(app: web.Application) -> AsyncIterator[None]:
     """The Kubernetes client lives as long as the application, and so does the watch of the bridges' Leases."""
     settings = app[SETTINGS]
-    kube = await Kube.connect(settings.kubeconfig)
+    kube = await Kube.connect(settings.kubeconfig, component="gateway")
     use_kube(app, kube)
     leases = app[INSTANCES].leases = Informer(
         kube, Lease, settings.namespace, label_selector=cluster_selector(settings.cluster)

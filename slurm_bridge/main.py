@@ -81,7 +81,7 @@ async def serve(settings: BridgeSettings, fork_server: ForkServer | None, token:
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    kube = await Kube.connect(settings.kubeconfig)
+    kube = await Kube.connect(settings.kubeconfig, component="bridge")
     tasks: list[asyncio.Task[None]] = []
     manager: InstanceManager | None = None
     ingress = None

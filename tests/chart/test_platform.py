@@ -149,7 +149,9 @@ def test_install_creates_everything_and_uninstall_keeps_the_crds(
             "create ucloudjobs": True,
             "delete ucloudjobs": True,
             "patch ucloudjobs/status": False,
-            "watch ucloudjobs": False,
+            "watch ucloudjobs": True,  # it waits for a submission by watching that one job
+            "watch leases": True,  # the bridges' heartbeats
+            "create leases": False,
             "create userconnections": True,
             "patch userconnections/status": True,
             "delete userconnections": False,
@@ -164,6 +166,7 @@ def test_install_creates_everything_and_uninstall_keeps_the_crds(
             "patch ucloudjobs/status": True,
             "create ucloudjobs": False,
             "delete userinstances": False,
+            "create leases": True,  # its own heartbeat
             "patch userconnections": True,
             "create userconnections": False,
             "get secrets": False,

@@ -243,11 +243,14 @@ def test_rbac_is_split_by_purpose(helm: Helm) -> None:
     assert verbs("r-ucim-gateway", "ucloudjobs/status") == set()
     # Events: create only.
     assert verbs("r-ucim-operator", "events") == {"create"}
-    # The bridge creates and deletes nothing; only the gateway deletes (a failed start).
+    # The bridge creates and deletes nothing but its Lease; only the gateway deletes (a failed start).
     assert verbs("r-ucim-bridge", "ucloudjobs") == {"get", "list", "watch", "patch"}
     assert verbs("r-ucim-bridge", "userinstances") == {"get", "list", "watch", "patch"}
+    assert verbs("r-ucim-bridge", "leases") == {"get", "create", "patch"}
+    assert verbs("r-ucim-gateway", "leases") == {"get", "list", "watch"}
     # Connections: the gateway creates them and records Core's approval; the bridge maps them.
-    assert verbs("r-ucim-gateway", "userconnections") == {"create", "get", "list", "patch"}
+    # The gateway waits for what it asked for by watching that one object.
+    assert verbs("r-ucim-gateway", "userconnections") == {"create", "get", "list", "watch", "patch"}
     assert verbs("r-ucim-gateway", "userconnections/status") == {"get", "patch"}
     assert verbs("r-ucim-bridge", "userconnections") == {"get", "list", "watch", "patch"}
     assert verbs("r-ucim-bridge", "userconnections/status") == {"get", "patch"}

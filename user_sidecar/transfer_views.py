@@ -47,16 +47,11 @@ from ucim.common.protocol import (
     dump,
 )
 from ucim.common.splice import SocketBody, widen_send_buffer
+from ucim.user_sidecar.metrics import DOWNLOAD_BYTES, TRANSFER_EVENTS
 from ucim.user_sidecar.middlewares import error_response
 from ucim.user_sidecar.paths import PathRefusedError
-from ucim.user_sidecar.transfers import (
-    DOWNLOAD_BYTES,
-    TRANSFER_EVENTS,
-    WRITE_PIECE_BYTES,
-    BodyInterruptedError,
-    TransferRefusedError,
-    Transfers,
-)
+from ucim.user_sidecar.transfer_io import WRITE_PIECE_BYTES, BodyInterruptedError, TransferRefusedError
+from ucim.user_sidecar.transfers import Transfers
 from ucim.user_sidecar.views import parse
 
 TRANSFERS = web.AppKey("transfers", Transfers)

@@ -33,7 +33,8 @@ from ucim.common.protocol import (
 from ucim.common.slurm import SlurmError, SlurmRejectedError, SlurmUnavailableError
 from ucim.user_sidecar import fileops
 from ucim.user_sidecar.files import Files
-from ucim.user_sidecar.jobs import SUBMISSIONS, Submitter
+from ucim.user_sidecar.jobs import Submitter
+from ucim.user_sidecar.metrics import SUBMISSIONS
 from ucim.user_sidecar.middlewares import error_response
 from ucim.user_sidecar.paths import DriveResolver, Drives, PathRefusedError, parse_id, refusal
 from ucim.user_sidecar.templates import InvalidJobError

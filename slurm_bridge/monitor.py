@@ -38,7 +38,9 @@ from prometheus_client import Counter, Gauge, Histogram
 from ucim.common.kube import ConflictError, InvalidError, Kube, NotFoundError
 from ucim.common.protocol import JobState
 from ucim.common.resources import UCloudJob
-from ucim.common.slurm import SlurmClient, SlurmError, SlurmJobInfo
+from ucim.common.slurm import SlurmClient
+from ucim.common.slurm_errors import SlurmError
+from ucim.common.slurm_parsing import SlurmJobInfo
 from ucim.common.times import rfc3339
 
 log = logging.getLogger(__name__)

@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Final
 
 from ucim.common.instance_api import SubmitRequest, SubmitResponse
-from ucim.common.slurm import SlurmClient, SlurmRejectedError
+from ucim.common.slurm import SlurmClient
+from ucim.common.slurm_errors import SlurmRejectedError
 from ucim.user_sidecar.templates import Catalogue, check_job_id, check_job_name, render_script
 
 log = logging.getLogger(__name__)

@@ -30,7 +30,7 @@ from ucim.common.protocol import (
     UFile,
     dump,
 )
-from ucim.common.slurm import SlurmError, SlurmRejectedError, SlurmUnavailableError
+from ucim.common.slurm_errors import SlurmError, SlurmRejectedError, SlurmUnavailableError
 from ucim.user_sidecar import fileops
 from ucim.user_sidecar.files import Files
 from ucim.user_sidecar.jobs import Submitter

@@ -13,7 +13,8 @@ from aiohttp import web
 from prometheus_client import REGISTRY
 from pytest_aiohttp import AiohttpClient
 
-from ucim.common.slurm import SlurmClient, SlurmRejectedError, SlurmUnavailableError
+from ucim.common.slurm import SlurmClient
+from ucim.common.slurm_errors import SlurmRejectedError, SlurmUnavailableError
 from ucim.user_sidecar import jobs
 from ucim.user_sidecar.app import SUBMITTER, init_app
 from ucim.user_sidecar.settings import SidecarSettings

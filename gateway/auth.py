@@ -25,9 +25,8 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.serialization import load_der_public_key, load_pem_public_key
 
-from ucim.common.protocol import decode_username
+from ucim.common.protocol import USERNAME_HEADER, decode_username
 
-USERNAME_HEADER = "UCloud-Username"
 USERNAME_HINT = "usernameHint"
 VERIFIED_TOKENS = 1024
 

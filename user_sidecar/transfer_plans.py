@@ -15,13 +15,12 @@ from typing import Final, Literal, Protocol, TypeVar
 
 from ucim.common.protocol import FilesProviderCreateDownloadRequestItem, FilesProviderCreateUploadRequestItem
 from ucim.user_sidecar.metrics import TRANSFER_EVENTS
-from ucim.user_sidecar.paths import Drives, FileId, PathRefusedError, refusal
+from ucim.user_sidecar.paths import SHOWN_ID_CHARS, Drives, FileId, PathRefusedError, refusal
 from ucim.user_sidecar.transfer_io import TransferRefusedError, open_regular
 from ucim.user_sidecar.transfer_sessions import DownloadSession, Location, UploadSession, digest
 
 PARTIAL_PREFIX: Final = ".ucim-upload-"
 PARTIAL_SUFFIX: Final = ".part"
-SHOWN_ID_CHARS: Final = 200
 
 Kind = Literal["upload", "download"]
 T = TypeVar("T")

@@ -34,6 +34,7 @@ from typing import Final, TypeVar
 
 from ucim.common.instance_api import UploadProgress
 from ucim.common.protocol import FilesProviderCreateDownloadRequestItem, FilesProviderCreateUploadRequestItem
+from ucim.common.transfer_contract import MAX_CHUNK_BYTES
 from ucim.user_sidecar import transfer_io
 from ucim.user_sidecar.conflicts import ConflictError, commit
 from ucim.user_sidecar.metrics import TRANSFER_EVENTS, UPLOAD_BYTES
@@ -53,8 +54,6 @@ from ucim.user_sidecar.writeback import BackgroundWriteBack
 
 log = logging.getLogger(__name__)
 
-# The CHUNKED spec's limit per chunk (the web client sends 16 MB).
-MAX_CHUNK_BYTES: Final = 32_000_000
 # Sessions a sweep reads at a time.
 SWEEP_BATCH: Final = 100
 # secrets.token_urlsafe(32) is 43 characters; anything else cannot be one of ours.

@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
-from typing import Any, Final, TypeVar
+from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, Field, ValidationError
@@ -36,7 +36,7 @@ from ucim.user_sidecar.files import Files
 from ucim.user_sidecar.jobs import Submitter
 from ucim.user_sidecar.metrics import SUBMISSIONS
 from ucim.user_sidecar.middlewares import error_response
-from ucim.user_sidecar.paths import DriveResolver, Drives, PathRefusedError, parse_id, refusal
+from ucim.user_sidecar.paths import SHOWN_ID_CHARS, DriveResolver, Drives, PathRefusedError, parse_id, refusal
 from ucim.user_sidecar.templates import InvalidJobError
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,6 @@ DRIVES = web.AppKey("drives", DriveResolver)
 JOBS_FOLDER = web.AppKey("jobs_folder", str)
 M = TypeVar("M", bound=BaseModel)
 Item = TypeVar("Item", bound=BaseModel)
-SHOWN_ID_CHARS: Final = 200
 
 
 class FilesDeleteRequestItem(UFile):

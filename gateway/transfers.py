@@ -47,9 +47,8 @@ from ucim.gateway.instance_proxy import (
     relay,
 )
 from ucim.gateway.instances import MappingRefusedError
+from ucim.gateway.keys import CONNECTIONS, INSTANCES, PROXY, SETTINGS, TOKEN_PATHS
 from ucim.gateway.metrics import DOWNLOAD_BYTES, UPLOAD_BYTES
-from ucim.gateway.middlewares import TOKEN_PATHS
-from ucim.gateway.views import CONNECTIONS, INSTANCES, PROXY, SETTINGS
 
 log = logging.getLogger(__name__)
 

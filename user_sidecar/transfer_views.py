@@ -49,14 +49,13 @@ from ucim.common.protocol import (
 )
 from ucim.common.splice import SocketBody, widen_send_buffer
 from ucim.common.transfer_contract import CORS_HEADERS, PREFLIGHT_HEADERS
+from ucim.user_sidecar.keys import TRANSFERS
 from ucim.user_sidecar.metrics import DOWNLOAD_BYTES, TRANSFER_EVENTS
 from ucim.user_sidecar.middlewares import error_response
 from ucim.user_sidecar.paths import PathRefusedError
 from ucim.user_sidecar.transfer_io import WRITE_PIECE_BYTES, BodyInterruptedError, TransferRefusedError
-from ucim.user_sidecar.transfers import Transfers
 from ucim.user_sidecar.views import parse
 
-TRANSFERS = web.AppKey("transfers", Transfers)
 # Built once, here: pydantic makes a class per parametrization.
 UploadRequest = BulkRequest[FilesProviderCreateUploadRequestItem]
 DownloadRequest = BulkRequest[FilesProviderCreateDownloadRequestItem]

@@ -32,6 +32,7 @@ from ucim.common.instance_api import (
 )
 from ucim.common.transfer_contract import MAX_CHUNK_BYTES
 from ucim.user_sidecar import transfers as transfers_module
+from ucim.user_sidecar.keys import TRANSFERS
 from ucim.user_sidecar.middlewares import error_envelope
 from ucim.user_sidecar.paths import DriveResolver
 from ucim.user_sidecar.settings import SidecarSettings
@@ -44,7 +45,7 @@ from ucim.user_sidecar.transfer_sessions import (
     UploadSession,
     digest,
 )
-from ucim.user_sidecar.transfer_views import TRANSFERS, add_transfer_routes, exercise
+from ucim.user_sidecar.transfer_views import add_transfer_routes, exercise
 from ucim.user_sidecar.transfers import Transfers
 
 USER = getpass.getuser()

@@ -34,8 +34,9 @@ import aiohttp
 from aiohttp import web
 
 from ucim.common.protocol import Drive
-from ucim.user_sidecar.app import DRIVES, init_app
+from ucim.user_sidecar.app import init_app
 from ucim.user_sidecar.files import Files
+from ucim.user_sidecar.keys import DRIVES
 from ucim.user_sidecar.settings import SidecarSettings
 
 SORTS = {"name": "PATH", "size": "SIZE", "modified": "MODIFIED_AT"}

@@ -97,6 +97,7 @@ from ucim.common.instance_api import FILES_BROWSE_PATH
 from ucim.common.kube import Kube
 from ucim.common.protocol import Drive
 from ucim.common.resources import UserInstance
+from ucim.common.transfer_contract import WEB_CLIENT_CHUNK_BYTES
 from ucim.slurm_bridge.instances import socket_path
 from ucim.testing.core_drives import browse_body
 from ucim.testing.core_standin import CoreStandIn
@@ -767,7 +768,7 @@ async def bench(opts: argparse.Namespace) -> dict[str, Any]:
         "small_files": opts.small_files,
         "small_files_bytes": run.workload.small_bytes,
         "small_file_concurrency": opts.concurrency,
-        "chunk_bytes": 16_000_000,
+        "chunk_bytes": WEB_CLIENT_CHUNK_BYTES,
         "rounds": opts.rounds,
         "warm_up_rounds": opts.warm_up_rounds,
         "small_rounds": opts.small_rounds,

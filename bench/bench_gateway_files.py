@@ -47,6 +47,7 @@ from ucim.common import instance_api as api
 from ucim.common.kube import Kube
 from ucim.common.protocol import encode_username
 from ucim.common.resources import UserInstance, cluster_labels
+from ucim.common.transfer_contract import MAX_CHUNK_BYTES
 from ucim.gateway.app import init_app
 from ucim.gateway.settings import GatewaySettings
 from ucim.testing import CoreStandIn
@@ -57,7 +58,6 @@ TOKEN = "bench-ingress-token-0123456789"  # noqa: S105 - a loopback bench's own 
 PROVIDER = "ucim"
 USER = "alice"
 CHUNK = 1 << 16
-CHUNK_BYTES = 32_000_000
 MIB = 1 << 20
 READY = {"type": "Ready", "status": "True", "reason": "InstanceServing", "message": "",
          "lastTransitionTime": "2026-01-01T00:00:00Z"}  # fmt: skip
@@ -228,8 +228,8 @@ async def transfers(session: aiohttp.ClientSession, gateway: str, mib: int) -> d
             yield block[: min(CHUNK, size - start)]
 
     async def upload() -> None:
-        for offset in range(0, total, CHUNK_BYTES):
-            size = min(CHUNK_BYTES, total - offset)
+        for offset in range(0, total, MAX_CHUNK_BYTES):
+            size = min(MAX_CHUNK_BYTES, total - offset)
             headers = {
                 api.CHUNKED_TOKEN_HEADER: "t",
                 api.CHUNKED_OFFSET_HEADER: str(offset),

@@ -29,7 +29,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from ucim.common.slurm import SACCT_FIELDS, SlurmClient, SlurmConfig, squeue_format
+from ucim.common.slurm import SlurmClient, SlurmConfig
+from ucim.common.slurm_parsing import SACCT_FIELDS, squeue_format
 from ucim.testing.stack import read_platform_env
 
 MAX_JOBS = 2000  # hard bound on what one run may submit

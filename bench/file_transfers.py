@@ -31,11 +31,17 @@ import aiohttp
 
 from bench.http_files import FileRange, HttpFiles
 from ucim.common.instance_api import CHUNKED_OFFSET_HEADER, CHUNKED_TOKEN_HEADER, CHUNKED_TOTAL_SIZE_HEADER
-from ucim.common.protocol import Drive, FilesCreateDownloadResponseItem, FilesCreateUploadResponseItem, encode_username
+from ucim.common.protocol import (
+    USERNAME_HEADER,
+    Drive,
+    FilesCreateDownloadResponseItem,
+    FilesCreateUploadResponseItem,
+    encode_username,
+)
+from ucim.common.transfer_contract import WEB_CLIENT_CHUNK_BYTES
 from ucim.testing.core_drives import resolved
-from ucim.testing.core_standin import USER_NOT_READY_STATUSES, USERNAME_HEADER, CoreStandIn
+from ucim.testing.core_standin import USER_NOT_READY_STATUSES, CoreStandIn
 
-CHUNK_SIZE: Final = 16_000_000  # the UCloud web client's maxChunkSize (Files/Upload.ts)
 TOKEN_REUSE_SECONDS: Final = 60.0  # Core's JWTs live 600 s; the bench mints one a minute, not one a call
 
 
@@ -49,7 +55,7 @@ async def _refusal(response: aiohttp.ClientResponse, what: str) -> TransferError
 
 
 async def upload_chunked(url: str, source: Path, headers: Mapping[str, str] | None = None) -> None:
-    """``source`` to ``url`` in CHUNK_SIZE chunks, one POST each, in order (at least one, even when empty).
+    """``source`` to ``url`` in WEB_CLIENT_CHUNK_BYTES chunks, one POST each, in order (at least one, even when empty).
 
     The chunks go out by sendfile (``bench.http_files``): the client does not copy them.
     """
@@ -61,7 +67,7 @@ async def upload_chunked(url: str, source: Path, headers: Mapping[str, str] | No
         size = os.fstat(fd).st_size
         offset = 0
         while True:
-            count = min(CHUNK_SIZE, size - offset)
+            count = min(WEB_CLIENT_CHUNK_BYTES, size - offset)
             chunk_headers = {
                 **(headers or {}),
                 CHUNKED_OFFSET_HEADER: str(offset),

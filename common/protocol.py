@@ -920,6 +920,9 @@ class ProviderBranding(WireModel):
 
 # --- UCloud-Username header ---------------------------------------------------
 
+# Names the end user a call acts for (Core's calls) or a transfer belongs to (the browser's).
+USERNAME_HEADER = "UCloud-Username"
+
 
 def encode_username(username: str) -> str:
     """The ``UCloud-Username`` header value: standard base64 of the UTF-8 name."""

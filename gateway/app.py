@@ -20,11 +20,12 @@ from ucim.gateway.errors import error_middleware
 from ucim.gateway.files import setup_file_routes
 from ucim.gateway.instance_proxy import InstanceProxy
 from ucim.gateway.instances import Instances
-from ucim.gateway.middlewares import VERIFIER, auth_middleware, metrics_middleware
+from ucim.gateway.keys import CONNECTIONS, CORE, DRIVES, INSTANCES, KUBE, PROXY, SETTINGS, VERIFIER
+from ucim.gateway.middlewares import auth_middleware, metrics_middleware
 from ucim.gateway.provider import setup_provider_routes
 from ucim.gateway.settings import GatewaySettings
 from ucim.gateway.transfers import setup_transfer_routes
-from ucim.gateway.views import CONNECTIONS, CORE, DRIVES, INSTANCES, KUBE, PROXY, SETTINGS, setup_routes
+from ucim.gateway.views import setup_routes
 
 
 def core_verifier(settings: GatewaySettings) -> CoreVerifier:

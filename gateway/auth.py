@@ -25,11 +25,10 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.serialization import load_der_public_key, load_pem_public_key
 
-from ucim.common.protocol import decode_username
+from ucim.common.protocol import USERNAME_HEADER, decode_username
 from ucim.common.resources import MAX_USERNAME_LENGTH
 from ucim.gateway.errors import ProviderError
 
-USERNAME_HEADER = "UCloud-Username"
 USERNAME_HINT = "usernameHint"
 VERIFIED_TOKENS = 1024
 

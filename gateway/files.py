@@ -39,8 +39,8 @@ from ucim.gateway.instance_proxy import (
     pick_headers,
     relay,
 )
+from ucim.gateway.keys import PROXY, SETTINGS
 from ucim.gateway.settings import GatewaySettings
-from ucim.gateway.views import PROXY, SETTINGS
 
 # Core's JSON bodies need nothing else.
 CORE_CALL_HEADERS: Final = ("Content-Type",)

@@ -7,18 +7,15 @@ import time
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from ucim.gateway.auth import AuthError, CoreVerifier
+from ucim.gateway.auth import AuthError
 from ucim.gateway.errors import error_response
+from ucim.gateway.keys import TOKEN_PATHS, VERIFIER
 from ucim.gateway.metrics import ERRORS, LATENCY, REQUESTS, error_reason
 
-VERIFIER = web.AppKey("core_verifier", CoreVerifier)
 CLAIMS = web.RequestKey("claims", dict)
 # Served without Core's JWT: probes and metrics.
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 _NONE: frozenset[str] = frozenset()
-# Also served without Core's JWT, per application: the browser-facing transfer endpoints, which
-# authenticate by the one-time token the user's instance checks.
-TOKEN_PATHS = web.AppKey("token_paths", frozenset[str])
 
 
 def route_template(request: web.Request) -> str:

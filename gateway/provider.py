@@ -15,7 +15,7 @@ from typing import Final
 from aiohttp import web
 
 from ucim.common.protocol import BulkResponse, Empty, ProviderBranding, dump
-from ucim.gateway.views import SETTINGS
+from ucim.gateway.keys import SETTINGS
 
 # The provider contexts of the resource types ucim does not offer (shared/pkg/orchestrators: ingresses.go,
 # public_ips.go, licenses.go, private_network.go).

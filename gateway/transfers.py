@@ -12,6 +12,7 @@ hint only reaches an instance that does not know the token.
 * ``GET /ucloud/<p>/download?token=…``: the file, honouring Range and If-Range;
 * ``OPTIONS`` on both: the CORS preflight. Every answer carries
   ``Access-Control-Allow-Origin: *``, errors included, so the browser can read the ``why``.
+  The policy and the chunk limit are the instance's too (``ucim.common.transfer_contract``).
 
 An instance stopped while idle is woken and waited for (``transfer_wait_seconds``):
 uploads and downloads outlive instance restarts, since the instance keeps its sessions
@@ -32,10 +33,11 @@ from prometheus_client import Counter
 
 from ucim.common import instance_api as api
 from ucim.common import splice
-from ucim.common.protocol import decode_username
+from ucim.common.protocol import USERNAME_HEADER, decode_username
 from ucim.common.proxy_bodies import is_small, pieces
 from ucim.common.splice import SocketBody, SplicedPayload
-from ucim.gateway.auth import USERNAME_HEADER, USERNAME_HINT, check_username
+from ucim.common.transfer_contract import CORS_HEADERS, MAX_CHUNK_BYTES, PREFLIGHT_HEADERS
+from ucim.gateway.auth import USERNAME_HINT, check_username
 from ucim.gateway.connections import is_connected
 from ucim.gateway.errors import ProviderError
 from ucim.gateway.instance_proxy import (
@@ -45,15 +47,12 @@ from ucim.gateway.instance_proxy import (
     relay,
 )
 from ucim.gateway.instances import MappingRefusedError
+from ucim.gateway.keys import CONNECTIONS, INSTANCES, PROXY, SETTINGS, TOKEN_PATHS
 from ucim.gateway.metrics import DOWNLOAD_BYTES, UPLOAD_BYTES
-from ucim.gateway.middlewares import TOKEN_PATHS
-from ucim.gateway.views import CONNECTIONS, INSTANCES, PROXY, SETTINGS
 
 log = logging.getLogger(__name__)
 
 UNKNOWN: Final = "unknown or expired token"
-# The CHUNKED protocol's largest chunk (the web client sends 16 MB).
-MAX_CHUNK_BYTES: Final = 32_000_000
 UPLOAD_HEADERS: Final = (
     "Content-Type",
     api.CHUNKED_TOKEN_HEADER,
@@ -62,20 +61,6 @@ UPLOAD_HEADERS: Final = (
 )
 PROGRESS_HEADERS: Final = (api.CHUNKED_TOKEN_HEADER,)
 DOWNLOAD_HEADERS: Final = ("Range", "If-Range", "If-None-Match", "If-Modified-Since")
-CORS_HEADERS: Final = {
-    "Access-Control-Allow-Origin": "*",
-    "Access-Control-Expose-Headers": ", ".join(
-        ("Content-Length", "Content-Range", "Content-Disposition", "Accept-Ranges", "ETag", api.CHUNKED_OFFSET_HEADER)
-    ),
-}
-PREFLIGHT_HEADERS: Final = {
-    **CORS_HEADERS,
-    "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
-    "Access-Control-Allow-Headers": ", ".join(
-        ("Content-Type", USERNAME_HEADER, *UPLOAD_HEADERS[1:], "Range", "If-Range")
-    ),
-    "Access-Control-Max-Age": "86400",
-}
 
 
 def transfer_user(request: web.Request) -> str:

@@ -48,21 +48,12 @@ from ucim.common.reasons import SUBMITTED
 from ucim.common.resources import UCloudJob, UserConnection, UserInstance
 from ucim.common.times import now_utc
 from ucim.gateway.auth import acting_username, check_username
-from ucim.gateway.connections import ConnectionRefusedError, Connections, is_connected
-from ucim.gateway.drives import HOME_DRIVE_ANNOTATION, Drives
+from ucim.gateway.connections import ConnectionRefusedError, is_connected
+from ucim.gateway.drives import HOME_DRIVE_ANNOTATION
 from ucim.gateway.errors import ProviderError
-from ucim.gateway.instance_proxy import InstanceProxy
-from ucim.gateway.instances import Instances, MappingRefusedError
+from ucim.gateway.instances import MappingRefusedError
 from ucim.gateway.jobs import to_ucloud_job, validate_jobs
-from ucim.gateway.settings import GatewaySettings
-
-SETTINGS = web.AppKey("settings", GatewaySettings)
-KUBE = web.AppKey("kube", Kube)
-INSTANCES = web.AppKey("instances", Instances)
-CONNECTIONS = web.AppKey("connections", Connections)
-CORE = web.AppKey[CoreClient | None]("core")
-PROXY = web.AppKey("instance_proxy", InstanceProxy)
-DRIVES = web.AppKey[Drives | None]("drives")
+from ucim.gateway.keys import CONNECTIONS, CORE, DRIVES, INSTANCES, KUBE, SETTINGS
 
 log = logging.getLogger(__name__)
 
@@ -303,4 +294,4 @@ def setup_routes(app: web.Application, provider_id: str) -> None:
     app.router.add_post(f"{base}/jobs/{{operation:extend|suspend|unsuspend}}", not_supported)
 
 
-__all__ = ["CONNECTIONS", "CORE", "DRIVES", "INSTANCES", "KUBE", "PROXY", "SETTINGS", "setup_routes"]
+__all__ = ["setup_routes"]

@@ -1,11 +1,13 @@
 """kopf handlers of the operator: UCloudJob and UserInstance.
 
-Handlers are thin: they unpack kopf's keyword arguments, call the pure functions
-of ``jobs`` and ``userinstances``, and write status through kopf's ``patch``:
-plain fields as a merge patch, lists (conditions, transitions) as patch
-functions that kopf applies to the freshest object under optimistic
-concurrency (see ``jobs``). "Not yet" is ``kopf.TemporaryError(delay=...)``,
-"never" is ``kopf.PermanentError``.
+Handlers are thin (at most 40 lines, which ``tests/unit/test_architecture.py``
+checks): they unpack kopf's keyword arguments, call the pure functions of ``jobs``
+and ``userinstances``, and write status through kopf's ``patch``: plain fields as
+a merge patch, lists (conditions, transitions) as patch functions that kopf
+applies to the freshest object under optimistic concurrency (see ``jobs``). A
+step that can end the handler returns an ``Outcome`` (``outcomes.py``: patches,
+events and the error) that the handler applies. "Not yet" is
+``kopf.TemporaryError(delay=...)``, "never" is ``kopf.PermanentError``.
 
 UCloudJob, who writes what:
 
@@ -47,28 +49,22 @@ from ucim.common.conditions import is_true
 from ucim.common.core_client import CoreClient, CoreError, CoreRejectedError, batched
 from ucim.common.kube import Kube
 from ucim.common.observability import start_health_server
-from ucim.common.protocol import JobState, now_ms
+from ucim.common.protocol import JobState, JobUpdateItem, now_ms
 from ucim.common.reasons import (
     CANCEL_REQUESTED,
     CANCELLED,
     CORE_DELIVERY_FAILING,
-    CORE_UP_TO_DATE,
     INSTANCE_UNREACHABLE,
-    MAPPING_REFUSED,
-    REPORTED,
-    SLURM_ACCEPTED,
     SLURM_CANCELLED,
-    SLURM_SUBMIT_REJECTED,
-    SUBMITTED,
-    WAITING_FOR_INSTANCE,
 )
 from ucim.common.resources import JobTransition, UCloudJob, UserInstance
 from ucim.common.settings import API_GROUP, API_VERSION
-from ucim.common.times import millis, now_utc, rfc3339
+from ucim.common.times import now_utc
 from ucim.operator import jobs, userinstances
 from ucim.operator.delivery import Backlog, DeliveryQueue
 from ucim.operator.instances import InstanceClient, InstanceRejectedError, InstanceUnreachableError
 from ucim.operator.metrics import JOB_STATE_TRANSITIONS, JOB_SUBMISSIONS
+from ucim.operator.outcomes import Event, Outcome, temporary
 from ucim.operator.registration import products_of, register_products
 from ucim.operator.settings import OperatorSettings
 
@@ -185,51 +181,39 @@ async def submit(*, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: 
         return
     # Terminated before any submit call was made: end it without touching Slurm.
     if job.spec.terminate and not jobs.submit_attempted(job):
-        message = "Terminated before it was submitted to Slurm"
-        patch.fns.append(jobs.finished(JobState.SUCCESS, message, condition_type=CANCELLED,
-                                       condition_status="True", reason=SLURM_CANCELLED, now=now))  # fmt: skip
-        patch.fns.append(jobs.condition(SUBMITTED, "False", reason=CANCEL_REQUESTED, message=message, now=now))
+        jobs.terminated_before_submission(now).apply(body, patch)
         return
 
     # The owner's instance submits as the owner: create it or ask it to start, and wait until it serves.
     instance = await userinstances.ensure_instance(runtime.kube, _namespace(job), job.spec.owner, job.spec.cluster, now)
-    if (refusal := userinstances.refusal(instance)) is not None:
-        # The mapping policy refused the user: no instance will ever run, the job fails for good.
-        message = f"The user cannot run jobs on this cluster: {refusal}"
-        patch.fns.append(jobs.finished(JobState.FAILURE, message, condition_type=SUBMITTED,
-                                       condition_status="False", reason=MAPPING_REFUSED, now=now))  # fmt: skip
-        raise kopf.PermanentError(message)
-    if not userinstances.serving(instance) or instance.status.endpoint is None:
-        # Not ready yet (starting, restarting, or stopped for idleness and asked to start again).
-        message = f"Waiting for the owner's instance {instance.metadata.name} to become ready"
-        patch.fns.append(jobs.condition(SUBMITTED, "Unknown", reason=WAITING_FOR_INSTANCE, message=message, now=now))
-        raise kopf.TemporaryError(message, delay=_instance_backoff(runtime, retry))
+    refusal, endpoint = userinstances.refusal(instance), instance.status.endpoint
+    if refusal is not None or not userinstances.serving(instance) or endpoint is None:
+        delay = _instance_backoff(runtime, retry)
+        jobs.instance_not_ready(instance.metadata.name, refusal, delay=delay, now=now).apply(body, patch)
+        return
 
     # From here a Slurm job may exist even if this process dies before writing its id: say so first.
     if not jobs.submit_attempted(job):
-        await runtime.kube.patch(
-            UCloudJob, _namespace(job), job.metadata.name,
-            {"metadata": {"annotations": {jobs.SUBMIT_STARTED_ANNOTATION: rfc3339(now)}}},
-        )  # fmt: skip
+        await runtime.kube.patch(UCloudJob, _namespace(job), job.metadata.name, jobs.submit_started(now))
+    outcome = await _submit_through(runtime, endpoint, job, retry=retry, now=now)
+    outcome.apply(body, patch)
+
+
+async def _submit_through(runtime: Runtime, endpoint: str, job: UCloudJob, *, retry: int, now: datetime) -> Outcome:
+    """Ask the owner's instance (at ``endpoint``) to submit the job; what came of it."""
     try:
-        answer = await runtime.instances.submit(instance.status.endpoint, jobs.submit_request(job))
+        answer = await runtime.instances.submit(endpoint, jobs.submit_request(job))
     except InstanceRejectedError as rejection:
         # sbatch refused the job (bad time limit, partition, ...): it fails for good, with sbatch's words.
         JOB_SUBMISSIONS.labels(result="rejected").inc()
-        patch.fns.append(jobs.finished(JobState.FAILURE, rejection.why, condition_type=SUBMITTED,
-                                       condition_status="False", reason=SLURM_SUBMIT_REJECTED, now=now))  # fmt: skip
-        kopf.event(body, type="Warning", reason=SLURM_SUBMIT_REJECTED, message=rejection.why)
-        raise kopf.PermanentError(f"Slurm refused the job: {rejection.why}") from rejection
+        return jobs.submit_rejected(rejection.why, now, cause=rejection)
     except InstanceUnreachableError as error:
         # The bridge or the instance is down or restarting: try again soon.
         JOB_SUBMISSIONS.labels(result="unreachable").inc()
-        patch.fns.append(jobs.condition(SUBMITTED, "Unknown", reason=INSTANCE_UNREACHABLE, message=str(error), now=now))
-        raise kopf.TemporaryError(str(error), delay=_instance_backoff(runtime, retry)) from error
-
+        return jobs.submit_unreachable(error, delay=_instance_backoff(runtime, retry), now=now)
     # Accepted now, or found from an earlier attempt that died before recording it: record it once.
     JOB_SUBMISSIONS.labels(result="already_submitted" if answer.already_submitted else "accepted").inc()
-    patch.fns.append(jobs.submission_recorded(job, answer, now))
-    kopf.event(body, type="Normal", reason=SLURM_ACCEPTED, message=f"Slurm job {answer.slurm_job_id}")
+    return jobs.submitted(job, answer, now)
 
 
 # --- UCloudJob: reporting to Core ----------------------------------------------
@@ -253,6 +237,14 @@ async def report(*, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: 
             patch.status["reportedTransitions"] = start
         return
     # Send what Core has not acknowledged, in order; a job's changes travel in one request.
+    outcome = await _deliver(runtime, job, uid, start, pending, retry=retry, now=now)
+    outcome.apply(body, patch)
+
+
+async def _deliver(
+    runtime: Runtime, job: UCloudJob, uid: str, start: int, pending: list[JobTransition], *, retry: int, now: datetime
+) -> Outcome:
+    """Send Core ``pending`` (the changes from index ``start``) in order and count them; what to record."""
     recorded = reported = start
     try:
         skipped = await _held_by_core(runtime, job, uid, pending)
@@ -268,29 +260,22 @@ async def report(*, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: 
         # Core refuses this job's updates (it does not know the job, e.g. after the gateway answered its
         # create with sbatch's 4xx): a few slow retries, then drop them, as the anchor purges such jobs.
         message = f"Core refused {len(pending) - (reported - start)} state change(s): {rejection.why}"
-        patch.fns.append(jobs.condition(REPORTED, "False", reason=CORE_DELIVERY_FAILING, message=message, now=now))
         if retry + 1 < CORE_REJECTION_ATTEMPTS:
             delay = runtime.config.delivery_retry_max_seconds
-            raise kopf.TemporaryError(message, delay=delay) from rejection
-        kopf.event(body, type="Warning", reason=CORE_DELIVERY_FAILING, message=f"{message}; dropped")
+            return jobs.core_refused(message, delay=delay, cause=rejection, now=now)
         reported = start + len(pending)
         runtime.delivered[uid] = reported
+        outcome = jobs.updates_dropped(message, reported=reported, now=now)
     except CoreError as error:
         # Core is down: say so on the job and try again later; later changes wait behind these, in order.
-        if reported > recorded:
-            patch.status["reportedTransitions"] = reported
         runtime.backlog.set(uid, len(job.status.transitions) - reported)
-        patch.fns.append(jobs.condition(REPORTED, "False", reason=CORE_DELIVERY_FAILING, message=str(error), now=now))
-        delay = jobs.backoff(retry, first=CORE_FIRST_RETRY_SECONDS, cap=runtime.config.delivery_retry_max_seconds)
-        raise kopf.TemporaryError(f"delivering to Core failed: {error}", delay=delay) from error
+        written = reported if reported > recorded else None
+        return jobs.core_failing(error, reported=written, delay=_core_backoff(runtime, retry), now=now)
     else:
-        if not is_true(job.status.conditions, REPORTED):
-            message = "Core has every state change"
-            patch.fns.append(jobs.condition(REPORTED, "True", reason=CORE_UP_TO_DATE, message=message, now=now))
-
+        outcome = jobs.core_up_to_date(job.status, reported, now)
     # Delivered (or dropped): advance the counter, a merge patch of this one field, so the bridge's appends stay.
-    patch.status["reportedTransitions"] = reported
     runtime.backlog.set(uid, len(job.status.transitions) - reported)
+    return outcome
 
 
 async def _held_by_core(runtime: Runtime, job: UCloudJob, uid: str, pending: list[JobTransition]) -> int:
@@ -351,51 +336,61 @@ async def terminate(*, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retr
 
 
 @kopf.on.delete(*UCLOUDJOBS)
-async def release(*, body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
+async def release(*, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, **_: Any) -> None:
     runtime = _runtime(memo)
     job = UCloudJob.from_obj(dict(body))
     uid = job.metadata.uid or job.metadata.name
     now = now_utc()
     out_of_attempts = retry + 1 >= runtime.config.delete_attempts
-    final: tuple[JobState, str] | None = None
 
     # Still queued or running in Slurm: cancel it, so that a deleted job does not keep running.
     if job.status.slurm_job_id is not None and not jobs.is_final(job.status):
-        try:
-            await _cancel_in_slurm(runtime, job, now)
-            final = (JobState.SUCCESS, "Cancelled: the job was deleted on the provider")
-        except InstanceRejectedError as rejection:
-            # scancel refused (retrying cannot help): let the object go, and say so.
-            message = f"Could not cancel Slurm job {job.status.slurm_job_id}: {rejection.why}"
-            kopf.event(body, type="Warning", reason=CANCEL_REQUESTED, message=message)
-            final = (JobState.FAILURE, message)
-        except InstanceUnreachableError as error:
-            if not out_of_attempts:
-                raise kopf.TemporaryError(str(error), delay=_instance_backoff(runtime, retry)) from error
-            # Bounded: an instance that stays unreachable must not block the deletion forever.
-            message = f"Gave up cancelling Slurm job {job.status.slurm_job_id}: {error}"
-            kopf.event(body, type="Warning", reason=INSTANCE_UNREACHABLE, message=message)
-            final = (JobState.FAILURE, message)
+        ending = await _cancel_deleted(runtime, job, retry=retry, out_of_attempts=out_of_attempts, now=now)
     # Never submitted and not ended: it ends here.
     elif job.status.slurm_job_id is None and not jobs.is_final(job.status):
-        final = (JobState.SUCCESS, "The job was deleted on the provider before it ran")
+        ending = jobs.Ending(final=(JobState.SUCCESS, "The job was deleted on the provider before it ran"))
+    # Ended in Slurm already: Core hears what it has not yet, and nothing more.
+    else:
+        ending = jobs.Ending()
+    ending.apply(body, patch)
 
     # Tell Core what it has not heard yet, and the end if the job had none, so it does not stay active there.
-    pending = jobs.unreported(job.status, runtime.delivered.get(uid, 0))[1]
-    items = jobs.job_updates(job, pending)
-    if final is not None:
-        state, message = final
-        transition = JobTransition(state=state, timestamp=millis(now), message=message)
-        items.extend(jobs.job_updates(job, [transition]))
+    items = jobs.last_updates(job, runtime.delivered.get(uid, 0), ending.final, now)
+    told = await _tell_core(runtime, items, retry=retry, out_of_attempts=out_of_attempts)
+    told.apply(body, patch)
+    runtime.delivered.pop(uid, None)
+    runtime.backlog.forget(uid)
+
+
+async def _cancel_deleted(
+    runtime: Runtime, job: UCloudJob, *, retry: int, out_of_attempts: bool, now: datetime
+) -> jobs.Ending:
+    """Cancel a deleted job that Slurm still runs or queues; the state it ends in, or why not yet."""
+    try:
+        await _cancel_in_slurm(runtime, job, now)
+    except InstanceRejectedError as rejection:
+        # scancel refused (retrying cannot help): let the object go, and say so.
+        message = f"Could not cancel Slurm job {job.status.slurm_job_id}: {rejection.why}"
+        return jobs.Ending(final=(JobState.FAILURE, message), events=(Event("Warning", CANCEL_REQUESTED, message),))
+    except InstanceUnreachableError as error:
+        if not out_of_attempts:
+            return jobs.Ending(error=temporary(str(error), delay=_instance_backoff(runtime, retry), cause=error))
+        # Bounded: an instance that stays unreachable must not block the deletion forever.
+        message = f"Gave up cancelling Slurm job {job.status.slurm_job_id}: {error}"
+        return jobs.Ending(final=(JobState.FAILURE, message), events=(Event("Warning", INSTANCE_UNREACHABLE, message),))
+    return jobs.Ending(final=(JobState.SUCCESS, "Cancelled: the job was deleted on the provider"))
+
+
+async def _tell_core(runtime: Runtime, items: list[JobUpdateItem], *, retry: int, out_of_attempts: bool) -> Outcome:
+    """Deliver a deleted job's last updates; retried while attempts are left, else given up with a Warning."""
     try:
         await runtime.queue.deliver(items)
     except CoreError as error:
         if not out_of_attempts:
-            delay = jobs.backoff(retry, first=CORE_FIRST_RETRY_SECONDS, cap=runtime.config.delivery_retry_max_seconds)
-            raise kopf.TemporaryError(f"delivering to Core failed: {error}", delay=delay) from error
-        kopf.event(body, type="Warning", reason=CORE_DELIVERY_FAILING, message=f"Gave up telling Core: {error}")
-    runtime.delivered.pop(uid, None)
-    runtime.backlog.forget(uid)
+            delay = _core_backoff(runtime, retry)
+            return Outcome(error=temporary(f"delivering to Core failed: {error}", delay=delay, cause=error))
+        return Outcome(events=(Event("Warning", CORE_DELIVERY_FAILING, f"Gave up telling Core: {error}"),))
+    return Outcome()
 
 
 async def _cancel_in_slurm(runtime: Runtime, job: UCloudJob, now: datetime) -> None:
@@ -416,6 +411,10 @@ def _namespace(job: UCloudJob) -> str:
 
 def _instance_backoff(runtime: Runtime, retry: int) -> float:
     return jobs.backoff(retry, first=INSTANCE_FIRST_RETRY_SECONDS, cap=runtime.config.instance_retry_max_seconds)
+
+
+def _core_backoff(runtime: Runtime, retry: int) -> float:
+    return jobs.backoff(retry, first=CORE_FIRST_RETRY_SECONDS, cap=runtime.config.delivery_retry_max_seconds)
 
 
 # --- UserInstance ------------------------------------------------------------

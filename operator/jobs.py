@@ -1,4 +1,4 @@
-"""Pure functions behind the UCloudJob handlers: requests, Core updates and status changes.
+"""Pure functions behind the UCloudJob handlers: requests, Core updates, status changes and outcomes.
 
 Status changes are *patch functions*: each takes the object as the apiserver
 has it now and changes only its own fields. kopf runs them on the freshest body
@@ -7,22 +7,40 @@ it knows and sends the difference as a JSON patch guarded by the object's
 changed the object in between, the patch is refused and kopf re-applies the
 function to the newer object. So a list (``conditions``, ``transitions``) is
 never written from a stale copy.
+
+What a handler's step comes to is an ``Outcome`` (``outcomes.py``): these patch
+functions, status fields, events, and the error that ends the handler when it is
+not done. The builders of those outcomes are here too, at the end.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, cast
 
 import kopf
 
-from ucim.common.conditions import ConditionStatus, set_condition
+from ucim.common.conditions import ConditionStatus, is_true, set_condition
 from ucim.common.instance_api import SubmitRequest, SubmitResponse
 from ucim.common.protocol import JobState, JobUpdate, JobUpdateItem
-from ucim.common.reasons import CORE_UP_TO_DATE, REPORTED, SLURM_ACCEPTED, SUBMITTED, WAITING_FOR_INSTANCE
+from ucim.common.reasons import (
+    CANCEL_REQUESTED,
+    CANCELLED,
+    CORE_DELIVERY_FAILING,
+    CORE_UP_TO_DATE,
+    INSTANCE_UNREACHABLE,
+    MAPPING_REFUSED,
+    REPORTED,
+    SLURM_ACCEPTED,
+    SLURM_CANCELLED,
+    SLURM_SUBMIT_REJECTED,
+    SUBMITTED,
+    WAITING_FOR_INSTANCE,
+)
 from ucim.common.resources import Condition, JobTransition, SlurmPlacement, UCloudJob, UCloudJobStatus
 from ucim.common.times import millis, rfc3339
+from ucim.operator.outcomes import Event, Outcome, StatusFn, permanent, temporary
 
 # Written on the UCloudJob just before the first submit call: from then on a
 # Slurm job may exist even though its id never reached the status (a crash in
@@ -31,9 +49,6 @@ from ucim.common.times import millis, rfc3339
 # count as changes of the object.
 SUBMIT_STARTED_ANNOTATION: Final = "ucim.io/submit-started-at"
 SLURM_JOB_NAME_PREFIX: Final = "ucim-"
-
-# What kopf's ``patch.fns`` take: a function that changes the raw object in place.
-StatusFn = Callable[[kopf.RawBody], None]
 
 
 def backoff(retry: int, *, first: float, cap: float) -> float:
@@ -236,3 +251,112 @@ def finished(state: JobState, message: str, *, condition_type: str, condition_st
 def reported_up_to_date(status: UCloudJobStatus, reported: int) -> bool:
     """Whether Core now has every state change this status holds."""
     return reported >= len(status.transitions)
+
+
+# --- outcomes: submission ------------------------------------------------------
+
+
+def submit_started(now: datetime) -> dict[str, Any]:
+    """The merge patch that marks the first submit call (``SUBMIT_STARTED_ANNOTATION``)."""
+    return {"metadata": {"annotations": {SUBMIT_STARTED_ANNOTATION: rfc3339(now)}}}
+
+
+def terminated_before_submission(now: datetime) -> Outcome:
+    """Terminated before any submit call was made: the job ends without touching Slurm."""
+    message = "Terminated before it was submitted to Slurm"
+    ended = finished(JobState.SUCCESS, message, condition_type=CANCELLED,
+                     condition_status="True", reason=SLURM_CANCELLED, now=now)  # fmt: skip
+    return Outcome(fns=(ended, condition(SUBMITTED, "False", reason=CANCEL_REQUESTED, message=message, now=now)))
+
+
+def instance_not_ready(instance_name: str, refusal: str | None, *, delay: float, now: datetime) -> Outcome:
+    """The owner's instance cannot submit: ``refusal`` fails the job for good, else it is retried after ``delay``."""
+    if refusal is not None:
+        # The mapping policy refused the user: no instance will ever run, the job fails for good.
+        message = f"The user cannot run jobs on this cluster: {refusal}"
+        failed = finished(JobState.FAILURE, message, condition_type=SUBMITTED,
+                          condition_status="False", reason=MAPPING_REFUSED, now=now)  # fmt: skip
+        return Outcome(fns=(failed,), error=permanent(message))
+    # Not ready yet (starting, restarting, or stopped for idleness and asked to start again).
+    message = f"Waiting for the owner's instance {instance_name} to become ready"
+    waiting = condition(SUBMITTED, "Unknown", reason=WAITING_FOR_INSTANCE, message=message, now=now)
+    return Outcome(fns=(waiting,), error=temporary(message, delay=delay))
+
+
+def submit_rejected(why: str, now: datetime, *, cause: BaseException) -> Outcome:
+    """sbatch refused the job (``why``, sbatch's words): it fails for good."""
+    failed = finished(JobState.FAILURE, why, condition_type=SUBMITTED,
+                      condition_status="False", reason=SLURM_SUBMIT_REJECTED, now=now)  # fmt: skip
+    return Outcome(
+        fns=(failed,),
+        events=(Event("Warning", SLURM_SUBMIT_REJECTED, why),),
+        error=permanent(f"Slurm refused the job: {why}", cause=cause),
+    )
+
+
+def submit_unreachable(error: BaseException, *, delay: float, now: datetime) -> Outcome:
+    """The bridge or the instance could not be reached to submit: retried after ``delay``."""
+    unknown = condition(SUBMITTED, "Unknown", reason=INSTANCE_UNREACHABLE, message=str(error), now=now)
+    return Outcome(fns=(unknown,), error=temporary(str(error), delay=delay, cause=error))
+
+
+def submitted(job: UCloudJob, answer: SubmitResponse, now: datetime) -> Outcome:
+    """Slurm has the job: its id and first state change are recorded, and an event says so."""
+    accepted = Event("Normal", SLURM_ACCEPTED, f"Slurm job {answer.slurm_job_id}")
+    return Outcome(fns=(submission_recorded(job, answer, now),), events=(accepted,))
+
+
+# --- outcomes: delivery to Core --------------------------------------------------
+
+
+def core_up_to_date(status: UCloudJobStatus, reported: int, now: datetime) -> Outcome:
+    """Core has the changes up to ``reported``: the counter says so, and Reported=True if it was not."""
+    fns: tuple[StatusFn, ...] = ()
+    if not is_true(status.conditions, REPORTED):
+        fns = (condition(REPORTED, "True", reason=CORE_UP_TO_DATE, message="Core has every state change", now=now),)
+    return Outcome(fns=fns, status={"reportedTransitions": reported})
+
+
+def core_refused(message: str, *, delay: float, cause: BaseException, now: datetime) -> Outcome:
+    """Core refused the job's updates (``message`` says how many, and why): retried after ``delay``."""
+    failing = condition(REPORTED, "False", reason=CORE_DELIVERY_FAILING, message=message, now=now)
+    return Outcome(fns=(failing,), error=temporary(message, delay=delay, cause=cause))
+
+
+def updates_dropped(message: str, *, reported: int, now: datetime) -> Outcome:
+    """Core kept refusing the job's updates: the counter passes them (to ``reported``), and a Warning says so."""
+    failing = condition(REPORTED, "False", reason=CORE_DELIVERY_FAILING, message=message, now=now)
+    dropped = Event("Warning", CORE_DELIVERY_FAILING, f"{message}; dropped")
+    return Outcome(fns=(failing,), status={"reportedTransitions": reported}, events=(dropped,))
+
+
+def core_failing(error: BaseException, *, reported: int | None, delay: float, now: datetime) -> Outcome:
+    """Core could not be reached: retried after ``delay``; what it did take (``reported``) is recorded."""
+    failing = condition(REPORTED, "False", reason=CORE_DELIVERY_FAILING, message=str(error), now=now)
+    return Outcome(
+        fns=(failing,),
+        status={} if reported is None else {"reportedTransitions": reported},
+        error=temporary(f"delivering to Core failed: {error}", delay=delay, cause=error),
+    )
+
+
+# --- outcomes: deletion ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ending(Outcome):
+    """How a deleted job ends: ``final`` is the last state Core is told (None: the job had ended already)."""
+
+    final: tuple[JobState, str] | None = None
+
+
+def last_updates(
+    job: UCloudJob, delivered: int, final: tuple[JobState, str] | None, now: datetime
+) -> list[JobUpdateItem]:
+    """What Core has not heard of a deleted job, and ``final`` at the end, so that it does not stay active there."""
+    items = job_updates(job, unreported(job.status, delivered)[1])
+    if final is not None:
+        state, message = final
+        transition = JobTransition(state=state, timestamp=millis(now), message=message)
+        items.extend(job_updates(job, [transition]))
+    return items

@@ -21,7 +21,8 @@ from ucim.common.kube import ConflictError, Kube
 from ucim.common.reasons import MAPPED, READY, REQUESTED_AT_ANNOTATION, WAITING_FOR_BRIDGE
 from ucim.common.resources import Condition, ObjectMeta, UserInstance, UserInstanceSpec
 from ucim.common.times import rfc3339
-from ucim.operator.jobs import StatusFn, condition
+from ucim.operator.jobs import condition
+from ucim.operator.outcomes import StatusFn
 
 # Ask again at most this often while an instance does not come up.
 WAKE_INTERVAL: Final = timedelta(seconds=30)

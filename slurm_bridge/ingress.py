@@ -118,6 +118,8 @@ class Routes:
             await self.close(name)
 
 
+# The ingress app's state. This is the bridge's only aiohttp app, so its keys stay here, next to Routes
+# (a keys.py would import this module and be imported by it); the gateway and the instance have keys.py.
 ROUTES = web.AppKey("routes", Routes)
 TOKEN_DIGEST = web.AppKey("token_digest", bytes)
 

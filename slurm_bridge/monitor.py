@@ -39,7 +39,9 @@ from ucim.common.informer import Informer
 from ucim.common.kube import ConflictError, InvalidError, Kube, NotFoundError
 from ucim.common.protocol import JobState
 from ucim.common.resources import UCloudJob, cluster_selector
-from ucim.common.slurm import SlurmClient, SlurmError, SlurmJobInfo
+from ucim.common.slurm import SlurmClient
+from ucim.common.slurm_errors import SlurmError
+from ucim.common.slurm_parsing import SlurmJobInfo
 from ucim.common.times import rfc3339
 
 log = logging.getLogger(__name__)

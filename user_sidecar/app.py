@@ -45,16 +45,13 @@ from ucim.common.observability import add_health_routes
 from ucim.common.slurm import SlurmClient
 from ucim.user_sidecar import views
 from ucim.user_sidecar.jobs import Submitter
+from ucim.user_sidecar.keys import DRIVES, JOBS_FOLDER, SETTINGS, SUBMITTER, TRANSFERS
 from ucim.user_sidecar.middlewares import error_envelope
 from ucim.user_sidecar.paths import DriveResolver
 from ucim.user_sidecar.settings import SidecarSettings
 from ucim.user_sidecar.templates import Catalogue, InvalidJobError, load_catalogue, render_script
-from ucim.user_sidecar.transfer_views import TRANSFERS, add_transfer_routes, exercise
+from ucim.user_sidecar.transfer_views import add_transfer_routes, exercise
 from ucim.user_sidecar.transfers import Transfers
-
-SETTINGS = web.AppKey("settings", SidecarSettings)
-SUBMITTER = views.SUBMITTER
-DRIVES = views.DRIVES
 
 
 def init_app(settings: SidecarSettings, catalogue: Catalogue | None = None) -> web.Application:
@@ -72,7 +69,7 @@ def init_app(settings: SidecarSettings, catalogue: Catalogue | None = None) -> w
     app[SUBMITTER] = submitter
     drives = app[DRIVES] = DriveResolver(settings.drive_roots, user, home)
     app[TRANSFERS] = Transfers.for_instance(settings, drives)
-    app[views.JOBS_FOLDER] = settings.jobs_folder
+    app[JOBS_FOLDER] = settings.jobs_folder
     app.router.add_post(SUBMIT_PATH, views.submit)
     app.router.add_post(CANCEL_PATH, views.cancel)
     app.router.add_post(FILES_BROWSE_PATH, views.browse_files)

@@ -35,10 +35,9 @@ import secrets
 from pathlib import Path
 from typing import Final
 
-from prometheus_client import Counter
-
 from ucim.common.instance_api import SubmitRequest, SubmitResponse
-from ucim.common.slurm import SlurmClient, SlurmRejectedError
+from ucim.common.slurm import SlurmClient
+from ucim.common.slurm_errors import SlurmRejectedError
 from ucim.user_sidecar.templates import Catalogue, check_job_id, check_job_name, render_script
 
 log = logging.getLogger(__name__)
@@ -47,12 +46,6 @@ SCRIPT_NAME: Final = "job.sbatch"
 # The submission record in the job folder: "slurm_job_id=<id>" and "slurm_job_name=<name>" lines.
 RECORD_NAME: Final = ".slurm-job-id"
 FOLDER_MODE: Final = 0o770
-
-SUBMISSIONS = Counter(
-    "ucim_submissions",
-    "Job submissions by this instance, by result (submitted, already_submitted, invalid, rejected, unavailable).",
-    ["result"],
-)
 
 
 class Submitter:

@@ -36,6 +36,8 @@ from ucim.common.protocol import Drive
 MAX_COMPONENT_BYTES = 255
 MAX_PATH_BYTES = 4096
 REMEMBERED_DRIVES = 1000
+# How much of an item's id a refusal of a bulk call shows ("item 3 (<id>): ...").
+SHOWN_ID_CHARS = 200
 DRIVE_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}$")
 
 # Walking: O_PATH needs only search permission on the folder, like the kernel's own walk.

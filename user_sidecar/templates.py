@@ -44,7 +44,7 @@ from pydantic.alias_generators import to_camel
 
 from ucim.common.instance_api import SubmitRequest
 from ucim.common.resources import ParameterValue
-from ucim.common.slurm import minutes_to_slurm_time
+from ucim.common.slurm_parsing import minutes_to_slurm_time
 
 BASE_TEMPLATE = Path(__file__).with_name("sbatch.j2")
 

@@ -9,7 +9,8 @@
   opened safely through the drive's folder fds, so no path is resolved again.
 
 The browser calls the chunk and download paths itself (across origins), so their answers,
-errors included, allow any origin; ``OPTIONS`` answers a CORS preflight.
+errors included, allow any origin; ``OPTIONS`` answers a CORS preflight. The policy, and the
+chunk limit, are the gateway's too (``ucim.common.transfer_contract``).
 """
 
 from __future__ import annotations
@@ -47,39 +48,20 @@ from ucim.common.protocol import (
     dump,
 )
 from ucim.common.splice import SocketBody, widen_send_buffer
+from ucim.common.transfer_contract import CORS_HEADERS, PREFLIGHT_HEADERS
+from ucim.user_sidecar.keys import TRANSFERS
+from ucim.user_sidecar.metrics import DOWNLOAD_BYTES, TRANSFER_EVENTS
 from ucim.user_sidecar.middlewares import error_response
 from ucim.user_sidecar.paths import PathRefusedError
-from ucim.user_sidecar.transfers import (
-    DOWNLOAD_BYTES,
-    TRANSFER_EVENTS,
-    WRITE_PIECE_BYTES,
-    BodyInterruptedError,
-    TransferRefusedError,
-    Transfers,
-)
+from ucim.user_sidecar.transfer_io import WRITE_PIECE_BYTES, BodyInterruptedError, TransferRefusedError
 from ucim.user_sidecar.views import parse
 
-TRANSFERS = web.AppKey("transfers", Transfers)
 # Built once, here: pydantic makes a class per parametrization.
 UploadRequest = BulkRequest[FilesProviderCreateUploadRequestItem]
 DownloadRequest = BulkRequest[FilesProviderCreateDownloadRequestItem]
 Tokens = BulkResponse[TransferToken]
 
 _NUMBER: Final = re.compile(r"^-?[0-9]{1,20}$")
-# Headers a browser may send and read across origins.
-_REQUEST_HEADERS: Final = (CHUNKED_TOKEN_HEADER, CHUNKED_OFFSET_HEADER, CHUNKED_TOTAL_SIZE_HEADER, "UCloud-Username")
-_CORS: Final = {
-    "Access-Control-Allow-Origin": "*",
-    "Access-Control-Expose-Headers": ", ".join(
-        [CHUNKED_OFFSET_HEADER, "Content-Disposition", "Content-Range", "Accept-Ranges", "ETag", "Last-Modified"]
-    ),
-}
-_PREFLIGHT: Final = {
-    **_CORS,
-    "Access-Control-Allow-Methods": "GET, HEAD, POST, OPTIONS",
-    "Access-Control-Allow-Headers": ", ".join((*_REQUEST_HEADERS, "Content-Type", "Range", "If-Range")),
-    "Access-Control-Max-Age": "3600",
-}
 
 
 def add_transfer_routes(app: web.Application) -> None:
@@ -106,7 +88,7 @@ async def _sweeping(app: web.Application) -> AsyncIterator[None]:
 def _refusal(error: PathRefusedError) -> web.Response:
     """The error envelope, readable by a browser on another origin; a 409 says where to continue."""
     response = error_response(error.status, str(error))
-    response.headers.update(_CORS)
+    response.headers.update(CORS_HEADERS)
     if isinstance(error, TransferRefusedError) and error.expected_offset is not None:
         response.headers[CHUNKED_OFFSET_HEADER] = str(error.expected_offset)
     return response
@@ -144,7 +126,7 @@ def _number(request: web.Request, name: str) -> int:
 
 
 def _progress(progress: UploadProgress) -> web.Response:
-    return web.json_response(progress.model_dump(mode="json", by_alias=True), headers=_CORS)
+    return web.json_response(progress.model_dump(mode="json", by_alias=True), headers=CORS_HEADERS)
 
 
 async def _body(request: web.Request) -> AsyncIterator[bytes]:
@@ -183,7 +165,7 @@ async def upload_progress(request: web.Request) -> web.Response:
 
 
 async def preflight(_: web.Request) -> web.Response:
-    return web.Response(status=204, headers=_PREFLIGHT)
+    return web.Response(status=204, headers=PREFLIGHT_HEADERS)
 
 
 class _HandlerPreparedFileResponse(web.FileResponse):
@@ -197,7 +179,7 @@ class _HandlerPreparedFileResponse(web.FileResponse):
 
 def _download_headers(name: str) -> dict[str, str]:
     return {
-        **_CORS,
+        **CORS_HEADERS,
         "Content-Type": mimetypes.guess_type(name)[0] or "application/octet-stream",
         "Content-Disposition": f"attachment; filename*=UTF-8''{quote(name, safe='')}",
         "X-Content-Type-Options": "nosniff",

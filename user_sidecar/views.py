@@ -1,8 +1,8 @@
 """The instance API handlers (paths in ``ucim.common.instance_api``).
 
 File calls carry their drives (``resolvedCollection`` and friends): every handler roots
-them with :data:`DRIVES` before it touches a file id. Bulk file calls run their items in
-order; the first that fails ends the call with its status and a why that names it.
+them with ``app[DRIVES]`` (``keys.py``) before it touches a file id. Bulk file calls run
+their items in order; the first that fails ends the call with its status and a why that names it.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
-from typing import Any, Final, TypeVar
+from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, Field, ValidationError
@@ -30,23 +30,19 @@ from ucim.common.protocol import (
     UFile,
     dump,
 )
-from ucim.common.slurm import SlurmError, SlurmRejectedError, SlurmUnavailableError
+from ucim.common.slurm_errors import SlurmError, SlurmRejectedError, SlurmUnavailableError
 from ucim.user_sidecar import fileops
 from ucim.user_sidecar.files import Files
-from ucim.user_sidecar.jobs import SUBMISSIONS, Submitter
+from ucim.user_sidecar.keys import DRIVES, JOBS_FOLDER, SUBMITTER
+from ucim.user_sidecar.metrics import SUBMISSIONS
 from ucim.user_sidecar.middlewares import error_response
-from ucim.user_sidecar.paths import DriveResolver, Drives, PathRefusedError, parse_id, refusal
+from ucim.user_sidecar.paths import SHOWN_ID_CHARS, Drives, PathRefusedError, parse_id, refusal
 from ucim.user_sidecar.templates import InvalidJobError
 
 log = logging.getLogger(__name__)
 
-SUBMITTER = web.AppKey("submitter", Submitter)
-# Roots the drives a request names: ``request.app[DRIVES].resolve(*collections) -> Drives``.
-DRIVES = web.AppKey("drives", DriveResolver)
-JOBS_FOLDER = web.AppKey("jobs_folder", str)
 M = TypeVar("M", bound=BaseModel)
 Item = TypeVar("Item", bound=BaseModel)
-SHOWN_ID_CHARS: Final = 200
 
 
 class FilesDeleteRequestItem(UFile):

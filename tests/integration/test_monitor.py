@@ -18,7 +18,8 @@ from tests.support.platform import Platform
 from ucim.common.kube import ConflictError, Kube
 from ucim.common.protocol import JobState
 from ucim.common.resources import UCloudJob
-from ucim.common.slurm import SlurmClient, SlurmConfig, SlurmJobInfo
+from ucim.common.slurm import SlurmClient, SlurmConfig
+from ucim.common.slurm_parsing import SlurmJobInfo
 from ucim.slurm_bridge.monitor import SlurmMonitor, status_patch
 
 pytestmark = pytest.mark.integration

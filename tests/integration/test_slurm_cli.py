@@ -26,14 +26,9 @@ from typing import Any
 import pytest
 
 from ucim.common.protocol import JobState
-from ucim.common.slurm import (
-    SlurmClient,
-    SlurmConfig,
-    SlurmError,
-    SlurmJobInfo,
-    SlurmRejectedError,
-    minutes_to_slurm_time,
-)
+from ucim.common.slurm import SlurmClient, SlurmConfig
+from ucim.common.slurm_errors import SlurmError, SlurmRejectedError
+from ucim.common.slurm_parsing import SlurmJobInfo, minutes_to_slurm_time
 from ucim.testing.stack import read_platform_env
 
 pytestmark = pytest.mark.integration

@@ -16,7 +16,8 @@ from ucim.common.informer import Informer
 from ucim.common.kube import ConflictError
 from ucim.common.protocol import JobState
 from ucim.common.resources import UCloudJob
-from ucim.common.slurm import SlurmClient, SlurmConfig, SlurmJobInfo
+from ucim.common.slurm import SlurmClient, SlurmConfig
+from ucim.common.slurm_parsing import SlurmJobInfo
 from ucim.slurm_bridge.monitor import (
     UNSUBMITTED,
     VANISHED_MESSAGE,

@@ -9,11 +9,12 @@ from typing import Any, cast
 import kopf
 import pytest
 
+from ucim.common import reasons
 from ucim.common.instance_api import SubmitResponse
 from ucim.common.protocol import JobState, JobUpdate, dump
-from ucim.common.reasons import CANCELLED, REPORTED, SLURM_SUBMIT_REJECTED, SUBMITTED
 from ucim.common.resources import JobTransition, UCloudJob, UCloudJobStatus
 from ucim.operator import jobs
+from ucim.operator.outcomes import Event, Outcome, StatusFn, temporary
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 T0_MS = 1_772_366_400_000
@@ -41,7 +42,7 @@ def job_obj(status: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]
     return obj
 
 
-def apply(fn: jobs.StatusFn, obj: dict[str, Any]) -> dict[str, Any]:
+def apply(fn: StatusFn, obj: dict[str, Any]) -> dict[str, Any]:
     changed = copy.deepcopy(obj)
     fn(cast(kopf.RawBody, changed))
     return changed
@@ -112,7 +113,10 @@ def test_job_updates_come_from_transitions_with_every_key_written() -> None:
 
 def test_first_visit_sets_conditions_once() -> None:
     obj = apply(jobs.first_visit(T0), job_obj())
-    assert conditions(obj) == {SUBMITTED: ("Unknown", "WaitingForInstance"), REPORTED: ("True", "CoreUpToDate")}
+    assert conditions(obj) == {
+        reasons.SUBMITTED: ("Unknown", "WaitingForInstance"),
+        reasons.REPORTED: ("True", "CoreUpToDate"),
+    }
     assert obj["status"]["observedGeneration"] == 1
     again = apply(jobs.first_visit(T0 + timedelta(minutes=1)), obj)
     assert again == obj
@@ -120,12 +124,12 @@ def test_first_visit_sets_conditions_once() -> None:
 
 def test_a_condition_change_keeps_the_others() -> None:
     obj = apply(jobs.first_visit(T0), job_obj())
-    obj = apply(jobs.condition(CANCELLED, "Unknown", reason="CancelRequested", message="", now=T0), obj)
-    obj = apply(jobs.condition(REPORTED, "False", reason="CoreDeliveryFailing", message="down", now=T0), obj)
+    obj = apply(jobs.condition(reasons.CANCELLED, "Unknown", reason="CancelRequested", message="", now=T0), obj)
+    obj = apply(jobs.condition(reasons.REPORTED, "False", reason="CoreDeliveryFailing", message="down", now=T0), obj)
     assert conditions(obj) == {
-        SUBMITTED: ("Unknown", "WaitingForInstance"),
-        REPORTED: ("False", "CoreDeliveryFailing"),
-        CANCELLED: ("Unknown", "CancelRequested"),
+        reasons.SUBMITTED: ("Unknown", "WaitingForInstance"),
+        reasons.REPORTED: ("False", "CoreDeliveryFailing"),
+        reasons.CANCELLED: ("Unknown", "CancelRequested"),
     }
 
 
@@ -141,7 +145,7 @@ def test_submission_is_recorded_with_the_first_transition() -> None:
     assert status["state"] == "IN_QUEUE"
     first = {"state": "IN_QUEUE", "timestamp": T0_MS, "message": "Submitted to Slurm as job 77"}
     assert status["transitions"] == [first]
-    assert conditions(obj)[SUBMITTED] == ("True", "SlurmAccepted")
+    assert conditions(obj)[reasons.SUBMITTED] == ("True", "SlurmAccepted")
     # The status model reads back what the function wrote.
     assert UCloudJob.from_obj(obj).status.slurm_job_id == 77
 
@@ -173,13 +177,13 @@ def test_a_recorded_submission_never_rewrites_the_bridges_transitions() -> None:
 
 def test_a_rejection_ends_the_job_with_sbatchs_words() -> None:
     why = "sbatch: error: Invalid time limit specification"
-    fn = jobs.finished(JobState.FAILURE, why, condition_type=SUBMITTED, condition_status="False",
-                       reason=SLURM_SUBMIT_REJECTED, now=T0)  # fmt: skip
+    fn = jobs.finished(JobState.FAILURE, why, condition_type=reasons.SUBMITTED, condition_status="False",
+                       reason=reasons.SLURM_SUBMIT_REJECTED, now=T0)  # fmt: skip
     obj = apply(fn, job_obj())
     assert obj["status"]["state"] == "FAILURE"
     assert obj["status"]["reason"] == why
     assert obj["status"]["transitions"] == [{"state": "FAILURE", "timestamp": T0_MS, "message": why}]
-    assert conditions(obj)[SUBMITTED] == ("False", SLURM_SUBMIT_REJECTED)
+    assert conditions(obj)[reasons.SUBMITTED] == ("False", reasons.SLURM_SUBMIT_REJECTED)
     # A final state is final: applying it again appends nothing.
     assert apply(fn, obj)["status"]["transitions"] == obj["status"]["transitions"]
 
@@ -206,3 +210,125 @@ def test_changes_core_already_holds_are_not_sent_again() -> None:
     assert jobs.already_at_core(pending, []) == 0
     # Only a leading run counts: a gap means everything from the gap on is sent.
     assert jobs.already_at_core(pending, [JobUpdate(state=JobState.SUCCESS, timestamp=3)]) == 0
+
+
+# --- outcomes ---------------------------------------------------------------------
+
+
+def outcome_on(outcome: Outcome, obj: dict[str, Any]) -> dict[str, Any]:
+    """The object as the outcome's patch functions and status fields leave it."""
+    for fn in outcome.fns:
+        obj = apply(fn, obj)
+    obj.setdefault("status", {}).update(outcome.status)
+    return obj
+
+
+def test_an_outcome_patches_posts_its_events_and_then_ends_the_handler(monkeypatch: pytest.MonkeyPatch) -> None:
+    posted: list[tuple[str, str, str]] = []
+    monkeypatch.setattr(kopf, "event", lambda _, *, type, reason, message: posted.append((type, reason, message)))
+    cause = RuntimeError("the instance is gone")
+    outcome = Outcome(
+        fns=(
+            jobs.condition(
+                reasons.SUBMITTED, "Unknown", reason=reasons.WAITING_FOR_INSTANCE, message="waiting", now=T0
+            ),
+        ),
+        status={"reportedTransitions": 2},
+        events=(Event("Warning", reasons.WAITING_FOR_INSTANCE, "waiting"),),
+        error=temporary("waiting", delay=1.5, cause=cause),
+    )
+    patch = kopf.Patch()
+    with pytest.raises(kopf.TemporaryError) as raised:
+        outcome.apply(kopf.Body(cast(kopf.RawBody, job_obj())), patch)
+    assert raised.value.delay == 1.5
+    assert raised.value.__cause__ is cause
+    assert patch.fns == list(outcome.fns)
+    assert dict(patch) == {"status": {"reportedTransitions": 2}}
+    assert posted == [("Warning", reasons.WAITING_FOR_INSTANCE, "waiting")]
+    # An outcome without status fields leaves the merge patch empty (kopf then sends nothing for it).
+    empty = kopf.Patch()
+    Outcome().apply(kopf.Body(cast(kopf.RawBody, job_obj())), empty)
+    assert not empty
+
+
+def test_a_job_terminated_before_submission_ends_without_slurm() -> None:
+    outcome = jobs.terminated_before_submission(T0)
+    obj = outcome_on(outcome, job_obj())
+    assert outcome.error is None
+    assert obj["status"]["state"] == "SUCCESS"
+    assert conditions(obj) == {
+        reasons.CANCELLED: ("True", reasons.SLURM_CANCELLED),
+        reasons.SUBMITTED: ("False", reasons.CANCEL_REQUESTED),
+    }
+
+
+def test_an_instance_that_cannot_submit() -> None:
+    refused = jobs.instance_not_ready("alice-local", "no local account", delay=2.0, now=T0)
+    assert isinstance(refused.error, kopf.PermanentError)
+    obj = outcome_on(refused, job_obj())
+    assert obj["status"]["state"] == "FAILURE"
+    assert obj["status"]["reason"] == "The user cannot run jobs on this cluster: no local account"
+    assert conditions(obj)[reasons.SUBMITTED] == ("False", reasons.MAPPING_REFUSED)
+
+    starting = jobs.instance_not_ready("alice-local", None, delay=2.0, now=T0)
+    assert isinstance(starting.error, kopf.TemporaryError) and starting.error.delay == 2.0
+    obj = outcome_on(starting, job_obj())
+    assert "state" not in obj["status"]
+    assert conditions(obj)[reasons.SUBMITTED] == ("Unknown", reasons.WAITING_FOR_INSTANCE)
+
+
+def test_what_a_submit_call_comes_to() -> None:
+    job = UCloudJob.from_obj(job_obj())
+    accepted = jobs.submitted(job, SubmitResponse(slurm_job_id=42, job_folder="/home/alice/jobs/4711"), T0)
+    assert accepted.error is None
+    assert accepted.events == (Event("Normal", reasons.SLURM_ACCEPTED, "Slurm job 42"),)
+    assert outcome_on(accepted, job_obj())["status"]["slurmJobId"] == 42
+
+    cause = RuntimeError("sbatch: error: invalid partition")
+    rejected = jobs.submit_rejected("invalid partition", T0, cause=cause)
+    assert isinstance(rejected.error, kopf.PermanentError) and rejected.error.__cause__ is cause
+    assert rejected.events == (Event("Warning", reasons.SLURM_SUBMIT_REJECTED, "invalid partition"),)
+    assert outcome_on(rejected, job_obj())["status"]["state"] == "FAILURE"
+
+    unreachable = jobs.submit_unreachable(cause, delay=4.0, now=T0)
+    assert isinstance(unreachable.error, kopf.TemporaryError) and unreachable.error.delay == 4.0
+    assert conditions(outcome_on(unreachable, job_obj()))[reasons.SUBMITTED] == (
+        "Unknown",
+        reasons.INSTANCE_UNREACHABLE,
+    )
+
+
+def test_what_a_delivery_to_core_comes_to() -> None:
+    obj = job_obj({"transitions": [t.to_dict() for t in transitions(JobState.IN_QUEUE)]})
+    delivered = jobs.core_up_to_date(UCloudJobStatus.model_validate(obj["status"]), 1, T0)
+    assert delivered.status == {"reportedTransitions": 1}
+    obj = outcome_on(delivered, obj)
+    assert conditions(obj)[reasons.REPORTED] == ("True", reasons.CORE_UP_TO_DATE)
+    # Reported=True stays as it is.
+    assert jobs.core_up_to_date(UCloudJobStatus.model_validate(obj["status"]), 1, T0).fns == ()
+
+    cause = RuntimeError("Core answered 404")
+    refused = jobs.core_refused("Core refused 1 state change(s): no such job", delay=30.0, cause=cause, now=T0)
+    assert isinstance(refused.error, kopf.TemporaryError) and refused.status == {}
+    dropped = jobs.updates_dropped("Core refused 1 state change(s): no such job", reported=1, now=T0)
+    assert dropped.error is None and dropped.status == {"reportedTransitions": 1}
+    assert dropped.events == (
+        Event("Warning", reasons.CORE_DELIVERY_FAILING, "Core refused 1 state change(s): no such job; dropped"),
+    )
+
+    down = jobs.core_failing(cause, reported=None, delay=1.0, now=T0)
+    assert isinstance(down.error, kopf.TemporaryError) and down.status == {}
+    assert str(down.error) == "delivering to Core failed: Core answered 404"
+    assert jobs.core_failing(cause, reported=3, delay=1.0, now=T0).status == {"reportedTransitions": 3}
+    assert conditions(outcome_on(down, job_obj()))[reasons.REPORTED] == ("False", reasons.CORE_DELIVERY_FAILING)
+
+
+def test_a_deleted_job_tells_core_what_it_missed_and_how_it_ended() -> None:
+    sent = transitions(JobState.IN_QUEUE, JobState.RUNNING)
+    job = UCloudJob.from_obj(job_obj({"transitions": [t.to_dict() for t in sent], "reportedTransitions": 1}))
+    assert [item.update.state for item in jobs.last_updates(job, 0, None, T0)] == [JobState.RUNNING]
+    final = (JobState.SUCCESS, "Cancelled: the job was deleted on the provider")
+    items = jobs.last_updates(job, 2, final, T0)
+    assert [(item.update.state, item.update.status, item.update.timestamp) for item in items] == [
+        (JobState.SUCCESS, "Cancelled: the job was deleted on the provider", T0_MS)
+    ]

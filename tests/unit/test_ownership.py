@@ -6,8 +6,9 @@ import copy
 import re
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import kopf
 import pytest
 import yaml
 
@@ -17,6 +18,7 @@ from ucim.common.protocol import JobState
 from ucim.common.reasons import CANCELLED, SLURM_CANCELLED, SUBMITTED
 from ucim.common.resources import UCloudJob
 from ucim.operator import jobs
+from ucim.operator.outcomes import StatusFn
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -61,11 +63,11 @@ def _job() -> dict[str, Any]:
     return dict(obj)
 
 
-def _written(fn: jobs.StatusFn) -> set[str]:
+def _written(fn: StatusFn) -> set[str]:
     """The status fields a kopf patch function changes on a job."""
     body = _job()
     before = copy.deepcopy(body.get("status") or {})
-    fn(body)  # type: ignore[arg-type]
+    fn(cast(kopf.RawBody, body))
     after = body.get("status") or {}
     return {key for key in set(before) | set(after) if before.get(key) != after.get(key)}
 

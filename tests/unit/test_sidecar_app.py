@@ -13,9 +13,11 @@ from aiohttp import web
 from prometheus_client import REGISTRY
 from pytest_aiohttp import AiohttpClient
 
-from ucim.common.slurm import SlurmClient, SlurmRejectedError, SlurmUnavailableError
+from ucim.common.slurm import SlurmClient
+from ucim.common.slurm_errors import SlurmRejectedError, SlurmUnavailableError
 from ucim.user_sidecar import jobs
-from ucim.user_sidecar.app import SUBMITTER, init_app
+from ucim.user_sidecar.app import init_app
+from ucim.user_sidecar.keys import SUBMITTER
 from ucim.user_sidecar.settings import SidecarSettings
 
 

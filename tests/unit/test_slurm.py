@@ -17,20 +17,21 @@ from pathlib import Path
 import pytest
 
 from ucim.common.protocol import JobState
-from ucim.common.slurm import (
-    SACCT_FIELDS,
-    SQUEUE_FIELDS,
-    CommandResult,
-    SlurmClient,
-    SlurmConfig,
+from ucim.common.slurm import CommandResult, SlurmClient, SlurmConfig
+from ucim.common.slurm_errors import (
     SlurmError,
-    SlurmJobInfo,
     SlurmRejectedError,
     SlurmUnavailableError,
     clean_slurm_error,
+    sbatch_error,
+    scancel_errors,
+)
+from ucim.common.slurm_parsing import (
+    SACCT_FIELDS,
+    SQUEUE_FIELDS,
+    SlurmJobInfo,
     decode_wait_status,
     minutes_to_slurm_time,
-    normalize_state,
     parse_exit_code,
     parse_job_ids,
     parse_sacct,
@@ -38,11 +39,9 @@ from ucim.common.slurm import (
     parse_slurm_time,
     parse_squeue,
     parse_time_limit,
-    sbatch_error,
-    scancel_errors,
     squeue_format,
-    to_ucloud_state,
 )
+from ucim.common.slurm_states import normalize_state, to_ucloud_state
 
 # `squeue -h -t all -O <squeue_format()>` with SLURM_TIME_FORMAT=%s.
 SQUEUE_OUTPUT = """\

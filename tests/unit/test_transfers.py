@@ -30,22 +30,23 @@ from ucim.common.instance_api import (
     FILES_UPLOAD_PATH,
     UPLOAD_CHUNK_PATH,
 )
+from ucim.common.transfer_contract import MAX_CHUNK_BYTES
 from ucim.user_sidecar import transfers as transfers_module
+from ucim.user_sidecar.keys import TRANSFERS
 from ucim.user_sidecar.middlewares import error_envelope
 from ucim.user_sidecar.paths import DriveResolver
 from ucim.user_sidecar.settings import SidecarSettings
-from ucim.user_sidecar.transfer_views import TRANSFERS, add_transfer_routes, exercise
-from ucim.user_sidecar.transfers import (
-    MAX_CHUNK_BYTES,
+from ucim.user_sidecar.transfer_io import TransferRefusedError
+from ucim.user_sidecar.transfer_sessions import (
     DownloadSession,
     Location,
     SessionStore,
     TransferLimits,
-    TransferRefusedError,
-    Transfers,
     UploadSession,
     digest,
 )
+from ucim.user_sidecar.transfer_views import add_transfer_routes, exercise
+from ucim.user_sidecar.transfers import Transfers
 
 USER = getpass.getuser()
 DRIVE = {"id": "home", "providerGeneratedId": f"home:{USER}"}

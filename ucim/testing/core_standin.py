@@ -48,6 +48,7 @@ from pydantic import BaseModel, ValidationError
 
 from ucim.common.instance_api import CHUNKED_OFFSET_HEADER, CHUNKED_TOKEN_HEADER, CHUNKED_TOTAL_SIZE_HEADER
 from ucim.common.protocol import (
+    USERNAME_HEADER,
     AccessTokenAndCsrf,
     AccountingUnit,
     Application,
@@ -98,6 +99,7 @@ from ucim.common.protocol import (
     error_body,
     now_ms,
 )
+from ucim.common.transfer_contract import WEB_CLIENT_CHUNK_BYTES
 from ucim.testing.core_drives import DriveRefusedError, DriveStore, browse_body, resolve_items, retrieve_body
 
 ISSUER = "cloud.sdu.dk"
@@ -105,7 +107,6 @@ AUDIENCE = "all:write"
 SERVICE_SUBJECT = "_UCloud"
 PROVIDER_SUBJECT_PREFIX = "#P_"
 TOKEN_LIFETIME_SECONDS = 600
-USERNAME_HEADER = "UCloud-Username"
 # Core answers these by calling integration/init and retrying (core2 orchestrator.go).
 USER_NOT_READY_STATUSES = frozenset({449, 503})
 INIT_RETRY_ATTEMPTS = 5
@@ -122,8 +123,6 @@ POLLED_PATHS = (
     "private-networks/retrieveProducts",
     "provider/branding/retrieveInfo",
 )
-# The web client's CHUNKED chunk size (frontend-web Files/Upload.ts maxChunkSize).
-WEB_CLIENT_CHUNK_BYTES = 16_000_000
 
 M = TypeVar("M", bound=BaseModel)
 

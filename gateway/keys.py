@@ -1,0 +1,26 @@
+"""The gateway application's state: every ``web.AppKey`` it keeps, set once in ``app.init_app``."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ucim.common.core_client import CoreClient
+from ucim.common.kube import Kube
+from ucim.gateway.auth import CoreVerifier
+from ucim.gateway.connections import Connections
+from ucim.gateway.drives import Drives
+from ucim.gateway.instance_proxy import InstanceProxy
+from ucim.gateway.instances import Instances
+from ucim.gateway.settings import GatewaySettings
+
+SETTINGS = web.AppKey("settings", GatewaySettings)
+KUBE = web.AppKey("kube", Kube)
+INSTANCES = web.AppKey("instances", Instances)
+CONNECTIONS = web.AppKey("connections", Connections)
+CORE = web.AppKey[CoreClient | None]("core")
+PROXY = web.AppKey("instance_proxy", InstanceProxy)
+DRIVES = web.AppKey[Drives | None]("drives")
+VERIFIER = web.AppKey("core_verifier", CoreVerifier)
+# Served without Core's JWT, per application: the browser-facing transfer endpoints, which
+# authenticate by the one-time token the user's instance checks.
+TOKEN_PATHS = web.AppKey("token_paths", frozenset[str])

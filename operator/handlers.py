@@ -45,6 +45,7 @@ from typing import Any, cast
 import kopf
 from aiohttp import web
 
+from ucim.common import user_instances
 from ucim.common.conditions import is_true
 from ucim.common.core_client import CoreClient, CoreError, CoreRejectedError, batched
 from ucim.common.kube import Kube
@@ -58,6 +59,7 @@ from ucim.common.reasons import (
     SLURM_CANCELLED,
 )
 from ucim.common.resources import JobTransition, UCloudJob, UserInstance
+from ucim.common.retry import delay_after
 from ucim.common.settings import API_GROUP, API_VERSION
 from ucim.common.times import now_utc
 from ucim.operator import jobs, userinstances
@@ -124,7 +126,7 @@ async def configure(*, settings: kopf.OperatorSettings, memo: kopf.Memo, logger:
     # and kopf would retry the refused listing for about a minute before it serves anything.
     settings.scanning.disabled = True
 
-    kube = await Kube.connect()
+    kube = await Kube.connect(component="operator")
     core = CoreClient(config.core_url, config.core_refresh_token)
     queue = DeliveryQueue(
         core.push_job_updates, interval=config.delivery_batch_interval_seconds, max_items=config.delivery_batch_size
@@ -185,9 +187,9 @@ async def submit(*, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: 
         return
 
     # The owner's instance submits as the owner: create it or ask it to start, and wait until it serves.
-    instance = await userinstances.ensure_instance(runtime.kube, _namespace(job), job.spec.owner, job.spec.cluster, now)
-    refusal, endpoint = userinstances.refusal(instance), instance.status.endpoint
-    if refusal is not None or not userinstances.serving(instance) or endpoint is None:
+    instance = await _ensure_instance(runtime, job, now)
+    refusal, endpoint = user_instances.refusal(instance), instance.status.endpoint
+    if refusal is not None or not user_instances.serving(instance) or endpoint is None:
         delay = _instance_backoff(runtime, retry)
         jobs.instance_not_ready(instance.metadata.name, refusal, delay=delay, now=now).apply(body, patch)
         return
@@ -397,10 +399,23 @@ async def _cancel_in_slurm(runtime: Runtime, job: UCloudJob, now: datetime) -> N
     """``scancel`` the job through the owner's instance; InstanceUnreachableError while it does not serve."""
     if job.status.slurm_job_id is None:
         raise ValueError(f"UCloudJob {job.metadata.name} has no Slurm job to cancel")
-    instance = await userinstances.ensure_instance(runtime.kube, _namespace(job), job.spec.owner, job.spec.cluster, now)
-    if not userinstances.serving(instance) or instance.status.endpoint is None:
+    instance = await _ensure_instance(runtime, job, now)
+    if not user_instances.serving(instance) or instance.status.endpoint is None:
         raise InstanceUnreachableError(f"the owner's instance {instance.metadata.name} is not ready")
     await runtime.instances.cancel(instance.status.endpoint, [job.status.slurm_job_id])
+
+
+async def _ensure_instance(runtime: Runtime, job: UCloudJob, now: datetime) -> UserInstance:
+    """The owner's instance, created or asked to start; a refused owner is not asked again (a job cannot help)."""
+    return await user_instances.ensure_user_instance(
+        runtime.kube,
+        _namespace(job),
+        job.spec.owner,
+        job.spec.cluster,
+        idle_timeout_seconds=runtime.config.idle_timeout_seconds,
+        now=now,
+        retry_refused=False,
+    )
 
 
 def _namespace(job: UCloudJob) -> str:
@@ -410,24 +425,18 @@ def _namespace(job: UCloudJob) -> str:
 
 
 def _instance_backoff(runtime: Runtime, retry: int) -> float:
-    return jobs.backoff(retry, first=INSTANCE_FIRST_RETRY_SECONDS, cap=runtime.config.instance_retry_max_seconds)
+    return delay_after(retry + 1, first=INSTANCE_FIRST_RETRY_SECONDS, cap=runtime.config.instance_retry_max_seconds)
 
 
 def _core_backoff(runtime: Runtime, retry: int) -> float:
-    return jobs.backoff(retry, first=CORE_FIRST_RETRY_SECONDS, cap=runtime.config.delivery_retry_max_seconds)
+    return delay_after(retry + 1, first=CORE_FIRST_RETRY_SECONDS, cap=runtime.config.delivery_retry_max_seconds)
 
 
 # --- UserInstance ------------------------------------------------------------
-# The bridge owns the instance's process: it spawns it as the user's uid, restarts
-# it when it dies and stops it when idle, because it is the one that can see the
-# process. The operator only says "waiting" until the bridge speaks, and turns
-# Ready flips into events.
-
-
-@kopf.on.create(*USERINSTANCES)
-async def instance_created(*, patch: kopf.Patch, **_: Any) -> None:
-    # The bridge has not written any conditions yet: show that we wait for it.
-    patch.fns.append(userinstances.waiting_for_bridge(now_utc()))
+# The bridge owns the instance's process and is the only writer of its status: it
+# spawns it as the user's uid, restarts it when it dies and stops it when idle,
+# because it is the one that can see the process. The operator turns Ready flips
+# into events.
 
 
 @kopf.on.field(*USERINSTANCES, field="status.conditions")

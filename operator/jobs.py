@@ -51,11 +51,6 @@ SUBMIT_STARTED_ANNOTATION: Final = "ucim.io/submit-started-at"
 SLURM_JOB_NAME_PREFIX: Final = "ucim-"
 
 
-def backoff(retry: int, *, first: float, cap: float) -> float:
-    """Seconds to wait before attempt ``retry + 1``: doubling from ``first``, at most ``cap``."""
-    return float(min(cap, first * 2 ** min(retry, 30)))
-
-
 # --- what the job is ----------------------------------------------------------
 
 

@@ -38,6 +38,8 @@ class OperatorSettings(ComponentSettings):
     delivery_retry_max_seconds: float = Field(default=30.0, gt=0.0)
     # The HTTP timeout of a submit or cancel call to a user's instance (sbatch can be slow on a busy frontend).
     submit_timeout_seconds: float = Field(default=30.0, gt=0.0)
+    # Idle timeout given to the UserInstances the operator creates (the chart gives it the gateway's value).
+    idle_timeout_seconds: int = Field(default=1800, ge=0)
     # Longest wait between two attempts to reach a user's instance.
     instance_retry_max_seconds: float = Field(default=10.0, gt=0.0)
     # A deleted job's cancellation is tried this often before its finalizer is removed anyway.

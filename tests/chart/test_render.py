@@ -240,6 +240,7 @@ def test_rbac_is_split_by_purpose(helm: Helm) -> None:
     assert verbs("r-ucim-operator", "ucloudjobs/status") >= {"patch"}
     assert verbs("r-ucim-bridge", "ucloudjobs/status") >= {"patch"}
     assert verbs("r-ucim-bridge", "userinstances/status") >= {"patch"}
+    assert verbs("r-ucim-operator", "userinstances/status") == set()  # the bridge is its only writer
     assert verbs("r-ucim-gateway", "ucloudjobs/status") == set()
     # Events: create only.
     assert verbs("r-ucim-operator", "events") == {"create"}

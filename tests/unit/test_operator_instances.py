@@ -1,13 +1,11 @@
-"""The operator's side of user instances: the HTTP client, readiness, waking, Ready flips."""
+"""The operator's side of user instances: the HTTP client and Ready flips (creating them: test_user_instances)."""
 
 from __future__ import annotations
 
-import copy
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from datetime import UTC, datetime
+from typing import Any
 
-import kopf
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -15,8 +13,8 @@ from pydantic import SecretStr
 
 from ucim.common.instance_api import CANCEL_PATH, SUBMIT_PATH, SubmitRequest
 from ucim.common.protocol import error_body
-from ucim.common.reasons import MAPPED, READY, REQUESTED_AT_ANNOTATION
-from ucim.common.resources import ApplicationRef, JobResources, UserInstance
+from ucim.common.reasons import MAPPED, READY
+from ucim.common.resources import ApplicationRef, JobResources
 from ucim.common.times import rfc3339
 from ucim.operator import userinstances
 from ucim.operator.instances import InstanceClient, InstanceRejectedError, InstanceUnreachableError
@@ -117,73 +115,11 @@ async def test_connection_refused_means_unreachable(client: InstanceClient) -> N
         await client.submit("http://127.0.0.1:9/i/alice", REQUEST)
 
 
-# --- reading UserInstances ---
-
-
-def instance(
-    ready: str | None = None, *, changed: datetime = T0, endpoint: str | None = "http://b/i/alice", **extra: Any
-) -> UserInstance:
-    obj: dict[str, Any] = {
-        "metadata": {"name": "local-alice-1234-abcd", "annotations": extra.pop("annotations", {})},
-        "spec": {"ucloudUsername": "alice#1234", "cluster": "local"},
-        "status": {"endpoint": endpoint, "conditions": extra.pop("conditions", [])},
-    }
-    if ready is not None:
-        obj["status"]["conditions"].append(condition(READY, ready, changed))
-    return UserInstance.from_obj(obj)
+# --- Ready flips ---
 
 
 def condition(type_: str, status: str, changed: datetime = T0, reason: str = "Because") -> dict[str, Any]:
     return {"type": type_, "status": status, "reason": reason, "message": "m", "lastTransitionTime": rfc3339(changed)}
-
-
-def test_serving_needs_ready_and_an_endpoint() -> None:
-    assert userinstances.serving(instance("True"))
-    assert not userinstances.serving(instance("True", endpoint=None))
-    assert not userinstances.serving(instance("False"))
-    assert not userinstances.serving(instance())
-
-
-def test_a_refused_mapping_is_final() -> None:
-    assert userinstances.refusal(instance()) is None
-    refused = instance(conditions=[condition(MAPPED, "False", reason="MappingRefused")])
-    assert userinstances.refusal(refused) == "m"
-
-
-def test_waking_is_asked_once_in_a_while() -> None:
-    asked = {REQUESTED_AT_ANNOTATION: rfc3339(T0)}
-    # Never asked: ask.
-    assert userinstances.wake_due(instance("Unknown"), T0)
-    # Asked a moment ago: let the bridge work.
-    assert not userinstances.wake_due(instance("Unknown", annotations=asked), T0 + timedelta(seconds=5))
-    # Asked long ago: ask again.
-    assert userinstances.wake_due(instance("Unknown", annotations=asked), T0 + timedelta(seconds=31))
-    # It stopped after we asked (idle, died): ask again at once.
-    stopped = instance("False", changed=T0 + timedelta(seconds=2), annotations=asked)
-    assert userinstances.wake_due(stopped, T0 + timedelta(seconds=3))
-    # A garbled annotation is as good as none.
-    assert userinstances.wake_due(instance("Unknown", annotations={REQUESTED_AT_ANNOTATION: "soon"}), T0)
-
-
-def test_a_new_instance_asks_to_be_started() -> None:
-    created = userinstances.new_instance("ucim", "alice#1234", "local", T0)
-    assert created.metadata.name == UserInstance.name_for("alice#1234", "local")
-    assert created.metadata.annotations == {REQUESTED_AT_ANNOTATION: "2026-03-01T12:00:00Z"}
-    spec = created.to_manifest()["spec"]
-    assert spec == {"ucloudUsername": "alice#1234", "cluster": "local", "idleTimeoutSeconds": 1800}
-
-
-def test_waiting_for_bridge_never_overrides_the_bridge() -> None:
-    fresh: dict[str, Any] = {"metadata": {"generation": 1}}
-    fn = userinstances.waiting_for_bridge(T0)
-    fn(cast(kopf.RawBody, fresh))
-    assert [(c["type"], c["status"], c["reason"]) for c in fresh["status"]["conditions"]] == [
-        (READY, "Unknown", "WaitingForBridge")
-    ]
-    bridge_first: dict[str, Any] = {"status": {"conditions": [condition(READY, "True", reason="InstanceServing")]}}
-    before = copy.deepcopy(bridge_first)
-    fn(cast(kopf.RawBody, bridge_first))
-    assert bridge_first == before
 
 
 def test_ready_flips_are_detected() -> None:

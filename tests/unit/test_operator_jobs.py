@@ -195,11 +195,6 @@ def test_submission_attempt_is_read_from_the_annotation() -> None:
     assert jobs.submit_attempted(UCloudJob.from_obj(obj))
 
 
-@pytest.mark.parametrize(("retry", "expected"), [(0, 0.5), (1, 1.0), (3, 4.0), (5, 10.0), (1000, 10.0)])
-def test_backoff_doubles_up_to_a_cap(retry: int, expected: float) -> None:
-    assert jobs.backoff(retry, first=0.5, cap=10.0) == expected
-
-
 def test_changes_core_already_holds_are_not_sent_again() -> None:
     pending = [
         JobTransition(state=JobState.RUNNING, timestamp=2, message="running"),

@@ -17,8 +17,9 @@ Transitions and the other writer
 operator's (written with ``slurmJobId``, before this monitor tracks the job), every later one
 this monitor's. A JSON merge patch replaces a list whole, so appending is a read-modify-write:
 the patch carries the ``resourceVersion`` of the copy it was computed from, and the apiserver
-refuses it (409) if the object changed since. Then the job is read once and the patch computed
-again, at most :data:`_PATCH_ATTEMPTS` times; nothing another writer appended is lost.
+refuses it (409) if the object changed since. Then the next cycle computes it again from the
+newer copy the watch has brought by then (nothing is read on the side): nothing another writer
+appended is lost, and the change is written one cycle later.
 """
 
 from __future__ import annotations
@@ -58,10 +59,14 @@ POLL_ERRORS = Counter(
 TRACKED_JOBS = Gauge("ucim_slurm_tracked_jobs", "UCloudJobs with a Slurm id that are not final yet.")
 JOBS = Gauge(
     "ucim_jobs",
-    "UCloudJobs of this bridge's cluster by UCloud state (UNSUBMITTED: none yet), as the monitor last listed them.",
+    "UCloudJobs of this bridge's cluster by UCloud state (UNSUBMITTED: none yet), as the monitor's watch has them.",
     ["state"],
 )
 UNSUBMITTED: Final = "UNSUBMITTED"  # a job the operator has not submitted yet has no state
+CONFLICTS = Counter(
+    "ucim_job_status_conflicts_total",
+    "Status patches refused because the UCloudJob had changed since the watch saw it (written next cycle).",
+)
 STATE_CHANGES = Counter(
     "ucim_job_state_changes_total",
     "UCloud state changes the monitor wrote, by new state.",
@@ -70,16 +75,8 @@ STATE_CHANGES = Counter(
 
 VANISHED_MESSAGE: Final = "job vanished from Slurm"
 DEFAULT_VANISH_GRACE: Final = timedelta(minutes=5)
-# How often one job's patch is computed again when the job changed under it (409).
-_PATCH_ATTEMPTS: Final = 3
-
-
 # Computes one job's status patch from a copy of it; None when nothing changed.
 _Compute = Callable[[UCloudJob], dict[str, Any] | None]
-
-
-class _LostUpdateError(Exception):
-    """The job kept changing under the patch: another writer is busy with it."""
 
 
 # --------------------------------------------------------------------------- pure functions
@@ -233,7 +230,7 @@ class SlurmMonitor:
                 continue
             try:
                 patched += await self._apply(job, slurm_id, compute)
-            except (InvalidError, _LostUpdateError):
+            except InvalidError:
                 POLL_ERRORS.inc()
                 log.exception("could not update UCloudJob", extra={"ucloudjob": job.metadata.name})
         return patched
@@ -241,31 +238,27 @@ class SlurmMonitor:
     async def _apply(self, job: UCloudJob, slurm_id: int, compute: _Compute) -> int:
         """Patch one job's status from ``job`` (the watched copy), guarded by its resourceVersion; 1 if patched."""
         name = job.metadata.name
-        current: UCloudJob | None = job
-        for _ in range(_PATCH_ATTEMPTS):
-            if current is None or current.status.slurm_job_id != slurm_id:
-                return 0  # deleted, or resubmitted under another id, since the watch saw it
-            patch = compute(current)
-            if patch is None:
-                return 0
-            try:
-                await self.kube.patch_status(
-                    UCloudJob, self.namespace, name, patch, resource_version=current.metadata.resource_version
-                )
-            except NotFoundError:
-                return 0
-            except ConflictError:
-                # Changed since that copy (the operator wrote, or the watch is behind): read it once, again.
-                current = await self.kube.get(UCloudJob, self.namespace, name)
-                continue
-            if "state" in patch:
-                STATE_CHANGES.labels(patch["state"]).inc()
-                log.info(
-                    "UCloudJob state changed",
-                    extra={"ucloudjob": name, "slurm_job_id": slurm_id, "state": patch["state"]},
-                )
-            return 1
-        raise _LostUpdateError(f"{name} kept changing under the patch")
+        patch = compute(job)
+        if patch is None:
+            return 0
+        try:
+            await self.kube.patch_status(
+                UCloudJob, self.namespace, name, patch, resource_version=job.metadata.resource_version
+            )
+        except NotFoundError:
+            return 0  # deleted since the watch saw it
+        except ConflictError:
+            # Changed since that copy (the operator wrote): the next cycle computes it from the newer one.
+            CONFLICTS.inc()
+            log.debug("UCloudJob changed under the patch; next cycle", extra={"ucloudjob": name})
+            return 0
+        if "state" in patch:
+            STATE_CHANGES.labels(patch["state"]).inc()
+            log.info(
+                "UCloudJob state changed",
+                extra={"ucloudjob": name, "slurm_job_id": slurm_id, "state": patch["state"]},
+            )
+        return 1
 
     async def run(self, interval: float = 1.0) -> None:
         """Watch the jobs and cycle forever, starting at most one cycle (one Slurm query) per ``interval`` seconds."""

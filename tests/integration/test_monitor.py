@@ -188,8 +188,17 @@ async def test_a_write_of_the_operator_between_the_watch_and_the_patch_is_kept(
             # The operator, meanwhile: Core has the first change (and, as kopf does, the write is guarded).
             await kube.patch_status(UCloudJob, namespace, name, {"reportedTransitions": 1},
                                     resource_version=queued.metadata.resource_version)  # fmt: skip
-            compute = partial(status_patch, info=SlurmJobInfo(job_id=slurm_id, state="RUNNING"), now_ms=queued_ms + 1)
-            assert await monitor._apply(stale, slurm_id, compute) == 1
+            running = SlurmJobInfo(job_id=slurm_id, state="RUNNING")
+            compute = partial(status_patch, info=running, now_ms=queued_ms + 1)
+            # Computed from the copy before the operator's write: refused, and nothing of it is written...
+            assert await monitor._apply(stale, slurm_id, compute) == 0
+            # ...and the next cycle's, from the copy the watch brings, is.
+            operator_wrote = await kube.get(UCloudJob, namespace, name)
+            assert operator_wrote is not None
+            await watched(monitor, operator_wrote)
+            current = monitor.jobs.get(name)
+            assert current is not None
+            assert await monitor._apply(current, slurm_id, compute) == 1
         stored = await kube.get(UCloudJob, namespace, name)
         assert stored is not None
         assert stored.status.reported_transitions == 1  # the operator's write is kept...

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import typing
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -13,10 +14,12 @@ from pydantic import SecretStr
 from pytest_aiohttp import AiohttpClient
 
 from tests.support.fake_kube import FakeKube, play_instance_bridge
+from ucim.common.informer import Informer
 from ucim.common.kube import InvalidError, Kube
 from ucim.common.protocol import BulkResponse, Empty, Job, JobSupport, SimpleDuration, dump, encode_username
-from ucim.common.resources import MAX_NODES, MAX_TIME_LIMIT_MINUTES, MAX_USERNAME_LENGTH, UCloudJob, UserInstance
+from ucim.common.resources import MAX_NODES, MAX_TIME_LIMIT_MINUTES, MAX_USERNAME_LENGTH, Lease, UCloudJob, UserInstance
 from ucim.gateway.app import init_app
+from ucim.gateway.instances import Instances
 from ucim.gateway.settings import GatewaySettings
 from ucim.testing import CoreStandIn
 from ucim.testing.core_standin import POLLED_PATHS, CoreKeys, token_claims, unsigned_token
@@ -442,3 +445,50 @@ async def test_an_over_long_transfer_user_is_a_readable_400(client: TestClient[A
     )
     assert response.status == 400
     assert "The username in usernameHint is 257 characters long" in (await response.json())["why"]
+
+
+async def test_create_answers_within_cores_budget_while_nothing_submits(
+    core: CoreStandIn, kube: FakeKube, aiohttp_client: AiohttpClient
+) -> None:
+    # slurmctld or the bridge is down: the submission never settles. Core gives a call about 5 s; the
+    # answer comes within the budget (the job then reports how its submission ends through updates).
+    settings = GatewaySettings(
+        core_public_key=SecretStr(core.keys.public_key_b64()),
+        provider_id=PROVIDER,
+        namespace=NAMESPACE,
+        core_call_budget_seconds=0.3,
+        submit_wait_seconds=10,
+    )
+    client = await aiohttp_client(init_app(settings, kube=typing.cast(Kube, kube)))
+    await make_ready(kube, "alice")
+    started = time.monotonic()
+    response = await client.post(
+        f"/ucloud/{PROVIDER}/jobs", headers=headers(core, "alice"), json={"items": [dump(core.make_job("77", "alice"))]}
+    )
+    assert response.status == 200, await response.text()
+    assert time.monotonic() - started < 1.0
+    assert await kube.get(UCloudJob, NAMESPACE, UCloudJob.name_for("77")) is not None
+
+
+def test_an_instance_of_a_bridge_whose_lease_expired_is_not_ready() -> None:
+    now = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    leases: Informer[Lease] = Informer(typing.cast(Kube, None), Lease, NAMESPACE)
+    instances = Instances(typing.cast(Kube, None), NAMESPACE, "local", 60, leases=leases, clock=lambda: now)
+    ready = UserInstance.from_obj({
+        "metadata": {"name": "i"},
+        "spec": {"ucloudUsername": "alice", "cluster": "local"},
+        "status": {"bridge": "frontend-1", "endpoint": "http://b/i", "conditions": [
+            {"type": "Ready", "status": "True", "reason": "InstanceServing", "message": "",
+             "lastTransitionTime": "2026-03-01T11:00:00Z"}]},
+    })  # fmt: skip
+    assert instances.ready(ready)  # no Lease known (yet): the bridge's word stands
+
+    def lease(renewed: datetime) -> Lease:
+        name = Lease.name_for("frontend-1")
+        spec = {"holderIdentity": "frontend-1", "leaseDurationSeconds": 30, "renewTime": renewed.isoformat()}
+        return Lease.from_obj({"metadata": {"name": name}, "spec": spec})
+
+    leases.objects[Lease.name_for("frontend-1")] = lease(now - timedelta(seconds=10))
+    assert instances.ready(ready)
+    leases.objects[Lease.name_for("frontend-1")] = lease(now - timedelta(seconds=31))
+    assert not instances.ready(ready)  # the bridge stopped renewing: its Ready is stale

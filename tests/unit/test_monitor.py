@@ -144,21 +144,18 @@ class _BrokenSlurm(SlurmClient):
 
 
 class _Conflicting:
-    """Stands in for Kube: the first patch finds the job changed (409), the fresh copy takes it."""
+    """Stands in for Kube: a patch applies only to the stored version of the job."""
 
-    def __init__(self, fresh: UCloudJob) -> None:
-        self.fresh = fresh
+    def __init__(self, stored: UCloudJob) -> None:
+        self.stored = stored
         self.patches: list[tuple[str | None, dict[str, Any]]] = []
 
     async def patch_status(
         self, kind: object, namespace: str, name: str, status: dict[str, Any], *, resource_version: str | None
     ) -> None:
-        self.patches.append((resource_version, status))
-        if resource_version != self.fresh.metadata.resource_version:
+        if resource_version != self.stored.metadata.resource_version:
             raise ConflictError("the object has been modified")
-
-    async def get(self, *_: object) -> UCloudJob:
-        return self.fresh
+        self.patches.append((resource_version, status))
 
 
 def informer_of(*jobs: UCloudJob) -> Informer[UCloudJob]:
@@ -186,7 +183,7 @@ async def test_run_survives_failed_cycles_and_counts_them() -> None:
     assert _errors() - before == slurm.calls
 
 
-async def test_a_patch_carries_the_version_it_was_computed_from_and_is_computed_again_on_conflict() -> None:
+async def test_a_patch_carries_the_version_it_was_computed_from_and_is_computed_again_next_cycle() -> None:
     stale = job()
     stale.metadata.resource_version = "10"
     # Meanwhile the operator wrote (its reportedTransitions): the stored object is version 11.
@@ -195,8 +192,11 @@ async def test_a_patch_carries_the_version_it_was_computed_from_and_is_computed_
     kube = _Conflicting(fresh)
     monitor = SlurmMonitor(kube, SlurmClient(SlurmConfig()), informer_of(stale))  # type: ignore[arg-type]
     compute = partial(status_patch, info=info("RUNNING"), now_ms=NOW)
-    assert await monitor._apply(stale, 42, compute) == 1
-    assert [version for version, _ in kube.patches] == ["10", "11"]
+    assert await monitor._apply(stale, 42, compute) == 0  # refused: nothing is written from the stale copy
+    assert kube.patches == []
+    # The next cycle has the copy the watch brought meanwhile.
+    assert await monitor._apply(fresh, 42, compute) == 1
+    assert [version for version, _ in kube.patches] == ["11"]
     assert [t["state"] for t in kube.patches[-1][1]["transitions"]] == ["IN_QUEUE", "RUNNING"]
 
 

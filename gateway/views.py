@@ -241,16 +241,19 @@ async def wait_for_submissions(kube: Kube, namespace: str, jobs: list[UCloudJob]
     """
     if wait <= 0:
         return {}
-    waits = {
-        asyncio.create_task(kube.wait_for(UCloudJob, namespace, job.metadata.name, submission_settled)): job
-        for job in jobs
-    }
+    waits = [
+        asyncio.create_task(kube.wait_for(UCloudJob, namespace, j.metadata.name, submission_settled)) for j in jobs
+    ]
     done, pending = await asyncio.wait(waits, timeout=wait)
     for task in pending:
         task.cancel()
     await asyncio.gather(*pending, return_exceptions=True)
     rejected: dict[str, str] = {}
     for task in done:
+        if (error := task.exception()) is not None:
+            # The jobs exist: an answer other than 200 now would make Core fail a job that then runs.
+            log.warning("waiting for a submission failed; its outcome reaches Core as an update", exc_info=error)
+            continue
         job = task.result()
         condition = find_condition(job.status.conditions, SUBMITTED) if job is not None else None
         if job is not None and condition is not None and condition.status == "False":

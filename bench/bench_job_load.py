@@ -15,8 +15,12 @@ measures, side by side in one run:
   from the call's start until the stand-in received the job's IN_QUEUE update. The creation
   window runs from the first call until every job is IN_QUEUE at Core and the bridge has written
   every job's Slurm state (a settled queue);
-* **steady**: after ``--settle-seconds``, a ``--steady-seconds`` window in which all N jobs are
-  tracked and nothing changes;
+* **steady**: a ``--steady-seconds`` window in which all N jobs are tracked and nothing changes.
+  Slurm revises the pending reasons of a long queue for a while after it was submitted (most jobs
+  go from ``Resources`` to ``Priority`` on a backfill pass, every 30 s), and the bridge writes
+  each revision; so the window starts only once squeue's state and reason of every job have not
+  changed for ``--quiet-seconds`` (default 35; bounded: after 150 s it starts anyway, and says
+  so), plus ``--settle-seconds`` for the bridge to write the last of them;
 * in both, the **CPU seconds** (``/proc/<pid>/stat`` utime+stime, children excluded) of the
   gateway, operator and bridge processes the stack started, of the users' instances
   (``UserInstance.status.pid``) and of the platform's kube-apiserver, etcd and slurmctld (their
@@ -119,6 +123,11 @@ class CpuWindow:
         self.used = {name: (a[0] - self.before[name][0], a[1] - self.before[name][1]) for name, a in after.items()}
 
 
+def is_ucloudjobs(labels: Mapping[str, str]) -> bool:
+    """A watch-event sample about UCloudJobs: labelled by resource (Kubernetes ≥ 1.32) or by kind (older)."""
+    return labels.get("resource") == "ucloudjobs" or "ucloudjob" in labels.get("kind", "").lower()
+
+
 def parse_apiserver_metrics(text: str) -> dict[str, float]:
     """The apiserver counters this bench reads, flattened: ``requests/<resource or *>/<verb>``, ..."""
     found: dict[str, float] = defaultdict(float)
@@ -132,14 +141,15 @@ def parse_apiserver_metrics(text: str) -> dict[str, float]:
                     found[f"requests/ucloudjobs/{verb}"] += sample.value
             elif sample.name == "apiserver_response_sizes_sum" and labels.get("resource") == "ucloudjobs":
                 found[f"bytes/ucloudjobs/{labels.get('verb', '').lower()}"] += sample.value
-            elif sample.name == "apiserver_watch_events_total" and "ucloudjob" in labels.get("kind", "").lower():
+            elif sample.name == "apiserver_watch_events_total" and is_ucloudjobs(labels):
                 found["watch_events/ucloudjobs"] += sample.value
-            elif sample.name == "apiserver_watch_events_sizes_sum" and "ucloudjob" in labels.get("kind", "").lower():
+            elif sample.name == "apiserver_watch_events_sizes_sum" and is_ucloudjobs(labels):
                 found["watch_event_bytes/ucloudjobs"] += sample.value
             elif (
                 sample.name == "apiserver_longrunning_requests"
                 and labels.get("verb") == "WATCH"
                 and labels.get("resource") == "ucloudjobs"
+                and labels.get("scope") == "namespace"  # ucim's; the garbage collector watches cluster-wide
             ):
                 found["open_watches/ucloudjobs"] += sample.value
     return dict(found)
@@ -349,24 +359,61 @@ def remember(run: Run, jobs: Iterable[UCloudJob]) -> None:
 # --------------------------------------------------------------------------- steady window
 
 
+async def wait_quiet(run: Run, quiet_seconds: float) -> dict[str, Any]:
+    """Until squeue's state and reason of every job stay the same for ``quiet_seconds`` (bounded)."""
+    ids = ",".join(str(i) for i in sorted(run.slurm_ids))
+    started = time.monotonic()
+    bound = min(150.0, run.remaining())
+    previous, changed, changes = "", started, -1
+    while True:
+        listing = await slurm(run, "squeue", "-h", "-t", "all", "-o", "%i %T %r", "-j", ids, check=False)
+        view, now = "\n".join(sorted(listing.splitlines())), time.monotonic()
+        if view != previous:
+            previous, changed, changes = view, now, changes + 1
+        elif now - changed >= quiet_seconds:
+            return {"quiet": True, "seconds": round(now - started, 1), "changes_seen": changes}
+        if now - started > bound:
+            print(f"warning: Slurm's view of the jobs still changed after {bound:.0f} s", file=sys.stderr)
+            return {"quiet": False, "seconds": round(now - started, 1), "changes_seen": changes}
+        await asyncio.sleep(2)
+
+
 def rates(before: Mapping[str, float], after: Mapping[str, float], seconds: float, prefix: str) -> dict[str, float]:
     """How much each counter under ``prefix`` grew, divided by ``seconds`` (or by a job count)."""
     keys = {k for k in (*before, *after) if k.startswith(prefix)}
     return {k.removeprefix(prefix): round((after.get(k, 0) - before.get(k, 0)) / seconds, 3) for k in sorted(keys)}
 
 
-async def steady_window(
-    run: Run, stack: Stack, cpu: CpuWindow, seconds: float, session: aiohttp.ClientSession
-) -> dict[str, Any]:
+async def slurm_view(run: Run, kube: Kube) -> dict[str, tuple[str | None, str | None]]:
+    """Each UCloudJob's Slurm state and pending reason, as the bridge last wrote them."""
+    return {
+        job.metadata.name: (job.status.slurm_state, job.status.reason)
+        for job in await kube.list(UCloudJob, run.namespace)
+    }
+
+
+def census(view: Mapping[str, tuple[str | None, str | None]]) -> dict[str, int]:
+    counts: dict[str, int] = defaultdict(int)
+    for state, reason in view.values():
+        counts[f"{state}/{reason}"] += 1
+    return dict(sorted(counts.items()))
+
+
+async def steady_window(run: Run, stack: Stack, kube: Kube, cpu: CpuWindow, seconds: float) -> dict[str, Any]:
+    # What Slurm says about the jobs, at both ends (read outside the measured windows): the
+    # pending reasons Slurm keeps revising are the changes the bridge still writes in the window.
+    view_before = await slurm_view(run, kube)
     api_before, api_started = await apiserver_metrics(run)
-    bridge_before = await bridge_metrics(session, stack)
-    updates_before = len(stack.core.record.job_updates)
-    cpu.start()
-    await asyncio.sleep(seconds)
-    cpu.stop()
-    updates_after = len(stack.core.record.job_updates)
-    bridge_after = await bridge_metrics(session, stack)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        bridge_before = await bridge_metrics(session, stack)
+        updates_before = len(stack.core.record.job_updates)
+        cpu.start()
+        await asyncio.sleep(seconds)
+        cpu.stop()
+        updates_after = len(stack.core.record.job_updates)
+        bridge_after = await bridge_metrics(session, stack)
     api_after, api_ended = await apiserver_metrics(run)
+    view_after = await slurm_view(run, kube)
     api_seconds = api_ended - api_started
     cycles = bridge_after.get("poll_cycles", 0) - bridge_before.get("poll_cycles", 0)
     poll_seconds = bridge_after.get("poll_seconds", 0) - bridge_before.get("poll_seconds", 0)
@@ -389,6 +436,9 @@ async def steady_window(
         "bridge_slurm_query_ms_mean": round(poll_seconds / cycles * 1000, 1) if cycles else None,
         "bridge_poll_errors": bridge_after.get("poll_errors", 0) - bridge_before.get("poll_errors", 0),
         "core_job_updates_in_window": updates_after - updates_before,
+        "slurm_view_changed_jobs": sum(view_after.get(name) != seen for name, seen in view_before.items()),
+        "slurm_view_before": census(view_before),
+        "slurm_view_after": census(view_after),
     }
 
 
@@ -518,6 +568,8 @@ async def measure(run: Run, stack: Stack, kube: Kube, opts: argparse.Namespace) 
         "calls_s": round(calls_done, 2),
         "window_s": round(creation.seconds, 2),
         "jobs_per_s": round(len(created) / calls_done, 2) if calls_done else None,
+        # After the last call returned: until the last IN_QUEUE reached Core and the bridge wrote every Slurm state.
+        "settle_after_calls_s": round(creation.seconds - calls_done, 2),
         "errors": len(run.create_errors),
         "first_errors": run.create_errors[:5],
     }
@@ -525,10 +577,10 @@ async def measure(run: Run, stack: Stack, kube: Kube, opts: argparse.Namespace) 
     result["in_queue_ms"] = summary(in_queue_ms)
 
     run.check_time("the settling")
+    result["quiet"] = await wait_quiet(run, opts.quiet_seconds)
     await asyncio.sleep(min(opts.settle_seconds, run.remaining()))
     steady = CpuWindow(pids)
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-        result["steady"] = await steady_window(run, stack, steady, opts.steady_seconds, session)
+    result["steady"] = await steady_window(run, stack, kube, steady, opts.steady_seconds)
     tracked = int(result["steady"]["bridge_tracked_jobs"][1] or len(created))
     result["cpu"] = cpu_figures(creation, steady, len(created), tracked)
     result["pids"] = pids
@@ -603,8 +655,8 @@ def table(document: dict[str, Any]) -> str:
     creation, steady = document["creation"], document["steady"]
     lines = [
         f"job load: {document['jobs']} jobs from {', '.join(document['users'])}, {document['concurrency']} at a time; "
-        f"calls {creation['calls_s']} s ({creation['jobs_per_s']} jobs/s), creation window {creation['window_s']} s, "
-        f"{creation['errors']} errors",
+        f"calls {creation['calls_s']} s ({creation['jobs_per_s']} jobs/s), {creation['errors']} errors; "
+        f"creation window {creation['window_s']} s (settled {creation['settle_after_calls_s']} s after the last call)",
         "",
         f"{'latency (ms)':44} {'p50':>9} {'p99':>9} {'max':>9} {'n':>5}",
     ]
@@ -643,6 +695,10 @@ def table(document: dict[str, Any]) -> str:
         f"{steady['bridge_slurm_query_ms_mean']} ms mean, {steady['bridge_poll_errors']:.0f} poll errors; "
         f"changes in the window: {steady['core_job_updates_in_window']} JobUpdates at Core, "
         f"{requests['ucloudjobs'].get('patch', 0)} ucloudjob patches/s",
+        f"before the window, Slurm's view became quiet after {document['quiet']['seconds']} s "
+        f"({document['quiet']['changes_seen']} changes seen; quiet: {document['quiet']['quiet']})",
+        f"Slurm's view (state/reason) of {steady['slurm_view_changed_jobs']} jobs changed across the window: "
+        f"{steady['slurm_view_before']} → {steady['slurm_view_after']}",
     ]
     burst = document.get("cancel_burst_ms", {})
     if burst.get("n"):
@@ -673,7 +729,10 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=1000, help=f"UCloud jobs to create (default 1000, ≤ {MAX_JOBS})")
     parser.add_argument("--concurrency", type=int, default=8, help="create calls at a time (default 8)")
     parser.add_argument("--users", default="alice,bob", help="comma-separated owners, round-robin (default alice,bob)")
-    parser.add_argument("--settle-seconds", type=float, default=5, help="pause before the steady window (default 5)")
+    parser.add_argument(
+        "--quiet-seconds", type=float, default=35, help="Slurm's view unchanged this long first (default 35)"
+    )
+    parser.add_argument("--settle-seconds", type=float, default=5, help="then this pause (default 5)")
     parser.add_argument("--steady-seconds", type=float, default=30, help="the steady window (default 30)")
     parser.add_argument("--max-seconds", type=float, default=420, help="give up after this long (default 420)")
     parser.add_argument("--keep-logs", action="store_true", help="keep the components' logs (path in the JSON)")

@@ -31,7 +31,6 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from functools import partial
 from typing import Any, Final
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -75,8 +74,8 @@ STATE_CHANGES = Counter(
 
 VANISHED_MESSAGE: Final = "job vanished from Slurm"
 DEFAULT_VANISH_GRACE: Final = timedelta(minutes=5)
-# Computes one job's status patch from a copy of it; None when nothing changed.
-_Compute = Callable[[UCloudJob], dict[str, Any] | None]
+# Status patches of one cycle sent at once, at most.
+_PATCH_CONCURRENCY: Final = 16
 
 
 # --------------------------------------------------------------------------- pure functions
@@ -217,30 +216,29 @@ class SlurmMonitor:
         infos, accounting_answered = await self._query(set(by_id))
         now_ms = self._now_ms()
         grace_ms = int(self.vanish_grace.total_seconds() * 1000)
-        patched = 0
+        changes: list[tuple[UCloudJob, int, dict[str, Any]]] = []
         for slurm_id, job in by_id.items():
             info = infos.get(slurm_id)
             if info is not None:
-                compute: _Compute = partial(status_patch, info=info, now_ms=now_ms)
+                patch = status_patch(job, info, now_ms)
             elif accounting_answered and now_ms - (submitted_ms(job) or now_ms) >= grace_ms:
-                compute = partial(vanished_patch, now_ms=now_ms)
+                patch = vanished_patch(job, now_ms)
             else:
                 continue
-            if compute(job) is None:
-                continue
-            try:
-                patched += await self._apply(job, slurm_id, compute)
-            except InvalidError:
-                POLL_ERRORS.inc()
-                log.exception("could not update UCloudJob", extra={"ucloudjob": job.metadata.name})
-        return patched
+            if patch is not None:
+                changes.append((job, slurm_id, patch))
+        # Several at once: a burst (a thousand jobs cancelled together) reaches Core in a few seconds.
+        limit = asyncio.Semaphore(_PATCH_CONCURRENCY)
 
-    async def _apply(self, job: UCloudJob, slurm_id: int, compute: _Compute) -> int:
-        """Patch one job's status from ``job`` (the watched copy), guarded by its resourceVersion; 1 if patched."""
+        async def apply(job: UCloudJob, slurm_id: int, patch: dict[str, Any]) -> int:
+            async with limit:
+                return await self._apply(job, slurm_id, patch)
+
+        return sum(await asyncio.gather(*(apply(*change) for change in changes)))
+
+    async def _apply(self, job: UCloudJob, slurm_id: int, patch: dict[str, Any]) -> int:
+        """Patch one job's status, guarded by the version of the watched copy it comes from; 1 if patched."""
         name = job.metadata.name
-        patch = compute(job)
-        if patch is None:
-            return 0
         try:
             await self.kube.patch_status(
                 UCloudJob, self.namespace, name, patch, resource_version=job.metadata.resource_version
@@ -251,6 +249,10 @@ class SlurmMonitor:
             # Changed since that copy (the operator wrote): the next cycle computes it from the newer one.
             CONFLICTS.inc()
             log.debug("UCloudJob changed under the patch; next cycle", extra={"ucloudjob": name})
+            return 0
+        except InvalidError:
+            POLL_ERRORS.inc()
+            log.exception("could not update UCloudJob", extra={"ucloudjob": name})
             return 0
         if "state" in patch:
             STATE_CHANGES.labels(patch["state"]).inc()

@@ -7,7 +7,6 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from functools import partial
 from pathlib import Path
 
 import pytest
@@ -189,16 +188,19 @@ async def test_a_write_of_the_operator_between_the_watch_and_the_patch_is_kept(
             await kube.patch_status(UCloudJob, namespace, name, {"reportedTransitions": 1},
                                     resource_version=queued.metadata.resource_version)  # fmt: skip
             running = SlurmJobInfo(job_id=slurm_id, state="RUNNING")
-            compute = partial(status_patch, info=running, now_ms=queued_ms + 1)
+            from_stale = status_patch(stale, running, queued_ms + 1)
+            assert from_stale is not None
             # Computed from the copy before the operator's write: refused, and nothing of it is written...
-            assert await monitor._apply(stale, slurm_id, compute) == 0
+            assert await monitor._apply(stale, slurm_id, from_stale) == 0
             # ...and the next cycle's, from the copy the watch brings, is.
             operator_wrote = await kube.get(UCloudJob, namespace, name)
             assert operator_wrote is not None
             await watched(monitor, operator_wrote)
             current = monitor.jobs.get(name)
             assert current is not None
-            assert await monitor._apply(current, slurm_id, compute) == 1
+            from_current = status_patch(current, running, queued_ms + 1)
+            assert from_current is not None
+            assert await monitor._apply(current, slurm_id, from_current) == 1
         stored = await kube.get(UCloudJob, namespace, name)
         assert stored is not None
         assert stored.status.reported_transitions == 1  # the operator's write is kept...

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -191,11 +190,14 @@ async def test_a_patch_carries_the_version_it_was_computed_from_and_is_computed_
     fresh.metadata.resource_version = "11"
     kube = _Conflicting(fresh)
     monitor = SlurmMonitor(kube, SlurmClient(SlurmConfig()), informer_of(stale))  # type: ignore[arg-type]
-    compute = partial(status_patch, info=info("RUNNING"), now_ms=NOW)
-    assert await monitor._apply(stale, 42, compute) == 0  # refused: nothing is written from the stale copy
+    from_stale = status_patch(stale, info("RUNNING"), NOW)
+    assert from_stale is not None
+    assert await monitor._apply(stale, 42, from_stale) == 0  # refused: nothing is written from the stale copy
     assert kube.patches == []
     # The next cycle has the copy the watch brought meanwhile.
-    assert await monitor._apply(fresh, 42, compute) == 1
+    from_fresh = status_patch(fresh, info("RUNNING"), NOW)
+    assert from_fresh is not None
+    assert await monitor._apply(fresh, 42, from_fresh) == 1
     assert [version for version, _ in kube.patches] == ["11"]
     assert [t["state"] for t in kube.patches[-1][1]["transitions"]] == ["IN_QUEUE", "RUNNING"]
 

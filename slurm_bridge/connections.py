@@ -51,43 +51,41 @@ class ConnectionMapper:
         cluster: str,
         mapper: Mapper,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        watch_timeout_seconds: int = 300,
     ) -> None:
         self.kube = kube
         self.namespace = namespace
         self.cluster = cluster
         self.mapper = mapper
         self.clock = clock
+        self.connections = Informer(
+            kube,
+            UserConnection,
+            namespace,
+            label_selector=cluster_selector(cluster),
+            on_event=self.on_event,
+            watch_timeout_seconds=watch_timeout_seconds,
+        )
         self._busy: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        # The newest copy the watch delivered of each connection, and the requested-at each refusal answered.
-        self._latest: dict[str, UserConnection] = {}
+        # The requested-at each refusal answered: only a new one is mapped again.
         self._refused_at: dict[str, str | None] = {}
         # Connection name -> (expiry, timer) of the expiries ahead of us.
         self._expiries: dict[str, tuple[datetime, asyncio.TimerHandle]] = {}
 
-    async def run(self, watch_timeout_seconds: int = 300) -> None:
+    async def run(self) -> None:
         """Watch this cluster's connections until cancelled."""
-        connections = Informer(
-            self.kube,
-            UserConnection,
-            self.namespace,
-            label_selector=cluster_selector(self.cluster),
-            on_event=self.on_event,
-            watch_timeout_seconds=watch_timeout_seconds,
-        )
-        await connections.run()
+        await self.connections.run()
 
     def on_event(self, change: Change, connection: UserConnection) -> None:
         if change == "DELETED":
             self._forget_expiry(connection.metadata.name)
-            self._latest.pop(connection.metadata.name, None)
         else:
             self.observe(connection)
 
     def observe(self, connection: UserConnection) -> None:
         """Map ``connection`` (in the background) if it waits for a mapping; mind its expiry."""
         name = connection.metadata.name
-        self._latest[name] = connection
         self._schedule_expiry(connection)
         if not self.needs_mapping(connection) or name in self._busy:
             return
@@ -146,11 +144,11 @@ class ConnectionMapper:
         return True
 
     async def _map_retried(self, name: str) -> None:
-        """Map the newest copy of the connection; failures (not refusals) are retried with backoff."""
+        """Map the newest copy the watch has of the connection; failures (not refusals) are retried with backoff."""
         try:
             async for attempt in retrying(first=0.5, cap=30.0, log=log, what=f"mapping UserConnection {name}"):
                 with attempt:
-                    connection = self._latest.get(name)
+                    connection = self.connections.get(name)
                     if connection is not None and self.needs_mapping(connection):
                         await self.map(connection)
         finally:

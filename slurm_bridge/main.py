@@ -92,7 +92,13 @@ async def serve(settings: BridgeSettings, fork_server: ForkServer | None, token:
     if fork_server is not None and token is not None:
         routes = Routes()
         mapper = Mapper(settings.mapping)
-        connections = ConnectionMapper(kube=kube, namespace=settings.namespace, cluster=settings.cluster, mapper=mapper)
+        connections = ConnectionMapper(
+            kube=kube,
+            namespace=settings.namespace,
+            cluster=settings.cluster,
+            mapper=mapper,
+            watch_timeout_seconds=settings.watch_timeout_seconds,
+        )
         manager = InstanceManager(
             kube=kube,
             settings=settings,
@@ -112,7 +118,7 @@ async def serve(settings: BridgeSettings, fork_server: ForkServer | None, token:
         )
         run("instances", manager.run())
         run("instance-memory", measure_forever(manager.serving_pids, settings.memory_interval_seconds))
-        run("connections", connections.run(settings.watch_timeout_seconds))
+        run("connections", connections.run())
     else:
         log.error("no ingress token configured (UCIM_BRIDGE_INGRESS_TOKEN_FILE): user instances are disabled")
     run(

@@ -13,6 +13,8 @@ from typing import Literal
 from ucim.common.resources import Condition
 
 ConditionStatus = Literal["True", "False", "Unknown"]
+# (type, status, reason, message): one condition as a component wants it.
+ConditionUpdate = tuple[str, ConditionStatus, str, str]
 
 
 def utcnow() -> datetime:

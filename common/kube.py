@@ -10,16 +10,18 @@ from __future__ import annotations
 import builtins
 import json
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Final, Generic, Literal, Self, TypeVar
 
 from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from ucim.common.ownership import Component, check_writer
-from ucim.common.resources import _Resource
+from ucim.common.conditions import ConditionUpdate, updated_condition
+from ucim.common.ownership import FIELD_MANAGERS, Component, OwnershipError, check_writer
+from ucim.common.resources import Condition, _Resource
 
 R = TypeVar("R", bound=_Resource)
 
@@ -222,6 +224,35 @@ class Kube:
     def _check_writer(self, kind: type[R], status: dict[str, Any]) -> None:
         if self._component is not None:
             check_writer(self._component, kind.KIND, status)
+
+    async def apply_condition(
+        self,
+        kind: type[R],
+        namespace: str,
+        name: str,
+        conditions: Sequence[Condition],
+        condition: ConditionUpdate,
+        *,
+        observed_generation: int | None,
+        now: datetime | None = None,
+    ) -> R:
+        """Apply one condition as this component's own (its field manager); ``conditions`` are the ones read.
+
+        ``lastTransitionTime`` moves only if the condition's status flips from what was read.
+        """
+        if self._component is None:
+            raise OwnershipError("a Kube without a component owns no condition")
+        type_, status, reason, message = condition
+        written = updated_condition(
+            conditions, type_, status, reason=reason, message=message, observed_generation=observed_generation, now=now
+        )
+        return await self.apply_status(
+            kind,
+            namespace,
+            name,
+            {"conditions": [written.to_dict()]},
+            field_manager=FIELD_MANAGERS[self._component],
+        )
 
     async def delete(self, kind: type[R], namespace: str, name: str) -> None:
         try:

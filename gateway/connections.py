@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from ucim.common import reasons
-from ucim.common.conditions import ConditionStatus, find_condition, is_true, updated_condition
+from ucim.common.conditions import ConditionStatus, find_condition, is_true
 from ucim.common.kube import ConflictError, Kube
-from ucim.common.ownership import FIELD_MANAGERS
 from ucim.common.resources import ObjectMeta, UserConnection, UserConnectionSpec, cluster_labels
 from ucim.common.times import rfc3339
 from ucim.common.user_instances import requested_at
@@ -111,21 +110,14 @@ class Connections:
         self, connection: UserConnection, status: ConditionStatus, reason: str, message: str, now: datetime
     ) -> UserConnection:
         """Apply the gateway's one condition; the bridge's Mapped is its own and stays as it is."""
-        connected = updated_condition(
-            connection.status.conditions,
-            reasons.CONNECTED,
-            status,
-            reason=reason,
-            message=message,
-            observed_generation=connection.metadata.generation,
-            now=now,
-        )
-        return await self.kube.apply_status(
+        return await self.kube.apply_condition(
             UserConnection,
             self.namespace,
             connection.metadata.name,
-            {"conditions": [connected.to_dict()]},
-            field_manager=FIELD_MANAGERS["gateway"],
+            connection.status.conditions,
+            (reasons.CONNECTED, status, reason, message),
+            observed_generation=connection.metadata.generation,
+            now=now,
         )
 
 

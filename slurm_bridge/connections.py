@@ -31,10 +31,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ucim.common import reasons
-from ucim.common.conditions import ConditionStatus, find_condition, updated_condition
+from ucim.common.conditions import ConditionStatus, find_condition
 from ucim.common.informer import Change, Informer
 from ucim.common.kube import ConflictError, InvalidError, Kube
-from ucim.common.ownership import FIELD_MANAGERS
 from ucim.common.resources import UserConnection, UserInstance, cluster_selector
 from ucim.common.retry import retrying
 from ucim.slurm_bridge.mapping import LocalAccount, Mapper, MappingRefusedError
@@ -229,20 +228,13 @@ class ConnectionMapper:
         self, connection: UserConnection, status: ConditionStatus, reason: str, message: str
     ) -> UserConnection:
         """Apply the bridge's one condition; the gateway's Connected is its own and stays as it is."""
-        mapped = updated_condition(
-            connection.status.conditions,
-            reasons.MAPPED,
-            status,
-            reason=reason,
-            message=message,
-            observed_generation=connection.metadata.generation,
-        )
-        return await self.kube.apply_status(
+        return await self.kube.apply_condition(
             UserConnection,
             self.namespace,
             connection.metadata.name,
-            {"conditions": [mapped.to_dict()]},
-            field_manager=FIELD_MANAGERS["bridge"],
+            connection.status.conditions,
+            (reasons.MAPPED, status, reason, message),
+            observed_generation=connection.metadata.generation,
         )
 
 

@@ -50,7 +50,7 @@ import aiohttp
 from prometheus_client import Counter, Gauge, Histogram
 
 from ucim.common import reasons
-from ucim.common.conditions import ConditionStatus, find_condition, set_condition
+from ucim.common.conditions import ConditionUpdate, find_condition, set_condition
 from ucim.common.informer import Change, Informer
 from ucim.common.kube import ConflictError, InvalidError, Kube, NotFoundError
 from ucim.common.resources import UserInstance, cluster_selector
@@ -438,9 +438,7 @@ class InstanceManager:
         self._count_running()
         log.info("UserInstance deleted: instance stopped", extra={"userinstance": instance.name})
 
-    async def _write_status(
-        self, instance: Instance, conditions: list[tuple[str, ConditionStatus, str, str]], **fields: Any
-    ) -> None:
+    async def _write_status(self, instance: Instance, conditions: list[ConditionUpdate], **fields: Any) -> None:
         obj = instance.obj
         generation = obj.metadata.generation
         current = obj.status.conditions
@@ -488,7 +486,7 @@ def _newer(obj: UserInstance, than: UserInstance) -> bool:
         return True
 
 
-def _mapped(account: LocalAccount) -> tuple[str, ConditionStatus, str, str]:
+def _mapped(account: LocalAccount) -> ConditionUpdate:
     return reasons.MAPPED, "True", reasons.USER_MAPPED, f"runs as local user {account.name} ({account.uid})"
 
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import copy
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any, TypeVar
 
+from ucim.common.conditions import ConditionUpdate, updated_condition
 from ucim.common.kube import ConflictError, NotFoundError
-from ucim.common.resources import UserInstance, _Resource
+from ucim.common.resources import Condition, UserInstance, _Resource
 from ucim.common.times import now_utc, rfc3339
 
 R = TypeVar("R", bound=_Resource)
@@ -58,6 +60,23 @@ class FakeKube:
                 if predicate(current):
                     return current
                 await self._changed.wait()
+
+    async def apply_condition(
+        self,
+        kind: type[R],
+        namespace: str,
+        name: str,
+        conditions: Sequence[Condition],
+        condition: ConditionUpdate,
+        *,
+        observed_generation: int | None,
+        now: datetime | None = None,
+    ) -> R:
+        type_, status, reason, message = condition
+        written = updated_condition(
+            conditions, type_, status, reason=reason, message=message, observed_generation=observed_generation, now=now
+        )
+        return await self.apply_status(kind, namespace, name, {"conditions": [written.to_dict()]}, field_manager="")
 
     async def list(self, kind: type[R], namespace: str, label_selector: str | None = None) -> list[R]:
         wanted = dict(part.split("=", 1) for part in label_selector.split(",")) if label_selector else {}

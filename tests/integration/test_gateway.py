@@ -29,8 +29,10 @@ async def kube(platform: Platform) -> AsyncIterator[Kube]:
 
 @pytest.fixture
 async def gateway(
-    kube: Kube, namespace: str, aiohttp_client: AiohttpClient
+    platform: Platform, namespace: str, aiohttp_client: AiohttpClient
 ) -> AsyncIterator[tuple[TestClient[Any, Any], CoreStandIn]]:
+    # The gateway's own client: its writes are checked against what the gateway owns.
+    kube = await Kube.connect(platform.kubeconfig, component="gateway")
     core = CoreStandIn(PROVIDER, "refresh")
     settings = GatewaySettings(
         core_public_key=SecretStr(core.keys.public_key_b64()),
@@ -39,6 +41,7 @@ async def gateway(
         submit_wait_seconds=0.2,
     )
     yield await aiohttp_client(init_app(settings, kube=kube)), core
+    await kube.close()
 
 
 def auth(core: CoreStandIn, username: str | None = None) -> dict[str, str]:

@@ -11,8 +11,8 @@ from aiohttp import web
 from kubernetes_asyncio import client
 from pytest_aiohttp import AiohttpServer
 
-from ucim.common.kube import Kube
-from ucim.common.resources import UCloudJob
+from ucim.common.kube import GoneError, Kube, _watch_event
+from ucim.common.resources import UCloudJob, UserInstance
 
 PLURAL_PATH = f"/apis/{UCloudJob.GROUP}/{UCloudJob.VERSION}/namespaces/ns/{UCloudJob.PLURAL}"
 
@@ -49,3 +49,15 @@ async def test_a_silent_watch_times_out_after_its_end_and_the_grace(kube: Kube) 
         async for _ in kube.watch(UCloudJob, "ns", timeout_seconds=1):
             pass
     assert 1.2 <= time.monotonic() - started < 6  # not before the end it asked the apiserver for
+
+
+def test_watch_lines_become_typed_events_and_a_410_is_gone() -> None:
+    obj = {"metadata": {"name": "i", "resourceVersion": "12"}, "spec": {"ucloudUsername": "a", "cluster": "c"}}
+    added = _watch_event(UserInstance, {"type": "ADDED", "object": obj})
+    assert (added.type, added.resource_version) == ("ADDED", "12")
+    assert added.obj is not None and added.obj.metadata.name == "i"
+    bookmark = _watch_event(UserInstance, {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "40"}}})
+    assert (bookmark.type, bookmark.obj, bookmark.resource_version) == ("BOOKMARK", None, "40")
+    gone = {"kind": "Status", "code": 410, "reason": "Expired", "message": "too old resource version: 1 (40)"}
+    with pytest.raises(GoneError, match="too old"):
+        _watch_event(UserInstance, {"type": "ERROR", "object": gone})

@@ -92,6 +92,7 @@ from bench.file_transfers import (
     each_concurrently,
 )
 from bench.nginx import NginxUnavailableError, let_workers_connect, running_nginx
+from bench.report import emit
 from ucim.common.conditions import is_true
 from ucim.common.instance_api import FILES_BROWSE_PATH
 from ucim.common.kube import Kube
@@ -894,11 +895,7 @@ def main() -> int:
         "targets": TARGETS,
         **result,
     }
-    print(table(result))
-    print(json.dumps(document, indent=2))
-    if opts.json:
-        opts.json.write_text(json.dumps(document, indent=2) + "\n")
-    return 0
+    return emit(table(result), document, opts.json)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,8 @@ one after the other for alice and bob and measures:
 * **idle USS**: each running instance's unique memory (``/proc/<pid>/smaps_rollup``,
   Private_Clean + Private_Dirty) once all are up and idle.
 
-    python3 bench/bench_instances.py                 # 30 instances
-    python3 bench/bench_instances.py --count 100 --json out.json
+    python3 -m bench instances                 # 30 instances
+    python3 -m bench instances --count 100 --json out.json
 
 The table goes to stdout, followed by the JSON document (also written to --json if given).
 The namespace and every process are removed at the end, however the run ends.
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import signal
 import statistics
@@ -37,6 +36,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from bench.report import emit
 from ucim.common.conditions import is_true
 from ucim.common.kube import Kube
 from ucim.common.resources import ObjectMeta, UserInstance, UserInstanceSpec, cluster_labels
@@ -183,11 +183,7 @@ def main() -> int:
         return 2
     result = run(opts)
     document = {"benchmark": "instances", "python": sys.version.split()[0], "cpus": os.cpu_count(), **result}
-    print(table(result))
-    print(json.dumps(document, indent=2))
-    if opts.json:
-        opts.json.write_text(json.dumps(document, indent=2) + "\n")
-    return 0
+    return emit(table(result), document, opts.json)
 
 
 if __name__ == "__main__":

@@ -67,6 +67,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.bench_job_path import command, sbatch_id, summary
+from bench.report import emit
 from ucim.common.conditions import is_true
 from ucim.common.kube import Kube
 from ucim.common.protocol import Job, JobState, SimpleDuration
@@ -762,11 +763,7 @@ def main() -> int:
         "duration_s": round(time.monotonic() - started, 1),
         **result,
     }
-    print(table(document))
-    print(json.dumps(document, indent=2))
-    if opts.json:
-        opts.json.write_text(json.dumps(document, indent=2) + "\n")
-    return 0
+    return emit(table(document), document, opts.json)
 
 
 if __name__ == "__main__":

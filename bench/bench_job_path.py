@@ -42,8 +42,8 @@ against the bridge's 1 s poll. Within one run the RUNNING latency is therefore n
 somewhere between ~0.05 and ~1.05 s depending on that phase; averaged over a long time it is
 ~0.5 s like any other change. Cancellations (and job ends) happen at any moment.
 
-    python3 bench/bench_job_path.py                           # 30 submit rounds, 20 jobs' state changes
-    python3 bench/bench_job_path.py --count 50 --state-changes 30 --json out.json
+    python3 -m bench job_path                           # 30 submit rounds, 20 jobs' state changes
+    python3 -m bench job_path --count 50 --state-changes 30 --json out.json
 
 The table goes to stdout, followed by the JSON document (also written to --json if given).
 Every job the run made is cancelled, its job folder removed, the namespace deleted, however
@@ -74,6 +74,7 @@ from typing import Any, Final
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.report import emit
 from ucim.common.instance_api import SUBMIT_PATH
 from ucim.common.kube import Kube
 from ucim.common.protocol import JobState, SimpleDuration
@@ -654,11 +655,7 @@ def main() -> int:
         "targets": TARGETS,
         **result,
     }
-    print(table(result))
-    print(json.dumps(document, indent=2))
-    if opts.json:
-        opts.json.write_text(json.dumps(document, indent=2) + "\n")
-    return 0
+    return emit(table(result), document, opts.json)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@ grows the queue to each size, times ``poll()`` over all tracked jobs and, for co
 other single-call queries a poll could be built on, then cancels every job it submitted (one
 ``scancel``) however it ends.
 
-    python3 bench/bench_slurm_poll.py                      # sizes 0,100,1000; 20 rounds each
-    python3 bench/bench_slurm_poll.py --sizes 0,100 --rounds 10 --json out.json
+    python3 -m bench slurm_poll                      # sizes 0,100,1000; 20 rounds each
+    python3 -m bench slurm_poll --sizes 0,100 --rounds 10 --json out.json
 
 The table goes to stdout, followed by the JSON document (also written to --json if given).
 With 0 tracked jobs ``poll([])`` runs no command at all; that row times ``poll()`` of one id
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from bench.report import emit
 from ucim.common.slurm import SlurmClient, SlurmConfig
 from ucim.common.slurm_parsing import SACCT_FIELDS, squeue_format
 from ucim.testing.stack import read_platform_env
@@ -164,11 +164,7 @@ async def main() -> int:
         "duration_s": round(time.perf_counter() - started, 1),
         "results": rows,
     }
-    print(table(rows))
-    print(json.dumps(document, indent=2))
-    if opts.json:
-        opts.json.write_text(json.dumps(document, indent=2) + "\n")
-    return 0
+    return emit(table(rows), document, opts.json)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,9 @@ Transitions and the other writer
 ``status.transitions`` is the delivery log the operator sends to Core. Its first entry is the
 operator's (written with ``slurmJobId``, before this monitor tracks the job), every later one
 this monitor's. A JSON merge patch replaces a list whole, so appending is a read-modify-write:
-the patch carries the ``resourceVersion`` of the copy it was computed from, and the apiserver
-refuses it (409) if the object changed since. Then the next cycle computes it again from the
+a patch that appends carries the ``resourceVersion`` of the copy it was computed from, and the
+apiserver refuses it (409) if the object changed since (a patch of the bridge's own fields only
+needs no such guard). Then the next cycle computes it again from the
 newer copy the watch has brought by then (nothing is read on the side): nothing another writer
 appended is lost, and the change is written one cycle later.
 """
@@ -237,12 +238,13 @@ class SlurmMonitor:
         return sum(await asyncio.gather(*(apply(*change) for change in changes)))
 
     async def _apply(self, job: UCloudJob, slurm_id: int, patch: dict[str, Any]) -> int:
-        """Patch one job's status, guarded by the version of the watched copy it comes from; 1 if patched."""
+        """Patch one job's status (a new transition guarded by the watched copy's version); 1 if patched."""
         name = job.metadata.name
+        # Only the transitions list is shared (with the operator, which writes its first entry): a patch of the
+        # bridge's own fields alone needs no precondition, and so never conflicts with the operator's writes.
+        version = job.metadata.resource_version if "transitions" in patch else None
         try:
-            await self.kube.patch_status(
-                UCloudJob, self.namespace, name, patch, resource_version=job.metadata.resource_version
-            )
+            await self.kube.patch_status(UCloudJob, self.namespace, name, patch, resource_version=version)
         except NotFoundError:
             return 0  # deleted since the watch saw it
         except ConflictError:

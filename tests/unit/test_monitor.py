@@ -152,7 +152,7 @@ class _Conflicting:
     async def patch_status(
         self, kind: object, namespace: str, name: str, status: dict[str, Any], *, resource_version: str | None
     ) -> None:
-        if resource_version != self.stored.metadata.resource_version:
+        if resource_version is not None and resource_version != self.stored.metadata.resource_version:
             raise ConflictError("the object has been modified")
         self.patches.append((resource_version, status))
 
@@ -200,6 +200,17 @@ async def test_a_patch_carries_the_version_it_was_computed_from_and_is_computed_
     assert await monitor._apply(fresh, 42, from_fresh) == 1
     assert [version for version, _ in kube.patches] == ["11"]
     assert [t["state"] for t in kube.patches[-1][1]["transitions"]] == ["IN_QUEUE", "RUNNING"]
+
+
+async def test_a_patch_of_the_bridges_own_fields_alone_is_not_guarded() -> None:
+    stale = job()
+    stale.metadata.resource_version = "10"
+    kube = _Conflicting(job(reportedTransitions=1))  # the operator wrote meanwhile: version 11... or none
+    monitor = SlurmMonitor(kube, SlurmClient(SlurmConfig()), informer_of(stale))  # type: ignore[arg-type]
+    reason_only = status_patch(stale, info("PENDING", reason="Priority"), NOW)
+    assert reason_only == {"reason": "Priority"}
+    assert await monitor._apply(stale, 42, reason_only) == 1  # no transition: no precondition, no conflict
+    assert kube.patches == [(None, {"reason": "Priority"})]
 
 
 def _errors() -> float:

@@ -75,8 +75,8 @@ STATE_CHANGES = Counter(
 
 VANISHED_MESSAGE: Final = "job vanished from Slurm"
 DEFAULT_VANISH_GRACE: Final = timedelta(minutes=5)
-# Status patches of one cycle sent at once, at most.
-_PATCH_CONCURRENCY: Final = 16
+# Status patches of one cycle in flight at once, at most.
+_PATCH_CONCURRENCY: Final = 4
 
 
 # --------------------------------------------------------------------------- pure functions
@@ -228,7 +228,8 @@ class SlurmMonitor:
                 continue
             if patch is not None:
                 changes.append((job, slurm_id, patch))
-        # Several at once: a burst (a thousand jobs cancelled together) reaches Core in a few seconds.
+        # A few at once, not one after another; more would flood the apiserver in bursts while jobs are being
+        # created (500 jobs, 8 creates at a time: create p99 0.66-0.95 s with 4 at once, 1.2-1.3 s with 16).
         limit = asyncio.Semaphore(_PATCH_CONCURRENCY)
 
         async def apply(job: UCloudJob, slurm_id: int, patch: dict[str, Any]) -> int:

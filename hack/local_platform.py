@@ -8,6 +8,8 @@ Usage (as root, from the repository root)::
     python3 hack/local_platform.py env           # print the shell-sourceable platform.env
     python3 hack/local_platform.py down          # cancel Slurm jobs, stop every daemon, keep data
     python3 hack/local_platform.py down --purge  # ... and remove the run directory
+    python3 hack/local_platform.py kill slurmctld   # SIGKILL daemons, as a crash would (fault drills)
+    python3 hack/local_platform.py start            # start what is not running (all, or the named ones)
 
 What ``up`` brings up, on 127.0.0.1 (Slurm's daemons listen on all addresses: 22.05 cannot
 bind them to one):
@@ -59,6 +61,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -1180,6 +1183,59 @@ def cmd_status() -> int:
     return 0 if ok else 1
 
 
+# Daemons by the names `kill` and `start` take; `all_daemons()` gives their start order.
+def daemons_named(names: Sequence[str]) -> list[Daemon]:
+    """The named daemons in start order (all of them for no names); PlatformError for an unknown name."""
+    daemons = all_daemons()
+    known = {d.name for d in daemons}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise PlatformError(unknown[0], f"no such daemon; the daemons are {', '.join(d.name for d in daemons)}")
+    return [d for d in daemons if not names or d.name in names]
+
+
+def dead(pid: int) -> bool:
+    return pid_exe(pid) is None
+
+
+def cmd_kill(names: Sequence[str], timeout: float = 10) -> int:
+    """SIGKILL the named daemons, as a crash would, and wait (bounded) until they are gone; idempotent.
+
+    Nothing else is touched: the pid files stay (they name dead processes, which `status` shows
+    as stopped), and a later `start` or `up` starts the daemons again the way `up` does.
+    """
+    if not P.ports_file.exists():
+        raise PlatformError("kill", f"not set up ({P.ports_file} missing)")
+    with exclusive():
+        for daemon in reversed(daemons_named(names)):
+            pid = running_pid(daemon.name, daemon.exe)
+            if pid is None:
+                say(f"{daemon.name} not running")
+                continue
+            start = time.monotonic()
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            wait_for(f"{daemon.name} (pid {pid}) to die", partial(dead, pid), timeout)
+            say(f"{daemon.name} killed (pid {pid}, {time.monotonic() - start:.1f} s)")
+    return 0
+
+
+def cmd_start(names: Sequence[str]) -> int:
+    """Start the named daemons (all for none) that are not running, in `up`'s order, each until it is ready.
+
+    Only the daemons: the binaries, users, PKI, configs and CRDs are `up`'s (it must have run once).
+    """
+    if not P.ports_file.exists() or not (P.run / "bin-dir").exists():
+        raise PlatformError("start", "the platform was never brought up: run `make platform-up` first")
+    os.environ["SLURM_CONF"] = str(P.slurm_conf)
+    start = time.monotonic()
+    with exclusive():
+        for daemon in daemons_named(names):
+            ensure(daemon)
+    say(f"started in {time.monotonic() - start:.1f} s")
+    return 0
+
+
 def cmd_env() -> int:
     if not P.env_file.exists():
         print(f"platform: {P.env_file} missing: run `make platform-up` first", file=sys.stderr)
@@ -1213,20 +1269,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     down.add_argument("--purge", action="store_true", help="also remove the run directory")
     sub.add_parser("status", help="one line per component; exit 0 iff all run")
     sub.add_parser("env", help="print platform.env")
+    kill = sub.add_parser("kill", help="SIGKILL daemons (as a crash would) and wait until they are gone")
+    kill.add_argument("daemons", nargs="+", metavar="DAEMON", help="etcd, kube-apiserver, slurmctld, ...")
+    start = sub.add_parser("start", help="start daemons that are not running (all of them without names)")
+    start.add_argument("daemons", nargs="*", metavar="DAEMON")
     args = parser.parse_args(argv)
     # Daemons and admin tools live in sbin, which a non-login root shell may lack.
     path = os.environ.get("PATH", "").split(os.pathsep)
     os.environ["PATH"] = os.pathsep.join(path + [d for d in ("/usr/sbin", "/sbin") if d not in path])
+    commands: dict[str, Callable[[], int]] = {
+        "up": cmd_up,
+        "down": lambda: cmd_down(args.purge),
+        "kill": lambda: cmd_kill(args.daemons),
+        "start": lambda: cmd_start(args.daemons),
+        "status": cmd_status,
+        "env": cmd_env,
+    }
     try:
-        if args.command in ("up", "down"):
+        if args.command in ("up", "down", "kill", "start"):
             require_root(args.command)
-        if args.command == "up":
-            return cmd_up()
-        if args.command == "down":
-            return cmd_down(args.purge)
-        if args.command == "status":
-            return cmd_status()
-        return cmd_env()
+        return commands[args.command]()
     except PlatformError as e:
         print(f"platform: FAILED: {e}", file=sys.stderr)
         if e.log is not None:

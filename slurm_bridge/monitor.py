@@ -8,7 +8,10 @@ timer. Each cycle (:meth:`SlurmMonitor.run_once`):
    Slurm id and are not final;
 2. asks Slurm about all of them in **one** ``squeue`` (:meth:`SlurmClient.poll`); jobs squeue
    has forgotten go to **one** ``sacct`` (:meth:`SlurmClient.poll_accounting`); a job that
-   neither knows after :attr:`SlurmMonitor.vanish_grace` is failed as "job vanished from Slurm";
+   neither has known for :attr:`SlurmMonitor.vanish_grace` is failed as "job vanished from
+   Slurm", and a job whose id Slurm now gives to a job of another name is failed at once as
+   lost (a slurmctld killed before it saved its state forgets the last jobs it accepted and
+   hands their ids out again: what Slurm says about that id is about someone else's job);
 3. patches the status of each job whose Slurm view changed, as :func:`status_patch` computes it.
 
 Transitions and the other writer
@@ -36,6 +39,7 @@ from typing import Any, Final
 from prometheus_client import Counter, Gauge, Histogram
 
 from ucim.common.informer import Informer
+from ucim.common.instance_api import slurm_job_name
 from ucim.common.kube import ConflictError, InvalidError, Kube, NotFoundError
 from ucim.common.protocol import JobState
 from ucim.common.resources import UCloudJob, cluster_selector
@@ -69,7 +73,10 @@ STATE_CHANGES = Counter(
 )
 
 VANISHED_MESSAGE: Final = "job vanished from Slurm"
-DEFAULT_VANISH_GRACE: Final = timedelta(minutes=5)
+LOST_MESSAGE: Final = "Slurm lost the job (its controller restarted without it): its id now names another job"
+# Counted from the first cycle that found the job in neither squeue nor an answering sacct: squeue keeps a
+# job until MinJobAge after its end and slurmdbd has it by then, so a minute unknown to both means gone.
+DEFAULT_VANISH_GRACE: Final = timedelta(minutes=1)
 # How often one job's patch is computed again when the job changed under it (409).
 _PATCH_ATTEMPTS: Final = 3
 
@@ -122,23 +129,19 @@ def status_patch(job: UCloudJob, info: SlurmJobInfo, now_ms: int) -> dict[str, A
     return patch or None
 
 
-def vanished_patch(job: UCloudJob, now_ms: int) -> dict[str, Any] | None:
-    """The patch that fails a job Slurm no longer knows; None if it is final already."""
+def vanished_patch(job: UCloudJob, now_ms: int, message: str = VANISHED_MESSAGE) -> dict[str, Any] | None:
+    """The patch that fails a job Slurm no longer knows (``message`` says how); None if it is final already."""
     current = job.status.state
     if current is not None and current.is_final:
         return None
-    return {"reason": VANISHED_MESSAGE, **_with_transition(job, JobState.FAILURE, VANISHED_MESSAGE, now_ms)}
+    return {"reason": message, **_with_transition(job, JobState.FAILURE, message, now_ms)}
 
 
-def submitted_ms(job: UCloudJob) -> int | None:
-    """When the job went to Slurm, in epoch ms: submittedAt, else its first transition, else creation."""
-    status = job.status
-    if status.submitted_at is not None:
-        return int(status.submitted_at.timestamp() * 1000)
-    if status.transitions:
-        return status.transitions[0].timestamp
-    created = job.metadata.creation_timestamp
-    return int(created.timestamp() * 1000) if created is not None else None
+def is_same_job(job: UCloudJob, info: SlurmJobInfo) -> bool:
+    """Whether what Slurm says about the job's id is about this job: its name is the job's (when both are known)."""
+    if not job.metadata.uid or not info.name:
+        return True
+    return info.name == slurm_job_name(job.metadata.uid)
 
 
 # --------------------------------------------------------------------------- the monitor
@@ -174,6 +177,8 @@ class SlurmMonitor:
         self.namespace = jobs.namespace
         self.vanish_grace = vanish_grace
         self._clock = clock
+        # Slurm id -> when (epoch ms) a cycle first found it in neither squeue nor sacct.
+        self._missing_since: dict[int, int] = {}
 
     @classmethod
     def for_cluster(
@@ -221,11 +226,14 @@ class SlurmMonitor:
         now_ms = self._now_ms()
         grace_ms = int(self.vanish_grace.total_seconds() * 1000)
         patched = 0
+        self._missing_since = {i: ms for i, ms in self._missing_since.items() if i in by_id and i not in infos}
         for slurm_id, job in by_id.items():
             info = infos.get(slurm_id)
-            if info is not None:
-                compute: _Compute = partial(status_patch, info=info, now_ms=now_ms)
-            elif accounting_answered and now_ms - (submitted_ms(job) or now_ms) >= grace_ms:
+            if info is not None and not is_same_job(job, info):
+                compute: _Compute = partial(vanished_patch, now_ms=now_ms, message=LOST_MESSAGE)
+            elif info is not None:
+                compute = partial(status_patch, info=info, now_ms=now_ms)
+            elif accounting_answered and now_ms - self._missing_since.setdefault(slurm_id, now_ms) >= grace_ms:
                 compute = partial(vanished_patch, now_ms=now_ms)
             else:
                 continue

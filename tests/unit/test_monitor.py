@@ -19,12 +19,12 @@ from ucim.common.resources import UCloudJob
 from ucim.common.slurm import SlurmClient, SlurmConfig
 from ucim.common.slurm_parsing import SlurmJobInfo
 from ucim.slurm_bridge.monitor import (
+    LOST_MESSAGE,
     UNSUBMITTED,
     VANISHED_MESSAGE,
     SlurmMonitor,
     count_by_state,
     status_patch,
-    submitted_ms,
     vanished_patch,
 )
 
@@ -128,9 +128,60 @@ def test_vanished_job_fails_once() -> None:
     assert vanished_patch(job(JobState.FAILURE), NOW) is None
 
 
-def test_submitted_ms_prefers_submitted_at() -> None:
-    assert submitted_ms(job()) == QUEUED_AT
-    assert submitted_ms(job(submittedAt="2026-11-25T03:50:00Z")) == int(STARTED.timestamp() * 1000)
+class _Slurm(SlurmClient):
+    """Slurm as a drill left it: squeue and sacct answer with ``known`` (id -> info)."""
+
+    def __init__(self, known: dict[int, SlurmJobInfo]) -> None:
+        super().__init__(SlurmConfig())
+        self.known = known
+
+    async def poll(self, job_ids: Any) -> dict[int, SlurmJobInfo]:
+        return {i: self.known[i] for i in job_ids if i in self.known}
+
+    async def poll_accounting(self, job_ids: Any) -> dict[int, SlurmJobInfo]:
+        return {}
+
+
+class _Recorder:
+    """Stands in for Kube: records status patches."""
+
+    def __init__(self) -> None:
+        self.patches: list[dict[str, Any]] = []
+
+    async def patch_status(self, kind: object, namespace: str, name: str, status: dict[str, Any], **_: object) -> None:
+        self.patches.append(status)
+
+
+def monitor_of(slurm: SlurmClient, tracked: UCloudJob, clock: list[float]) -> tuple[SlurmMonitor, _Recorder]:
+    kube = _Recorder()
+    return SlurmMonitor(kube, slurm, informer_of(tracked), clock=lambda: clock[0]), kube  # type: ignore[arg-type]
+
+
+async def test_an_id_slurm_gave_to_another_job_fails_ours_at_once() -> None:
+    # Seen in the slurmctld drill: killed before it saved its state, slurmctld forgot our job and gave its id
+    # to the next job submitted; squeue then reported that job's state (PENDING, held) as ours.
+    ours = job(JobState.RUNNING, slurmState="RUNNING")
+    ours.metadata.uid = "0c6b4f3e"
+    someone_else = info("PENDING", reason="launch failed requeued held", name="ucim-another-uid")
+    monitor, kube = monitor_of(_Slurm({42: someone_else}), ours, [NOW / 1000])
+    assert await monitor.run_once() == 1
+    assert kube.patches[0]["state"] == "FAILURE"
+    assert kube.patches[0]["transitions"][-1]["message"] == LOST_MESSAGE
+    # Its own name is its own job, whatever its state.
+    monitor, kube = monitor_of(_Slurm({42: info("RUNNING", name="ucim-0c6b4f3e")}), ours, [NOW / 1000])
+    assert await monitor.run_once() == 0
+
+
+async def test_a_job_vanishes_a_grace_after_slurm_stopped_knowing_it_not_after_its_submission() -> None:
+    # Submitted long ago (a long job): Slurm forgetting it now is not yet a reason to fail it.
+    clock = [NOW / 1000 + 3600]
+    monitor, kube = monitor_of(_Slurm({}), job(JobState.RUNNING, slurmState="RUNNING"), clock)
+    assert await monitor.run_once() == 0
+    clock[0] += monitor.vanish_grace.total_seconds() - 1
+    assert await monitor.run_once() == 0
+    clock[0] += 1
+    assert await monitor.run_once() == 1
+    assert kube.patches[0]["transitions"][-1]["message"] == VANISHED_MESSAGE
 
 
 class _BrokenSlurm(SlurmClient):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, Generic, Literal, Self, TypeVar
 
+import aiohttp
 from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -46,6 +47,14 @@ class NotFoundError(Exception):
 
 class InvalidError(Exception):
     """The apiserver rejected the object; the message is its readable reason."""
+
+
+class UnavailableError(Exception):
+    """The apiserver could not be reached (connection refused, reset or dropped): try again later."""
+
+
+def _unavailable(error: aiohttp.ClientError) -> UnavailableError:
+    return UnavailableError(f"the Kubernetes API cannot be reached: {error}")
 
 
 class GoneError(Exception):
@@ -140,6 +149,8 @@ class Kube:
             )
         except ApiException as error:
             raise _translate(error) from error
+        except aiohttp.ClientError as error:
+            raise _unavailable(error) from error
         return type(obj).from_obj(created)
 
     async def get(self, kind: type[R], namespace: str, name: str) -> R | None:
@@ -149,6 +160,8 @@ class Kube:
             if error.status == 404:
                 return None
             raise _translate(error) from error
+        except aiohttp.ClientError as error:
+            raise _unavailable(error) from error
         return kind.from_obj(obj)
 
     async def list(self, kind: type[R], namespace: str, label_selector: str | None = None) -> list[R]:
@@ -167,6 +180,8 @@ class Kube:
             result = await self._custom.list_namespaced_custom_object(**self._where(kind, namespace), **kwargs)
         except ApiException as error:
             raise _translate(error) from error
+        except aiohttp.ClientError as error:
+            raise _unavailable(error) from error
         return [kind.from_obj(item) for item in result["items"]], str(result["metadata"]["resourceVersion"])
 
     async def patch(self, kind: type[R], namespace: str, name: str, body: dict[str, Any]) -> R:
@@ -177,6 +192,8 @@ class Kube:
             )
         except ApiException as error:
             raise _translate(error) from error
+        except aiohttp.ClientError as error:
+            raise _unavailable(error) from error
         return kind.from_obj(obj)
 
     async def patch_status(
@@ -198,6 +215,8 @@ class Kube:
             )
         except ApiException as error:
             raise _translate(error) from error
+        except aiohttp.ClientError as error:
+            raise _unavailable(error) from error
         return kind.from_obj(obj)
 
     async def apply_status(
@@ -217,6 +236,8 @@ class Kube:
             )
         except ApiException as error:
             raise _translate(error) from error
+        except aiohttp.ClientError as error:
+            raise _unavailable(error) from error
         return kind.from_obj(obj)
 
     def _check_writer(self, kind: type[R], status: dict[str, Any]) -> None:
@@ -229,6 +250,8 @@ class Kube:
         except ApiException as error:
             if error.status != 404:
                 raise _translate(error) from error
+        except aiohttp.ClientError as error:
+            raise _unavailable(error) from error
 
     async def watch(
         self,
@@ -268,6 +291,8 @@ class Kube:
                         yield WatchEvent(event["type"], kind.from_obj(raw), version)
         except ApiException as error:
             raise _translate(error) from error
+        except aiohttp.ClientError as error:
+            raise _unavailable(error) from error
 
     async def wait_for(
         self, kind: type[R], namespace: str, name: str, predicate: Callable[[R | None], bool]

@@ -1,4 +1,4 @@
-"""ucim.common.kube: calls and watches end when the apiserver's connection goes silent."""
+"""ucim.common.kube: calls and watches end when the apiserver's connection goes silent, or fail when it is down."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from aiohttp import web
 from kubernetes_asyncio import client
 from pytest_aiohttp import AiohttpServer
 
-from ucim.common.kube import Kube
+from ucim.common.kube import Kube, UnavailableError
 from ucim.common.resources import UCloudJob
 
 PLURAL_PATH = f"/apis/{UCloudJob.GROUP}/{UCloudJob.VERSION}/namespaces/ns/{UCloudJob.PLURAL}"
@@ -49,3 +49,15 @@ async def test_a_silent_watch_times_out_after_its_end_and_the_grace(kube: Kube) 
         async for _ in kube.watch(UCloudJob, "ns", timeout_seconds=1):
             pass
     assert 1.2 <= time.monotonic() - started < 6  # not before the end it asked the apiserver for
+
+
+async def test_an_apiserver_that_is_down_is_unavailable_for_calls_and_watches() -> None:
+    configuration = client.Configuration(host="http://127.0.0.1:9")  # nothing listens there
+    async with Kube(client.ApiClient(configuration)) as kube:
+        with pytest.raises(UnavailableError, match="cannot be reached"):
+            await kube.get(UCloudJob, "ns", "job")
+        with pytest.raises(UnavailableError):
+            await kube.list(UCloudJob, "ns")
+        with pytest.raises(UnavailableError):
+            async for _ in kube.watch(UCloudJob, "ns", timeout_seconds=1):
+                pass

@@ -106,7 +106,10 @@ def status_patch(job: UCloudJob, info: SlurmJobInfo, now_ms: int) -> dict[str, A
     """The status fields to merge-patch for what Slurm now says about ``job``; None if nothing changed.
 
     A field Slurm no longer reports (the pending reason of a job that started) is sent as
-    None, which a merge patch deletes. A final UCloud state is never left again.
+    None, which a merge patch deletes. A final UCloud state is never left again, and a
+    RUNNING job stays RUNNING when Slurm requeues it (PENDING again after a node or launch
+    failure): UCloud's states only go forward, so the requeue shows in ``slurmState`` and
+    ``reason`` and Core hears of the job again when it ends.
     """
     status = job.status
     wanted: dict[str, Any] = {
@@ -124,7 +127,8 @@ def status_patch(job: UCloudJob, info: SlurmJobInfo, now_ms: int) -> dict[str, A
             patch[key] = rfc3339(new) if isinstance(new, datetime) else new
     state, message = info.ucloud_state()
     current = status.state
-    if state != current and not (current is not None and current.is_final):
+    requeued = current == JobState.RUNNING and state == JobState.IN_QUEUE
+    if state != current and not (current is not None and current.is_final) and not requeued:
         patch.update(_with_transition(job, state, message, now_ms))
     return patch or None
 

@@ -114,6 +114,19 @@ def test_final_state_is_never_left() -> None:
     assert patch == {"slurmState": "RUNNING"}
 
 
+def test_a_requeued_job_stays_running_for_core() -> None:
+    # Seen in the slurmctld drill: a job launching when slurmctld was killed was requeued after its restart,
+    # and Core got IN_QUEUE RUNNING IN_QUEUE RUNNING SUCCESS.
+    running = job(JobState.RUNNING, slurmState="RUNNING", nodeList="node1", startedAt="2026-11-25T03:50:00Z")
+    patch = status_patch(running, info("PENDING", reason="launch failed requeued held"), NOW)
+    assert patch == {
+        "slurmState": "PENDING",
+        "reason": "launch failed requeued held",
+        "nodeList": None,
+        "startedAt": None,
+    }
+
+
 def test_transition_timestamps_never_go_backwards() -> None:
     patch = status_patch(job(), info("RUNNING"), QUEUED_AT - 60_000)
     assert patch is not None

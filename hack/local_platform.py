@@ -895,7 +895,7 @@ SchedulerParameters=batch_sched_delay=0
 ReturnToService=2
 MailProg=/bin/true
 MinJobAge=300
-KillWait=5
+{first_job_id_line()}KillWait=5
 # Refuse at sbatch time a job that breaks a partition limit, instead of leaving it pending forever.
 EnforcePartLimits=ALL
 PrivateData=jobs,usage
@@ -913,6 +913,44 @@ NodeName=localhost NodeAddr=127.0.0.1 CPUs=8 RealMemory=2000 State=UNKNOWN
 PartitionName=normal Nodes=localhost Default=YES MaxTime=1-00:00:00 State=UP
 PartitionName=short Nodes=localhost MaxTime=00:01:00 State=UP
 """
+
+
+def first_job_id_line() -> str:
+    """``FirstJobId=<n>`` once a restart after a crash needed it (see number_past_forgotten_jobs), else nothing."""
+    path = P.slurm / "first-job-id"
+    return f"FirstJobId={path.read_text().strip()}\n" if path.exists() else ""
+
+
+def number_past_forgotten_jobs(ports: Mapping[str, int]) -> bool:
+    """Before slurmctld starts: make it number new jobs past every job whose files it wrote; True if that changed.
+
+    slurmctld writes a job's script as it accepts the job but saves its job state only a few
+    seconds later. Killed in between, it comes back without those jobs and hands their ids out
+    again; slurmd, which may still run the forgotten jobs, then refuses the new ones as
+    duplicates and slurmctld drains the node ("Duplicate jobid") until an admin resumes it.
+    Starting past the highest id in its state directory (``FirstJobId``, which only ever
+    raises the next id) is what Slurm's admins do after losing state.
+    """
+    ids = [int(d.name[4:]) for d in (P.slurm / "state").glob("hash.*/job.*") if d.name[4:].isdigit()]
+    record = P.slurm / "first-job-id"
+    first = int(record.read_text()) if record.exists() else 0
+    if not ids or max(ids) < first:
+        return False
+    write_if_changed(record, f"{max(ids) + 1}\n")
+    write_slurm_configs(ports)
+    say(f"slurmctld: new jobs numbered from {max(ids) + 1} (past the jobs it may have forgotten)")
+    return True
+
+
+def ensure_slurmctld(ports: Mapping[str, int]) -> bool:
+    """Start slurmctld unless it runs (numbering past jobs a crash may have made it forget); True if started."""
+    daemon = slurmctld_daemon(ports["slurmctld"])
+    renumbered = running_pid(daemon.name, daemon.exe) is None and number_past_forgotten_jobs(ports)
+    started = ensure(daemon)
+    slurmd = slurmd_daemon(ports["slurmd"])
+    if renumbered and running_pid(slurmd.name, slurmd.exe) is not None:
+        run(["scontrol", "reconfigure"])  # slurmd reads the same slurm.conf again
+    return started
 
 
 def slurmdbd_conf(ports: Mapping[str, int]) -> str:
@@ -1025,7 +1063,7 @@ def up_slurm(ports: Mapping[str, int]) -> None:
     ensure_accounting_db()
     started |= ensure(slurmdbd_daemon(ports["slurmdbd"]))
     ensure_associations()  # before slurmctld, so it registers with a known cluster
-    ctld_started = ensure(slurmctld_daemon(ports["slurmctld"]))
+    ctld_started = ensure_slurmctld(ports)
     if conf_changed and not ctld_started:
         run(["scontrol", "reconfigure"])  # a running slurmctld re-reads the new slurm.conf
         say("slurm.conf changed: scontrol reconfigure")
@@ -1229,9 +1267,13 @@ def cmd_start(names: Sequence[str]) -> int:
         raise PlatformError("start", "the platform was never brought up: run `make platform-up` first")
     os.environ["SLURM_CONF"] = str(P.slurm_conf)
     start = time.monotonic()
+    ports = load_ports()
     with exclusive():
         for daemon in daemons_named(names):
-            ensure(daemon)
+            if daemon.name == "slurmctld":
+                ensure_slurmctld(ports)
+            else:
+                ensure(daemon)
     say(f"started in {time.monotonic() - start:.1f} s")
     return 0
 

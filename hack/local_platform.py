@@ -942,14 +942,46 @@ def number_past_forgotten_jobs(ports: Mapping[str, int]) -> bool:
     return True
 
 
+def end_runs_slurmd_no_longer_has(started_before: float) -> None:
+    """After slurmctld started: cancel the jobs it has running since before that which slurmd does not run.
+
+    Killed a moment after a job ended, slurmctld comes back from state saved while the job still
+    ran, and it holds the job's CPUs and memory until slurmd's next registration, minutes later,
+    says otherwise: every job behind it waits. slurmd runs here, so its batch steps are this
+    machine's ``slurmstepd: [<id>.batch]`` processes.
+    """
+    listing = run(["squeue", "-h", "-t", "RUNNING", "-o", "%i %S"], check=False, timeout=10).stdout.split("\n")
+    running = {line.split()[0]: line.split()[1] for line in listing if len(line.split()) == 2}
+    steps = set()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            words = cmdline.read_bytes().decode(errors="replace").split("\0")
+            if words[0].startswith("slurmstepd: [") and words[0].endswith(".batch]"):
+                steps.add(words[0].removeprefix("slurmstepd: [").removesuffix(".batch]"))
+    gone = []
+    for job_id, start in running.items():
+        with contextlib.suppress(ValueError):
+            if time.mktime(time.strptime(start, "%Y-%m-%dT%H:%M:%S")) < started_before and job_id not in steps:
+                gone.append(job_id)
+    if gone:
+        run(["scancel", *gone], check=False, timeout=30)
+        say(f"slurmctld: cancelled {len(gone)} job(s) it had running from before its start, which slurmd did not run")
+
+
 def ensure_slurmctld(ports: Mapping[str, int]) -> bool:
-    """Start slurmctld unless it runs (numbering past jobs a crash may have made it forget); True if started."""
+    """Start slurmctld unless it runs, setting right what a crash left (see the two functions above); True if started.
+
+    Both are what an admin does after slurmctld was killed; the fault drills kill it.
+    """
     daemon = slurmctld_daemon(ports["slurmctld"])
+    began = time.time() - 1  # squeue's times are whole seconds
     renumbered = running_pid(daemon.name, daemon.exe) is None and number_past_forgotten_jobs(ports)
     started = ensure(daemon)
     slurmd = slurmd_daemon(ports["slurmd"])
     if renumbered and running_pid(slurmd.name, slurmd.exe) is not None:
         run(["scontrol", "reconfigure"])  # slurmd reads the same slurm.conf again
+    if started:
+        end_runs_slurmd_no_longer_has(began)
     return started
 
 

@@ -50,7 +50,7 @@ class InvalidError(Exception):
 
 
 class UnavailableError(Exception):
-    """The apiserver could not be reached (connection refused, reset or dropped): try again later."""
+    """The apiserver could not be reached (connection refused, reset or dropped) or cannot serve now: try again."""
 
 
 def _unavailable(error: aiohttp.ClientError) -> UnavailableError:
@@ -71,6 +71,9 @@ def _translate(error: ApiException) -> Exception:
     if error.status in (400, 422):
         # A body the apiserver cannot take (422: invalid; 400: e.g. a field of the wrong type): its words say why.
         return InvalidError(_api_message(error))
+    if error.status == 429 or error.status >= 500:
+        # Not now: a starting apiserver ("before all known HTTP paths have been installed"), etcd away, throttling.
+        return UnavailableError(f"the Kubernetes API cannot serve now ({error.status}): {_api_message(error)}")
     return error
 
 

@@ -25,10 +25,18 @@ async def silent(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def starting(request: web.Request) -> web.StreamResponse:
+    """What a kube-apiserver that is starting answers (seen in the apiserver drill)."""
+    message = "the request has been made before all known HTTP paths have been installed, please try again"
+    body = {"kind": "Status", "status": "Failure", "message": message, "reason": "ServiceUnavailable", "code": 503}
+    return web.json_response(body, status=503, headers={"Retry-After": "5"})
+
+
 @pytest.fixture
 async def kube(aiohttp_server: AiohttpServer) -> AsyncIterator[Kube]:
     app = web.Application()
     app.router.add_get(PLURAL_PATH, silent)
+    app.router.add_get(PLURAL_PATH + "/starting", starting)
     app.router.add_get(PLURAL_PATH + "/{name}", silent)
     server = await aiohttp_server(app)
     configuration = client.Configuration(host=str(server.make_url("")).rstrip("/"))
@@ -61,3 +69,8 @@ async def test_an_apiserver_that_is_down_is_unavailable_for_calls_and_watches() 
         with pytest.raises(UnavailableError):
             async for _ in kube.watch(UCloudJob, "ns", timeout_seconds=1):
                 pass
+
+
+async def test_an_apiserver_that_cannot_serve_yet_is_unavailable(kube: Kube) -> None:
+    with pytest.raises(UnavailableError, match="before all known HTTP paths"):
+        await kube.get(UCloudJob, "ns", "starting")

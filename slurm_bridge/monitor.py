@@ -9,7 +9,8 @@ timer. Each cycle (:meth:`SlurmMonitor.run_once`):
 2. asks Slurm about all of them in **one** ``squeue`` (:meth:`SlurmClient.poll`); jobs squeue
    has forgotten go to **one** ``sacct`` (:meth:`SlurmClient.poll_accounting`); a job that
    neither has known for :attr:`SlurmMonitor.vanish_grace` is failed as "job vanished from
-   Slurm", and a job whose id Slurm now gives to a job of another name is failed at once as
+   Slurm" (sacct's record counts only once the job ended: slurmdbd keeps a job slurmctld lost
+   as PENDING for ever), and a job whose id Slurm now gives to a job of another name is failed at once as
    lost (a slurmctld killed before it saved its state forgets the last jobs it accepted and
    hands their ids out again: what Slurm says about that id is about someone else's job);
 3. patches the status of each job whose Slurm view changed, as :func:`status_patch` computes it.
@@ -209,12 +210,15 @@ class SlurmMonitor:
             if not missing:
                 return infos, True
             try:
-                infos.update(await self.slurm.poll_accounting(missing))
+                accounting = await self.slurm.poll_accounting(missing)
             except SlurmError:
                 # Without sacct's answer nobody can say the jobs vanished: wait for the next cycle.
                 POLL_ERRORS.inc()
                 log.warning("sacct failed; jobs squeue forgot stay as they are", exc_info=True)
                 return infos, False
+            # squeue keeps every job until it ended: what accounting still has as pending or running, squeue
+            # does not know, is a job slurmctld lost (killed before it saved it), not one that runs.
+            infos.update({job_id: info for job_id, info in accounting.items() if info.is_finished})
             return infos, True
 
     async def run_once(self) -> int:

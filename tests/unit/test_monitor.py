@@ -142,17 +142,18 @@ def test_vanished_job_fails_once() -> None:
 
 
 class _Slurm(SlurmClient):
-    """Slurm as a drill left it: squeue and sacct answer with ``known`` (id -> info)."""
+    """Slurm as a drill left it: squeue answers with ``known``, sacct with ``accounted`` (id -> info)."""
 
-    def __init__(self, known: dict[int, SlurmJobInfo]) -> None:
+    def __init__(self, known: dict[int, SlurmJobInfo], accounted: dict[int, SlurmJobInfo] | None = None) -> None:
         super().__init__(SlurmConfig())
         self.known = known
+        self.accounted = accounted or {}
 
     async def poll(self, job_ids: Any) -> dict[int, SlurmJobInfo]:
         return {i: self.known[i] for i in job_ids if i in self.known}
 
     async def poll_accounting(self, job_ids: Any) -> dict[int, SlurmJobInfo]:
-        return {}
+        return {i: self.accounted[i] for i in job_ids if i in self.accounted}
 
 
 class _Recorder:
@@ -281,3 +282,20 @@ def _jobs() -> dict[str, float]:
         state: REGISTRY.get_sample_value("ucim_jobs", {"state": state}) or 0.0
         for state in [*map(str, JobState), UNSUBMITTED]
     }
+
+
+async def test_a_job_only_accounting_has_as_pending_was_lost_and_vanishes() -> None:
+    # Seen in the soak: slurmctld, killed a second after accepting three jobs, forgot them; slurmdbd had their
+    # submission and keeps them PENDING for ever, so the jobs stayed IN_QUEUE at Core.
+    pending = info("PENDING", name="ucim-0c6b4f3e")
+    clock = [NOW / 1000]
+    monitor, kube = monitor_of(_Slurm({}, accounted={42: pending}), job(), clock)
+    assert await monitor.run_once() == 0
+    clock[0] += monitor.vanish_grace.total_seconds()
+    assert await monitor.run_once() == 1
+    assert kube.patches[0]["transitions"][-1]["message"] == VANISHED_MESSAGE
+    # A job that ended and left squeue is found in accounting as it ended.
+    done = info("COMPLETED", name="ucim-0c6b4f3e", exit_code=0, signal=0)
+    monitor, kube = monitor_of(_Slurm({}, accounted={42: done}), job(JobState.RUNNING), [NOW / 1000])
+    assert await monitor.run_once() == 1
+    assert kube.patches[0]["state"] == "SUCCESS"

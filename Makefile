@@ -80,6 +80,10 @@ test: install lint deps helm ## Everything CI runs: lint, unit, integration, cha
 bench: platform-up ## Benchmarks (JSON and a table)
 	$(PYTHON) -m bench
 
+.PHONY: soak
+soak: platform-up ## Seeded chaos soak, not in CI: 500 jobs of 20 users while components crash (SEED=1, up to 20 min)
+	$(PYTHON) -m bench soak --seed $(or $(SEED),1) $(SOAK_ARGS)
+
 .PHONY: clean
 clean: ## Remove caches of the Python tools (not the platform's binaries)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache build *.egg-info

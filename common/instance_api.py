@@ -48,6 +48,15 @@ CHUNKED_OFFSET_HEADER = "Chunked-Upload-Offset"
 CHUNKED_TOTAL_SIZE_HEADER = "Chunked-Upload-Total-Size"
 
 
+# A job's Slurm name is this and its UCloudJob's uid: unique per object, stable across retries and restarts.
+SLURM_JOB_NAME_PREFIX = "ucim-"
+
+
+def slurm_job_name(uid: str) -> str:
+    """The Slurm job name of the UCloudJob whose ``metadata.uid`` is ``uid``."""
+    return SLURM_JOB_NAME_PREFIX + uid
+
+
 class _Message(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
 

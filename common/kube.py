@@ -16,6 +16,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Final, Generic, Literal, Self, TypeVar
 
+import aiohttp
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -50,6 +51,14 @@ class InvalidError(Exception):
     """The apiserver rejected the object; the message is its readable reason."""
 
 
+class UnavailableError(Exception):
+    """The apiserver could not be reached (connection refused, reset or dropped) or cannot serve now: try again."""
+
+
+def _unavailable(error: aiohttp.ClientError) -> UnavailableError:
+    return UnavailableError(f"the Kubernetes API cannot be reached: {error}")
+
+
 class GoneError(Exception):
     """A watch asked to resume from a resourceVersion the apiserver no longer keeps (410): list again."""
 
@@ -64,6 +73,9 @@ def _translate(error: ApiException) -> Exception:
     if error.status in (400, 422):
         # A body the apiserver cannot take (422: invalid; 400: e.g. a field of the wrong type): its words say why.
         return InvalidError(_api_message(error))
+    if error.status == 429 or error.status >= 500:
+        # Not now: a starting apiserver ("before all known HTTP paths have been installed"), etcd away, throttling.
+        return UnavailableError(f"the Kubernetes API cannot serve now ({error.status}): {_api_message(error)}")
     return error
 
 
@@ -153,6 +165,8 @@ class Kube:
             )
         except ApiException as error:
             raise _translate(error) from error
+        except aiohttp.ClientError as error:
+            raise _unavailable(error) from error
         return type(obj).from_obj(created)
 
     async def get(self, kind: type[R], namespace: str, name: str) -> R | None:
@@ -162,6 +176,8 @@ class Kube:
             if error.status == 404:
                 return None
             raise _translate(error) from error
+        except aiohttp.ClientError as error:
+            raise _unavailable(error) from error
         return kind.from_obj(obj)
 
     async def list(self, kind: type[R], namespace: str, label_selector: str | None = None) -> list[R]:
@@ -180,6 +196,8 @@ class Kube:
             result = await self._custom.list_namespaced_custom_object(**self._where(kind, namespace), **kwargs)
         except ApiException as error:
             raise _translate(error) from error
+        except aiohttp.ClientError as error:
+            raise _unavailable(error) from error
         return [kind.from_obj(item) for item in result["items"]], str(result["metadata"]["resourceVersion"])
 
     async def patch(self, kind: type[R], namespace: str, name: str, body: dict[str, Any]) -> R:
@@ -190,6 +208,8 @@ class Kube:
             )
         except ApiException as error:
             raise _translate(error) from error
+        except aiohttp.ClientError as error:
+            raise _unavailable(error) from error
         return kind.from_obj(obj)
 
     async def patch_status(
@@ -211,6 +231,8 @@ class Kube:
             )
         except ApiException as error:
             raise _translate(error) from error
+        except aiohttp.ClientError as error:
+            raise _unavailable(error) from error
         return kind.from_obj(obj)
 
     async def apply_status(
@@ -230,6 +252,8 @@ class Kube:
             )
         except ApiException as error:
             raise _translate(error) from error
+        except aiohttp.ClientError as error:
+            raise _unavailable(error) from error
         return kind.from_obj(obj)
 
     def _check_writer(self, kind: type[R], status: dict[str, Any]) -> None:
@@ -271,6 +295,8 @@ class Kube:
         except ApiException as error:
             if error.status != 404:
                 raise _translate(error) from error
+        except aiohttp.ClientError as error:
+            raise _unavailable(error) from error
 
     async def watch(
         self,
@@ -307,10 +333,14 @@ class Kube:
             )
         except ApiException as error:
             raise _translate(error) from error
+        except aiohttp.ClientError as error:
+            raise _unavailable(error) from error
         try:
             async for line in response.content:
                 if line.strip():
                     yield _watch_event(kind, json.loads(line))
+        except aiohttp.ClientError as error:
+            raise _unavailable(error) from error
         finally:
             response.release()
 

@@ -9,7 +9,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from aiohttp.web_urldispatcher import MatchInfoError
 
-from ucim.common.kube import InvalidError
+from ucim.common.kube import InvalidError, UnavailableError
 from ucim.common.protocol import error_body
 from ucim.common.proxy_bodies import AnswerBrokenError
 
@@ -64,10 +64,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return http_error_response(request, error)
     except (json.JSONDecodeError, InvalidError) as error:
         return bad_request(request, error)
-    except TimeoutError:
-        # The calls that can time out here are the Kubernetes API's (ucim.common.kube bounds them).
-        log.warning("a call timed out", extra={"path": request.path}, exc_info=True)
-        return error_response(503, "the Kubernetes API of this provider did not answer in time; try again")
+    except (TimeoutError, UnavailableError) as error:
+        # The calls that can time out here are the Kubernetes API's (ucim.common.kube bounds them); the
+        # apiserver may also be down or restarting. Core retries a 503, where a 500 fails its call for good.
+        log.warning("the Kubernetes API did not answer", extra={"path": request.path}, exc_info=True)
+        why = "did not answer in time" if isinstance(error, TimeoutError) else "cannot be reached"
+        return error_response(503, f"the Kubernetes API of this provider {why}; try again")
     except Exception:
         log.exception("unhandled error", extra={"path": request.path})
         return error_response(500, "internal server error")

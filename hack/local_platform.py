@@ -8,6 +8,8 @@ Usage (as root, from the repository root)::
     python3 hack/local_platform.py env           # print the shell-sourceable platform.env
     python3 hack/local_platform.py down          # cancel Slurm jobs, stop every daemon, keep data
     python3 hack/local_platform.py down --purge  # ... and remove the run directory
+    python3 hack/local_platform.py kill slurmctld   # SIGKILL daemons, as a crash would (fault drills)
+    python3 hack/local_platform.py start            # start what is not running (all, or the named ones)
 
 What ``up`` brings up, on 127.0.0.1 (Slurm's daemons listen on all addresses: 22.05 cannot
 bind them to one):
@@ -59,6 +61,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -892,7 +895,7 @@ SchedulerParameters=batch_sched_delay=0
 ReturnToService=2
 MailProg=/bin/true
 MinJobAge=300
-KillWait=5
+{first_job_id_line()}KillWait=5
 # Refuse at sbatch time a job that breaks a partition limit, instead of leaving it pending forever.
 EnforcePartLimits=ALL
 PrivateData=jobs,usage
@@ -910,6 +913,76 @@ NodeName=localhost NodeAddr=127.0.0.1 CPUs=8 RealMemory=2000 State=UNKNOWN
 PartitionName=normal Nodes=localhost Default=YES MaxTime=1-00:00:00 State=UP
 PartitionName=short Nodes=localhost MaxTime=00:01:00 State=UP
 """
+
+
+def first_job_id_line() -> str:
+    """``FirstJobId=<n>`` once a restart after a crash needed it (see number_past_forgotten_jobs), else nothing."""
+    path = P.slurm / "first-job-id"
+    return f"FirstJobId={path.read_text().strip()}\n" if path.exists() else ""
+
+
+def number_past_forgotten_jobs(ports: Mapping[str, int]) -> bool:
+    """Before slurmctld starts: make it number new jobs past every job whose files it wrote; True if that changed.
+
+    slurmctld writes a job's script as it accepts the job but saves its job state only a few
+    seconds later. Killed in between, it comes back without those jobs and hands their ids out
+    again; slurmd, which may still run the forgotten jobs, then refuses the new ones as
+    duplicates and slurmctld drains the node ("Duplicate jobid") until an admin resumes it.
+    Starting past the highest id in its state directory (``FirstJobId``, which only ever
+    raises the next id) is what Slurm's admins do after losing state.
+    """
+    ids = [int(d.name[4:]) for d in (P.slurm / "state").glob("hash.*/job.*") if d.name[4:].isdigit()]
+    record = P.slurm / "first-job-id"
+    first = int(record.read_text()) if record.exists() else 0
+    if not ids or max(ids) < first:
+        return False
+    write_if_changed(record, f"{max(ids) + 1}\n")
+    write_slurm_configs(ports)
+    say(f"slurmctld: new jobs numbered from {max(ids) + 1} (past the jobs it may have forgotten)")
+    return True
+
+
+def end_runs_slurmd_no_longer_has(started_before: float) -> None:
+    """After slurmctld started: cancel the jobs it has running since before that which slurmd does not run.
+
+    Killed a moment after a job ended, slurmctld comes back from state saved while the job still
+    ran, and it holds the job's CPUs and memory until slurmd's next registration, minutes later,
+    says otherwise: every job behind it waits. slurmd runs here, so its batch steps are this
+    machine's ``slurmstepd: [<id>.batch]`` processes.
+    """
+    listing = run(["squeue", "-h", "-t", "RUNNING", "-o", "%i %S"], check=False, timeout=10).stdout.split("\n")
+    running = {line.split()[0]: line.split()[1] for line in listing if len(line.split()) == 2}
+    steps = set()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            words = cmdline.read_bytes().decode(errors="replace").split("\0")
+            if words[0].startswith("slurmstepd: [") and words[0].endswith(".batch]"):
+                steps.add(words[0].removeprefix("slurmstepd: [").removesuffix(".batch]"))
+    gone = []
+    for job_id, start in running.items():
+        with contextlib.suppress(ValueError):
+            if time.mktime(time.strptime(start, "%Y-%m-%dT%H:%M:%S")) < started_before and job_id not in steps:
+                gone.append(job_id)
+    if gone:
+        run(["scancel", *gone], check=False, timeout=30)
+        say(f"slurmctld: cancelled {len(gone)} job(s) it had running from before its start, which slurmd did not run")
+
+
+def ensure_slurmctld(ports: Mapping[str, int]) -> bool:
+    """Start slurmctld unless it runs, setting right what a crash left (see the two functions above); True if started.
+
+    Both are what an admin does after slurmctld was killed; the fault drills kill it.
+    """
+    daemon = slurmctld_daemon(ports["slurmctld"])
+    began = time.time() - 1  # squeue's times are whole seconds
+    renumbered = running_pid(daemon.name, daemon.exe) is None and number_past_forgotten_jobs(ports)
+    started = ensure(daemon)
+    slurmd = slurmd_daemon(ports["slurmd"])
+    if renumbered and running_pid(slurmd.name, slurmd.exe) is not None:
+        run(["scontrol", "reconfigure"])  # slurmd reads the same slurm.conf again
+    if started:
+        end_runs_slurmd_no_longer_has(began)
+    return started
 
 
 def slurmdbd_conf(ports: Mapping[str, int]) -> str:
@@ -1022,7 +1095,7 @@ def up_slurm(ports: Mapping[str, int]) -> None:
     ensure_accounting_db()
     started |= ensure(slurmdbd_daemon(ports["slurmdbd"]))
     ensure_associations()  # before slurmctld, so it registers with a known cluster
-    ctld_started = ensure(slurmctld_daemon(ports["slurmctld"]))
+    ctld_started = ensure_slurmctld(ports)
     if conf_changed and not ctld_started:
         run(["scontrol", "reconfigure"])  # a running slurmctld re-reads the new slurm.conf
         say("slurm.conf changed: scontrol reconfigure")
@@ -1180,6 +1253,63 @@ def cmd_status() -> int:
     return 0 if ok else 1
 
 
+# Daemons by the names `kill` and `start` take; `all_daemons()` gives their start order.
+def daemons_named(names: Sequence[str]) -> list[Daemon]:
+    """The named daemons in start order (all of them for no names); PlatformError for an unknown name."""
+    daemons = all_daemons()
+    known = {d.name for d in daemons}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise PlatformError(unknown[0], f"no such daemon; the daemons are {', '.join(d.name for d in daemons)}")
+    return [d for d in daemons if not names or d.name in names]
+
+
+def dead(pid: int) -> bool:
+    return pid_exe(pid) is None
+
+
+def cmd_kill(names: Sequence[str], timeout: float = 10) -> int:
+    """SIGKILL the named daemons, as a crash would, and wait (bounded) until they are gone; idempotent.
+
+    Nothing else is touched: the pid files stay (they name dead processes, which `status` shows
+    as stopped), and a later `start` or `up` starts the daemons again the way `up` does.
+    """
+    if not P.ports_file.exists():
+        raise PlatformError("kill", f"not set up ({P.ports_file} missing)")
+    with exclusive():
+        for daemon in reversed(daemons_named(names)):
+            pid = running_pid(daemon.name, daemon.exe)
+            if pid is None:
+                say(f"{daemon.name} not running")
+                continue
+            start = time.monotonic()
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            wait_for(f"{daemon.name} (pid {pid}) to die", partial(dead, pid), timeout)
+            say(f"{daemon.name} killed (pid {pid}, {time.monotonic() - start:.1f} s)")
+    return 0
+
+
+def cmd_start(names: Sequence[str]) -> int:
+    """Start the named daemons (all for none) that are not running, in `up`'s order, each until it is ready.
+
+    Only the daemons: the binaries, users, PKI, configs and CRDs are `up`'s (it must have run once).
+    """
+    if not P.ports_file.exists() or not (P.run / "bin-dir").exists():
+        raise PlatformError("start", "the platform was never brought up: run `make platform-up` first")
+    os.environ["SLURM_CONF"] = str(P.slurm_conf)
+    start = time.monotonic()
+    ports = load_ports()
+    with exclusive():
+        for daemon in daemons_named(names):
+            if daemon.name == "slurmctld":
+                ensure_slurmctld(ports)
+            else:
+                ensure(daemon)
+    say(f"started in {time.monotonic() - start:.1f} s")
+    return 0
+
+
 def cmd_env() -> int:
     if not P.env_file.exists():
         print(f"platform: {P.env_file} missing: run `make platform-up` first", file=sys.stderr)
@@ -1213,20 +1343,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     down.add_argument("--purge", action="store_true", help="also remove the run directory")
     sub.add_parser("status", help="one line per component; exit 0 iff all run")
     sub.add_parser("env", help="print platform.env")
+    kill = sub.add_parser("kill", help="SIGKILL daemons (as a crash would) and wait until they are gone")
+    kill.add_argument("daemons", nargs="+", metavar="DAEMON", help="etcd, kube-apiserver, slurmctld, ...")
+    start = sub.add_parser("start", help="start daemons that are not running (all of them without names)")
+    start.add_argument("daemons", nargs="*", metavar="DAEMON")
     args = parser.parse_args(argv)
     # Daemons and admin tools live in sbin, which a non-login root shell may lack.
     path = os.environ.get("PATH", "").split(os.pathsep)
     os.environ["PATH"] = os.pathsep.join(path + [d for d in ("/usr/sbin", "/sbin") if d not in path])
+    commands: dict[str, Callable[[], int]] = {
+        "up": cmd_up,
+        "down": lambda: cmd_down(args.purge),
+        "kill": lambda: cmd_kill(args.daemons),
+        "start": lambda: cmd_start(args.daemons),
+        "status": cmd_status,
+        "env": cmd_env,
+    }
     try:
-        if args.command in ("up", "down"):
+        if args.command in ("up", "down", "kill", "start"):
             require_root(args.command)
-        if args.command == "up":
-            return cmd_up()
-        if args.command == "down":
-            return cmd_down(args.purge)
-        if args.command == "status":
-            return cmd_status()
-        return cmd_env()
+        return commands[args.command]()
     except PlatformError as e:
         print(f"platform: FAILED: {e}", file=sys.stderr)
         if e.log is not None:

@@ -21,6 +21,7 @@ from typing import Any, Final, cast
 
 import kopf
 
+from ucim.common import instance_api
 from ucim.common.conditions import ConditionStatus, is_true, set_condition
 from ucim.common.instance_api import SubmitRequest, SubmitResponse
 from ucim.common.protocol import JobState, JobUpdate, JobUpdateItem
@@ -48,7 +49,6 @@ from ucim.operator.outcomes import Event, Outcome, StatusFn, permanent, temporar
 # it is terminated early. Our annotation prefix is kopf's, so changes to it never
 # count as changes of the object.
 SUBMIT_STARTED_ANNOTATION: Final = "ucim.io/submit-started-at"
-SLURM_JOB_NAME_PREFIX: Final = "ucim-"
 
 
 # --- what the job is ----------------------------------------------------------
@@ -66,7 +66,7 @@ def slurm_job_name(job: UCloudJob) -> str:
     """The Slurm job name: the object's uid, stable across retries and restarts, unique per object."""
     if not job.metadata.uid:
         raise ValueError(f"UCloudJob {job.metadata.name} has no uid")
-    return SLURM_JOB_NAME_PREFIX + job.metadata.uid
+    return instance_api.slurm_job_name(job.metadata.uid)
 
 
 def submit_request(job: UCloudJob) -> SubmitRequest:

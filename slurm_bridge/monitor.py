@@ -8,7 +8,11 @@ timer. Each cycle (:meth:`SlurmMonitor.run_once`):
    Slurm id and are not final;
 2. asks Slurm about all of them in **one** ``squeue`` (:meth:`SlurmClient.poll`); jobs squeue
    has forgotten go to **one** ``sacct`` (:meth:`SlurmClient.poll_accounting`); a job that
-   neither knows after :attr:`SlurmMonitor.vanish_grace` is failed as "job vanished from Slurm";
+   neither has known for :attr:`SlurmMonitor.vanish_grace` is failed as "job vanished from
+   Slurm" (sacct's record counts only once the job ended: slurmdbd keeps a job slurmctld lost
+   as PENDING for ever), and a job whose id Slurm now gives to a job of another name is failed at once as
+   lost (a slurmctld killed before it saved its state forgets the last jobs it accepted and
+   hands their ids out again: what Slurm says about that id is about someone else's job);
 3. patches the status of each job whose Slurm view changed, as :func:`status_patch` computes it.
 
 Transitions and the other writer
@@ -37,6 +41,7 @@ from typing import Any, Final
 from prometheus_client import Counter, Gauge, Histogram
 
 from ucim.common.informer import Informer
+from ucim.common.instance_api import slurm_job_name
 from ucim.common.kube import ConflictError, InvalidError, Kube, NotFoundError
 from ucim.common.protocol import JobState
 from ucim.common.resources import UCloudJob, cluster_selector
@@ -74,7 +79,10 @@ STATE_CHANGES = Counter(
 )
 
 VANISHED_MESSAGE: Final = "job vanished from Slurm"
-DEFAULT_VANISH_GRACE: Final = timedelta(minutes=5)
+LOST_MESSAGE: Final = "Slurm lost the job (its controller restarted without it): its id now names another job"
+# Counted from the first cycle that found the job in neither squeue nor an answering sacct: squeue keeps a
+# job until MinJobAge after its end and slurmdbd has it by then, so a minute unknown to both means gone.
+DEFAULT_VANISH_GRACE: Final = timedelta(minutes=1)
 # Status patches of one cycle in flight at once, at most.
 _PATCH_CONCURRENCY: Final = 4
 
@@ -96,7 +104,10 @@ def status_patch(job: UCloudJob, info: SlurmJobInfo, now_ms: int) -> dict[str, A
     """The status fields to merge-patch for what Slurm now says about ``job``; None if nothing changed.
 
     A field Slurm no longer reports (the pending reason of a job that started) is sent as
-    None, which a merge patch deletes. A final UCloud state is never left again.
+    None, which a merge patch deletes. A final UCloud state is never left again, and a
+    RUNNING job stays RUNNING when Slurm requeues it (PENDING again after a node or launch
+    failure): UCloud's states only go forward, so the requeue shows in ``slurmState`` and
+    ``reason`` and Core hears of the job again when it ends.
     """
     status = job.status
     wanted: dict[str, Any] = {
@@ -114,28 +125,25 @@ def status_patch(job: UCloudJob, info: SlurmJobInfo, now_ms: int) -> dict[str, A
             patch[key] = rfc3339(new) if isinstance(new, datetime) else new
     state, message = info.ucloud_state()
     current = status.state
-    if state != current and not (current is not None and current.is_final):
+    requeued = current == JobState.RUNNING and state == JobState.IN_QUEUE
+    if state != current and not (current is not None and current.is_final) and not requeued:
         patch.update(_with_transition(job, state, message, now_ms))
     return patch or None
 
 
-def vanished_patch(job: UCloudJob, now_ms: int) -> dict[str, Any] | None:
-    """The patch that fails a job Slurm no longer knows; None if it is final already."""
+def vanished_patch(job: UCloudJob, now_ms: int, message: str = VANISHED_MESSAGE) -> dict[str, Any] | None:
+    """The patch that fails a job Slurm no longer knows (``message`` says how); None if it is final already."""
     current = job.status.state
     if current is not None and current.is_final:
         return None
-    return {"reason": VANISHED_MESSAGE, **_with_transition(job, JobState.FAILURE, VANISHED_MESSAGE, now_ms)}
+    return {"reason": message, **_with_transition(job, JobState.FAILURE, message, now_ms)}
 
 
-def submitted_ms(job: UCloudJob) -> int | None:
-    """When the job went to Slurm, in epoch ms: submittedAt, else its first transition, else creation."""
-    status = job.status
-    if status.submitted_at is not None:
-        return int(status.submitted_at.timestamp() * 1000)
-    if status.transitions:
-        return status.transitions[0].timestamp
-    created = job.metadata.creation_timestamp
-    return int(created.timestamp() * 1000) if created is not None else None
+def is_same_job(job: UCloudJob, info: SlurmJobInfo) -> bool:
+    """Whether what Slurm says about the job's id is about this job: its name is the job's (when both are known)."""
+    if not job.metadata.uid or not info.name:
+        return True
+    return info.name == slurm_job_name(job.metadata.uid)
 
 
 # --------------------------------------------------------------------------- the monitor
@@ -171,6 +179,8 @@ class SlurmMonitor:
         self.namespace = jobs.namespace
         self.vanish_grace = vanish_grace
         self._clock = clock
+        # Slurm id -> when (epoch ms) a cycle first found it in neither squeue nor sacct.
+        self._missing_since: dict[int, int] = {}
 
     @classmethod
     def for_cluster(
@@ -197,12 +207,15 @@ class SlurmMonitor:
             if not missing:
                 return infos, True
             try:
-                infos.update(await self.slurm.poll_accounting(missing))
+                accounting = await self.slurm.poll_accounting(missing)
             except SlurmError:
                 # Without sacct's answer nobody can say the jobs vanished: wait for the next cycle.
                 POLL_ERRORS.inc()
                 log.warning("sacct failed; jobs squeue forgot stay as they are", exc_info=True)
                 return infos, False
+            # squeue keeps every job until it ended: what accounting still has as pending or running, squeue
+            # does not know, is a job slurmctld lost (killed before it saved it), not one that runs.
+            infos.update({job_id: info for job_id, info in accounting.items() if info.is_finished})
             return infos, True
 
     async def run_once(self) -> int:
@@ -218,11 +231,14 @@ class SlurmMonitor:
         now_ms = self._now_ms()
         grace_ms = int(self.vanish_grace.total_seconds() * 1000)
         changes: list[tuple[UCloudJob, int, dict[str, Any]]] = []
+        self._missing_since = {i: ms for i, ms in self._missing_since.items() if i in by_id and i not in infos}
         for slurm_id, job in by_id.items():
             info = infos.get(slurm_id)
-            if info is not None:
+            if info is not None and not is_same_job(job, info):
+                patch = vanished_patch(job, now_ms, message=LOST_MESSAGE)
+            elif info is not None:
                 patch = status_patch(job, info, now_ms)
-            elif accounting_answered and now_ms - (submitted_ms(job) or now_ms) >= grace_ms:
+            elif accounting_answered and now_ms - self._missing_since.setdefault(slurm_id, now_ms) >= grace_ms:
                 patch = vanished_patch(job, now_ms)
             else:
                 continue

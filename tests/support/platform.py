@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ucim.testing.platform_daemons import PlatformDaemons
 from ucim.testing.stack import read_platform_env
 
 REPO = Path(__file__).resolve().parents[2]
@@ -33,6 +34,11 @@ class Platform:
     @property
     def kubectl_path(self) -> str:
         return str(Path(self.env["UCIM_BIN_DIR"]) / "kubectl")
+
+    @property
+    def daemons(self) -> PlatformDaemons:
+        """SIGKILL and start its daemons (slurmctld, kube-apiserver, ...) from an async test: ``kill``, ``start``."""
+        return PlatformDaemons(PLATFORM_SCRIPT)
 
     def process_env(self) -> dict[str, str]:
         """The environment for a child process that talks to this platform."""

@@ -378,6 +378,31 @@ async def test_user_not_ready_leads_to_init_and_a_retry(core: CoreStandIn, provi
     }
 
 
+async def test_every_call_to_the_provider_is_recorded_with_its_answer(
+    core: CoreStandIn, provider: FakeProvider
+) -> None:
+    job = core.make_job("4212", "alice")
+
+    async with core:
+        await core.create_jobs([job])
+        core.provider_url = "http://127.0.0.1:9"  # nothing listens there
+        with pytest.raises(aiohttp.ClientError):
+            await core.create_jobs([job])
+
+    calls = core.record.provider_calls
+    assert [(c.path, c.job_ids, c.status) for c in calls] == [
+        ("jobs", ("4212",), 449),
+        ("integration/init", (), 200),
+        ("jobs", ("4212",), 449),
+        ("integration/init", (), 200),
+        ("jobs", ("4212",), 200),
+        ("jobs", ("4212",), None),
+    ]
+    assert calls[0].why == "not ready"
+    assert calls[-1].why.startswith("no answer: ClientConnectorError")
+    assert all(0 <= c.seconds < 5 for c in calls)
+
+
 async def test_the_retry_loop_gives_up_after_five_inits(core: CoreStandIn, provider: FakeProvider) -> None:
     provider.inits_until_ready = 1_000
 

@@ -15,7 +15,7 @@ from pytest_aiohttp import AiohttpClient
 
 from tests.support.fake_kube import FakeKube, play_instance_bridge
 from ucim.common.informer import Informer
-from ucim.common.kube import InvalidError, Kube
+from ucim.common.kube import InvalidError, Kube, UnavailableError
 from ucim.common.protocol import BulkResponse, Empty, Job, JobSupport, SimpleDuration, dump, encode_username
 from ucim.common.resources import MAX_NODES, MAX_TIME_LIMIT_MINUTES, MAX_USERNAME_LENGTH, Lease, UCloudJob, UserInstance
 from ucim.gateway.app import init_app
@@ -192,6 +192,23 @@ async def test_a_kubernetes_api_that_times_out_is_a_readable_503(
     )
     assert response.status == 503
     assert "did not answer in time" in (await response.json())["why"]
+
+
+async def test_an_apiserver_that_is_down_is_a_readable_503(
+    client: TestClient[Any, Any], core: CoreStandIn, kube: FakeKube, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The apiserver drill: while it restarted, every create was a 500 "internal server error", which Core does
+    # not retry.
+    async def refused(*_: object) -> None:
+        raise UnavailableError("the Kubernetes API cannot be reached: Cannot connect to host 127.0.0.1:6443")
+
+    monkeypatch.setattr(kube, "get", refused)
+    job = core.make_job("1", "alice")
+    response = await client.post(
+        f"/ucloud/{PROVIDER}/jobs", headers=headers(core, "alice"), json={"items": [dump(job)]}
+    )
+    assert response.status == 503
+    assert "cannot be reached" in (await response.json())["why"]
 
 
 async def test_init_creates_the_instance_whatever_the_headers(

@@ -18,12 +18,12 @@ from ucim.common.resources import UCloudJob
 from ucim.common.slurm import SlurmClient, SlurmConfig
 from ucim.common.slurm_parsing import SlurmJobInfo
 from ucim.slurm_bridge.monitor import (
+    LOST_MESSAGE,
     UNSUBMITTED,
     VANISHED_MESSAGE,
     SlurmMonitor,
     count_by_state,
     status_patch,
-    submitted_ms,
     vanished_patch,
 )
 
@@ -113,6 +113,19 @@ def test_final_state_is_never_left() -> None:
     assert patch == {"slurmState": "RUNNING"}
 
 
+def test_a_requeued_job_stays_running_for_core() -> None:
+    # Seen in the slurmctld drill: a job launching when slurmctld was killed was requeued after its restart,
+    # and Core got IN_QUEUE RUNNING IN_QUEUE RUNNING SUCCESS.
+    running = job(JobState.RUNNING, slurmState="RUNNING", nodeList="node1", startedAt="2026-11-25T03:50:00Z")
+    patch = status_patch(running, info("PENDING", reason="launch failed requeued held"), NOW)
+    assert patch == {
+        "slurmState": "PENDING",
+        "reason": "launch failed requeued held",
+        "nodeList": None,
+        "startedAt": None,
+    }
+
+
 def test_transition_timestamps_never_go_backwards() -> None:
     patch = status_patch(job(), info("RUNNING"), QUEUED_AT - 60_000)
     assert patch is not None
@@ -127,9 +140,61 @@ def test_vanished_job_fails_once() -> None:
     assert vanished_patch(job(JobState.FAILURE), NOW) is None
 
 
-def test_submitted_ms_prefers_submitted_at() -> None:
-    assert submitted_ms(job()) == QUEUED_AT
-    assert submitted_ms(job(submittedAt="2026-11-25T03:50:00Z")) == int(STARTED.timestamp() * 1000)
+class _Slurm(SlurmClient):
+    """Slurm as a drill left it: squeue answers with ``known``, sacct with ``accounted`` (id -> info)."""
+
+    def __init__(self, known: dict[int, SlurmJobInfo], accounted: dict[int, SlurmJobInfo] | None = None) -> None:
+        super().__init__(SlurmConfig())
+        self.known = known
+        self.accounted = accounted or {}
+
+    async def poll(self, job_ids: Any) -> dict[int, SlurmJobInfo]:
+        return {i: self.known[i] for i in job_ids if i in self.known}
+
+    async def poll_accounting(self, job_ids: Any) -> dict[int, SlurmJobInfo]:
+        return {i: self.accounted[i] for i in job_ids if i in self.accounted}
+
+
+class _Recorder:
+    """Stands in for Kube: records status patches."""
+
+    def __init__(self) -> None:
+        self.patches: list[dict[str, Any]] = []
+
+    async def patch_status(self, kind: object, namespace: str, name: str, status: dict[str, Any], **_: object) -> None:
+        self.patches.append(status)
+
+
+def monitor_of(slurm: SlurmClient, tracked: UCloudJob, clock: list[float]) -> tuple[SlurmMonitor, _Recorder]:
+    kube = _Recorder()
+    return SlurmMonitor(kube, slurm, informer_of(tracked), clock=lambda: clock[0]), kube  # type: ignore[arg-type]
+
+
+async def test_an_id_slurm_gave_to_another_job_fails_ours_at_once() -> None:
+    # Seen in the slurmctld drill: killed before it saved its state, slurmctld forgot our job and gave its id
+    # to the next job submitted; squeue then reported that job's state (PENDING, held) as ours.
+    ours = job(JobState.RUNNING, slurmState="RUNNING")
+    ours.metadata.uid = "0c6b4f3e"
+    someone_else = info("PENDING", reason="launch failed requeued held", name="ucim-another-uid")
+    monitor, kube = monitor_of(_Slurm({42: someone_else}), ours, [NOW / 1000])
+    assert await monitor.run_once() == 1
+    assert kube.patches[0]["state"] == "FAILURE"
+    assert kube.patches[0]["transitions"][-1]["message"] == LOST_MESSAGE
+    # Its own name is its own job, whatever its state.
+    monitor, kube = monitor_of(_Slurm({42: info("RUNNING", name="ucim-0c6b4f3e")}), ours, [NOW / 1000])
+    assert await monitor.run_once() == 0
+
+
+async def test_a_job_vanishes_a_grace_after_slurm_stopped_knowing_it_not_after_its_submission() -> None:
+    # Submitted long ago (a long job): Slurm forgetting it now is not yet a reason to fail it.
+    clock = [NOW / 1000 + 3600]
+    monitor, kube = monitor_of(_Slurm({}), job(JobState.RUNNING, slurmState="RUNNING"), clock)
+    assert await monitor.run_once() == 0
+    clock[0] += monitor.vanish_grace.total_seconds() - 1
+    assert await monitor.run_once() == 0
+    clock[0] += 1
+    assert await monitor.run_once() == 1
+    assert kube.patches[0]["transitions"][-1]["message"] == VANISHED_MESSAGE
 
 
 class _BrokenSlurm(SlurmClient):
@@ -230,3 +295,20 @@ def _jobs() -> dict[str, float]:
         state: REGISTRY.get_sample_value("ucim_jobs", {"state": state}) or 0.0
         for state in [*map(str, JobState), UNSUBMITTED]
     }
+
+
+async def test_a_job_only_accounting_has_as_pending_was_lost_and_vanishes() -> None:
+    # Seen in the soak: slurmctld, killed a second after accepting three jobs, forgot them; slurmdbd had their
+    # submission and keeps them PENDING for ever, so the jobs stayed IN_QUEUE at Core.
+    pending = info("PENDING", name="ucim-0c6b4f3e")
+    clock = [NOW / 1000]
+    monitor, kube = monitor_of(_Slurm({}, accounted={42: pending}), job(), clock)
+    assert await monitor.run_once() == 0
+    clock[0] += monitor.vanish_grace.total_seconds()
+    assert await monitor.run_once() == 1
+    assert kube.patches[0]["transitions"][-1]["message"] == VANISHED_MESSAGE
+    # A job that ended and left squeue is found in accounting as it ended.
+    done = info("COMPLETED", name="ucim-0c6b4f3e", exit_code=0, signal=0)
+    monitor, kube = monitor_of(_Slurm({}, accounted={42: done}), job(JobState.RUNNING), [NOW / 1000])
+    assert await monitor.run_once() == 1
+    assert kube.patches[0]["state"] == "SUCCESS"

@@ -224,6 +224,19 @@ def unsigned_token(claims: Mapping[str, Any]) -> str:
 # --- what the stand-in saw ----------------------------------------------------
 
 
+@dataclass(frozen=True)
+class ProviderCall:
+    """One request Core made to the provider and how it was answered (fault drills check every one)."""
+
+    method: str
+    path: str  # relative to /ucloud/<provider id>/, e.g. "jobs"
+    job_ids: tuple[str, ...]  # the jobs a jobs call was about
+    started_at: float  # time.time()
+    seconds: float  # until the answer, or until it failed
+    status: int | None  # None: no answer (connection refused or dropped, timed out)
+    why: str  # the answer's ``why``, or what went wrong
+
+
 @dataclass
 class CoreRecord:
     """Everything providers sent to the stand-in, in arrival order."""
@@ -237,6 +250,8 @@ class CoreRecord:
     cleared_connections: list[str] = field(default_factory=list)
     # Requests per path, failed ones included: shows how often a provider retried.
     requests: Counter[str] = field(default_factory=Counter)
+    # Every call Core made to the provider, in the order they were made.
+    provider_calls: list[ProviderCall] = field(default_factory=list)
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
     def updates_for(self, job_id: str) -> list[JobUpdate]:
@@ -596,9 +611,22 @@ class CoreStandIn:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.call_timeout))
         all_headers = {"Authorization": f"Bearer {self.mint_service_token()}", **headers}
-        async with self._session.request(method, url, json=body, headers=all_headers) as response:
-            text = await response.text()
-            return ProviderResponse(response.status, _json_or_text(text), dict(response.headers))
+        started_at, started = time.time(), time.monotonic()
+
+        def record(status: int | None, why: str) -> None:
+            path = url.split(f"/ucloud/{self.provider_id}/", 1)[-1]
+            call = ProviderCall(method, path, _job_ids(body), started_at, time.monotonic() - started, status, why)
+            self.record.provider_calls.append(call)
+
+        try:
+            async with self._session.request(method, url, json=body, headers=all_headers) as response:
+                text = await response.text()
+                answer = ProviderResponse(response.status, _json_or_text(text), dict(response.headers))
+        except (aiohttp.ClientError, TimeoutError) as error:
+            record(None, f"no answer: {error!r}")
+            raise
+        record(answer.status, str(answer.body.get("why", "")) if isinstance(answer.body, dict) else "")
+        return answer
 
     async def create_jobs(self, jobs: Sequence[Job], username: str | None = None) -> list[FindByStringId]:
         """``POST /ucloud/<id>/jobs``; returns one ``{id: providerGeneratedId}`` per job."""
@@ -814,6 +842,14 @@ def _json_or_text(text: str) -> Any:
         return json_lib.loads(text)
     except ValueError:
         return text
+
+
+def _job_ids(body: Any) -> tuple[str, ...]:
+    """The ids of the items of a bulk jobs request (``{"items": [{"id": ...}, ...]}``); () for other bodies."""
+    items = body.get("items") if isinstance(body, dict) else None
+    if not isinstance(items, list):
+        return ()
+    return tuple(str(item["id"]) for item in items if isinstance(item, dict) and "id" in item)
 
 
 def _owner_of(jobs: Sequence[Job]) -> str | None:

@@ -968,8 +968,31 @@ def end_runs_slurmd_no_longer_has(started_before: float) -> None:
         say(f"slurmctld: cancelled {len(gone)} job(s) it had running from before its start, which slurmd did not run")
 
 
+def resume_after_duplicates(watch_seconds: float = 10) -> None:
+    """For a while after slurmctld started: resume the node if it was drained for a duplicate job, and release its job.
+
+    Killed a moment after it launched a job, slurmctld comes back from state saved while the job
+    was pending and launches it again; slurmd refuses the second copy ("already running"),
+    slurmctld drains the node ("Duplicate jobid") and holds the job ("launch failed requeued
+    held"). Every later job would wait for an admin; this is what the admin does. It happens at
+    the scheduler's first passes, so the node is watched for ``watch_seconds``.
+    """
+    deadline = time.monotonic() + watch_seconds
+    while time.monotonic() < deadline:
+        node = run(["sinfo", "-h", "-N", "-n", "localhost", "-o", "%T|%E"], check=False, timeout=10).stdout
+        if "drain" in node and "Duplicate jobid" in node:
+            run(["scontrol", "update", "nodename=localhost", "state=resume"], check=False, timeout=10)
+            say("slurmctld: resumed the node it drained for a job it launched twice")
+        pending = run(["squeue", "-h", "-t", "PENDING", "-o", "%i|%r"], check=False, timeout=10).stdout.splitlines()
+        held = [line.split("|")[0] for line in pending if "requeued held" in line]
+        if held:
+            run(["scontrol", "release", ",".join(held)], check=False, timeout=10)
+            say(f"slurmctld: released {len(held)} job(s) it held after launching them twice")
+        time.sleep(0.5)
+
+
 def ensure_slurmctld(ports: Mapping[str, int]) -> bool:
-    """Start slurmctld unless it runs, setting right what a crash left (see the two functions above); True if started.
+    """Start slurmctld unless it runs, setting right what a crash left (the functions above); True if started.
 
     Both are what an admin does after slurmctld was killed; the fault drills kill it.
     """
@@ -982,6 +1005,7 @@ def ensure_slurmctld(ports: Mapping[str, int]) -> bool:
         run(["scontrol", "reconfigure"])  # slurmd reads the same slurm.conf again
     if started:
         end_runs_slurmd_no_longer_has(began)
+        resume_after_duplicates()
     return started
 
 

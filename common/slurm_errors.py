@@ -92,6 +92,9 @@ _TRANSIENT_MARKERS: Final = (
     "connection reset by peer",
     "authentication error",
     "munge encode failed",
+    # slurmctld went away while sbatch was talking to it (killed, restarting).
+    "unexpected missing socket error",
+    "slurm_msg_sendto",
 )
 
 

@@ -409,6 +409,16 @@ def test_sbatch_error_transient_when_munge_is_down() -> None:
     assert isinstance(sbatch_error("", returncode=1), SlurmRejectedError)
 
 
+def test_sbatch_error_transient_when_slurmctld_goes_away_mid_submit() -> None:
+    # The rolling-restart drill: slurmctld SIGKILLed while sbatch waited for its answer. Taken for a rejection,
+    # it was answered to Core as a 400 and the job was deleted, although the submission may have gone through.
+    stderr = (
+        "sbatch: error: slurm_msg_sendto: address:port=127.0.0.1:29380 msg_type=4003: Unexpected missing socket error\n"
+        "sbatch: error: Batch job submission failed: Unexpected missing socket error\n"
+    )
+    assert isinstance(sbatch_error(stderr, returncode=1), SlurmUnavailableError)
+
+
 def test_client_failure_classification() -> None:
     down = CommandResult(
         argv=("squeue",),

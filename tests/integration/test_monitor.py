@@ -14,6 +14,7 @@ import yaml
 from prometheus_client import REGISTRY
 
 from tests.support.platform import Platform
+from ucim.common.instance_api import slurm_job_name
 from ucim.common.kube import ConflictError, Kube
 from ucim.common.protocol import JobState
 from ucim.common.resources import UCloudJob
@@ -32,10 +33,13 @@ async def kube(platform: Platform) -> AsyncIterator[Kube]:
         yield client
 
 
-def submit_as_alice(platform: Platform, command: str) -> int:
+def submit_as_alice(platform: Platform, job: UCloudJob, command: str) -> int:
+    """sbatch as alice, named as the operator names the job's Slurm job (the monitor checks the name)."""
+    assert job.metadata.uid is not None
     out = platform.run_as(
-        "alice", "sbatch", "--parsable", "--chdir=/home/alice", "--output=/dev/null", f"--wrap={command}"
-    ).stdout
+        "alice", "sbatch", "--parsable", "--chdir=/home/alice", "--output=/dev/null",
+        f"--job-name={slurm_job_name(job.metadata.uid)}", f"--wrap={command}",
+    ).stdout  # fmt: skip
     return int(out.strip().split(";")[0])
 
 
@@ -90,7 +94,7 @@ async def test_job_goes_running_then_failure_with_exit_code(platform: Platform, 
     job = await kube.create(UCloudJob.from_obj(manifest), namespace)
     name = job.metadata.name
 
-    slurm_id = submit_as_alice(platform, "sleep 2; exit 3")
+    slurm_id = submit_as_alice(platform, job, "sleep 2; exit 3")
     queued_ms = int(time.time() * 1000)
     queued = await kube.patch_status(
         UCloudJob,
@@ -137,7 +141,7 @@ async def test_unchanged_running_job_is_not_patched(platform: Platform, namespac
     manifest["metadata"]["name"] = f"ucloud-monitor-{uuid.uuid4().hex[:8]}"
     job = await kube.create(UCloudJob.from_obj(manifest), namespace)
     name = job.metadata.name
-    slurm_id = submit_as_alice(platform, "sleep 30")
+    slurm_id = submit_as_alice(platform, job, "sleep 30")
     try:
         await kube.patch_status(
             UCloudJob,
@@ -173,7 +177,7 @@ async def test_a_write_of_the_operator_between_the_watch_and_the_patch_is_kept(
     manifest["metadata"]["name"] = f"ucloud-monitor-{uuid.uuid4().hex[:8]}"
     job = await kube.create(UCloudJob.from_obj(manifest), namespace)
     name = job.metadata.name
-    slurm_id = submit_as_alice(platform, "sleep 30")
+    slurm_id = submit_as_alice(platform, job, "sleep 30")
     try:
         queued_ms = int(time.time() * 1000)
         first = {"state": "IN_QUEUE", "timestamp": queued_ms, "message": "submitted"}

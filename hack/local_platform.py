@@ -998,6 +998,8 @@ def ensure_slurmctld(ports: Mapping[str, int]) -> bool:
     """
     daemon = slurmctld_daemon(ports["slurmctld"])
     began = time.time() - 1  # squeue's times are whole seconds
+    # `down` removes the pid file; a pid file of a dead slurmctld means it was killed (a crash, a drill).
+    crashed = daemon.pid_file.exists() and running_pid(daemon.name, daemon.exe) is None
     renumbered = running_pid(daemon.name, daemon.exe) is None and number_past_forgotten_jobs(ports)
     started = ensure(daemon)
     slurmd = slurmd_daemon(ports["slurmd"])
@@ -1005,6 +1007,7 @@ def ensure_slurmctld(ports: Mapping[str, int]) -> bool:
         run(["scontrol", "reconfigure"])  # slurmd reads the same slurm.conf again
     if started:
         end_runs_slurmd_no_longer_has(began)
+    if started and crashed:
         resume_after_duplicates()
     return started
 

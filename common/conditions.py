@@ -23,37 +23,30 @@ def utcnow() -> datetime:
 
 def set_condition(
     conditions: Sequence[Condition],
-    type_: str,
-    status: ConditionStatus,
+    update: ConditionUpdate,
     *,
-    reason: str,
-    message: str,
     observed_generation: int | None = None,
     now: datetime | None = None,
 ) -> list[Condition]:
-    """Return ``conditions`` with ``type_`` set; the others are kept as they are, in order."""
-    updated = updated_condition(
-        conditions, type_, status, reason=reason, message=message, observed_generation=observed_generation, now=now
-    )
-    if find_condition(conditions, type_) is None:
+    """Return ``conditions`` with the update's type set; the others are kept as they are, in order."""
+    updated = updated_condition(conditions, update, observed_generation=observed_generation, now=now)
+    if find_condition(conditions, updated.type) is None:
         return [*conditions, updated]
-    return [updated if c.type == type_ else c for c in conditions]
+    return [updated if c.type == updated.type else c for c in conditions]
 
 
 def updated_condition(
     conditions: Sequence[Condition],
-    type_: str,
-    status: ConditionStatus,
+    update: ConditionUpdate,
     *,
-    reason: str,
-    message: str,
     observed_generation: int | None = None,
     now: datetime | None = None,
 ) -> Condition:
-    """The condition ``type_`` as it is to be written: ``lastTransitionTime`` moves only if its status flips.
+    """The condition as it is to be written: ``lastTransitionTime`` moves only if its status flips.
 
     What a component applies by itself (server-side apply of its own condition type).
     """
+    type_, status, reason, message = update
     existing = find_condition(conditions, type_)
     flipped = existing is None or existing.status != status
     return Condition(

@@ -10,7 +10,8 @@ from __future__ import annotations
 import builtins
 import json
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -77,6 +78,17 @@ def _translate(error: ApiException) -> Exception:
         # Not now: a starting apiserver ("before all known HTTP paths have been installed"), etcd away, throttling.
         return UnavailableError(f"the Kubernetes API cannot serve now ({error.status}): {_api_message(error)}")
     return error
+
+
+@contextmanager
+def _api_errors() -> Iterator[None]:
+    """The client's errors as ucim's: NotFound, Conflict, Gone, Invalid or Unavailable (try again)."""
+    try:
+        yield
+    except ApiException as error:
+        raise _translate(error) from error
+    except aiohttp.ClientError as error:
+        raise _unavailable(error) from error
 
 
 EventType = Literal["ADDED", "MODIFIED", "DELETED", "BOOKMARK"]
@@ -159,25 +171,18 @@ class Kube:
         }
 
     async def create(self, obj: R, namespace: str) -> R:
-        try:
+        with _api_errors():
             created = await self._custom.create_namespaced_custom_object(
                 **self._where(type(obj), namespace), body=obj.to_manifest()
             )
-        except ApiException as error:
-            raise _translate(error) from error
-        except aiohttp.ClientError as error:
-            raise _unavailable(error) from error
         return type(obj).from_obj(created)
 
     async def get(self, kind: type[R], namespace: str, name: str) -> R | None:
         try:
-            obj = await self._custom.get_namespaced_custom_object(**self._where(kind, namespace), name=name)
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise _translate(error) from error
-        except aiohttp.ClientError as error:
-            raise _unavailable(error) from error
+            with _api_errors():
+                obj = await self._custom.get_namespaced_custom_object(**self._where(kind, namespace), name=name)
+        except NotFoundError:
+            return None
         return kind.from_obj(obj)
 
     async def list(self, kind: type[R], namespace: str, label_selector: str | None = None) -> list[R]:
@@ -192,24 +197,16 @@ class Kube:
             kwargs["label_selector"] = label_selector
         if field_selector:
             kwargs["field_selector"] = field_selector
-        try:
+        with _api_errors():
             result = await self._custom.list_namespaced_custom_object(**self._where(kind, namespace), **kwargs)
-        except ApiException as error:
-            raise _translate(error) from error
-        except aiohttp.ClientError as error:
-            raise _unavailable(error) from error
         return [kind.from_obj(item) for item in result["items"]], str(result["metadata"]["resourceVersion"])
 
     async def patch(self, kind: type[R], namespace: str, name: str, body: dict[str, Any]) -> R:
         """A JSON merge patch of the main resource (spec, metadata)."""
-        try:
+        with _api_errors():
             obj = await self._custom.patch_namespaced_custom_object(
                 **self._where(kind, namespace), name=name, body=body, **_AS_MERGE_PATCH
             )
-        except ApiException as error:
-            raise _translate(error) from error
-        except aiohttp.ClientError as error:
-            raise _unavailable(error) from error
         return kind.from_obj(obj)
 
     async def patch_status(
@@ -225,14 +222,10 @@ class Kube:
         body: dict[str, Any] = {"status": status}
         if resource_version is not None:
             body["metadata"] = {"resourceVersion": resource_version}
-        try:
+        with _api_errors():
             obj = await self._custom.patch_namespaced_custom_object_status(
                 **self._where(kind, namespace), name=name, body=body, **_AS_MERGE_PATCH
             )
-        except ApiException as error:
-            raise _translate(error) from error
-        except aiohttp.ClientError as error:
-            raise _unavailable(error) from error
         return kind.from_obj(obj)
 
     async def apply_status(
@@ -246,14 +239,10 @@ class Kube:
         """
         self._check_writer(kind, status)
         body = {"apiVersion": kind.api_version(), "kind": kind.KIND, "metadata": {"name": name}, "status": status}
-        try:
+        with _api_errors():
             obj = await self._custom.patch_namespaced_custom_object_status(
                 **self._where(kind, namespace), name=name, body=body, field_manager=field_manager, **_AS_APPLY_PATCH
             )
-        except ApiException as error:
-            raise _translate(error) from error
-        except aiohttp.ClientError as error:
-            raise _unavailable(error) from error
         return kind.from_obj(obj)
 
     def _check_writer(self, kind: type[R], status: dict[str, Any]) -> None:
@@ -277,10 +266,7 @@ class Kube:
         """
         if self._component is None:
             raise OwnershipError("a Kube without a component owns no condition")
-        type_, status, reason, message = condition
-        written = updated_condition(
-            conditions, type_, status, reason=reason, message=message, observed_generation=observed_generation, now=now
-        )
+        written = updated_condition(conditions, condition, observed_generation=observed_generation, now=now)
         return await self.apply_status(
             kind,
             namespace,
@@ -290,13 +276,8 @@ class Kube:
         )
 
     async def delete(self, kind: type[R], namespace: str, name: str) -> None:
-        try:
+        with suppress(NotFoundError), _api_errors():
             await self._custom.delete_namespaced_custom_object(**self._where(kind, namespace), name=name)
-        except ApiException as error:
-            if error.status != 404:
-                raise _translate(error) from error
-        except aiohttp.ClientError as error:
-            raise _unavailable(error) from error
 
     async def watch(
         self,
@@ -327,20 +308,15 @@ class Kube:
         # The stream is read here, line by line, rather than through the client's Watch helper: that
         # builds a new ApiClient (an SSL context and an HTTP session, ~34 ms of CPU, and leaves the
         # session open) for every watch, and a watch of one object is made for every wait_for.
-        try:
+        with _api_errors():
             response = await self._custom.list_namespaced_custom_object(
                 **where, **options, watch=True, _preload_content=False
             )
-        except ApiException as error:
-            raise _translate(error) from error
-        except aiohttp.ClientError as error:
-            raise _unavailable(error) from error
         try:
-            async for line in response.content:
-                if line.strip():
-                    yield _watch_event(kind, json.loads(line))
-        except aiohttp.ClientError as error:
-            raise _unavailable(error) from error
+            with _api_errors():
+                async for line in response.content:
+                    if line.strip():
+                        yield _watch_event(kind, json.loads(line))
         finally:
             response.release()
 

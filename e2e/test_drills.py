@@ -13,7 +13,6 @@ Core drills run against the Helm release.
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 
 import pytest
@@ -23,11 +22,7 @@ from ucim.testing.drills import Drill, component, core_unreachable, daemons
 from ucim.testing.platform_daemons import APISERVER, ETCD, SLURMCTLD, SLURMDBD, PlatformDaemons
 from ucim.testing.stack import Stack
 
-pytestmark = [
-    pytest.mark.e2e,
-    # Opt-in until they have passed three times in a row in CI (issue 14): `make drills` runs them.
-    pytest.mark.skipif(os.environ.get("UCIM_DRILLS") != "1", reason="fault drills are opt-in: make drills"),
-]
+pytestmark = pytest.mark.e2e
 
 # Eight jobs of one or two seconds over four seconds; the crash 1.5 s in, the restart 3 s later.
 JOBS, OVER_SECONDS = 8, 4.0

@@ -152,13 +152,7 @@ def _set_condition(
     current = [Condition.model_validate(c) for c in raw.get("conditions") or []]
     generation = _generation(body)
     changed = set_condition(
-        current,
-        type_,
-        status,
-        reason=reason,
-        message=message,
-        observed_generation=generation,
-        now=now.replace(microsecond=0),
+        current, (type_, status, reason, message), observed_generation=generation, now=now.replace(microsecond=0)
     )
     raw["conditions"] = [c.to_dict() for c in changed]
     if generation is not None:

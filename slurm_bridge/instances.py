@@ -442,10 +442,8 @@ class InstanceManager:
         obj = instance.obj
         generation = obj.metadata.generation
         current = obj.status.conditions
-        for type_, status, reason, message in conditions:
-            current = set_condition(
-                current, type_, status, reason=reason, message=message, observed_generation=generation
-            )
+        for update in conditions:
+            current = set_condition(current, update, observed_generation=generation)
         patch: dict[str, Any] = {**fields, "observedGeneration": generation}
         if conditions:
             patch["conditions"] = [c.to_dict() for c in current]

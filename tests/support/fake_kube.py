@@ -72,10 +72,7 @@ class FakeKube:
         observed_generation: int | None,
         now: datetime | None = None,
     ) -> R:
-        type_, status, reason, message = condition
-        written = updated_condition(
-            conditions, type_, status, reason=reason, message=message, observed_generation=observed_generation, now=now
-        )
+        written = updated_condition(conditions, condition, observed_generation=observed_generation, now=now)
         return await self.apply_status(kind, namespace, name, {"conditions": [written.to_dict()]}, field_manager="")
 
     async def list(self, kind: type[R], namespace: str, label_selector: str | None = None) -> list[R]:

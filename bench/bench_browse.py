@@ -10,18 +10,16 @@ sort (name, size, modification time):
 
 for the first page of 100 entries and for walking every page of 1,000 with ``next``.
 
-    python3 bench/bench_browse.py                       # 10,000 entries, 30 rounds
-    python3 bench/bench_browse.py --entries 50000 --json out.json
+    python -m bench browse                              # 10,000 entries, 30 rounds
+    python -m bench browse --entries 50000 --json out.json
 
 The table goes to stdout, followed by the JSON document (also written to --json if given).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import getpass
-import json
 import statistics
 import sys
 import tempfile
@@ -33,6 +31,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from bench.report import bench_parser, run_bench
 from ucim.common.protocol import Drive
 from ucim.user_sidecar.app import init_app
 from ucim.user_sidecar.files import Files
@@ -129,25 +128,25 @@ async def run(entries: int, rounds: int) -> dict[str, Any]:
     return results
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--entries", type=int, default=10_000)
-    parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
-    results = asyncio.run(run(args.entries, args.rounds))
-    print(f"browse of a {results['entries']}-entry folder")
-    print(f"{'sort':<10} {'path':<9} {'what':<16} {'p50 ms':>9} {'p90 ms':>9} {'max ms':>9}")
-    for case in results["cases"]:
-        print(
+def table(document: dict[str, Any]) -> str:
+    lines = [
+        f"browse of a {document['entries']}-entry folder",
+        f"{'sort':<10} {'path':<9} {'what':<16} {'p50 ms':>9} {'p90 ms':>9} {'max ms':>9}",
+    ]
+    for case in document["cases"]:
+        lines.append(
             f"{case['sort']:<10} {case['path']:<9} {case['what']:<16} "
             f"{case['p50_ms']:>9.2f} {case['p90_ms']:>9.2f} {case['max_ms']:>9.2f}"
         )
-    document = json.dumps(results, indent=2)
-    print(document)
-    if args.json:
-        args.json.write_text(document + "\n")
-    return 0
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = bench_parser(__doc__)
+    parser.add_argument("--entries", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=30)
+    opts = parser.parse_args()
+    return run_bench("browse", opts, lambda: asyncio.run(run(opts.entries, opts.rounds)), table)
 
 
 if __name__ == "__main__":

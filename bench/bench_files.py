@@ -92,7 +92,7 @@ from bench.file_transfers import (
     each_concurrently,
 )
 from bench.nginx import NginxUnavailableError, let_workers_connect, running_nginx
-from bench.report import emit
+from bench.report import bench_parser, run_bench
 from ucim.common.conditions import is_true
 from ucim.common.instance_api import FILES_BROWSE_PATH
 from ucim.common.kube import Kube
@@ -850,7 +850,7 @@ def table(result: dict[str, Any]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__, keep_logs=True)
     parser.add_argument("--quick", action="store_true", help="1 round of each, 200 browse calls")
     parser.add_argument("--size-mib", type=int, default=1024, help="the large file (default 1024 MiB)")
     parser.add_argument("--small-files", type=int, default=10_000, help="how many small files (default 10,000)")
@@ -877,8 +877,6 @@ def main() -> int:
     )
     parser.add_argument("--no-full-path", action="store_true", help="only the baselines: no ucim, no root needed")
     parser.add_argument("--max-seconds", type=float, default=600, help="give up after this long (default 600)")
-    parser.add_argument("--keep-logs", action="store_true", help="keep the components' logs")
-    parser.add_argument("--json", type=Path, default=None, help="also write the JSON document here")
     opts = parser.parse_args()
     if opts.quick:
         opts.rounds, opts.small_rounds, opts.browse_calls = 1, 1, min(opts.browse_calls, 200)
@@ -886,16 +884,7 @@ def main() -> int:
         parser.error(f"--size-mib, --concurrency and --browse-calls must be ≥ 1, --small-files ≥ {BROWSE_PAGE}")
     if opts.rounds < 1 or opts.small_rounds < 1 or opts.warm_up_rounds < 0:
         parser.error("--rounds and --small-rounds must be ≥ 1, --warm-up-rounds ≥ 0")
-    started = time.monotonic()
-    result = asyncio.run(bench(opts))
-    document = {
-        "benchmark": "files",
-        "python": sys.version.split()[0],
-        "duration_s": round(time.monotonic() - started, 1),
-        "targets": TARGETS,
-        **result,
-    }
-    return emit(table(result), document, opts.json)
+    return run_bench("files", opts, lambda: asyncio.run(bench(opts)), table, targets=TARGETS)
 
 
 if __name__ == "__main__":

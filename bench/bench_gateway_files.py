@@ -25,7 +25,6 @@ The table goes to stdout, followed by the JSON document (also written to --json 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import statistics
@@ -35,13 +34,13 @@ import typing
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 from pydantic import SecretStr
 
+from bench.report import bench_parser, run_bench
 from tests.support.fake_kube import FakeKube
 from ucim.common import instance_api as api
 from ucim.common.kube import Kube
@@ -261,28 +260,28 @@ async def transfers(session: aiohttp.ClientSession, gateway: str, mib: int) -> d
     return result
 
 
+def table(document: dict[str, Any]) -> str:
+    lines = [f"{'case':<30} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'added p50':>10}"]
+    for case, numbers in document["cases"].items():
+        p50, p90, p99, added = (numbers[k] for k in ("p50_ms", "p90_ms", "p99_ms", "added_p50_ms"))
+        lines.append(f"{case:<30} {p50:>8} {p90:>8} {p99:>8} {added:>10}")
+    for label, numbers in document["memory"].items():
+        lines.append(
+            f"{label} of {document['transfer_mib']} MiB: RSS {numbers['rss_before_mib']} -> peak "
+            f"{numbers['rss_peak_mib']} MiB (+{numbers['growth_mib']}), {numbers['mib_per_s']} MiB/s"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = bench_parser(__doc__)
     parser.add_argument("--rounds", type=int, default=2000)
     parser.add_argument("--transfer-mib", type=int, default=2048)
     parser.add_argument("--real-kube", action="store_true", help="also measure without the cache, on the platform")
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args(argv)
-    results = asyncio.run(run(args.rounds, args.transfer_mib, args.real_kube))
-    print(f"{'case':<30} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'added p50':>10}")
-    for case, numbers in results["cases"].items():
-        p50, p90, p99, added = (numbers[k] for k in ("p50_ms", "p90_ms", "p99_ms", "added_p50_ms"))
-        print(f"{case:<30} {p50:>8} {p90:>8} {p99:>8} {added:>10}")
-    for label, numbers in results["memory"].items():
-        print(
-            f"{label} of {results['transfer_mib']} MiB: RSS {numbers['rss_before_mib']} -> peak "
-            f"{numbers['rss_peak_mib']} MiB (+{numbers['growth_mib']}), {numbers['mib_per_s']} MiB/s"
-        )
-    document = json.dumps(results, indent=2)
-    print(document)
-    if args.json:
-        args.json.write_text(document)
-    return 0
+    opts = parser.parse_args(argv)
+    return run_bench(
+        "gateway_files", opts, lambda: asyncio.run(run(opts.rounds, opts.transfer_mib, opts.real_kube)), table
+    )
 
 
 if __name__ == "__main__":

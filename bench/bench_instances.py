@@ -36,7 +36,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bench.report import emit
+from bench.report import bench_parser, run_bench
 from ucim.common.conditions import is_true
 from ucim.common.kube import Kube
 from ucim.common.resources import ObjectMeta, UserInstance, UserInstanceSpec, cluster_labels
@@ -174,16 +174,10 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__)
     parser.add_argument("--count", type=int, default=30, help="how many instances to start (default 30)")
-    parser.add_argument("--json", type=Path, default=None, help="also write the JSON document here")
     opts = parser.parse_args()
-    if os.geteuid() != 0:
-        print("run as root: the bridge drops privileges per instance", file=sys.stderr)
-        return 2
-    result = run(opts)
-    document = {"benchmark": "instances", "python": sys.version.split()[0], "cpus": os.cpu_count(), **result}
-    return emit(table(result), document, opts.json)
+    return run_bench("instances", opts, lambda: run(opts), table, needs_root=True)
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.bench_job_path import command, sbatch_id, summary
-from bench.report import emit
+from bench.report import bench_parser, run_bench
 from ucim.common.conditions import is_true
 from ucim.common.kube import Kube
 from ucim.common.protocol import Job, JobState, SimpleDuration
@@ -726,7 +726,7 @@ def table(document: dict[str, Any]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__, keep_logs=True)
     parser.add_argument("--jobs", type=int, default=1000, help=f"UCloud jobs to create (default 1000, ≤ {MAX_JOBS})")
     parser.add_argument("--concurrency", type=int, default=8, help="create calls at a time (default 8)")
     parser.add_argument("--users", default="alice,bob", help="comma-separated owners, round-robin (default alice,bob)")
@@ -736,8 +736,6 @@ def main() -> int:
     parser.add_argument("--settle-seconds", type=float, default=5, help="then this pause (default 5)")
     parser.add_argument("--steady-seconds", type=float, default=30, help="the steady window (default 30)")
     parser.add_argument("--max-seconds", type=float, default=420, help="give up after this long (default 420)")
-    parser.add_argument("--keep-logs", action="store_true", help="keep the components' logs (path in the JSON)")
-    parser.add_argument("--json", type=Path, default=None, help="also write the JSON document here")
     opts = parser.parse_args()
     opts.users = [user for user in opts.users.split(",") if user]
     if not 1 <= opts.jobs <= MAX_JOBS:
@@ -748,22 +746,8 @@ def main() -> int:
         parser.error("--users names no user")
     if not 1 <= opts.steady_seconds <= 300:
         parser.error("--steady-seconds must be between 1 and 300")
-    if os.geteuid() != 0:
-        print("run as root: the bridge drops privileges per instance", file=sys.stderr)
-        return 2
-    started = time.monotonic()
-    result = asyncio.run(bench(opts))
-    document = {
-        "benchmark": "job_load",
-        "python": sys.version.split()[0],
-        "cpus": os.cpu_count(),
-        "jobs": opts.jobs,
-        "concurrency": opts.concurrency,
-        "users": opts.users,
-        "duration_s": round(time.monotonic() - started, 1),
-        **result,
-    }
-    return emit(table(document), document, opts.json)
+    fields = {"jobs": opts.jobs, "concurrency": opts.concurrency, "users": opts.users}
+    return run_bench("job_load", opts, lambda: asyncio.run(bench(opts)), table, needs_root=True, **fields)
 
 
 if __name__ == "__main__":

@@ -74,7 +74,7 @@ from typing import Any, Final
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.report import emit
+from bench.report import bench_parser, run_bench
 from ucim.common.instance_api import SUBMIT_PATH
 from ucim.common.kube import Kube
 from ucim.common.protocol import JobState, SimpleDuration
@@ -629,33 +629,19 @@ def table(result: dict[str, Any]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__, keep_logs=True)
     parser.add_argument("--count", type=int, default=30, help="submit rounds (default 30)")
     parser.add_argument("--state-changes", type=int, default=20, help="jobs whose two state changes are timed")
     parser.add_argument("--max-seconds", type=float, default=600, help="give up after this long (default 600)")
     parser.add_argument("--seed", type=int, default=None, help="of the random pauses")
-    parser.add_argument("--keep-logs", action="store_true", help="keep the components' logs (path in the JSON)")
-    parser.add_argument("--json", type=Path, default=None, help="also write the JSON document here")
     opts = parser.parse_args()
     if not 1 <= opts.count <= MAX_COUNT:
         parser.error(f"--count must be between 1 and {MAX_COUNT}")
     if not 1 <= opts.state_changes <= opts.count:
         parser.error("--state-changes must be between 1 and --count")
-    if os.geteuid() != 0:
-        print("run as root: the bridge drops privileges per instance", file=sys.stderr)
-        return 2
-    started = time.monotonic()
-    result = asyncio.run(bench(opts))
-    document = {
-        "benchmark": "job_path",
-        "python": sys.version.split()[0],
-        "cpus": os.cpu_count(),
-        "count": opts.count,
-        "duration_s": round(time.monotonic() - started, 1),
-        "targets": TARGETS,
-        **result,
-    }
-    return emit(table(result), document, opts.json)
+    return run_bench(
+        "job_path", opts, lambda: asyncio.run(bench(opts)), table, needs_root=True, count=opts.count, targets=TARGETS
+    )
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ Slurm does not know (the path of a job that has left slurmctld's memory).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import statistics
 import sys
@@ -28,7 +27,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from bench.report import emit
+from bench.report import bench_parser, run_bench
 from ucim.common.slurm import SlurmClient, SlurmConfig
 from ucim.common.slurm_parsing import SACCT_FIELDS, squeue_format
 from ucim.testing.stack import read_platform_env
@@ -120,52 +119,53 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-async def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="0,100,1000", help="tracked-job counts, ascending")
-    parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--slurm-conf", type=Path, default=None, help="default: from the platform's env file")
-    parser.add_argument("--json", type=Path, default=None, help="also write the JSON document here")
-    opts = parser.parse_args()
-    sizes = sorted({int(s) for s in opts.sizes.split(",")})
-    if sizes[-1] > MAX_JOBS:
-        parser.error(f"at most {MAX_JOBS} jobs")
-
-    config = SlurmConfig(
-        slurm_conf=opts.slurm_conf or platform_slurm_conf(),
-        env={"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/root", "USER": "root"},
-        timeout_seconds=120,
-    )
+async def measure_sizes(config: SlurmConfig, sizes: list[int], rounds: int) -> dict[str, Any]:
+    """Grow a queue of held jobs to each size and measure it; cancel them all however it ends."""
     client = SlurmClient(config)
     if not await client.ping():
         print("slurmctld does not answer: is the platform up?", file=sys.stderr)
-        return 2
+        raise SystemExit(2)  # as before run_bench: a platform that is not up exits 2, with nothing emitted
     name = f"ucim-bench-{uuid.uuid4().hex[:8]}"
     ids: list[int] = []
     rows: list[dict[str, Any]] = []
-    started = time.perf_counter()
     try:
         for size in sizes:
             if size > len(ids):
                 t0 = time.perf_counter()
                 ids += await submit_held(client, name, size - len(ids), Path(tempfile.gettempdir()))
                 print(f"# submitted {len(ids)} held jobs in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-            rows.append(await measure(client, ids[:size], opts.rounds))
+            rows.append(await measure(client, ids[:size], rounds))
     finally:
         if ids:
             t0 = time.perf_counter()
             await client.cancel(ids)
             cancel_s = time.perf_counter() - t0
             print(f"# cancelled {len(ids)} jobs in one scancel: {cancel_s:.2f} s", file=sys.stderr)
-    document = {
-        "benchmark": "slurm_poll",
-        "rounds": opts.rounds,
-        "job_name": name,
-        "duration_s": round(time.perf_counter() - started, 1),
-        "results": rows,
-    }
-    return emit(table(rows), document, opts.json)
+    return {"job_name": name, "results": rows}
+
+
+def main() -> int:
+    parser = bench_parser(__doc__)
+    parser.add_argument("--sizes", default="0,100,1000", help="tracked-job counts, ascending")
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--slurm-conf", type=Path, default=None, help="default: from the platform's env file")
+    opts = parser.parse_args()
+    sizes = sorted({int(s) for s in opts.sizes.split(",")})
+    if sizes[-1] > MAX_JOBS:
+        parser.error(f"at most {MAX_JOBS} jobs")
+    config = SlurmConfig(
+        slurm_conf=opts.slurm_conf or platform_slurm_conf(),
+        env={"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/root", "USER": "root"},
+        timeout_seconds=120,
+    )
+    return run_bench(
+        "slurm_poll",
+        opts,
+        lambda: asyncio.run(measure_sizes(config, sizes, opts.rounds)),
+        lambda document: table(document["results"]),
+        rounds=opts.rounds,
+    )
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    sys.exit(main())

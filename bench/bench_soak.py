@@ -30,14 +30,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import random
 import sys
 import time
 import uuid
-from pathlib import Path
 from typing import Any, Final
 
+from bench.report import bench_parser, run_bench
 from ucim.testing.drills import Drill, DrillReport, Fault, component, daemons
 from ucim.testing.platform_daemons import APISERVER, SLURMCTLD, PlatformDaemons
 from ucim.testing.stack import Stack, platform_kubectl, read_platform_env, running_stack
@@ -50,7 +49,7 @@ JOB_SECONDS: Final = (1, 2, 3)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench soak", description=__doc__.split("\n\n")[0])
+    parser = bench_parser(__doc__.split("\n\n")[0], prog="python -m bench soak")
     parser.add_argument("--seed", type=int, required=True, help="draws the users, the jobs and the crash schedule")
     parser.add_argument("--jobs", type=int, default=500)
     parser.add_argument("--users", type=int, default=20, help="UCloud users (alice#1, bob#1, alice#2, ...)")
@@ -58,7 +57,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     # outran it (a backlog of 69 pending jobs at the deadline); one every 1.5 s keeps up and fits 20 minutes.
     parser.add_argument("--interval", type=float, default=1.5, help="seconds between two jobs")
     parser.add_argument("--max-minutes", type=float, default=20.0)
-    parser.add_argument("--json", type=Path, help="also write the JSON document here")
     args = parser.parse_args(argv)
     if not 1 <= args.jobs <= 5000 or not 1 <= args.users <= 200 or args.max_minutes <= 0:
         parser.error("--jobs 1..5000, --users 1..200, --max-minutes > 0")
@@ -127,20 +125,18 @@ async def soak(args: argparse.Namespace) -> DrillReport:
         kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
-def document(report: DrillReport, args: argparse.Namespace) -> dict[str, Any]:
-    return {"seed": args.seed, "users": args.users, "interval": args.interval, **report.to_json()}
-
-
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    report = asyncio.run(soak(args))
-    print(report.table(), flush=True)
-    doc = document(report, args)
-    text = json.dumps(doc, indent=2)
-    if args.json:
-        args.json.write_text(text + "\n")
-    print(text)
-    return 1 if report.violations() else 0
+    # The table and the exit status come from the report itself, not from its JSON document.
+    reports: list[DrillReport] = []
+
+    def measure() -> dict[str, Any]:
+        reports.append(asyncio.run(soak(args)))
+        return reports[0].to_json()
+
+    fields = {"seed": args.seed, "users": args.users, "interval": args.interval}
+    status = run_bench("soak", args, measure, lambda _: reports[0].table(), **fields)
+    return 1 if status == 0 and reports[0].violations() else status
 
 
 if __name__ == "__main__":

@@ -1,10 +1,58 @@
-"""How every bench ends: its table, then its JSON document, also written to ``--json`` when given."""
+"""What every bench shares: ``bench_parser`` makes its common options; ``run_bench`` checks for root,
+times the run and emits its table and JSON document (with the common header; also to ``--json``).
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+
+def bench_parser(doc: str | None, *, keep_logs: bool = False, prog: str | None = None) -> argparse.ArgumentParser:
+    """A parser with ``--json`` (and ``--keep-logs`` when asked); the bench adds its own options."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # A group of their own: --help lists them after the bench's own options.
+    common = parser.add_argument_group("output")
+    common.add_argument("--json", type=Path, default=None, help="also write the JSON document here")
+    if keep_logs:
+        common.add_argument("--keep-logs", action="store_true", help="keep the components' logs (the run says where)")
+    return parser
+
+
+def run_bench(
+    name: str,
+    opts: argparse.Namespace,
+    measure: Callable[[], dict[str, Any]],
+    table: Callable[[dict[str, Any]], str],
+    *,
+    needs_root: bool = False,
+    **fields: Any,
+) -> int:
+    """Run ``measure`` and emit its result under the common header; the exit code (2: not root).
+
+    The document is the header (name, Python, CPUs), ``fields``, the duration, then the result;
+    ``table`` renders that whole document, so a table can show the run's options and duration too.
+    """
+    if needs_root and os.geteuid() != 0:
+        print("run as root: the bridge drops privileges per instance", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    result = measure()
+    document = {
+        "benchmark": name,
+        "python": sys.version.split()[0],
+        "cpus": os.cpu_count(),
+        **fields,
+        "duration_s": round(time.monotonic() - started, 1),
+        **result,
+    }
+    return emit(table(document), document, opts.json)
 
 
 def emit(table: str, document: dict[str, Any], path: Path | None) -> int:

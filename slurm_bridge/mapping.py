@@ -38,12 +38,10 @@ same checks run again at every spawn, so an account that was locked since is ref
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import pwd
 import re
-import stat
 import string
 import unicodedata
 from dataclasses import dataclass
@@ -51,6 +49,8 @@ from pathlib import Path
 from typing import Final, Literal
 
 from pydantic import BaseModel, Field, field_validator
+
+from ucim.slurm_bridge import site_commands
 
 # What useradd accepts by default; the UserInstance CRD checks the same shape.
 LOCAL_NAME: Final = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
@@ -179,32 +179,20 @@ class Mapper:
         if script is None:
             raise MappingRefusedError("the mapping policy is 'script' but no script is configured")
         check_script(script)
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                str(script),
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                env={"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
-                cwd="/",
-                start_new_session=True,
-            )
-        except OSError as error:
-            raise MappingRefusedError(f"the mapping script cannot run: {error}") from error
         request = json.dumps({"ucloudUsername": ucloud_username}).encode() + b"\n"
         try:
-            out, err = await asyncio.wait_for(proc.communicate(request), self.settings.script_timeout_seconds)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise MappingRefusedError(
-                f"the mapping script did not answer within {self.settings.script_timeout_seconds:g} s"
-            ) from None
-        if proc.returncode != 0:
-            lines = err.decode("utf-8", "replace").strip().splitlines()
-            why = lines[-1][:300] if lines else f"it exited with status {proc.returncode}"
+            finished = await site_commands.run(
+                [str(script)],
+                what="the mapping script",
+                timeout_seconds=self.settings.script_timeout_seconds,
+                stdin=request,
+            )
+        except site_commands.CommandError as error:
+            raise MappingRefusedError(str(error)) from error
+        if finished.returncode != 0:
+            why = finished.stderr_tail(lines=1, chars=300) or f"it exited with status {finished.returncode}"
             raise MappingRefusedError(f"the mapping script refused {ucloud_username!r}: {why}")
-        return self._account_from_answer(out)
+        return self._account_from_answer(finished.stdout)
 
     def _account_from_answer(self, out: bytes) -> LocalAccount:
         try:
@@ -223,11 +211,7 @@ class Mapper:
 
 def check_script(script: Path) -> None:
     """Refuse a mapping script that someone other than root could change."""
-    if not script.is_absolute():
-        raise MappingRefusedError(f"the mapping script {script} must be an absolute path")
     try:
-        info = script.stat()
-    except OSError as error:
-        raise MappingRefusedError(f"the mapping script cannot be used: {error}") from error
-    if info.st_uid != 0 or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise MappingRefusedError(f"the mapping script {script} must be owned by root and writable only by root")
+        site_commands.check_script(script, "the mapping script")
+    except site_commands.CommandError as error:
+        raise MappingRefusedError(str(error)) from error

@@ -250,6 +250,119 @@ class ProductV2(WireModel):
         return ProductReference(id=self.name, category=self.category.name, provider=self.category.provider)
 
 
+# --- accounting (SP/accounting/accounting.go) ----------------------------------
+
+# Go's zero ``time.Time`` as a Timestamp: what Core writes for a time it never set, and
+# the replay point a provider sends when it has none (which replays everything).
+GO_ZERO_TIME_MS = -62_135_596_800_000
+
+WalletOwnerType = Literal["user", "project"]
+
+
+class WalletOwner(WireModel):
+    """The owner of a wallet; all three keys are always written, the unused id as ``""``."""
+
+    type: WalletOwnerType
+    username: str = ""
+    project_id: str = ""
+
+    @classmethod
+    def user(cls, username: str) -> Self:
+        return cls(type="user", username=username)
+
+    @classmethod
+    def project(cls, project_id: str) -> Self:
+        return cls(type="project", project_id=project_id)
+
+    @property
+    def reference(self) -> str:
+        """What Core keys the wallet on: the project id when there is one, else the username."""
+        return self.project_id or self.username
+
+
+class ProductCategoryIdV2(WireModel):
+    name: OmitEmptyStr = ""
+    provider: OmitEmptyStr = ""
+
+
+class ChargeDescription(WireModel):
+    scope: str | None = None  # usage is tracked per (owner, scope); None: the wallet's local usage
+    description: str | None = None
+
+
+class ReportUsageRequest(WireModel):
+    """One item of ``POST /api/accounting/v2/reportUsage``; Core answers one bool (not locked) per item."""
+
+    is_delta_charge: Annotated[bool, Strict()] = False  # Go takes only true or false
+    owner: WalletOwner
+    category_id_v2: ProductCategoryIdV2
+    usage: Annotated[int, Strict()]  # int64 in the category's unit (periodic: unit x frequency)
+    description: ChargeDescription = Field(default_factory=ChargeDescription)
+
+
+# --- projects (SP/foundation/projects.go, as core2's coreutil builds them) ------
+
+ProjectRole = Literal["PI", "ADMIN", "USER"]
+
+
+class ProjectMember(WireModel):
+    username: str
+    role: ProjectRole
+    email: OmitEmptyStr = ""  # never filled by Core
+
+
+class ProjectGroupSpecification(WireModel):
+    project: str = ""
+    title: str = ""
+
+
+class ProjectGroupStatus(WireModel):
+    members: NullAsEmptyList[str] = Field(default_factory=list)  # sorted case-insensitively by Core
+
+
+class ProjectGroup(WireModel):
+    id: OmitEmptyStr = ""
+    created_at: Timestamp = GO_ZERO_TIME_MS  # Core never sets it
+    specification: ProjectGroupSpecification = Field(default_factory=ProjectGroupSpecification)
+    status: ProjectGroupStatus = Field(default_factory=ProjectGroupStatus)
+
+
+class ProjectSpecification(WireModel):
+    parent: str | None = None
+    title: str = ""
+    can_consume_resources: bool = False
+
+
+class SubProjectSettings(WireModel):
+    allow_renaming: bool = False
+
+
+class ProjectSettings(WireModel):
+    sub_projects: SubProjectSettings = Field(default_factory=SubProjectSettings)
+
+
+class ProjectStatus(WireModel):
+    archived: bool = False
+    is_favorite: bool = False
+    is_hidden: bool = False
+    members: NullAsEmptyList[ProjectMember] = Field(default_factory=list)
+    groups: NullAsEmptyList[ProjectGroup] = Field(default_factory=list)  # by lower-cased title
+    settings: ProjectSettings = Field(default_factory=ProjectSettings)
+    my_role: str = ""  # always "" towards a provider
+    path: str = ""  # always "" towards a provider
+    personal_provider_project_for: str | None = None  # set: the personal provider project of this username
+
+
+class Project(WireModel):
+    """``fnd.Project`` as the accounting stream carries it (op 2)."""
+
+    id: OmitEmptyStr = ""
+    created_at: Timestamp = 0
+    modified_at: Timestamp = 0
+    specification: ProjectSpecification = Field(default_factory=ProjectSpecification)
+    status: ProjectStatus = Field(default_factory=ProjectStatus)
+
+
 # --- jobs: small value types --------------------------------------------------
 
 

@@ -29,8 +29,10 @@ from ucim.common.protocol import (
     ProductReference,
     ProductV2,
     RefreshTokenItem,
+    ReportUsageRequest,
     SimpleDuration,
     UniversalBackendSupport,
+    WalletOwner,
     decode_username,
     dump,
     dump_json,
@@ -356,3 +358,29 @@ def test_a_standard_alphabet_character_is_kept() -> None:
 def test_garbage_usernames_are_rejected(garbage: str) -> None:
     with pytest.raises(ValueError, match="not a base64 username"):
         decode_username(garbage)
+
+
+def test_usage_reports_are_written_as_im2_writes_them() -> None:
+    # PROTOCOL-ACCOUNTING.md §2.1: all three owner keys, the unused id as "", Option fields as null.
+    wire = {
+        "isDeltaCharge": False,
+        "owner": {"type": "project", "username": "", "projectId": "94056ba8"},
+        "categoryIdV2": {"name": "storage", "provider": "slurm"},
+        "usage": 37,
+        "description": {"scope": "slurm-storage-projects", "description": None},
+    }
+
+    parsed = ReportUsageRequest.model_validate(wire)
+
+    assert dump(parsed) == wire
+    assert parsed.owner.reference == "94056ba8"
+    assert dump(WalletOwner.user("Donna#1234")) == {"type": "user", "username": "Donna#1234", "projectId": ""}
+    assert WalletOwner.user("Donna#1234").reference == "Donna#1234"
+
+
+@pytest.mark.parametrize("usage", [1.0, "1", True])
+def test_usage_is_an_integer_as_go_reads_int64(usage: Any) -> None:
+    with pytest.raises(ValidationError):
+        ReportUsageRequest.model_validate(
+            {"owner": {"type": "user", "username": "a"}, "categoryIdV2": {"name": "c", "provider": "p"}, "usage": usage}
+        )

@@ -6,8 +6,10 @@ It plays both halves of Core that a provider meets:
   ``POST /api/jobs/control/update``, ``POST /api/products/v2``,
   ``POST /api/providers/integration/control/{approve,clear}Connection`` and the
   drives' ``/api/files/collections/control/{register,browse}`` (drives are kept in
-  ``drives``, a ``DriveStore``). Everything received is recorded, and failures can
-  be injected to test redelivery;
+  ``drives``, a ``DriveStore``), and accounting: the ``/api/accounting/notifications``
+  event stream and ``POST /api/accounting/v2/reportUsage`` (projects and wallets are
+  kept in ``accounting``, a ``CoreAccounting``). Everything received is recorded, and
+  failures can be injected to test redelivery;
 * the client that calls the provider at ``/ucloud/<providerId>/...`` with a
   fresh RS256 service JWT and, on 449/503 for a user, the
   ``integration/init`` + retry loop Core runs (5 attempts, 500 ms apart). File
@@ -100,6 +102,7 @@ from ucim.common.protocol import (
     now_ms,
 )
 from ucim.common.transfer_contract import WEB_CLIENT_CHUNK_BYTES
+from ucim.testing.core_accounting import NOTIFICATIONS_PATH, REPORT_USAGE_PATH, CoreAccounting, UsageRefusedError
 from ucim.testing.core_drives import DriveRefusedError, DriveStore, browse_body, resolve_items, retrieve_body
 
 ISSUER = "cloud.sdu.dk"
@@ -423,6 +426,8 @@ class CoreStandIn:
         self.failures = FailurePlan()
         self.jobs: dict[str, Job] = {}  # jobs sent to the provider, by id
         self.drives = DriveStore(provider_id)  # drives the provider registered, by Core's id
+        # Projects, wallets and the notifications stream; categories are those of the registered products.
+        self.accounting = CoreAccounting(provider_id, self.record.products, self.is_provider_token)
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
@@ -480,6 +485,14 @@ class CoreStandIn:
                 expires_in=expires_in,
             )
         )
+
+    def is_provider_token(self, token: str) -> bool:
+        """Whether ``token`` is an access token this Core minted for its provider (role PROVIDER)."""
+        try:
+            claims = self.keys.verify(token)
+        except jwt.InvalidTokenError:
+            return False
+        return claims.get("role") == "PROVIDER" and claims.get("sub") == PROVIDER_SUBJECT_PREFIX + self.provider_id
 
     def write_public_key(self, path: Path, fmt: Literal["ucloud", "pem"] = "ucloud") -> None:
         """Write the public key as a provider is configured with it."""
@@ -550,8 +563,9 @@ class CoreStandIn:
         self._listen = None
 
     async def go_offline(self) -> None:
-        """Refuse connections (listener closed) and drop kept-alive ones, until ``go_online()``."""
+        """Refuse connections (listener closed) and drop kept-alive ones and event streams, until ``go_online()``."""
         self.fail_requests(None, mode="disconnect")
+        await self.accounting.disconnect_sessions()
         if self._site is not None:
             await self._site.stop()
             self._site = None
@@ -1201,6 +1215,28 @@ async def _browse_drives(request: web.Request) -> web.Response:
     return _ok(core.drives.browse(provider_ids, items_per_page, request.query.get("next")))
 
 
+async def _report_usage(request: web.Request) -> web.Response:
+    """``POST /api/accounting/v2/reportUsage``: one bool per item, True while the wallet is not locked."""
+    core = request.app[CORE_STANDIN]
+    _require_provider(request)
+    raw = await _read_json(request)
+    try:
+        answers = await core.accounting.report_usage(raw)
+    except UsageRefusedError as refusal:
+        raise _CoreHttpError(refusal.status, refusal.why) from None
+    return _ok(BulkResponse[bool](responses=answers))
+
+
+async def _notifications(request: web.Request) -> web.StreamResponse:
+    """The accounting event stream: a websocket that authenticates inside the stream, not over HTTP."""
+    return await request.app[CORE_STANDIN].accounting.notifications(request)
+
+
+async def _drop_event_streams(app: web.Application) -> None:
+    # Open websockets would hold up the runner's shutdown until its timeout.
+    await app[CORE_STANDIN].accounting.disconnect_sessions()
+
+
 async def _approve_connection(request: web.Request) -> web.Response:
     core = request.app[CORE_STANDIN]
     _require_provider(request)
@@ -1247,7 +1283,11 @@ def init_app(core: CoreStandIn) -> web.Application:
     app.router.add_post("/api/providers/integration/control/clearConnection", _clear_connection)
     app.router.add_post("/api/files/collections/control/register", _register_drives)
     app.router.add_get("/api/files/collections/control/browse", _browse_drives)
+    app.router.add_get(NOTIFICATIONS_PATH, _notifications)
+    app.router.add_post(REPORT_USAGE_PATH, _report_usage)
+    # Not /api/accounting/v2/registerProviderGift: core2 has no handler for it, so it is a 404 there too.
     app.router.add_get("/_standin/state", _state)
+    app.on_shutdown.append(_drop_event_streams)
     return app
 
 

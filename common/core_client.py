@@ -47,6 +47,7 @@ from ucim.common.protocol import (
     ProductV2,
     ProviderRegisteredResource,
     RefreshTokenItem,
+    ReportUsageRequest,
     dump,
 )
 
@@ -58,6 +59,9 @@ APPROVE_CONNECTION_PATH: Final = "/api/providers/integration/control/approveConn
 CLEAR_CONNECTION_PATH: Final = "/api/providers/integration/control/clearConnection"
 DRIVE_REGISTER_PATH: Final = "/api/files/collections/control/register"
 DRIVE_BROWSE_PATH: Final = "/api/files/collections/control/browse"
+REPORT_USAGE_PATH: Final = "/api/accounting/v2/reportUsage"
+# The anchor's batch of usage reports.
+MAX_USAGE_ITEMS_PER_REQUEST: Final = 500
 
 # Renew the access token when it has less than this left (UCloud's shared/pkg/rpc/client.go).
 RENEW_BEFORE_SECONDS: Final = 180.0
@@ -198,6 +202,17 @@ class CoreClient(SessionClient):
             if not page.next:
                 return found
             params = {**params, "next": page.next}
+
+    async def report_usage(self, items: Sequence[ReportUsageRequest]) -> list[bool]:
+        """``POST /api/accounting/v2/reportUsage``: per item, whether its wallet is still usable (not locked)."""
+        answers: list[bool] = []
+        for chunk in batched(items, MAX_USAGE_ITEMS_PER_REQUEST):
+            body = dump(BulkRequest[ReportUsageRequest](items=chunk))
+            answer = BulkResponse[bool].model_validate(await self._call(REPORT_USAGE_PATH, body) or {})
+            if len(answer.responses) != len(chunk):
+                raise CoreRejectedError(200, f"reportUsage answered {len(answer.responses)} for {len(chunk)} items")
+            answers.extend(answer.responses)
+        return answers
 
     async def access_token(self) -> str:
         """A token Core accepts for the next few minutes, refreshed when it is about to expire."""

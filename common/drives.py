@@ -45,7 +45,7 @@ class Locator:
         if not sep or kind not in KINDS:
             expected = "home:<user> or project:<group>"
             raise InvalidLocatorError(f"{text[:100]!r} is not a drive of this provider (expected {expected})")
-        if not LOCAL_NAME.match(name):
+        if not LOCAL_NAME.fullmatch(name):
             raise InvalidLocatorError(f"{name[:100]!r} is not a local user or group name")
         return cls(kind, name)
 

@@ -55,10 +55,22 @@ STATUS_OWNERS: Final[dict[tuple[str, str], tuple[Component, ...]]] = {
     # UserConnection: one condition each, applied under each one's field manager.
     ("UserConnection", "conditions[Connected]"): ("gateway",),
     ("UserConnection", "conditions[Mapped]"): ("bridge",),
+    # UCloudProject: the bridge makes the frontend match the spec (the operator's, from Core's
+    # event stream) and measures usage; the operator reports that usage to Core.
+    ("UCloudProject", "observedGeneration"): ("bridge",),
+    ("UCloudProject", "group"): ("bridge",),
+    ("UCloudProject", "gid"): ("bridge",),
+    ("UCloudProject", "groupMembers"): ("bridge",),
+    ("UCloudProject", "accounts"): ("bridge",),
+    ("UCloudProject", "usage"): ("bridge",),
+    ("UCloudProject", "reportedUsage"): ("operator",),
+    ("UCloudProject", "conditions[GroupReady]"): ("bridge",),
+    ("UCloudProject", "conditions[AccountReady]"): ("bridge",),
+    ("UCloudProject", "conditions[UsageReported]"): ("operator",),
 }
 
 # Kinds whose conditions are owned one type at a time (each owner applies only its own).
-_CONDITIONS_BY_TYPE: Final = frozenset({"UserConnection"})
+_CONDITIONS_BY_TYPE: Final = frozenset({"UserConnection", "UCloudProject"})
 
 
 class OwnershipError(Exception):

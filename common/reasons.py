@@ -15,6 +15,7 @@ CANCELLED: Final = "Cancelled"  # termination was requested and carried out
 
 # --- UCloudJob reasons -----------------------------------------------------------
 WAITING_FOR_INSTANCE: Final = "WaitingForInstance"
+WAITING_FOR_ACCOUNT: Final = "WaitingForAccount"
 SUBMITTING: Final = "Submitting"
 SLURM_ACCEPTED: Final = "SlurmAccepted"
 SLURM_SUBMIT_REJECTED: Final = "SlurmSubmitRejected"
@@ -48,3 +49,13 @@ UNLINKED: Final = "Unlinked"
 
 # Annotation that asks the bridge to (re)start a stopped instance: its value is a timestamp.
 REQUESTED_AT_ANNOTATION: Final = "ucim.io/requested-at"
+
+# UCloudProject conditions (GroupReady, AccountReady: the bridge's; UsageReported: the operator's).
+GROUP_READY: Final = "GroupReady"
+ACCOUNT_READY: Final = "AccountReady"
+USAGE_REPORTED: Final = "UsageReported"
+GROUP_APPLIED: Final = "GroupApplied"
+ACCOUNTS_APPLIED: Final = "AccountsApplied"
+OWNER_NOT_CONNECTED: Final = "OwnerNotConnected"
+CORE_ACCEPTED_USAGE: Final = "CoreAcceptedUsage"
+CORE_REFUSED_USAGE: Final = "CoreRefusedUsage"

@@ -1,4 +1,4 @@
-"""Typed models of ucim's custom resources, UCloudJob, UserInstance and UserConnection (and the Lease).
+"""Typed models of ucim's custom resources, UCloudJob, UserInstance, UserConnection, UCloudProject (and the Lease).
 
 This module is the only place that knows their shape: code builds a model and
 calls ``to_manifest()`` / ``status_patch()``, and reads objects with
@@ -256,6 +256,108 @@ class UserConnection(_Resource):
     def name_for(ucloud_username: str, cluster: str) -> str:
         """The deterministic object name for a (UCloud user, cluster) pair, as the UserInstance's."""
         return dns_name(cluster, ucloud_username)
+
+
+# --- UCloudProject ---------------------------------------------------------------
+
+WorkspaceKind = Literal["project", "user"]
+ProjectRole = Literal["PI", "ADMIN", "USER"]
+AccountingFrequency = Literal["ONCE", "PERIODIC_MINUTE", "PERIODIC_HOUR", "PERIODIC_DAY"]
+# Minutes per accounting period: Slurm counts minutes, Core counts the category's unit x frequency.
+MINUTES_PER_PERIOD: Final[dict[AccountingFrequency, int]] = {
+    "ONCE": 1,
+    "PERIODIC_MINUTE": 1,
+    "PERIODIC_HOUR": 60,
+    "PERIODIC_DAY": 1440,
+}
+
+
+class Workspace(_Model):
+    """Whose resources: a UCloud project (by id) or a user's personal workspace (by UCloud username)."""
+
+    kind: WorkspaceKind
+    id: str = Field(min_length=1, max_length=MAX_USERNAME_LENGTH)
+
+
+class ProjectMember(_Model):
+    username: str = Field(min_length=1, max_length=MAX_USERNAME_LENGTH)
+    role: ProjectRole
+
+
+class Wallet(_Model):
+    """Core's allocation of one product category to the workspace, as its event stream last said."""
+
+    category: str = Field(min_length=1, max_length=128)
+    product_type: str | None = Field(default=None, max_length=32)
+    frequency: AccountingFrequency
+    # In the category's unit x frequency (core-hours for a PERIODIC_HOUR "Core" category).
+    quota: int = Field(ge=0)
+    usage: int = Field(ge=0)
+    locked: bool
+    # Core's last significant update of the wallet, epoch milliseconds.
+    updated_at: int
+
+
+class UCloudProjectSpec(_Model):
+    workspace: Workspace
+    cluster: str = Field(min_length=1, max_length=63)
+    title: str | None = Field(default=None, max_length=1024)
+    members: list[ProjectMember] = Field(default_factory=list, max_length=10_000)
+    can_consume_resources: bool = True
+    wallets: list[Wallet] = Field(default_factory=list, max_length=256)
+    # Core's modifiedAt of the project, epoch milliseconds.
+    modified_at: int | None = None
+
+
+class SlurmAccount(_Model):
+    """One Slurm account of the workspace (one per compute category), as the bridge last set it."""
+
+    category: str = Field(min_length=1, max_length=128)
+    name: str = Field(min_length=1, max_length=64)
+    users: list[str] = Field(default_factory=list)
+    locked: bool = False
+    quota_minutes: int | None = Field(default=None, ge=0)
+
+
+class WalletUsage(_Model):
+    """Usage of one category, in the category's unit x frequency."""
+
+    category: str = Field(min_length=1, max_length=128)
+    usage: int = Field(ge=0)
+
+
+class UCloudProjectStatus(_Model):
+    observed_generation: int | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    group: str | None = None
+    gid: int | None = None
+    group_members: list[str] = Field(default_factory=list)
+    accounts: list[SlurmAccount] = Field(default_factory=list)
+    # Measured by the bridge from Slurm ...
+    usage: list[WalletUsage] = Field(default_factory=list)
+    # ... and what Core has accepted of it (the operator's).
+    reported_usage: list[WalletUsage] = Field(default_factory=list)
+
+
+class UCloudProject(_Resource):
+    """A UCloud workspace on this provider: its members, Unix group, Slurm accounts and wallets."""
+
+    KIND: ClassVar[str] = "UCloudProject"
+    PLURAL: ClassVar[str] = "ucloudprojects"
+
+    spec: UCloudProjectSpec
+    status: UCloudProjectStatus = Field(default_factory=UCloudProjectStatus)
+
+    @staticmethod
+    def name_for(workspace: Workspace) -> str:
+        """The deterministic object name of a workspace (``project-…`` or ``user-…``)."""
+        return dns_name(workspace.kind, workspace.id)
+
+    def wallet(self, category: str) -> Wallet | None:
+        return next((w for w in self.spec.wallets if w.category == category), None)
+
+    def account(self, category: str) -> SlurmAccount | None:
+        return next((a for a in self.status.accounts if a.category == category), None)
 
 
 # --- Lease (coordination.k8s.io) --------------------------------------------------

@@ -52,6 +52,9 @@ class GatewaySettings(ComponentSettings):
     # a 400; a later rejection reaches Core as a FAILURE job update.
     submit_wait_seconds: float = Field(default=3.0, ge=0.0)
     idle_timeout_seconds: int = 1800
+    # Core's accounting decides what may run: a job of a workspace whose wallet is locked (or absent) is
+    # refused with 402. Needs the operator's accounting event stream (UCIM_OPERATOR_ACCOUNTING_ENABLED).
+    accounting_enabled: bool = False
 
     # Connections (integration/connect, unlinked). Core's URL and the provider's refresh token, to call
     # approveConnection/clearConnection; without them integration/connect answers 503.

@@ -45,8 +45,9 @@ from ucim.common.protocol import (
     dump,
 )
 from ucim.common.reasons import SUBMITTED
-from ucim.common.resources import UCloudJob, UserConnection, UserInstance
+from ucim.common.resources import UCloudJob, UCloudProject, UserConnection, UserInstance
 from ucim.common.times import now_utc
+from ucim.common.workspaces import NOT_ENOUGH_COMPUTE_CREDITS, insufficient_funds, job_workspace
 from ucim.gateway.auth import acting_username, check_username
 from ucim.gateway.connections import ConnectionRefusedError, is_connected
 from ucim.gateway.drives import HOME_DRIVE_ANNOTATION
@@ -212,6 +213,9 @@ async def create_jobs(request: web.Request) -> web.Response:
         )
         for job in body.items
     ]
+    if settings.accounting_enabled:
+        for job in wanted:
+            await check_wallet(kube, settings.namespace, job)
     for job in wanted:
         # The same UCloud job again finds the existing resource: creation is idempotent.
         with contextlib.suppress(ConflictError):
@@ -223,6 +227,15 @@ async def create_jobs(request: web.Request) -> web.Response:
         await kube.delete(UCloudJob, settings.namespace, wanted[0].metadata.name)
         raise ProviderError(400, rejections[wanted[0].metadata.name])
     return ok(BulkResponse[FindByStringId](responses=[FindByStringId(id=job.metadata.name) for job in wanted]))
+
+
+async def check_wallet(kube: Kube, namespace: str, job: UCloudJob) -> None:
+    """Refuse a job whose workspace's wallet for its category is locked (402, Core's words), before it exists."""
+    workspace = job_workspace(job.spec.owner, job.spec.project)
+    found = await kube.get(UCloudProject, namespace, UCloudProject.name_for(workspace))
+    why = insufficient_funds(found, job.spec.product.category)
+    if why is not None:
+        raise ProviderError(402, why, NOT_ENOUGH_COMPUTE_CREDITS)
 
 
 def submission_settled(job: UCloudJob | None) -> bool:

@@ -720,10 +720,22 @@ def apply_crds(bin_dir: Path) -> None:
         crds = [n for n in names if n.startswith("customresourcedefinition")]
         if crds:
             run([*kubectl, "wait", "--for=condition=Established", "--timeout=60s", *crds], timeout=70)
+            wait_until_listable(kubectl, [n.split("/", 1)[1] for n in crds])
     except subprocess.CalledProcessError as e:
         raise PlatformError("crds", f"kubectl failed: {e.stderr}") from e
     stamp.write_text(digest)
     say(f"crds: {len(crds)} established ({time.monotonic() - start:.1f} s)")
+
+
+def wait_until_listable(kubectl: list[str], resources: list[str], timeout: float = 30.0) -> None:
+    """Until each new resource can be listed: an Established CRD's storage may still be starting
+    ("429 storage is (re)initializing"), and the first test would meet that instead."""
+    deadline = time.monotonic() + timeout
+    for resource in resources:
+        while run([*kubectl, "get", resource, "--all-namespaces", "-o", "name"], check=False).returncode != 0:
+            if time.monotonic() > deadline:
+                raise PlatformError("crds", f"{resource} cannot be listed {timeout:.0f} s after it was established")
+            time.sleep(0.2)
 
 
 def up_kubernetes(bin_dir: Path, ports: Mapping[str, int]) -> None:

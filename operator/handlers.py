@@ -48,6 +48,7 @@ from aiohttp import web
 from ucim.common import user_instances
 from ucim.common.conditions import is_true
 from ucim.common.core_client import CoreClient, CoreError, CoreRejectedError, batched
+from ucim.common.instance_api import SubmitRequest
 from ucim.common.kube import Kube
 from ucim.common.observability import start_health_server
 from ucim.common.protocol import JobState, JobUpdateItem, now_ms
@@ -58,17 +59,20 @@ from ucim.common.reasons import (
     INSTANCE_UNREACHABLE,
     SLURM_CANCELLED,
 )
-from ucim.common.resources import JobTransition, UCloudJob, UserInstance
+from ucim.common.resources import JobTransition, UCloudJob, UCloudProject, UserInstance
 from ucim.common.retry import delay_after
 from ucim.common.settings import API_GROUP, API_VERSION
 from ucim.common.times import now_utc
+from ucim.common.workspaces import AccountNotReadyError, job_workspace, ready_account
 from ucim.operator import jobs, userinstances
 from ucim.operator.delivery import Backlog, DeliveryQueue
+from ucim.operator.event_stream import AccountingStream
 from ucim.operator.instances import InstanceClient, InstanceRejectedError, InstanceUnreachableError
 from ucim.operator.metrics import JOB_STATE_TRANSITIONS, JOB_SUBMISSIONS
 from ucim.operator.outcomes import Event, Outcome, temporary
 from ucim.operator.registration import products_of, register_products
 from ucim.operator.settings import OperatorSettings
+from ucim.operator.usage import UsageReporter
 
 FINALIZER = f"{API_GROUP}/finalizer"
 UCLOUDJOBS = (API_GROUP, API_VERSION, UCloudJob.PLURAL)
@@ -138,14 +142,28 @@ async def configure(*, settings: kopf.OperatorSettings, memo: kopf.Memo, logger:
         instances=InstanceClient(config.ingress_token, timeout=config.submit_timeout_seconds),
         queue=queue,
     )
-    runtime.tasks.append(asyncio.create_task(queue.run(), name="ucim-core-delivery"))
-    if config.register_products:
-        # In the background: a Core that is down must not keep the operator from reconciling.
-        products = products_of(config.machine_types, config.provider_id)
-        runtime.tasks.append(asyncio.create_task(register_products(core, products), name="ucim-register-products"))
+    runtime.tasks.extend(_background_tasks(config, core, kube, queue))
     runtime.health = await start_health_server(config.metrics_host, config.metrics_port)
     memo["runtime"] = runtime
     logger.info("operator started", extra={"namespace": config.namespace})
+
+
+def _background_tasks(
+    config: OperatorSettings, core: CoreClient, kube: Kube, queue: DeliveryQueue
+) -> list[asyncio.Task[Any]]:
+    """The operator's work besides its handlers: deliveries, product registration, Core's accounting."""
+    tasks: list[asyncio.Task[Any]] = [asyncio.create_task(queue.run(), name="ucim-core-delivery")]
+    if config.register_products:
+        # In the background: a Core that is down must not keep the operator from reconciling.
+        products = products_of(config.machine_types, config.provider_id)
+        tasks.append(asyncio.create_task(register_products(core, products), name="ucim-register-products"))
+    if config.accounting_enabled:
+        where = {"namespace": config.namespace, "cluster": config.cluster}
+        stream = AccountingStream(core, kube, core_url=config.core_url, **where)
+        usage = UsageReporter(core, kube, provider_id=config.provider_id, **where)
+        tasks.append(asyncio.create_task(stream.run(), name="ucim-accounting-stream"))
+        tasks.append(asyncio.create_task(usage.run(), name="ucim-usage-reports"))
+    return tasks
 
 
 @kopf.on.cleanup()
@@ -194,17 +212,36 @@ async def submit(*, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: 
         jobs.instance_not_ready(instance.metadata.name, refusal, delay=delay, now=now).apply(body, patch)
         return
 
+    # With Core's accounting on, the job runs under its workspace's Slurm account, once the bridge made it.
+    try:
+        account = await _workspace_account(runtime, job, instance.spec.local_user)
+    except AccountNotReadyError as waiting:
+        jobs.account_not_ready(str(waiting), delay=_instance_backoff(runtime, retry), now=now).apply(body, patch)
+        return
+
     # From here a Slurm job may exist even if this process dies before writing its id: say so first.
     if not jobs.submit_attempted(job):
         await runtime.kube.patch(UCloudJob, _namespace(job), job.metadata.name, jobs.submit_started(now))
-    outcome = await _submit_through(runtime, endpoint, job, retry=retry, now=now)
+    request = jobs.submit_request(job, account)
+    outcome = await _submit_through(runtime, endpoint, request, job, retry=retry, now=now)
     outcome.apply(body, patch)
 
 
-async def _submit_through(runtime: Runtime, endpoint: str, job: UCloudJob, *, retry: int, now: datetime) -> Outcome:
+async def _workspace_account(runtime: Runtime, job: UCloudJob, local_user: str | None) -> str | None:
+    """The Slurm account of the job's workspace; None when accounting is off (the product's account applies)."""
+    if not runtime.config.accounting_enabled:
+        return None
+    workspace = job_workspace(job.spec.owner, job.spec.project)
+    found = await runtime.kube.get(UCloudProject, _namespace(job), UCloudProject.name_for(workspace))
+    return ready_account(found, job.spec.product.category, local_user or "")
+
+
+async def _submit_through(
+    runtime: Runtime, endpoint: str, request: SubmitRequest, job: UCloudJob, *, retry: int, now: datetime
+) -> Outcome:
     """Ask the owner's instance (at ``endpoint``) to submit the job; what came of it."""
     try:
-        answer = await runtime.instances.submit(endpoint, jobs.submit_request(job))
+        answer = await runtime.instances.submit(endpoint, request)
     except InstanceRejectedError as rejection:
         # sbatch refused the job (bad time limit, partition, ...): it fails for good, with sbatch's words.
         JOB_SUBMISSIONS.labels(result="rejected").inc()

@@ -37,6 +37,7 @@ from ucim.common.reasons import (
     SLURM_CANCELLED,
     SLURM_SUBMIT_REJECTED,
     SUBMITTED,
+    WAITING_FOR_ACCOUNT,
     WAITING_FOR_INSTANCE,
 )
 from ucim.common.resources import Condition, JobTransition, SlurmPlacement, UCloudJob, UCloudJobStatus
@@ -69,15 +70,17 @@ def slurm_job_name(job: UCloudJob) -> str:
     return instance_api.slurm_job_name(job.metadata.uid)
 
 
-def submit_request(job: UCloudJob) -> SubmitRequest:
+def submit_request(job: UCloudJob, account: str | None = None) -> SubmitRequest:
+    """What the owner's instance submits; ``account``, the workspace's Slurm account, overrides the product's."""
     spec = job.spec
+    slurm = spec.slurm or SlurmPlacement()
     return SubmitRequest(
         job_id=spec.job_id,
         slurm_job_name=slurm_job_name(job),
         application=spec.application,
         parameters=spec.parameters or {},
         resources=spec.resources,
-        slurm=spec.slurm or SlurmPlacement(),
+        slurm=slurm.model_copy(update={"account": account}) if account else slurm,
     )
 
 
@@ -269,6 +272,13 @@ def instance_not_ready(instance_name: str, refusal: str | None, *, delay: float,
     # Not ready yet (starting, restarting, or stopped for idleness and asked to start again).
     message = f"Waiting for the owner's instance {instance_name} to become ready"
     waiting = condition(SUBMITTED, "Unknown", reason=WAITING_FOR_INSTANCE, message=message, now=now)
+    return Outcome(fns=(waiting,), error=temporary(message, delay=delay))
+
+
+def account_not_ready(why: str, *, delay: float, now: datetime) -> Outcome:
+    """The workspace's Slurm account is not there for the owner yet (a new project, a new member): retry."""
+    message = f"Waiting for the workspace's Slurm account: {why}"
+    waiting = condition(SUBMITTED, "Unknown", reason=WAITING_FOR_ACCOUNT, message=message, now=now)
     return Outcome(fns=(waiting,), error=temporary(message, delay=delay))
 
 

@@ -35,3 +35,32 @@ CORE_DELIVERY_LATENCY = Histogram(
     "From a state change's timestamp to Core's acknowledgement of it.",
     buckets=(0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0),
 )
+
+# --- Core's accounting event stream -----------------------------------------------------
+ACCOUNTING_STREAM_CONNECTED = Gauge(
+    "ucim_accounting_stream_connected",
+    "1 while the operator holds Core's accounting event stream open.",
+)
+ACCOUNTING_STREAM_DISCONNECTS = Counter(
+    "ucim_accounting_stream_disconnects_total",
+    "Sessions of Core's accounting event stream that ended (Core closed it, or it broke).",
+)
+ACCOUNTING_EVENTS = Counter(
+    "ucim_accounting_events_total",
+    "Events read from Core's accounting event stream, by kind (project, wallet, malformed).",
+    ["kind"],
+)
+ACCOUNTING_CHANGES = Counter(
+    "ucim_accounting_changes_total",
+    "Events that changed a UCloudProject (a replayed event changes nothing), by kind.",
+    ["kind"],
+)
+ACCOUNTING_LAST_EVENT = Gauge(
+    "ucim_accounting_last_event_timestamp_seconds",
+    "Core's timestamp of the newest event applied: how far behind Core the workspaces are.",
+)
+USAGE_REPORTS = Counter(
+    "ucim_usage_reports_total",
+    "Usage figures (one workspace, one category) sent to Core's reportUsage, by result (accepted, refused).",
+    ["result"],
+)

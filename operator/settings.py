@@ -29,6 +29,11 @@ class OperatorSettings(ComponentSettings):
     # The compute products registered with Core at start-up (the gateway serves the same list).
     machine_types: list[MachineType] = Field(default_factory=lambda: list(DEFAULT_MACHINE_TYPES))
     register_products: bool = True
+    # Core's accounting: keep its event stream open (UCloudProjects: members, wallets), run jobs under
+    # their workspace's Slurm account and report usage. Off: every job runs under its product's account.
+    accounting_enabled: bool = False
+    # The cluster (slurm_bridge) whose frontend applies the workspaces: the gateway's and the bridge's.
+    cluster: str = "local"
     # At most one request to Core starts per this interval: a lone update goes at once, updates of several
     # jobs arriving within it are gathered and sent together when it ends.
     delivery_batch_interval_seconds: float = Field(default=0.1, ge=0.0, le=5.0)

@@ -110,7 +110,7 @@ def name_from_pattern(pattern: str, ucloud_username: str) -> str:
     if not username:
         raise MappingRefusedError(f"no local username can be derived from UCloud user {ucloud_username!r}")
     name = pattern.format(username=username, suffix=suffix)
-    if not LOCAL_NAME.match(name):
+    if not LOCAL_NAME.fullmatch(name):
         raise MappingRefusedError(f"{name!r} (from UCloud user {ucloud_username!r}) is not a valid local username")
     return name
 
@@ -201,7 +201,7 @@ class Mapper:
             raise MappingRefusedError(f"the mapping script printed no JSON: {error}") from error
         if isinstance(answer, dict) and isinstance(answer.get("localUser"), str):
             name: str = answer["localUser"]
-            if not LOCAL_NAME.match(name):
+            if not LOCAL_NAME.fullmatch(name):
                 raise MappingRefusedError(f"the mapping script answered {name!r}, which is not a valid local username")
             return account_by_name(name, self.settings.min_uid)
         if isinstance(answer, dict) and isinstance(answer.get("uid"), int) and not isinstance(answer["uid"], bool):

@@ -24,7 +24,7 @@ def expected_message(sample: Path) -> str:
 
 
 def test_crds_are_established(platform: Platform) -> None:
-    for crd in ("ucloudjobs.ucim.io", "userinstances.ucim.io", "userconnections.ucim.io"):
+    for crd in ("ucloudjobs.ucim.io", "userinstances.ucim.io", "userconnections.ucim.io", "ucloudprojects.ucim.io"):
         conditions = platform.get("default", f"crd/{crd}")["status"]["conditions"]
         assert {"type": "Established", "status": "True"}.items() <= next(
             c for c in conditions if c["type"] == "Established"

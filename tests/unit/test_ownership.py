@@ -22,7 +22,9 @@ from ucim.operator.outcomes import StatusFn
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-ROW = re.compile(r"^\| (UCloudJob|UserInstance|UserConnection) \| `([^`]+)` \| ([a-z, ]+) \|", re.MULTILINE)
+ROW = re.compile(
+    r"^\| (UCloudJob|UserInstance|UserConnection|UCloudProject) \| `([^`]+)` \| ([a-z, ]+) \|", re.MULTILINE
+)
 
 
 def documented() -> dict[tuple[str, str], tuple[str, ...]]:
@@ -34,7 +36,7 @@ def test_the_documented_table_is_the_one_in_the_code() -> None:
     assert documented() == STATUS_OWNERS
 
 
-@pytest.mark.parametrize("plural", ["ucloudjobs", "userinstances", "userconnections"])
+@pytest.mark.parametrize("plural", ["ucloudjobs", "userinstances", "userconnections", "ucloudprojects"])
 def test_every_status_field_of_every_crd_has_an_owner(plural: str) -> None:
     crd = yaml.safe_load((ROOT / "crds" / f"{plural}.ucim.io.yaml").read_text())
     kind = crd["spec"]["names"]["kind"]

@@ -11,10 +11,12 @@ import pytest
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from ucim.common.resources import UCloudJob, UCloudJobSpec, UserConnection, UserInstance, dns_name
+from ucim.common.resources import UCloudJob, UCloudJobSpec, UCloudProject, UserConnection, UserInstance, dns_name
 
 REPO = Path(__file__).resolve().parents[2]
 CRDS = REPO / "crds"
+Kind = type[UCloudJob] | type[UserInstance] | type[UserConnection] | type[UCloudProject]
+KINDS: list[Kind] = [UCloudJob, UserInstance, UserConnection, UCloudProject]
 
 
 def crd_schema(plural: str) -> dict[str, Any]:
@@ -48,8 +50,8 @@ def assert_same_fields(model: type[BaseModel], schema: dict[str, Any], where: st
             assert_same_fields(inner, properties[alias], f"{where}.{alias}")
 
 
-@pytest.mark.parametrize("model", [UCloudJob, UserInstance, UserConnection])
-def test_models_match_crd_schemas(model: type[UCloudJob] | type[UserInstance] | type[UserConnection]) -> None:
+@pytest.mark.parametrize("model", KINDS)
+def test_models_match_crd_schemas(model: Kind) -> None:
     schema = crd_schema(model.PLURAL)
     for part in ("spec", "status"):
         inner = nested_model(model.model_fields[part].annotation)
@@ -97,16 +99,16 @@ def assert_same_bounds(model: type[BaseModel], schema: dict[str, Any], where: st
             assert_same_bounds(inner, prop.get("additionalProperties", prop.get("items", prop)), f"{where}.{alias}")
 
 
-@pytest.mark.parametrize("model", [UCloudJob, UserInstance, UserConnection])
-def test_specs_have_the_crd_limits(model: type[UCloudJob] | type[UserInstance] | type[UserConnection]) -> None:
+@pytest.mark.parametrize("model", KINDS)
+def test_specs_have_the_crd_limits(model: Kind) -> None:
     """What the gateway writes is checked before it reaches the apiserver, so its refusal is never the first."""
     spec = nested_model(model.model_fields["spec"].annotation)
     assert spec is not None
     assert_same_bounds(spec, crd_schema(model.PLURAL)["properties"]["spec"], f"{model.KIND}.spec")
 
 
-@pytest.mark.parametrize("model", [UCloudJob, UserInstance, UserConnection])
-def test_crd_names_match_models(model: type[UCloudJob] | type[UserInstance] | type[UserConnection]) -> None:
+@pytest.mark.parametrize("model", KINDS)
+def test_crd_names_match_models(model: Kind) -> None:
     crd = yaml.safe_load((CRDS / f"{model.PLURAL}.ucim.io.yaml").read_text())
     assert crd["spec"]["names"]["kind"] == model.KIND
     assert crd["spec"]["group"] == model.GROUP
@@ -117,7 +119,12 @@ def test_crd_names_match_models(model: type[UCloudJob] | type[UserInstance] | ty
 def test_valid_samples_parse_and_round_trip() -> None:
     for path in sorted((CRDS / "samples" / "valid").glob("*.yaml")):
         obj = yaml.safe_load(path.read_text())
-        model = {"UCloudJob": UCloudJob, "UserInstance": UserInstance, "UserConnection": UserConnection}[obj["kind"]]
+        model = {
+            "UCloudJob": UCloudJob,
+            "UserInstance": UserInstance,
+            "UserConnection": UserConnection,
+            "UCloudProject": UCloudProject,
+        }[obj["kind"]]
         assert model.from_obj(obj).to_manifest() == obj, path.name
 
 

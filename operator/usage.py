@@ -1,0 +1,157 @@
+"""Reporting usage to Core: what the bridge measured (``status.usage``) and Core has not accepted yet.
+
+The operator watches the UCloudProjects of its cluster; a workspace whose measured usage
+differs from what Core last accepted (``status.reportedUsage``, the operator's) is sent to
+``reportUsage`` as absolute figures, gathered for a moment so one call carries many
+(batches of at most 500, as the anchor). Absolute figures make a resend harmless: after a
+restart, or a call whose answer was lost, Core just sets the same number again, so nothing
+is counted twice. Core's answer (the wallet still usable or not) changes nothing here: a
+lock reaches the workspace through the event stream, like every other wallet change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Final
+
+from ucim.common import reasons
+from ucim.common.conditions import ConditionUpdate
+from ucim.common.core_client import CoreClient, CoreRejectedError, CoreUnavailableError
+from ucim.common.informer import Change, Informer
+from ucim.common.kube import Kube, NotFoundError
+from ucim.common.protocol import ProductCategoryIdV2, ReportUsageRequest, WalletOwner
+from ucim.common.resources import UCloudProject, WalletUsage, cluster_selector
+from ucim.common.retry import delay_after
+from ucim.operator import metrics
+
+log = logging.getLogger(__name__)
+
+# Changes arriving within this long go to Core in one call.
+GATHER_SECONDS: Final = 1.0
+
+
+@dataclass(frozen=True)
+class Report:
+    """One workspace's usage of one category, as sent to Core."""
+
+    project: str
+    usage: WalletUsage
+    item: ReportUsageRequest
+
+
+def unreported(project: UCloudProject) -> list[WalletUsage]:
+    """The measured usage Core has not accepted yet."""
+    accepted = {u.category: u.usage for u in project.status.reported_usage}
+    return [u for u in project.status.usage if accepted.get(u.category) != u.usage]
+
+
+def report_item(project: UCloudProject, usage: WalletUsage, provider_id: str) -> ReportUsageRequest:
+    workspace = project.spec.workspace
+    owner = WalletOwner.project(workspace.id) if workspace.kind == "project" else WalletOwner.user(workspace.id)
+    return ReportUsageRequest(
+        owner=owner,
+        category_id_v2=ProductCategoryIdV2(name=usage.category, provider=provider_id),
+        usage=usage.usage,
+    )
+
+
+class UsageReporter:
+    def __init__(self, core: CoreClient, kube: Kube, *, namespace: str, cluster: str, provider_id: str) -> None:
+        self.core, self.kube = core, kube
+        self.namespace, self.provider_id = namespace, provider_id
+        self.projects = Informer(
+            kube, UCloudProject, namespace, label_selector=cluster_selector(cluster), on_event=self.on_project
+        )
+        self._dirty: set[str] = set()
+        self._wake = asyncio.Event()
+        self._failures = 0
+
+    def on_project(self, change: Change, project: UCloudProject) -> None:
+        if change != "DELETED" and unreported(project):
+            self._dirty.add(project.metadata.name)
+            self._wake.set()
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self.projects.run())
+            tasks.create_task(self._report_forever())
+
+    async def _report_forever(self) -> None:
+        while True:
+            await self._wake.wait()
+            await asyncio.sleep(GATHER_SECONDS)
+            self._wake.clear()
+            names, self._dirty = self._dirty, set()
+            try:
+                await self.report(names)
+                self._failures = 0
+            except CoreUnavailableError as error:
+                self._failures += 1
+                delay = delay_after(self._failures, first=1.0, cap=60.0)
+                log.warning("Core cannot take usage now (%s); again in %.0f s", error, delay)
+                self._dirty |= names
+                await asyncio.sleep(delay)
+                self._wake.set()
+
+    async def report(self, names: set[str]) -> None:
+        reports = [
+            Report(name, usage, report_item(project, usage, self.provider_id))
+            for name in sorted(names)
+            if (project := self.projects.get(name)) is not None
+            for usage in unreported(project)
+        ]
+        if not reports:
+            return
+        try:
+            await self.core.report_usage([r.item for r in reports])
+        except CoreRejectedError:
+            if len(reports) == 1:
+                raise
+            # Core fails the whole call at its first bad item: find it (and keep the others) one by one.
+            for single in reports:
+                await self._report_alone(single)
+            return
+        await self._accepted(reports)
+
+    async def _report_alone(self, report: Report) -> None:
+        try:
+            await self.core.report_usage([report.item])
+        except CoreRejectedError as refusal:
+            metrics.USAGE_REPORTS.labels(result="refused").inc()
+            why = f"Core refused usage {report.usage.usage} of {report.usage.category}: {refusal.why}"
+            log.error(why, extra={"ucloudproject": report.project})  # noqa: TRY400 - Core's words say it all
+            await self._condition(report.project, (reasons.USAGE_REPORTED, "False", reasons.CORE_REFUSED_USAGE, why))
+            return
+        await self._accepted([report])
+
+    async def _accepted(self, reports: list[Report]) -> None:
+        metrics.USAGE_REPORTS.labels(result="accepted").inc(len(reports))
+        for name in sorted({r.project for r in reports}):
+            project = self.projects.get(name)
+            if project is None:
+                continue
+            accepted = {u.category: u for u in project.status.reported_usage}
+            accepted |= {r.usage.category: r.usage for r in reports if r.project == name}
+            try:
+                await self.kube.patch_status(
+                    UCloudProject, self.namespace, name, {"reportedUsage": [u.to_dict() for u in accepted.values()]}
+                )
+            except NotFoundError:
+                continue
+            why = ", ".join(f"{u.usage} {u.category}" for u in accepted.values())
+            await self._condition(name, (reasons.USAGE_REPORTED, "True", reasons.CORE_ACCEPTED_USAGE, why))
+
+    async def _condition(self, name: str, condition: ConditionUpdate) -> None:
+        project = self.projects.get(name)
+        if project is None:
+            return
+        await self.kube.apply_condition(
+            UCloudProject,
+            self.namespace,
+            name,
+            project.status.conditions,
+            condition,
+            observed_generation=project.metadata.generation,
+        )

@@ -1,0 +1,83 @@
+"""What the frontend should hold for a workspace (pure; no I/O).
+
+From a UCloudProject's spec (Core's members and wallets) and the connections (UCloud user
+→ local user), this says which local users the project's group holds, which Slurm
+account each compute wallet maps to and with which users and limits, and what Slurm's
+billing minutes are in a wallet's unit. The reconciler diffs this against the system.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from ucim.common.resources import MINUTES_PER_PERIOD, UCloudProject, Wallet, WalletUsage
+
+COMPUTE = "COMPUTE"
+
+
+@dataclass(frozen=True)
+class WantedAccount:
+    """One Slurm account as a compute wallet wants it."""
+
+    category: str
+    users: frozenset[str]
+    locked: bool
+    # GrpTRESMins billing: the quota in billing (core) minutes; Slurm refuses jobs that would pass it.
+    quota_minutes: int
+    # Fairshare as the anchor sets it: the quota in days, at least 1 (0 would mean "no share" to Slurm).
+    fairshare: int
+
+
+def local_members(project: UCloudProject, local_users: Mapping[str, str]) -> frozenset[str]:
+    """The local users of the members that are connected (``local_users``: UCloud username → local user)."""
+    return frozenset(local_users[m.username] for m in project.spec.members if m.username in local_users)
+
+
+def compute_wallets(project: UCloudProject) -> list[Wallet]:
+    """The wallets that need a Slurm account: compute categories (others have no Slurm side)."""
+    return [w for w in project.spec.wallets if (w.product_type or COMPUTE) == COMPUTE]
+
+
+def quota_minutes(wallet: Wallet) -> int:
+    """The wallet's quota in Slurm's minutes: Core counts the category's unit x its period."""
+    return wallet.quota * MINUTES_PER_PERIOD[wallet.frequency]
+
+
+def wanted_account(wallet: Wallet, members: frozenset[str]) -> WantedAccount:
+    minutes = quota_minutes(wallet)
+    return WantedAccount(
+        category=wallet.category,
+        users=members,
+        locked=wallet.locked,
+        quota_minutes=minutes,
+        fairshare=max(1, minutes // 1440),
+    )
+
+
+def usage_in_unit(wallet: Wallet, billing_minutes: int) -> int:
+    """Slurm's billing minutes in the wallet's unit x period, rounded down (never charge a part not used).
+
+    The anchor reports minutes whatever the period, 60x too much for an hourly category
+    (PROTOCOL-ACCOUNTING.md §5.2); this divides, as its Kubernetes flavour does.
+    """
+    return billing_minutes // MINUTES_PER_PERIOD[wallet.frequency]
+
+
+def measured_usage(
+    project: UCloudProject, accounts: Mapping[str, str], minutes_by_account: Mapping[str, int]
+) -> list[WalletUsage]:
+    """Usage per compute wallet from Slurm's minutes per account (``accounts``: category → account name)."""
+    usage: list[WalletUsage] = []
+    for wallet in compute_wallets(project):
+        account = accounts.get(wallet.category)
+        if account is not None and account in minutes_by_account:
+            usage.append(
+                WalletUsage(category=wallet.category, usage=usage_in_unit(wallet, minutes_by_account[account]))
+            )
+    return usage
+
+
+def projects_of(projects: Iterable[UCloudProject], ucloud_username: str) -> list[str]:
+    """The names of the workspaces ``ucloud_username`` is a member of."""
+    return [p.metadata.name for p in projects if any(m.username == ucloud_username for m in p.spec.members)]

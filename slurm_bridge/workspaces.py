@@ -1,0 +1,315 @@
+"""The bridge's workspace controller: each UCloudProject's Unix group and Slurm accounts, as its spec says.
+
+The operator writes a workspace's spec from Core's event stream; this makes the frontend
+match it, level-triggered, as a controller does:
+
+* it learns of changes by watching (UCloudProjects of its cluster, and the connections,
+  since a member who connects must join the group and the accounts);
+* each pass compares what the spec wants with what the system holds (``getent``, one
+  ``sacctmgr`` listing for all accounts) and changes only the difference, so a pass
+  repeated after a crash or a replayed event changes nothing;
+* what it applied goes to the status (group, gid, members, accounts) with the conditions
+  GroupReady and AccountReady; a failed pass is tried again with the one backoff.
+
+Usage is measured here too, every ``usage_interval_seconds``: one ``sshare`` call for all
+accounts, converted to each wallet's unit, written to ``status.usage`` when it changed
+(the operator reports it to Core). Slurm's usage is cumulative (``PriorityDecayHalfLife=0``,
+no reset), so each figure is absolute and a restart can never count anything twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import pwd
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from prometheus_client import Counter, Histogram
+
+from ucim.common import reasons
+from ucim.common.conditions import ConditionUpdate, find_condition
+from ucim.common.informer import Change, Informer
+from ucim.common.kube import Kube, NotFoundError
+from ucim.common.resources import SlurmAccount, UCloudProject, UserConnection, cluster_selector
+from ucim.common.retry import delay_after
+from ucim.slurm_bridge.unix_groups import GroupState, Member, ProjectUpdate, Role, UnixGroups
+from ucim.slurm_bridge.workspace_plan import (
+    WantedAccount,
+    compute_wallets,
+    local_members,
+    measured_usage,
+    projects_of,
+    wanted_account,
+)
+
+log = logging.getLogger(__name__)
+
+PASSES = Counter("ucim_workspace_passes_total", "Workspace reconcile passes, by result (ok, failed).", ["result"])
+USAGE_CYCLE_SECONDS = Histogram(
+    "ucim_usage_cycle_seconds",
+    "One usage cycle: one sshare call and the status writes of the workspaces whose usage changed.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+
+
+@dataclass(frozen=True)
+class AccountState:
+    name: str
+    users: frozenset[str]
+    max_jobs: int | None
+    quota_minutes: int | None
+    fairshare: int | None
+
+
+class Accounts(Protocol):
+    async def snapshot(self) -> dict[str, AccountState]: ...
+    async def ensure_account(self, name: str, *, description: str, organization: str) -> bool: ...
+    async def add_users(self, name: str, users: Collection[str]) -> None: ...
+    async def remove_users(self, name: str, users: Collection[str]) -> None: ...
+    async def set_limits(
+        self, name: str, *, locked: bool, quota_minutes: int | None, fairshare: int | None
+    ) -> None: ...
+    async def usage_minutes(self) -> dict[str, int]: ...
+
+
+class AccountNames(Protocol):
+    def account_for(
+        self, project: UCloudProject, category: str, *, local_user: str | None, group: GroupState | None
+    ) -> str: ...
+
+
+class WorkspaceController:
+    def __init__(
+        self,
+        *,
+        kube: Kube,
+        namespace: str,
+        cluster: str,
+        connections: Informer[UserConnection],
+        groups: UnixGroups,
+        accounts: Accounts,
+        names: AccountNames,
+        usage_interval_seconds: float = 30.0,
+        watch_timeout_seconds: int = 300,
+    ) -> None:
+        self.kube, self.namespace = kube, namespace
+        self.connections = connections
+        self.groups, self.accounts, self.names = groups, accounts, names
+        self.usage_interval_seconds = usage_interval_seconds
+        self.projects = Informer(
+            kube,
+            UCloudProject,
+            namespace,
+            label_selector=cluster_selector(cluster),
+            on_event=self.on_project,
+            watch_timeout_seconds=watch_timeout_seconds,
+        )
+        self._dirty: set[str] = set()
+        self._wake = asyncio.Event()
+        self._failures: dict[str, int] = {}
+
+    # --- learning of changes --------------------------------------------------------
+
+    def on_project(self, change: Change, project: UCloudProject) -> None:
+        if change != "DELETED":
+            self.mark(project.metadata.name)
+
+    def on_connection(self, change: Change, connection: UserConnection) -> None:
+        """A member who connects (or is mapped, or expires) changes the groups and accounts of their workspaces."""
+        for name in projects_of(self.projects.objects.values(), connection.spec.ucloud_username):
+            self.mark(name)
+
+    def mark(self, name: str) -> None:
+        self._dirty.add(name)
+        self._wake.set()
+
+    # --- the loops --------------------------------------------------------------------
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self.projects.run())
+            tasks.create_task(self._reconcile_forever())
+            tasks.create_task(self._measure_forever())
+
+    async def _reconcile_forever(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await self.projects.synced.wait()
+            await self.connections.synced.wait()
+            names, self._dirty = self._dirty, set()
+            snapshot = await self.accounts.snapshot()
+            for name in sorted(names):
+                project = self.projects.get(name)
+                if project is not None:
+                    await self._reconcile_logged(project, snapshot)
+
+    async def _reconcile_logged(self, project: UCloudProject, snapshot: dict[str, AccountState]) -> None:
+        name = project.metadata.name
+        try:
+            await self.reconcile(project, snapshot)
+        except Exception:
+            failures = self._failures[name] = self._failures.get(name, 0) + 1
+            delay = delay_after(failures, first=1.0, cap=300.0)
+            PASSES.labels(result="failed").inc()
+            log.exception("workspace not applied; again in %.0f s", delay, extra={"ucloudproject": name})
+            asyncio.get_running_loop().call_later(delay, self.mark, name)
+        else:
+            self._failures.pop(name, None)
+            PASSES.labels(result="ok").inc()
+
+    # --- one pass -----------------------------------------------------------------------
+
+    def connected(self) -> dict[str, UserConnection]:
+        """The connections that are mapped and not expired, by UCloud username."""
+        return {
+            c.spec.ucloud_username: c
+            for c in self.connections.objects.values()
+            if c.spec.local_user is not None and c.spec.uid is not None and c.spec.expires_at is None
+        }
+
+    async def reconcile(self, project: UCloudProject, snapshot: Mapping[str, AccountState]) -> None:
+        connected = self.connected()
+        members = local_members(project, {u: c.spec.local_user or "" for u, c in connected.items()})
+        status: dict[str, Any] = {}
+        group: GroupState | None = None
+        local_user: str | None = None
+        if project.spec.workspace.kind == "project":
+            group = await self._apply_group(project, connected)
+            status |= {"group": group.name, "gid": group.gid, "groupMembers": sorted(group.members)}
+            why = f"group {group.name} ({group.gid}) holds {len(group.members)} members"
+            await self._condition(project, (reasons.GROUP_READY, "True", reasons.GROUP_APPLIED, why))
+        else:
+            local_user = next(iter(members), None)
+            if local_user is None:
+                # A personal workspace's account is named after its local user: nothing to do until they connect.
+                why = f"{project.spec.workspace.id} has not connected to this provider"
+                await self._condition(project, (reasons.ACCOUNT_READY, "False", reasons.OWNER_NOT_CONNECTED, why))
+                return
+        accounts: list[SlurmAccount] = []
+        for wallet in compute_wallets(project):
+            wanted = wanted_account(wallet, members)
+            name = self._account_name(project, wallet.category, local_user=local_user, group=group)
+            accounts.append(await self._apply_account(name, wanted, snapshot.get(name), project.spec.workspace.id))
+        status["accounts"] = [a.to_dict() for a in accounts]
+        await self._write_status(project, status)
+        why = ", ".join(f"{a.name} ({len(a.users)} users{', locked' if a.locked else ''})" for a in accounts)
+        await self._condition(project, (reasons.ACCOUNT_READY, "True", reasons.ACCOUNTS_APPLIED, why or "no compute"))
+
+    async def _apply_group(self, project: UCloudProject, connected: Mapping[str, UserConnection]) -> GroupState:
+        """The project's group with exactly its connected members; the policy is asked only when that changes."""
+        status = project.status
+        known = None
+        if status.group is not None and status.gid is not None:
+            known = GroupState(status.group, status.gid, frozenset(status.group_members))
+        members = tuple(
+            _member(connection, m.role) for m in project.spec.members if (connection := connected.get(m.username))
+        )
+        wanted = frozenset(m.local_user for m in members)
+        if known is not None and known.members == wanted:
+            return known
+        recorded = known.members if known is not None else frozenset()
+        update = ProjectUpdate(
+            project_id=project.spec.workspace.id,
+            title=project.spec.title or "",
+            members=members,
+            added=tuple(m for m in members if m.local_user not in recorded),
+            removed=tuple(self._former_member(local) for local in sorted(recorded - wanted)),
+        )
+        return await self.groups.sync(update, known)
+
+    def _former_member(self, local_user: str) -> Member:
+        """A member who left (or whose connection ended), as the site script is told of them: without a role."""
+        connection = next((c for c in self.connections.objects.values() if c.spec.local_user == local_user), None)
+        if connection is not None and connection.spec.uid is not None:
+            return Member(connection.spec.ucloud_username, local_user, connection.spec.uid)
+        return Member("", local_user, pwd.getpwnam(local_user).pw_uid)
+
+    def _account_name(
+        self, project: UCloudProject, category: str, *, local_user: str | None, group: GroupState | None
+    ) -> str:
+        """The account recorded for the category, else the mapper's: a name once given is kept."""
+        recorded = project.account(category)
+        if recorded is not None:
+            return recorded.name
+        return self.names.account_for(project, category, local_user=local_user, group=group)
+
+    async def _apply_account(
+        self, name: str, wanted: WantedAccount, current: AccountState | None, organization: str
+    ) -> SlurmAccount:
+        """Make Slurm account ``name`` hold ``wanted``'s users and limits, changing only what differs."""
+        if current is None:
+            await self.accounts.ensure_account(name, description=f"UCloud {wanted.category}", organization=organization)
+        users = current.users if current is not None else frozenset()
+        if wanted.users - users:
+            await self.accounts.add_users(name, sorted(wanted.users - users))
+        if users - wanted.users:
+            await self.accounts.remove_users(name, sorted(users - wanted.users))
+        limits = (0 if wanted.locked else None, wanted.quota_minutes, wanted.fairshare)
+        if current is None or (current.max_jobs, current.quota_minutes, current.fairshare) != limits:
+            await self.accounts.set_limits(
+                name, locked=wanted.locked, quota_minutes=wanted.quota_minutes, fairshare=wanted.fairshare
+            )
+        return SlurmAccount(
+            category=wanted.category,
+            name=name,
+            users=sorted(wanted.users),
+            locked=wanted.locked,
+            quota_minutes=wanted.quota_minutes,
+        )
+
+    async def _write_status(self, project: UCloudProject, status: dict[str, Any]) -> None:
+        status["observedGeneration"] = project.metadata.generation
+        current = project.status.to_dict()
+        if all(current.get(key) == value for key, value in status.items()):
+            return
+        try:
+            await self.kube.patch_status(UCloudProject, self.namespace, project.metadata.name, status)
+        except NotFoundError:
+            log.info("workspace deleted while applied", extra={"ucloudproject": project.metadata.name})
+
+    async def _condition(self, project: UCloudProject, condition: ConditionUpdate) -> None:
+        type_, status, reason, message = condition
+        existing = find_condition(project.status.conditions, type_)
+        if existing is not None and (existing.status, existing.reason, existing.message) == (status, reason, message):
+            return
+        await self.kube.apply_condition(
+            UCloudProject,
+            self.namespace,
+            project.metadata.name,
+            project.status.conditions,
+            condition,
+            observed_generation=project.metadata.generation,
+        )
+
+    # --- usage -----------------------------------------------------------------------------
+
+    async def _measure_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.usage_interval_seconds)
+            try:
+                with USAGE_CYCLE_SECONDS.time():
+                    await self.measure()
+            except Exception:
+                log.exception("usage not measured; again in %.0f s", self.usage_interval_seconds)
+
+    async def measure(self) -> int:
+        """One usage cycle: ``status.usage`` of every workspace whose usage changed; how many were written."""
+        minutes = await self.accounts.usage_minutes()
+        written = 0
+        for project in list(self.projects.objects.values()):
+            accounts = {a.category: a.name for a in project.status.accounts}
+            usage = measured_usage(project, accounts, minutes)
+            if [u.to_dict() for u in usage] != [u.to_dict() for u in project.status.usage]:
+                await self.kube.patch_status(
+                    UCloudProject, self.namespace, project.metadata.name, {"usage": [u.to_dict() for u in usage]}
+                )
+                written += 1
+        return written
+
+
+def _member(connection: UserConnection, role: Role) -> Member:
+    spec = connection.spec
+    return Member(spec.ucloud_username, spec.local_user or "", spec.uid or 0, role)

@@ -1,0 +1,122 @@
+"""Core's accounting event stream → UCloudProjects, on the real apiserver, against the Core stand-in."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from pydantic import SecretStr
+
+from tests.support.platform import Platform
+from ucim.common.accounting_stream import REPLAY_EVERYTHING_MS, Workspace
+from ucim.common.core_client import CoreClient
+from ucim.common.kube import Kube
+from ucim.common.products import DEFAULT_MACHINE_TYPES
+from ucim.common.resources import Lease, UCloudProject, Wallet
+from ucim.common.resources import Workspace as WorkspaceRef
+from ucim.operator.event_stream import LEASE_NAME, REPLAY_ANNOTATION, AccountingStream
+from ucim.testing.core_standin import CoreStandIn
+
+pytestmark = pytest.mark.integration
+
+PROVIDER, REFRESH_TOKEN = "ucim", "refresh-accounting"
+WAIT = 10.0
+
+
+@pytest.fixture
+async def kube(platform: Platform) -> AsyncIterator[Kube]:
+    async with await Kube.connect(platform.kubeconfig, component="operator") as client:
+        yield client
+
+
+@pytest.fixture
+async def core() -> AsyncIterator[CoreStandIn]:
+    async with CoreStandIn(PROVIDER, REFRESH_TOKEN) as standin:
+        standin.record.products.extend(m.product(PROVIDER) for m in DEFAULT_MACHINE_TYPES)
+        await standin.start()
+        yield standin
+
+
+@contextlib.asynccontextmanager
+async def stream_running(core: CoreStandIn, kube: Kube, namespace: str) -> AsyncIterator[None]:
+    client = CoreClient(core.url, SecretStr(REFRESH_TOKEN))
+    stream = AccountingStream(client, kube, core_url=core.url, namespace=namespace, cluster="local")
+    task = asyncio.create_task(stream.run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await client.close()
+
+
+async def wait_for_project(
+    kube: Kube, namespace: str, project_id: str, what: str, check: Callable[[UCloudProject], object]
+) -> UCloudProject:
+    name = UCloudProject.name_for(WorkspaceRef(kind="project", id=project_id))
+    found = await asyncio.wait_for(
+        kube.wait_for(UCloudProject, namespace, name, lambda p: p is not None and bool(check(p))),
+        WAIT,
+    )
+    assert found is not None, what
+    return found
+
+
+async def test_projects_and_wallets_of_core_become_ucloudprojects(
+    core: CoreStandIn, kube: Kube, namespace: str
+) -> None:
+    project_id = core.accounting.create_project("Protein folding", {"alice#1": "PI", "bob#2": "USER"})
+    owner = Workspace.project(project_id)
+    await core.accounting.grant(owner, "cpu", 100)
+    async with stream_running(core, kube, namespace):
+        made = await wait_for_project(kube, namespace, project_id, "granted", lambda p: p.wallet("cpu"))
+        assert made.spec.title == "Protein folding"
+        assert [(m.username, m.role) for m in made.spec.members] == [("alice#1", "PI"), ("bob#2", "USER")]
+        wallet = made.wallet("cpu")
+        assert wallet is not None
+        assert (wallet.quota, wallet.locked, wallet.frequency, wallet.product_type) == (
+            100, False, "PERIODIC_HOUR", "COMPUTE",
+        )  # fmt: skip
+        assert made.metadata.labels == {"ucim.io/cluster": "local"}
+
+        # Live: a lock, and a member leaving.
+        await core.accounting.set_locked(owner, "cpu", True)
+        await wait_for_project(kube, namespace, project_id, "locked", lambda p: cpu(p).locked)
+        await core.accounting.set_members(project_id, {"alice#1": "PI"})
+        await wait_for_project(kube, namespace, project_id, "bob left", lambda p: len(p.spec.members) == 1)
+
+
+async def test_a_restarted_stream_resumes_from_its_replay_point_and_changes_nothing(
+    core: CoreStandIn, kube: Kube, namespace: str
+) -> None:
+    project_id = core.accounting.create_project("Replayed", {"alice#1": "PI"})
+    await core.accounting.grant(Workspace.project(project_id), "cpu", 10)
+    async with stream_running(core, kube, namespace):
+        first = await wait_for_project(kube, namespace, project_id, "granted", lambda p: p.wallet("cpu"))
+        await asyncio.wait_for(
+            kube.wait_for(Lease, namespace, LEASE_NAME, lambda lease: _replay_point(lease) > REPLAY_EVERYTHING_MS),
+            WAIT,
+        )
+    # Killed (cancelled) and started again: it asks Core to replay from where it was, and what Core replays
+    # (the same wallet, within the margin) patches nothing.
+    async with stream_running(core, kube, namespace):
+        auths = await core.accounting.wait_for_auths(2)
+        assert auths[0].replay_from_ms == REPLAY_EVERYTHING_MS
+        assert auths[-1].replay_from_ms > REPLAY_EVERYTHING_MS
+        await core.accounting.grant(Workspace.project(project_id), "cpu", 20)
+        second = await wait_for_project(kube, namespace, project_id, "raised", lambda p: cpu(p).quota == 20)
+    assert second.metadata.generation == (first.metadata.generation or 0) + 1
+
+
+def cpu(project: UCloudProject) -> Wallet:
+    wallet = project.wallet("cpu")
+    assert wallet is not None
+    return wallet
+
+
+def _replay_point(lease: Lease | None) -> int:
+    saved = (lease.metadata.annotations or {}).get(REPLAY_ANNOTATION) if lease is not None else None
+    return int(saved) if saved else REPLAY_EVERYTHING_MS

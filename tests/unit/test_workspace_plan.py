@@ -1,0 +1,112 @@
+"""What a workspace's spec asks of the frontend, and a job's wallet check (pure)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from ucim.common.resources import UCloudProject
+from ucim.common.workspaces import AccountNotReadyError, insufficient_funds, job_workspace, ready_account
+from ucim.slurm_bridge.workspace_plan import (
+    compute_wallets,
+    local_members,
+    measured_usage,
+    projects_of,
+    quota_minutes,
+    usage_in_unit,
+    wanted_account,
+)
+
+
+def project(**spec: Any) -> UCloudProject:
+    return UCloudProject.model_validate(
+        {
+            "metadata": {"name": "project-p1"},
+            "spec": {"workspace": {"kind": "project", "id": "p1"}, "cluster": "local", **spec},
+        }
+    )
+
+
+def wallet(category: str = "cpu", **fields: Any) -> dict[str, Any]:
+    return {
+        "category": category,
+        "productType": "COMPUTE",
+        "frequency": "PERIODIC_HOUR",
+        "quota": 10,
+        "usage": 0,
+        "locked": False,
+        "updatedAt": 1,
+        **fields,
+    }
+
+
+MEMBERS = [{"username": "alice#1", "role": "PI"}, {"username": "bob#2", "role": "USER"}]
+
+
+def test_only_connected_members_are_local_members() -> None:
+    p = project(members=MEMBERS)
+    assert local_members(p, {"alice#1": "alice"}) == {"alice"}
+    assert local_members(p, {"alice#1": "alice", "bob#2": "bob", "carol#3": "carol"}) == {"alice", "bob"}
+
+
+def test_storage_wallets_need_no_slurm_account() -> None:
+    p = project(wallets=[wallet(), wallet("storage", productType="STORAGE", frequency="ONCE")])
+    assert [w.category for w in compute_wallets(p)] == ["cpu"]
+
+
+@pytest.mark.parametrize(
+    ("frequency", "minutes"), [("PERIODIC_MINUTE", 10), ("PERIODIC_HOUR", 600), ("PERIODIC_DAY", 14_400)]
+)
+def test_a_quota_in_core_units_is_slurm_minutes(frequency: str, minutes: int) -> None:
+    (w,) = project(wallets=[wallet(frequency=frequency)]).spec.wallets
+    assert quota_minutes(w) == minutes
+
+
+def test_fairshare_is_the_quota_in_days_and_never_zero() -> None:
+    (w,) = project(wallets=[wallet(quota=48)]).spec.wallets
+    assert wanted_account(w, frozenset({"alice"})).fairshare == 2
+    (small,) = project(wallets=[wallet(quota=1)]).spec.wallets
+    assert wanted_account(small, frozenset()).fairshare == 1
+
+
+def test_usage_is_rounded_down_to_the_unit() -> None:
+    (w,) = project(wallets=[wallet()]).spec.wallets
+    assert usage_in_unit(w, 119) == 1  # 119 core-minutes: one whole core-hour
+    assert usage_in_unit(w, 120) == 2
+
+
+def test_measured_usage_maps_accounts_back_to_wallets() -> None:
+    p = project(wallets=[wallet(), wallet("gpu")])
+    usage = measured_usage(p, {"cpu": "p1_cpu", "gpu": "p1_gpu"}, {"p1_cpu": 600, "other": 5})
+    assert [(u.category, u.usage) for u in usage] == [("cpu", 10)]
+
+
+def test_projects_of_a_user() -> None:
+    assert projects_of([project(members=MEMBERS)], "bob#2") == ["project-p1"]
+    assert projects_of([project(members=MEMBERS)], "carol#3") == []
+
+
+def test_a_job_is_charged_to_its_project_or_its_owner() -> None:
+    assert job_workspace("alice#1", "p1").kind == "project"
+    assert job_workspace("alice#1", None).model_dump() == {"kind": "user", "id": "alice#1"}
+
+
+def test_a_locked_or_missing_wallet_refuses_work_in_cores_words() -> None:
+    assert insufficient_funds(None, "cpu") == "You do not have any valid allocations for 'cpu'"
+    assert insufficient_funds(project(wallets=[wallet()]), "cpu") is None
+    used_up = project(wallets=[wallet(locked=True, usage=10)])
+    assert insufficient_funds(used_up, "cpu") == "This workspace has reached the cpu quota."
+    over_allocated = project(wallets=[wallet(locked=True, usage=3)])
+    assert "due to over allocation" in (insufficient_funds(over_allocated, "cpu") or "")
+
+
+def test_a_job_waits_for_its_account_to_hold_its_owner() -> None:
+    p = project(wallets=[wallet()])
+    with pytest.raises(AccountNotReadyError, match="not made its Slurm account"):
+        ready_account(p, "cpu", "alice")
+    p.status.accounts = [p.status.model_validate({"accounts": [{"category": "cpu", "name": "p1_cpu"}]}).accounts[0]]
+    with pytest.raises(AccountNotReadyError, match="not added alice"):
+        ready_account(p, "cpu", "alice")
+    p.status.accounts[0].users = ["alice"]
+    assert ready_account(p, "cpu", "alice") == "p1_cpu"

@@ -67,9 +67,15 @@ class UsageReporter:
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
         self._failures = 0
+        # (workspace, category) → the figure Core refused: not sent again until the figure changes.
+        self._refused: dict[tuple[str, str], int] = {}
+
+    def to_send(self, project: UCloudProject) -> list[WalletUsage]:
+        name = project.metadata.name
+        return [u for u in unreported(project) if self._refused.get((name, u.category)) != u.usage]
 
     def on_project(self, change: Change, project: UCloudProject) -> None:
-        if change != "DELETED" and unreported(project):
+        if change != "DELETED" and self.to_send(project):
             self._dirty.add(project.metadata.name)
             self._wake.set()
 
@@ -100,15 +106,13 @@ class UsageReporter:
             Report(name, usage, report_item(project, usage, self.provider_id))
             for name in sorted(names)
             if (project := self.projects.get(name)) is not None
-            for usage in unreported(project)
+            for usage in self.to_send(project)
         ]
         if not reports:
             return
         try:
             await self.core.report_usage([r.item for r in reports])
         except CoreRejectedError:
-            if len(reports) == 1:
-                raise
             # Core fails the whole call at its first bad item: find it (and keep the others) one by one.
             for single in reports:
                 await self._report_alone(single)
@@ -120,6 +124,7 @@ class UsageReporter:
             await self.core.report_usage([report.item])
         except CoreRejectedError as refusal:
             metrics.USAGE_REPORTS.labels(result="refused").inc()
+            self._refused[(report.project, report.usage.category)] = report.usage.usage
             why = f"Core refused usage {report.usage.usage} of {report.usage.category}: {refusal.why}"
             log.error(why, extra={"ucloudproject": report.project})  # noqa: TRY400 - Core's words say it all
             await self._condition(report.project, (reasons.USAGE_REPORTED, "False", reasons.CORE_REFUSED_USAGE, why))

@@ -10,13 +10,16 @@ import pytest
 from pydantic import SecretStr
 
 from tests.support.platform import Platform
+from ucim.common import reasons
 from ucim.common.accounting_stream import REPLAY_EVERYTHING_MS, Workspace
+from ucim.common.conditions import find_condition
 from ucim.common.core_client import CoreClient
 from ucim.common.kube import Kube
 from ucim.common.products import DEFAULT_MACHINE_TYPES
 from ucim.common.resources import Lease, UCloudProject, Wallet
 from ucim.common.resources import Workspace as WorkspaceRef
 from ucim.operator.event_stream import LEASE_NAME, REPLAY_ANNOTATION, AccountingStream
+from ucim.operator.usage import UsageReporter
 from ucim.testing.core_standin import CoreStandIn
 
 pytestmark = pytest.mark.integration
@@ -120,3 +123,46 @@ def cpu(project: UCloudProject) -> Wallet:
 def _replay_point(lease: Lease | None) -> int:
     saved = (lease.metadata.annotations or {}).get(REPLAY_ANNOTATION) if lease is not None else None
     return int(saved) if saved else REPLAY_EVERYTHING_MS
+
+
+@contextlib.asynccontextmanager
+async def reporter_running(core: CoreStandIn, kube: Kube, namespace: str) -> AsyncIterator[None]:
+    client = CoreClient(core.url, SecretStr(REFRESH_TOKEN))
+    reporter = UsageReporter(client, kube, namespace=namespace, cluster="local", provider_id=PROVIDER)
+    task = asyncio.create_task(reporter.run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await client.close()
+
+
+async def test_measured_usage_reaches_core_once_and_a_refusal_is_told(
+    core: CoreStandIn, kube: Kube, namespace: str, platform: Platform
+) -> None:
+    project_id = core.accounting.create_project("Used", {"alice#1": "PI"})
+    owner = Workspace.project(project_id)
+    await core.accounting.grant(owner, "cpu", 10)
+    async with stream_running(core, kube, namespace):
+        made = await wait_for_project(kube, namespace, project_id, "granted", lambda p: p.wallet("cpu"))
+    async with await Kube.connect(platform.kubeconfig, component="bridge") as bridge:
+        # What the bridge measures: 4 core-hours of cpu, and usage of a category Core does not know.
+        usage = [{"category": "cpu", "usage": 4}, {"category": "no-such-category", "usage": 1}]
+        await bridge.patch_status(UCloudProject, namespace, made.metadata.name, {"usage": usage})
+    async with reporter_running(core, kube, namespace):
+        assert (await core.accounting.wait_for_usage(owner, "cpu", lambda used: used == 4)).usage == 4
+        reported = await wait_for_project(
+            kube, namespace, project_id, "refusal told",
+            lambda p: (c := find_condition(p.status.conditions, reasons.USAGE_REPORTED)) is not None
+            and c.status == "False",
+        )  # fmt: skip
+    assert [(u.category, u.usage) for u in reported.status.reported_usage] == [("cpu", 4)]
+    condition = find_condition(reported.status.conditions, reasons.USAGE_REPORTED)
+    assert condition is not None and "This category does not exist" in condition.message
+    # Started again, the reporter sends no cpu figure again: Core has it already.
+    sent = len([r for r in core.accounting.usage_reports if r.category == "cpu"])
+    async with reporter_running(core, kube, namespace):
+        await asyncio.sleep(2)
+    assert len([r for r in core.accounting.usage_reports if r.category == "cpu"]) == sent

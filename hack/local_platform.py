@@ -18,7 +18,8 @@ bind them to one):
   ``hack/build-k8s.sh`` builds or reuses; the CRDs of ``crds/*.yaml`` are applied.
 * munged, MariaDB, slurmdbd, slurmctld and ``slurmd -N localhost`` from Debian's Slurm 22.05
   (``hack/install-deps.sh`` installs the packages), cluster ``ucim`` with partitions
-  ``normal`` (default) and ``short``.
+  ``normal`` (default) and ``short``, enforcing associations and limits as a UCloud site must
+  (account ``ucimproj`` for alice and bob).
 * users ``alice`` (1101) and ``bob`` (1102) in group ``ucimproj`` (1200), each with a
   private home, and ``nologinuser`` (1103) for negative tests.
 
@@ -917,13 +918,25 @@ AccountingStoragePort={ports["slurmdbd"]}
 # Connections to slurmdbd take their munge socket from here, not from AuthInfo.
 AccountingStoragePass={P.munge_socket}
 JobCompType=jobcomp/none
+# What a UCloud site needs for ucim's accounting (docs/install.md, "Slurm accounting"): a job
+# needs an association; its account's MaxJobs=0 (a locked wallet) and GrpTRESMins=billing=<quota>
+# hold; safe starts a job only if it can finish within what is left of the quota.
+AccountingStorageEnforce=associations,limits,qos,safe
+# multifactor keeps each association's usage (sshare's GrpTRESRaw), which ucim reports to
+# UCloud; no decay and no reset: the usage counts against the allocation until UCloud changes it.
+PriorityType=priority/multifactor
+PriorityDecayHalfLife=0
+PriorityUsageResetPeriod=NONE
+PriorityWeightFairshare=10000
 SlurmctldDebug=info
 SlurmdDebug=info
 # More job slots than the real cores; config_overrides keeps the node from going INVAL.
 SlurmdParameters=config_overrides
 NodeName=localhost NodeAddr=127.0.0.1 CPUs=8 RealMemory=2000 State=UNKNOWN
-PartitionName=normal Nodes=localhost Default=YES MaxTime=1-00:00:00 State=UP
-PartitionName=short Nodes=localhost MaxTime=00:01:00 State=UP
+# Billing = CPUs, so billing-minutes (GrpTRESMins, GrpTRESRaw) are core-minutes, UCloud's unit.
+# billing is one of the TRES Slurm always tracks: AccountingStorageTRES need not name it.
+PartitionName=normal Nodes=localhost Default=YES MaxTime=1-00:00:00 State=UP TRESBillingWeights="CPU=1.0"
+PartitionName=short Nodes=localhost MaxTime=00:01:00 State=UP TRESBillingWeights="CPU=1.0"
 """
 
 
@@ -1014,6 +1027,8 @@ def ensure_slurmctld(ports: Mapping[str, int]) -> bool:
     crashed = daemon.pid_file.exists() and running_pid(daemon.name, daemon.exe) is None
     renumbered = running_pid(daemon.name, daemon.exe) is None and number_past_forgotten_jobs(ports)
     started = ensure(daemon)
+    if started and (pid := running_pid(daemon.name, daemon.exe)) is not None:
+        record_started_with(pid)
     slurmd = slurmd_daemon(ports["slurmd"])
     if renumbered and running_pid(slurmd.name, slurmd.exe) is not None:
         run(["scontrol", "reconfigure"])  # slurmd reads the same slurm.conf again
@@ -1070,8 +1085,11 @@ def sacctmgr(*args: str) -> str:
 
 
 def ensure_associations() -> None:
-    """Cluster, project account and alice/bob associations, so sacct has something to show.
+    """Cluster, project account and alice/bob associations.
 
+    AccountingStorageEnforce refuses the jobs of a user without an association, so every user
+    who submits needs one: alice and bob (tests, benchmarks, the soak), root (benchmarks; its
+    association in account root comes with the cluster). nologinuser never gets as far as Slurm.
     One listing answers all three questions (each sacctmgr call costs ~0.2 s).
     """
     listing = sacctmgr("list", "assoc", "format=cluster,account,user")
@@ -1125,6 +1143,40 @@ def smoke_test() -> None:
     say(f"srun true as alice ok ({time.monotonic() - start:.1f} s)")
 
 
+# Settings slurmctld takes only when it starts, with Slurm's defaults. slurm.conf(5) says so of
+# AccountingStorageEnforce; on 22.05 `scontrol reconfigure` makes `scontrol show config` print the
+# new values of both while slurmctld goes on without enforcement and with its old priority plugin.
+RESTART_ONLY = {"AccountingStorageEnforce": "none", "PriorityType": "priority/basic"}
+
+
+def restart_only_settings() -> dict[str, str]:
+    """The RESTART_ONLY settings of slurm.conf as it is on disk."""
+    pairs = (line.split("=", 1) for line in P.slurm_conf.read_text().splitlines() if "=" in line)
+    return {**RESTART_ONLY, **{k: v for k, v in pairs if k in RESTART_ONLY}}
+
+
+def record_started_with(pid: int) -> None:
+    """Remember the RESTART_ONLY settings slurmctld (pid) read as it started."""
+    write_if_changed(P.slurm / "slurmctld-started-with.json", json.dumps({"pid": pid, **restart_only_settings()}))
+
+
+def restart_only_changes(ports: Mapping[str, int]) -> list[str]:
+    """The RESTART_ONLY settings slurm.conf changed since the running slurmctld started (all if unknown)."""
+    daemon = slurmctld_daemon(ports["slurmctld"])
+    with contextlib.suppress(OSError, ValueError):
+        record = json.loads((P.slurm / "slurmctld-started-with.json").read_text())
+        if record.get("pid") == running_pid(daemon.name, daemon.exe):
+            return [k for k, v in restart_only_settings().items() if record.get(k) != v]
+    return list(RESTART_ONLY)  # started by an older `up` or by hand: what it read is unknown
+
+
+def restart_slurmctld(ports: Mapping[str, int], settings: Sequence[str]) -> None:
+    """Stop slurmctld (it saves its state; running jobs go on under slurmd) and start it again."""
+    stop_daemon(slurmctld_daemon(ports["slurmctld"]))  # removes the pid file: a stop, not a crash
+    ensure_slurmctld(ports)
+    say(f"slurmctld restarted: only a restart applies slurm.conf's {', '.join(settings)}")
+
+
 def up_slurm(ports: Mapping[str, int]) -> None:
     conf_changed = write_slurm_configs(ports)
     prepare_munge()
@@ -1135,8 +1187,12 @@ def up_slurm(ports: Mapping[str, int]) -> None:
     started |= ensure(slurmdbd_daemon(ports["slurmdbd"]))
     ensure_associations()  # before slurmctld, so it registers with a known cluster
     ctld_started = ensure_slurmctld(ports)
+    # Against what slurmctld read, not the old file: an `up` stopped before the restart is caught too.
+    if not ctld_started and (stale := restart_only_changes(ports)):
+        restart_slurmctld(ports, stale)
+        started = True  # the smoke test proves jobs still run under the new settings
     if conf_changed and not ctld_started:
-        run(["scontrol", "reconfigure"])  # a running slurmctld re-reads the new slurm.conf
+        run(["scontrol", "reconfigure"])  # a running slurmctld and slurmd re-read the new slurm.conf
         say("slurm.conf changed: scontrol reconfigure")
     started |= ctld_started | ensure(slurmd_daemon(ports["slurmd"]))
     if started:

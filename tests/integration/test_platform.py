@@ -1,10 +1,14 @@
-"""The local platform is real: the apiserver enforces our CRDs, Slurm runs jobs as their users."""
+"""The local platform is real: the apiserver enforces our CRDs, Slurm runs jobs as their users and
+enforces the accounts, locks and quotas ucim sets."""
 
 from __future__ import annotations
 
 import json
+import shlex
+import subprocess
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -154,3 +158,99 @@ def test_alice_job_output_is_hers_and_bob_cannot_read_it(platform: Platform) -> 
     finally:
         for leftover in (script_path, out_file):  # alice's home is shared by every run
             Path(leftover).unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- accounting enforcement
+#
+# ucim keeps a Slurm account per UCloud project (PROTOCOL-ACCOUNTING.md §3.2): the members get an
+# association in it, a locked wallet is MaxJobs=0, the quota GrpTRESMins=billing=<core-minutes>,
+# and sshare's GrpTRESRaw is the usage it reports to UCloud. The platform's Slurm enforces all of
+# it as a site's must (slurm_conf in hack/local_platform.py; docs/install.md).
+
+
+def as_root(platform: Platform, *cmd: str) -> str:
+    """A Slurm command as root, as ucim's server side runs them; its output."""
+    result = subprocess.run(cmd, env=platform.process_env(), capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, f"{shlex.join(cmd)} failed ({result.returncode}):\n{result.stderr}"
+    return result.stdout
+
+
+def eventually(check: Callable[[], str], expected: str, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while (seen := check()) != expected:
+        assert time.monotonic() < deadline, f"{what}: {seen!r} after {timeout:.0f} s, not {expected!r}"
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def project_account(platform: Platform) -> Iterator[str]:
+    """A new Slurm account with alice in it and not bob, as ucim makes one per project; deleted afterwards."""
+    name = f"ucim-it-{uuid.uuid4().hex[:8]}"
+    cluster = f"cluster={platform.env['UCIM_SLURM_CLUSTER']}"
+    as_root(platform, "sacctmgr", "-i", "add", "account", name, cluster, "description=ucim test", "organization=ucim")
+    try:
+        as_root(platform, "sacctmgr", "-i", "add", "user", "alice", f"account={name}", cluster)
+        yield name
+    finally:
+        # sacctmgr deletes no account that still has jobs in the queue.
+        as_root(platform, "scancel", "-A", name)
+        eventually(lambda: as_root(platform, "squeue", "-h", "-A", name, "-o", "%i"), "", f"the jobs of {name}")
+        as_root(platform, "sacctmgr", "-i", "delete", "account", name)
+
+
+def sbatch(platform: Platform, user: str, account: str, *options: str) -> subprocess.CompletedProcess[str]:
+    return platform.run_as(
+        user, "sbatch", "--parsable", "--chdir=/tmp", "--output=/dev/null", f"--account={account}", *options,
+        check=False,
+    )  # fmt: skip
+
+
+def pending_reason(platform: Platform, job_id: str) -> str:
+    return as_root(platform, "squeue", "-h", "-j", job_id, "-o", "%T %r").strip()
+
+
+def billing_minutes(platform: Platform, account: str) -> int:
+    """The account's usage as ucim reads it: billing in GrpTRESRaw of ``sshare -Pho account,user,grptresraw``."""
+    rows = as_root(platform, "sshare", "-Pho", "account,user,grptresraw", "-A", account).splitlines()
+    tres = next(row.split("|")[2] for row in rows if row.startswith(f"{account}||"))  # the account's own row
+    return int(dict(item.split("=") for item in tres.split(","))["billing"])
+
+
+def test_slurm_refuses_a_job_in_an_account_the_user_is_not_in(platform: Platform, project_account: str) -> None:
+    refused = sbatch(platform, "bob", project_account, "--hold", "--wrap=true")
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == (
+        "sbatch: error: Batch job submission failed: Invalid account or account/partition combination specified"
+    )
+    assert sbatch(platform, "alice", project_account, "--hold", "--wrap=true").returncode == 0
+
+
+def test_a_locked_account_keeps_its_jobs_pending(platform: Platform, project_account: str) -> None:
+    # A locked wallet: sbatch still takes the job, Slurm starts none of the account's jobs.
+    as_root(platform, "sacctmgr", "-i", "modify", "account", project_account, "set", "maxjobs=0")
+    job = sbatch(platform, "alice", project_account, "--wrap=true")
+    assert job.returncode == 0, job.stderr
+    eventually(lambda: pending_reason(platform, job.stdout.strip()), "PENDING AssocMaxJobsLimit", "the locked job")
+
+
+def test_a_job_that_would_overrun_the_quota_does_not_start(platform: Platform, project_account: str) -> None:
+    # Two CPUs for up to a minute is 2 core-minutes: more than the quota's 1, though nothing is used yet
+    # (AccountingStorageEnforce's safe; without it the job would start and be killed at the limit).
+    as_root(platform, "sacctmgr", "-i", "modify", "account", project_account, "set", "grptresmins=billing=1")
+    job = sbatch(platform, "alice", project_account, "--cpus-per-task=2", "--time=1", "--wrap=true")
+    assert job.returncode == 0, job.stderr
+    eventually(lambda: pending_reason(platform, job.stdout.strip()), "PENDING AssocGrpBillingMinutes", "the job")
+
+
+def test_sshare_reports_the_core_minutes_of_a_finished_job(platform: Platform, project_account: str) -> None:
+    assert billing_minutes(platform, project_account) == 0
+    job = sbatch(platform, "alice", project_account, "--cpus-per-task=4", "--wrap=sleep 16")
+    assert job.returncode == 0, job.stderr
+    job_id = job.stdout.strip()
+    sacct = ("sacct", "-X", "-n", "-P", "-j", job_id, "-o", "state,elapsedraw")
+    eventually(lambda: as_root(platform, *sacct).split("|")[0], "COMPLETED", f"job {job_id}", timeout=60)
+    elapsed = int(as_root(platform, *sacct).strip().split("|")[1])
+    # Billing is the CPUs (TRESBillingWeights CPU=1.0); Slurm adds the usage as the job ends.
+    expected = 4 * elapsed // 60
+    assert expected >= 1
+    eventually(lambda: str(billing_minutes(platform, project_account)), str(expected), "sshare's billing minutes")

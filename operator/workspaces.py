@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 from ucim.common.accounting_stream import ProjectUpdated, WalletUpdated
-
 from ucim.common.resources import (
     ProjectMember,
     UCloudProject,

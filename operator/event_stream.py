@@ -151,6 +151,7 @@ class AccountingStream:
         self.workspaces = Workspaces(kube, namespace, cluster)
 
     async def run(self) -> None:
+        metrics.ACCOUNTING_ENABLED.set(1)
         while True:
             async for attempt in retrying(
                 first=FIRST_RETRY_SECONDS, cap=MAX_RETRY_SECONDS, log=log, what="Core's accounting event stream"

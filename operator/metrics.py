@@ -37,6 +37,10 @@ CORE_DELIVERY_LATENCY = Histogram(
 )
 
 # --- Core's accounting event stream -----------------------------------------------------
+ACCOUNTING_ENABLED = Gauge(
+    "ucim_accounting_enabled",
+    "1 when the operator runs Core's accounting (UCIM_OPERATOR_ACCOUNTING_ENABLED): the accounting alerts apply.",
+)
 ACCOUNTING_STREAM_CONNECTED = Gauge(
     "ucim_accounting_stream_connected",
     "1 while the operator holds Core's accounting event stream open.",

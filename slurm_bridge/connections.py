@@ -71,6 +71,8 @@ class ConnectionMapper:
         self._refused_at: dict[str, str | None] = {}
         # Connection name -> (expiry, timer) of the expiries ahead of us.
         self._expiries: dict[str, tuple[datetime, asyncio.TimerHandle]] = {}
+        # Others that act on connections (the workspace controller): told of every change, after the mapping.
+        self.listeners: list[Callable[[Change, UserConnection], None]] = []
 
     async def run(self) -> None:
         """Watch this cluster's connections until cancelled."""
@@ -81,6 +83,8 @@ class ConnectionMapper:
             self._forget_expiry(connection.metadata.name)
         else:
             self.observe(connection)
+        for listener in self.listeners:
+            listener(change, connection)
 
     def observe(self, connection: UserConnection) -> None:
         """Map ``connection`` (in the background) if it waits for a mapping; mind its expiry."""

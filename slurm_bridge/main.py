@@ -26,6 +26,7 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
+from aiohttp import web
 from pydantic import SecretStr
 
 from ucim.common.event_loops import run_relay
@@ -33,6 +34,7 @@ from ucim.common.kube import Kube
 from ucim.common.logs import setup_logging
 from ucim.common.observability import start_health_server
 from ucim.common.slurm import SlurmClient, SlurmConfig
+from ucim.slurm_bridge.account_mapper import account_mapper
 from ucim.slurm_bridge.connections import ConnectionMapper
 from ucim.slurm_bridge.heartbeat import keep_lease
 from ucim.slurm_bridge.ingress import Routes, start_ingress
@@ -41,7 +43,10 @@ from ucim.slurm_bridge.instances import InstanceManager
 from ucim.slurm_bridge.mapping import Mapper
 from ucim.slurm_bridge.monitor import SlurmMonitor
 from ucim.slurm_bridge.settings import BridgeSettings
+from ucim.slurm_bridge.slurm_accounts import SlurmAccounts
 from ucim.slurm_bridge.spawner import ForkServer, ForkServerConfig, prepare_socket_dir
+from ucim.slurm_bridge.unix_groups import unix_groups
+from ucim.slurm_bridge.workspaces import WorkspaceController
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +81,44 @@ def start_fork_server(settings: BridgeSettings) -> ForkServer:
     return ForkServer.start(fork_server_config(settings), extra_env=extra)
 
 
+def slurm_monitor(kube: Kube, settings: BridgeSettings) -> SlurmMonitor:
+    return SlurmMonitor.for_cluster(
+        kube,
+        SlurmClient(SlurmConfig(slurm_conf=settings.slurm_conf)),
+        namespace=settings.namespace,
+        cluster=settings.cluster,
+        watch_timeout_seconds=settings.watch_timeout_seconds,
+    )
+
+
+async def ingress_for(settings: BridgeSettings, routes: Routes, token: SecretStr) -> web.AppRunner:
+    return await start_ingress(
+        routes,
+        token,
+        host=settings.ingress_host,
+        port=settings.ingress_port,
+        tls_cert=str(settings.ingress_tls_cert_file) if settings.ingress_tls_cert_file else None,
+        tls_key=str(settings.ingress_tls_key_file) if settings.ingress_tls_key_file else None,
+    )
+
+
+def workspace_controller(kube: Kube, settings: BridgeSettings, connections: ConnectionMapper) -> WorkspaceController:
+    accounting = settings.accounting
+    controller = WorkspaceController(
+        kube=kube,
+        namespace=settings.namespace,
+        cluster=settings.cluster,
+        connections=connections.connections,
+        groups=unix_groups(accounting.groups),
+        accounts=SlurmAccounts(SlurmConfig(slurm_conf=settings.slurm_conf)),
+        names=account_mapper(accounting.accounts),
+        usage_interval_seconds=accounting.usage_interval_seconds,
+        watch_timeout_seconds=settings.watch_timeout_seconds,
+    )
+    connections.listeners.append(controller.on_connection)
+    return controller
+
+
 async def serve(settings: BridgeSettings, fork_server: ForkServer | None, token: SecretStr | None) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -108,15 +151,10 @@ async def serve(settings: BridgeSettings, fork_server: ForkServer | None, token:
             connections=connections,
         )
         fork_server.attach(manager.on_child_exit)
-        ingress = await start_ingress(
-            routes,
-            token,
-            host=settings.ingress_host,
-            port=settings.ingress_port,
-            tls_cert=str(settings.ingress_tls_cert_file) if settings.ingress_tls_cert_file else None,
-            tls_key=str(settings.ingress_tls_key_file) if settings.ingress_tls_key_file else None,
-        )
+        ingress = await ingress_for(settings, routes, token)
         run("instances", manager.run())
+        if settings.accounting.enabled:
+            run("workspaces", workspace_controller(kube, settings, connections).run())
         run("instance-memory", measure_forever(manager.serving_pids, settings.memory_interval_seconds))
         run("connections", connections.run())
     else:
@@ -132,15 +170,7 @@ async def serve(settings: BridgeSettings, fork_server: ForkServer | None, token:
         ),
     )
     if settings.monitor_enabled:
-        slurm = SlurmClient(SlurmConfig(slurm_conf=settings.slurm_conf))
-        monitor = SlurmMonitor.for_cluster(
-            kube,
-            slurm,
-            namespace=settings.namespace,
-            cluster=settings.cluster,
-            watch_timeout_seconds=settings.watch_timeout_seconds,
-        )
-        run("slurm-monitor", monitor.run(settings.monitor_interval_seconds))
+        run("slurm-monitor", slurm_monitor(kube, settings).run(settings.monitor_interval_seconds))
 
     async def ready() -> bool:
         return manager is not None and manager.watching and not (fork_server is None or _gone(fork_server))

@@ -13,11 +13,23 @@ import socket
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from ucim.common.settings import ComponentSettings
+from ucim.slurm_bridge.account_mapper import AccountMapperSettings
 from ucim.slurm_bridge.mapping import MappingSettings
+from ucim.slurm_bridge.unix_groups import GroupSettings
+
+
+class AccountingSettings(BaseModel):
+    """Core's workspaces on this frontend: Unix groups, Slurm accounts, usage (the operator's stream feeds them)."""
+
+    enabled: bool = False
+    groups: GroupSettings = Field(default_factory=GroupSettings)
+    accounts: AccountMapperSettings = Field(default_factory=AccountMapperSettings)
+    # Usage is read from Slurm (one sshare call) this often; the anchor's cycle is 30 s too.
+    usage_interval_seconds: float = Field(default=30.0, gt=0)
 
 
 class BridgeSettings(ComponentSettings):
@@ -44,6 +56,9 @@ class BridgeSettings(ComponentSettings):
     # Serve the ingress over TLS when both are set.
     ingress_tls_cert_file: Path | None = None
     ingress_tls_key_file: Path | None = None
+
+    # --- Core's accounting: projects, Unix groups, Slurm accounts, usage ---
+    accounting: AccountingSettings = Field(default_factory=AccountingSettings)
 
     # --- user instances ---
     mapping: MappingSettings = Field(default_factory=MappingSettings)

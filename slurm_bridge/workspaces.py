@@ -23,7 +23,6 @@ import asyncio
 import logging
 import pwd
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from prometheus_client import Counter, Histogram
@@ -34,6 +33,10 @@ from ucim.common.informer import Change, Informer
 from ucim.common.kube import Kube, NotFoundError
 from ucim.common.resources import SlurmAccount, UCloudProject, UserConnection, cluster_selector
 from ucim.common.retry import delay_after
+from ucim.common.times import now_utc
+from ucim.slurm_bridge.account_mapper import AccountMapper, ProjectWorkspace, UserWorkspace
+from ucim.slurm_bridge.connections import has_ended
+from ucim.slurm_bridge.sacctmgr import AccountState
 from ucim.slurm_bridge.unix_groups import GroupState, Member, ProjectUpdate, Role, UnixGroups
 from ucim.slurm_bridge.workspace_plan import (
     WantedAccount,
@@ -54,15 +57,6 @@ USAGE_CYCLE_SECONDS = Histogram(
 )
 
 
-@dataclass(frozen=True)
-class AccountState:
-    name: str
-    users: frozenset[str]
-    max_jobs: int | None
-    quota_minutes: int | None
-    fairshare: int | None
-
-
 class Accounts(Protocol):
     async def snapshot(self) -> dict[str, AccountState]: ...
     async def ensure_account(self, name: str, *, description: str, organization: str) -> bool: ...
@@ -72,12 +66,6 @@ class Accounts(Protocol):
         self, name: str, *, locked: bool, quota_minutes: int | None, fairshare: int | None
     ) -> None: ...
     async def usage_minutes(self) -> dict[str, int]: ...
-
-
-class AccountNames(Protocol):
-    def account_for(
-        self, project: UCloudProject, category: str, *, local_user: str | None, group: GroupState | None
-    ) -> str: ...
 
 
 class WorkspaceController:
@@ -90,7 +78,7 @@ class WorkspaceController:
         connections: Informer[UserConnection],
         groups: UnixGroups,
         accounts: Accounts,
-        names: AccountNames,
+        names: AccountMapper,
         usage_interval_seconds: float = 30.0,
         watch_timeout_seconds: int = 300,
     ) -> None:
@@ -164,10 +152,11 @@ class WorkspaceController:
 
     def connected(self) -> dict[str, UserConnection]:
         """The connections that are mapped and not expired, by UCloud username."""
+        now = now_utc()
         return {
             c.spec.ucloud_username: c
             for c in self.connections.objects.values()
-            if c.spec.local_user is not None and c.spec.uid is not None and c.spec.expires_at is None
+            if c.spec.local_user is not None and c.spec.uid is not None and not has_ended(c, now)
         }
 
     async def reconcile(self, project: UCloudProject, snapshot: Mapping[str, AccountState]) -> None:
@@ -175,15 +164,15 @@ class WorkspaceController:
         members = local_members(project, {u: c.spec.local_user or "" for u, c in connected.items()})
         status: dict[str, Any] = {}
         group: GroupState | None = None
-        local_user: str | None = None
+        owner: UserConnection | None = None
         if project.spec.workspace.kind == "project":
             group = await self._apply_group(project, connected)
             status |= {"group": group.name, "gid": group.gid, "groupMembers": sorted(group.members)}
             why = f"group {group.name} ({group.gid}) holds {len(group.members)} members"
             await self._condition(project, (reasons.GROUP_READY, "True", reasons.GROUP_APPLIED, why))
         else:
-            local_user = next(iter(members), None)
-            if local_user is None:
+            owner = connected.get(project.spec.workspace.id)
+            if owner is None:
                 # A personal workspace's account is named after its local user: nothing to do until they connect.
                 why = f"{project.spec.workspace.id} has not connected to this provider"
                 await self._condition(project, (reasons.ACCOUNT_READY, "False", reasons.OWNER_NOT_CONNECTED, why))
@@ -191,7 +180,7 @@ class WorkspaceController:
         accounts: list[SlurmAccount] = []
         for wallet in compute_wallets(project):
             wanted = wanted_account(wallet, members)
-            name = self._account_name(project, wallet.category, local_user=local_user, group=group)
+            name = await self._account_name(project, wallet.category, owner=owner, group=group)
             accounts.append(await self._apply_account(name, wanted, snapshot.get(name), project.spec.workspace.id))
         status["accounts"] = [a.to_dict() for a in accounts]
         await self._write_status(project, status)
@@ -227,14 +216,19 @@ class WorkspaceController:
             return Member(connection.spec.ucloud_username, local_user, connection.spec.uid)
         return Member("", local_user, pwd.getpwnam(local_user).pw_uid)
 
-    def _account_name(
-        self, project: UCloudProject, category: str, *, local_user: str | None, group: GroupState | None
+    async def _account_name(
+        self, project: UCloudProject, category: str, *, owner: UserConnection | None, group: GroupState | None
     ) -> str:
         """The account recorded for the category, else the mapper's: a name once given is kept."""
         recorded = project.account(category)
         if recorded is not None:
             return recorded.name
-        return self.names.account_for(project, category, local_user=local_user, group=group)
+        if group is not None:
+            workspace = ProjectWorkspace(group.name, group.gid, project.spec.workspace.id)
+            return await self.names.account(workspace, category)
+        if owner is None or owner.spec.local_user is None or owner.spec.uid is None:
+            raise ValueError(f"{project.spec.workspace.id} is not connected: a personal account needs its user")
+        return await self.names.account(UserWorkspace(owner.spec.local_user, owner.spec.uid), category)
 
     async def _apply_account(
         self, name: str, wanted: WantedAccount, current: AccountState | None, organization: str

@@ -1,0 +1,127 @@
+"""Core's projects and wallets end to end: a Unix group and a Slurm account, jobs under it, usage, a lock.
+
+Core's stand-in serves the accounting event stream; the operator keeps it open and writes
+UCloudProjects; the bridge makes the group (groupadd/gpasswd) and the Slurm account
+(sacctmgr, on the platform's slurmdbd, which enforces associations and limits); a project
+job runs under that account; a lock at Core refuses the next job (402) and sets
+``MaxJobs=0`` in Slurm. What the frontend holds is read there (getent, sacctmgr).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from ucim.common import reasons
+from ucim.common.accounting_stream import Workspace
+from ucim.common.conditions import is_true
+from ucim.common.protocol import JobState
+from ucim.common.resources import UCloudProject
+from ucim.common.resources import Workspace as WorkspaceRef
+from ucim.testing.core_standin import ProviderCallError
+from ucim.testing.stack import CLUSTER, Stack
+
+ACCOUNTING = {
+    "ucim-gateway": {"UCIM_GATEWAY_ACCOUNTING_ENABLED": "true"},
+    "ucim-operator": {"UCIM_OPERATOR_ACCOUNTING_ENABLED": "true", "UCIM_OPERATOR_CLUSTER": CLUSTER},
+    "ucim-bridge": {"UCIM_BRIDGE_ACCOUNTING__ENABLED": "true", "UCIM_BRIDGE_ACCOUNTING__USAGE_INTERVAL_SECONDS": "2"},
+}
+pytestmark = [pytest.mark.e2e, pytest.mark.local_platform, pytest.mark.stack_settings(ACCOUNTING)]
+
+WAIT = 30.0
+
+
+def project_of(stack: Stack, project_id: str) -> UCloudProject | None:
+    name = UCloudProject.name_for(WorkspaceRef(kind="project", id=project_id))
+    found = stack.kubectl("get", "ucp", name, "-n", stack.namespace, "-o", "json", check=False)
+    return UCloudProject.model_validate_json(found.stdout) if found.returncode == 0 else None
+
+
+async def until(stack: Stack, project_id: str, what: str, check: Callable[[UCloudProject], bool]) -> UCloudProject:
+    """The project once ``check`` holds (the test reads as a person would, with kubectl)."""
+    async with asyncio.timeout(WAIT):
+        while True:
+            project = project_of(stack, project_id)
+            if project is not None and check(project):
+                return project
+            await asyncio.sleep(0.3)
+    raise AssertionError(what)  # pragma: no cover - the timeout raises first
+
+
+def slurm_users(stack: Stack, account: str) -> set[str]:
+    shown = stack.run_as("alice", "sacctmgr", "-nP", "show", "assoc", f"account={account}", "format=user,maxjobs")
+    return {line.split("|")[0] for line in shown.stdout.splitlines() if line.split("|")[0]}
+
+
+def max_jobs(stack: Stack, account: str) -> str:
+    shown = stack.run_as("alice", "sacctmgr", "-nP", "show", "account", account, "withassoc", "format=user,maxjobs")
+    return next(line.split("|")[1] for line in shown.stdout.splitlines() if not line.split("|")[0])
+
+
+@contextlib.asynccontextmanager
+async def a_project(stack: Stack, members: dict[str, str]) -> AsyncIterator[str]:
+    """A project at Core with a cpu allocation; its group and Slurm account are removed afterwards."""
+    async with asyncio.timeout(WAIT):
+        while "cpu" not in stack.core.accounting.categories():  # noqa: ASYNC110 - the stand-in has no event for it
+            await asyncio.sleep(0.2)  # the operator registers the products at start-up
+    for user in members:
+        await stack.core.connect(user)
+    project_id = stack.core.accounting.create_project(f"Folding {uuid.uuid4().hex[:6]}", members)
+    await stack.core.accounting.grant(Workspace.project(project_id), "cpu", 10)
+    try:
+        yield project_id
+    finally:
+        made = project_of(stack, project_id)
+        for account in made.status.accounts if made is not None else []:
+            stack.frontend.run("sacctmgr", "-i", "delete", "account", account.name, check=False)
+        if made is not None and made.status.group:
+            stack.frontend.run("groupdel", made.status.group, check=False)
+
+
+async def test_a_project_is_a_group_and_an_account_its_jobs_run_under_and_a_lock_stops(stack: Stack) -> None:
+    async with a_project(stack, {"alice": "PI", "bob": "USER"}) as project_id:
+        owner = Workspace.project(project_id)
+        applied = await until(
+            stack, project_id, "group and account applied",
+            lambda p: is_true(p.status.conditions, reasons.ACCOUNT_READY) and len(p.status.group_members) == 2,
+        )  # fmt: skip
+        group, (account,) = applied.status.group, applied.status.accounts
+        assert group is not None
+        assert stack.run_as("alice", "getent", "group", group).stdout.strip().endswith(":alice,bob")
+        assert slurm_users(stack, account.name) == {"alice", "bob"}
+
+        # A project job runs under the project's account, and its usage reaches Core (absolute, core-hours).
+        job = str(uuid.uuid4().int % 10**9)
+        command = {"command": "echo $SLURM_JOB_ACCOUNT"}
+        await stack.core.create_jobs(
+            [stack.core.make_job(job, "bob", ("run-command", "1"), command, project=project_id)]
+        )
+        await stack.core.wait_for_update(job, JobState.SUCCESS, timeout=60)
+        assert stack.read_file(f"/home/bob/ucloud-jobs/{job}/stdout.txt").strip() == account.name
+        await stack.core.accounting.wait_for_usage(owner, "cpu", timeout=WAIT)
+
+        # Locked at Core: the next job is refused with Core's words, and Slurm holds the account at MaxJobs=0.
+        await stack.core.accounting.set_locked(owner, "cpu", True)
+        await until(stack, project_id, "locked in Slurm", lambda p: p.status.accounts[0].locked)
+        assert max_jobs(stack, account.name) == "0"
+        refused = stack.core.make_job(str(uuid.uuid4().int % 10**9), "alice", ("sleep-exit", "1"), {"seconds": 1},
+                                      project=project_id)  # fmt: skip
+        with pytest.raises(ProviderCallError) as error:
+            await stack.core.create_jobs([refused])
+        assert error.value.status == 402 and "cpu" in str(error.value)
+
+        # Unlocked: jobs run again. Bob leaves: he loses the group and the account.
+        await stack.core.accounting.set_locked(owner, "cpu", False)
+        await until(stack, project_id, "unlocked", lambda p: not p.status.accounts[0].locked)
+        await stack.core.accounting.set_members(project_id, {"alice": "PI"})
+        await until(stack, project_id, "bob removed", lambda p: p.status.group_members == ["alice"])
+        assert stack.run_as("alice", "getent", "group", group).stdout.strip().endswith(":alice")
+        assert slurm_users(stack, account.name) == {"alice"}
+        again = str(uuid.uuid4().int % 10**9)
+        await stack.core.create_jobs([stack.core.make_job(again, "alice", ("sleep-exit", "1"), {"seconds": 1},
+                                                          project=project_id)])  # fmt: skip
+        await stack.core.wait_for_update(again, JobState.SUCCESS, timeout=60)

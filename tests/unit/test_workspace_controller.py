@@ -1,0 +1,186 @@
+"""The bridge's workspace controller, with the system behind fakes: it changes only what differs, once."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any, cast
+
+import pytest
+
+from tests.support.fake_kube import FakeKube
+from ucim.common import reasons
+from ucim.common.conditions import find_condition
+from ucim.common.informer import Informer
+from ucim.common.kube import Kube
+from ucim.common.resources import UCloudProject, UserConnection
+from ucim.slurm_bridge.account_mapper import PatternAccountMapper
+from ucim.slurm_bridge.sacctmgr import AccountState
+from ucim.slurm_bridge.unix_groups import GroupState, ProjectUpdate
+from ucim.slurm_bridge.workspaces import WorkspaceController
+
+NAMESPACE = "ucim"
+
+
+class FakeGroups:
+    def __init__(self) -> None:
+        self.groups: dict[str, GroupState] = {}
+        self.updates: list[ProjectUpdate] = []
+
+    async def sync(self, update: ProjectUpdate, known: GroupState | None) -> GroupState:
+        self.updates.append(update)
+        name = known.name if known is not None else f"p{update.project_id[:8]}"
+        state = GroupState(name, 5000, frozenset(m.local_user for m in update.members))
+        self.groups[name] = state
+        return state
+
+    async def read(self, name: str) -> GroupState | None:
+        return self.groups.get(name)
+
+
+class FakeAccounts:
+    def __init__(self) -> None:
+        self.accounts: dict[str, AccountState] = {}
+        self.calls: list[tuple[str, ...]] = []
+
+    async def snapshot(self) -> dict[str, AccountState]:
+        return dict(self.accounts)
+
+    async def ensure_account(self, name: str, *, description: str, organization: str) -> bool:
+        self.calls.append(("create", name))
+        self.accounts[name] = AccountState(name)
+        return True
+
+    async def add_users(self, name: str, users: Collection[str]) -> None:
+        self.calls.append(("add", name, *users))
+        old = self.accounts[name]
+        self.accounts[name] = AccountState(name, old.users | set(users), old.max_jobs, old.grp_tres_mins, old.fairshare)
+
+    async def remove_users(self, name: str, users: Collection[str]) -> None:
+        self.calls.append(("remove", name, *users))
+        old = self.accounts[name]
+        self.accounts[name] = AccountState(name, old.users - set(users), old.max_jobs, old.grp_tres_mins, old.fairshare)
+
+    async def set_limits(self, name: str, *, locked: bool, quota_minutes: int | None, fairshare: int | None) -> None:
+        self.calls.append(("limits", name, str(locked), str(quota_minutes)))
+        old = self.accounts[name]
+        tres = {"billing": quota_minutes} if quota_minutes is not None else {}
+        self.accounts[name] = AccountState(name, old.users, 0 if locked else None, tres, fairshare)
+
+    async def usage_minutes(self) -> dict[str, int]:
+        return {name: 150 for name in self.accounts}
+
+
+def connection(username: str, local: str, uid: int) -> UserConnection:
+    return UserConnection.model_validate(
+        {
+            "metadata": {"name": f"local-{local}"},
+            "spec": {"ucloudUsername": username, "cluster": "local", "localUser": local, "uid": uid},
+        }
+    )
+
+
+def project(members: list[dict[str, str]], *, locked: bool = False) -> dict[str, Any]:
+    return {
+        "apiVersion": "ucim.io/v1alpha1",
+        "kind": "UCloudProject",
+        "metadata": {"name": "project-abcdef12", "generation": 1},
+        "spec": {
+            "workspace": {"kind": "project", "id": "abcdef12-0000"},
+            "cluster": "local",
+            "title": "T; rm -rf /",
+            "members": members,
+            "wallets": [
+                {"category": "cpu", "productType": "COMPUTE", "frequency": "PERIODIC_HOUR", "quota": 10,
+                 "usage": 0, "locked": locked, "updatedAt": 1},
+            ],
+        },
+    }  # fmt: skip
+
+
+@pytest.fixture
+def fakes() -> tuple[FakeKube, FakeGroups, FakeAccounts, WorkspaceController]:
+    kube = FakeKube()
+    connections: Informer[UserConnection] = Informer(cast(Kube, kube), UserConnection, NAMESPACE)
+    for c in (connection("alice#1", "alice", 1101), connection("bob#2", "bob", 1102)):
+        connections.objects[c.metadata.name] = c
+    groups, accounts = FakeGroups(), FakeAccounts()
+    controller = WorkspaceController(
+        kube=cast(Kube, kube),
+        namespace=NAMESPACE,
+        cluster="local",
+        connections=connections,
+        groups=groups,
+        accounts=accounts,
+        names=PatternAccountMapper("#{localUsername}_#{productCategory}", "#{localGroupName}_#{productCategory}"),
+    )
+    return kube, groups, accounts, controller
+
+
+async def stored(kube: FakeKube) -> UCloudProject:
+    found = await kube.get(UCloudProject, NAMESPACE, "project-abcdef12")
+    assert found is not None
+    return found
+
+
+async def test_a_project_gets_its_group_and_account_once(
+    fakes: tuple[FakeKube, FakeGroups, FakeAccounts, WorkspaceController],
+) -> None:
+    kube, groups, accounts, controller = fakes
+    members = [
+        {"username": "alice#1", "role": "PI"},
+        {"username": "bob#2", "role": "USER"},
+        {"username": "carol#3", "role": "USER"},
+    ]
+    await kube.create(UCloudProject.model_validate(project(members)), NAMESPACE)
+    await controller.reconcile(await stored(kube), await accounts.snapshot())
+    applied = await stored(kube)
+    assert (applied.status.group, applied.status.group_members) == ("pabcdef12", ["alice", "bob"])
+    assert [(a.name, a.users, a.quota_minutes) for a in applied.status.accounts] == [
+        ("pabcdef12_cpu", ["alice", "bob"], 600)
+    ]
+    assert accounts.calls == [
+        ("create", "pabcdef12_cpu"),
+        ("add", "pabcdef12_cpu", "alice", "bob"),
+        ("limits", "pabcdef12_cpu", "False", "600"),
+    ]
+    ready = find_condition(applied.status.conditions, reasons.ACCOUNT_READY)
+    assert ready is not None and ready.status == "True"
+    # Carol has not connected: she is not in the group yet. The title went nowhere near a command.
+    assert [m.local_user for m in groups.updates[0].members] == ["alice", "bob"]
+
+    # The same pass again (a replayed event, a restart) changes nothing anywhere.
+    version = applied.metadata.resource_version
+    await controller.reconcile(applied, await accounts.snapshot())
+    assert len(accounts.calls) == 3 and len(groups.updates) == 1
+    assert (await stored(kube)).metadata.resource_version == version
+
+
+async def test_a_lock_and_a_member_leaving_change_only_that(
+    fakes: tuple[FakeKube, FakeGroups, FakeAccounts, WorkspaceController],
+) -> None:
+    kube, groups, accounts, controller = fakes
+    both = [{"username": "alice#1", "role": "PI"}, {"username": "bob#2", "role": "USER"}]
+    await kube.create(UCloudProject.model_validate(project(both)), NAMESPACE)
+    await controller.reconcile(await stored(kube), await accounts.snapshot())
+    accounts.calls.clear()
+    await kube.patch(UCloudProject, NAMESPACE, "project-abcdef12", {"spec": project(
+        [{"username": "alice#1", "role": "PI"}], locked=True)["spec"]})  # fmt: skip
+    await controller.reconcile(await stored(kube), await accounts.snapshot())
+    assert accounts.calls == [("remove", "pabcdef12_cpu", "bob"), ("limits", "pabcdef12_cpu", "True", "600")]
+    removed = groups.updates[-1].removed
+    assert [(m.local_user, m.role) for m in removed] == [("bob", None)]
+    applied = await stored(kube)
+    assert applied.status.accounts[0].locked and applied.status.group_members == ["alice"]
+
+
+async def test_usage_is_written_in_the_wallets_unit_only_when_it_changed(
+    fakes: tuple[FakeKube, FakeGroups, FakeAccounts, WorkspaceController],
+) -> None:
+    kube, _, accounts, controller = fakes
+    await kube.create(UCloudProject.model_validate(project([{"username": "alice#1", "role": "PI"}])), NAMESPACE)
+    await controller.reconcile(await stored(kube), await accounts.snapshot())
+    controller.projects.objects["project-abcdef12"] = await stored(kube)
+    assert await controller.measure() == 1
+    assert [(u.category, u.usage) for u in (await stored(kube)).status.usage] == [("cpu", 2)]  # 150 min: 2 core-hours
+    controller.projects.objects["project-abcdef12"] = await stored(kube)
+    assert await controller.measure() == 0

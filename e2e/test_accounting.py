@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from ucim.common import reasons
-from ucim.common.accounting_stream import Workspace
+from ucim.common.accounting_stream import REPLAY_EVERYTHING_MS, Workspace
 from ucim.common.conditions import is_true
 from ucim.common.protocol import JobState
 from ucim.common.resources import UCloudProject
@@ -125,3 +125,25 @@ async def test_a_project_is_a_group_and_an_account_its_jobs_run_under_and_a_lock
         await stack.core.create_jobs([stack.core.make_job(again, "alice", ("sleep-exit", "1"), {"seconds": 1},
                                                           project=project_id)])  # fmt: skip
         await stack.core.wait_for_update(again, JobState.SUCCESS, timeout=60)
+
+
+async def test_an_operator_killed_mid_stream_resumes_from_its_replay_point_and_applies_nothing_twice(
+    stack: Stack,
+) -> None:
+    async with a_project(stack, {"alice": "PI", "bob": "USER"}) as project_id:
+        applied = await until(
+            stack, project_id, "applied",
+            lambda p: is_true(p.status.conditions, reasons.ACCOUNT_READY) and len(p.status.group_members) == 2,
+        )  # fmt: skip
+        await stack.kill("ucim-operator")
+        # While the operator is down, bob leaves the project at Core.
+        await stack.core.accounting.set_members(project_id, {"alice": "PI"})
+        await stack.start("ucim-operator")
+        removed = await until(stack, project_id, "bob removed", lambda p: p.status.group_members == ["alice"])
+        # The restarted operator asked Core to replay from its saved point, not from the beginning, and of what
+        # Core replayed only bob's leaving changed the spec: one generation more.
+        replay_points = [auth.replay_from_ms for auth in stack.core.accounting.auth_frames if auth.accepted]
+        assert replay_points[0] == REPLAY_EVERYTHING_MS < replay_points[-1]
+        assert removed.metadata.generation == (applied.metadata.generation or 0) + 1
+        account = removed.status.accounts[0].name
+        assert slurm_users(stack, account) == {"alice"}

@@ -9,14 +9,15 @@ from collections.abc import Awaitable, Callable, Sequence
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never, wait_random_exponential
 
 from ucim.common.core_client import CoreClient, CoreRejectedError, CoreUnavailableError
-from ucim.common.products import MachineType
+from ucim.common.products import MachineType, storage_products
 from ucim.common.protocol import ProductV2
 
 logger = logging.getLogger(__name__)
 
 
 def products_of(machine_types: Sequence[MachineType], provider_id: str) -> list[ProductV2]:
-    return [machine.product(provider_id) for machine in machine_types]
+    """The machine types and the storage products: Core shows a drive whose product it lacks with no support."""
+    return [machine.product(provider_id) for machine in machine_types] + storage_products(provider_id)
 
 
 def _log_retry(state: RetryCallState) -> None:

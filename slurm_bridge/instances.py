@@ -40,7 +40,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -75,6 +75,10 @@ EXITS = Counter("ucim_instance_exits", "Instances that exited without being aske
 
 # A reconcile that failed (not a refusal: the apiserver away) is tried again after this, doubling.
 _ERROR_FIRST_RETRY_SECONDS = 0.5
+# An instance whose user's groups changed restarts at its first moment without a request, checked this often,
+# and at the latest this long after the change (a steady stream of requests would otherwise keep the old groups).
+GROUPS_RESTART_CHECK_SECONDS = 1.0
+GROUPS_RESTART_MAX_SECONDS = 600.0
 _ERROR_MAX_RETRY_SECONDS = 30.0
 
 
@@ -106,6 +110,8 @@ class Instance:
     parked: bool = False
     activity_written_at: float = 0.0  # monotonic time of the last lastActivityAt write
     activity_written: datetime | None = None
+    # When its user's Unix groups changed (monotonic): a process has the groups it started with, so it restarts.
+    groups_changed_at: float | None = None
 
     @property
     def requested_at(self) -> str | None:
@@ -175,6 +181,13 @@ class InstanceManager:
         elif _newer(obj, instance.obj):
             instance.obj = obj
         instance.wake.set()
+
+    def refresh_groups(self, local_users: Collection[str]) -> None:
+        """Restart the running instances of these users to give them their new Unix groups (see _running)."""
+        for instance in self.instances.values():
+            if instance.pid is not None and instance.obj.spec.local_user in local_users:
+                instance.groups_changed_at = instance.groups_changed_at or self.clock()
+                instance.wake.set()
 
     def on_child_exit(self, pid: int, status: int, cpu_seconds: float = 0.0) -> None:
         """The fork server reaped a child (called from its reader)."""
@@ -380,6 +393,14 @@ class InstanceManager:
         now = self.clock()
         if instance.stopping:
             return None  # its exit is on the way
+        changed = instance.groups_changed_at
+        if changed is not None and (route.in_flight == 0 or now - changed >= GROUPS_RESTART_MAX_SECONDS):
+            # Between two requests (or, under steady load, at most GROUPS_RESTART_MAX_SECONDS later): the
+            # instance stops and starts again at once (its exit is expected), with the groups its user has now.
+            instance.groups_changed_at = None
+            log.info("instance restarted: its user's Unix groups changed", extra={"userinstance": instance.name})
+            await self._stop(instance)
+            return None
         if timeout > 0 and route.in_flight == 0 and now - route.last_activity >= timeout:
             await self._stop(instance)
             instance.parked, instance.parked_at_request = True, instance.requested_at
@@ -410,7 +431,7 @@ class InstanceManager:
     def _next_check(self, instance: Instance) -> float | None:
         route = self.routes.ensure(instance.name)
         now = self.clock()
-        checks = []
+        checks = [GROUPS_RESTART_CHECK_SECONDS] if instance.groups_changed_at is not None else []
         timeout = instance.obj.spec.idle_timeout_seconds
         if timeout > 0:
             checks.append(route.last_activity + timeout - now)

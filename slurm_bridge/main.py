@@ -102,7 +102,9 @@ async def ingress_for(settings: BridgeSettings, routes: Routes, token: SecretStr
     )
 
 
-def workspace_controller(kube: Kube, settings: BridgeSettings, connections: ConnectionMapper) -> WorkspaceController:
+def workspace_controller(
+    kube: Kube, settings: BridgeSettings, connections: ConnectionMapper, instances: InstanceManager
+) -> WorkspaceController:
     accounting = settings.accounting
     controller = WorkspaceController(
         kube=kube,
@@ -116,6 +118,7 @@ def workspace_controller(kube: Kube, settings: BridgeSettings, connections: Conn
         watch_timeout_seconds=settings.watch_timeout_seconds,
     )
     connections.listeners.append(controller.on_connection)
+    controller.on_groups_changed = instances.refresh_groups
     return controller
 
 
@@ -154,7 +157,7 @@ async def serve(settings: BridgeSettings, fork_server: ForkServer | None, token:
         ingress = await ingress_for(settings, routes, token)
         run("instances", manager.run())
         if settings.accounting.enabled:
-            run("workspaces", workspace_controller(kube, settings, connections).run())
+            run("workspaces", workspace_controller(kube, settings, connections, manager).run())
         run("instance-memory", measure_forever(manager.serving_pids, settings.memory_interval_seconds))
         run("connections", connections.run())
     else:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import pwd
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, Protocol
 
 from prometheus_client import Counter, Histogram
@@ -37,7 +37,7 @@ from ucim.common.times import now_utc
 from ucim.slurm_bridge.account_mapper import AccountMapper, ProjectWorkspace, UserWorkspace
 from ucim.slurm_bridge.connections import has_ended
 from ucim.slurm_bridge.sacctmgr import AccountState
-from ucim.slurm_bridge.unix_groups import GroupState, Member, ProjectUpdate, Role, UnixGroups
+from ucim.slurm_bridge.unix_groups import GroupState, Member, ProjectUpdate, Role, UnixGroups, members_changed
 from ucim.slurm_bridge.workspace_plan import (
     WantedAccount,
     compute_wallets,
@@ -97,6 +97,8 @@ class WorkspaceController:
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
         self._failures: dict[str, int] = {}
+        # Told which local users joined or left a group: their running instances need the new groups.
+        self.on_groups_changed: Callable[[frozenset[str]], None] | None = None
 
     # --- learning of changes --------------------------------------------------------
 
@@ -207,7 +209,11 @@ class WorkspaceController:
             added=tuple(m for m in members if m.local_user not in recorded),
             removed=tuple(self._former_member(local) for local in sorted(recorded - wanted)),
         )
-        return await self.groups.sync(update, known)
+        group = await self.groups.sync(update, known)
+        changed = members_changed(known, group)
+        if changed and self.on_groups_changed is not None:
+            self.on_groups_changed(changed)
+        return group
 
     def _former_member(self, local_user: str) -> Member:
         """A member who left (or whose connection ended), as the site script is told of them: without a role."""

@@ -362,7 +362,7 @@ async def test_a_job_is_submitted_once_and_core_hears_in_queue(
     job = await eventually(reported, "reportedTransitions to reach 1")
     assert condition(job, "Reported").status == "True"
     # The products were registered with Core at start-up.
-    assert {p.name for p in core.record.products} == {"cpu-1", "cpu-2", "short-1"}
+    assert {p.name for p in core.record.products} == {"cpu-1", "cpu-2", "short-1", "home", "project"}
 
     async def accepted_event() -> list[dict[str, Any]]:
         return [e for e in await events(platform, namespace) if e.get("reason") == "SlurmAccepted"]

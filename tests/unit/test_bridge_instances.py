@@ -281,3 +281,21 @@ async def test_an_older_event_does_not_undo_a_newer_object(world: World) -> None
     await eventually(lambda: kube.ready("ui-o") == ("True", "InstanceServing"))
     manager.observe("MODIFIED", old)
     assert manager.instances["ui-o"].obj.spec.uid == 1101
+
+
+async def test_an_instance_whose_users_groups_changed_restarts_between_requests(world: World) -> None:
+    manager, kube, forks, _ = world
+    manager.observe("ADDED", kube.add("ui-g"))
+    await eventually(lambda: kube.ready("ui-g") == ("True", "InstanceServing"))
+    route = manager.routes.get("ui-g")
+    assert route is not None
+    route.in_flight = 1  # a request is being served: the restart waits for it
+    manager.refresh_groups({"alice"})
+    await asyncio.sleep(0.3)
+    assert len(forks.spawned) == 1
+    route.in_flight = 0
+    await eventually(lambda: len(forks.spawned) == 2, seconds=3)
+    await eventually(lambda: kube.ready("ui-g") == ("True", "InstanceServing"))
+    manager.refresh_groups({"bob"})  # someone else's groups: nothing to do here
+    await asyncio.sleep(0.3)
+    assert len(forks.spawned) == 2

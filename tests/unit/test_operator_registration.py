@@ -42,7 +42,9 @@ async def test_products_are_registered_once_core_answers(core: CoreStandIn) -> N
         assert await register_products(client, products, sleep=sleep)
     assert len(waits) == 3
     assert [(p.name, p.category.provider) for p in core.record.products] == [
-        (m.name, PROVIDER) for m in DEFAULT_MACHINE_TYPES
+        *((m.name, PROVIDER) for m in DEFAULT_MACHINE_TYPES),
+        ("home", PROVIDER),
+        ("project", PROVIDER),
     ]
 
 

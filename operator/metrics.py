@@ -68,3 +68,11 @@ USAGE_REPORTS = Counter(
     "Usage figures (one workspace, one category) sent to Core's reportUsage, by result (accepted, refused).",
     ["result"],
 )
+
+# Every series exists from the start (at 0), so rate(), the dashboards and the alerts see the first one.
+for _kind in ("project", "wallet", "malformed"):
+    ACCOUNTING_EVENTS.labels(kind=_kind)
+for _kind in ("project", "wallet"):
+    ACCOUNTING_CHANGES.labels(kind=_kind)
+for _result in ("accepted", "refused"):
+    USAGE_REPORTS.labels(result=_result)

@@ -50,6 +50,8 @@ from ucim.slurm_bridge.workspace_plan import (
 log = logging.getLogger(__name__)
 
 PASSES = Counter("ucim_workspace_passes_total", "Workspace reconcile passes, by result (ok, failed).", ["result"])
+for _result in ("ok", "failed"):
+    PASSES.labels(result=_result)  # every series from the start, so rate() sees the first pass
 USAGE_CYCLE_SECONDS = Histogram(
     "ucim_usage_cycle_seconds",
     "One usage cycle: one sshare call and the status writes of the workspaces whose usage changed.",

@@ -249,6 +249,34 @@ class Kube:
         if self._component is not None:
             check_writer(self._component, kind.KIND, status)
 
+    async def apply_conditions(
+        self,
+        kind: type[R],
+        namespace: str,
+        name: str,
+        conditions: Sequence[Condition],
+        updates: Sequence[ConditionUpdate],
+        *,
+        observed_generation: int | None,
+        now: datetime | None = None,
+    ) -> R:
+        """Apply this component's conditions (its field manager); ``conditions`` are the ones read.
+
+        Every condition the component owns on the object goes in each apply: server-side apply
+        removes an entry its manager applied before and leaves out now. ``lastTransitionTime``
+        moves only if a condition's status flips from what was read.
+        """
+        if self._component is None:
+            raise OwnershipError("a Kube without a component owns no condition")
+        written = [updated_condition(conditions, u, observed_generation=observed_generation, now=now) for u in updates]
+        return await self.apply_status(
+            kind,
+            namespace,
+            name,
+            {"conditions": [c.to_dict() for c in written]},
+            field_manager=FIELD_MANAGERS[self._component],
+        )
+
     async def apply_condition(
         self,
         kind: type[R],
@@ -260,19 +288,9 @@ class Kube:
         observed_generation: int | None,
         now: datetime | None = None,
     ) -> R:
-        """Apply one condition as this component's own (its field manager); ``conditions`` are the ones read.
-
-        ``lastTransitionTime`` moves only if the condition's status flips from what was read.
-        """
-        if self._component is None:
-            raise OwnershipError("a Kube without a component owns no condition")
-        written = updated_condition(conditions, condition, observed_generation=observed_generation, now=now)
-        return await self.apply_status(
-            kind,
-            namespace,
-            name,
-            {"conditions": [written.to_dict()]},
-            field_manager=FIELD_MANAGERS[self._component],
+        """Apply the one condition this component owns on the object (see apply_conditions)."""
+        return await self.apply_conditions(
+            kind, namespace, name, conditions, [condition], observed_generation=observed_generation, now=now
         )
 
     async def delete(self, kind: type[R], namespace: str, name: str) -> None:

@@ -200,7 +200,10 @@ class SlurmClient:
             SLURM_COMMAND_SECONDS.labels(tool, "error").observe(time.perf_counter() - started)
             raise SlurmUnavailableError(f"cannot run {tool}: {exc}", command=argv) from exc
         try:
-            out, err = await asyncio.wait_for(proc.communicate(), self.config.timeout_seconds)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that comes as the
+            # command ends, and a stopping controller then waits for ever (seen in bench_accounting).
+            async with asyncio.timeout(self.config.timeout_seconds):
+                out, err = await proc.communicate()
         except TimeoutError:
             await _kill(proc)
             SLURM_COMMAND_SECONDS.labels(tool, "timeout").observe(time.perf_counter() - started)

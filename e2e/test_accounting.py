@@ -89,6 +89,8 @@ async def test_a_project_is_a_group_and_an_account_its_jobs_run_under_and_a_lock
             stack, project_id, "group and account applied",
             lambda p: is_true(p.status.conditions, reasons.ACCOUNT_READY) and len(p.status.group_members) == 2,
         )  # fmt: skip
+        # Both of the bridge's conditions stand (one server-side apply drops the manager's entries it leaves out).
+        assert is_true(applied.status.conditions, reasons.GROUP_READY)
         group, (account,) = applied.status.group, applied.status.accounts
         assert group is not None
         assert stack.run_as("alice", "getent", "group", group).stdout.strip().endswith(":alice,bob")

@@ -93,10 +93,13 @@ class UsageReporter:
             try:
                 await self.report(names)
                 self._failures = 0
-            except CoreUnavailableError as error:
+            except Exception as error:
+                # Core unreachable, or the apiserver refusing the status write: nothing sent is lost (the
+                # figures are absolute), the same workspaces go again after the one backoff.
                 self._failures += 1
                 delay = delay_after(self._failures, first=1.0, cap=60.0)
-                log.warning("Core cannot take usage now (%s); again in %.0f s", error, delay)
+                log.warning("usage not reported (%s); again in %.0f s", error, delay, exc_info=not isinstance(
+                    error, CoreUnavailableError))  # fmt: skip
                 self._dirty |= names
                 await asyncio.sleep(delay)
                 self._wake.set()

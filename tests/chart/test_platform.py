@@ -165,7 +165,8 @@ def test_install_creates_everything_and_uninstall_keeps_the_crds(
             "watch userinstances": True,
             "patch ucloudjobs/status": True,
             "create ucloudjobs": False,
-            "delete userinstances": False,
+            "delete userinstances": True,  # the instance of a user whose connection expired
+            "delete ucloudjobs": False,
             "create leases": True,  # its own heartbeat
             "patch userconnections": True,
             "create userconnections": False,

@@ -244,9 +244,10 @@ def test_rbac_is_split_by_purpose(helm: Helm) -> None:
     assert verbs("r-ucim-gateway", "ucloudjobs/status") == set()
     # Events: create only.
     assert verbs("r-ucim-operator", "events") == {"create"}
-    # The bridge creates and deletes nothing but its Lease; only the gateway deletes (a failed start).
+    # The bridge creates nothing but its Lease and deletes only the instance of a user whose connection
+    # expired; only the gateway deletes jobs (a failed start).
     assert verbs("r-ucim-bridge", "ucloudjobs") == {"get", "list", "watch", "patch"}
-    assert verbs("r-ucim-bridge", "userinstances") == {"get", "list", "watch", "patch"}
+    assert verbs("r-ucim-bridge", "userinstances") == {"get", "list", "watch", "patch", "delete"}
     assert verbs("r-ucim-bridge", "leases") == {"get", "create", "patch"}
     assert verbs("r-ucim-gateway", "leases") == {"get", "list", "watch"}
     # Connections: the gateway creates them and records Core's approval; the bridge maps them.

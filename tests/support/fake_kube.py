@@ -72,8 +72,25 @@ class FakeKube:
         observed_generation: int | None,
         now: datetime | None = None,
     ) -> R:
-        written = updated_condition(conditions, condition, observed_generation=observed_generation, now=now)
-        return await self.apply_status(kind, namespace, name, {"conditions": [written.to_dict()]}, field_manager="")
+        return await self.apply_conditions(
+            kind, namespace, name, conditions, [condition], observed_generation=observed_generation, now=now
+        )
+
+    async def apply_conditions(
+        self,
+        kind: type[R],
+        namespace: str,
+        name: str,
+        conditions: Sequence[Condition],
+        updates: Sequence[ConditionUpdate],
+        *,
+        observed_generation: int | None,
+        now: datetime | None = None,
+    ) -> R:
+        written = [updated_condition(conditions, u, observed_generation=observed_generation, now=now) for u in updates]
+        return await self.apply_status(
+            kind, namespace, name, {"conditions": [c.to_dict() for c in written]}, field_manager=""
+        )
 
     async def list(self, kind: type[R], namespace: str, label_selector: str | None = None) -> list[R]:
         wanted = dict(part.split("=", 1) for part in label_selector.split(",")) if label_selector else {}

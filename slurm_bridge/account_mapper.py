@@ -40,9 +40,7 @@ pattern without them (``#{gid}``) or a script.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal, Protocol, Self
@@ -205,34 +203,18 @@ class ScriptAccountMapper:
 
     async def account(self, workspace: Workspace, product_category: str) -> str:
         values = variables(workspace, product_category)
-        path: Path | None = None
         try:
-            site_commands.check_script(self.script, _WHAT)
-            path = _write_request(values)
-            finished = await site_commands.run(
-                [str(self.script), str(path)], what=_WHAT, timeout_seconds=self.timeout_seconds
+            finished = await site_commands.run_script(
+                self.script, values, what=_WHAT, timeout_seconds=self.timeout_seconds
             )
         except site_commands.CommandError as error:
             raise AccountMappingError(str(error)) from error
-        except OSError as error:
-            raise AccountMappingError(f"the request for {_WHAT} cannot be written: {error}") from error
-        finally:
-            if path is not None:
-                path.unlink(missing_ok=True)
         if finished.returncode != 0:
             raise AccountMappingError(
                 f"{_WHAT} {self.script} failed for {values} (exit status {finished.returncode}):"
                 f" {finished.stderr_tail() or '(no stderr)'}"
             )
         return account_name(name_from_answer(finished.stdout), f"{_WHAT} {self.script} for {values}")
-
-
-def _write_request(values: dict[str, str]) -> Path:
-    """The variables in a new file only root can read (mkstemp makes it 0600); UCloud/IM leaves it, we delete it."""
-    fd, path = tempfile.mkstemp(prefix="ucim-account-", suffix=".json")
-    with os.fdopen(fd, "w", encoding="utf-8") as file:
-        json.dump(values, file)
-    return Path(path)
 
 
 def name_from_answer(stdout: bytes) -> str:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import stat
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,7 +66,10 @@ async def run(
     except OSError as error:
         raise CommandError(f"{what} cannot run: {error}") from error
     try:
-        out, err = await asyncio.wait_for(proc.communicate(stdin), timeout_seconds)
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that comes as the
+        # command ends (as in ucim.common.slurm).
+        async with asyncio.timeout(timeout_seconds):
+            out, err = await proc.communicate(stdin)
     except TimeoutError:
         await _kill(proc)
         raise CommandError(f"{what} did not answer within {timeout_seconds:g} s") from None
@@ -72,6 +77,27 @@ async def run(
         await _kill(proc)
         raise
     return Finished(proc.returncode if proc.returncode is not None else -1, out, err)
+
+
+async def run_script(script: Path, request: object, *, what: str, timeout_seconds: float) -> Finished:
+    """Run a site script as ``script <file>``, the file holding ``request`` as JSON (the anchor's way).
+
+    The script must be root's (:func:`check_script`); the file is made 0600 (mkstemp), so only root
+    reads it, and deleted afterwards (UCloud/IM leaves it). CommandError for every failure to run.
+    """
+    check_script(script, what)
+    path: Path | None = None
+    try:
+        fd, name = tempfile.mkstemp(prefix="ucim-request-", suffix=".json")
+        path = Path(name)
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            json.dump(request, file)
+        return await run([str(script), str(path)], what=what, timeout_seconds=timeout_seconds)
+    except OSError as error:
+        raise CommandError(f"the request for {what} cannot be written: {error}") from error
+    finally:
+        if path is not None:
+            path.unlink(missing_ok=True)
 
 
 async def _kill(proc: asyncio.subprocess.Process) -> None:

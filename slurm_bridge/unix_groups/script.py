@@ -20,9 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
-from pathlib import Path
 from typing import Any, Final
 
 from ucim.slurm_bridge import site_commands
@@ -72,14 +69,6 @@ def gid_from_answer(stdout: bytes, stderr_tail: str) -> int:
     return gid
 
 
-def _write_request(request: dict[str, Any]) -> Path:
-    """The request in a new file only root can read (mkstemp makes it 0600)."""
-    fd, path = tempfile.mkstemp(prefix="ucim-project-", suffix=".json")
-    with os.fdopen(fd, "w", encoding="utf-8") as file:
-        json.dump(request, file)
-    return Path(path)
-
-
 class ScriptGroups:
     def __init__(self, settings: GroupSettings) -> None:
         self.settings = settings
@@ -115,20 +104,12 @@ class ScriptGroups:
         script = self.settings.script
         if script is None:
             raise GroupError("the group policy is 'script' but no script is configured")
-        path: Path | None = None
         try:
-            site_commands.check_script(script, _WHAT)
-            path = _write_request(request)
-            finished = await site_commands.run(
-                [str(script), str(path)], what=_WHAT, timeout_seconds=self.settings.script_timeout_seconds
+            finished = await site_commands.run_script(
+                script, request, what=_WHAT, timeout_seconds=self.settings.script_timeout_seconds
             )
         except site_commands.CommandError as error:
             raise GroupError(str(error)) from error
-        except OSError as error:
-            raise GroupError(f"the request for {_WHAT} cannot be written: {error}") from error
-        finally:
-            if path is not None:
-                path.unlink(missing_ok=True)
         if finished.returncode != 0:
             raise GroupError(
                 f"{_WHAT} failed for project {request['UCloudProjectId']} (exit status {finished.returncode}):"

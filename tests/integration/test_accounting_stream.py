@@ -43,10 +43,12 @@ async def core() -> AsyncIterator[CoreStandIn]:
 
 
 @contextlib.asynccontextmanager
-async def stream_running(core: CoreStandIn, kube: Kube, namespace: str) -> AsyncIterator[None]:
+async def running(
+    core: CoreStandIn, make: Callable[[CoreClient], AccountingStream | UsageReporter]
+) -> AsyncIterator[None]:
+    """The operator's stream or reporter, with its own Core client, until the block ends."""
     client = CoreClient(core.url, SecretStr(REFRESH_TOKEN))
-    stream = AccountingStream(client, kube, core_url=core.url, namespace=namespace, cluster="local")
-    task = asyncio.create_task(stream.run())
+    task = asyncio.create_task(make(client).run())
     try:
         yield
     finally:
@@ -54,6 +56,19 @@ async def stream_running(core: CoreStandIn, kube: Kube, namespace: str) -> Async
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await client.close()
+
+
+def stream_running(core: CoreStandIn, kube: Kube, namespace: str) -> contextlib.AbstractAsyncContextManager[None]:
+    return running(
+        core, lambda client: AccountingStream(client, kube, core_url=core.url, namespace=namespace, cluster="local")
+    )
+
+
+def reporter_running(core: CoreStandIn, kube: Kube, namespace: str) -> contextlib.AbstractAsyncContextManager[None]:
+    return running(
+        core,
+        lambda client: UsageReporter(client, kube, namespace=namespace, cluster="local", provider_id=PROVIDER),
+    )
 
 
 async def wait_for_project(
@@ -123,20 +138,6 @@ def cpu(project: UCloudProject) -> Wallet:
 def _replay_point(lease: Lease | None) -> int:
     saved = (lease.metadata.annotations or {}).get(REPLAY_ANNOTATION) if lease is not None else None
     return int(saved) if saved else REPLAY_EVERYTHING_MS
-
-
-@contextlib.asynccontextmanager
-async def reporter_running(core: CoreStandIn, kube: Kube, namespace: str) -> AsyncIterator[None]:
-    client = CoreClient(core.url, SecretStr(REFRESH_TOKEN))
-    reporter = UsageReporter(client, kube, namespace=namespace, cluster="local", provider_id=PROVIDER)
-    task = asyncio.create_task(reporter.run())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await client.close()
 
 
 async def test_measured_usage_reaches_core_once_and_a_refusal_is_told(

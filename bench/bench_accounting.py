@@ -248,13 +248,15 @@ async def measure_changes(
         usage_interval_seconds=3600,  # the usage cycle is measured on its own (part 3)
     )
     connections.on_event = controller.on_connection
-    reporter = UsageReporter(client, operator, namespace=namespace, cluster=CLUSTER, provider_id=PROVIDER)
+    watched = Informer(operator, UCloudProject, namespace, label_selector=cluster_selector(CLUSTER))
+    reporter = UsageReporter(client, operator, watched, namespace=namespace, provider_id=PROVIDER)
+    watched.on_event = reporter.on_project
     to_spec: dict[str, list[float]] = {"grant": [], "lock": [], "members": []}
     to_applied: dict[str, list[float]] = {"grant": [], "lock": [], "members": []}
     freshness: list[float] = []
     missed: list[str] = []
     try:
-        async with running(stream.run(), connections.run(), controller.run(), reporter.run()) as loops:
+        async with running(stream.run(), connections.run(), controller.run(), watched.run(), reporter.run()) as loops:
             await asyncio.wait_for(
                 operator.wait_for(UCloudProject, namespace, name,
                                   lambda p: p is not None and len(p.status.accounts) == 1

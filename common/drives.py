@@ -16,6 +16,7 @@ user's; the OS refuses the rest (a project folder is readable by its group only)
 from __future__ import annotations
 
 import re
+import string
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -56,3 +57,18 @@ class Locator:
     @classmethod
     def project(cls, local_group: str) -> Locator:
         return cls.parse(f"project:{local_group}")
+
+
+def check_root_pattern(pattern: str) -> str:
+    """A ``drive_roots`` value: ``~``, ``~/sub`` or an absolute path; ``{name}`` is the user or group."""
+    if not (pattern == "~" or pattern.startswith(("~/", "/"))):
+        raise ValueError(f"a drive root must be absolute or start with ~: {pattern!r}")
+    try:
+        fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(pattern)]
+    except ValueError as error:
+        raise ValueError(f"{pattern!r} is not a valid pattern: {error}") from error
+    if any(name is not None and (name, spec, conversion) != ("name", "", None) for name, spec, conversion in fields):
+        raise ValueError(f"{pattern!r} may only use the field {{name}}, as it is")
+    if ".." in pattern.split("/"):
+        raise ValueError(f"{pattern!r} contains '..'")
+    return pattern

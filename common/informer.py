@@ -32,6 +32,17 @@ OnEvent = Callable[[Change, R], None]
 
 log = logging.getLogger(__name__)
 
+
+def fan_out(*handlers: OnEvent[R]) -> OnEvent[R]:
+    """One ``on_event`` that hands each change to several workers sharing the informer's cache."""
+
+    def on_event(change: Change, obj: R) -> None:
+        for handler in handlers:
+            handler(change, obj)
+
+    return on_event
+
+
 FIRST_RETRY_SECONDS = 1.0
 MAX_RETRY_SECONDS = 30.0
 

@@ -61,11 +61,14 @@ STATUS_OWNERS: Final[dict[tuple[str, str], tuple[Component, ...]]] = {
     ("UCloudProject", "group"): ("bridge",),
     ("UCloudProject", "gid"): ("bridge",),
     ("UCloudProject", "groupMembers"): ("bridge",),
+    ("UCloudProject", "driveFolder"): ("bridge",),
+    ("UCloudProject", "driveId"): ("operator",),
     ("UCloudProject", "accounts"): ("bridge",),
     ("UCloudProject", "usage"): ("bridge",),
     ("UCloudProject", "reportedUsage"): ("operator",),
     ("UCloudProject", "conditions[GroupReady]"): ("bridge",),
     ("UCloudProject", "conditions[AccountReady]"): ("bridge",),
+    ("UCloudProject", "conditions[DriveReady]"): ("bridge",),
     ("UCloudProject", "conditions[UsageReported]"): ("operator",),
 }
 

@@ -50,9 +50,12 @@ UNLINKED: Final = "Unlinked"
 # Annotation that asks the bridge to (re)start a stopped instance: its value is a timestamp.
 REQUESTED_AT_ANNOTATION: Final = "ucim.io/requested-at"
 
-# UCloudProject conditions (GroupReady, AccountReady: the bridge's; UsageReported: the operator's).
+# UCloudProject conditions (GroupReady, AccountReady, DriveReady: the bridge's; UsageReported: the operator's).
 GROUP_READY: Final = "GroupReady"
 ACCOUNT_READY: Final = "AccountReady"
+DRIVE_READY: Final = "DriveReady"
+FOLDER_READY: Final = "FolderReady"
+FOLDER_FAILED: Final = "FolderFailed"
 USAGE_REPORTED: Final = "UsageReported"
 GROUP_APPLIED: Final = "GroupApplied"
 ACCOUNTS_APPLIED: Final = "AccountsApplied"

@@ -332,6 +332,9 @@ class UCloudProjectStatus(_Model):
     group: str | None = None
     gid: int | None = None
     group_members: list[str] = Field(default_factory=list)
+    # The project's folder on the frontend (the bridge's) and its drive at Core (the operator's).
+    drive_folder: str | None = None
+    drive_id: str | None = None
     accounts: list[SlurmAccount] = Field(default_factory=list)
     # Measured by the bridge from Slurm ...
     usage: list[WalletUsage] = Field(default_factory=list)

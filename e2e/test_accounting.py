@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import uuid
 from collections.abc import AsyncIterator, Callable
 
@@ -25,10 +26,16 @@ from ucim.common.resources import Workspace as WorkspaceRef
 from ucim.testing.core_standin import ProviderCallError
 from ucim.testing.stack import CLUSTER, Stack
 
+# Where the bridge makes project folders (and the instances find them): below a root-owned 0755 folder.
+PROJECTS = "/var/tmp/ucim-projects"
 ACCOUNTING = {
     "ucim-gateway": {"UCIM_GATEWAY_ACCOUNTING_ENABLED": "true"},
     "ucim-operator": {"UCIM_OPERATOR_ACCOUNTING_ENABLED": "true", "UCIM_OPERATOR_CLUSTER": CLUSTER},
-    "ucim-bridge": {"UCIM_BRIDGE_ACCOUNTING__ENABLED": "true", "UCIM_BRIDGE_ACCOUNTING__USAGE_INTERVAL_SECONDS": "2"},
+    "ucim-bridge": {
+        "UCIM_BRIDGE_ACCOUNTING__ENABLED": "true",
+        "UCIM_BRIDGE_ACCOUNTING__USAGE_INTERVAL_SECONDS": "2",
+        "UCIM_BRIDGE_SIDECAR__DRIVE_ROOTS": json.dumps({"project": PROJECTS + "/{name}"}),
+    },
 }
 pytestmark = [pytest.mark.e2e, pytest.mark.local_platform, pytest.mark.stack_settings(ACCOUNTING)]
 
@@ -80,6 +87,8 @@ async def a_project(stack: Stack, members: dict[str, str]) -> AsyncIterator[str]
             stack.frontend.run("sacctmgr", "-i", "delete", "account", account.name, check=False)
         if made is not None and made.status.group:
             stack.frontend.run("groupdel", made.status.group, check=False)
+        if made is not None and made.status.drive_folder:
+            stack.frontend.run("rm", "-rf", "--", made.status.drive_folder, check=False)
 
 
 async def test_a_project_is_a_group_and_an_account_its_jobs_run_under_and_a_lock_stops(stack: Stack) -> None:
@@ -95,6 +104,19 @@ async def test_a_project_is_a_group_and_an_account_its_jobs_run_under_and_a_lock
         assert group is not None
         assert stack.run_as("alice", "getent", "group", group).stdout.strip().endswith(":alice,bob")
         assert slurm_users(stack, account.name) == {"alice", "bob"}
+
+        # The project's drive: a folder root:<group> 2770 that both members write and nobody else enters,
+        # registered with Core as the project's.
+        drive = await until(stack, project_id, "drive registered", lambda p: p.status.drive_id is not None)
+        folder = f"{PROJECTS}/{group}"
+        assert drive.status.drive_folder == folder and is_true(drive.status.conditions, reasons.DRIVE_READY)
+        assert stack.frontend.run("stat", "-c", "%U:%G %a", folder).stdout.split() == [f"root:{group}", "2770"]
+        for member in ("alice", "bob"):
+            stack.run_as(member, "touch", f"{folder}/{member}.txt")
+        assert stack.frontend.run("stat", "-c", "%G", f"{folder}/bob.txt").stdout.strip() == group  # setgid
+        assert stack.run_as("nologinuser", "ls", folder, check=False).returncode != 0
+        (registered,) = stack.core.project_drives(project_id)
+        assert (registered.id, registered.provider_generated_id) == (drive.status.drive_id, f"project:{group}")
 
         # A project job runs under the project's account, and its usage reaches Core (absolute, core-hours).
         job = str(uuid.uuid4().int % 10**9)

@@ -15,7 +15,7 @@ from ucim.common.observability import add_health_routes
 from ucim.common.resources import Lease, cluster_selector
 from ucim.gateway.auth import CoreVerifier, load_public_key, read_public_key
 from ucim.gateway.connections import Connections
-from ucim.gateway.drives import Drives, register_project_drives
+from ucim.gateway.drives import Drives
 from ucim.gateway.errors import error_middleware
 from ucim.gateway.files import setup_file_routes
 from ucim.gateway.instance_proxy import InstanceProxy
@@ -62,11 +62,7 @@ def use_kube(app: web.Application, kube: Kube) -> None:
 
 
 async def core_client(app: web.Application) -> AsyncIterator[None]:
-    """The client for Core (connections, drives), when Core's URL and refresh token are configured.
-
-    The project drives are registered in the background: a Core that is down must not keep
-    the gateway from serving.
-    """
+    """The client for Core (connections, home drives), when Core's URL and refresh token are configured."""
     settings = app[SETTINGS]
     if settings.core_url is None or settings.core_refresh_token is None:
         app[CORE] = app[DRIVES] = None
@@ -74,15 +70,8 @@ async def core_client(app: web.Application) -> AsyncIterator[None]:
         return
     async with CoreClient(settings.core_url, settings.core_refresh_token) as core:
         app[CORE] = core
-        drives = app[DRIVES] = Drives(core, app[KUBE], settings.namespace, settings.provider_id)
-        task = None
-        if settings.project_drives:
-            task = asyncio.create_task(register_project_drives(drives, settings.project_drives))
+        app[DRIVES] = Drives(core, app[KUBE], settings.namespace, settings.provider_id)
         yield
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
 
 async def instance_proxy(app: web.Application) -> AsyncIterator[None]:

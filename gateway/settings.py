@@ -5,20 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from ucim.common.drives import LOCAL_NAME
 from ucim.common.products import DEFAULT_MACHINE_TYPES, MachineType
 from ucim.common.settings import ComponentSettings
-
-
-class ProjectDrive(BaseModel):
-    """A UCloud project's drive: the folder of a local group (the project <-> gid table)."""
-
-    project: str = Field(min_length=1, description="the project's id at UCloud/Core")
-    group: str = Field(pattern=LOCAL_NAME.pattern, description="the local UNIX group whose folder it is")
-    title: str = Field(default="", description="the drive's title in UCloud; empty: the group's name")
 
 
 class GatewaySettings(ComponentSettings):
@@ -81,5 +72,3 @@ class GatewaySettings(ComponentSettings):
     instance_read_timeout_seconds: float = Field(default=300.0, gt=0.0)
     # How long an upload chunk or a download waits for a stopped (idle) instance to start again.
     transfer_wait_seconds: float = Field(default=15.0, ge=0.0)
-    # Project drives registered with Core at start-up: JSON list of {project, group, title}.
-    project_drives: list[ProjectDrive] = Field(default_factory=list)

@@ -48,6 +48,7 @@ from aiohttp import web
 from ucim.common import user_instances
 from ucim.common.conditions import is_true
 from ucim.common.core_client import CoreClient, CoreError, CoreRejectedError, batched
+from ucim.common.informer import Informer, fan_out
 from ucim.common.instance_api import SubmitRequest
 from ucim.common.kube import Kube
 from ucim.common.observability import start_health_server
@@ -59,7 +60,7 @@ from ucim.common.reasons import (
     INSTANCE_UNREACHABLE,
     SLURM_CANCELLED,
 )
-from ucim.common.resources import JobTransition, UCloudJob, UCloudProject, UserInstance
+from ucim.common.resources import JobTransition, UCloudJob, UCloudProject, UserInstance, cluster_selector
 from ucim.common.retry import delay_after
 from ucim.common.settings import API_GROUP, API_VERSION
 from ucim.common.times import now_utc
@@ -70,6 +71,7 @@ from ucim.operator.event_stream import AccountingStream
 from ucim.operator.instances import InstanceClient, InstanceRejectedError, InstanceUnreachableError
 from ucim.operator.metrics import JOB_STATE_TRANSITIONS, JOB_SUBMISSIONS
 from ucim.operator.outcomes import Event, Outcome, temporary
+from ucim.operator.project_drives import ProjectDrives
 from ucim.operator.registration import products_of, register_products
 from ucim.operator.settings import OperatorSettings
 from ucim.operator.usage import UsageReporter
@@ -158,11 +160,19 @@ def _background_tasks(
         products = products_of(config.machine_types, config.provider_id)
         tasks.append(asyncio.create_task(register_products(core, products), name="ucim-register-products"))
     if config.accounting_enabled:
-        where = {"namespace": config.namespace, "cluster": config.cluster}
-        stream = AccountingStream(core, kube, core_url=config.core_url, **where)
-        usage = UsageReporter(core, kube, provider_id=config.provider_id, **where)
+        namespace, provider_id = config.namespace, config.provider_id
+        stream = AccountingStream(core, kube, core_url=config.core_url, namespace=namespace, cluster=config.cluster)
+        # One watch of the cluster's workspaces feeds both of the workers that read them.
+        projects = Informer(kube, UCloudProject, namespace, label_selector=cluster_selector(config.cluster))
+        usage = UsageReporter(core, kube, projects, namespace=namespace, provider_id=provider_id)
+        drives = ProjectDrives(
+            core, kube, projects, namespace=namespace, provider_id=provider_id, title=config.project_drive_title
+        )
+        projects.on_event = fan_out(usage.on_project, drives.on_project)
         tasks.append(asyncio.create_task(stream.run(), name="ucim-accounting-stream"))
+        tasks.append(asyncio.create_task(projects.run(), name="ucim-workspaces-watch"))
         tasks.append(asyncio.create_task(usage.run(), name="ucim-usage-reports"))
+        tasks.append(asyncio.create_task(drives.run(), name="ucim-project-drives"))
     return tasks
 
 

@@ -34,6 +34,8 @@ class OperatorSettings(ComponentSettings):
     accounting_enabled: bool = False
     # The cluster (slurm_bridge) whose frontend applies the workspaces: the gateway's and the bridge's.
     cluster: str = "local"
+    # The title of a project's drive in UCloud (its folder is the bridge's drive_roots["project"]).
+    project_drive_title: str = Field(default="Work", min_length=1, max_length=256)
     # At most one request to Core starts per this interval: a lone update goes at once, updates of several
     # jobs arriving within it are gathered and sent together when it ends.
     delivery_batch_interval_seconds: float = Field(default=0.1, ge=0.0, le=5.0)

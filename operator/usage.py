@@ -22,7 +22,7 @@ from ucim.common.core_client import CoreClient, CoreRejectedError, CoreUnavailab
 from ucim.common.informer import Change, Informer
 from ucim.common.kube import Kube, NotFoundError
 from ucim.common.protocol import ProductCategoryIdV2, ReportUsageRequest, WalletOwner
-from ucim.common.resources import UCloudProject, WalletUsage, cluster_selector
+from ucim.common.resources import UCloudProject, WalletUsage
 from ucim.common.retry import delay_after
 from ucim.operator import metrics
 
@@ -58,12 +58,12 @@ def report_item(project: UCloudProject, usage: WalletUsage, provider_id: str) ->
 
 
 class UsageReporter:
-    def __init__(self, core: CoreClient, kube: Kube, *, namespace: str, cluster: str, provider_id: str) -> None:
-        self.core, self.kube = core, kube
+    def __init__(
+        self, core: CoreClient, kube: Kube, projects: Informer[UCloudProject], *, namespace: str, provider_id: str
+    ) -> None:
+        """``projects`` is the operator's informer of its cluster's UCloudProjects; it hands changes to on_project."""
+        self.core, self.kube, self.projects = core, kube, projects
         self.namespace, self.provider_id = namespace, provider_id
-        self.projects = Informer(
-            kube, UCloudProject, namespace, label_selector=cluster_selector(cluster), on_event=self.on_project
-        )
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
         self._failures = 0
@@ -80,11 +80,6 @@ class UsageReporter:
             self._wake.set()
 
     async def run(self) -> None:
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(self.projects.run())
-            tasks.create_task(self._report_forever())
-
-    async def _report_forever(self) -> None:
         while True:
             await self._wake.wait()
             await asyncio.sleep(GATHER_SECONDS)

@@ -42,6 +42,7 @@ from ucim.slurm_bridge.instance_memory import measure_forever
 from ucim.slurm_bridge.instances import InstanceManager
 from ucim.slurm_bridge.mapping import Mapper
 from ucim.slurm_bridge.monitor import SlurmMonitor
+from ucim.slurm_bridge.project_folders import ProjectFolders
 from ucim.slurm_bridge.settings import BridgeSettings
 from ucim.slurm_bridge.slurm_accounts import SlurmAccounts
 from ucim.slurm_bridge.spawner import ForkServer, ForkServerConfig, prepare_socket_dir
@@ -114,6 +115,7 @@ def workspace_controller(
         groups=unix_groups(accounting.groups),
         accounts=SlurmAccounts(SlurmConfig(slurm_conf=settings.slurm_conf)),
         names=account_mapper(accounting.accounts),
+        folders=ProjectFolders(pattern) if (pattern := settings.project_folder_pattern) else None,
         usage_interval_seconds=accounting.usage_interval_seconds,
         watch_timeout_seconds=settings.watch_timeout_seconds,
     )

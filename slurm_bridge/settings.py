@@ -9,6 +9,7 @@ inherit that variable either.
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 from typing import Any, ClassVar
@@ -16,6 +17,7 @@ from typing import Any, ClassVar
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from ucim.common.drives import check_root_pattern
 from ucim.common.settings import ComponentSettings
 from ucim.slurm_bridge.account_mapper import AccountMapperSettings
 from ucim.slurm_bridge.mapping import MappingSettings
@@ -104,6 +106,21 @@ class BridgeSettings(ComponentSettings):
     def _no_trailing_slash(cls, url: str | None) -> str | None:
         return url.rstrip("/") if url else url
 
+    @field_validator("sidecar")
+    @classmethod
+    def _decoded_and_checked(cls, sidecar: dict[str, Any]) -> dict[str, Any]:
+        """Options given one by one (``UCIM_BRIDGE_SIDECAR__DRIVE_ROOTS='{...}'``) arrive as JSON text: decoded."""
+        decoded = {key: _json_or_text(key, value) for key, value in sidecar.items()}
+        pattern = project_pattern(decoded)
+        if pattern is not None:
+            check_project_pattern(pattern)
+        return decoded
+
+    @property
+    def project_folder_pattern(self) -> str | None:
+        """Where project folders are: the instances' ``drive_roots["project"]``, one setting for both sides."""
+        return project_pattern(self.sidecar)
+
     @property
     def public_url(self) -> str:
         if self.ingress_public_url:
@@ -130,3 +147,28 @@ class BridgeSettings(ComponentSettings):
         if len(token) < 16:
             raise ValueError("the ingress token must be at least 16 characters long")
         return SecretStr(token)
+
+
+def _json_or_text(key: str, value: Any) -> Any:
+    if not (isinstance(value, str) and value.lstrip().startswith(("{", "["))):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"sidecar option {key} is not valid JSON: {error}") from error
+
+
+def project_pattern(sidecar: dict[str, Any]) -> str | None:
+    """``drive_roots["project"]`` of the instances' options."""
+    roots = sidecar.get("drive_roots") or {}
+    pattern = roots.get("project") if isinstance(roots, dict) else None
+    if pattern is not None and not isinstance(pattern, str):
+        raise ValueError(f'drive_roots["project"] must be a text: {pattern!r}')
+    return pattern
+
+
+def check_project_pattern(pattern: str) -> str:
+    """A project folder pattern the bridge can make folders from: absolute, with {name} (the group)."""
+    if not pattern.startswith("/") or "{name}" not in pattern:
+        raise ValueError(f'drive_roots["project"] must be an absolute path with {{name}} (the group): {pattern!r}')
+    return check_root_pattern(pattern)

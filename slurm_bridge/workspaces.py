@@ -37,6 +37,7 @@ from ucim.common.retry import delay_after
 from ucim.common.times import now_utc
 from ucim.slurm_bridge.account_mapper import AccountMapper, ProjectWorkspace, UserWorkspace
 from ucim.slurm_bridge.connections import has_ended
+from ucim.slurm_bridge.project_folders import ProjectFolderError, ProjectFolders
 from ucim.slurm_bridge.sacctmgr import AccountState
 from ucim.slurm_bridge.unix_groups import GroupState, Member, ProjectUpdate, Role, UnixGroups, members_changed
 from ucim.slurm_bridge.workspace_plan import (
@@ -85,12 +86,15 @@ class WorkspaceController:
         groups: UnixGroups,
         accounts: Accounts,
         names: AccountMapper,
+        folders: ProjectFolders | None = None,
         usage_interval_seconds: float = 30.0,
         watch_timeout_seconds: int = 300,
     ) -> None:
         self.kube, self.namespace = kube, namespace
         self.connections = connections
         self.groups, self.accounts, self.names = groups, accounts, names
+        # None: the site has no project folders (no drive_roots["project"] for the instances).
+        self.folders = folders
         self.usage_interval_seconds = usage_interval_seconds
         self.projects = Informer(
             kube,
@@ -190,6 +194,10 @@ class WorkspaceController:
             status |= {"group": group.name, "gid": group.gid, "groupMembers": sorted(group.members)}
             why = f"group {group.name} ({group.gid}) holds {len(group.members)} members"
             conditions.append((reasons.GROUP_READY, "True", reasons.GROUP_APPLIED, why))
+            if self.folders is not None:
+                folder, drive = await _apply_folder(self.folders, group)
+                status |= folder
+                conditions.append(drive)
         else:
             owner = connected.get(project.spec.workspace.id)
             if owner is None:
@@ -207,6 +215,9 @@ class WorkspaceController:
         why = ", ".join(f"{a.name} ({len(a.users)} users{', locked' if a.locked else ''})" for a in accounts)
         conditions.append((reasons.ACCOUNT_READY, "True", reasons.ACCOUNTS_APPLIED, why or "no compute"))
         await self._conditions(project, conditions)
+        failed = next((c for c in conditions if c[2] == reasons.FOLDER_FAILED), None)
+        if failed is not None:
+            raise ProjectFolderError(failed[3])  # said in the status; the pass is tried again
 
     async def _apply_group(self, project: UCloudProject, connected: Mapping[str, UserConnection]) -> GroupState:
         """The project's group with exactly its connected members; the policy is asked only when that changes."""
@@ -342,3 +353,13 @@ class WorkspaceController:
 def _member(connection: UserConnection, role: Role) -> Member:
     spec = connection.spec
     return Member(spec.ucloud_username, spec.local_user or "", spec.uid or 0, role)
+
+
+async def _apply_folder(folders: ProjectFolders, group: GroupState) -> tuple[dict[str, Any], ConditionUpdate]:
+    """The project's folder (made if missing) for the status, and its DriveReady condition."""
+    try:
+        path = await folders.ensure(group.name, group.gid)
+    except ProjectFolderError as error:
+        return {}, (reasons.DRIVE_READY, "False", reasons.FOLDER_FAILED, str(error))
+    why = f"{path} is the folder of group {group.name}"
+    return {"driveFolder": str(path)}, (reasons.DRIVE_READY, "True", reasons.FOLDER_READY, why)

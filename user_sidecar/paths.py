@@ -24,7 +24,6 @@ import errno
 import os
 import re
 import stat
-import string
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -141,21 +140,6 @@ def refusal(error: OSError, what: str) -> PathRefusedError:
     """The OS's refusal of ``what`` as an answer with a status: 404, 403, 507 or 400."""
     kind, text = _REFUSALS.get(error.errno or 0, (PathRefusedError, "{what}: " + os.strerror(error.errno or 0)))
     return kind(text.format(what=what))
-
-
-def check_root_pattern(pattern: str) -> str:
-    """A ``drive_roots`` value: ``~``, ``~/sub`` or an absolute path; ``{name}`` is the user or group."""
-    if not (pattern == "~" or pattern.startswith(("~/", "/"))):
-        raise ValueError(f"a drive root must be absolute or start with ~: {pattern!r}")
-    try:
-        fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(pattern)]
-    except ValueError as error:
-        raise ValueError(f"{pattern!r} is not a valid pattern: {error}") from error
-    if any(name is not None and (name, spec, conversion) != ("name", "", None) for name, spec, conversion in fields):
-        raise ValueError(f"{pattern!r} may only use the field {{name}}, as it is")
-    if ".." in pattern.split("/"):
-        raise ValueError(f"{pattern!r} contains '..'")
-    return pattern
 
 
 def drive_root(locator: Locator, roots: Mapping[str, str], user: str, home: Path, drive_id: str = "") -> Path:

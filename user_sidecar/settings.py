@@ -15,10 +15,9 @@ from typing import ClassVar
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from ucim.common.drives import KINDS
+from ucim.common.drives import KINDS, check_root_pattern
 from ucim.common.settings import ComponentSettings
 from ucim.common.slurm import SlurmConfig
-from ucim.user_sidecar.paths import check_root_pattern
 
 # The catalogue shipped with ucim; a site replaces it with `catalogue_file`.
 DEFAULT_CATALOGUE = Path(__file__).with_name("catalogue.yaml")

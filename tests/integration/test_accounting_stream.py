@@ -14,9 +14,10 @@ from ucim.common import reasons
 from ucim.common.accounting_stream import REPLAY_EVERYTHING_MS, Workspace
 from ucim.common.conditions import find_condition
 from ucim.common.core_client import CoreClient
+from ucim.common.informer import Informer
 from ucim.common.kube import Kube
 from ucim.common.products import DEFAULT_MACHINE_TYPES
-from ucim.common.resources import Lease, UCloudProject, Wallet
+from ucim.common.resources import Lease, UCloudProject, Wallet, cluster_selector
 from ucim.common.resources import Workspace as WorkspaceRef
 from ucim.operator.event_stream import LEASE_NAME, REPLAY_ANNOTATION, AccountingStream
 from ucim.operator.usage import UsageReporter
@@ -44,7 +45,7 @@ async def core() -> AsyncIterator[CoreStandIn]:
 
 @contextlib.asynccontextmanager
 async def running(
-    core: CoreStandIn, make: Callable[[CoreClient], AccountingStream | UsageReporter]
+    core: CoreStandIn, make: Callable[[CoreClient], AccountingStream | UsageWatch]
 ) -> AsyncIterator[None]:
     """The operator's stream or reporter, with its own Core client, until the block ends."""
     client = CoreClient(core.url, SecretStr(REFRESH_TOKEN))
@@ -65,10 +66,21 @@ def stream_running(core: CoreStandIn, kube: Kube, namespace: str) -> contextlib.
 
 
 def reporter_running(core: CoreStandIn, kube: Kube, namespace: str) -> contextlib.AbstractAsyncContextManager[None]:
-    return running(
-        core,
-        lambda client: UsageReporter(client, kube, namespace=namespace, cluster="local", provider_id=PROVIDER),
-    )
+    return running(core, lambda client: UsageWatch(client, kube, namespace))
+
+
+class UsageWatch:
+    """The operator's usage reporter with the informer that feeds it, as the operator runs them."""
+
+    def __init__(self, client: CoreClient, kube: Kube, namespace: str) -> None:
+        self.projects = Informer(kube, UCloudProject, namespace, label_selector=cluster_selector("local"))
+        self.reporter = UsageReporter(client, kube, self.projects, namespace=namespace, provider_id=PROVIDER)
+        self.projects.on_event = self.reporter.on_project
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self.projects.run())
+            tasks.create_task(self.reporter.run())
 
 
 async def wait_for_project(

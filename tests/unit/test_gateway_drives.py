@@ -1,4 +1,4 @@
-"""Drives at the gateway: home drives registered on connect, project drives at start-up, each once."""
+"""Drives at the gateway: home drives registered on connect, once."""
 
 from __future__ import annotations
 
@@ -9,17 +9,16 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from pydantic import SecretStr, ValidationError
+from pydantic import SecretStr
 from pytest_aiohttp import AiohttpClient
 
 from tests.support.fake_kube import FakeKube, play_instance_bridge
-from ucim.common.core_client import CoreClient
 from ucim.common.kube import Kube
 from ucim.common.protocol import ProductReference
 from ucim.common.resources import UserConnection, UserInstance
 from ucim.gateway.app import init_app
-from ucim.gateway.drives import HOME_DRIVE_ANNOTATION, Drives, register_project_drives
-from ucim.gateway.settings import GatewaySettings, ProjectDrive
+from ucim.gateway.drives import HOME_DRIVE_ANNOTATION
+from ucim.gateway.settings import GatewaySettings
 from ucim.testing import CoreStandIn
 
 PROVIDER = "ucim"
@@ -148,42 +147,3 @@ async def test_a_core_that_refuses_the_drive_does_not_fail_the_connect(
     core.clear_failures()
     assert await connect(client, core, kube) == 200
     assert len(core.drives_of("alice#1")) == 1
-
-
-async def test_project_drives_are_registered_at_start_up_once(
-    core: CoreStandIn, kube: FakeKube, aiohttp_client: AiohttpClient
-) -> None:
-    wanted = [{"project": "p-123", "group": "ucimproj", "title": "Shared data"}, {"project": "p-456", "group": "g2"}]
-    for _ in range(2):  # a restart (or a second replica) finds the drives at Core
-        client = await gateway(core, kube, aiohttp_client, project_drives=wanted)
-        async with asyncio.timeout(5):
-            while len(core.drives.drives) < 2:  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
-        await client.close()
-    (shared,) = core.project_drives("p-123")
-    assert shared.provider_generated_id == "project:ucimproj"
-    assert shared.specification.title == "Shared data"
-    assert shared.specification.product == ProductReference(id="project", category="storage", provider=PROVIDER)
-    assert shared.owner.created_by == "_ucloud"
-    assert core.project_drives("p-456")[0].specification.title == "g2"
-    assert core.record.requests[REGISTER] == 2
-
-
-async def test_project_drive_registration_outlasts_a_core_that_is_down(core: CoreStandIn, kube: FakeKube) -> None:
-    core.fail_requests(REGISTER, times=3)
-    sleeps: list[float] = []
-
-    async def sleep(seconds: float) -> None:
-        sleeps.append(seconds)
-
-    async with CoreClient(core.url, SecretStr("refresh-token"), attempts=1) as client:
-        drives = Drives(client, typing.cast(Kube, kube), NAMESPACE, PROVIDER)
-        ids = await register_project_drives(drives, [ProjectDrive(project="p", group="grp")], sleep=sleep)
-    assert list(ids) == ["project:grp"]
-    assert sleeps == [1.0, 2.0, 4.0]
-
-
-@pytest.mark.parametrize("group", ["", "1abc", "a b", "x" * 40, "../etc"])
-def test_a_project_drive_needs_a_local_group_name(group: str) -> None:
-    with pytest.raises(ValidationError):
-        ProjectDrive(project="p", group=group)

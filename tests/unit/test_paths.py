@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from ucim.common.drives import check_root_pattern
 from ucim.common.protocol import Drive
 from ucim.user_sidecar.files import Files
 from ucim.user_sidecar.paths import (
@@ -20,7 +21,6 @@ from ucim.user_sidecar.paths import (
     PathForbiddenError,
     PathNotFoundError,
     PathRefusedError,
-    check_root_pattern,
     parse_id,
 )
 from ucim.user_sidecar.settings import SidecarSettings

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Collection
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
 
 from tests.support.fake_kube import FakeKube
 from ucim.common import reasons
-from ucim.common.conditions import find_condition
+from ucim.common.conditions import find_condition, is_true
 from ucim.common.informer import Informer
 from ucim.common.kube import Kube
 from ucim.common.resources import UCloudProject, UserConnection
 from ucim.slurm_bridge.account_mapper import PatternAccountMapper
+from ucim.slurm_bridge.project_folders import ProjectFolderError, ProjectFolders
 from ucim.slurm_bridge.sacctmgr import AccountState
 from ucim.slurm_bridge.unix_groups import GroupState, ProjectUpdate
 from ucim.slurm_bridge.workspaces import WorkspaceController
@@ -184,3 +186,27 @@ async def test_usage_is_written_in_the_wallets_unit_only_when_it_changed(
     assert [(u.category, u.usage) for u in (await stored(kube)).status.usage] == [("cpu", 2)]  # 150 min: 2 core-hours
     controller.projects.objects["project-abcdef12"] = await stored(kube)
     assert await controller.measure() == 0
+
+
+async def test_a_project_gets_its_folder_with_its_group_and_a_failure_is_said_and_retried(
+    fakes: tuple[FakeKube, FakeGroups, FakeAccounts, WorkspaceController], tmp_path: Path
+) -> None:
+    kube, _, accounts, controller = fakes
+    controller.folders = ProjectFolders(f"{tmp_path}/{{name}}")
+    (tmp_path / "pabcdef12").write_text("")  # something else where the folder goes
+    await kube.create(UCloudProject.model_validate(project([{"username": "alice#1", "role": "PI"}])), NAMESPACE)
+    with pytest.raises(ProjectFolderError):
+        await controller.reconcile(await stored(kube), await accounts.snapshot())
+    failed = await stored(kube)
+    drive = find_condition(failed.status.conditions, reasons.DRIVE_READY)
+    assert drive is not None and (drive.status, drive.reason) == ("False", reasons.FOLDER_FAILED)
+    assert "is not a folder" in drive.message and failed.status.drive_folder is None
+    # The accounts were applied all the same: a folder problem does not stop jobs.
+    assert is_true(failed.status.conditions, reasons.ACCOUNT_READY)
+
+    (tmp_path / "pabcdef12").unlink()
+    await controller.reconcile(failed, await accounts.snapshot())
+    made = await stored(kube)
+    assert made.status.drive_folder == str(tmp_path / "pabcdef12") and (tmp_path / "pabcdef12").is_dir()
+    assert is_true(made.status.conditions, reasons.DRIVE_READY)
+    assert is_true(made.status.conditions, reasons.GROUP_READY)

@@ -5,9 +5,11 @@ and resolving a job's product to partition, QoS and resources), the operator (re
 products with Core at start-up), and the docs.
 
 Storage is fixed: one category ``storage`` with a product per kind of drive, ``home`` (a
-user's home directory) and ``project`` (a project's group folder). The category is free to
-use: a drive exists because the site gave the user an account or the project a group, so
-UCloud need not grant it, and nothing is accounted.
+user's home directory) and ``project`` (a project's group folder). By default the category
+is free to use: a drive exists because the site gave the user an account or the project a
+group, so UCloud need not grant it, and nothing is accounted. A site that accounts storage
+registers it as not free (the operator's ``storage_accounted``): Core then grants it in GB
+and the bridge measures each drive for the usage reported to Core.
 """
 
 from __future__ import annotations
@@ -106,8 +108,11 @@ class StorageProduct(BaseModel):
     def reference(self, provider: str) -> ProductReference:
         return ProductReference(id=self.name, category=self.category, provider=provider)
 
-    def product(self, provider: str) -> ProductV2:
-        """The product as registered with Core: a free-to-use STORAGE category in GB, as IM2 shapes it."""
+    def product(self, provider: str, *, accounted: bool = False) -> ProductV2:
+        """The product as registered with Core: a STORAGE category in GB, as IM2 shapes it.
+
+        Free to use unless ``accounted``: then Core grants storage and ucim reports each drive's usage.
+        """
         return ProductV2(
             type="storage",
             product_type="STORAGE",
@@ -117,9 +122,9 @@ class StorageProduct(BaseModel):
                 name=self.category,
                 provider=provider,
                 product_type="STORAGE",
-                accounting_unit=AccountingUnit(name="GB", name_plural="GB"),
+                accounting_unit=AccountingUnit(name=STORAGE_UNIT, name_plural=STORAGE_UNIT),
                 accounting_frequency="ONCE",
-                free_to_use=True,
+                free_to_use=not accounted,
             ),
             price=1,
         )
@@ -144,6 +149,9 @@ class StorageProduct(BaseModel):
 
 
 STORAGE_CATEGORY = "storage"
+# Storage is accounted in GB (10^9 bytes, as the anchor reads "GB").
+STORAGE_UNIT = "GB"
+STORAGE_UNIT_BYTES = 10**9
 HOME_PRODUCT = StorageProduct(name="home", category=STORAGE_CATEGORY, description="Your home directory")
 PROJECT_PRODUCT = StorageProduct(
     name="project", category=STORAGE_CATEGORY, description="The project's folder, shared by its UNIX group"
@@ -151,9 +159,9 @@ PROJECT_PRODUCT = StorageProduct(
 STORAGE_PRODUCTS = (HOME_PRODUCT, PROJECT_PRODUCT)
 
 
-def storage_products(provider: str) -> list[ProductV2]:
+def storage_products(provider: str, *, accounted: bool = False) -> list[ProductV2]:
     """The storage products, as registered with Core next to the machine types."""
-    return [storage.product(provider) for storage in STORAGE_PRODUCTS]
+    return [storage.product(provider, accounted=accounted) for storage in STORAGE_PRODUCTS]
 
 
 def storage_support(provider: str) -> list[FSSupport]:

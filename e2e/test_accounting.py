@@ -30,10 +30,15 @@ from ucim.testing.stack import CLUSTER, Stack
 PROJECTS = "/var/tmp/ucim-projects"
 ACCOUNTING = {
     "ucim-gateway": {"UCIM_GATEWAY_ACCOUNTING_ENABLED": "true"},
-    "ucim-operator": {"UCIM_OPERATOR_ACCOUNTING_ENABLED": "true", "UCIM_OPERATOR_CLUSTER": CLUSTER},
+    "ucim-operator": {
+        "UCIM_OPERATOR_ACCOUNTING_ENABLED": "true",
+        "UCIM_OPERATOR_CLUSTER": CLUSTER,
+        "UCIM_OPERATOR_STORAGE_ACCOUNTED": "true",
+    },
     "ucim-bridge": {
         "UCIM_BRIDGE_ACCOUNTING__ENABLED": "true",
         "UCIM_BRIDGE_ACCOUNTING__USAGE_INTERVAL_SECONDS": "2",
+        "UCIM_BRIDGE_ACCOUNTING__STORAGE_INTERVAL_SECONDS": "2",
         "UCIM_BRIDGE_SIDECAR__DRIVE_ROOTS": json.dumps({"project": PROJECTS + "/{name}"}),
     },
 }
@@ -50,13 +55,17 @@ def project_of(stack: Stack, project_id: str) -> UCloudProject | None:
 
 async def until(stack: Stack, project_id: str, what: str, check: Callable[[UCloudProject], bool]) -> UCloudProject:
     """The project once ``check`` holds (the test reads as a person would, with kubectl)."""
-    async with asyncio.timeout(WAIT):
-        while True:
-            project = project_of(stack, project_id)
-            if project is not None and check(project):
-                return project
-            await asyncio.sleep(0.3)
-    raise AssertionError(what)  # pragma: no cover - the timeout raises first
+    project = None
+    try:
+        async with asyncio.timeout(WAIT):
+            while True:
+                project = project_of(stack, project_id)
+                if project is not None and check(project):
+                    return project
+                await asyncio.sleep(0.3)
+    except TimeoutError:
+        shown = project.status.model_dump_json(by_alias=True, exclude_none=True) if project is not None else "none"
+        raise AssertionError(f"{what}: not within {WAIT:.0f} s; the status: {shown}") from None
 
 
 def slurm_users(stack: Stack, account: str) -> set[str]:
@@ -79,6 +88,7 @@ async def a_project(stack: Stack, members: dict[str, str]) -> AsyncIterator[str]
         await stack.core.connect(user)
     project_id = stack.core.accounting.create_project(f"Folding {uuid.uuid4().hex[:6]}", members)
     await stack.core.accounting.grant(Workspace.project(project_id), "cpu", 10)
+    await stack.core.accounting.grant(Workspace.project(project_id), "storage", 100)
     try:
         yield project_id
     finally:
@@ -117,6 +127,9 @@ async def test_a_project_is_a_group_and_an_account_its_jobs_run_under_and_a_lock
         assert stack.run_as("nologinuser", "ls", folder, check=False).returncode != 0
         (registered,) = stack.core.project_drives(project_id)
         assert (registered.id, registered.provider_generated_id) == (drive.status.drive_id, f"project:{group}")
+        # What the folder holds reaches Core as the project's storage usage, in whole GB.
+        stack.run_as("bob", "fallocate", "-l", str(1_100_000_000), f"{folder}/data.bin")
+        await stack.core.accounting.wait_for_usage(owner, "storage", lambda gb: gb == 1, timeout=WAIT)
 
         # A project job runs under the project's account, and its usage reaches Core (absolute, core-hours).
         job = str(uuid.uuid4().int % 10**9)

@@ -157,7 +157,7 @@ def _background_tasks(
     tasks: list[asyncio.Task[Any]] = [asyncio.create_task(queue.run(), name="ucim-core-delivery")]
     if config.register_products:
         # In the background: a Core that is down must not keep the operator from reconciling.
-        products = products_of(config.machine_types, config.provider_id)
+        products = products_of(config.machine_types, config.provider_id, storage_accounted=config.storage_accounted)
         tasks.append(asyncio.create_task(register_products(core, products), name="ucim-register-products"))
     if config.accounting_enabled:
         namespace, provider_id = config.namespace, config.provider_id

@@ -15,9 +15,12 @@ from ucim.common.protocol import ProductV2
 logger = logging.getLogger(__name__)
 
 
-def products_of(machine_types: Sequence[MachineType], provider_id: str) -> list[ProductV2]:
+def products_of(
+    machine_types: Sequence[MachineType], provider_id: str, *, storage_accounted: bool = False
+) -> list[ProductV2]:
     """The machine types and the storage products: Core shows a drive whose product it lacks with no support."""
-    return [machine.product(provider_id) for machine in machine_types] + storage_products(provider_id)
+    storage = storage_products(provider_id, accounted=storage_accounted)
+    return [machine.product(provider_id) for machine in machine_types] + storage
 
 
 def _log_retry(state: RetryCallState) -> None:

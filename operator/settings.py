@@ -34,6 +34,9 @@ class OperatorSettings(ComponentSettings):
     accounting_enabled: bool = False
     # The cluster (slurm_bridge) whose frontend applies the workspaces: the gateway's and the bridge's.
     cluster: str = "local"
+    # Storage is granted by Core and its usage reported (each drive measured by the bridge every few minutes);
+    # off: the storage category is free to use. Choose before the first start: Core keeps a category's terms.
+    storage_accounted: bool = False
     # The title of a project's drive in UCloud (its folder is the bridge's drive_roots["project"]).
     project_drive_title: str = Field(default="Work", min_length=1, max_length=256)
     # At most one request to Core starts per this interval: a lone update goes at once, updates of several

@@ -117,6 +117,7 @@ def workspace_controller(
         names=account_mapper(accounting.accounts),
         folders=ProjectFolders(pattern) if (pattern := settings.project_folder_pattern) else None,
         usage_interval_seconds=accounting.usage_interval_seconds,
+        storage_interval_seconds=accounting.storage_interval_seconds,
         watch_timeout_seconds=settings.watch_timeout_seconds,
     )
     connections.listeners.append(controller.on_connection)

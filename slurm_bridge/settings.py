@@ -32,6 +32,8 @@ class AccountingSettings(BaseModel):
     accounts: AccountMapperSettings = Field(default_factory=AccountMapperSettings)
     # Usage is read from Slurm (one sshare call) this often; the anchor's cycle is 30 s too.
     usage_interval_seconds: float = Field(default=30.0, gt=0)
+    # Each drive of a workspace with a storage wallet is measured (du) this often; the anchor's is 5 min too.
+    storage_interval_seconds: float = Field(default=300.0, gt=0)
 
 
 class BridgeSettings(ComponentSettings):

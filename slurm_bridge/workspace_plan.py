@@ -11,9 +11,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from ucim.common.products import STORAGE_UNIT_BYTES
 from ucim.common.resources import MINUTES_PER_PERIOD, UCloudProject, Wallet, WalletUsage
 
 COMPUTE = "COMPUTE"
+STORAGE = "STORAGE"
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,11 @@ def local_members(project: UCloudProject, local_users: Mapping[str, str]) -> fro
 def compute_wallets(project: UCloudProject) -> list[Wallet]:
     """The wallets that need a Slurm account: compute categories (others have no Slurm side)."""
     return [w for w in project.spec.wallets if (w.product_type or COMPUTE) == COMPUTE]
+
+
+def storage_wallets(project: UCloudProject) -> list[Wallet]:
+    """The wallets of ucim's storage category (granted only where the site accounts storage)."""
+    return [w for w in project.spec.wallets if w.product_type == STORAGE]
 
 
 def quota_minutes(wallet: Wallet) -> int:
@@ -65,9 +72,13 @@ def usage_in_unit(wallet: Wallet, billing_minutes: int) -> int:
 
 
 def measured_usage(
-    project: UCloudProject, accounts: Mapping[str, str], minutes_by_account: Mapping[str, int]
+    project: UCloudProject,
+    accounts: Mapping[str, str],
+    minutes_by_account: Mapping[str, int],
+    storage_bytes: int | None = None,
 ) -> list[WalletUsage]:
-    """Usage per compute wallet from Slurm's minutes per account (``accounts``: category → account name)."""
+    """Usage per wallet: compute from Slurm's minutes per account (``accounts``: category → account name),
+    storage from the bytes the workspace's drive holds (in GB, rounded down: a part not used is not charged)."""
     usage: list[WalletUsage] = []
     for wallet in compute_wallets(project):
         account = accounts.get(wallet.category)
@@ -75,6 +86,11 @@ def measured_usage(
             usage.append(
                 WalletUsage(category=wallet.category, usage=usage_in_unit(wallet, minutes_by_account[account]))
             )
+    if storage_bytes is not None:
+        usage += [
+            WalletUsage(category=w.category, usage=storage_bytes // STORAGE_UNIT_BYTES)
+            for w in storage_wallets(project)
+        ]
     return usage
 
 

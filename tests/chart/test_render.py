@@ -325,22 +325,28 @@ def test_gateway_public_url_comes_from_the_ingress_or_the_value(helm: Helm) -> N
     assert "UCIM_GATEWAY_PUBLIC_URL" not in gateway_env(helm.template(values=ci_values("minimal")))
 
 
-def test_gateway_connection_and_drive_settings(helm: Helm) -> None:
-    drives = '[{"project": "p-1", "group": "ucimproj"}]'
+def test_gateway_connection_settings(helm: Helm) -> None:
     env = gateway_env(
         helm.template(
             "--set",
             "gateway.connectionExpireAfterMs=86400000",
             "--set",
             "gateway.autoConnect=false",
-            "--set-json",
-            f"gateway.projectDrives={drives}",
             values=ci_values("minimal"),
         )
     )
     assert env["UCIM_GATEWAY_CONNECTION_EXPIRE_AFTER_MS"] == "86400000"
     assert env["UCIM_GATEWAY_AUTO_CONNECT"] == "false"
-    assert json.loads(env["UCIM_GATEWAY_PROJECT_DRIVES"]) == [{"project": "p-1", "group": "ucimproj"}]
+    with pytest.raises(AssertionError, match="projectDrives"):  # project drives come from Core's projects now
+        helm.template("--set-json", 'gateway.projectDrives=[{"project": "p-1", "group": "g"}]',
+                      values=ci_values("minimal"))  # fmt: skip
+
+
+def test_storage_accounting_reaches_the_operator(helm: Helm) -> None:
+    manifests = helm.template("--set", "provider.storageAccounted=true", values=ci_values("minimal"))
+    container = one(manifests, "Deployment", "r-ucim-operator")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["UCIM_OPERATOR_STORAGE_ACCOUNTED"] == "true"
 
 
 def test_gateway_may_reach_core(helm: Helm) -> None:

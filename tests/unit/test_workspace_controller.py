@@ -210,3 +210,25 @@ async def test_a_project_gets_its_folder_with_its_group_and_a_failure_is_said_an
     assert made.status.drive_folder == str(tmp_path / "pabcdef12") and (tmp_path / "pabcdef12").is_dir()
     assert is_true(made.status.conditions, reasons.DRIVE_READY)
     assert is_true(made.status.conditions, reasons.GROUP_READY)
+
+
+async def test_storage_is_measured_from_the_drive_and_reported_in_whole_gb(
+    fakes: tuple[FakeKube, FakeGroups, FakeAccounts, WorkspaceController], tmp_path: Path
+) -> None:
+    kube, _, accounts, controller = fakes
+    controller.folders = ProjectFolders(f"{tmp_path}/{{name}}")
+    body = project([{"username": "alice#1", "role": "PI"}])
+    body["spec"]["wallets"].append({"category": "storage", "productType": "STORAGE", "frequency": "ONCE",
+                                    "quota": 100, "usage": 0, "locked": False, "updatedAt": 1})  # fmt: skip
+    await kube.create(UCloudProject.model_validate(body), NAMESPACE)
+    await controller.reconcile(await stored(kube), await accounts.snapshot())
+    applied = controller.projects.objects["project-abcdef12"] = await stored(kube)
+    assert applied.status.drive_folder is not None
+    (Path(applied.status.drive_folder) / "data").write_bytes(b"x" * 100_000)
+    controller.projects.synced.set()
+    assert await controller.measure_storage() == 1
+    assert controller.storage_bytes["project-abcdef12"] >= 100_000
+
+    controller.storage_bytes["project-abcdef12"] = 3 * 10**9 + 999  # a part of a GB is not charged
+    await controller.measure()
+    assert {u.category: u.usage for u in (await stored(kube)).status.usage} == {"cpu": 2, "storage": 3}

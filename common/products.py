@@ -77,8 +77,8 @@ class MachineType(BaseModel):
                     name="Core", name_plural="Cores", floating_point=False, display_frequency_suffix=True
                 ),
                 accounting_frequency="PERIODIC_HOUR",
-                # As IM2: a project granted core-hours may pass them on to its sub-projects. Core stores the flag
-                # as sent (omitted = false) and its web UI reads it; core2's own checks do not.
+                # As IM2 registers them: sub-allocations of these core-hours allowed. core2 stores the flag as
+                # sent (omitted = false); its own checks do not read it.
                 allow_sub_allocations=True,
             ),
             price=self.cpu,

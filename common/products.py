@@ -79,6 +79,9 @@ class MachineType(BaseModel):
                     name="Core", name_plural="Cores", floating_point=False, display_frequency_suffix=True
                 ),
                 accounting_frequency="PERIODIC_HOUR",
+                # As IM2 registers them: sub-allocations of these core-hours allowed. core2 stores the flag as
+                # sent (omitted = false); its own checks do not read it.
+                allow_sub_allocations=True,
             ),
             price=self.cpu,
             cpu=self.cpu,

@@ -3,6 +3,7 @@ enforces the accounts, locks and quotas ucim sets."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import shlex
 import subprocess
@@ -107,6 +108,22 @@ def test_kubectl_get_shows_the_columns(platform: Platform, namespace: str) -> No
     header = platform.kubectl("get", "userinstances", "-n", namespace).stdout.splitlines()[0]
     assert header.split() == ["NAME", "USER", "UID", "READY", "AGE"]
     assert "ucim" in platform.kubectl("api-resources", "--categories=ucim", "-o", "name").stdout
+
+
+def test_project_columns_show_the_compute_wallet(platform: Platform, namespace: str) -> None:
+    """Core sends a storage wallet too when a free-to-use category was granted (seen with core2's replay), and
+    it may come first: QUOTA and LOCKED are those of the compute wallet, as USAGE and ACCOUNT are."""
+    project = yaml.safe_load((SAMPLES / "valid/ucloudproject.yaml").read_text())
+    storage = {"category": "storage", "productType": "STORAGE", "frequency": "ONCE", "quota": 100, "usage": 0,
+               "locked": False, "updatedAt": 1765100000000}  # fmt: skip
+    project["spec"]["wallets"][0].update(quota=7, locked=True)
+    project["spec"]["wallets"].insert(0, storage)
+    platform.kubectl("apply", "-n", namespace, "-f", "-", stdin=json.dumps(project))
+    header, line = platform.kubectl("get", "ucloudprojects", "-n", namespace).stdout.splitlines()
+    assert header.split() == ["NAME", "TITLE", "GROUP", "GID", "ACCOUNT", "USAGE", "QUOTA", "LOCKED", "AGE"]
+    # Cells start where their column's title starts; empty ones (no status yet) are blank.
+    starts = [header.index("QUOTA"), header.index("LOCKED"), header.rindex("AGE")]  # USAGE ends in AGE too
+    assert [line[a:b].strip() for a, b in itertools.pairwise(starts)] == ["7", "true"]
 
 
 def test_kubectl_explain_documents_the_spec(platform: Platform) -> None:

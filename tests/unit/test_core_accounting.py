@@ -207,7 +207,7 @@ async def test_go_zero_time_replays_every_wallet_with_an_allocation(
     accounting.create_project("No wallet here", {DONNA: "PI"})
     await accounting.grant(Workspace.project(project_id), "cpu", 1000)
     await accounting.grant(Workspace.user(DONNA), "gpu", 10)
-    await accounting.grant(Workspace.user(BO), "storage", 50)  # free to use: never sent
+    await accounting.grant(Workspace.user(BO), "storage", 50)  # free to use: replayed, as core2 does
     status, _ = await report(client, core, item(Workspace.user(BO), 5))  # a wallet, but no allocation
     assert status == 200
 
@@ -220,6 +220,7 @@ async def test_go_zero_time_replays_every_wallet_with_an_allocation(
     assert {(w.owner, w.category.name, w.quota, w.usage, w.locked) for w in wallets(events)} == {
         (Workspace.project(project_id), "cpu", 1000, 0, False),
         (Workspace.user(DONNA), "gpu", 10, 0, False),
+        (Workspace.user(BO), "storage", 50, 0, False),
     }
     assert {event.project.id for event in projects(events)} == {project_id}
     [project_wallet] = [w for w in wallets(events) if w.owner.kind == "project"]

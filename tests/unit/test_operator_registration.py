@@ -9,6 +9,7 @@ from pydantic import SecretStr
 
 from ucim.common.core_client import PRODUCTS_PATH, CoreClient
 from ucim.common.products import DEFAULT_MACHINE_TYPES
+from ucim.common.protocol import dump
 from ucim.operator.registration import products_of, register_products
 from ucim.operator.settings import OperatorSettings
 from ucim.testing import CoreStandIn
@@ -66,3 +67,30 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     assert "s3cret" not in repr(settings)
     assert [m.name for m in settings.machine_types] == ["gpu-1"]
     assert OperatorSettings.model_fields["delivery_batch_size"].default == 100
+
+
+def test_categories_are_shaped_as_im2_registers_them() -> None:
+    """The category JSON core2 stores (and sends back on the event stream): compute allows sub-allocations as IM2's
+    does (core2 keeps an omitted flag as false), storage is free to use in GB."""
+    compute, *_, storage = (dump(p)["category"] for p in products_of(DEFAULT_MACHINE_TYPES, PROVIDER))
+    assert compute == {
+        "name": "cpu",
+        "provider": PROVIDER,
+        "productType": "COMPUTE",
+        "accountingUnit": {
+            "name": "Core",
+            "namePlural": "Cores",
+            "floatingPoint": False,
+            "displayFrequencySuffix": True,
+        },
+        "accountingFrequency": "PERIODIC_HOUR",
+        "allowSubAllocations": True,
+    }
+    assert storage == {
+        "name": "storage",
+        "provider": PROVIDER,
+        "productType": "STORAGE",
+        "accountingUnit": {"name": "GB", "namePlural": "GB", "floatingPoint": False, "displayFrequencySuffix": False},
+        "accountingFrequency": "ONCE",
+        "freeToUse": True,
+    }

@@ -9,7 +9,8 @@ What a provider meets (PROTOCOL-ACCOUNTING.md §1-2, core2 ``accounting/``):
   changed after it that have a wallet here; then, live, every significant wallet change
   (allocation, lock flip) and every project change. One frame per event, users before
   projects before categories before wallets, each ref sent before its first use. No
-  pings, no error frames. Op 5 replays one user's wallets and projects.
+  pings, no error frames. Op 5 replays one user's wallets and projects. Wallets of
+  free-to-use categories are never sent live, but replayed when they have an allocation.
 * ``POST /api/accounting/v2/reportUsage``: absolute or delta usage per (owner, category,
   optional scope); a wallet whose usage reaches its quota locks. The body is checked as
   strictly as job updates are (every key Go writes, JSON types Go's parser accepts); then
@@ -595,10 +596,12 @@ class CoreAccounting:
         owner = Workspace.project(project_id)
         return any(wallet.owner == owner and wallet.allocated for wallet in self._wallets.values())
 
-    def _out(self, wallet: _Wallet) -> _WalletOut | None:
-        """The wallet as sent, or None: wallets without allocation or of free categories are never sent."""
+    def _out(self, wallet: _Wallet, *, live: bool = False) -> _WalletOut | None:
+        """The wallet as sent, or None: a wallet without allocation never is, nor one of a free-to-use category
+        live. core2's replays (on connect, op 5) check only for an allocation: a granted free-to-use wallet
+        comes then (seen against core2: a user's granted `storage` wallet)."""
         category = self.categories().get(wallet.category)
-        if category is None or category.free_to_use or not wallet.allocated:
+        if category is None or not wallet.allocated or (live and category.free_to_use):
             return None
         project = self.projects[wallet.owner.id] if wallet.owner.kind == "project" else None
         return _WalletOut(
@@ -619,7 +622,7 @@ class CoreAccounting:
         if not significant:
             return
         wallet.last_update_ms = self.clock()
-        out = self._out(wallet)
+        out = self._out(wallet, live=True)
         if out is not None:
             for session in self._live_sessions():
                 session.queue([out])

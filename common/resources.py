@@ -294,6 +294,8 @@ class Wallet(_Model):
     quota: int = Field(ge=0)
     usage: int = Field(ge=0)
     locked: bool
+    # A free category (ucim's storage unless accounted): nothing to measure or enforce.
+    free_to_use: bool = False
     # Core's last significant update of the wallet, epoch milliseconds.
     updated_at: int
 

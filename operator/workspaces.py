@@ -67,6 +67,7 @@ def with_wallet(spec: UCloudProjectSpec, event: WalletUpdated) -> UCloudProjectS
         quota=max(0, event.quota),
         usage=max(0, event.usage),
         locked=event.locked,
+        free_to_use=category.free_to_use,
         updated_at=event.last_update_ms,
     )
     wallets = [w for w in spec.wallets if w.category != wallet.category]

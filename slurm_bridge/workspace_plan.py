@@ -42,8 +42,8 @@ def compute_wallets(project: UCloudProject) -> list[Wallet]:
 
 
 def storage_wallets(project: UCloudProject) -> list[Wallet]:
-    """The wallets of ucim's storage category (granted only where the site accounts storage)."""
-    return [w for w in project.spec.wallets if w.product_type == STORAGE]
+    """The wallets of ucim's storage category that are accounted (Core grants a free one too: nothing to measure)."""
+    return [w for w in project.spec.wallets if w.product_type == STORAGE and not w.free_to_use]
 
 
 def quota_minutes(wallet: Wallet) -> int:

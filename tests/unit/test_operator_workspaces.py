@@ -56,3 +56,11 @@ def test_a_personal_workspace_has_its_user_as_member() -> None:
     made = new_project(WorkspaceRef(kind="user", id="alice#1"), "local")
     assert [(m.username, m.role) for m in made.spec.members] == [("alice#1", "PI")]
     assert made.spec.workspace.kind == "user"
+
+
+def test_a_free_categorys_wallet_says_so_so_nothing_is_measured_for_it() -> None:
+    storage = CPU.model_copy(update={"name": "storage", "product_type": "STORAGE", "free_to_use": True})
+    spec = with_wallet(
+        new_project(project_workspace(ProjectUpdated(PROJECT, 1)), "local").spec, wallet(100, category=storage)
+    )
+    assert [(w.category, w.free_to_use) for w in spec.wallets] == [("storage", True)]

@@ -14,6 +14,7 @@ from ucim.slurm_bridge.workspace_plan import (
     measured_usage,
     projects_of,
     quota_minutes,
+    storage_wallets,
     usage_in_unit,
     wanted_account,
 )
@@ -53,6 +54,14 @@ def test_only_connected_members_are_local_members() -> None:
 def test_storage_wallets_need_no_slurm_account() -> None:
     p = project(wallets=[wallet(), wallet("storage", productType="STORAGE", frequency="ONCE")])
     assert [w.category for w in compute_wallets(p)] == ["cpu"]
+
+
+def test_storage_is_measured_in_whole_gb_and_only_where_it_is_accounted() -> None:
+    accounted = project(wallets=[wallet("storage", productType="STORAGE", frequency="ONCE")])
+    assert [(u.category, u.usage) for u in measured_usage(accounted, {}, {}, 2 * 10**9 - 1)] == [("storage", 1)]
+    assert measured_usage(accounted, {}, {}, None) == []  # not measured yet: nothing said
+    free = project(wallets=[wallet("storage", productType="STORAGE", frequency="ONCE", freeToUse=True)])
+    assert storage_wallets(free) == [] and measured_usage(free, {}, {}, 10**12) == []
 
 
 @pytest.mark.parametrize(

@@ -65,16 +65,20 @@ def stream_running(core: CoreStandIn, kube: Kube, namespace: str) -> contextlib.
     )
 
 
-def reporter_running(core: CoreStandIn, kube: Kube, namespace: str) -> contextlib.AbstractAsyncContextManager[None]:
-    return running(core, lambda client: UsageWatch(client, kube, namespace))
+def reporter_running(
+    core: CoreStandIn, kube: Kube, namespace: str, resync_seconds: float = 600.0
+) -> contextlib.AbstractAsyncContextManager[None]:
+    return running(core, lambda client: UsageWatch(client, kube, namespace, resync_seconds))
 
 
 class UsageWatch:
     """The operator's usage reporter with the informer that feeds it, as the operator runs them."""
 
-    def __init__(self, client: CoreClient, kube: Kube, namespace: str) -> None:
+    def __init__(self, client: CoreClient, kube: Kube, namespace: str, resync_seconds: float) -> None:
         self.projects = Informer(kube, UCloudProject, namespace, label_selector=cluster_selector("local"))
-        self.reporter = UsageReporter(client, kube, self.projects, namespace=namespace, provider_id=PROVIDER)
+        self.reporter = UsageReporter(
+            client, kube, self.projects, namespace=namespace, provider_id=PROVIDER, resync_seconds=resync_seconds
+        )
         self.projects.on_event = self.reporter.on_project
 
     async def run(self) -> None:
@@ -179,3 +183,21 @@ async def test_measured_usage_reaches_core_once_and_a_refusal_is_told(
     async with reporter_running(core, kube, namespace):
         await asyncio.sleep(2)
     assert len([r for r in core.accounting.usage_reports if r.category == "cpu"]) == sent
+
+
+async def test_a_figure_core_holds_differently_is_set_right_by_the_next_resync(
+    core: CoreStandIn, kube: Kube, namespace: str, platform: Platform
+) -> None:
+    project_id = core.accounting.create_project("Resynced", {"alice#1": "PI"})
+    owner = Workspace.project(project_id)
+    await core.accounting.grant(owner, "cpu", 10)
+    async with stream_running(core, kube, namespace):
+        made = await wait_for_project(kube, namespace, project_id, "granted", lambda p: p.wallet("cpu"))
+    async with await Kube.connect(platform.kubeconfig, component="bridge") as bridge:
+        await bridge.patch_status(
+            UCloudProject, namespace, made.metadata.name, {"usage": [{"category": "cpu", "usage": 3}]}
+        )
+    async with reporter_running(core, kube, namespace, resync_seconds=2.0):
+        await core.accounting.wait_for_usage(owner, "cpu", lambda used: used == 3)
+        await core.accounting.set_usage(owner, "cpu", 7)  # someone else's report
+        await core.accounting.wait_for_usage(owner, "cpu", lambda used: used == 3, timeout=WAIT)

@@ -359,6 +359,13 @@ class CoreAccounting:
         self._reevaluate(wallet, significant=False)
         await self._notify_changed()
 
+    async def set_usage(self, owner: Workspace, category: str, usage: int) -> None:
+        """Set the wallet's usage as another party could (a report made by hand, a restored database)."""
+        wallet = self._wallet(owner, category)
+        wallet.usage = usage
+        self._reevaluate(wallet, significant=False)
+        await self._notify_changed()
+
     async def disconnect_sessions(self) -> int:
         """Drop every notifications socket, authenticated or not (as a Core restart does); how many there were."""
         sessions = list(self._sessions)

@@ -28,11 +28,17 @@ from ucim.testing.core_standin import ProviderCallError
 from ucim.testing.stack import CLUSTER, Stack, platform_kubectl, read_platform_env, running_stack
 
 NAMESPACE = "ucim-demo"
-# Core's accounting on: the operator keeps Core's event stream open, the bridge makes groups and Slurm accounts.
+# Core's accounting on: the operator keeps Core's event stream open, the bridge makes groups, Slurm accounts and
+# project folders (below PROJECTS), the operator registers those as the projects' drives.
+PROJECTS = "/var/tmp/ucim-projects"
 ACCOUNTING = {
     "ucim-gateway": {"UCIM_GATEWAY_ACCOUNTING_ENABLED": "true"},
     "ucim-operator": {"UCIM_OPERATOR_ACCOUNTING_ENABLED": "true", "UCIM_OPERATOR_CLUSTER": CLUSTER},
-    "ucim-bridge": {"UCIM_BRIDGE_ACCOUNTING__ENABLED": "true", "UCIM_BRIDGE_ACCOUNTING__USAGE_INTERVAL_SECONDS": "2"},
+    "ucim-bridge": {
+        "UCIM_BRIDGE_ACCOUNTING__ENABLED": "true",
+        "UCIM_BRIDGE_ACCOUNTING__USAGE_INTERVAL_SECONDS": "2",
+        "UCIM_BRIDGE_SIDECAR__DRIVE_ROOTS": json.dumps({"project": PROJECTS + "/{name}"}),
+    },
 }
 
 
@@ -114,14 +120,22 @@ async def project_demo(stack: Stack, env: dict[str, str]) -> None:
     say(f"Core creates project {project_id} (alice PI, bob) and grants it 10 core-hours of cpu")
     started = time.monotonic()
     name = UCloudProject.name_for(WorkspaceRef(kind="project", id=project_id))
+    project = None
     while time.monotonic() - started < 60:
         found = platform_kubectl(env)("get", "ucp", name, "-n", NAMESPACE, "-o", "json", check=False)
-        if found.returncode == 0 and is_true(UCloudProject.model_validate_json(found.stdout).status.conditions,
-                                             reasons.ACCOUNT_READY):  # fmt: skip
+        project = UCloudProject.model_validate_json(found.stdout) if found.returncode == 0 else None
+        if (
+            project is not None
+            and is_true(project.status.conditions, reasons.ACCOUNT_READY)
+            and project.status.drive_id
+        ):
             break
         await asyncio.sleep(0.3)
-    say(f"the bridge made its Unix group and Slurm account in {time.monotonic() - started:.1f} s:")
+    say(f"the bridge made its Unix group, Slurm account and folder in {time.monotonic() - started:.1f} s:")
     print(kubectl(env, "get", "ucloudprojects", "-n", NAMESPACE), end="", flush=True)
+    if project is not None and project.status.drive_folder:
+        shown = stack.frontend.run("stat", "-c", "%U:%G %A", project.status.drive_folder).stdout.strip()
+        say(f"its folder {project.status.drive_folder} ({shown}) is drive {project.status.drive_id} at Core")
     job_id = f"{int(time.time())}1"
     say(f"bob starts project job {job_id}: run-command 'sleep 2; echo account $SLURM_JOB_ACCOUNT'")
     await core.create_jobs([core.make_job(job_id, "bob", ("run-command", "1"),
@@ -152,6 +166,8 @@ def remove_groups_and_accounts(stack: Stack) -> None:
             stack.frontend.run("sacctmgr", "-i", "delete", "account", account.name, check=False)
         if project.status.group:
             stack.frontend.run("groupdel", project.status.group, check=False)
+        if project.status.drive_folder:
+            stack.frontend.run("rm", "-rf", "--", project.status.drive_folder, check=False)
 
 
 if __name__ == "__main__":

@@ -397,6 +397,35 @@ class Lease(_Resource):
         return (now - spec.renew_time).total_seconds() > spec.lease_duration_seconds
 
 
+# --- Event (events.k8s.io) ------------------------------------------------------
+
+
+class ObjectReference(_Model):
+    api_version: str
+    kind: str
+    name: str
+    namespace: str | None = None
+    uid: str | None = None
+
+
+class KubeEvent(_Resource):
+    """A Kubernetes Event about one of ucim's objects (``kubectl describe`` and ``kubectl events`` show it)."""
+
+    KIND: ClassVar[str] = "Event"
+    PLURAL: ClassVar[str] = "events"
+    GROUP: ClassVar[str] = "events.k8s.io"
+    VERSION: ClassVar[str] = "v1"
+
+    regarding: ObjectReference
+    reason: str = Field(max_length=128)
+    note: str = Field(max_length=1024)
+    type: Literal["Normal", "Warning"] = "Normal"
+    action: str = Field(max_length=128)
+    event_time: str
+    reporting_controller: str
+    reporting_instance: str = Field(max_length=128)
+
+
 # --- labels -------------------------------------------------------------------
 
 # Every UCloudJob, UserInstance and UserConnection carries its cluster as a label, so that a

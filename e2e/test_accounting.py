@@ -68,6 +68,12 @@ async def until(stack: Stack, project_id: str, what: str, check: Callable[[UClou
         raise AssertionError(f"{what}: not within {WAIT:.0f} s; the status: {shown}") from None
 
 
+def told(stack: Stack, project: UCloudProject) -> set[str]:
+    """The reasons of the Events about ``project``."""
+    listed = json.loads(stack.kubectl("get", "events.events.k8s.io", "-n", stack.namespace, "-o", "json").stdout)
+    return {e["reason"] for e in listed["items"] if e["regarding"]["name"] == project.metadata.name}
+
+
 def slurm_users(stack: Stack, account: str) -> set[str]:
     shown = stack.run_as("alice", "sacctmgr", "-nP", "show", "assoc", f"account={account}", "format=user,maxjobs")
     return {line.split("|")[0] for line in shown.stdout.splitlines() if line.split("|")[0]}
@@ -127,6 +133,8 @@ async def test_a_project_is_a_group_and_an_account_its_jobs_run_under_and_a_lock
         assert stack.run_as("nologinuser", "ls", folder, check=False).returncode != 0
         (registered,) = stack.core.project_drives(project_id)
         assert (registered.id, registered.provider_generated_id) == (drive.status.drive_id, f"project:{group}")
+        # Each change to the system is an Event on the project (kubectl describe ucp shows them).
+        assert {"GroupCreated", "AccountReady", "FolderReady", "DriveRegistered"} <= told(stack, drive)
         # What the folder holds reaches Core as the project's storage usage, in whole GB.
         stack.run_as("bob", "fallocate", "-l", str(1_100_000_000), f"{folder}/data.bin")
         await stack.core.accounting.wait_for_usage(owner, "storage", lambda gb: gb == 1, timeout=WAIT)

@@ -18,6 +18,7 @@ import logging
 from ucim.common.core_client import CoreClient
 from ucim.common.drive_registry import SYSTEM_USER, DriveRegistry
 from ucim.common.drives import Locator
+from ucim.common.events import post_event
 from ucim.common.informer import Change, Informer
 from ucim.common.kube import Kube, NotFoundError
 from ucim.common.products import PROJECT_PRODUCT
@@ -106,4 +107,6 @@ class ProjectDrives:
         except NotFoundError:
             return drive_id
         log.info("project drive registered", extra={"ucloudproject": name, "drive": drive_id})
+        note = f"drive {drive_id} at Core is {locator} ({project.status.drive_folder})"
+        await post_event(self.kube, project, reason="DriveRegistered", note=note, controller="ucim.io/operator")
         return drive_id

@@ -12,7 +12,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from ucim.common.products import STORAGE_UNIT_BYTES
-from ucim.common.resources import MINUTES_PER_PERIOD, UCloudProject, Wallet, WalletUsage
+from ucim.common.resources import (
+    MINUTES_PER_PERIOD,
+    SlurmAccount,
+    UCloudProject,
+    UCloudProjectStatus,
+    Wallet,
+    WalletUsage,
+)
 
 COMPUTE = "COMPUTE"
 STORAGE = "STORAGE"
@@ -97,3 +104,42 @@ def measured_usage(
 def projects_of(projects: Iterable[UCloudProject], ucloud_username: str) -> list[str]:
     """The names of the workspaces ``ucloud_username`` is a member of."""
     return [p.metadata.name for p in projects if any(m.username == ucloud_username for m in p.spec.members)]
+
+
+def applied_changes(before: UCloudProjectStatus, after: UCloudProjectStatus) -> list[tuple[str, str]]:
+    """What a pass changed on the frontend, as (reason, note) of the Events that tell it."""
+    changes: list[tuple[str, str]] = []
+    if after.group and not before.group:
+        changes.append(("GroupCreated", f"Unix group {after.group} ({after.gid})"))
+    joined = sorted(set(after.group_members) - set(before.group_members))
+    left = sorted(set(before.group_members) - set(after.group_members))
+    if after.group and (joined or left):
+        changes.append(("GroupMembersChanged", f"{after.group}: {_added_removed(joined, left)}"))
+    if after.drive_folder and not before.drive_folder:
+        changes.append(("FolderReady", f"{after.drive_folder} is the project's folder"))
+    old = {a.category: a for a in before.accounts}
+    for account in after.accounts:
+        was = old.get(account.category)
+        if was is None or was.name != account.name:
+            changes.append(("AccountReady", f"Slurm account {account.name} for {account.category}"))
+            was = SlurmAccount(category=account.category, name=account.name)
+        joined = sorted(set(account.users) - set(was.users))
+        left = sorted(set(was.users) - set(account.users))
+        if joined or left:
+            changes.append(("AccountUsersChanged", f"{account.name}: {_added_removed(joined, left)}"))
+        if account.locked != was.locked:
+            changes.append(
+                (
+                    "AccountLocked" if account.locked else "AccountUnlocked",
+                    f"{account.name}: MaxJobs="
+                    + ("0, Core locked the wallet" if account.locked else "-1, Core unlocked the wallet"),
+                )
+            )
+        if account.quota_minutes != was.quota_minutes:
+            changes.append(("AccountQuotaSet", f"{account.name}: GrpTRESMins=billing={account.quota_minutes}"))
+    return changes
+
+
+def _added_removed(added: list[str], removed: list[str]) -> str:
+    said = [f"added {', '.join(added)}"] if added else []
+    return "; ".join(said + ([f"removed {', '.join(removed)}"] if removed else []))

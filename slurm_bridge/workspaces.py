@@ -31,9 +31,10 @@ from prometheus_client import Counter, Histogram
 
 from ucim.common import reasons
 from ucim.common.conditions import ConditionUpdate, find_condition
+from ucim.common.events import post_event
 from ucim.common.informer import Change, Informer
 from ucim.common.kube import Kube, NotFoundError
-from ucim.common.resources import SlurmAccount, UCloudProject, UserConnection, cluster_selector
+from ucim.common.resources import SlurmAccount, UCloudProject, UCloudProjectStatus, UserConnection, cluster_selector
 from ucim.common.retry import delay_after
 from ucim.common.times import now_utc
 from ucim.slurm_bridge.account_mapper import AccountMapper, ProjectWorkspace, UserWorkspace
@@ -44,6 +45,7 @@ from ucim.slurm_bridge.storage_usage import StorageMeasureError, allocated_bytes
 from ucim.slurm_bridge.unix_groups import GroupState, Member, ProjectUpdate, Role, UnixGroups, members_changed
 from ucim.slurm_bridge.workspace_plan import (
     WantedAccount,
+    applied_changes,
     compute_wallets,
     local_members,
     measured_usage,
@@ -53,6 +55,8 @@ from ucim.slurm_bridge.workspace_plan import (
 )
 
 log = logging.getLogger(__name__)
+
+EVENT_CONTROLLER = "ucim.io/bridge"
 
 # Usage status writes in flight at once in a usage cycle.
 USAGE_WRITES_IN_FLIGHT = 16
@@ -304,6 +308,7 @@ class WorkspaceController:
         )
 
     async def _write_status(self, project: UCloudProject, status: dict[str, Any]) -> None:
+        """Write what the pass applied, and tell what it changed in Events."""
         status["observedGeneration"] = project.metadata.generation
         current = project.status.to_dict()
         if all(current.get(key) == value for key, value in status.items()):
@@ -312,6 +317,10 @@ class WorkspaceController:
             await self.kube.patch_status(UCloudProject, self.namespace, project.metadata.name, status)
         except NotFoundError:
             log.info("workspace deleted while applied", extra={"ucloudproject": project.metadata.name})
+            return
+        after = UCloudProjectStatus.model_validate(current | status)
+        for reason, note in applied_changes(project.status, after):
+            await post_event(self.kube, project, reason=reason, note=note, controller=EVENT_CONTROLLER)
 
     async def _conditions(self, project: UCloudProject, conditions: list[ConditionUpdate]) -> None:
         """Apply the bridge's conditions, all of them at once (an apply drops the manager's entries it leaves out)."""

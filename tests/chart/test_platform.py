@@ -136,6 +136,7 @@ def test_install_creates_everything_and_uninstall_keeps_the_crds(
         {
             "patch ucloudjobs/status": True,
             "create events": True,
+            "create events.events.k8s.io": True,
             "create userinstances": True,
             "delete ucloudjobs": False,
             "list secrets": False,
@@ -168,6 +169,7 @@ def test_install_creates_everything_and_uninstall_keeps_the_crds(
             "delete userinstances": True,  # the instance of a user whose connection expired
             "delete ucloudjobs": False,
             "create leases": True,  # its own heartbeat
+            "create events.events.k8s.io": True,  # what it changed on the frontend
             "patch userconnections": True,
             "create userconnections": False,
             "get secrets": False,

@@ -244,6 +244,7 @@ def test_rbac_is_split_by_purpose(helm: Helm) -> None:
     assert verbs("r-ucim-gateway", "ucloudjobs/status") == set()
     # Events: create only.
     assert verbs("r-ucim-operator", "events") == {"create"}
+    assert verbs("r-ucim-bridge", "events") == {"create"}
     # The bridge creates nothing but its Lease and deletes only the instance of a user whose connection
     # expired; only the gateway deletes jobs (a failed start).
     assert verbs("r-ucim-bridge", "ucloudjobs") == {"get", "list", "watch", "patch"}

@@ -147,6 +147,9 @@ async def test_a_project_gets_its_group_and_account_once(
     ]
     ready = find_condition(applied.status.conditions, reasons.ACCOUNT_READY)
     assert ready is not None and ready.status == "True"
+    told = [e["reason"] for (plural, _, _), e in kube.objects.items() if plural == "events"]
+    assert sorted(told) == ["AccountQuotaSet", "AccountReady", "AccountUsersChanged", "GroupCreated",
+                            "GroupMembersChanged"]  # fmt: skip
     # Carol has not connected: she is not in the group yet. The title went nowhere near a command.
     assert [m.local_user for m in groups.updates[0].members] == ["alice", "bob"]
 

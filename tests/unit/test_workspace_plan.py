@@ -6,9 +6,10 @@ from typing import Any
 
 import pytest
 
-from ucim.common.resources import UCloudProject
+from ucim.common.resources import UCloudProject, UCloudProjectStatus
 from ucim.common.workspaces import AccountNotReadyError, insufficient_funds, job_workspace, ready_account
 from ucim.slurm_bridge.workspace_plan import (
+    applied_changes,
     compute_wallets,
     local_members,
     measured_usage,
@@ -119,3 +120,23 @@ def test_a_job_waits_for_its_account_to_hold_its_owner() -> None:
         ready_account(p, "cpu", "alice")
     p.status.accounts[0].users = ["alice"]
     assert ready_account(p, "cpu", "alice") == "p1_cpu"
+
+
+def test_what_a_pass_changed_is_told_once_per_change() -> None:
+    before = UCloudProjectStatus()
+    made = UCloudProjectStatus.model_validate({
+        "group": "pp1", "gid": 5000, "groupMembers": ["alice", "bob"], "driveFolder": "/work/projects/pp1",
+        "accounts": [{"category": "cpu", "name": "pp1_cpu", "users": ["alice", "bob"], "quotaMinutes": 600}],
+    })  # fmt: skip
+    assert [reason for reason, _ in applied_changes(before, made)] == [
+        "GroupCreated", "GroupMembersChanged", "FolderReady", "AccountReady", "AccountUsersChanged", "AccountQuotaSet"
+    ]  # fmt: skip
+    assert applied_changes(made, made) == []
+    locked = made.model_copy(deep=True)
+    locked.group_members = ["alice"]
+    locked.accounts[0].users, locked.accounts[0].locked = ["alice"], True
+    assert applied_changes(made, locked) == [
+        ("GroupMembersChanged", "pp1: removed bob"),
+        ("AccountUsersChanged", "pp1_cpu: removed bob"),
+        ("AccountLocked", "pp1_cpu: MaxJobs=0, Core locked the wallet"),
+    ]

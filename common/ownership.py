@@ -55,6 +55,8 @@ STATUS_OWNERS: Final[dict[tuple[str, str], tuple[Component, ...]]] = {
     # UserConnection: one condition each, applied under each one's field manager.
     ("UserConnection", "conditions[Connected]"): ("gateway",),
     ("UserConnection", "conditions[Mapped]"): ("bridge",),
+    # The operator tells Core when a connection ends (clearConnection) and records that it did.
+    ("UserConnection", "cleared"): ("operator",),
     # UCloudProject: the bridge makes the frontend match the spec (the operator's, from Core's
     # event stream) and measures usage; the operator reports that usage to Core.
     ("UCloudProject", "observedGeneration"): ("bridge",),

@@ -45,7 +45,8 @@ IDLE_STOPPED: Final = "IdleStopped"
 CONNECTED: Final = "Connected"  # Core knows the user as connected (True), or the user unlinked (False)
 CONNECTION_APPROVED: Final = "ConnectionApproved"
 AUTO_CONNECTED: Final = "AutoConnected"
-UNLINKED: Final = "Unlinked"
+UNLINKED: Final = "Unlinked"  # also why a connection ended, and was cleared at Core
+EXPIRED: Final = "Expired"  # the connection's spec.expiresAt passed: why it ended, and was cleared at Core
 
 # Annotation that asks the bridge to (re)start a stopped instance: its value is a timestamp.
 REQUESTED_AT_ANNOTATION: Final = "ucim.io/requested-at"

@@ -238,9 +238,19 @@ class UserConnectionSpec(_Model):
     expires_at: datetime | None = None
 
 
+class ConnectionCleared(_Model):
+    """The operator's record of the clearConnection it sent Core when the connection ended."""
+
+    # The ``spec.expiresAt`` the clear answered: a connection that connects again gets a new one.
+    expires_at: datetime
+    cleared_at: datetime
+    reason: Literal["Expired", "Unlinked"]
+
+
 class UserConnectionStatus(_Model):
     observed_generation: int | None = None
     conditions: list[Condition] = Field(default_factory=list)
+    cleared: ConnectionCleared | None = None
 
 
 class UserConnection(_Resource):

@@ -3,7 +3,8 @@
 The gateway owns a connection's life (create, the Connected condition, ``spec.expiresAt``,
 the ``ucim.io/requested-at`` annotation that asks for a refused mapping to be tried again);
 the bridge owns its mapping (``spec.localUser``/``spec.uid``, written once, and the
-``Mapped`` condition). Each applies its own condition under its own field manager, so
+``Mapped`` condition); the operator tells Core when a connection has ended and records it
+(``status.cleared``). Each applies its own condition under its own field manager, so
 neither overwrites the other's. A connection is never deleted on unlink, only expired, so
 a user who connects again gets the same uid back.
 """
@@ -15,6 +16,7 @@ from datetime import datetime, timedelta
 
 from ucim.common import reasons
 from ucim.common.conditions import ConditionStatus, find_condition, is_true
+from ucim.common.connections import end_reason
 from ucim.common.kube import ConflictError, Kube
 from ucim.common.resources import ObjectMeta, UserConnection, UserConnectionSpec, cluster_labels
 from ucim.common.times import rfc3339
@@ -101,10 +103,16 @@ class Connections:
         return await self._set_connected(connection, "True", reason, "connected through UCloud", now)
 
     async def mark_unlinked(self, connection: UserConnection, now: datetime) -> UserConnection:
-        """Expired now; the mapping (uid) is kept, so the user gets the same uid on a new connection."""
+        """Expired now; the mapping (uid) is kept, so the user gets the same uid on a new connection.
+
+        Connected=False goes first: whoever sees the new expiry (the operator, which tells Core)
+        then sees why it came.
+        """
+        connection = await self._set_connected(
+            connection, "False", reasons.UNLINKED, "the user unlinked the provider", now
+        )
         patch = {"spec": {"expiresAt": rfc3339(now)}}
-        connection = await self.kube.patch(UserConnection, self.namespace, connection.metadata.name, patch)
-        return await self._set_connected(connection, "False", reasons.UNLINKED, "the user unlinked the provider", now)
+        return await self.kube.patch(UserConnection, self.namespace, connection.metadata.name, patch)
 
     async def _set_connected(
         self, connection: UserConnection, status: ConditionStatus, reason: str, message: str, now: datetime
@@ -119,6 +127,16 @@ class Connections:
             observed_generation=connection.metadata.generation,
             now=now,
         )
+
+
+def ended_why(connection: UserConnection | None, now: datetime) -> str | None:
+    """Why a user whose connection has ended must connect again (in words for them), or None."""
+    why = None if connection is None else end_reason(connection, now)
+    if why == reasons.UNLINKED:
+        return "you disconnected from this provider; connect again in UCloud"
+    if why == reasons.EXPIRED:
+        return "your connection to this provider expired; connect again in UCloud"
+    return None
 
 
 def refused(connection: UserConnection) -> str | None:

@@ -8,11 +8,13 @@ whatever the headers.
 Connections: ``integration/connect`` makes sure the user's UserConnection exists, waits
 (bounded) for the bridge to map it to a local account, approves it at Core and answers
 ``redirectTo``; a refused mapping is a 403 with the reason. ``integration/unlinked``
-expires the connection (the uid is kept), clears it at Core and stops the user's
-instance. ``integration/init`` for a user who is not connected (never, or expired)
-connects them when ``auto_connect`` is on (the default, as IM2 does), and otherwise
-answers 403 "not connected". Connect and init also register the user's home drive with
-Core once the local account is known (``ucim.gateway.drives``).
+expires the connection (the uid is kept) and stops the user's instance; the operator then
+clears it at Core. ``integration/init`` for a user who never connected connects them when
+``auto_connect`` is on (the default, as IM2 does), and otherwise answers 403 "not
+connected"; a user whose connection ended (expired or unlinked) gets a 403 that says so and
+is never connected again by init: only ``integration/connect`` does that. Connect and init
+also register the user's home drive with Core once the local account is known
+(``ucim.gateway.drives``).
 
 File calls and transfers live in ``files.py`` and ``transfers.py``.
 """
@@ -49,7 +51,7 @@ from ucim.common.resources import UCloudJob, UCloudProject, UserConnection, User
 from ucim.common.times import now_utc
 from ucim.common.workspaces import NOT_ENOUGH_COMPUTE_CREDITS, insufficient_funds, job_workspace
 from ucim.gateway.auth import acting_username, check_username
-from ucim.gateway.connections import ConnectionRefusedError, is_connected
+from ucim.gateway.connections import ConnectionRefusedError, ended_why, is_connected
 from ucim.gateway.drives import HOME_DRIVE_ANNOTATION
 from ucim.gateway.errors import ProviderError
 from ucim.gateway.instances import MappingRefusedError
@@ -131,22 +133,24 @@ async def integration_unlinked(request: web.Request) -> web.Response:
     connection = await app[CONNECTIONS].get(username)
     if connection is not None:
         await app[CONNECTIONS].mark_unlinked(connection, datetime.now(UTC))
-    # The bridge stops the instance's process when its UserInstance goes.
+    # The bridge stops the instance's process when its UserInstance goes; the operator tells Core (clearConnection).
     await app[KUBE].delete(UserInstance, app[SETTINGS].namespace, app[INSTANCES].name_for(username))
-    try:
-        await core_of(request).clear_connection(username)
-    except CoreError as error:
-        raise ProviderError(502, f"UCloud/Core did not clear the connection: {error}") from error
     log.info("user unlinked", extra={"ucloud_user": username})
     return ok(Empty())
 
 
 async def require_connected(request: web.Request, username: str) -> UserConnection:
-    """The user's connection; a user who is not connected is connected now (auto_connect), or refused with a 403."""
+    """The user's connection; a user never connected is connected now (auto_connect), or refused with a 403.
+
+    A connection that has ended (expired, unlinked) is never renewed here: Core has been told
+    (clearConnection) and shows the user the Connect button; ``integration/connect`` renews it.
+    """
     connections, now = request.app[CONNECTIONS], datetime.now(UTC)
     connection = await connections.get(username)
     if is_connected(connection, now) and connection is not None:
         return connection
+    if (why := ended_why(connection, now)) is not None:
+        raise ProviderError(403, why)
     if not request.app[SETTINGS].auto_connect:
         raise ProviderError(403, f"the user {username} is not connected to this provider; connect through UCloud first")
     connection = await connections.ensure(username, now)

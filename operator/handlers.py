@@ -66,6 +66,7 @@ from ucim.common.settings import API_GROUP, API_VERSION
 from ucim.common.times import now_utc
 from ucim.common.workspaces import AccountNotReadyError, job_workspace, ready_account
 from ucim.operator import jobs, userinstances
+from ucim.operator.connections import ConnectionClearer
 from ucim.operator.delivery import Backlog, DeliveryQueue
 from ucim.operator.event_stream import AccountingStream
 from ucim.operator.instances import InstanceClient, InstanceRejectedError, InstanceUnreachableError
@@ -153,8 +154,12 @@ async def configure(*, settings: kopf.OperatorSettings, memo: kopf.Memo, logger:
 def _background_tasks(
     config: OperatorSettings, core: CoreClient, kube: Kube, queue: DeliveryQueue
 ) -> list[asyncio.Task[Any]]:
-    """The operator's work besides its handlers: deliveries, product registration, Core's accounting."""
-    tasks: list[asyncio.Task[Any]] = [asyncio.create_task(queue.run(), name="ucim-core-delivery")]
+    """The operator's work besides its handlers: deliveries, ended connections, products, Core's accounting."""
+    clearer = ConnectionClearer(core, kube, namespace=config.namespace, cluster=config.cluster)
+    tasks: list[asyncio.Task[Any]] = [
+        asyncio.create_task(queue.run(), name="ucim-core-delivery"),
+        asyncio.create_task(clearer.run(), name="ucim-connection-clears"),
+    ]
     if config.register_products:
         # In the background: a Core that is down must not keep the operator from reconciling.
         products = products_of(config.machine_types, config.provider_id, storage_accounted=config.storage_accounted)

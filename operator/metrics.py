@@ -69,6 +69,13 @@ USAGE_REPORTS = Counter(
     ["result"],
 )
 
+# --- connections -------------------------------------------------------------------------
+CONNECTIONS_CLEARED = Counter(
+    "ucim_connections_cleared_total",
+    "Connections the operator cleared at UCloud/Core (clearConnection) when they ended, by reason (expired, unlinked).",
+    ["reason"],
+)
+
 # Every series exists from the start (at 0), so rate(), the dashboards and the alerts see the first one.
 for _kind in ("project", "wallet", "malformed"):
     ACCOUNTING_EVENTS.labels(kind=_kind)
@@ -76,3 +83,5 @@ for _kind in ("project", "wallet"):
     ACCOUNTING_CHANGES.labels(kind=_kind)
 for _result in ("accepted", "refused"):
     USAGE_REPORTS.labels(result=_result)
+for _reason in ("expired", "unlinked"):
+    CONNECTIONS_CLEARED.labels(reason=_reason)

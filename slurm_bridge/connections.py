@@ -32,6 +32,7 @@ from typing import Any
 
 from ucim.common import reasons
 from ucim.common.conditions import ConditionStatus, find_condition
+from ucim.common.connections import has_ended
 from ucim.common.informer import Change, Informer
 from ucim.common.kube import ConflictError, InvalidError, Kube
 from ucim.common.resources import UserConnection, UserInstance, cluster_selector
@@ -244,14 +245,3 @@ class ConnectionMapper:
 
 def _requested_at(connection: UserConnection) -> str | None:
     return (connection.metadata.annotations or {}).get(reasons.REQUESTED_AT_ANNOTATION)
-
-
-def has_ended(connection: UserConnection, now: datetime) -> bool:
-    """The user unlinked (Connected=False), or the connection's expiry has passed.
-
-    A connection still waiting to be approved (no Connected condition) has not ended.
-    """
-    connected = find_condition(connection.status.conditions, reasons.CONNECTED)
-    if connected is not None and connected.status == "False":
-        return True
-    return connection.spec.expires_at is not None and connection.spec.expires_at <= now

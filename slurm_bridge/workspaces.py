@@ -31,6 +31,7 @@ from prometheus_client import Counter, Histogram
 
 from ucim.common import reasons
 from ucim.common.conditions import ConditionUpdate, find_condition
+from ucim.common.connections import has_ended
 from ucim.common.events import post_event
 from ucim.common.informer import Change, Informer
 from ucim.common.kube import Kube, NotFoundError
@@ -38,7 +39,6 @@ from ucim.common.resources import SlurmAccount, UCloudProject, UCloudProjectStat
 from ucim.common.retry import delay_after
 from ucim.common.times import now_utc
 from ucim.slurm_bridge.account_mapper import AccountMapper, ProjectWorkspace, UserWorkspace
-from ucim.slurm_bridge.connections import has_ended
 from ucim.slurm_bridge.project_folders import ProjectFolderError, ProjectFolders
 from ucim.slurm_bridge.sacctmgr import AccountState
 from ucim.slurm_bridge.storage_usage import StorageMeasureError, allocated_bytes

@@ -257,6 +257,9 @@ def test_rbac_is_split_by_purpose(helm: Helm) -> None:
     assert verbs("r-ucim-gateway", "userconnections/status") == {"get", "patch"}
     assert verbs("r-ucim-bridge", "userconnections") == {"get", "list", "watch", "patch"}
     assert verbs("r-ucim-bridge", "userconnections/status") == {"get", "patch"}
+    # The operator tells Core when a connection ends and records it there (status.cleared).
+    assert verbs("r-ucim-operator", "userconnections") == {"get", "list", "watch"}
+    assert verbs("r-ucim-operator", "userconnections/status") == {"get", "patch"}
     assert "delete" in verbs("r-ucim-gateway", "ucloudjobs")
     assert "delete" not in verbs("r-ucim-operator", "ucloudjobs")
     bindings = {b["metadata"]["name"]: b["subjects"][0]["name"] for b in find(manifests, "RoleBinding")}

@@ -293,6 +293,9 @@ async def test_products_and_connections_are_recorded(core: CoreStandIn, core_cli
     assert core.record.products == [product]
     assert core.record.approved_connections == ["alice"]
     assert core.record.cleared_connections == ["bob"]
+    await core.record.wait_for_cleared("bob", 0.1)  # what tests of an asynchronous clear wait on
+    with pytest.raises(TimeoutError, match="no clearConnection of alice"):
+        await core.record.wait_for_cleared("alice", 0.05)
 
 
 async def test_unknown_paths_answer_in_the_error_envelope(core_client: TestClient[Any, Any]) -> None:

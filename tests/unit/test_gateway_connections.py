@@ -1,4 +1,4 @@
-"""Connections at the gateway: connect, unlinked, retrieveManifest and init's "not connected" answer.
+"""Connections at the gateway: connect, unlinked, retrieveManifest, init's "not connected" and "ended" answers.
 
 Kubernetes is faked in memory; a small task plays the bridge (it fills the UserConnection's uid).
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import typing
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -158,10 +159,10 @@ async def test_init_connects_automatically_by_default(
     assert connected is not None and connected.status == "True" and connected.reason == reasons.AUTO_CONNECTED
 
 
-async def test_unlinked_expires_keeps_the_uid_clears_at_core_and_stops_the_instance(
+async def test_unlinked_expires_keeps_the_uid_and_stops_the_instance(
     core: CoreStandIn, kube: FakeKube, aiohttp_client: AiohttpClient
 ) -> None:
-    client = await gateway(core, kube, aiohttp_client, auto_connect=False)
+    client = await gateway(core, kube, aiohttp_client)
     bridge = asyncio.create_task(play_bridge(kube, "alice#1"))
     await client.post(f"/ucloud/{PROVIDER}/integration/connect", json={"username": "alice#1"}, headers=auth(core))
     await bridge
@@ -174,12 +175,50 @@ async def test_unlinked_expires_keeps_the_uid_clears_at_core_and_stops_the_insta
         f"/ucloud/{PROVIDER}/integration/unlinked", json={"username": "alice#1"}, headers=auth(core)
     )
     assert response.status == 200
-    assert core.record.cleared_connections == ["alice#1"]
+    # The operator tells Core (clearConnection) once it sees the connection ended: not the gateway.
+    assert core.record.cleared_connections == []
     connection = connection_of(kube, "alice#1")
     assert connection is not None and connection.spec.uid == 1101 and connection.spec.expires_at is not None
     assert not is_true(connection.status.conditions, reasons.CONNECTED)
     assert kube.objects.get(("userinstances", NAMESPACE, UserInstance.name_for("alice#1", "local"))) is None
-    assert (await client.post(init, json={"username": "alice#1"}, headers=auth(core))).status == 403
+    # Not connected again behind the user's back, although auto_connect is on.
+    refused = await client.post(init, json={"username": "alice#1"}, headers=auth(core))
+    assert refused.status == 403
+    assert (await refused.json())["why"] == "You disconnected from this provider; connect again in UCloud"
+
+
+async def test_an_expired_user_is_refused_not_reconnected_until_they_connect_again(
+    core: CoreStandIn, kube: FakeKube, aiohttp_client: AiohttpClient
+) -> None:
+    client = await gateway(core, kube, aiohttp_client, connection_expire_after_ms=3_600_000)
+    bridge = asyncio.create_task(play_bridge(kube, "alice#1"))
+    await client.post(f"/ucloud/{PROVIDER}/integration/connect", json={"username": "alice#1"}, headers=auth(core))
+    await bridge
+    name = UserConnection.name_for("alice#1", "local")
+    past = rfc3339(now_utc() - timedelta(seconds=5))
+    await kube.patch(UserConnection, NAMESPACE, name, {"spec": {"expiresAt": past}})
+
+    init = f"/ucloud/{PROVIDER}/integration/init"
+    refused = await client.post(init, json={"username": "alice#1"}, headers=auth(core))
+    assert refused.status == 403
+    assert (await refused.json())["why"] == "Your connection to this provider expired; connect again in UCloud"
+    expired = connection_of(kube, "alice#1")
+    assert expired is not None and expired.spec.expires_at == datetime.fromisoformat(past)
+    connected = find_condition(expired.status.conditions, reasons.CONNECTED)
+    assert connected is not None and connected.reason == reasons.CONNECTION_APPROVED  # not AutoConnected
+    assert kube.objects.get(("userinstances", NAMESPACE, UserInstance.name_for("alice#1", "local"))) is None
+
+    # The user connects again in UCloud: a new expiry, and init works.
+    connect = await client.post(
+        f"/ucloud/{PROVIDER}/integration/connect", json={"username": "alice#1"}, headers=auth(core)
+    )
+    assert connect.status == 200
+    renewed = connection_of(kube, "alice#1")
+    assert renewed is not None and renewed.spec.expires_at is not None and renewed.spec.expires_at > now_utc()
+    assert core.record.approved_connections == ["alice#1", "alice#1"]
+    serve = asyncio.create_task(play_instance_bridge(kube, NAMESPACE, UserInstance.name_for("alice#1", "local")))
+    assert (await client.post(init, json={"username": "alice#1"}, headers=auth(core))).status == 200
+    await serve
 
 
 async def test_connect_without_core_configured_is_a_503(

@@ -273,6 +273,20 @@ class CoreRecord:
                 self.job_update_received_at.append(received_at)
             self.changed.notify_all()
 
+    async def add_cleared_connection(self, username: str) -> None:
+        async with self.changed:
+            self.cleared_connections.append(username)
+            self.changed.notify_all()
+
+    async def wait_for_cleared(self, username: str, timeout: float) -> None:  # noqa: ASYNC109
+        """Return once a provider has cleared ``username``'s connection (clearConnection)."""
+        try:
+            async with asyncio.timeout(timeout), self.changed:
+                await self.changed.wait_for(lambda: username in self.cleared_connections)
+        except TimeoutError:
+            seen = self.cleared_connections
+            raise TimeoutError(f"no clearConnection of {username} within {timeout}s; cleared: {seen}") from None
+
     async def wait_for_update(self, job_id: str, state: JobState, timeout: float) -> JobUpdate:  # noqa: ASYNC109
         def matching() -> list[JobUpdate]:
             return [update for update in self.updates_for(job_id) if update.state == state]
@@ -1249,7 +1263,7 @@ async def _clear_connection(request: web.Request) -> web.Response:
     core = request.app[CORE_STANDIN]
     _require_provider(request)
     body = _validate(FindByUsername, await _read_json(request))
-    core.record.cleared_connections.append(body.username)
+    await core.record.add_cleared_connection(body.username)
     return _ok()
 
 

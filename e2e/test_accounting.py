@@ -85,14 +85,14 @@ def max_jobs(stack: Stack, account: str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def a_project(stack: Stack, members: dict[str, str]) -> AsyncIterator[str]:
+async def a_project(stack: Stack, members: dict[str, str], title: str | None = None) -> AsyncIterator[str]:
     """A project at Core with a cpu allocation; its group and Slurm account are removed afterwards."""
     async with asyncio.timeout(WAIT):
         while "cpu" not in stack.core.accounting.categories():  # noqa: ASYNC110 - the stand-in has no event for it
             await asyncio.sleep(0.2)  # the operator registers the products at start-up
     for user in members:
         await stack.core.connect(user)
-    project_id = stack.core.accounting.create_project(f"Folding {uuid.uuid4().hex[:6]}", members)
+    project_id = stack.core.accounting.create_project(title or f"Folding {uuid.uuid4().hex[:6]}", members)
     await stack.core.accounting.grant(Workspace.project(project_id), "cpu", 10)
     await stack.core.accounting.grant(Workspace.project(project_id), "storage", 100)
     try:
@@ -192,3 +192,18 @@ async def test_an_operator_killed_mid_stream_resumes_from_its_replay_point_and_a
         assert removed.metadata.generation == (applied.metadata.generation or 0) + 1
         account = removed.status.accounts[0].name
         assert slurm_users(stack, account) == {"alice"}
+
+
+async def test_a_hostile_project_title_reaches_no_command(stack: Stack) -> None:
+    canary = f"/tmp/ucim-pwned-{uuid.uuid4().hex[:8]}"  # a file nothing may create
+    title = f'x"; touch {canary} #\n$(touch {canary}) `touch {canary}` \x1b[2J é ' + "x" * 900
+    async with a_project(stack, {"alice": "PI"}, title=title) as project_id:
+        applied = await until(
+            stack, project_id, "group and account applied",
+            lambda p: is_true(p.status.conditions, reasons.ACCOUNT_READY) and p.status.group_members == ["alice"],
+        )  # fmt: skip
+        assert applied.spec.title == title and is_true(applied.status.conditions, reasons.GROUP_READY)
+        (account,) = applied.status.accounts
+        shown = stack.run_as("alice", "sacctmgr", "-nP", "show", "account", account.name, "format=account,descr,org")
+        assert shown.stdout.split("|")[0] == account.name
+        assert not stack.exists(canary)

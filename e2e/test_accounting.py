@@ -23,14 +23,9 @@ from ucim.common.protocol import JobState
 from ucim.common.resources import UCloudProject
 from ucim.common.resources import Workspace as WorkspaceRef
 from ucim.testing.core_standin import ProviderCallError
-from ucim.testing.stack import CLUSTER, Stack
+from ucim.testing.stack import Stack, accounting_settings, make_project_drive, remove_project_drive
 
-ACCOUNTING = {
-    "ucim-gateway": {"UCIM_GATEWAY_ACCOUNTING_ENABLED": "true"},
-    "ucim-operator": {"UCIM_OPERATOR_ACCOUNTING_ENABLED": "true", "UCIM_OPERATOR_CLUSTER": CLUSTER},
-    "ucim-bridge": {"UCIM_BRIDGE_ACCOUNTING__ENABLED": "true", "UCIM_BRIDGE_ACCOUNTING__USAGE_INTERVAL_SECONDS": "2"},
-}
-pytestmark = [pytest.mark.e2e, pytest.mark.local_platform, pytest.mark.stack_settings(ACCOUNTING)]
+pytestmark = [pytest.mark.e2e, pytest.mark.local_platform, pytest.mark.stack_settings(accounting_settings())]
 
 WAIT = 30.0
 
@@ -79,6 +74,7 @@ async def a_project(stack: Stack, members: dict[str, str]) -> AsyncIterator[str]
         for account in made.status.accounts if made is not None else []:
             stack.frontend.run("sacctmgr", "-i", "delete", "account", account.name, check=False)
         if made is not None and made.status.group:
+            remove_project_drive(stack.frontend, made.status.group)
             stack.frontend.run("groupdel", made.status.group, check=False)
 
 
@@ -96,14 +92,21 @@ async def test_a_project_is_a_group_and_an_account_its_jobs_run_under_and_a_lock
         assert stack.run_as("alice", "getent", "group", group).stdout.strip().endswith(":alice,bob")
         assert slurm_users(stack, account.name) == {"alice", "bob"}
 
-        # A project job runs under the project's account, and its usage reaches Core (absolute, core-hours).
+        # A project job runs under the project's account, in a folder of the project's drive that the project's
+        # group shares, and its usage reaches Core (absolute, core-hours).
+        drive = make_project_drive(stack.frontend, group)  # the bridge will make it with the group
         job = str(uuid.uuid4().int % 10**9)
         command = {"command": "echo $SLURM_JOB_ACCOUNT"}
         await stack.core.create_jobs(
             [stack.core.make_job(job, "bob", ("run-command", "1"), command, project=project_id)]
         )
         await stack.core.wait_for_update(job, JobState.SUCCESS, timeout=60)
-        assert stack.read_file(f"/home/bob/ucloud-jobs/{job}/stdout.txt").strip() == account.name
+        folder = drive / "ucloud-jobs" / job
+        assert {update.output_folder for update in stack.core.updates_for(job)} == {str(folder)}
+        assert stack.read_file(folder / "stdout.txt").strip() == account.name
+        assert stack.frontend.group_and_mode(folder) == (group, 0o2770)
+        assert stack.frontend.group_and_mode(folder / "stdout.txt")[0] == group
+        assert not stack.exists(f"/home/bob/ucloud-jobs/{job}")
         await stack.core.accounting.wait_for_usage(owner, "cpu", timeout=WAIT)
 
         # Locked at Core: the next job is refused with Core's words, and Slurm holds the account at MaxJobs=0.

@@ -52,6 +52,25 @@ def read_platform_env(run_dir: Path | None = None) -> dict[str, str]:
     return env
 
 
+def project_drives_dir() -> Path:
+    """Where the local platform keeps project drives: ``<this>/<group>`` (``drive_roots["project"]``)."""
+    return platform_run_dir() / "projects"
+
+
+def accounting_settings() -> dict[str, dict[str, str]]:
+    """Core's accounting on, for ``running_stack``: the event stream, groups, Slurm accounts, project drives."""
+    roots = {"project": f"{project_drives_dir()}/{{name}}"}
+    return {
+        "ucim-gateway": {"UCIM_GATEWAY_ACCOUNTING_ENABLED": "true"},
+        "ucim-operator": {"UCIM_OPERATOR_ACCOUNTING_ENABLED": "true", "UCIM_OPERATOR_CLUSTER": CLUSTER},
+        "ucim-bridge": {
+            "UCIM_BRIDGE_ACCOUNTING__ENABLED": "true",
+            "UCIM_BRIDGE_ACCOUNTING__USAGE_INTERVAL_SECONDS": "2",
+            "UCIM_BRIDGE_SIDECAR__DRIVE_ROOTS": json.dumps(roots),
+        },
+    }
+
+
 _HANDED_OUT: set[int] = set()
 
 
@@ -140,6 +159,28 @@ class Frontend:
 
     def owner_uid(self, path: str | PurePath) -> int:
         return int(self.run("stat", "-c", "%u", "--", str(path)).stdout)
+
+    def group_and_mode(self, path: str | PurePath) -> tuple[str, int]:
+        """The group that owns a path and its mode bits (setgid included)."""
+        group, mode = self.run("stat", "-c", "%G %a", "--", str(path)).stdout.split()
+        return group, int(mode, 8)
+
+
+def make_project_drive(frontend: Frontend, group: str) -> PurePath:
+    """The folder of ``group``'s project drive on the local platform: root:<group> 2770, as the bridge makes it.
+
+    Until the bridge makes it with the group (issue 15, item 6), the e2e tests and the demo make it here; once
+    it does, this finds the folder made and changes nothing.
+    """
+    folder = PurePath(project_drives_dir(), group)
+    frontend.run("install", "-d", "-m", "0755", str(folder.parent))
+    frontend.run("install", "-d", "-o", "root", "-g", group, "-m", "2770", str(folder))
+    return folder
+
+
+def remove_project_drive(frontend: Frontend, group: str) -> None:
+    """A project drive's folder and what is in it (the group is removed too, so nothing would own them)."""
+    frontend.run("rm", "-rf", "--", str(PurePath(project_drives_dir(), group)), check=False)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ calling process's own.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import ClassVar
 
@@ -77,6 +78,12 @@ class SidecarSettings(ComponentSettings):
     download_lifetime_seconds: float = Field(default=15 * 60, gt=0)
     # How often expired sessions (and the data of abandoned uploads) are removed; also at start-up.
     transfer_sweep_interval_seconds: float = Field(default=5 * 60, gt=0)
+
+    @field_validator("drive_roots", mode="before")
+    @classmethod
+    def _json_text(cls, roots: object) -> object:
+        # Under the bridge this is the text of UCIM_BRIDGE_SIDECAR__DRIVE_ROOTS: the bridge passes it on unread.
+        return json.loads(roots) if isinstance(roots, str) else roots
 
     @field_validator("drive_roots")
     @classmethod

@@ -159,6 +159,9 @@ def test_bad_root_patterns_are_refused(pattern: str) -> None:
 
 def test_drive_roots_settings_keep_home_and_know_only_two_kinds() -> None:
     assert SidecarSettings(drive_roots={"project": "/p/{name}"}).drive_roots == {"home": "~", "project": "/p/{name}"}
+    # As the bridge passes UCIM_BRIDGE_SIDECAR__DRIVE_ROOTS on: its JSON text.
+    from_the_bridge = SidecarSettings.model_validate({"drive_roots": '{"project": "/p/{name}"}'})
+    assert from_the_bridge.drive_roots == {"home": "~", "project": "/p/{name}"}
     with pytest.raises(ValidationError, match="'scratch' is not a drive kind"):
         SidecarSettings(drive_roots={"scratch": "/scratch"})
     with pytest.raises(ValueError, match="drive id"):

@@ -8,9 +8,10 @@ here once; errors use the UCloud error envelope (``{"why": ..., "statusCode": ..
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
+from ucim.common.drives import Locator
 from ucim.common.resources import ApplicationRef, JobResources, ParameterValue, SlurmPlacement
 
 # ``GET <endpoint>`` upgraded to this protocol opens a tunnel: the connection then carries the
@@ -71,10 +72,19 @@ class SubmitRequest(_Message):
     parameters: dict[str, ParameterValue] = Field(default_factory=dict)
     resources: JobResources
     slurm: SlurmPlacement = Field(default_factory=SlurmPlacement)
+    # The drive the job folder goes in, as a locator (``project:<group>`` for a project's job); None is the
+    # user's home. The folder is ``<drive root>/<jobs_folder>/<job id>``.
+    drive: str | None = None
+
+    @field_validator("drive")
+    @classmethod
+    def _a_locator(cls, drive: str | None) -> str | None:
+        return None if drive is None else str(Locator.parse(drive))
 
 
 class SubmitResponse(_Message):
     slurm_job_id: int
+    # Where the instance made the job folder (a local path on the frontend).
     job_folder: str
     # True when a job with this name already existed and no new one was submitted.
     already_submitted: bool = False

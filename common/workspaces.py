@@ -4,13 +4,15 @@ A UCloud job is charged to its project, or to its owner's personal workspace whe
 none. Its product category's wallet there (Core's, from the accounting event stream, in
 the workspace's UCloudProject) decides whether it may start: Core locks a wallet that is
 used up, and the provider refuses new work on it with 402 and Core's words (the anchor's
-``MakeInsufficientFundsMessage``).
+``MakeInsufficientFundsMessage``). A job that may runs under the workspace's Slurm account,
+and a project's job keeps its folder in the project's drive.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
+from ucim.common.drives import Locator
 from ucim.common.resources import UCloudProject, Wallet, Workspace
 
 # The errorCode the anchor gives a job refused for a locked compute wallet.
@@ -43,16 +45,37 @@ def _locked_message(wallet: Wallet) -> str | None:
 
 
 class AccountNotReadyError(Exception):
-    """The workspace's Slurm account for a category does not exist yet, or does not hold the user yet."""
+    """The workspace's Slurm account for a category, or a project's Unix group, does not (yet) hold the user."""
+
+
+def _known(workspace: UCloudProject | None) -> UCloudProject:
+    if workspace is None:
+        raise AccountNotReadyError("Core has sent nothing about this workspace yet")
+    return workspace
 
 
 def ready_account(workspace: UCloudProject | None, category: str, local_user: str) -> str:
     """The Slurm account a job of ``local_user`` in ``category`` runs under, once the bridge has made it."""
-    if workspace is None:
-        raise AccountNotReadyError("Core has sent nothing about this workspace yet")
-    account = workspace.account(category)
+    account = _known(workspace).account(category)
     if account is None:
         raise AccountNotReadyError(f"the bridge has not made its Slurm account for {category!r} yet")
     if local_user not in account.users:
         raise AccountNotReadyError(f"the bridge has not added {local_user} to Slurm account {account.name} yet")
     return account.name
+
+
+def ready_drive(workspace: UCloudProject | None, local_user: str) -> str | None:
+    """The drive (a locator) a job of ``local_user`` keeps its folder in; None for a personal workspace (the home).
+
+    A project's job uses the project's drive, the folder of its Unix group, once the bridge made the group with
+    the user in it (the user's instance makes the job folder there, as the user).
+    """
+    known = _known(workspace)
+    if known.spec.workspace.kind != "project":
+        return None
+    group = known.status.group
+    if group is None:
+        raise AccountNotReadyError("the bridge has not made the project's Unix group yet")
+    if local_user not in known.status.group_members:
+        raise AccountNotReadyError(f"the bridge has not added {local_user} to Unix group {group} yet")
+    return str(Locator.project(group))

@@ -14,6 +14,7 @@ import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
+from pathlib import PurePath
 
 import pytest
 
@@ -24,25 +25,9 @@ from ucim.common.protocol import JobState
 from ucim.common.resources import UCloudProject
 from ucim.common.resources import Workspace as WorkspaceRef
 from ucim.testing.core_standin import ProviderCallError
-from ucim.testing.stack import CLUSTER, Stack
+from ucim.testing.stack import Stack, accounting_settings, project_drives_dir
 
-# Where the bridge makes project folders (and the instances find them): below a root-owned 0755 folder.
-PROJECTS = "/var/tmp/ucim-projects"
-ACCOUNTING = {
-    "ucim-gateway": {"UCIM_GATEWAY_ACCOUNTING_ENABLED": "true"},
-    "ucim-operator": {
-        "UCIM_OPERATOR_ACCOUNTING_ENABLED": "true",
-        "UCIM_OPERATOR_CLUSTER": CLUSTER,
-        "UCIM_OPERATOR_STORAGE_ACCOUNTED": "true",
-    },
-    "ucim-bridge": {
-        "UCIM_BRIDGE_ACCOUNTING__ENABLED": "true",
-        "UCIM_BRIDGE_ACCOUNTING__USAGE_INTERVAL_SECONDS": "2",
-        "UCIM_BRIDGE_ACCOUNTING__STORAGE_INTERVAL_SECONDS": "2",
-        "UCIM_BRIDGE_SIDECAR__DRIVE_ROOTS": json.dumps({"project": PROJECTS + "/{name}"}),
-    },
-}
-pytestmark = [pytest.mark.e2e, pytest.mark.local_platform, pytest.mark.stack_settings(ACCOUNTING)]
+pytestmark = [pytest.mark.e2e, pytest.mark.local_platform, pytest.mark.stack_settings(accounting_settings())]
 
 WAIT = 30.0
 
@@ -124,7 +109,7 @@ async def test_a_project_is_a_group_and_an_account_its_jobs_run_under_and_a_lock
         # The project's drive: a folder root:<group> 2770 that both members write and nobody else enters,
         # registered with Core as the project's.
         drive = await until(stack, project_id, "drive registered", lambda p: p.status.drive_id is not None)
-        folder = f"{PROJECTS}/{group}"
+        folder = f"{project_drives_dir()}/{group}"
         assert drive.status.drive_folder == folder and is_true(drive.status.conditions, reasons.DRIVE_READY)
         assert stack.frontend.run("stat", "-c", "%U:%G %a", folder).stdout.split() == [f"root:{group}", "2770"]
         for member in ("alice", "bob"):
@@ -139,14 +124,20 @@ async def test_a_project_is_a_group_and_an_account_its_jobs_run_under_and_a_lock
         stack.run_as("bob", "fallocate", "-l", str(1_100_000_000), f"{folder}/data.bin")
         await stack.core.accounting.wait_for_usage(owner, "storage", lambda gb: gb == 1, timeout=WAIT)
 
-        # A project job runs under the project's account, and its usage reaches Core (absolute, core-hours).
+        # A project job runs under the project's account, in a folder of the project's drive that the project's
+        # group shares, and its usage reaches Core (absolute, core-hours).
         job = str(uuid.uuid4().int % 10**9)
         command = {"command": "echo $SLURM_JOB_ACCOUNT"}
         await stack.core.create_jobs(
             [stack.core.make_job(job, "bob", ("run-command", "1"), command, project=project_id)]
         )
         await stack.core.wait_for_update(job, JobState.SUCCESS, timeout=60)
-        assert stack.read_file(f"/home/bob/ucloud-jobs/{job}/stdout.txt").strip() == account.name
+        job_folder = PurePath(folder, "ucloud-jobs", job)
+        assert {update.output_folder for update in stack.core.updates_for(job)} == {str(job_folder)}
+        assert stack.read_file(job_folder / "stdout.txt").strip() == account.name
+        assert stack.frontend.group_and_mode(job_folder) == (group, 0o2770)
+        assert stack.frontend.group_and_mode(job_folder / "stdout.txt")[0] == group
+        assert not stack.exists(f"/home/bob/ucloud-jobs/{job}")
         await stack.core.accounting.wait_for_usage(owner, "cpu", timeout=WAIT)
 
         # Locked at Core: the next job is refused with Core's words, and Slurm holds the account at MaxJobs=0.

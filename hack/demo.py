@@ -7,8 +7,8 @@ it go IN_QUEUE → RUNNING → SUCCESS in `kubectl get ucloudjobs` and in the up
 Core received; then Core browses the job's folder and downloads its output through
 the gateway, as alice's own instance reads them. Last, Core's accounting: a project of
 alice and bob with an allocation becomes a Unix group and a Slurm account
-(`kubectl get ucloudprojects`), a project job runs under that account, and its usage
-reaches Core.
+(`kubectl get ucloudprojects`), a project job runs under that account in the project's
+drive, and its usage reaches Core.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import asyncio
 import json
 import sys
 import time
+from pathlib import PurePath
 
 from ucim.common import reasons
 from ucim.common.accounting_stream import Workspace
@@ -25,21 +26,15 @@ from ucim.common.protocol import JobState
 from ucim.common.resources import UCloudProject
 from ucim.common.resources import Workspace as WorkspaceRef
 from ucim.testing.core_standin import ProviderCallError
-from ucim.testing.stack import CLUSTER, Stack, platform_kubectl, read_platform_env, running_stack
+from ucim.testing.stack import (
+    Stack,
+    accounting_settings,
+    platform_kubectl,
+    read_platform_env,
+    running_stack,
+)
 
 NAMESPACE = "ucim-demo"
-# Core's accounting on: the operator keeps Core's event stream open, the bridge makes groups, Slurm accounts and
-# project folders (below PROJECTS), the operator registers those as the projects' drives.
-PROJECTS = "/var/tmp/ucim-projects"
-ACCOUNTING = {
-    "ucim-gateway": {"UCIM_GATEWAY_ACCOUNTING_ENABLED": "true"},
-    "ucim-operator": {"UCIM_OPERATOR_ACCOUNTING_ENABLED": "true", "UCIM_OPERATOR_CLUSTER": CLUSTER},
-    "ucim-bridge": {
-        "UCIM_BRIDGE_ACCOUNTING__ENABLED": "true",
-        "UCIM_BRIDGE_ACCOUNTING__USAGE_INTERVAL_SECONDS": "2",
-        "UCIM_BRIDGE_SIDECAR__DRIVE_ROOTS": json.dumps({"project": PROJECTS + "/{name}"}),
-    },
-}
 
 
 def say(message: str) -> None:
@@ -56,7 +51,8 @@ async def main() -> None:
     kubectl(env, "delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=true", "--timeout=60s")
     kubectl(env, "create", "namespace", NAMESPACE)
     say("starting ucim-bridge, ucim-operator and ucim-gateway against the local platform")
-    async with running_stack(env, NAMESPACE, ACCOUNTING) as stack:
+    # Core's accounting on: the operator keeps Core's event stream open, the bridge makes groups and Slurm accounts.
+    async with running_stack(env, NAMESPACE, accounting_settings()) as stack:
         core = stack.core
         await core.connect("alice")
         await allocations_ready(stack)
@@ -133,16 +129,19 @@ async def project_demo(stack: Stack, env: dict[str, str]) -> None:
         await asyncio.sleep(0.3)
     say(f"the bridge made its Unix group, Slurm account and folder in {time.monotonic() - started:.1f} s:")
     print(kubectl(env, "get", "ucloudprojects", "-n", NAMESPACE), end="", flush=True)
-    if project is not None and project.status.drive_folder:
-        shown = stack.frontend.run("stat", "-c", "%U:%G %A", project.status.drive_folder).stdout.strip()
-        say(f"its folder {project.status.drive_folder} ({shown}) is drive {project.status.drive_id} at Core")
+    if project is None or not project.status.group or not project.status.drive_folder:
+        raise SystemExit("demo: the project's group and folder were not made within 60 s")
+    group, drive = project.status.group, PurePath(project.status.drive_folder)
+    shown = stack.frontend.run("stat", "-c", "%U:%G %A", str(drive)).stdout.strip()
+    say(f"its folder {drive} ({shown}) is drive {project.status.drive_id} at Core")
     job_id = f"{int(time.time())}1"
     say(f"bob starts project job {job_id}: run-command 'sleep 2; echo account $SLURM_JOB_ACCOUNT'")
     await core.create_jobs([core.make_job(job_id, "bob", ("run-command", "1"),
                                           {"command": "sleep 2; echo account $SLURM_JOB_ACCOUNT"},
                                           project=project_id)])  # fmt: skip
     await core.wait_for_update(job_id, JobState.SUCCESS, timeout=90)
-    say(f"it ran: {stack.read_file(f'/home/bob/ucloud-jobs/{job_id}/stdout.txt').strip()}")
+    folder = drive / "ucloud-jobs" / job_id
+    say(f"it ran in {folder} (group {group}): {stack.read_file(folder / 'stdout.txt').strip()}")
     wallet = await core.accounting.wait_for_usage(owner, "cpu", timeout=30)
     say(f"Core has the project's usage: {wallet.usage} of {wallet.quota} core-hours (a job of seconds is 0 of them)")
     await core.accounting.set_locked(owner, "cpu", True)

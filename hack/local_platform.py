@@ -928,6 +928,9 @@ PriorityType=priority/multifactor
 PriorityDecayHalfLife=0
 PriorityUsageResetPeriod=NONE
 PriorityWeightFairshare=10000
+# A job starts with its user's groups as Slurm cached them, for GroupUpdateTime (600 s by default): a new
+# project member's job could not enter the project's folder for that long. 0: looked up at every launch.
+GroupUpdateTime=0
 SlurmctldDebug=info
 SlurmdDebug=info
 # More job slots than the real cores; config_overrides keeps the node from going INVAL.

@@ -64,7 +64,7 @@ from ucim.common.resources import JobTransition, UCloudJob, UCloudProject, UserI
 from ucim.common.retry import delay_after
 from ucim.common.settings import API_GROUP, API_VERSION
 from ucim.common.times import now_utc
-from ucim.common.workspaces import AccountNotReadyError, job_workspace, ready_account
+from ucim.common.workspaces import AccountNotReadyError, job_workspace, ready_account, ready_drive
 from ucim.operator import jobs, userinstances
 from ucim.operator.connections import ConnectionClearer
 from ucim.operator.delivery import Backlog, DeliveryQueue
@@ -227,9 +227,10 @@ async def submit(*, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: 
         jobs.instance_not_ready(instance.metadata.name, refusal, delay=delay, now=now).apply(body, patch)
         return
 
-    # With Core's accounting on, the job runs under its workspace's Slurm account, once the bridge made it.
+    # With Core's accounting on, the job runs under its workspace's Slurm account, and a project's job keeps its
+    # folder in the project's drive, once the bridge made the account and the group.
     try:
-        account = await _workspace_account(runtime, job, instance.spec.local_user)
+        account, drive = await _workspace_placement(runtime, job, instance.spec.local_user)
     except AccountNotReadyError as waiting:
         jobs.account_not_ready(str(waiting), delay=_instance_backoff(runtime, retry), now=now).apply(body, patch)
         return
@@ -237,18 +238,24 @@ async def submit(*, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: 
     # From here a Slurm job may exist even if this process dies before writing its id: say so first.
     if not jobs.submit_attempted(job):
         await runtime.kube.patch(UCloudJob, _namespace(job), job.metadata.name, jobs.submit_started(now))
-    request = jobs.submit_request(job, account)
+    request = jobs.submit_request(job, account, drive)
     outcome = await _submit_through(runtime, endpoint, request, job, retry=retry, now=now)
     outcome.apply(body, patch)
 
 
-async def _workspace_account(runtime: Runtime, job: UCloudJob, local_user: str | None) -> str | None:
-    """The Slurm account of the job's workspace; None when accounting is off (the product's account applies)."""
+async def _workspace_placement(
+    runtime: Runtime, job: UCloudJob, local_user: str | None
+) -> tuple[str | None, str | None]:
+    """The Slurm account and the drive (a locator) of the job's workspace.
+
+    Both None when accounting is off: the product's account applies, and the folder is in the owner's home.
+    """
     if not runtime.config.accounting_enabled:
-        return None
+        return None, None
     workspace = job_workspace(job.spec.owner, job.spec.project)
     found = await runtime.kube.get(UCloudProject, _namespace(job), UCloudProject.name_for(workspace))
-    return ready_account(found, job.spec.product.category, local_user or "")
+    user = local_user or ""
+    return ready_account(found, job.spec.product.category, user), ready_drive(found, user)
 
 
 async def _submit_through(

@@ -70,8 +70,12 @@ def slurm_job_name(job: UCloudJob) -> str:
     return instance_api.slurm_job_name(job.metadata.uid)
 
 
-def submit_request(job: UCloudJob, account: str | None = None) -> SubmitRequest:
-    """What the owner's instance submits; ``account``, the workspace's Slurm account, overrides the product's."""
+def submit_request(job: UCloudJob, account: str | None = None, drive: str | None = None) -> SubmitRequest:
+    """What the owner's instance submits.
+
+    ``account``, the workspace's Slurm account, overrides the product's; ``drive``, a project's drive
+    (``project:<group>``), is where the job folder goes instead of the owner's home.
+    """
     spec = job.spec
     slurm = spec.slurm or SlurmPlacement()
     return SubmitRequest(
@@ -81,6 +85,7 @@ def submit_request(job: UCloudJob, account: str | None = None) -> SubmitRequest:
         parameters=spec.parameters or {},
         resources=spec.resources,
         slurm=slurm.model_copy(update={"account": account}) if account else slurm,
+        drive=drive,
     )
 
 
@@ -276,8 +281,8 @@ def instance_not_ready(instance_name: str, refusal: str | None, *, delay: float,
 
 
 def account_not_ready(why: str, *, delay: float, now: datetime) -> Outcome:
-    """The workspace's Slurm account is not there for the owner yet (a new project, a new member): retry."""
-    message = f"Waiting for the workspace's Slurm account: {why}"
+    """The workspace's Slurm account or project group is not there for the owner yet (a new project, a new member)."""
+    message = f"Waiting for the workspace's Slurm account and group: {why}"
     waiting = condition(SUBMITTED, "Unknown", reason=WAITING_FOR_ACCOUNT, message=message, now=now)
     return Outcome(fns=(waiting,), error=temporary(message, delay=delay))
 

@@ -58,16 +58,17 @@ def init_app(settings: SidecarSettings, catalogue: Catalogue | None = None) -> w
     """The instance's app for ``settings.user`` (default: this process's user)."""
     user = settings.user or pwd.getpwuid(os.geteuid()).pw_name
     home = settings.home or Path(pwd.getpwnam(user).pw_dir)
+    drives = DriveResolver(settings.drive_roots, user, home)
     submitter = Submitter(
         catalogue=catalogue or load_catalogue(settings.catalogue_file),
         slurm=SlurmClient(settings.slurm_config(user, home)),
-        home=home,
+        drives=drives,
         jobs_folder=settings.jobs_folder,
     )
     app = web.Application(middlewares=[error_envelope])
     app[SETTINGS] = settings
     app[SUBMITTER] = submitter
-    drives = app[DRIVES] = DriveResolver(settings.drive_roots, user, home)
+    app[DRIVES] = drives
     app[TRANSFERS] = Transfers.for_instance(settings, drives)
     app[JOBS_FOLDER] = settings.jobs_folder
     app.router.add_post(SUBMIT_PATH, views.submit)
@@ -139,6 +140,7 @@ def _warm_up(settings: SidecarSettings, catalogue: Catalogue) -> None:
             ("POST", SUBMIT_PATH, b"not json"),
             ("POST", SUBMIT_PATH, b"{}"),
             ("POST", SUBMIT_PATH, json.dumps(sample).encode()),  # unknown application: a 400 before Slurm
+            ("POST", SUBMIT_PATH, json.dumps({**sample, "drive": "home:someone-else"}).encode()),  # a 400 too
             ("POST", CANCEL_PATH, b"{}"),
             ("GET", "/nowhere", None),
             ("POST", FILES_RETRIEVE_PATH, _retrieve("/home/a.txt")),

@@ -1,9 +1,15 @@
 """Submitting and cancelling a user's Slurm jobs, as that user.
 
+The job folder is ``<drive root>/<jobs_folder>/<UCloud job id>`` (0770, the process runs
+with umask 0007): the drive is the request's (``SubmitRequest.drive``, a locator rooted
+with the site's ``drive_roots`` as file calls are), the user's home when it names none. A
+project's job names its project's drive, whose folder is its group's (setgid 2770): the
+instance makes the folder as its user, so the OS lets only a member in, and the folder
+and what the job writes in it belong to the project's group.
+
 Submission is idempotent on the Slurm job name, which is the UCloudJob's identity, and the
-job folder ``<home>/<jobs_folder>/<UCloud job id>`` (0770, the process runs with umask
-0007) is the local record of what was submitted, so the common case asks Slurm nothing
-before ``sbatch``:
+job folder is the local record of what was submitted, so the common case asks Slurm
+nothing before ``sbatch``:
 
 * **no folder**: this job was never submitted from here. The folder is created (``mkdir``,
   which exactly one caller can win), the script ``job.sbatch`` is written atomically and
@@ -32,12 +38,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import stat
 from pathlib import Path
 from typing import Final
 
+from ucim.common.drives import Locator
 from ucim.common.instance_api import SubmitRequest, SubmitResponse
 from ucim.common.slurm import SlurmClient
 from ucim.common.slurm_errors import SlurmRejectedError
+from ucim.user_sidecar.paths import DriveResolver, drive_root
 from ucim.user_sidecar.templates import Catalogue, check_job_id, check_job_name, render_script
 
 log = logging.getLogger(__name__)
@@ -48,23 +57,33 @@ RECORD_NAME: Final = ".slurm-job-id"
 FOLDER_MODE: Final = 0o770
 
 
+class JobFolderError(Exception):
+    """The job folder cannot be made now: its drive's folder is missing, or the user is not (yet) let in."""
+
+
 class Submitter:
     """Renders, writes and submits jobs for one user; one per instance."""
 
-    def __init__(self, *, catalogue: Catalogue, slurm: SlurmClient, home: Path, jobs_folder: str) -> None:
+    def __init__(self, *, catalogue: Catalogue, slurm: SlurmClient, drives: DriveResolver, jobs_folder: str) -> None:
         self.catalogue = catalogue
         self.slurm = slurm
-        self.jobs_root = home / jobs_folder
+        self.drives = drives
+        self.jobs_folder = jobs_folder
         # One submission per job name at a time, so a retry racing the original finds its job.
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
-    def job_folder(self, job_id: str) -> Path:
-        return self.jobs_root / check_job_id(job_id)
+    def job_folder(self, job_id: str, drive: str | None = None) -> Path:
+        """``<drive root>/<jobs_folder>/<job id>``; PathRefusedError says why a drive is not the user's to use."""
+        if drive is None:
+            root = self.drives.home
+        else:
+            root = drive_root(Locator.parse(drive), self.drives.roots, self.drives.user, self.drives.home)
+        return root / self.jobs_folder / check_job_id(job_id)
 
     async def submit(self, request: SubmitRequest) -> SubmitResponse:
-        """Submit ``request`` once; InvalidJobError and SlurmError tell the caller why not."""
+        """Submit ``request`` once; InvalidJobError, PathRefusedError, JobFolderError and SlurmError say why not."""
         name = check_job_name(request.slurm_job_name)
-        folder = self.job_folder(request.job_id)
+        folder = self.job_folder(request.job_id, request.drive)
         # Everything the user can get wrong is found before anything is touched.
         script = render_script(self.catalogue, request, folder)
         lock, users = self._locks.get(name, (asyncio.Lock(), 0))
@@ -107,20 +126,30 @@ class Submitter:
 
     def _make_folder(self, folder: Path) -> bool:
         """Create the job folder (and the jobs root); True if this call created it."""
-        self.jobs_root.mkdir(mode=FOLDER_MODE, exist_ok=True)
         try:
-            folder.mkdir(mode=FOLDER_MODE)
-        except FileExistsError:
-            if not folder.is_dir():
-                raise
-            return False
-        # mkdir's mode is filtered by the umask; the folder is meant for the project group too.
-        folder.chmod(FOLDER_MODE)
-        return True
+            _make_shared_folder(folder.parent)
+            return _make_shared_folder(folder)
+        except OSError as error:
+            # The drive's folder is not there yet, or the instance has not got the project's group yet.
+            raise JobFolderError(f"cannot make the job folder {folder}: {error.strerror}") from error
 
     async def cancel(self, job_ids: list[int]) -> None:
         """scancel as the user: Slurm itself refuses jobs that are not the user's."""
         await self.slurm.cancel(job_ids)
+
+
+def _make_shared_folder(folder: Path) -> bool:
+    """mkdir ``folder`` FOLDER_MODE; True if this call made it, False if it was a folder already."""
+    try:
+        folder.mkdir(mode=FOLDER_MODE)
+    except FileExistsError:
+        if not folder.is_dir():
+            raise
+        return False
+    # mkdir's mode is filtered by the umask; the folder is meant for the project group too. A setgid bit
+    # inherited from a project folder stays, so what the job writes belongs to the project's group.
+    folder.chmod(FOLDER_MODE | (folder.stat().st_mode & stat.S_ISGID))
+    return True
 
 
 def read_record(folder: Path) -> tuple[int, str] | None:

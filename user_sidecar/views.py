@@ -33,6 +33,7 @@ from ucim.common.protocol import (
 from ucim.common.slurm_errors import SlurmError, SlurmRejectedError, SlurmUnavailableError
 from ucim.user_sidecar import fileops
 from ucim.user_sidecar.files import Files
+from ucim.user_sidecar.jobs import JobFolderError
 from ucim.user_sidecar.keys import DRIVES, JOBS_FOLDER, SUBMITTER
 from ucim.user_sidecar.metrics import SUBMISSIONS
 from ucim.user_sidecar.middlewares import error_response
@@ -89,9 +90,15 @@ async def submit(request: web.Request) -> web.Response:
     body = await parse(request, SubmitRequest)
     try:
         result = await request.app[SUBMITTER].submit(body)
-    except InvalidJobError as error:
+    except (InvalidJobError, PathRefusedError) as error:
+        # Always a 400, even for another user's home: a 403 would read as "not now" to the operator.
         SUBMISSIONS.labels("invalid").inc()
         return error_response(400, str(error))
+    except JobFolderError as error:
+        # Not now: the bridge has not made the project's folder yet, or this instance has not got its group.
+        SUBMISSIONS.labels("unavailable").inc()
+        log.warning("no job folder", extra={"job_id": body.job_id, "why": str(error)})
+        return error_response(503, str(error))
     except SlurmRejectedError as error:
         SUBMISSIONS.labels("rejected").inc()
         log.info("sbatch refused the job", extra={"job_id": body.job_id, "why": str(error)})

@@ -68,6 +68,21 @@ def test_submit_request_carries_the_spec() -> None:
     assert wire["parameters"]["command"]["value"] == "echo hi"
 
 
+def test_submit_request_carries_the_workspaces_account_and_drive() -> None:
+    request = jobs.submit_request(UCloudJob.from_obj(job_obj(project="p1")), "pp1_cpu", "project:pp1")
+    wire = request.model_dump(mode="json", by_alias=True)
+    assert (wire["slurm"]["account"], wire["drive"]) == ("pp1_cpu", "project:pp1")
+    assert jobs.submit_request(UCloudJob.from_obj(job_obj())).drive is None, "without one: the owner's home"
+
+
+def test_a_job_waits_for_its_workspace_with_the_reason() -> None:
+    outcome = jobs.account_not_ready("the bridge has not made the project's Unix group yet", delay=2.0, now=T0)
+    waiting = apply(outcome.fns[0], job_obj())
+    assert conditions(waiting)[reasons.SUBMITTED] == ("Unknown", reasons.WAITING_FOR_ACCOUNT)
+    assert "Unix group" in waiting["status"]["conditions"][0]["message"]
+    assert isinstance(outcome.error, kopf.TemporaryError)
+
+
 def test_submit_request_without_placement_or_parameters() -> None:
     obj = job_obj()
     del obj["spec"]["slurm"], obj["spec"]["parameters"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,9 @@ from ucim.common.slurm_errors import SlurmRejectedError, SlurmUnavailableError
 from ucim.user_sidecar import jobs
 from ucim.user_sidecar.app import init_app
 from ucim.user_sidecar.keys import SUBMITTER
-from ucim.user_sidecar.settings import SidecarSettings
+from ucim.user_sidecar.paths import DriveResolver, PathRefusedError
+from ucim.user_sidecar.settings import DEFAULT_CATALOGUE, SidecarSettings
+from ucim.user_sidecar.templates import load_catalogue
 
 
 class FakeSlurm(SlurmClient):
@@ -54,7 +57,9 @@ class FakeSlurm(SlurmClient):
 
 @pytest.fixture
 async def instance(aiohttp_client: AiohttpClient, tmp_path: Path) -> tuple[Any, FakeSlurm, Path]:
-    settings = SidecarSettings(user=getpass.getuser(), home=tmp_path)
+    """An instance whose home is ``tmp_path``; project drives are ``tmp_path/projects/<group>``."""
+    roots = {"project": str(tmp_path / "projects" / "{name}")}
+    settings = SidecarSettings(user=getpass.getuser(), home=tmp_path, drive_roots=roots)
     app = init_app(settings)
     slurm = FakeSlurm()
     app[SUBMITTER].slurm = slurm
@@ -221,6 +226,62 @@ async def test_slurm_away_is_503_and_keeps_the_folder_for_the_retry(instance: tu
     assert slurm.lookups == ["ucloud-11-abc"]
 
 
+async def test_a_project_jobs_folder_is_in_the_project_drive_and_the_projects_group(
+    instance: tuple[Any, FakeSlurm, Path],
+) -> None:
+    client, slurm, home = instance
+    project = home / "projects" / "p1"
+    project.mkdir(parents=True)
+    project.chmod(0o2770)  # as the bridge makes it: the group's, setgid
+    response = await client.post("/jobs/submit", json=body("41", drive="project:p1"))
+    assert response.status == 200
+    folder = project / "ucloud-jobs" / "41"
+    assert (await response.json())["jobFolder"] == str(folder)
+    assert (folder / "job.sbatch").read_text() == slurm.scripts[0]
+    # The group may read and write both, and what the job writes there stays the project group's.
+    assert [stat.S_IMODE(f.stat().st_mode) for f in (folder.parent, folder)] == [0o2770, 0o2770]
+    assert not (home / "ucloud-jobs").exists()
+    again = await (await client.post("/jobs/submit", json=body("41", drive="project:p1"))).json()
+    assert (again["jobFolder"], again["alreadySubmitted"], slurm.lookups) == (str(folder), True, [])
+
+
+@pytest.mark.parametrize(
+    ("drive", "why"),
+    [
+        ("home:someone-else", "is the home of another user"),
+        ("project:../etc", "is not a local user or group name"),
+        ("scratch:p1", "is not a drive of this provider"),
+    ],
+)
+async def test_a_drive_that_is_not_the_users_is_a_400(
+    instance: tuple[Any, FakeSlurm, Path], drive: str, why: str
+) -> None:
+    client, slurm, home = instance
+    response = await client.post("/jobs/submit", json=body("42", drive=drive))
+    assert response.status == 400, "a 4xx the operator takes for final: the job fails with the reason"
+    assert why in (await response.json())["why"]
+    assert (slurm.scripts, list(home.iterdir())) == ([], [])
+
+
+async def test_a_project_drive_the_bridge_has_not_made_is_a_503(instance: tuple[Any, FakeSlurm, Path]) -> None:
+    client, slurm, home = instance
+    response = await client.post("/jobs/submit", json=body("43", drive="project:p2"))
+    assert response.status == 503, "not now: the operator retries"
+    why = (await response.json())["why"]
+    assert why == f"Cannot make the job folder {home}/projects/p2/ucloud-jobs/43: No such file or directory"
+    assert slurm.scripts == []
+
+
+def test_project_drives_need_their_root() -> None:
+    drives = DriveResolver({"home": "~"}, "alice", Path("/home/alice"))
+    submitter = jobs.Submitter(catalogue=load_catalogue(DEFAULT_CATALOGUE), slurm=FakeSlurm(), drives=drives,
+                               jobs_folder="ucloud-jobs")  # fmt: skip
+    assert submitter.job_folder("7") == Path("/home/alice/ucloud-jobs/7")
+    assert submitter.job_folder("7", "home:alice") == Path("/home/alice/ucloud-jobs/7")
+    with pytest.raises(PathRefusedError, match="project drives are not configured"):
+        submitter.job_folder("7", "project:p1")
+
+
 @pytest.mark.parametrize(
     ("payload", "why"),
     [
@@ -269,4 +330,4 @@ async def test_health_and_metrics_and_unknown_routes(instance: tuple[Any, FakeSl
 def test_the_app_is_built_by_its_factory() -> None:
     app = init_app(SidecarSettings(user=getpass.getuser(), home=Path("/nonexistent")))
     assert isinstance(app, web.Application)
-    assert app[SUBMITTER].jobs_root == Path("/nonexistent/ucloud-jobs")
+    assert app[SUBMITTER].job_folder("1") == Path("/nonexistent/ucloud-jobs/1")

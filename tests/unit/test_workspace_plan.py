@@ -7,7 +7,13 @@ from typing import Any
 import pytest
 
 from ucim.common.resources import UCloudProject, UCloudProjectStatus
-from ucim.common.workspaces import AccountNotReadyError, insufficient_funds, job_workspace, ready_account
+from ucim.common.workspaces import (
+    AccountNotReadyError,
+    insufficient_funds,
+    job_workspace,
+    ready_account,
+    ready_drive,
+)
 from ucim.slurm_bridge.workspace_plan import (
     applied_changes,
     compute_wallets,
@@ -140,3 +146,23 @@ def test_what_a_pass_changed_is_told_once_per_change() -> None:
         ("AccountUsersChanged", "pp1_cpu: removed bob"),
         ("AccountLocked", "pp1_cpu: MaxJobs=0, Core locked the wallet"),
     ]
+
+
+def test_a_project_job_waits_for_its_group_to_hold_its_owner_and_keeps_its_folder_in_the_projects_drive() -> None:
+    p = project()
+    with pytest.raises(AccountNotReadyError, match="not made the project's Unix group"):
+        ready_drive(p, "alice")
+    p.status.group = "pp1"
+    with pytest.raises(AccountNotReadyError, match="not added alice to Unix group pp1"):
+        ready_drive(p, "alice")
+    p.status.group_members = ["alice"]
+    assert ready_drive(p, "alice") == "project:pp1"
+    with pytest.raises(AccountNotReadyError, match="sent nothing"):
+        ready_drive(None, "alice")
+
+
+def test_a_personal_jobs_folder_is_in_the_home() -> None:
+    personal = UCloudProject.model_validate(
+        {"metadata": {"name": "user-alice"}, "spec": {"workspace": {"kind": "user", "id": "alice#1"}, "cluster": "c"}}
+    )
+    assert ready_drive(personal, "alice") is None

@@ -52,6 +52,31 @@ def read_platform_env(run_dir: Path | None = None) -> dict[str, str]:
     return env
 
 
+def project_drives_dir() -> Path:
+    """Where the local platform keeps project drives: ``<this>/<group>`` (``drive_roots["project"]``)."""
+    return platform_run_dir() / "projects"
+
+
+def accounting_settings() -> dict[str, dict[str, str]]:
+    """Core's accounting on, for ``running_stack``: the event stream, groups, Slurm accounts, project drives,
+    storage accounted; usage measured every 2 s (compute and storage) so that tests need not wait."""
+    roots = {"project": f"{project_drives_dir()}/{{name}}"}
+    return {
+        "ucim-gateway": {"UCIM_GATEWAY_ACCOUNTING_ENABLED": "true"},
+        "ucim-operator": {
+            "UCIM_OPERATOR_ACCOUNTING_ENABLED": "true",
+            "UCIM_OPERATOR_CLUSTER": CLUSTER,
+            "UCIM_OPERATOR_STORAGE_ACCOUNTED": "true",
+        },
+        "ucim-bridge": {
+            "UCIM_BRIDGE_ACCOUNTING__ENABLED": "true",
+            "UCIM_BRIDGE_ACCOUNTING__USAGE_INTERVAL_SECONDS": "2",
+            "UCIM_BRIDGE_ACCOUNTING__STORAGE_INTERVAL_SECONDS": "2",
+            "UCIM_BRIDGE_SIDECAR__DRIVE_ROOTS": json.dumps(roots),
+        },
+    }
+
+
 _HANDED_OUT: set[int] = set()
 
 
@@ -140,6 +165,11 @@ class Frontend:
 
     def owner_uid(self, path: str | PurePath) -> int:
         return int(self.run("stat", "-c", "%u", "--", str(path)).stdout)
+
+    def group_and_mode(self, path: str | PurePath) -> tuple[str, int]:
+        """The group that owns a path and its mode bits (setgid included)."""
+        group, mode = self.run("stat", "-c", "%G %a", "--", str(path)).stdout.split()
+        return group, int(mode, 8)
 
 
 @dataclass(frozen=True)

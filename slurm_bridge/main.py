@@ -115,6 +115,7 @@ def workspace_controller(
         accounts=SlurmAccounts(SlurmConfig(slurm_conf=settings.slurm_conf)),
         names=account_mapper(accounting.accounts),
         usage_interval_seconds=accounting.usage_interval_seconds,
+        resync_seconds=accounting.accounts.resync_seconds,
         watch_timeout_seconds=settings.watch_timeout_seconds,
     )
     connections.listeners.append(controller.on_connection)

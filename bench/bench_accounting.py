@@ -328,6 +328,9 @@ class StubAccounts:
     async def snapshot(self) -> dict[str, AccountState]:
         return {}
 
+    async def account(self, name: str) -> AccountState | None:
+        raise NotImplementedError
+
     async def ensure_account(self, name: str, *, description: str, organization: str) -> bool:
         raise NotImplementedError
 

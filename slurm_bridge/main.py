@@ -118,6 +118,7 @@ def workspace_controller(
         folders=ProjectFolders(pattern) if (pattern := settings.project_folder_pattern) else None,
         usage_interval_seconds=accounting.usage_interval_seconds,
         storage_interval_seconds=accounting.storage_interval_seconds,
+        resync_seconds=accounting.accounts.resync_seconds,
         watch_timeout_seconds=settings.watch_timeout_seconds,
     )
     connections.listeners.append(controller.on_connection)

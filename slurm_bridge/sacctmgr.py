@@ -127,9 +127,11 @@ def _cluster(cluster: str | None) -> list[str]:
     return [f"cluster={cluster}"] if cluster else []
 
 
-def show_associations_args(cluster: str | None) -> list[str]:
-    """Every association (account rows have an empty user) with its limits: the snapshot's one call."""
-    return ["-nP", "show", "assoc", *(["where", *_cluster(cluster)] if cluster else []),
+def show_associations_args(cluster: str | None, account: str | None = None) -> list[str]:
+    """Every association (account rows have an empty user) with its limits: the snapshot's one call; or only
+    ``account``'s (none at all, status 0, when there is no such account)."""
+    where = [*_cluster(cluster), *([f"account={account}"] if account else [])]
+    return ["-nP", "show", "assoc", *(["where", *where] if where else []),
             f"format={','.join(ASSOCIATION_FIELDS)}"]  # fmt: skip
 
 

@@ -5,9 +5,12 @@ match it, level-triggered, as a controller does:
 
 * it learns of changes by watching (UCloudProjects of its cluster, and the connections,
   since a member who connects must join the group and the accounts);
-* each pass compares what the spec wants with what the system holds (``getent``, one
-  ``sacctmgr`` listing for all accounts) and changes only the difference, so a pass
-  repeated after a crash or a replayed event changes nothing;
+* each pass compares what the spec wants with what the system holds (the group as the
+  status recorded it; the accounts as the :class:`~ucim.slurm_bridge.accounts_view.AccountsView`
+  holds them: one ``sacctmgr`` listing of all, read at the start and every ``resync_seconds``,
+  kept up to date with what the controller changed) and changes only the difference, so a
+  pass repeated after a crash or a replayed event changes nothing; an account found changed
+  by that periodic read (by hand, say) has its workspace reconciled again;
 * what it applied goes to the status (group, gid, members, accounts) with the conditions
   GroupReady and AccountReady; a failed pass is tried again with the one backoff.
 
@@ -25,7 +28,7 @@ import logging
 import pwd
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from prometheus_client import Counter, Histogram
 
@@ -39,6 +42,7 @@ from ucim.common.resources import SlurmAccount, UCloudProject, UCloudProjectStat
 from ucim.common.retry import delay_after
 from ucim.common.times import now_utc
 from ucim.slurm_bridge.account_mapper import AccountMapper, ProjectWorkspace, UserWorkspace
+from ucim.slurm_bridge.accounts_view import Accounts, AccountsView
 from ucim.slurm_bridge.project_folders import ProjectFolderError, ProjectFolders
 from ucim.slurm_bridge.sacctmgr import AccountState
 from ucim.slurm_bridge.storage_usage import StorageMeasureError, allocated_bytes
@@ -76,17 +80,6 @@ STORAGE_CYCLE_SECONDS = Histogram(
 )
 
 
-class Accounts(Protocol):
-    async def snapshot(self) -> dict[str, AccountState]: ...
-    async def ensure_account(self, name: str, *, description: str, organization: str) -> bool: ...
-    async def add_users(self, name: str, users: Collection[str]) -> None: ...
-    async def remove_users(self, name: str, users: Collection[str]) -> None: ...
-    async def set_limits(
-        self, name: str, *, locked: bool, quota_minutes: int | None, fairshare: int | None
-    ) -> None: ...
-    async def usage_minutes(self) -> dict[str, int]: ...
-
-
 class WorkspaceController:
     def __init__(
         self,
@@ -101,6 +94,7 @@ class WorkspaceController:
         folders: ProjectFolders | None = None,
         usage_interval_seconds: float = 30.0,
         storage_interval_seconds: float = 300.0,
+        resync_seconds: float = 600.0,
         watch_timeout_seconds: int = 300,
     ) -> None:
         self.kube, self.namespace = kube, namespace
@@ -108,6 +102,8 @@ class WorkspaceController:
         self.groups, self.accounts, self.names = groups, accounts, names
         # None: the site has no project folders (no drive_roots["project"] for the instances).
         self.folders = folders
+        # What the passes diff against and change Slurm through (all accounts are read every resync_seconds).
+        self.view = AccountsView(accounts, resync_seconds=resync_seconds)
         self.usage_interval_seconds = usage_interval_seconds
         self.storage_interval_seconds = storage_interval_seconds
         # Bytes each workspace's drive held when last measured (by workspace name): the usage cycle reads them.
@@ -158,23 +154,43 @@ class WorkspaceController:
             await self.projects.synced.wait()
             await self.connections.synced.wait()
             names, self._dirty = self._dirty, set()
-            try:
-                snapshot = await self.accounts.snapshot()
-            except Exception:
-                # slurmdbd away, say: the bridge goes on serving; these workspaces are tried again later.
-                self._snapshot_failures += 1
-                delay = delay_after(self._snapshot_failures, first=1.0, cap=60.0)
-                log.exception("Slurm's accounts cannot be read; again in %.0f s", delay)
-                self._dirty |= names
-                asyncio.get_running_loop().call_later(delay, self._wake.set)
-                continue
-            self._snapshot_failures = 0
+            if self.view.resync_due():
+                try:
+                    drifted = await self.view.resync()
+                except Exception:
+                    # slurmdbd away, say: the bridge goes on serving; these workspaces are tried again later.
+                    self._snapshot_failures += 1
+                    delay = delay_after(self._snapshot_failures, first=1.0, cap=60.0)
+                    log.exception("Slurm's accounts cannot be read; again in %.0f s", delay)
+                    self._dirty |= names
+                    asyncio.get_running_loop().call_later(delay, self._wake.set)
+                    continue
+                self._snapshot_failures = 0
+                names |= self._drifted(drifted)
+                if self.view.resync_seconds > 0:
+                    # Slurm cannot be watched: the loop wakes for the next read even when nothing else happens.
+                    asyncio.get_running_loop().call_later(self.view.resync_seconds, self._wake.set)
             for name in sorted(names):
                 project = self.projects.get(name)
                 if project is not None:
-                    await self._reconcile_logged(project, snapshot)
+                    await self._reconcile_logged(project, self.view)
 
-    async def _reconcile_logged(self, project: UCloudProject, snapshot: dict[str, AccountState]) -> None:
+    def _drifted(self, accounts: Collection[str]) -> set[str]:
+        """The workspaces whose recorded accounts are among ``accounts`` (found changed by a resync), told."""
+        if not accounts:
+            return set()
+        names = {
+            p.metadata.name
+            for p in self.projects.objects.values()
+            if any(a.name in accounts for a in p.status.accounts)
+        }
+        log.info(
+            "Slurm accounts changed outside the bridge; their workspaces are reconciled again",
+            extra={"accounts": sorted(accounts)[:20], "changed": len(accounts), "workspaces": len(names)},
+        )
+        return names
+
+    async def _reconcile_logged(self, project: UCloudProject, snapshot: Mapping[str, AccountState]) -> None:
         name = project.metadata.name
         try:
             await self.reconcile(project, snapshot)
@@ -288,15 +304,16 @@ class WorkspaceController:
     ) -> SlurmAccount:
         """Make Slurm account ``name`` hold ``wanted``'s users and limits, changing only what differs."""
         if current is None:
-            await self.accounts.ensure_account(name, description=f"UCloud {wanted.category}", organization=organization)
-        users = current.users if current is not None else frozenset()
+            description = f"UCloud {wanted.category}"
+            current = await self.view.ensure_account(name, description=description, organization=organization)
+        users = current.users
         if wanted.users - users:
-            await self.accounts.add_users(name, sorted(wanted.users - users))
+            await self.view.add_users(name, sorted(wanted.users - users))
         if users - wanted.users:
-            await self.accounts.remove_users(name, sorted(users - wanted.users))
+            await self.view.remove_users(name, sorted(users - wanted.users))
         limits = (0 if wanted.locked else None, wanted.quota_minutes, wanted.fairshare)
-        if current is None or (current.max_jobs, current.quota_minutes, current.fairshare) != limits:
-            await self.accounts.set_limits(
+        if (current.max_jobs, current.quota_minutes, current.fairshare) != limits:
+            await self.view.set_limits(
                 name, locked=wanted.locked, quota_minutes=wanted.quota_minutes, fairshare=wanted.fairshare
             )
         return SlurmAccount(

@@ -25,6 +25,7 @@ from tests.integration import test_slurm_cli as cli
 from ucim.common.slurm import SlurmClient, SlurmConfig
 from ucim.common.slurm_errors import SlurmRejectedError, SlurmUnavailableError
 from ucim.common.slurm_parsing import SlurmJobInfo
+from ucim.slurm_bridge.accounts_view import AccountsView
 from ucim.slurm_bridge.sacctmgr import AccountState, SacctmgrRefusedError, SlurmNameError
 from ucim.slurm_bridge.slurm_accounts import SlurmAccounts
 
@@ -159,6 +160,37 @@ def test_an_account_is_created_once_and_holds_exactly_its_members(
     with pytest.raises(SlurmNameError):
         run(accounts.ensure_account(f"{account}x,{account}y", description="", organization=""))
     assert not {f"{account}x", f"{account}y"} & set(run(accounts.snapshot()))
+
+
+def test_the_view_records_its_changes_as_slurm_then_shows_them(
+    accounts: SlurmAccounts,
+    account: str,
+    slurm_conf: Path,
+) -> None:
+    async def scenario() -> None:
+        view = AccountsView(accounts, resync_seconds=600)
+        await view.resync()
+        await view.ensure_account(account, description="ucim integration test", organization="ucim")
+        await view.add_users(account, ["alice", "bob"])
+        await view.set_limits(account, locked=True, quota_minutes=600, fairshare=2)
+        await view.remove_users(account, ["bob"])
+        recorded = view[account]
+        assert recorded == AccountState(account, frozenset({"alice"}), 0, {"billing": 600}, 2)
+        assert account not in await view.resync()
+        assert view[account] == recorded
+        await view.set_limits(account, locked=False, quota_minutes=None, fairshare=None)
+        assert account not in await view.resync()
+        # A view that never read it (made since its last read): ensure_account finds it there and reads it alone.
+        assert (
+            await AccountsView(accounts, resync_seconds=600).ensure_account(account, description="", organization="")
+            == view[account]
+        )
+        # Changed by hand: the next read says so.
+        tool(slurm_conf, "sacctmgr", "-i", "modify", "account", "where", f"name={account}", "set", "maxjobs=0")
+        assert account in await view.resync()
+        assert view[account].locked
+
+    asyncio.run(scenario())
 
 
 def test_default_accounts_and_unknown_users(

@@ -171,6 +171,9 @@ def test_argument_lists_name_every_name_explicitly() -> None:
     assert sacctmgr.show_associations_args("ucim") == [
         "-nP", "show", "assoc", "where", "cluster=ucim", "format=account,user,maxjobs,grptresmins,fairshare",
     ]  # fmt: skip
+    assert sacctmgr.show_associations_args(None, "set") == [
+        "-nP", "show", "assoc", "where", "account=set", "format=account,user,maxjobs,grptresmins,fairshare",
+    ]  # fmt: skip
     assert sacctmgr.create_account_args(
         "set", description="My project", organization="ucloud", fairshare=1, parent=None, cluster=None
     ) == [
@@ -331,6 +334,18 @@ async def test_snapshot_and_usage_are_one_call_each() -> None:
         ["sshare", "-Pho", "account,user,grptresraw"],
     ]
     assert calls_total("show", "ok") == before + 1
+
+
+async def test_one_account_is_read_alone_and_none_when_there_is_none() -> None:
+    client = Replay({("sacctmgr", "show"): (0, SHOW_ASSOC, "")})
+    accounts = SlurmAccounts(client=client, cluster="ucim")
+    state = await accounts.account("ucimexp_c")
+    assert state is not None and state.users == {"alice", "bob"}
+    assert client.calls == [["sacctmgr", *sacctmgr.show_associations_args("ucim", "ucimexp_c")]]
+    client.answers[("sacctmgr", "show")] = (0, "", "")  # what sacctmgr says of an account it does not have
+    assert await accounts.account("ucimexp_none") is None
+    with pytest.raises(SlurmNameError):
+        await accounts.account("a,b")
 
 
 async def test_ensure_account_says_whether_it_created_it() -> None:

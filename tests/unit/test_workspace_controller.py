@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Collection
 from pathlib import Path
 from typing import Any, cast
 
@@ -16,7 +18,7 @@ from ucim.common.kube import Kube
 from ucim.common.resources import UCloudProject, UserConnection
 from ucim.slurm_bridge.account_mapper import PatternAccountMapper
 from ucim.slurm_bridge.project_folders import ProjectFolderError, ProjectFolders
-from ucim.slurm_bridge.sacctmgr import AccountState
+from ucim.slurm_bridge.sacctmgr import AccountState, SacctmgrRefusedError
 from ucim.slurm_bridge.unix_groups import GroupState, ProjectUpdate
 from ucim.slurm_bridge.workspaces import WorkspaceController
 
@@ -43,9 +45,16 @@ class FakeAccounts:
     def __init__(self) -> None:
         self.accounts: dict[str, AccountState] = {}
         self.calls: list[tuple[str, ...]] = []
+        self.snapshots = 0
+        self.refuse_add = False  # the next add_users fails
 
     async def snapshot(self) -> dict[str, AccountState]:
+        self.snapshots += 1
         return dict(self.accounts)
+
+    async def account(self, name: str) -> AccountState | None:
+        self.calls.append(("show", name))
+        return self.accounts.get(name)
 
     async def ensure_account(self, name: str, *, description: str, organization: str) -> bool:
         self.calls.append(("create", name))
@@ -54,6 +63,9 @@ class FakeAccounts:
 
     async def add_users(self, name: str, users: Collection[str]) -> None:
         self.calls.append(("add", name, *users))
+        if self.refuse_add:
+            self.refuse_add = False
+            raise SacctmgrRefusedError("adding failed", detail="slurmdbd said no")
         old = self.accounts[name]
         self.accounts[name] = AccountState(name, old.users | set(users), old.max_jobs, old.grp_tres_mins, old.fairshare)
 
@@ -235,3 +247,109 @@ async def test_storage_is_measured_from_the_drive_and_reported_in_whole_gb(
     controller.storage_bytes["project-abcdef12"] = 3 * 10**9 + 999  # a part of a GB is not charged
     await controller.measure()
     assert {u.category: u.usage for u in (await stored(kube)).status.usage} == {"cpu": 2, "storage": 3}
+
+
+# --- the loop: what it reads and when ----------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def looping(controller: WorkspaceController) -> AsyncIterator[None]:
+    """The reconcile loop runs in the block, its informers taken as synced (their caches are set by the test)."""
+    controller.projects.synced.set()
+    controller.connections.synced.set()
+    # The loop alone: no watches, the caches are the test's.
+    task = asyncio.create_task(controller._reconcile_forever())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def until(what: str, check: Callable[[], bool]) -> None:
+    try:
+        async with asyncio.timeout(5):
+            while not check():  # noqa: ASYNC110 - the fakes have no event to wait for
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        raise AssertionError(f"not within 5 s: {what}") from None
+
+
+async def applied(kube: FakeKube, controller: WorkspaceController, users: set[str], quota: int) -> None:
+    """Until the fake Slurm holds the account with ``users`` and ``quota`` and the status says so; then the
+    informer's cache gets the stored workspace, as its watch would."""
+    slurm = cast(FakeAccounts, controller.accounts)
+    async with asyncio.timeout(5):
+        while True:
+            state = slurm.accounts.get("pabcdef12_cpu")
+            found = await stored(kube)
+            in_slurm = state is not None and (set(state.users), state.quota_minutes) == (users, quota)
+            in_status = [(set(a.users), a.quota_minutes) for a in found.status.accounts] == [(users, quota)]
+            if in_slurm and in_status:
+                break
+            await asyncio.sleep(0.01)
+    controller.projects.objects["project-abcdef12"] = found
+
+
+async def changed_at_core(kube: FakeKube, controller: WorkspaceController, quota: int) -> None:
+    spec = project([{"username": "alice#1", "role": "PI"}, {"username": "bob#2", "role": "USER"}])["spec"]
+    spec["wallets"][0]["quota"] = quota
+    await kube.patch(UCloudProject, NAMESPACE, "project-abcdef12", {"spec": spec})
+    controller.projects.objects["project-abcdef12"] = await stored(kube)
+    controller.mark("project-abcdef12")
+
+
+async def test_passes_diff_against_the_view_and_read_all_accounts_only_at_the_start(
+    fakes: tuple[FakeKube, FakeGroups, FakeAccounts, WorkspaceController],
+) -> None:
+    kube, _, accounts, controller = fakes
+    both = [{"username": "alice#1", "role": "PI"}, {"username": "bob#2", "role": "USER"}]
+    controller.projects.objects["project-abcdef12"] = await kube.create(
+        UCloudProject.model_validate(project(both)), NAMESPACE
+    )
+    async with looping(controller):
+        controller.mark("project-abcdef12")
+        await applied(kube, controller, {"alice", "bob"}, 600)
+        for quota in (20, 30, 40):
+            await changed_at_core(kube, controller, quota)
+            await applied(kube, controller, {"alice", "bob"}, quota * 60)
+    assert accounts.snapshots == 1
+    assert [c[0] for c in accounts.calls] == ["create", "add", "limits", "limits", "limits", "limits"]
+
+
+async def test_a_change_by_hand_is_found_by_the_next_resync_and_repaired(
+    fakes: tuple[FakeKube, FakeGroups, FakeAccounts, WorkspaceController],
+) -> None:
+    kube, _, accounts, controller = fakes
+    controller.view.resync_seconds = 0.05
+    both = [{"username": "alice#1", "role": "PI"}, {"username": "bob#2", "role": "USER"}]
+    controller.projects.objects["project-abcdef12"] = await kube.create(
+        UCloudProject.model_validate(project(both)), NAMESPACE
+    )
+    async with looping(controller):
+        controller.mark("project-abcdef12")
+        await applied(kube, controller, {"alice", "bob"}, 600)
+        # An admin takes bob out and lifts the quota; nothing at Core changed, nobody marks the workspace.
+        accounts.accounts["pabcdef12_cpu"] = AccountState("pabcdef12_cpu", frozenset({"alice"}), None, {}, 1)
+        await applied(kube, controller, {"alice", "bob"}, 600)
+    assert accounts.snapshots >= 2
+    assert accounts.calls[-2:] == [("add", "pabcdef12_cpu", "bob"), ("limits", "pabcdef12_cpu", "False", "600")]
+
+
+async def test_a_failed_change_makes_the_next_pass_read_all_accounts_first(
+    fakes: tuple[FakeKube, FakeGroups, FakeAccounts, WorkspaceController],
+) -> None:
+    kube, _, accounts, controller = fakes
+    both = [{"username": "alice#1", "role": "PI"}, {"username": "bob#2", "role": "USER"}]
+    controller.projects.objects["project-abcdef12"] = await kube.create(
+        UCloudProject.model_validate(project(both)), NAMESPACE
+    )
+    accounts.refuse_add = True
+    async with looping(controller):
+        controller.mark("project-abcdef12")
+        await until("the add refused", lambda: ("add", "pabcdef12_cpu", "alice", "bob") in accounts.calls)
+        assert accounts.snapshots == 1
+        controller.mark("project-abcdef12")  # sooner than its backoff
+        await applied(kube, controller, {"alice", "bob"}, 600)
+    assert accounts.snapshots == 2

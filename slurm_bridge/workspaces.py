@@ -401,9 +401,9 @@ class WorkspaceController:
     async def measure_storage(self) -> int:
         """Measure the drive of every workspace with a storage wallet, one at a time; how many were measured."""
         await self.projects.synced.wait()
-        measured = 0
+        measured, connected = 0, self.connected()
         for project in list(self.projects.objects.values()):
-            folder = self.drive_folder(project) if storage_wallets(project) else None
+            folder = drive_folder(project, connected) if storage_wallets(project) else None
             if folder is None:
                 continue
             try:
@@ -413,18 +413,6 @@ class WorkspaceController:
                 continue
             measured += 1
         return measured
-
-    def drive_folder(self, project: UCloudProject) -> Path | None:
-        """The folder a workspace's storage is: the project's folder, or the home of the connected owner."""
-        if project.spec.workspace.kind == "project":
-            return Path(project.status.drive_folder) if project.status.drive_folder else None
-        owner = self.connected().get(project.spec.workspace.id)
-        if owner is None or owner.spec.local_user is None:
-            return None
-        try:
-            return Path(pwd.getpwnam(owner.spec.local_user).pw_dir)
-        except KeyError:
-            return None
 
 
 def _member(connection: UserConnection, role: Role) -> Member:
@@ -440,3 +428,16 @@ async def _apply_folder(folders: ProjectFolders, group: GroupState) -> tuple[dic
         return {}, (reasons.DRIVE_READY, "False", reasons.FOLDER_FAILED, str(error))
     why = f"{path} is the folder of group {group.name}"
     return {"driveFolder": str(path)}, (reasons.DRIVE_READY, "True", reasons.FOLDER_READY, why)
+
+
+def drive_folder(project: UCloudProject, connected: Mapping[str, UserConnection]) -> Path | None:
+    """The folder a workspace's storage is: the project's folder, or the home of the connected owner."""
+    if project.spec.workspace.kind == "project":
+        return Path(project.status.drive_folder) if project.status.drive_folder else None
+    owner = connected.get(project.spec.workspace.id)
+    if owner is None or owner.spec.local_user is None:
+        return None
+    try:
+        return Path(pwd.getpwnam(owner.spec.local_user).pw_dir)
+    except KeyError:
+        return None

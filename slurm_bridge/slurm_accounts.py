@@ -10,15 +10,16 @@ sacctmgr answers in each case).
 
 Cost
 ====
-Measured on the local platform (Slurm 22.05.8, MariaDB, 2 cores), medians (``python -m bench accounts``
-through this class; the bare commands timed with ``time``; 10,000 from ``python -m bench accounting``):
+Measured on the local platform (Slurm 22.05.8, MariaDB, 2 cores), medians: the bare sacctmgr commands timed
+with ``time``, 10,000 through this class (``python -m bench accounting --accounts 10000``), sshare through it
+with 2 members an account (``python -m bench accounts``):
 
 =====================  ============================  =========================  ============================
 accounts               ``snapshot()`` (``wopinfo``)  ``show assoc`` without it  ``usage_minutes()`` (sshare)
 =====================  ============================  =========================  ============================
-0 (5 rows)             0.27 s                        0.27 s                     4 ms
-1,000 (1 member each)  0.23 s                        1.45 s                     15 ms (2 members)
-3,000 (1 member each)  0.25 s                        3.7 s                      0.10 s (2 members)
+0 (5 rows)             0.26 s                        0.27 s                     4 ms
+1,000 (1 member each)  0.23 s                        1.45 s                     15 ms
+3,000 (1 member each)  0.25 s                        3.7 s                      0.10 s
 10,000 (no members)    0.32 s                        0.26 s
 =====================  ============================  =========================  ============================
 

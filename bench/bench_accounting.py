@@ -14,30 +14,42 @@ connections Informer, LocalGroups and SlurmAccounts (sacctmgr on the platform's 
    informer cache, with a stub ``usage_minutes()`` (one figure per account): the pure computation (nothing
    changed, no write) and the cycle in which every workspace's usage changed (N status patches).
 4. **Usage freshness**: a changed ``status.usage`` → Core's wallet shows it (UsageReporter).
+5. **Grant → applied at N accounts** (``--accounts N``): N more Slurm accounts (:class:`Fillers`), then
+   ``--grants`` grants at Core, each timed until the status shows the quota applied: first with
+   ``resync_seconds`` 0 (all accounts listed before every pass, as the controller did before its
+   AccountsView), then with the view (the default). ``--changes 0`` leaves parts 1, 2 and 4 out.
 
-Everything it makes is removed however it ends: both namespaces, the project's Unix group, its Slurm account.
+Everything it makes is removed however it ends: the namespaces, the projects' Unix groups and Slurm accounts,
+the N accounts.
 
     python3 -m bench accounting                       # 50 changes, 20 usage figures, 1,000 and 3,000 workspaces
     python3 -m bench accounting --changes 3 --usage-rounds 3 --sizes 10000 --json out.json
+    python3 -m bench accounting --sizes '' --accounts 10000    # parts 1, 2, 4 and 5 (2 min 13 s)
 
 Measured on the 2-core VM (Slurm 22.05.8 with slurmdbd/MariaDB, the platform's kube-apiserver and etcd, all on
-the same 2 cores), defaults (2 min 8 s), and ``--changes 3 --usage-rounds 3 --sizes 10000`` for the 10,000 row:
+the same 2 cores): the first four rows and the last two from ``--sizes '' --accounts 10000`` (with the
+AccountsView), the usage cycle from the defaults (before it) and ``--changes 3 --usage-rounds 3 --sizes 10000``:
 
 ==================================================  =====================================================
 what                                                figure
 ==================================================  =====================================================
-change at Core → spec (50: grant, lock, members)    p50 15 ms, p95 19 ms, max 29 ms
-change at Core → applied (grant / lock)             p50 462 / 441 ms, p95 468 / 449 ms
-change at Core → applied (members)                  p50 706 ms, p95 752 ms (gpasswd, then sacctmgr)
-status.usage changed → Core's wallet (20)           p50 1,028 ms, p95 1,046 ms (``GATHER_SECONDS`` is 1 s)
+change at Core → spec (50: grant, lock, members)    p50 15 ms, p95 16 ms, max 18 ms
+change at Core → applied (grant / lock)             p50 384 / 387 ms, p95 388 / 391 ms
+change at Core → applied (members)                  p50 628 ms, p95 671 ms (gpasswd, then sacctmgr)
+status.usage changed → Core's wallet (20)           p50 1,032 ms, p95 1,038 ms (``GATHER_SECONDS`` is 1 s)
 usage cycle, nothing changed: 1,000 / 3,000         11 ms / 26 ms (~10 µs a workspace; no write)
 usage cycle, all changed: 1,000 / 3,000             7.7 s / 25.3 s (130 / 119 status patches a second)
 usage cycle at 10,000: nothing / all changed        83 ms / 57.0 s (175 patches a second)
 sshare (quoted from slurm_accounts.py)              15 ms at 1,000, 0.10 s at 3,000 accounts
+grant → applied, 10,000 accounts: listing per pass  p50 736 ms, p95 809 ms (1.9 listings a grant)
+grant → applied, 10,000 accounts: AccountsView      p50 388 ms, p95 396 ms (no listing)
 ==================================================  =====================================================
 
-A change reaches the spec in one apiserver write; applying it is sacctmgr's time (one ``show assoc``
-snapshot of ~0.27 s per pass, then ``modify``/``add user``), a member change also gpasswd's. The usage
+A change reaches the spec in one apiserver write; applying it is sacctmgr's time (one ``modify`` or ``add
+user``, ~0.36 s; no listing of all accounts), a member change also gpasswd's. At 10,000 accounts the listing
+(``show assoc wopinfo``) took 0.32 s and one account's 0.27 s; the listing without ``wopinfo``, what each pass
+read before, takes ~1.2 ms per account with members (1.45 s at 1,000, 3.7 s at 3,000: ~12 s at 10,000), which
+the empty filler accounts do not show. The usage
 cycle is cheap while nothing changes (~8-11 µs a workspace) and costs one sequential status patch (6-8 ms) per
 changed workspace otherwise: at 10,000 workspaces whose usage all changed, 57 s, about twice the default 30 s
 interval. Making the 10,000 took 52 s (a create and a status patch each, 16 at a time).
@@ -59,6 +71,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Final, NamedTuple
 
+from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
 from bench.bench_slurm_poll import platform_slurm_conf
@@ -77,12 +90,12 @@ from ucim.common.resources import (
     cluster_selector,
 )
 from ucim.common.resources import Workspace as WorkspaceRef
-from ucim.common.slurm import SlurmConfig
+from ucim.common.slurm import SlurmClient, SlurmConfig
 from ucim.common.slurm_errors import SlurmError
 from ucim.operator.event_stream import AccountingStream
 from ucim.operator.usage import UsageReporter
 from ucim.slurm_bridge.account_mapper import AccountMapperSettings, account_mapper
-from ucim.slurm_bridge.sacctmgr import AccountState
+from ucim.slurm_bridge.sacctmgr import AccountState, outcome
 from ucim.slurm_bridge.slurm_accounts import SlurmAccounts
 from ucim.slurm_bridge.unix_groups import LocalGroups
 from ucim.slurm_bridge.unix_groups.settings import GroupSettings
@@ -99,6 +112,11 @@ CREATE_CONCURRENCY: Final = 16
 SLURM_ENV: Final = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/root", "USER": "root"}
 # Quoted from ucim.slurm_bridge.slurm_accounts (python -m bench accounts): the real sshare, not measured here.
 SSHARE_MEDIAN_S: Final = {1000: 0.015, 3000: 0.10}
+DEFAULT_RESYNC_SECONDS: Final = AccountMapperSettings().resync_seconds
+# Seconds between the last change applied and the next, at scale: the controller's passes are over by then.
+SETTLE: Final = 1.5
+# Accounts per bulk create (~40 KB of arguments; one argument may hold 128 KB).
+FILLER_CHUNK: Final = 2500
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
@@ -174,8 +192,8 @@ class ChangesAtCore:
         self.owner = Workspace.project(project_id)
         self.locked, self.both = False, True
 
-    def step(self, i: int) -> Step:
-        kind = ("grant", "lock", "members")[i % 3]
+    def step(self, i: int, kind: str | None = None) -> Step:
+        kind = kind or ("grant", "lock", "members")[i % 3]
         if kind == "grant":
             quota = 1001 + i
             return Step(
@@ -202,8 +220,11 @@ class ChangesAtCore:
         )
 
 
-async def timed_change(kube: Kube, namespace: str, name: str, step: Step) -> tuple[float, float]:
-    """Seconds from ``change`` to the spec showing it, and to the status showing it applied (one watch)."""
+async def timed_change(
+    kube: Kube, namespace: str, name: str, step: Step, *, settle: float = 0.2
+) -> tuple[float, float]:
+    """Seconds from ``change`` to the spec showing it, and to the status showing it applied (one watch); the
+    change is made ``settle`` seconds after the watch opened."""
     seen: dict[str, float] = {}
     generation: list[int] = []
 
@@ -216,20 +237,30 @@ async def timed_change(kube: Kube, namespace: str, name: str, step: Step) -> tup
         return bool(generation) and (project.status.observed_generation or 0) >= generation[0] and step.applied(project)
 
     waiter = asyncio.create_task(asyncio.wait_for(kube.wait_for(UCloudProject, namespace, name, check), WAIT))
-    await asyncio.sleep(0.2)  # the watch is open before the change
+    await asyncio.sleep(settle)  # the watch is open before the change
     started = time.perf_counter()
     await step.change()
     await waiter
     return seen["spec"] - started, time.perf_counter() - started
 
 
-async def measure_changes(
-    core: CoreStandIn, operator: Kube, bridge: Kube, namespace: str, *, changes: int, usage_rounds: int
-) -> dict[str, Any]:
+class Applying(NamedTuple):
+    project_id: str
+    name: str  # the UCloudProject's
+    controller: WorkspaceController
+    loops: list[asyncio.Task[Any]]
+
+
+@contextlib.asynccontextmanager
+async def applying(
+    core: CoreStandIn, operator: Kube, bridge: Kube, namespace: str, *, resync_seconds: float
+) -> AsyncIterator[Applying]:
+    """A new project at Core (alice and bob, 1,000 core-hours of cpu) applied by the operator's stream and the
+    bridge's controller, which run (with the usage reporter) in the block; it starts once the project's group and
+    account are applied."""
     project_id = core.accounting.create_project("Accounting bench", MEMBERS)
-    owner = Workspace.project(project_id)
     name = UCloudProject.name_for(WorkspaceRef(kind="project", id=project_id))
-    await core.accounting.grant(owner, "cpu", 1000)
+    await core.accounting.grant(Workspace.project(project_id), "cpu", 1000)
     client = CoreClient(core.url, SecretStr(REFRESH_TOKEN))
     stream = AccountingStream(client, operator, core_url=core.url, namespace=namespace, cluster=CLUSTER)
     for username in MEMBERS:
@@ -246,15 +277,12 @@ async def measure_changes(
         accounts=SlurmAccounts(SlurmConfig(slurm_conf=platform_slurm_conf(), env=SLURM_ENV, timeout_seconds=120)),
         names=account_mapper(AccountMapperSettings()),
         usage_interval_seconds=3600,  # the usage cycle is measured on its own (part 3)
+        resync_seconds=resync_seconds,
     )
     connections.on_event = controller.on_connection
     watched = Informer(operator, UCloudProject, namespace, label_selector=cluster_selector(CLUSTER))
     reporter = UsageReporter(client, operator, watched, namespace=namespace, provider_id=PROVIDER)
     watched.on_event = reporter.on_project
-    to_spec: dict[str, list[float]] = {"grant": [], "lock": [], "members": []}
-    to_applied: dict[str, list[float]] = {"grant": [], "lock": [], "members": []}
-    freshness: list[float] = []
-    missed: list[str] = []
     try:
         async with running(stream.run(), connections.run(), controller.run(), watched.run(), reporter.run()) as loops:
             await asyncio.wait_for(
@@ -263,30 +291,42 @@ async def measure_changes(
                                   and len(p.status.group_members) == 2),
                 WAIT,
             )  # fmt: skip
-            changes_at_core = ChangesAtCore(core, project_id)
-            for i in range(changes):
-                step = changes_at_core.step(i)
-                spec_s, applied_s = await timed_change(operator, namespace, name, step)
-                to_spec[step.kind].append(spec_s)
-                to_applied[step.kind].append(applied_s)
-            # 4: usage written as the bridge would → Core's wallet.
-            for k in range(1, usage_rounds + 1):
-                started = time.perf_counter()
-                await bridge.patch_status(UCloudProject, namespace, name, {"usage": [{"category": "cpu", "usage": k}]})
-                try:
-                    await core.accounting.wait_for_usage(owner, "cpu", partial(op.eq, k), timeout=USAGE_WAIT)
-                except TimeoutError as error:
-                    # Told, not fatal: the latencies above are still worth having.
-                    ended = [repr(t.exception()) for t in loops if t.done() and not t.cancelled() and t.exception()]
-                    missed.append(f"usage {k}: {error}; loops ended: {ended}")
-                    print(f"# {missed[-1]}", file=sys.stderr, flush=True)
-                    break
-                freshness.append(time.perf_counter() - started)
+            yield Applying(project_id, name, controller, loops)
     finally:
         await client.close()
+
+
+async def measure_changes(
+    core: CoreStandIn, operator: Kube, bridge: Kube, namespace: str, *, changes: int, usage_rounds: int
+) -> dict[str, Any]:
+    to_spec: dict[str, list[float]] = {"grant": [], "lock": [], "members": []}
+    to_applied: dict[str, list[float]] = {"grant": [], "lock": [], "members": []}
+    freshness: list[float] = []
+    missed: list[str] = []
+    async with applying(core, operator, bridge, namespace, resync_seconds=DEFAULT_RESYNC_SECONDS) as run:
+        changes_at_core = ChangesAtCore(core, run.project_id)
+        for i in range(changes):
+            step = changes_at_core.step(i)
+            spec_s, applied_s = await timed_change(operator, namespace, run.name, step)
+            to_spec[step.kind].append(spec_s)
+            to_applied[step.kind].append(applied_s)
+        # 4: usage written as the bridge would → Core's wallet.
+        owner = Workspace.project(run.project_id)
+        for k in range(1, usage_rounds + 1):
+            started = time.perf_counter()
+            await bridge.patch_status(UCloudProject, namespace, run.name, {"usage": [{"category": "cpu", "usage": k}]})
+            try:
+                await core.accounting.wait_for_usage(owner, "cpu", partial(op.eq, k), timeout=USAGE_WAIT)
+            except TimeoutError as error:
+                # Told, not fatal: the latencies above are still worth having.
+                ended = [repr(t.exception()) for t in run.loops if t.done() and not t.cancelled() and t.exception()]
+                missed.append(f"usage {k}: {error}; loops ended: {ended}")
+                print(f"# {missed[-1]}", file=sys.stderr, flush=True)
+                break
+            freshness.append(time.perf_counter() - started)
     every_spec = [s for samples in to_spec.values() for s in samples]
     every_applied = [s for samples in to_applied.values() for s in samples]
-    result = {
+    return {
         "change_to_spec": {"all": percentiles(every_spec), **{k: percentiles(v) for k, v in to_spec.items() if v}},
         "change_to_applied": {
             "all": percentiles(every_applied),
@@ -295,7 +335,6 @@ async def measure_changes(
         "usage_to_core": percentiles(freshness) if freshness else {"p50_ms": 0, "p95_ms": 0, "max_ms": 0, "n": 0},
         "usage_missed": missed,
     }
-    return result
 
 
 async def remove_frontend(kube: Kube, namespace: str, slurm: SlurmAccounts) -> None:
@@ -446,10 +485,112 @@ async def measure_cycles(
     return rows
 
 
+# --- 5: grant → applied while slurmdbd holds many accounts ------------------------------------------
+
+
+class Fillers:
+    """``count`` Slurm accounts, the other workspaces' as far as slurmdbd's tables go, under a parent of their own.
+
+    Without members: slurmdbd adds user associations one at a time, each moving its nested-set numbering
+    (lft/rgt) of every row after it, so adding alice to 3,000 accounts took 3.7 min, and ~10,000 would take an
+    hour; the listing the controller reads (``wopinfo``) took the same time with members as without at 3,000.
+    Deleting thousands of accounts by name is as slow (and a cancelled delete is rolled back for as long), so they
+    go with their parent: one call removes the whole subtree's associations, then the accounts have none left
+    and go in a few calls.
+    """
+
+    def __init__(self, client: SlurmClient, count: int) -> None:
+        self.client = client
+        self.parent = f"ucimbench{uuid.uuid4().hex[:6]}"
+        self.names = [f"{self.parent}_{i:05d}" for i in range(count)]
+
+    async def sacctmgr(self, *args: str) -> None:
+        result = await self.client.run("sacctmgr", ["-i", *args])
+        if outcome(result.returncode, result.stdout, result.stderr) is None:  # "Nothing deleted" is no failure
+            raise RuntimeError(f"sacctmgr {' '.join(args)[:120]}... failed: {result.stdout} {result.stderr}")
+
+    def chunks(self) -> list[str]:
+        return [",".join(self.names[i : i + FILLER_CHUNK]) for i in range(0, len(self.names), FILLER_CHUNK)]
+
+    async def make(self) -> None:
+        await self.sacctmgr("create", "account", f"name={self.parent}", "description=ucim bench", "organization=ucim")
+        for chunk in self.chunks():
+            await self.sacctmgr("create", "account", f"name={chunk}", f"parent={self.parent}",
+                                "description=ucim bench", "organization=ucim")  # fmt: skip
+
+    async def remove(self) -> None:
+        await self.sacctmgr("delete", "account", "where", f"name={self.parent}")
+        for chunk in self.chunks():
+            await self.sacctmgr("delete", "account", "where", f"name={chunk}")
+
+
+def listed() -> float:
+    """sacctmgr show calls so far, by anyone in this process."""
+    return REGISTRY.get_sample_value("ucim_sacctmgr_calls_total", {"verb": "show", "result": "ok"}) or 0.0
+
+
+async def timed_calls(call: Callable[[], Awaitable[object]], rounds: int) -> dict[str, float]:
+    samples = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        await call()
+        samples.append(time.perf_counter() - started)
+    return percentiles(samples)
+
+
+async def measure_at_scale(
+    core: CoreStandIn, operator: Kube, bridge: Kube, kubectl: Kubectl, *, accounts: int, grants: int
+) -> dict[str, Any]:
+    """Grant → applied with ``accounts`` more accounts in slurmdbd: first with every pass reading them all
+    (``resync_seconds`` 0, as the controller did before its view), then with the view (the default)."""
+    namespace = f"ucim-bench-scale-{uuid.uuid4().hex[:8]}"
+    kubectl("create", "namespace", namespace)
+    client = SlurmClient(SlurmConfig(slurm_conf=platform_slurm_conf(), env=SLURM_ENV, timeout_seconds=3600))
+    slurm = SlurmAccounts(client=client)
+    fillers = Fillers(client, accounts)
+    result: dict[str, Any] = {"accounts": accounts, "fillers": fillers.parent}
+    try:
+        started = time.perf_counter()
+        await fillers.make()
+        result["make_s"] = round(time.perf_counter() - started, 1)
+        print(f"# made {accounts} accounts in {result['make_s']} s", file=sys.stderr, flush=True)
+        result["snapshot"] = await timed_calls(slurm.snapshot, 3)
+        result["one_account"] = await timed_calls(lambda: slurm.account(fillers.names[0]), 3)
+        async with applying(core, operator, bridge, namespace, resync_seconds=0) as run:
+            changes_at_core = ChangesAtCore(core, run.project_id)
+            for phase in ("before", "after"):
+                run.controller.view.resync_seconds = 0 if phase == "before" else DEFAULT_RESYNC_SECONDS
+                await asyncio.sleep(SETTLE)  # the last phase's passes are over
+                samples = []
+                listings = listed()
+                for i in range(grants):
+                    step = changes_at_core.step(i + (grants if phase == "after" else 0), "grant")
+                    # Made once the controller is idle (its pass for the last status write done), as an event
+                    # comes: else that pass's listing, already under way, would hide this one's.
+                    samples.append((await timed_change(operator, namespace, run.name, step, settle=SETTLE))[1])
+                result[f"grant_to_applied_{phase}"] = percentiles(samples)
+                # Full listings and one-account reads the controller made, per grant.
+                result[f"sacctmgr_show_per_grant_{phase}"] = round((listed() - listings) / grants, 2)
+                print(f"# {phase}: {result[f'grant_to_applied_{phase}']}", file=sys.stderr, flush=True)
+    finally:
+        await remove_frontend(operator, namespace, slurm)
+        started = time.perf_counter()
+        try:
+            await fillers.remove()
+        except (SlurmError, RuntimeError) as error:
+            print(f"# accounts under {fillers.parent} not removed: {error}", file=sys.stderr, flush=True)
+        result["remove_s"] = round(time.perf_counter() - started, 1)
+        print(f"# removed them in {result['remove_s']} s", file=sys.stderr, flush=True)
+        kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+    return result
+
+
 # --- the run -------------------------------------------------------------------------------------------
 
 
-async def bench(changes: int, usage_rounds: int, sizes: list[int], cycle_rounds: int) -> dict[str, Any]:
+async def bench(
+    changes: int, usage_rounds: int, sizes: list[int], cycle_rounds: int, *, accounts: int, grants: int
+) -> dict[str, Any]:
     env = read_platform_env()
     kubectl = Kubectl(env)
     namespace = f"ucim-bench-acct-{uuid.uuid4().hex[:8]}"
@@ -463,16 +604,23 @@ async def bench(changes: int, usage_rounds: int, sizes: list[int], cycle_rounds:
         ):
             core.record.products.extend(m.product(PROVIDER) for m in DEFAULT_MACHINE_TYPES)
             await core.start()
-            try:
-                latencies = await measure_changes(
-                    core, operator, bridge, namespace, changes=changes, usage_rounds=usage_rounds
-                )
-            finally:
-                await remove_frontend(operator, namespace, slurm)
+            latencies: dict[str, Any] = {}
+            if changes:
+                try:
+                    latencies = await measure_changes(
+                        core, operator, bridge, namespace, changes=changes, usage_rounds=usage_rounds
+                    )
+                finally:
+                    await remove_frontend(operator, namespace, slurm)
+            at_scale = (
+                await measure_at_scale(core, operator, bridge, kubectl, accounts=accounts, grants=grants)
+                if accounts
+                else None
+            )
             cycles = await measure_cycles(operator, bridge, kubectl, sizes, cycle_rounds) if sizes else []
     finally:
         kubectl("delete", "namespace", namespace, "--wait=false", check=False)
-    return {"namespace": namespace, **latencies, "usage_cycle": cycles}
+    return {"namespace": namespace, **latencies, "at_scale": at_scale, "usage_cycle": cycles}
 
 
 def table(document: dict[str, Any]) -> str:
@@ -481,9 +629,21 @@ def table(document: dict[str, Any]) -> str:
 
     lines = [f"{'latency (ms)':<44}{'p50':>9}{'p95':>9}{'max':>9}{'n':>5}", "-" * 76]
     for key, label in (("change_to_spec", "change at Core → spec"), ("change_to_applied", "change at Core → applied")):
-        for kind, s in document[key].items():
+        for kind, s in document.get(key, {}).items():
             lines.append(row(f"{label} ({kind})", s))
-    lines.append(row("status.usage changed → Core's wallet", document["usage_to_core"]))
+    if "usage_to_core" in document:
+        lines.append(row("status.usage changed → Core's wallet", document["usage_to_core"]))
+    if (scale := document["at_scale"]) is not None:
+        n = f"{scale['accounts']:,} accounts"
+        lines.append(row(f"grant → applied, {n}: before", scale["grant_to_applied_before"]))
+        lines.append(row(f"grant → applied, {n}: after", scale["grant_to_applied_after"]))
+        lines.append(row(f"sacctmgr show assoc, {n}", scale["snapshot"]))
+        lines.append(row(f"sacctmgr show assoc of one, {n}", scale["one_account"]))
+        lines.append(
+            f"(sacctmgr show calls per grant: before {scale['sacctmgr_show_per_grant_before']},"
+            f" after {scale['sacctmgr_show_per_grant_after']}; made in {scale['make_s']} s,"
+            f" removed in {scale['remove_s']} s)"
+        )
     lines += ["", f"{'usage cycle':<14}{'nothing changed':>18}{'per ws':>10}{'all changed':>14}{'writes/s':>10}"
               f"{'sshare (quoted)':>17}", "-" * 83]  # fmt: skip
     for r in document["usage_cycle"]:
@@ -501,19 +661,26 @@ def main() -> int:
     parser.add_argument("--usage-rounds", type=int, default=20, help="usage figures sent to Core")
     parser.add_argument("--sizes", default="1000,3000", help="workspaces in the usage cycle, ascending ('' for none)")
     parser.add_argument("--cycle-rounds", type=int, default=1, help="all-changed cycles per size")
+    parser.add_argument("--accounts", type=int, default=0, help="grant → applied with this many more Slurm accounts")
+    parser.add_argument("--grants", type=int, default=10, help="grants timed with --accounts, before and after")
     opts = parser.parse_args()
     sizes = sorted({int(s) for s in opts.sizes.split(",") if s})
     if sizes and sizes[-1] > MAX_WORKSPACES:
         parser.error(f"at most {MAX_WORKSPACES} workspaces")
+    if not 0 <= opts.accounts <= MAX_WORKSPACES:
+        parser.error(f"--accounts: 0 to {MAX_WORKSPACES}")
     return run_bench(
         "accounting",
         opts,
-        lambda: asyncio.run(bench(opts.changes, opts.usage_rounds, sizes, opts.cycle_rounds)),
+        lambda: asyncio.run(
+            bench(opts.changes, opts.usage_rounds, sizes, opts.cycle_rounds, accounts=opts.accounts, grants=opts.grants)
+        ),
         table,
         needs_root=True,
         changes=opts.changes,
         usage_rounds=opts.usage_rounds,
         sizes=sizes,
+        accounts=opts.accounts,
     )
 
 

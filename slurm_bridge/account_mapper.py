@@ -156,8 +156,8 @@ class AccountMapperSettings(BaseModel):
     # The site's script (type "script"): absolute, owned by root, writable by root only.
     script: Path | None = None
     script_timeout_seconds: float = Field(default=10.0, gt=0)
-    # All accounts are read from Slurm this often (~1 s per 1,000 accounts) to find changes made by hand; in
-    # between, the bridge trusts its view (slurm_bridge/accounts_view.py). 0: before every pass.
+    # All accounts are read from Slurm this often to find changes made by hand; in between, the bridge trusts its
+    # view (slurm_bridge/accounts_view.py). 0: before every pass.
     resync_seconds: float = Field(default=600.0, ge=0)
 
     @field_validator("users", "projects")

@@ -1,8 +1,9 @@
 """The workspace controller's view of Slurm's accounts: read in full now and then, kept up to date by its changes.
 
-Reading every account and association (one ``sacctmgr show assoc``) is slurmdbd's work of ~1 ms per
-account, ~10 s at 10,000 (:mod:`ucim.slurm_bridge.slurm_accounts`). Read before every reconcile pass, it
-stood in front of every change at Core. So :class:`AccountsView` holds that listing in memory:
+Reading every account and association (one ``sacctmgr show assoc``) took ~1.2 ms per account with members,
+~12 s at 10,000, and is 0.3 s with ``wopinfo`` (:mod:`ucim.slurm_bridge.slurm_accounts`); read before every
+reconcile pass, it stood in front of every change at Core, and it is slurmdbd's work on a site's whole
+tree. So :class:`AccountsView` holds that listing in memory:
 
 * **Resync.** The whole listing is read at the start, every ``resync_seconds``, and before the next pass after
   any change that failed (a refused or timed-out sacctmgr call may have changed part of it, or nothing). It is
@@ -16,7 +17,7 @@ stood in front of every change at Core. So :class:`AccountsView` holds that list
   ~0.27 s whatever the number of accounts).
 
 Everything here runs in the controller's one reconcile loop, one call at a time, so a resync never races a
-change. A resync holds that loop for its read (~10 s at 10,000 accounts, once every ``resync_seconds``).
+change; changes wait for the read (0.3 s at 10,000 accounts on the 2-core VM, once every ``resync_seconds``).
 """
 
 from __future__ import annotations

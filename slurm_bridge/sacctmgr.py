@@ -26,6 +26,10 @@ What Slurm 22.05.8 does (captured on the local platform; the unit tests replay i
   association deletes the Slurm user. One ``remove user where name=alice,ghost`` that takes ghost's last
   (default) association while alice keeps hers is refused whole: "You can not remove the default account
   of a user ... Changes Discarded".
+* **Listing without parent limits.** ``show assoc`` fills every row's limits in from its parents, one query per
+  account with members: 1.45 s at 1,000 accounts of one member, 3.7 s at 3,000. ``wopinfo`` shows only the limits
+  set on each association, in 0.23 s and 0.25 s. The account rows are the same while the parent sets no limits;
+  when it does, ``wopinfo``'s are the account's own, which is what the bridge sets and compares.
 * **Unreachable slurmdbd.** "slurm_persist_conn_open_without_init: failed to open persistent connection
   to host:localhost:1: Connection refused" on stderr, status 1, at once: a
   :class:`~ucim.common.slurm_errors.SlurmUnavailableError` (worth retrying), unlike a refusal.
@@ -128,10 +132,10 @@ def _cluster(cluster: str | None) -> list[str]:
 
 
 def show_associations_args(cluster: str | None, account: str | None = None) -> list[str]:
-    """Every association (account rows have an empty user) with its limits: the snapshot's one call; or only
-    ``account``'s (none at all, status 0, when there is no such account)."""
+    """Every association (account rows have an empty user) with its own limits: the snapshot's one call; or only
+    ``account``'s (none at all, status 0, when there is no such account). ``wopinfo``: module docstring."""
     where = [*_cluster(cluster), *([f"account={account}"] if account else [])]
-    return ["-nP", "show", "assoc", *(["where", *where] if where else []),
+    return ["-nP", "show", "assoc", *(["where", *where] if where else []), "wopinfo",
             f"format={','.join(ASSOCIATION_FIELDS)}"]  # fmt: skip
 
 

@@ -10,29 +10,32 @@ sacctmgr answers in each case).
 
 Cost
 ====
-Measured on the local platform (Slurm 22.05.8, MariaDB, 2 cores), every account with 2 members, medians
-(``python -m bench accounts``, through this class, and the bare commands timed with ``time``):
+Measured on the local platform (Slurm 22.05.8, MariaDB, 2 cores), medians: the bare sacctmgr commands timed
+with ``time``, 10,000 through this class (``python -m bench accounting --accounts 10000``), sshare through it
+with 2 members an account (``python -m bench accounts``):
 
-==========  ========================================  ================================
-accounts    ``snapshot()`` (``sacctmgr show assoc``)  ``usage_minutes()`` (``sshare``)
-==========  ========================================  ================================
-0 (5 rows)  0.27 s                                    4 ms
-1,000       1.0 s (bench: 1.16 s, p95 1.9 s)          15 ms (bench: 21 ms)
-3,000       3.0 s                                     0.10 s
-==========  ========================================  ================================
+=====================  ============================  =========================  ============================
+accounts               ``snapshot()`` (``wopinfo``)  ``show assoc`` without it  ``usage_minutes()`` (sshare)
+=====================  ============================  =========================  ============================
+0 (5 rows)             0.26 s                        0.27 s                     4 ms
+1,000 (1 member each)  0.23 s                        1.45 s                     15 ms
+3,000 (1 member each)  0.25 s                        3.7 s                      0.10 s
+10,000 (no members)    0.32 s                        0.26 s
+=====================  ============================  =========================  ============================
 
-The snapshot's time is slurmdbd's and MariaDB's (sacctmgr itself uses 0.01 s of CPU at 1,000 accounts) and
-grows by ~1 ms per account: ~10 s at 10,000. Fewer fields do not help (``format=account,user``: 0.9 s at
-1,000). A change costs one call of ~0.26 s plus ~0.1 ms per account in the database (``ensure_account`` of
-an existing account and ``set_limits`` took 0.36 s each at 1,000). sshare answers from slurmctld's memory,
-but its own CPU time grows faster than the account count (``-a``, with user rows: 0.08 s at 1,000, 0.6 s
+Without ``wopinfo`` slurmdbd fills each user row's limits in from its account (a query per account with
+members, ~1.2 ms each: ~12 s at 10,000); the account rows, the only ones read for limits, are the same
+(:mod:`ucim.slurm_bridge.sacctmgr`). Fewer fields did not help. A change costs one call of ~0.26 s plus little
+per account in the database (``ensure_account`` of an existing account and ``set_limits`` took 0.36 s each at
+1,000 and at 10,000; :meth:`account`, one account's rows, 0.27 s at 10,000). sshare answers from slurmctld's
+memory, but its own CPU time grows faster than the account count (``-a``, with user rows: 0.08 s at 1,000, 0.6 s
 at 3,000; hence account rows only).
 
-So the reconciler should not read before it writes: every change here is idempotent, and an event (a
-wallet, a project) can go straight to sacctmgr. The snapshot is the periodic check for drift, on a cadence
-of minutes at 10,000 accounts. Should that be too slow, slurmctld's copy of the same facts,
-``scontrol show assoc_mgr flags=assoc`` (with usage), took 0.04 s at 1,000 and 0.14 s at 3,000 accounts;
-it is multi-line text for people, and only as fresh as slurmctld's link to slurmdbd.
+So the reconciler need not read before it writes: every change here is idempotent, and an event (a wallet, a
+project) can go straight to sacctmgr. The workspace controller keeps the snapshot as its view and reads it again
+only every few minutes, to find changes made by hand (:mod:`ucim.slurm_bridge.accounts_view`). slurmctld's copy of
+the same facts, ``scontrol show assoc_mgr flags=assoc`` (with usage), took 0.04 s at 1,000 and 0.14 s at 3,000
+accounts; it is multi-line text for people, and only as fresh as slurmctld's link to slurmdbd.
 
 Decisions, where sacctmgr leaves a choice:
 
@@ -90,7 +93,7 @@ SACCTMGR_CALLS: Final = Counter(
 )
 SACCTMGR_SECONDS: Final = Histogram(
     "ucim_sacctmgr_duration_seconds",
-    "Duration of sacctmgr calls by verb; a snapshot of 1,000 accounts takes ~1 s.",
+    "Duration of sacctmgr calls by verb; a snapshot (show) of 3,000 accounts takes ~0.25 s.",
     ["verb"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
@@ -172,8 +175,7 @@ class SlurmAccounts:
     async def account(self, name: str) -> AccountState | None:
         """One account with its users and limits, as :meth:`snapshot` has it; None if Slurm has no such account.
 
-        One ``sacctmgr show assoc where account=<name>``: 0.27 s, like the snapshot of an empty slurmdbd, and
-        not growing with the other accounts (0.xx s at 10,000).
+        One ``sacctmgr show assoc where account=<name>``: 0.27 s at 10,000 accounts as at none.
         """
         account = check_account_name(name)
         args = sacctmgr.show_associations_args(self.cluster, account)

@@ -166,13 +166,13 @@ def test_the_messages_say_what_is_wrong() -> None:
 
 def test_argument_lists_name_every_name_explicitly() -> None:
     assert sacctmgr.show_associations_args(None) == [
-        "-nP", "show", "assoc", "format=account,user,maxjobs,grptresmins,fairshare",
+        "-nP", "show", "assoc", "wopinfo", "format=account,user,maxjobs,grptresmins,fairshare",
     ]  # fmt: skip
     assert sacctmgr.show_associations_args("ucim") == [
-        "-nP", "show", "assoc", "where", "cluster=ucim", "format=account,user,maxjobs,grptresmins,fairshare",
+        "-nP", "show", "assoc", "where", "cluster=ucim", "wopinfo", "format=account,user,maxjobs,grptresmins,fairshare",
     ]  # fmt: skip
     assert sacctmgr.show_associations_args(None, "set") == [
-        "-nP", "show", "assoc", "where", "account=set", "format=account,user,maxjobs,grptresmins,fairshare",
+        "-nP", "show", "assoc", "where", "account=set", "wopinfo", "format=account,user,maxjobs,grptresmins,fairshare",
     ]  # fmt: skip
     assert sacctmgr.create_account_args(
         "set", description="My project", organization="ucloud", fairshare=1, parent=None, cluster=None

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
 from ucim.common.drives import Locator
-from ucim.common.resources import ApplicationRef, JobResources, ParameterValue, SlurmPlacement
+from ucim.common.resources import JobApplication, JobResources, ParameterValue, ProductRef, SlurmPlacement
 
 # ``GET <endpoint>`` upgraded to this protocol opens a tunnel: the connection then carries the
 # instance's own HTTP (``ucim.slurm_bridge.tunnels``, ``ucim.gateway.tunnel_connector``).
@@ -68,8 +68,9 @@ class SubmitRequest(_Message):
     job_id: str = Field(min_length=1)
     # The Slurm job name: the resource's identity, so a retry finds the job instead of submitting it again.
     slurm_job_name: str = Field(min_length=1, max_length=200)
-    application: ApplicationRef
+    application: JobApplication
     parameters: dict[str, ParameterValue] = Field(default_factory=dict)
+    product: ProductRef
     resources: JobResources
     slurm: SlurmPlacement = Field(default_factory=SlurmPlacement)
     # The drive the job folder goes in, as a locator (``project:<group>`` for a project's job); None is the
@@ -84,8 +85,10 @@ class SubmitRequest(_Message):
 
 class SubmitResponse(_Message):
     slurm_job_id: int
-    # Where the instance made the job folder (a local path on the frontend).
+    # Where the instance made the job folder (a local path on the frontend) ...
     job_folder: str
+    # ... and that folder below its drive's root ("ucloud-jobs/<job id>"): the operator prefixes the drive's id.
+    folder_in_drive: str
     # True when a job with this name already existed and no new one was submitted.
     already_submitted: bool = False
 

@@ -102,6 +102,69 @@ class ApplicationRef(_Model):
     version: str = Field(min_length=1, max_length=64)
 
 
+# The largest Jinja template or invocation word ucim keeps: the whole UCloudJob must stay well below
+# etcd's 1.5 MiB object limit, and Linux takes no program argument over 128 KiB anyway.
+MAX_TEMPLATE_BYTES: Final = 131_072
+MAX_INVOCATION_PARTS: Final = 256
+MAX_APP_PARAMETERS: Final = 256
+
+
+class InvocationPart(_Model):
+    """One element of Core's invocation (``InvocationParameter``): only the keys of its ``type`` are kept."""
+
+    type: Literal["word", "env", "var", "bool_flag", "jinja"]
+    word: str | None = Field(default=None, max_length=MAX_TEMPLATE_BYTES)  # word
+    variable: str | None = Field(default=None, max_length=256)  # env
+    variable_names: list[Annotated[str, Field(max_length=256)]] | None = Field(default=None, max_length=64)  # var
+    prefix_global: str | None = Field(default=None, max_length=4096)
+    suffix_global: str | None = Field(default=None, max_length=4096)
+    prefix_variable: str | None = Field(default=None, max_length=4096)
+    suffix_variable: str | None = Field(default=None, max_length=4096)
+    is_prefix_variable_part_of_arg: bool | None = None
+    is_suffix_variable_part_of_arg: bool | None = None
+    variable_name: str | None = Field(default=None, max_length=256)  # bool_flag
+    flag: str | None = Field(default=None, max_length=4096)
+    template: str | None = Field(default=None, max_length=MAX_TEMPLATE_BYTES)  # jinja
+
+
+class AppParameterOption(_Model):
+    name: str = Field(max_length=1024)
+    value: str = Field(max_length=4096)
+
+
+class AppParameter(_Model):
+    """One parameter the application declares (Core's ``ApplicationParameter``), as far as a script needs it."""
+
+    type: str = Field(min_length=1, max_length=64)
+    name: str = Field(min_length=1, max_length=256)
+    optional: bool = False
+    # Raw JSON as Core has it: a bare value or {"value": ...}.
+    default_value: Any = None
+    title: str | None = Field(default=None, max_length=1024)
+    min: float | None = None
+    max: float | None = None
+    true_value: str | None = Field(default=None, max_length=1024)
+    false_value: str | None = Field(default=None, max_length=1024)
+    options: list[AppParameterOption] | None = Field(default=None, max_length=1024)
+
+
+class JobApplication(_Model):
+    """The application Core resolved for the job (``status.resolvedApplication``): what its script is made of."""
+
+    name: str = Field(min_length=1, max_length=128)
+    version: str = Field(min_length=1, max_length=64)
+    # BATCH, WEB or VNC (Core's applicationType).
+    type: Literal["BATCH", "WEB", "VNC"] = "BATCH"
+    invocation: list[InvocationPart] = Field(default_factory=list, max_length=MAX_INVOCATION_PARTS)
+    parameters: list[AppParameter] = Field(default_factory=list, max_length=MAX_APP_PARAMETERS)
+    environment: dict[str, InvocationPart] | None = Field(default=None, max_length=256)
+    sbatch: dict[str, InvocationPart] | None = Field(default=None, max_length=256)
+    # The tool's load instructions (the site's applications/ configuration says what each means here).
+    load: list[ApplicationRef] | None = Field(default=None, max_length=64)
+    # A legacy tool's modules (``module load`` each).
+    required_modules: list[Annotated[str, Field(max_length=256)]] | None = Field(default=None, max_length=64)
+
+
 class ProductRef(_Model):
     id: str = Field(min_length=1, max_length=128)
     category: str = Field(min_length=1, max_length=128)
@@ -140,6 +203,9 @@ class ParameterValue(_Model):
     job_id: str | None = Field(default=None, max_length=128)
     id: str | None = Field(default=None, max_length=256)
     modules: list[Annotated[str, Field(max_length=256)]] | None = Field(default=None, max_length=256)
+    # A file's drive, as the locator Core registered for it (``home:<user>``, ``project:<group>``): the
+    # gateway looks ``path``'s drive id up at Core, and the user's instance finds the folder from it.
+    drive: str | None = Field(default=None, max_length=64)
 
 
 class UCloudJobSpec(_Model):
@@ -147,7 +213,7 @@ class UCloudJobSpec(_Model):
     owner: str = Field(min_length=1, max_length=MAX_USERNAME_LENGTH)
     project: str | None = Field(default=None, max_length=256)
     cluster: str = Field(min_length=1, max_length=63)
-    application: ApplicationRef
+    application: JobApplication
     product: ProductRef
     slurm: SlurmPlacement | None = None
     resources: JobResources
@@ -174,6 +240,8 @@ class UCloudJobStatus(_Model):
     started_at: datetime | None = None
     ended_at: datetime | None = None
     job_folder: str | None = None
+    # The job folder as a UCloud path, /<drive id>/<jobs folder>/<job id>: Core's outputFolder.
+    output_folder: str | None = None
     provider_generated_id: str | None = None
     transitions: list[JobTransition] = Field(default_factory=list)
     reported_transitions: int = 0

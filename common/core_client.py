@@ -58,6 +58,7 @@ PRODUCTS_PATH: Final = "/api/products/v2"
 APPROVE_CONNECTION_PATH: Final = "/api/providers/integration/control/approveConnection"
 CLEAR_CONNECTION_PATH: Final = "/api/providers/integration/control/clearConnection"
 DRIVE_REGISTER_PATH: Final = "/api/files/collections/control/register"
+DRIVE_RETRIEVE_PATH: Final = "/api/files/collections/control/retrieve"
 DRIVE_BROWSE_PATH: Final = "/api/files/collections/control/browse"
 REPORT_USAGE_PATH: Final = "/api/accounting/v2/reportUsage"
 # The anchor's batch of usage reports.
@@ -202,6 +203,10 @@ class CoreClient(SessionClient):
             if not page.next:
                 return found
             params = {**params, "next": page.next}
+
+    async def retrieve_drive(self, drive_id: str) -> Drive:
+        """``GET /api/files/collections/control/retrieve``: one drive as Core holds it (CoreRejectedError: unknown)."""
+        return Drive.model_validate(await self._call(DRIVE_RETRIEVE_PATH, None, params={"id": drive_id}))
 
     async def report_usage(self, items: Sequence[ReportUsageRequest]) -> list[bool]:
         """``POST /api/accounting/v2/reportUsage``: per item, whether its wallet is still usable (not locked)."""

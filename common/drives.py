@@ -26,6 +26,10 @@ KINDS: Final[tuple[DriveKind, ...]] = ("home", "project")
 LOCAL_NAME: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
 
 
+# The id Core gave a user's home drive, on their UserConnection (the gateway registers the drive at init).
+HOME_DRIVE_ANNOTATION: Final = "ucim.io/home-drive-id"
+
+
 class InvalidLocatorError(ValueError):
     """A providerGeneratedId that is not a ucim drive locator; the message says why."""
 

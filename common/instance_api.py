@@ -20,6 +20,8 @@ TUNNEL_UPGRADE = "ucim-instance"
 
 SUBMIT_PATH = "/jobs/submit"
 CANCEL_PATH = "/jobs/cancel"
+# Core's jobs/requestDynamicParameters body ({owner, application}), answered by the user's instance.
+DYNAMIC_PARAMETERS_PATH = "/jobs/dynamic-parameters"
 HEALTH_PATH = "/healthz"
 # File calls: bodies and answers are UCloud's own (``Files*`` in protocol.py), passed through by the
 # gateway unchanged. The drive of every file id is the request's ``resolvedCollection``, whose

@@ -265,6 +265,14 @@ class SlurmClient:
             kind = SlurmUnavailableError if is_transient(detail) else SlurmError
             raise kind("scancel failed", detail=detail, command=result.argv, returncode=result.returncode)
 
+    async def user_accounts(self) -> list[str]:
+        """The Slurm accounts the user has an association with, each once, as ``sacctmgr`` lists them."""
+        args = ["show", "user", self._user(), "withassoc", "format=account", "--parsable2", "--noheader"]
+        result = await self.run("sacctmgr", args)
+        if result.returncode != 0:
+            raise self._failure(result, "sacctmgr")
+        return list(dict.fromkeys(line.strip() for line in result.stdout.splitlines() if line.strip()))
+
     async def find_jobs_by_name(self, name: str, *, user: str | None = None) -> list[int]:
         """Ids of the user's jobs called ``name``, oldest first; [] if there is none.
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Final
 
-from ucim.common.drives import Locator
-from ucim.common.resources import UCloudProject, Wallet, Workspace
+from ucim.common.drives import HOME_DRIVE_ANNOTATION, Locator
+from ucim.common.resources import UCloudProject, UserConnection, Wallet, Workspace
 
 # The errorCode the anchor gives a job refused for a locked compute wallet.
 NOT_ENOUGH_COMPUTE_CREDITS: Final = "NOT_ENOUGH_COMPUTE_CREDITS"
@@ -79,3 +79,18 @@ def ready_drive(workspace: UCloudProject | None, local_user: str) -> str | None:
     if local_user not in known.status.group_members:
         raise AccountNotReadyError(f"the bridge has not added {local_user} to Unix group {group} yet")
     return str(Locator.project(group))
+
+
+def ready_drive_id(workspace: UCloudProject | None) -> str:
+    """The id Core gave a project's drive, once the operator registered it (a job's outputFolder names it)."""
+    drive_id = _known(workspace).status.drive_id
+    if drive_id is None:
+        raise AccountNotReadyError("the project's drive is not registered with Core yet")
+    return drive_id
+
+
+def home_drive(connection: UserConnection | None) -> str | None:
+    """The id of a user's home drive at Core; None before the gateway registered it."""
+    if connection is None:
+        return None
+    return (connection.metadata.annotations or {}).get(HOME_DRIVE_ANNOTATION)

@@ -5,6 +5,7 @@ of ``integration/init``), as soon as the user's local account is known, through 
 ``DriveRegistry`` (Core's 409 makes it idempotent). The drive's id is kept in the
 UserConnection's ``ucim.io/home-drive-id`` annotation, so that later inits cost no call to
 Core. Project drives are the operator's: they come from Core's projects (UCloudProject).
+The other way round, a job's file parameter names a drive by id: ``DriveLocators`` asks Core.
 """
 
 from __future__ import annotations
@@ -15,15 +16,15 @@ from typing import Final
 
 from ucim.common.core_client import CoreClient
 from ucim.common.drive_registry import DriveRegistry
-from ucim.common.drives import Locator
+from ucim.common.drives import HOME_DRIVE_ANNOTATION, Locator
 from ucim.common.kube import Kube
 from ucim.common.products import HOME_PRODUCT
 from ucim.common.protocol import DriveSpecification, ProviderRegisteredResource
 from ucim.common.resources import UserConnection
+from ucim.gateway.file_parameters import DriveLocators
 
 log = logging.getLogger(__name__)
 
-HOME_DRIVE_ANNOTATION: Final = "ucim.io/home-drive-id"
 HOME_TITLE: Final = "Home"
 
 
@@ -34,9 +35,12 @@ class Drives:
     namespace: str
     provider_id: str
     registry: DriveRegistry = field(init=False)
+    # Where the drives of jobs' file parameters are.
+    locators: DriveLocators = field(init=False)
 
     def __post_init__(self) -> None:
         self.registry = DriveRegistry(self.core)
+        self.locators = DriveLocators(self.core)
 
     async def ensure_home(self, connection: UserConnection) -> str | None:
         """The id of the user's home drive, registered if it is not yet; None until the user is mapped."""

@@ -33,6 +33,8 @@ from pydantic import BaseModel, ValidationError
 from ucim.common import reasons
 from ucim.common.conditions import find_condition
 from ucim.common.core_client import CoreClient, CoreError
+from ucim.common.drives import HOME_DRIVE_ANNOTATION
+from ucim.common.instance_api import DYNAMIC_PARAMETERS_PATH
 from ucim.common.kube import ConflictError, Kube, NotFoundError
 from ucim.common.protocol import (
     BulkRequest,
@@ -52,8 +54,8 @@ from ucim.common.times import now_utc
 from ucim.common.workspaces import NOT_ENOUGH_COMPUTE_CREDITS, insufficient_funds, job_workspace
 from ucim.gateway.auth import acting_username, check_username
 from ucim.gateway.connections import ConnectionRefusedError, ended_why, is_connected
-from ucim.gateway.drives import HOME_DRIVE_ANNOTATION
 from ucim.gateway.errors import ProviderError
+from ucim.gateway.files import forwarder
 from ucim.gateway.instances import MappingRefusedError
 from ucim.gateway.jobs import to_ucloud_job, validate_jobs
 from ucim.gateway.keys import CONNECTIONS, CORE, DRIVES, INSTANCES, KUBE, SETTINGS
@@ -311,6 +313,8 @@ def setup_routes(app: web.Application, provider_id: str) -> None:
     app.router.add_post(f"{base}/jobs", create_jobs)
     app.router.add_post(f"{base}/jobs/terminate", terminate_jobs)
     app.router.add_get(f"{base}/jobs/retrieveProducts", retrieve_products)
+    # The user's instance knows the user's Slurm accounts and the site's load instructions.
+    app.router.add_post(f"{base}/jobs/requestDynamicParameters", forwarder(DYNAMIC_PARAMETERS_PATH))
     app.router.add_post(f"{base}/jobs/{{operation:extend|suspend|unsuspend}}", not_supported)
 
 

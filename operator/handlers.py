@@ -12,7 +12,7 @@ events and the error) that the handler applies. "Not yet" is
 UCloudJob, who writes what:
 
 * the gateway creates it (spec) and may set ``spec.terminate``;
-* the operator (``submit``) writes ``slurmJobId``, ``submittedAt``, ``jobFolder``,
+* the operator (``submit``) writes ``slurmJobId``, ``submittedAt``, ``jobFolder``, ``outputFolder``,
   ``providerGeneratedId``, the first ``state``/``transitions`` entry (IN_QUEUE),
   or FAILURE when sbatch refuses; it owns ``conditions`` and ``reportedTransitions``;
 * the slurm_bridge writes ``state``, ``slurmState``, ``reason``, ``nodeList``,
@@ -60,11 +60,25 @@ from ucim.common.reasons import (
     INSTANCE_UNREACHABLE,
     SLURM_CANCELLED,
 )
-from ucim.common.resources import JobTransition, UCloudJob, UCloudProject, UserInstance, cluster_selector
+from ucim.common.resources import (
+    JobTransition,
+    UCloudJob,
+    UCloudProject,
+    UserConnection,
+    UserInstance,
+    cluster_selector,
+)
 from ucim.common.retry import delay_after
 from ucim.common.settings import API_GROUP, API_VERSION
 from ucim.common.times import now_utc
-from ucim.common.workspaces import AccountNotReadyError, job_workspace, ready_account, ready_drive
+from ucim.common.workspaces import (
+    AccountNotReadyError,
+    home_drive,
+    job_workspace,
+    ready_account,
+    ready_drive,
+    ready_drive_id,
+)
 from ucim.operator import jobs, userinstances
 from ucim.operator.connections import ConnectionClearer
 from ucim.operator.delivery import Backlog, DeliveryQueue
@@ -96,6 +110,8 @@ class Runtime:
     core: CoreClient
     instances: InstanceClient
     queue: DeliveryQueue
+    # The cluster's UserConnections, as the connection clearer watches them: a user's home drive id.
+    connections: Informer[UserConnection]
     backlog: Backlog = field(default_factory=Backlog)
     # Per job uid: how many transitions this process has delivered. Guards against
     # sending twice when kopf hands a handler a body older than our own last write.
@@ -138,24 +154,25 @@ async def configure(*, settings: kopf.OperatorSettings, memo: kopf.Memo, logger:
     queue = DeliveryQueue(
         core.push_job_updates, interval=config.delivery_batch_interval_seconds, max_items=config.delivery_batch_size
     )
+    clearer = ConnectionClearer(core, kube, namespace=config.namespace, cluster=config.cluster)
     runtime = Runtime(
         config=config,
         kube=kube,
         core=core,
         instances=InstanceClient(config.ingress_token, timeout=config.submit_timeout_seconds),
         queue=queue,
+        connections=clearer.connections,
     )
-    runtime.tasks.extend(_background_tasks(config, core, kube, queue))
+    runtime.tasks.extend(_background_tasks(config, core, kube, queue, clearer))
     runtime.health = await start_health_server(config.metrics_host, config.metrics_port)
     memo["runtime"] = runtime
     logger.info("operator started", extra={"namespace": config.namespace})
 
 
 def _background_tasks(
-    config: OperatorSettings, core: CoreClient, kube: Kube, queue: DeliveryQueue
+    config: OperatorSettings, core: CoreClient, kube: Kube, queue: DeliveryQueue, clearer: ConnectionClearer
 ) -> list[asyncio.Task[Any]]:
     """The operator's work besides its handlers: deliveries, ended connections, products, Core's accounting."""
-    clearer = ConnectionClearer(core, kube, namespace=config.namespace, cluster=config.cluster)
     tasks: list[asyncio.Task[Any]] = [
         asyncio.create_task(queue.run(), name="ucim-core-delivery"),
         asyncio.create_task(clearer.run(), name="ucim-connection-clears"),
@@ -230,7 +247,7 @@ async def submit(*, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: 
     # With Core's accounting on, the job runs under its workspace's Slurm account, and a project's job keeps its
     # folder in the project's drive, once the bridge made the account and the group.
     try:
-        account, drive = await _workspace_placement(runtime, job, instance.spec.local_user)
+        placement = await _workspace_placement(runtime, job, instance.spec.local_user)
     except AccountNotReadyError as waiting:
         jobs.account_not_ready(str(waiting), delay=_instance_backoff(runtime, retry), now=now).apply(body, patch)
         return
@@ -238,28 +255,37 @@ async def submit(*, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: 
     # From here a Slurm job may exist even if this process dies before writing its id: say so first.
     if not jobs.submit_attempted(job):
         await runtime.kube.patch(UCloudJob, _namespace(job), job.metadata.name, jobs.submit_started(now))
-    request = jobs.submit_request(job, account, drive)
-    outcome = await _submit_through(runtime, endpoint, request, job, retry=retry, now=now)
+    request = jobs.submit_request(job, placement.account, placement.drive)
+    outcome = await _submit_through(runtime, endpoint, request, job, placement, retry=retry, now=now)
     outcome.apply(body, patch)
 
 
-async def _workspace_placement(
-    runtime: Runtime, job: UCloudJob, local_user: str | None
-) -> tuple[str | None, str | None]:
-    """The Slurm account and the drive (a locator) of the job's workspace.
+async def _workspace_placement(runtime: Runtime, job: UCloudJob, local_user: str | None) -> jobs.Placement:
+    """The Slurm account, the drive (a locator) and its id at Core, of the job's workspace.
 
-    Both None when accounting is off: the product's account applies, and the folder is in the owner's home.
+    Without accounting the product's account applies, and the folder is in the owner's home.
     """
+    home = runtime.connections.get(UserConnection.name_for(job.spec.owner, job.spec.cluster))
+    home_drive_id = home_drive(home)
     if not runtime.config.accounting_enabled:
-        return None, None
+        return jobs.Placement(account=jobs.chosen_account(job), drive=None, drive_id=home_drive_id)
     workspace = job_workspace(job.spec.owner, job.spec.project)
     found = await runtime.kube.get(UCloudProject, _namespace(job), UCloudProject.name_for(workspace))
     user = local_user or ""
-    return ready_account(found, job.spec.product.category, user), ready_drive(found, user)
+    drive = ready_drive(found, user)
+    drive_id = home_drive_id if drive is None else ready_drive_id(found)
+    return jobs.Placement(account=ready_account(found, job.spec.product.category, user), drive=drive, drive_id=drive_id)
 
 
 async def _submit_through(
-    runtime: Runtime, endpoint: str, request: SubmitRequest, job: UCloudJob, *, retry: int, now: datetime
+    runtime: Runtime,
+    endpoint: str,
+    request: SubmitRequest,
+    job: UCloudJob,
+    placement: jobs.Placement,
+    *,
+    retry: int,
+    now: datetime,
 ) -> Outcome:
     """Ask the owner's instance (at ``endpoint``) to submit the job; what came of it."""
     try:
@@ -274,7 +300,7 @@ async def _submit_through(
         return jobs.submit_unreachable(error, delay=_instance_backoff(runtime, retry), now=now)
     # Accepted now, or found from an earlier attempt that died before recording it: record it once.
     JOB_SUBMISSIONS.labels(result="already_submitted" if answer.already_submitted else "accepted").inc()
-    return jobs.submitted(job, answer, now)
+    return jobs.submitted(job, answer, placement.drive_id, now)
 
 
 # --- UCloudJob: reporting to Core ----------------------------------------------

@@ -70,6 +70,31 @@ def slurm_job_name(job: UCloudJob) -> str:
     return instance_api.slurm_job_name(job.metadata.uid)
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where a job runs: its workspace's Slurm account (None: the product's), the drive its folder is in (a
+    locator; None: the owner's home) and that drive's id at Core (None: not registered, so no outputFolder)."""
+
+    account: str | None
+    drive: str | None
+    drive_id: str | None
+
+
+# The Slurm account a user picked (jobs/requestDynamicParameters offers the accounts Slurm has for them).
+CHOSEN_ACCOUNT_PARAMETER: Final = "_injected_slurmAccount"
+
+
+def chosen_account(job: UCloudJob) -> str | None:
+    """The account the user picked, if any: without Core's accounting it replaces the product's.
+
+    Slurm itself refuses an account the user has no association with (AccountingStorageEnforce).
+    """
+    value = (job.spec.parameters or {}).get(CHOSEN_ACCOUNT_PARAMETER)
+    if value is None or value.type != "text" or not isinstance(value.value, str) or not value.value:
+        return None
+    return value.value
+
+
 def submit_request(job: UCloudJob, account: str | None = None, drive: str | None = None) -> SubmitRequest:
     """What the owner's instance submits.
 
@@ -83,6 +108,7 @@ def submit_request(job: UCloudJob, account: str | None = None, drive: str | None
         slurm_job_name=slurm_job_name(job),
         application=spec.application,
         parameters=spec.parameters or {},
+        product=spec.product,
         resources=spec.resources,
         slurm=slurm.model_copy(update={"account": account}) if account else slurm,
         drive=drive,
@@ -126,18 +152,22 @@ def already_at_core(pending: list[JobTransition], at_core: list[JobUpdate]) -> i
     return count
 
 
-def job_update(transition: JobTransition, job_folder: str | None) -> JobUpdate:
-    """One state change as Core takes it; every other key is null (Go writes them all)."""
+def job_update(transition: JobTransition, output_folder: str | None) -> JobUpdate:
+    """One state change as Core takes it; every other key is null (Go writes them all).
+
+    ``output_folder`` is the job folder as a UCloud path (``/<drive id>/…``), which Core opens through the
+    provider's file calls.
+    """
     return JobUpdate(
         state=transition.state,
         status=transition.message,
         timestamp=transition.timestamp,
-        output_folder=job_folder,
+        output_folder=output_folder,
     )
 
 
 def job_updates(job: UCloudJob, transitions: list[JobTransition]) -> list[JobUpdateItem]:
-    return [JobUpdateItem(id=job.spec.job_id, update=job_update(t, job.status.job_folder)) for t in transitions]
+    return [JobUpdateItem(id=job.spec.job_id, update=job_update(t, job.status.output_folder)) for t in transitions]
 
 
 # --- status patch functions ------------------------------------------------------
@@ -207,9 +237,15 @@ def _append_transition(body: dict[str, Any], state: JobState, message: str, now:
     raw["state"] = state.value
 
 
-def submission_recorded(job: UCloudJob, answer: SubmitResponse, now: datetime) -> StatusFn:
-    """The Slurm job exists: its id, folder and the first state change (IN_QUEUE), written once."""
-    message = f"Submitted to Slurm as job {answer.slurm_job_id}"
+def output_folder(drive_id: str | None, answer: SubmitResponse) -> str | None:
+    """The job folder as a UCloud path: ``/<drive id>/<jobs folder>/<job id>``."""
+    return None if drive_id is None else f"/{drive_id}/{answer.folder_in_drive}"
+
+
+def submission_recorded(job: UCloudJob, answer: SubmitResponse, drive_id: str | None, now: datetime) -> StatusFn:
+    """The Slurm job exists: its id, folders and the first state change (IN_QUEUE), written once."""
+    # The anchor's words (IM2 slurm compute.go submitJob), which UCloud users know.
+    message = f"Your job has been submitted to the queue (Slurm ID: {answer.slurm_job_id})"
     if answer.already_submitted:
         message += " (found from an earlier attempt)"
 
@@ -220,6 +256,8 @@ def submission_recorded(job: UCloudJob, answer: SubmitResponse, now: datetime) -
             raw["slurmJobId"] = answer.slurm_job_id
             raw["submittedAt"] = rfc3339(now)
             raw["jobFolder"] = answer.job_folder
+            if (folder := output_folder(drive_id, answer)) is not None:
+                raw["outputFolder"] = folder
             raw["providerGeneratedId"] = provider_generated_id(job)
         # The first transition is ours; later ones are the bridge's, appended after it.
         if not raw.get("transitions"):
@@ -304,10 +342,10 @@ def submit_unreachable(error: BaseException, *, delay: float, now: datetime) -> 
     return Outcome(fns=(unknown,), error=temporary(str(error), delay=delay, cause=error))
 
 
-def submitted(job: UCloudJob, answer: SubmitResponse, now: datetime) -> Outcome:
+def submitted(job: UCloudJob, answer: SubmitResponse, drive_id: str | None, now: datetime) -> Outcome:
     """Slurm has the job: its id and first state change are recorded, and an event says so."""
     accepted = Event("Normal", SLURM_ACCEPTED, f"Slurm job {answer.slurm_job_id}")
-    return Outcome(fns=(submission_recorded(job, answer, now),), events=(accepted,))
+    return Outcome(fns=(submission_recorded(job, answer, drive_id, now),), events=(accepted,))
 
 
 # --- outcomes: delivery to Core --------------------------------------------------

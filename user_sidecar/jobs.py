@@ -46,12 +46,17 @@ from ucim.common.drives import Locator
 from ucim.common.instance_api import SubmitRequest, SubmitResponse
 from ucim.common.slurm import SlurmClient
 from ucim.common.slurm_errors import SlurmRejectedError
+from ucim.user_sidecar.job_inputs import local_inputs
+from ucim.user_sidecar.load_instructions import SiteApplications
 from ucim.user_sidecar.paths import DriveResolver, drive_root
-from ucim.user_sidecar.templates import Catalogue, check_job_id, check_job_name, render_script
+from ucim.user_sidecar.sbatch import JobScript, check_job_id, check_job_name, render_job
 
 log = logging.getLogger(__name__)
 
 SCRIPT_NAME: Final = "job.sbatch"
+# A Jinja application's template after preprocessing and its context, beside the script (as the anchor does).
+TEMPLATE_NAME: Final = "job_template.j2"
+CONTEXT_NAME: Final = "job_template_params.yml"
 # The submission record in the job folder: "slurm_job_id=<id>" and "slurm_job_name=<name>" lines.
 RECORD_NAME: Final = ".slurm-job-id"
 FOLDER_MODE: Final = 0o770
@@ -64,8 +69,8 @@ class JobFolderError(Exception):
 class Submitter:
     """Renders, writes and submits jobs for one user; one per instance."""
 
-    def __init__(self, *, catalogue: Catalogue, slurm: SlurmClient, drives: DriveResolver, jobs_folder: str) -> None:
-        self.catalogue = catalogue
+    def __init__(self, *, site: SiteApplications, slurm: SlurmClient, drives: DriveResolver, jobs_folder: str) -> None:
+        self.site = site
         self.slurm = slurm
         self.drives = drives
         self.jobs_folder = jobs_folder
@@ -85,7 +90,8 @@ class Submitter:
         name = check_job_name(request.slurm_job_name)
         folder = self.job_folder(request.job_id, request.drive)
         # Everything the user can get wrong is found before anything is touched.
-        script = render_script(self.catalogue, request, folder)
+        inputs = local_inputs(request.application, request.parameters, self.drives)
+        script = render_job(request, folder, self.site, inputs)
         lock, users = self._locks.get(name, (asyncio.Lock(), 0))
         self._locks[name] = (lock, users + 1)
         try:
@@ -98,11 +104,11 @@ class Submitter:
             else:
                 self._locks[name] = (lock, users - 1)
 
-    async def _submit_once(self, name: str, folder: Path, script: str) -> SubmitResponse:
+    async def _submit_once(self, name: str, folder: Path, script: JobScript) -> SubmitResponse:
         recorded = read_record(folder)
         if recorded is not None and recorded[1] == name:
             log.info("job already submitted", extra={"slurm_job_id": recorded[0], "job_name": name})
-            return SubmitResponse(slurm_job_id=recorded[0], job_folder=str(folder), already_submitted=True)
+            return self._answer(recorded[0], folder, already_submitted=True)
         created = self._make_folder(folder)
         if not created:
             # An earlier attempt got at least as far as mkdir but left no record: ask Slurm.
@@ -110,19 +116,19 @@ class Submitter:
             if existing:
                 log.info("job already submitted", extra={"slurm_job_id": existing[0], "job_name": name})
                 _write_record(folder, existing[0], name)
-                return SubmitResponse(slurm_job_id=existing[0], job_folder=str(folder), already_submitted=True)
-        script_path = folder / SCRIPT_NAME
-        _write_atomically(script_path, script)
+                return self._answer(existing[0], folder, already_submitted=True)
+        written = _write_job_files(folder, script)
         try:
-            job_id = await self.slurm.submit(script_path, cwd=folder)
+            job_id = await self.slurm.submit(folder / SCRIPT_NAME, cwd=folder)
         except SlurmRejectedError:
             # Nothing was submitted: leave the folder as this call found it.
-            script_path.unlink(missing_ok=True)
+            for path in written:
+                path.unlink(missing_ok=True)
             if created:
                 _remove_if_empty(folder)
             raise
         _write_record(folder, job_id, name)
-        return SubmitResponse(slurm_job_id=job_id, job_folder=str(folder))
+        return self._answer(job_id, folder)
 
     def _make_folder(self, folder: Path) -> bool:
         """Create the job folder (and the jobs root); True if this call created it."""
@@ -133,9 +139,28 @@ class Submitter:
             # The drive's folder is not there yet, or the instance has not got the project's group yet.
             raise JobFolderError(f"cannot make the job folder {folder}: {error.strerror}") from error
 
+    def _answer(self, slurm_job_id: int, folder: Path, *, already_submitted: bool = False) -> SubmitResponse:
+        return SubmitResponse(
+            slurm_job_id=slurm_job_id,
+            job_folder=str(folder),
+            folder_in_drive=f"{self.jobs_folder}/{folder.name}",
+            already_submitted=already_submitted,
+        )
+
     async def cancel(self, job_ids: list[int]) -> None:
         """scancel as the user: Slurm itself refuses jobs that are not the user's."""
         await self.slurm.cancel(job_ids)
+
+
+def _write_job_files(folder: Path, script: JobScript) -> list[Path]:
+    """The script, and a Jinja application's template and context beside it; the paths written."""
+    files = {SCRIPT_NAME: script.script, TEMPLATE_NAME: script.template, CONTEXT_NAME: script.parameters_yaml}
+    written = []
+    for name, text in files.items():
+        if text is not None:
+            _write_atomically(folder / name, text)
+            written.append(folder / name)
+    return written
 
 
 def _make_shared_folder(folder: Path) -> bool:

@@ -19,8 +19,6 @@ from ucim.common.drives import KINDS, check_root_pattern
 from ucim.common.settings import ComponentSettings
 from ucim.common.slurm import SlurmConfig
 
-# The catalogue shipped with ucim; a site replaces it with `catalogue_file`.
-DEFAULT_CATALOGUE = Path(__file__).with_name("catalogue.yaml")
 DEFAULT_DRIVE_ROOTS = {"home": "~"}
 
 
@@ -44,8 +42,23 @@ class SidecarSettings(ComponentSettings):
     # only to <u>'s own instance. A site with project folders adds e.g. "project": "/work/projects/{name}"
     # (what is given is merged over the default, so adding "project" keeps "home").
     drive_roots: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_DRIVE_ROOTS))
-    # The application catalogue (YAML); the built-in one offers run-command and sleep-exit.
-    catalogue_file: Path = DEFAULT_CATALOGUE
+    # Core's applications: the catalogue lives in Core, which sends each job's application. The site says
+    # what an application's load instructions mean here: a folder of YAML files, each
+    # {name, configurations: [{versions, load, unload, readme, srun}]} (the anchor's format), read by the
+    # bridge at start (the instances cannot read it). None: no application is configured here.
+    applications_dir: Path | None = None
+    # What {- systemLoad -} and {- systemUnload -} print into every script that asks for them.
+    system_load: str = ""
+    system_unload: str = ""
+    # srun() in a template: the command and its flags (an application's configuration may override them).
+    srun_command: str = "srun"
+    srun_flags: list[str] = Field(default_factory=list)
+    # Lmod's spider JSON (`spider -o spider-json $MODULEPATH`): the modules users may pick for applications
+    # this site has no load instructions for. None: no module picker.
+    modules_file: Path | None = None
+    # Offer users a choice among their own Slurm accounts (jobs/requestDynamicParameters). Only without Core's
+    # accounting: with it, a job always runs under its workspace's account.
+    account_picker: bool = False
     # SLURM_CONF for the Slurm tools; read from SLURM_CONF too, so a login environment just works.
     slurm_conf: Path | None = Field(
         default=None, validation_alias=AliasChoices("UCIM_SIDECAR_SLURM_CONF", "SLURM_CONF", "slurm_conf")

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, Field, ValidationError
 
+from ucim.common.app_templates import InvalidJobError
 from ucim.common.instance_api import CancelRequest, SubmitRequest
 from ucim.common.protocol import (
     BulkRequest,
@@ -32,13 +33,13 @@ from ucim.common.protocol import (
 )
 from ucim.common.slurm_errors import SlurmError, SlurmRejectedError, SlurmUnavailableError
 from ucim.user_sidecar import fileops
+from ucim.user_sidecar.dynamic_parameters import DynamicParametersRequest, DynamicParametersResponse, dynamic_parameters
 from ucim.user_sidecar.files import Files
 from ucim.user_sidecar.jobs import JobFolderError
-from ucim.user_sidecar.keys import DRIVES, JOBS_FOLDER, SUBMITTER
+from ucim.user_sidecar.keys import DRIVES, JOBS_FOLDER, SETTINGS, SUBMITTER
 from ucim.user_sidecar.metrics import SUBMISSIONS
 from ucim.user_sidecar.middlewares import error_response
 from ucim.user_sidecar.paths import SHOWN_ID_CHARS, Drives, PathRefusedError, parse_id, refusal
-from ucim.user_sidecar.templates import InvalidJobError
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,16 @@ async def submit(request: web.Request) -> web.Response:
         return error_response(503, str(error))
     SUBMISSIONS.labels("already_submitted" if result.already_submitted else "submitted").inc()
     return web.json_response(result.model_dump(mode="json", by_alias=True))
+
+
+async def request_dynamic_parameters(request: web.Request) -> web.Response:
+    """Core's ``jobs/requestDynamicParameters``: what this site adds to an application's form."""
+    body = await parse(request, DynamicParametersRequest)
+    submitter = request.app[SUBMITTER]
+    found = await dynamic_parameters(
+        body, submitter.site, submitter.slurm, account_picker=request.app[SETTINGS].account_picker
+    )
+    return web.json_response(dump(DynamicParametersResponse(parameters=found)))
 
 
 async def cancel(request: web.Request) -> web.Response:

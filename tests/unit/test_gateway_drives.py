@@ -17,7 +17,7 @@ from ucim.common.kube import Kube
 from ucim.common.protocol import ProductReference
 from ucim.common.resources import UserConnection, UserInstance
 from ucim.gateway.app import init_app
-from ucim.gateway.drives import HOME_DRIVE_ANNOTATION
+from ucim.common.drives import HOME_DRIVE_ANNOTATION
 from ucim.gateway.settings import GatewaySettings
 from ucim.testing import CoreStandIn
 

@@ -8,7 +8,7 @@ It is the before/after figure of issue 14 (the gateway polling the apiserver eve
 submission; the bridge's monitor listing every UCloudJob of the namespace each second), so it
 measures, side by side in one run:
 
-* **creation**: a root job holds the whole node (``--exclusive``), so nothing the bench creates
+* **creation**: a root job holds every node (``--exclusive``), so nothing the bench creates
   runs; the users' instances are made Ready first (``integration/init``); then ``--jobs`` UCloud
   jobs (``sleep-exit``, 10 minutes) go through ``CoreStandIn.create_jobs``, ``--concurrency`` at a
   time, round-robin over ``--users``. Per job: the create call's latency at Core, and the time
@@ -230,9 +230,10 @@ async def bridge_metrics(session: aiohttp.ClientSession, stack: Stack) -> dict[s
 
 
 async def start_blocker(run: Run, minutes: int) -> None:
-    """A root job that takes the whole node, so that what the bench creates stays pending."""
+    """A root job that takes every node of the partition, so that what the bench creates stays pending."""
+    nodes = await slurm(run, "sinfo", "-h", "--partition=normal", "-o", "%D")
     out = await slurm(
-        run, "sbatch", "--parsable", "--exclusive", "--partition=normal", f"--time={minutes}",
+        run, "sbatch", "--parsable", "--exclusive", f"--nodes={nodes}", "--partition=normal", f"--time={minutes}",
         "--job-name=ucim-bench-blocker", "--output=/dev/null", "--chdir=/tmp", "--wrap", f"sleep {minutes * 60}",
     )  # fmt: skip
     run.blocker = sbatch_id(out)
@@ -240,7 +241,7 @@ async def start_blocker(run: Run, minutes: int) -> None:
         if await slurm(run, "squeue", "-h", "-j", str(run.blocker), "-o", "%T", check=False) == "RUNNING":
             return
         await asyncio.sleep(0.1)
-    raise RuntimeError("the node is busy: the bench's blocker job did not start within 30 s")
+    raise RuntimeError("the nodes are busy: the bench's blocker job did not start within 30 s")
 
 
 async def ready_instances(run: Run, stack: Stack, kube: Kube) -> dict[str, int]:

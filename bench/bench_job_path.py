@@ -20,12 +20,12 @@ one of these ways, in an order that rotates from round to round:
 and (a3), the sbatch call inside the instance as the instance logs it (``Slurm job submitted``),
 which (b) minus (a3) turns into what ucim itself adds to each submission. The first Core job
 (which starts alice's instance) and three rounds of each kind come first and are not counted.
-While they are submitted a root job holds the whole node (``--exclusive``, 5-minute limit), so
+While they are submitted a root job holds every node (``--exclusive``, 5-minute limit), so
 none of them runs and no job start competes for the two CPUs; every job goes to the same
 pending queue.
 
 **State change → JobUpdate received by Core**: the Core jobs from above (``sleep-exit`` 600 s)
-are held (``scontrol hold``) and the node freed; then, one job at a time, after a random pause
+are held (``scontrol hold``) and the nodes freed; then, one job at a time, after a random pause
 (so that the change lands at a random point of the bridge's 1 s poll cycle): ``scontrol release``
 → the job turns RUNNING; after another pause, ``scancel`` → it turns CANCELLED (UCloud SUCCESS).
 The instant of each Slurm change is found by asking squeue about that one job every ~10 ms
@@ -241,17 +241,18 @@ async def metrics(url: str) -> dict[str, float]:
 
 
 async def start_blocker(run: Run) -> None:
-    """A root job that takes the whole node, so that what the bench submits stays pending."""
+    """A root job that takes every node of the partition, so that what the bench submits stays pending."""
+    nodes = await slurm(run, "sinfo", "-h", "--partition=normal", "-o", "%D")
     out = await slurm(
-        run, "sbatch", "--parsable", "--exclusive", "--partition=normal", "--time=5", "--job-name=ucim-bench-blocker",
-        "--output=/dev/null", f"--chdir={run.workdir}", "--wrap", "sleep 300",
+        run, "sbatch", "--parsable", "--exclusive", f"--nodes={nodes}", "--partition=normal", "--time=5",
+        "--job-name=ucim-bench-blocker", "--output=/dev/null", f"--chdir={run.workdir}", "--wrap", "sleep 300",
     )  # fmt: skip
     run.blocker = sbatch_id(out)
     for _ in range(300):
         if await slurm(run, "squeue", "-h", "-j", str(run.blocker), "-o", "%T", check=False) == "RUNNING":
             return
         await asyncio.sleep(0.1)
-    raise RuntimeError("the node is busy: the bench's blocker job did not start within 30 s")
+    raise RuntimeError("the nodes are busy: the bench's blocker job did not start within 30 s")
 
 
 def submit_body(job_id: str, name: str) -> dict[str, Any]:
@@ -425,7 +426,7 @@ async def measure_state_changes(run: Run, stack: Stack, jobs: int, bridge_metric
     await slurm(run, "scontrol", "hold", ",".join(str(i) for i in ids.values()))
     if run.blocker is not None:
         await slurm(run, "scancel", str(run.blocker), check=False)
-    await asyncio.sleep(3)  # the node is free, the monitor has seen the holds
+    await asyncio.sleep(3)  # the nodes are free, the monitor has seen the holds
     before, started = await right_after_a_poll(bridge_metrics)
     events: list[dict[str, Any]] = []
     for job_id, slurm_id in list(ids.items())[:jobs]:

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Install the Debian packages the local platform (hack/local_platform.py) needs:
 # Slurm 22.05 (controller, node daemon, client, accounting daemon), munge,
-# MariaDB for slurmdbd, openssl for the Kubernetes PKI, and nginx as the file
+# MariaDB for slurmdbd, openssl for the Kubernetes PKI, nginx as the file
 # benchmark's baseline proxy (bench/bench_files.py runs its own nginx process with its
-# own config; the system service is never started).
+# own config; the system service is never started), and Lmod, the module system of the
+# platform's jobs (its /etc/profile.d/lmod.sh defines `module` in every login shell).
 #
 # Warm runs are ~0 s: when every package is already installed, neither
 # `apt-get update` nor `apt-get install` runs. Debian's policy-rc.d on these
@@ -11,7 +12,7 @@
 # daemons itself, as plain processes under its run directory.
 set -euo pipefail
 
-pkgs=(slurmctld slurmd slurm-client slurmdbd munge mariadb-server openssl prometheus shellcheck nginx)
+pkgs=(slurmctld slurmd slurm-client slurmdbd munge mariadb-server openssl prometheus shellcheck nginx lmod)
 
 missing=()
 for p in "${pkgs[@]}"; do

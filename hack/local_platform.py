@@ -16,10 +16,16 @@ bind them to one):
 
 * etcd, kube-apiserver (TLS + RBAC) and kube-controller-manager, from the binaries that
   ``hack/build-k8s.sh`` builds or reuses; the CRDs of ``crds/*.yaml`` are applied.
-* munged, MariaDB, slurmdbd, slurmctld and ``slurmd -N localhost`` from Debian's Slurm 22.05
+* munged, MariaDB, slurmdbd, slurmctld and two node daemons, ``slurmd -N localhost`` and
+  ``slurmd -N localhost2`` (so 2-node jobs run for real), from Debian's Slurm 22.05
   (``hack/install-deps.sh`` installs the packages), cluster ``ucim`` with partitions
   ``normal`` (default) and ``short``, enforcing associations and limits as a UCloud site must
   (account ``ucimproj`` for alice and bob).
+* the site's software: an Lmod module tree with the probe module ``ucim-probe`` (versions
+  1.0.0, 1.2.3, 2.0.0), its spider JSON (the module picker's ``modulesFile``) and load
+  instructions (the anchor's ``applications/`` folder). ``/etc/profile.d/ucim-platform-modules.sh``
+  puts the tree on every login shell's MODULEPATH (``down`` removes it), so a job's
+  ``module load ucim-probe/1.2.3`` works as at a site.
 * users ``alice`` (1101) and ``bob`` (1102) in group ``ucimproj`` (1200), each with a
   private home, and ``nologinuser`` (1103) for negative tests.
 
@@ -32,7 +38,9 @@ outlive the shell that started them.
 ``<run>/platform.env`` holds ``KEY=value`` lines (use ``set -a; . <run>/platform.env; set +a``):
 KUBECONFIG, SLURM_CONF, UCIM_RUN_DIR, UCIM_BIN_DIR (kubectl, etcd, ...), UCIM_KUBE_SERVER,
 UCIM_KUBE_CA, UCIM_SA_KEY and UCIM_SA_ISSUER (to mint service-account tokens), UCIM_K8S_VERSION,
-UCIM_SLURM_CLUSTER and UCIM_SLURM_ACCOUNT. Run Slurm commands as a user with
+UCIM_SLURM_CLUSTER, UCIM_SLURM_ACCOUNT, UCIM_SLURM_NODES (the node names), UCIM_MODULES_DIR (the
+module tree, a MODULEPATH entry), UCIM_MODULES_FILE (its spider JSON) and UCIM_APPLICATIONS_DIR
+(the load instructions). Run Slurm commands as a user with
 ``runuser -u alice -- sbatch ...`` (it keeps SLURM_CONF; ``su -`` drops it).
 
 The script uses the standard library only: it runs before the project is pip-installed.
@@ -92,6 +100,19 @@ USERS = (
     User("bob", 1102, "/bin/bash", True),
     User("nologinuser", 1103, "/usr/sbin/nologin", False),
 )
+
+
+@dataclass(frozen=True)
+class Node:
+    """One Slurm node: a slurmd of its own on this host (Debian builds Slurm with
+    --enable-multiple-slurmd: ``scontrol show config`` says MULTIPLE_SLURMD = Yes)."""
+
+    name: str
+    daemon: str  # the name `kill` and `start` take, of its pid file and of its log; also its port's key
+    weight: int  # Slurm fills lower weights first: one-node jobs run on localhost, as they always did
+
+
+NODES = (Node("localhost", "slurmd", 1), Node("localhost2", "slurmd2", 2))
 
 
 class PlatformError(Exception):
@@ -218,6 +239,8 @@ class Paths:
     mysql: Path = RUN / "mysql"
     munge: Path = RUN / "munge"
     slurm: Path = RUN / "slurm"
+    modules: Path = RUN / "modules"
+    applications: Path = RUN / "applications"
     env_file: Path = RUN / "platform.env"
     ports_file: Path = RUN / "ports.json"
 
@@ -237,10 +260,25 @@ class Paths:
     def my_cnf(self) -> Path:
         return self.mysql / "my.cnf"
 
+    @property
+    def module_path(self) -> Path:
+        """The module tree: the MODULEPATH entry."""
+        return self.modules / "modulefiles"
+
+    @property
+    def software(self) -> Path:
+        """What the modules put on PATH: ``<name>/<version>/bin``."""
+        return self.modules / "software"
+
+    @property
+    def modules_file(self) -> Path:
+        """Lmod's spider JSON of the tree (``spider -o jsonSoftwarePage``): the anchor's ``modulesFile``."""
+        return self.modules / "modules.json"
+
 
 P = Paths()
 
-PORT_NAMES = ("etcd", "etcd_peer", "apiserver", "mariadb", "slurmdbd", "slurmctld", "slurmd")
+PORT_NAMES = ("etcd", "etcd_peer", "apiserver", "mariadb", "slurmdbd", "slurmctld", "slurmd", "slurmd2")
 
 
 def load_ports() -> dict[str, int]:
@@ -421,6 +459,7 @@ def check_prerequisites() -> None:
     missing = [
         f"{cmd} (package {pkg})" for pkg, cmds in REQUIRED_COMMANDS.items() for cmd in cmds if shutil.which(cmd) is None
     ]
+    missing += [f"{path} (package lmod)" for path in (LMOD_PROFILE, LMOD_SPIDER) if not path.exists()]
     if missing:
         raise PlatformError("prerequisites", f"{', '.join(missing)} not found: run hack/install-deps.sh")
     for d in P.run.parents:
@@ -882,19 +921,22 @@ def ensure_accounting_db() -> None:
 
 def slurm_conf(ports: Mapping[str, int]) -> str:
     s = P.slurm
-    return f"""# Single-node Slurm on loopback for ucim; written by hack/local_platform.py.
+    nodes = ",".join(n.name for n in NODES)
+    return f"""# Slurm on loopback for ucim, two nodes on this host; written by hack/local_platform.py.
 ClusterName={CLUSTER}
 SlurmctldHost=localhost(127.0.0.1)
 SlurmUser=slurm
 SlurmctldPort={ports["slurmctld"]}
+# Each node's own Port (below) overrides this.
 SlurmdPort={ports["slurmd"]}
 AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket={P.munge_socket}
 StateSaveLocation={s / "state"}
-SlurmdSpoolDir={s / "spool"}
+# %n: the node's name; every slurmd needs its own spool and pid file.
+SlurmdSpoolDir={s / "spool" / "%n"}
 SlurmctldPidFile={s / "run" / "slurmctld.pid"}
-SlurmdPidFile={s / "run" / "slurmd.pid"}
+SlurmdPidFile={s / "run" / "slurmd-%n.pid"}
 # No systemd and no cgroups here.
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
@@ -935,12 +977,26 @@ SlurmctldDebug=info
 SlurmdDebug=info
 # More job slots than the real cores; config_overrides keeps the node from going INVAL.
 SlurmdParameters=config_overrides
-NodeName=localhost NodeAddr=127.0.0.1 CPUs=8 RealMemory=2000 State=UNKNOWN
-# Billing = CPUs, so billing-minutes (GrpTRESMins, GrpTRESRaw) are core-minutes, UCloud's unit.
+{node_lines(ports)}# Billing = CPUs, so billing-minutes (GrpTRESMins, GrpTRESRaw) are core-minutes, UCloud's unit.
 # billing is one of the TRES Slurm always tracks: AccountingStorageTRES need not name it.
-PartitionName=normal Nodes=localhost Default=YES MaxTime=1-00:00:00 State=UP TRESBillingWeights="CPU=1.0"
-PartitionName=short Nodes=localhost MaxTime=00:01:00 State=UP TRESBillingWeights="CPU=1.0"
+PartitionName=normal Nodes={nodes} Default=YES MaxTime=1-00:00:00 State=UP TRESBillingWeights="CPU=1.0"
+PartitionName=short Nodes={nodes} MaxTime=00:01:00 State=UP TRESBillingWeights="CPU=1.0"
 """
+
+
+def node_lines(ports: Mapping[str, int]) -> str:
+    """The NodeName lines: each node as big as the single node was, so every job that fit it fits each.
+
+    localhost comes last: while the one node read so far is named "localhost", Slurm's node lookup
+    answers every name with it (``_find_node_record`` in src/common/node_conf.c), so slurmctld would
+    refuse the next node as a "Duplicated NodeHostName".
+    """
+    lines = [
+        f"NodeName={n.name} NodeAddr=127.0.0.1 Port={ports[n.daemon]} CPUs=8 RealMemory=2000 "
+        f"Weight={n.weight} State=UNKNOWN\n"
+        for n in sorted(NODES, key=lambda n: n.name == "localhost")
+    ]
+    return "".join(lines)
 
 
 def first_job_id_line() -> str:
@@ -1007,10 +1063,11 @@ def resume_after_duplicates(watch_seconds: float = 10) -> None:
     """
     deadline = time.monotonic() + watch_seconds
     while time.monotonic() < deadline:
-        node = run(["sinfo", "-h", "-N", "-n", "localhost", "-o", "%T|%E"], check=False, timeout=10).stdout
-        if "drain" in node and "Duplicate jobid" in node:
-            run(["scontrol", "update", "nodename=localhost", "state=resume"], check=False, timeout=10)
-            say("slurmctld: resumed the node it drained for a job it launched twice")
+        for node in run(["sinfo", "-h", "-N", "-o", "%N|%T|%E"], check=False, timeout=10).stdout.splitlines():
+            name = node.split("|")[0]
+            if "drain" in node and "Duplicate jobid" in node:
+                run(["scontrol", "update", f"nodename={name}", "state=resume"], check=False, timeout=10)
+                say(f"slurmctld: resumed {name}, which it drained for a job it launched twice")
         pending = run(["squeue", "-h", "-t", "PENDING", "-o", "%i|%r"], check=False, timeout=10).stdout.splitlines()
         held = [line.split("|")[0] for line in pending if "requeued held" in line]
         if held:
@@ -1032,8 +1089,7 @@ def ensure_slurmctld(ports: Mapping[str, int]) -> bool:
     started = ensure(daemon)
     if started and (pid := running_pid(daemon.name, daemon.exe)) is not None:
         record_started_with(pid)
-    slurmd = slurmd_daemon(ports["slurmd"])
-    if renumbered and running_pid(slurmd.name, slurmd.exe) is not None:
+    if renumbered and any(running_pid(d.name, d.exe) is not None for d in slurmd_daemons(ports)):
         run(["scontrol", "reconfigure"])  # slurmd reads the same slurm.conf again
     if started:
         end_runs_slurmd_no_longer_has(began)
@@ -1117,45 +1173,56 @@ def slurmctld_daemon(port: int) -> Daemon:
     return Daemon(name="slurmctld", argv=["/usr/sbin/slurmctld", "-D"], ready=pings, timeout=60, port=port)
 
 
-def node_state() -> str:
+def node_state(node: str) -> str:
     try:
-        return run(["sinfo", "-h", "-n", "localhost", "-o", "%T"], check=False, timeout=5).stdout.strip()
+        return run(["sinfo", "-h", "-n", node, "-o", "%T"], check=False, timeout=5).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         return ""
 
 
-def slurmd_daemon(port: int) -> Daemon:
+def slurmd_daemon(node: Node, port: int) -> Daemon:
     # Busy states count: a warm `up` while jobs run is fine.
     return Daemon(
-        name="slurmd",
-        argv=["/usr/sbin/slurmd", "-D", "-N", "localhost"],
-        ready=lambda: node_state() in ("idle", "mixed", "allocated", "completing"),
+        name=node.daemon,
+        argv=["/usr/sbin/slurmd", "-D", "-N", node.name],
+        ready=lambda: node_state(node.name) in ("idle", "mixed", "allocated", "completing"),
         timeout=60,
         port=port,
     )
 
 
+def slurmd_daemons(ports: Mapping[str, int]) -> list[Daemon]:
+    return [slurmd_daemon(n, ports[n.daemon]) for n in NODES]
+
+
 def smoke_test() -> None:
-    """A real job as alice: proves auth, scheduling, launch and user switching."""
+    """A real job as alice on every node: proves auth, scheduling, launch and user switching."""
     start = time.monotonic()
+    nodes = str(len(NODES))
     try:
-        run(["runuser", "-u", "alice", "--", "srun", "-t", "1", "-N", "1", "-n", "1", "true"], cwd="/", timeout=90)
+        run(["runuser", "-u", "alice", "--", "srun", "-t", "1", "-N", nodes, "-n", nodes, "true"], cwd="/", timeout=90)
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
         detail = e.stderr if isinstance(e, subprocess.CalledProcessError) else "timed out"
-        raise PlatformError("slurmd", f"'srun true' as alice failed: {detail}", P.logs / "slurmd.log") from e
-    say(f"srun true as alice ok ({time.monotonic() - start:.1f} s)")
+        raise PlatformError("slurmd", f"'srun -N {nodes} true' as alice failed: {detail}", P.logs / "slurmd.log") from e
+    say(f"srun -N {nodes} true as alice ok ({time.monotonic() - start:.1f} s)")
 
 
 # Settings slurmctld takes only when it starts, with Slurm's defaults. slurm.conf(5) says so of
 # AccountingStorageEnforce; on 22.05 `scontrol reconfigure` makes `scontrol show config` print the
 # new values of both while slurmctld goes on without enforcement and with its old priority plugin.
 RESTART_ONLY = {"AccountingStorageEnforce": "none", "PriorityType": "priority/basic"}
+# The nodes too (all NodeName lines as one value), and the slurmd as well: slurm.conf(5), "changes in
+# node configuration (e.g. adding nodes ...) require restarting both the slurmctld daemon and the
+# slurmd daemons"; a reconfigure that changes the node count kills 22.05's slurmctld ("fatal:
+# MaxNodeCount has changed (1->2) during reconfig, slurmctld must be restarted").
+NODE_LINES = "NodeName"
 
 
 def restart_only_settings() -> dict[str, str]:
-    """The RESTART_ONLY settings of slurm.conf as it is on disk."""
-    pairs = (line.split("=", 1) for line in P.slurm_conf.read_text().splitlines() if "=" in line)
-    return {**RESTART_ONLY, **{k: v for k, v in pairs if k in RESTART_ONLY}}
+    """The RESTART_ONLY settings and the NODE_LINES of slurm.conf as it is on disk."""
+    pairs = [line.split("=", 1) for line in P.slurm_conf.read_text().splitlines() if "=" in line]
+    nodes = "; ".join(v for k, v in pairs if k == NODE_LINES)
+    return {**RESTART_ONLY, **{k: v for k, v in pairs if k in RESTART_ONLY}, NODE_LINES: nodes}
 
 
 def record_started_with(pid: int) -> None:
@@ -1170,12 +1237,18 @@ def restart_only_changes(ports: Mapping[str, int]) -> list[str]:
         record = json.loads((P.slurm / "slurmctld-started-with.json").read_text())
         if record.get("pid") == running_pid(daemon.name, daemon.exe):
             return [k for k, v in restart_only_settings().items() if record.get(k) != v]
-    return list(RESTART_ONLY)  # started by an older `up` or by hand: what it read is unknown
+    return [*RESTART_ONLY, NODE_LINES]  # started by an older `up` or by hand: what it read is unknown
 
 
 def restart_slurmctld(ports: Mapping[str, int], settings: Sequence[str]) -> None:
-    """Stop slurmctld (it saves its state; running jobs go on under slurmd) and start it again."""
+    """Stop slurmctld (it saves its state; running jobs go on under slurmd) and start it again.
+
+    When the nodes changed, the slurmd are stopped too; ``up`` starts them again after this.
+    """
     stop_daemon(slurmctld_daemon(ports["slurmctld"]))  # removes the pid file: a stop, not a crash
+    if NODE_LINES in settings:
+        for slurmd in slurmd_daemons(ports):
+            stop_daemon(slurmd)
     ensure_slurmctld(ports)
     say(f"slurmctld restarted: only a restart applies slurm.conf's {', '.join(settings)}")
 
@@ -1197,9 +1270,132 @@ def up_slurm(ports: Mapping[str, int]) -> None:
     if conf_changed and not ctld_started:
         run(["scontrol", "reconfigure"])  # a running slurmctld and slurmd re-read the new slurm.conf
         say("slurm.conf changed: scontrol reconfigure")
-    started |= ctld_started | ensure(slurmd_daemon(ports["slurmd"]))
+    started |= ctld_started
+    for slurmd in slurmd_daemons(ports):
+        started |= ensure(slurmd)
     if started:
         smoke_test()
+
+
+# --------------------------------------------------------------------------- modules and applications
+#
+# The site's software, as a UCloud provider's load instructions and module picker see it. Debian's
+# lmod (hack/install-deps.sh) defines `module` in every login shell through its profile script, and a
+# UCloud job's script is one (`#!/usr/bin/env -S bash --login`). That script builds MODULEPATH from
+# /etc/lmod/modulespath (a conffile of the package, left alone) unless the shell inherited one (a job
+# inherits its submitter's environment); PROFILE_HOOK, a profile script of the platform's own, adds the
+# platform's tree in both cases, the way a site sets its MODULEPATH in /etc/profile.d.
+
+LMOD_PROFILE = Path("/etc/profile.d/lmod.sh")
+LMOD_SPIDER = Path("/usr/share/lmod/lmod/libexec/spider")
+PROFILE_HOOK = Path("/etc/profile.d/ucim-platform-modules.sh")
+PROBE = "ucim-probe"
+PROBE_VERSIONS = ("1.0.0", "1.2.3", "2.0.0")
+
+
+def probe_modulefile(version: str) -> str:
+    """The Lua modulefile of one version: its variable, and its bin directory on PATH."""
+    return f"""-- {PROBE} {version}: the local platform's probe module (written by hack/local_platform.py).
+help([[{PROBE} {version} prints its version: a job proves which version `module load` gave it.]])
+whatis("Description: ucim's probe module, which prints the version a job loaded.")
+whatis("URL: https://lmod.readthedocs.io/en/latest/015_writing_modules.html")
+setenv("UCIM_PROBE_VERSION", "{version}")
+prepend_path("PATH", "{P.software / PROBE / version / "bin"}")
+"""
+
+
+def probe_program(version: str) -> str:
+    return f'#!/bin/sh\necho "{PROBE} {version}"\n'
+
+
+# The load instructions, in the anchor's applications/ format (PROTOCOL-APPS §1), by file name.
+# Rendered, {{ appVersion }} prints bash-quoted (`module load ucim-probe/'1.2.3'`): bash removes the quotes
+# before `module` sees its argument.
+APPLICATIONS = {
+    "ucim-probe.yml": """# Load instructions of the platform's probe module (written by hack/local_platform.py).
+name: ucim-probe
+configurations:
+  - versions: ["1.0.0", "1.2.3"]
+    load: |
+      module load ucim-probe/{{ appVersion }}
+    unload: |
+      module unload ucim-probe/{{ appVersion }}
+    readme: |
+      ucim-probe 1 from the platform's Lmod tree: `ucim-probe` prints the version loaded, and so does
+      $UCIM_PROBE_VERSION.
+  - versions: ["2.0.0"]
+    load: |
+      module load ucim-probe/{{ appVersion }}
+    unload: |
+      module unload ucim-probe/{{ appVersion }}
+    readme: |
+      ucim-probe 2 from the platform's Lmod tree, a major version apart from 1.x.
+""",
+    "python.yml": """# Load instructions of python, for PROTOCOL-APPS §11's example (written by hack/local_platform.py).
+# No module: the platform's own python3 (Debian's) is on every node's PATH.
+name: python
+configurations:
+  - versions: ["3.11.4", "3.12.1"]
+    load: |
+      echo Using python {{ appVersion }}: $(python3 --version) >&2
+    readme: |
+      Python is the platform's own python3, on every node's PATH.
+""",
+}
+
+
+def profile_hook() -> str:
+    tree = shlex.quote(str(P.module_path))
+    return f"""# The local platform's module tree on MODULEPATH, for login shells (a Slurm job's is one).
+# Written by `hack/local_platform.py up` for {P.run}; its `down` removes it.
+ucim_modules={tree}
+if [ -d "$ucim_modules" ]; then
+  case ":${{MODULEPATH:-}}:" in
+    *":$ucim_modules:"*) ;;
+    *) export MODULEPATH="${{MODULEPATH:+$MODULEPATH:}}$ucim_modules" ;;
+  esac
+fi
+unset ucim_modules
+"""
+
+
+def install_profile_hook() -> None:
+    if write_if_changed(PROFILE_HOOK, profile_hook()):
+        say(f"modules: {PROFILE_HOOK} puts {P.module_path} on login shells' MODULEPATH")
+
+
+def remove_profile_hook() -> None:
+    """Remove PROFILE_HOOK if this run directory wrote it."""
+    with contextlib.suppress(FileNotFoundError):
+        if str(P.module_path) in PROFILE_HOOK.read_text():
+            PROFILE_HOOK.unlink()
+            say(f"modules: removed {PROFILE_HOOK}")
+
+
+def write_spider_json() -> None:
+    """Lmod's spider JSON of the tree; sorted, since spider prints keys and packages in hash order."""
+    result = run([LMOD_SPIDER, "-o", "jsonSoftwarePage", P.module_path], timeout=30)
+    groups = sorted(json.loads(result.stdout), key=lambda group: str(group["package"]))
+    write_if_changed(P.modules_file, json.dumps(groups, indent=2, sort_keys=True) + "\n")
+
+
+def up_modules() -> None:
+    """The module tree, its spider JSON, the load instructions and the profile hook; writes only what changed."""
+    changed = False
+    for d in (P.modules, P.module_path, P.module_path / PROBE, P.software, P.software / PROBE):
+        make_dir(d)
+    for version in PROBE_VERSIONS:
+        bin_dir = make_dir(make_dir(P.software / PROBE / version) / "bin")
+        changed |= write_if_changed(bin_dir / PROBE, probe_program(version), mode=0o755)
+        changed |= write_if_changed(P.module_path / PROBE / f"{version}.lua", probe_modulefile(version))
+    if changed or not P.modules_file.exists():
+        write_spider_json()
+        say(f"modules: {PROBE} {', '.join(PROBE_VERSIONS)} in {P.module_path}; spider JSON in {P.modules_file}")
+    make_dir(P.applications)
+    for name, content in APPLICATIONS.items():
+        if write_if_changed(P.applications / name, content):
+            say(f"applications: {P.applications / name}")
+    install_profile_hook()
 
 
 # --------------------------------------------------------------------------- env file
@@ -1218,6 +1414,10 @@ def write_env(bin_dir: Path, ports: Mapping[str, int]) -> None:
         "UCIM_K8S_VERSION": k8s_version(),
         "UCIM_SLURM_CLUSTER": CLUSTER,
         "UCIM_SLURM_ACCOUNT": ACCOUNT,
+        "UCIM_SLURM_NODES": ",".join(n.name for n in NODES),
+        "UCIM_MODULES_DIR": str(P.module_path),
+        "UCIM_MODULES_FILE": str(P.modules_file),
+        "UCIM_APPLICATIONS_DIR": str(P.applications),
     }
     content = "".join(f"{k}={shlex.quote(v)}\n" for k, v in values.items())
     write_if_changed(P.env_file, content)
@@ -1237,7 +1437,7 @@ def all_daemons() -> list[Daemon]:
         mariadb_daemon(ports["mariadb"]),
         slurmdbd_daemon(ports["slurmdbd"]),
         slurmctld_daemon(ports["slurmctld"]),
-        slurmd_daemon(ports["slurmd"]),
+        *slurmd_daemons(ports),
     ]
 
 
@@ -1263,6 +1463,7 @@ def up_everything(start: float) -> int:
     ensure_users()
     os.environ["SLURM_CONF"] = str(P.slurm_conf)
     up_kubernetes(bin_dir, ports)
+    up_modules()
     up_slurm(ports)
     write_env(bin_dir, ports)
     say(f"ready in {time.monotonic() - start:.1f} s; env in {P.env_file}")
@@ -1331,6 +1532,7 @@ def cmd_down(purge: bool) -> int:
             stop_all()
         else:
             say(f"nothing to stop ({P.run} was never set up)")
+        remove_profile_hook()  # the one thing `up` writes outside the run directory
     if purge:
         shutil.rmtree(P.run)
         say(f"removed {P.run}")
@@ -1399,6 +1601,8 @@ def cmd_start(names: Sequence[str]) -> int:
     start = time.monotonic()
     ports = load_ports()
     with exclusive():
+        if P.module_path.exists():
+            install_profile_hook()  # `down` removed it
         for daemon in daemons_named(names):
             if daemon.name == "slurmctld":
                 ensure_slurmctld(ports)

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from tests.support.platform import Platform
+from ucim.testing.stack import platform_software
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "crds" / "samples"
@@ -271,3 +272,84 @@ def test_sshare_reports_the_core_minutes_of_a_finished_job(platform: Platform, p
     expected = 4 * elapsed // 60
     assert expected >= 1
     eventually(lambda: str(billing_minutes(platform, project_account)), str(expected), "sshare's billing minutes")
+
+
+# --------------------------------------------------------------------------- the site's software
+#
+# An Lmod tree with the probe module ucim-probe (1.0.0, 1.2.3, 2.0.0) on every login shell's
+# MODULEPATH, its spider JSON (the module picker's modulesFile) and load instructions in the
+# anchor's applications/ format (PROTOCOL-APPS §1, §9.3); hack/local_platform.py makes them.
+
+
+def batch_job_output(platform: Platform, user: str, script: str, *options: str) -> str:
+    """Run ``script`` as a batch job of ``user`` in their home and wait for it (``sbatch --wait``); its output."""
+    tag = uuid.uuid4().hex[:8]
+    home = Path(f"/home/{user}")
+    script_path, out_file = home / f"ucim-it-{tag}.sh", home / f"ucim-it-{tag}.out"
+    platform.run_as(user, "tee", str(script_path), stdin=script)
+    try:
+        done = platform.run_as(
+            user, "sbatch", "--wait", "--time=1", f"--chdir={home}", f"--output={out_file}", *options,
+            str(script_path), check=False,
+        )  # fmt: skip
+        output = out_file.read_text() if out_file.exists() else ""
+        assert done.returncode == 0, f"the job failed ({done.returncode}):\n{done.stderr}\n{output}"
+        return output
+    finally:
+        for leftover in (script_path, out_file):  # the home is shared by every run
+            leftover.unlink(missing_ok=True)
+
+
+def test_a_login_job_loads_the_module_version_it_asks_for(platform: Platform) -> None:
+    # A login shell, as every UCloud job script starts (PROTOCOL-APPS §8), and the load line as the anchor
+    # renders `module load ucim-probe/{{ appVersion }}`: the version bash-quoted.
+    script = """#!/usr/bin/env -S bash --login
+module load ucim-probe/'1.2.3'
+echo "$UCIM_PROBE_VERSION"
+ucim-probe
+echo "$MODULEPATH"
+"""
+    version, probe, module_path = batch_job_output(platform, "alice", script).splitlines()
+    assert (version, probe) == ("1.2.3", "ucim-probe 1.2.3")
+    assert str(platform_software(platform.env).module_path) in module_path.split(":")
+
+
+def test_the_spider_json_lists_every_version_of_the_probe(platform: Platform) -> None:
+    # The shape the anchor reads as its modulesFile: groups of versions with their full names.
+    groups = json.loads(platform_software(platform.env).modules_file.read_text())
+    probe = next(g for g in groups if g["package"] == "ucim-probe")
+    assert [v["full"] for v in probe["versions"]] == ["ucim-probe/1.0.0", "ucim-probe/1.2.3", "ucim-probe/2.0.0"]
+    assert all(v["help"] and v["description"] for v in probe["versions"])
+    assert probe["url"].startswith("https://")
+
+
+def test_the_load_instructions_name_the_probe_and_python(platform: Platform) -> None:
+    files = sorted(platform_software(platform.env).applications_dir.glob("*.yml"))
+    documents = [yaml.safe_load(f.read_text()) for f in files]
+    versions = {d["name"]: [v for c in d["configurations"] for v in c["versions"]] for d in documents}
+    assert versions == {"python": ["3.11.4", "3.12.1"], "ucim-probe": ["1.0.0", "1.2.3", "2.0.0"]}
+    probe = next(d for d in documents if d["name"] == "ucim-probe")
+    assert {c["load"] for c in probe["configurations"]} == {"module load ucim-probe/{{ appVersion }}\n"}
+
+
+# --------------------------------------------------------------------------- two nodes
+
+
+def test_a_two_node_job_runs_a_task_on_each_node(platform: Platform) -> None:
+    nodes = platform.env["UCIM_SLURM_NODES"].split(",")
+    assert len(nodes) == 2
+    srun = ("srun", "--nodes=2", "--ntasks-per-node=1", "--time=1")
+    hostnames = platform.run_as("alice", *srun, "hostname").stdout.split()
+    assert len(hostnames) == 2  # one per node; both nodes are slurmd on this host
+    names = platform.run_as("alice", *srun, "printenv", "SLURMD_NODENAME").stdout.split()
+    assert sorted(names) == sorted(nodes)
+
+
+def test_a_two_node_batch_job_loads_its_module_on_both_nodes(platform: Platform) -> None:
+    # The batch script loads the module; srun carries its environment to the tasks on both nodes.
+    script = """#!/usr/bin/env -S bash --login
+module load ucim-probe/1.0.0
+srun printenv SLURMD_NODENAME UCIM_PROBE_VERSION
+"""
+    lines = batch_job_output(platform, "alice", script, "--nodes=2", "--ntasks-per-node=1").split()
+    assert sorted(lines) == sorted([*platform.env["UCIM_SLURM_NODES"].split(","), "1.0.0", "1.0.0"])

@@ -77,6 +77,31 @@ def accounting_settings() -> dict[str, dict[str, str]]:
     }
 
 
+# --- the platform's software (issue 16): load instructions and modules, for the sidecar's settings ---
+
+
+@dataclass(frozen=True)
+class PlatformSoftware:
+    """Where the local platform keeps the site's software (``hack/local_platform.py up`` makes it)."""
+
+    # Load instructions in the anchor's applications/ format (PROTOCOL-APPS §1): ucim-probe and python.
+    applications_dir: Path
+    # Lmod's spider JSON of the module tree (``spider -o jsonSoftwarePage``): the anchor's modulesFile (§9.3).
+    modules_file: Path
+    # The module tree (ucim-probe 1.0.0, 1.2.3, 2.0.0), a MODULEPATH entry; every login shell has it already,
+    # through /etc/profile.d, so a job's `module load` needs no system load text.
+    module_path: Path
+
+
+def platform_software(platform_env: Mapping[str, str]) -> PlatformSoftware:
+    """The local platform's load instructions, spider JSON and module tree, as its platform.env names them."""
+    return PlatformSoftware(
+        applications_dir=Path(platform_env["UCIM_APPLICATIONS_DIR"]),
+        modules_file=Path(platform_env["UCIM_MODULES_FILE"]),
+        module_path=Path(platform_env["UCIM_MODULES_DIR"]),
+    )
+
+
 _HANDED_OUT: set[int] = set()
 
 

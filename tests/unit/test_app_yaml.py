@@ -13,7 +13,7 @@ from ucim.common.protocol import dump
 from ucim.testing.app_yaml import ApplicationRefusedError, application_from_yaml
 from ucim.testing.core_apps import LIBRARY, ApplicationStore, library
 
-DATA = Path(__file__).with_name("data")
+FIXTURES = Path(__file__).with_name("fixtures")
 
 
 def wire(text: str, **options: Any) -> dict[str, Any]:
@@ -52,9 +52,9 @@ def refusal(text: str) -> tuple[int, str]:
 
 
 def test_the_conversion_is_what_the_real_core_answers() -> None:
-    """data/core2-sleep-exit.json: ``GET /api/hpc/apps/byNameAndVersion`` of core2 (63551f4ea7) after uploading this
-    document and making it public; byte for byte, key order included."""
-    real = (DATA / "core2-sleep-exit.json").read_text()
+    """fixtures/core2_app_sleep_exit.json: ``GET /api/hpc/apps/byNameAndVersion`` of core2 (63551f4ea7) after
+    uploading this document and making it public; byte for byte, key order included."""
+    real = (FIXTURES / "core2_app_sleep_exit.json").read_text()
     document = """\
         application: v2
         name: sleep-exit
@@ -347,6 +347,14 @@ def test_features_ssh_modules_and_extensions() -> None:
 
 
 # --- PROTOCOL-APPS §11 and the library ----------------------------------------------
+
+
+def test_the_protocol_example_is_what_core_sends_in_a_job() -> None:
+    """fixtures/core2_job_hello_py.json: the job core2 sent for the library's hello-py; byte for byte."""
+    job = json.loads((FIXTURES / "core2_job_hello_py.json").read_text())["items"][0]
+    real = job["status"]["resolvedApplication"]
+    converted = wire((LIBRARY / "hello-py.yaml").read_text(), created_at=real["metadata"]["createdAt"])
+    assert json.dumps(converted) == json.dumps(real)
 
 
 def test_the_protocol_example_converts() -> None:

@@ -38,6 +38,7 @@ from ucim.testing import CoreKeys, CoreStandIn, ProviderCallError, unsigned_toke
 from ucim.testing.app_yaml import ApplicationRefusedError
 from ucim.testing.core_standin import _parse_args, _serve, compute_product, token_claims
 
+FIXTURES = Path(__file__).with_name("fixtures")
 PROVIDER = "hippo"
 REFRESH_TOKEN = "refresh-0123456789"
 T0 = 1_767_225_600_000
@@ -513,6 +514,38 @@ def test_a_job_carries_the_application_core_holds(core: CoreStandIn) -> None:
     assert core.make_job("10", "alice").specification.application.name == "sleep-exit"  # every parameter optional
 
 
+def test_make_job_sends_what_core2_sent() -> None:
+    """fixtures/core2_job_hello_py.json, the same submission made with make_job (only the product is the stand-in's)."""
+    real = json.loads((FIXTURES / "core2_job_hello_py.json").read_text())["items"][0]
+    core = CoreStandIn("ucim", REFRESH_TOKEN)
+    job = core.make_job(
+        real["id"],
+        "alice",
+        ("hello-py", "3.11"),
+        {"input": AppParameterValue.file("/4/data/in.csv")},
+        ProductReference(id="cpu-2", category="cpu", provider="ucim"),
+        name="apps-hello-py",
+        time_allocation=SimpleDuration(hours=1, minutes=30),
+        created_at=real["createdAt"],
+    )
+    application = job.status.resolved_application
+    assert application is not None and application.invocation.tool.tool is not None
+    application.metadata.created_at = real["status"]["resolvedApplication"]["metadata"]["createdAt"]
+    application.invocation.tool.tool.created_at = application.invocation.tool.tool.modified_at = (
+        application.metadata.created_at
+    )
+    wire = dump(job)
+    for key in ("id", "createdAt", "owner", "permissions", "updates", "specification", "output"):
+        assert wire[key] == real[key], key
+    for key in ("state", "startedAt", "expiresAt", "resolvedApplication", "allowRestart"):
+        assert wire["status"][key] == real["status"][key], key
+    assert wire["status"]["resolvedSupport"]["features"][0] == "jobs.native.enabled"
+    assert (
+        wire["status"]["jobParametersJson"]["request"]["parameters"]
+        == real["status"]["jobParametersJson"]["request"]["parameters"]
+    )
+
+
 def test_make_job_refuses_what_core_refuses(core: CoreStandIn) -> None:
     with pytest.raises(ValueError, match=r"Unknown application requested: jupyter@4\.0"):
         core.make_job("9", "alice", ("jupyter", "4.0"))
@@ -552,7 +585,9 @@ async def test_applications_are_uploaded_as_core_takes_them(
 
     again = await core_client.put(upload, data=WORD_COUNT_2.encode())
     broken = await core_client.put(upload, data=WORD_COUNT_2.replace("type: File", "type: Fil").encode())
+    not_utf8 = await core_client.put(upload, data=b"application: v2\nname: \xff\n")
     assert (again.status, (await again.json())["why"]) == (409, "A tool with this version already exist")
+    assert not_utf8.status == 400
     assert (broken.status, (await broken.json())["why"]) == (
         400,
         'Invalid yaml supplied: unknown parameter type: "Fil"',
@@ -650,20 +685,10 @@ async def test_a_drive_is_retrieved_by_its_id_as_its_provider_sees_it(
     response = await core_client.get(retrieve, params={"id": drive_id, "includeOthers": "false"}, headers=headers)
     assert response.status == 200
     drive = await response.json()
-    assert drive == {
-        "id": drive_id,
-        "createdAt": drive["createdAt"],
-        "owner": {"createdBy": "alice", "project": None},
-        "permissions": {"myself": ["READ", "PROVIDER"], "others": []},
-        "providerGeneratedId": "home:alice",
-        "specification": {
-            "title": "Home",
-            "product": {"id": "home", "category": "storage", "provider": PROVIDER},
-            "labels": {},
-        },
-        "updates": [],
-        "status": {"preferredDrive": False, "resolvedSupport": None, "resolvedProduct": None},
-    }
+    # fixtures/core2_drive_control_retrieve.json: core2's answer for alice's home there.
+    real = json.loads((FIXTURES / "core2_drive_control_retrieve.json").read_text())
+    real["specification"]["product"]["provider"] = PROVIDER
+    assert json.dumps(drive) == json.dumps(real | {"id": drive_id, "createdAt": drive["createdAt"]})
     # core2 answers an id it does not hold with 403, not 404.
     for unknown in ({"id": "999"}, {"id": "home:alice"}, {}):
         missing = await core_client.get(retrieve, params=unknown, headers=headers)

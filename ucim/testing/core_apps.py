@@ -6,9 +6,9 @@ application it does not hold (400 "Unknown application requested") or whose para
 (job.go ``jobsValidateForSubmission``), and sends the rest with the application as ``status.resolvedApplication``.
 
 The stand-in starts with the library in ``ucim/testing/apps`` (v2 YAML, one application per file). Not modelled:
-roles (Core takes uploads from admins only), publishing and ACLs (every application here is public, as an admin
-makes it after the upload, so any user may run it), groups, flavours, stars, and a provider's dynamic parameters
-(Core asks the provider for them when a job names a parameter the application does not declare).
+roles (Core takes uploads from admins only), publishing and ACLs (any user may run any application here; ``public``
+stays false, as an upload leaves it), groups, flavours, stars, and a provider's dynamic parameters (Core asks the
+provider for them when a job names a parameter the application does not declare).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ VALUE_TYPES: Final = {
 @cache
 def library() -> tuple[Application, ...]:
     """The applications of ``ucim/testing/apps``, converted once (the stores hand out copies)."""
-    return tuple(application_from_yaml(path.read_text(), public=True) for path in sorted(LIBRARY.glob("*.yaml")))
+    return tuple(application_from_yaml(path.read_text()) for path in sorted(LIBRARY.glob("*.yaml")))
 
 
 @dataclass
@@ -62,7 +62,7 @@ class ApplicationStore:
 
     def upload(self, text: str) -> Application:
         """Store a v2 YAML document as Core does, or ``ApplicationRefusedError`` with Core's status and words."""
-        application = application_from_yaml(text, public=True)
+        application = application_from_yaml(text)
         key = (application.metadata.name, application.metadata.version)
         if key in self.applications:
             # core2 stores the application's tool first, under the same name and version, and that fails first.

@@ -121,8 +121,11 @@ def provider_view(drive: Drive) -> dict[str, Any]:
     """The drive as core2's ``files/collections/control`` calls write it for its provider (seen on the real Core)."""
     wire = dump(drive)
     return {
-        **wire,
+        "id": drive.id,
+        "createdAt": drive.created_at,
+        "owner": wire["owner"],
         "permissions": {"myself": ["READ", "PROVIDER"], "others": []},
+        "providerGeneratedId": drive.provider_generated_id,
         "specification": {**wire["specification"], "labels": drive.specification.labels or {}},
         "updates": [],
         "status": {"preferredDrive": False, "resolvedSupport": None, "resolvedProduct": None},

@@ -89,6 +89,7 @@ from ucim.common.protocol import (
     RefreshTokenItem,
     ResolvedSupport,
     ResourceOwner,
+    ResourcePermissions,
     SimpleDuration,
     SortDirection,
     UniversalBackendSupport,
@@ -993,33 +994,40 @@ def make_job(
     support = JobSupport(product=product, native=UniversalBackendSupport(enabled=True, logs=True))
     specification = JobSpecification(
         product=product,
-        labels=dict(labels) if labels is not None else None,
+        labels=dict(labels or {}),  # Core writes {} and [] where the user sent none
         application=app_ref,
         name=name,
         replicas=replicas,
         parameters=values,
-        resources=list(resources) if resources is not None else None,
+        resources=list(resources or []),
         time_allocation=time_allocation,
     )
-    exported = _exported_parameters(specification, resolved_product, support)
+    resolved_support = ResolvedSupport[JobSupport](
+        product=resolved_product, support=support, features=["jobs.native.enabled", "jobs.native.logs"]
+    )
+    exported = _exported_parameters(specification, resolved_product, resolved_support)
     # Core adds its own parameter after it stored the user's request (core2 job.go JobCreate).
     specification.parameters = {METRIC_SAMPLE_RATE: AppParameterValue.text(METRIC_SAMPLE_RATE_OFF)} | values
     return Job(
         id=job_id,
         created_at=created_at if created_at is not None else now_ms(),
         owner=ResourceOwner(created_by=owner, project=project),
+        permissions=ResourcePermissions(myself=[], others=[]),  # what core2 sent (tests/unit/fixtures)
+        updates=[],
         specification=specification,
         status=JobStatus(
             state=JobState.IN_QUEUE,
             job_parameters_json=exported,
             resolved_application=resolved_application,
             resolved_product=resolved_product,
-            resolved_support=ResolvedSupport[JobSupport](product=resolved_product, support=support, features=[]),
+            resolved_support=resolved_support,
         ),
     )
 
 
-def _exported_parameters(spec: JobSpecification, product: ProductV2, support: JobSupport) -> dict[str, Any]:
+def _exported_parameters(
+    spec: JobSpecification, product: ProductV2, support: ResolvedSupport[JobSupport]
+) -> dict[str, Any]:
     """``status.jobParametersJson``: the request as the user made it, as Core stores it."""
     wire = dump(spec)
     request = {
@@ -1039,7 +1047,7 @@ def _exported_parameters(spec: JobSpecification, product: ProductV2, support: Jo
         "siteVersion": 3,
         "request": request,
         "resolvedResources": {"ingress": None},
-        "machineType": {"cpu": product.cpu, "memoryInGigs": product.memory_in_gigs, "gpu": product.gpu},
+        "machineType": {"cpu": product.cpu, "memoryInGigs": product.memory_in_gigs},
     }
 
 
@@ -1220,7 +1228,11 @@ async def _upload_application(request: web.Request) -> web.Response:
     """``PUT /api/hpc/apps/upload``: a raw YAML body, as Core takes it (from admins only there; not checked here)."""
     core = request.app[CORE_STANDIN]
     try:
-        core.upload_application((await request.read()).decode("utf-8", errors="replace"))
+        text = (await request.read()).decode()
+    except UnicodeDecodeError:
+        raise _CoreHttpError(400, "Invalid yaml supplied: yaml: the document is not UTF-8") from None
+    try:
+        core.upload_application(text)
     except ApplicationRefusedError as refusal:
         raise _CoreHttpError(refusal.status, refusal.why) from None
     return _ok()

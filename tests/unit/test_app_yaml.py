@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import pytest
 
-from ucim.common.protocol import dump
+from ucim.common.protocol import Application, dump
 from ucim.testing.app_yaml import ApplicationRefusedError, application_from_yaml
 from ucim.testing.core_apps import LIBRARY, ApplicationStore, library
 
@@ -383,6 +385,14 @@ def test_every_library_application_converts_under_its_file_name(path: Path) -> N
     assert converted.invocation.invocation and converted.invocation.invocation[0].template.strip()
     assert converted.invocation.tool.tool is not None
     assert converted.invocation.tool.tool.description.backend == "NATIVE"
+
+
+@pytest.mark.parametrize("application", library(), ids=lambda application: application.metadata.name)
+def test_every_library_template_is_jinja_once_preprocessed(application: Application) -> None:
+    """The ``{- name(...) -}`` calls (PROTOCOL-APPS §5) are expanded before rendering; what remains must parse."""
+    assert application.invocation.invocation is not None
+    template = application.invocation.invocation[0].template
+    jinja2.Environment(autoescape=True).parse(re.sub(r'\{- \w+(\("[^"]*"(, ?"[^"]*")*\))? -\}', "", template))
 
 
 def test_the_library_holds_the_test_set() -> None:

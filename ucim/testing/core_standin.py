@@ -974,7 +974,8 @@ def make_job(
     is given; one Core does not hold is a ValueError, as are parameter values Core would refuse for it (an
     undeclared name, another type, a mandatory one missing), unless ``check_parameters`` is False (to send what
     Core never would, for a provider's own defences). With no ``time_allocation``, the job asks for what the web
-    client fills in from the application's tool.
+    client fills in from the application's tool; Core itself passes on null when a client sends none (set
+    ``specification.time_allocation = None`` on the job for that).
     """
     if isinstance(application, NameAndVersion):
         app_ref = application

@@ -27,14 +27,18 @@ from ucim.common.protocol import (
     JobState,
     JobUpdate,
     JobUpdateItem,
+    NameAndVersion,
     ProductReference,
     ProviderRegisteredResource,
+    SimpleDuration,
     decode_username,
     dump,
 )
 from ucim.testing import CoreKeys, CoreStandIn, ProviderCallError, unsigned_token
+from ucim.testing.app_yaml import ApplicationRefusedError
 from ucim.testing.core_standin import _parse_args, _serve, compute_product, token_claims
 
+FIXTURES = Path(__file__).with_name("fixtures")
 PROVIDER = "hippo"
 REFRESH_TOKEN = "refresh-0123456789"
 T0 = 1_767_225_600_000
@@ -364,7 +368,7 @@ async def provider(core: CoreStandIn, aiohttp_client: AiohttpClient) -> FakeProv
 
 
 async def test_user_not_ready_leads_to_init_and_a_retry(core: CoreStandIn, provider: FakeProvider) -> None:
-    job = core.make_job("4211", "alice#4821", parameters={"message": "hello", "count": 3})
+    job = core.make_job("4211", "alice#4821", ("parameter-mix", "1"), {"label": "hello", "iterations": 3})
 
     async with core:
         ids = await core.create_jobs([job])
@@ -376,8 +380,8 @@ async def test_user_not_ready_leads_to_init_and_a_retry(core: CoreStandIn, provi
     assert received == job
     assert received.specification.parameters == {
         "ucMetricSampleRate": AppParameterValue.text("0ms"),
-        "message": AppParameterValue.text("hello"),
-        "count": AppParameterValue.integer(3),
+        "label": AppParameterValue.text("hello"),
+        "iterations": AppParameterValue.integer(3),
     }
 
 
@@ -461,7 +465,7 @@ async def test_a_poll_round_asks_what_core_asks_without_a_user(core: CoreStandIn
 
 
 def test_make_job_builds_what_core_sends(core: CoreStandIn) -> None:
-    job = core.make_job("9", "alice", ("jupyter", "4.0"), {"verbose": True}, project="p-1")
+    job = core.make_job("9", "alice", ("parameter-mix", "1"), {"verbose": True}, project="p-1")
     wire = dump(job)
 
     assert Job.model_validate(wire) == job
@@ -471,21 +475,132 @@ def test_make_job_builds_what_core_sends(core: CoreStandIn) -> None:
     assert wire["owner"] == {"createdBy": "alice", "project": "p-1"}
     assert wire["status"]["resolvedApplication"]["invocation"]["tool"]["tool"]["description"]["backend"] == "NATIVE"
     assert wire["status"]["resolvedSupport"]["support"]["native"] == {"enabled": True, "logs": True}
-    assert wire["status"]["jobParametersJson"]["request"]["application"] == {"name": "jupyter", "version": "4.0"}
+    assert wire["status"]["jobParametersJson"]["request"]["application"] == {"name": "parameter-mix", "version": "1"}
     assert isinstance(wire["createdAt"], int)
 
 
 def test_make_job_adds_cores_own_parameter_as_core_does(core: CoreStandIn) -> None:
     """Core adds ucMetricSampleRate after storing the request; no application declares it; a user's value stays."""
-    wire = dump(core.make_job("9", "alice", parameters={"verbose": True}))
+    wire = dump(core.make_job("9", "alice", ("parameter-mix", "1"), {"verbose": True}))
     added = wire["specification"]["parameters"]["ucMetricSampleRate"]
     assert (added["type"], added["value"]) == ("text", "0ms")
     assert set(wire["status"]["jobParametersJson"]["request"]["parameters"]) == {"verbose"}
     declared = wire["status"]["resolvedApplication"]["invocation"]["parameters"]
-    assert [p["name"] for p in declared] == ["verbose"]
+    assert "ucMetricSampleRate" not in [p["name"] for p in declared]
     chosen = core.make_job("9", "alice", parameters={"ucMetricSampleRate": "1000ms"})
     assert chosen.specification.parameters is not None
     assert chosen.specification.parameters["ucMetricSampleRate"].value == "1000ms"
+
+
+# --- applications -------------------------------------------------------------
+
+WORD_COUNT_2 = """\
+application: v2
+name: word-count
+version: "2"
+software: {type: Native, load: [{name: python, version: "3.12"}]}
+parameters:
+  input: {type: File, title: Input}
+invocation: wc -w {{ input }}
+"""
+
+
+def test_a_job_carries_the_application_core_holds(core: CoreStandIn) -> None:
+    files = {"input": AppParameterValue.file("/100/in.txt", read_only=True), "output": AppParameterValue.file("/100")}
+    job = core.make_job("9", "alice", ("word-count", "1"), files)
+    held = core.applications.applications[("word-count", "1")]
+    assert job.status.resolved_application == held
+    assert job.status.resolved_application is not held  # a copy: a test may change its job
+    assert core.make_job("10", "alice").specification.application.name == "sleep-exit"  # every parameter optional
+
+
+def test_make_job_sends_what_core2_sent() -> None:
+    """fixtures/core2_job_hello_py.json, the same submission made with make_job (only the product is the stand-in's)."""
+    real = json.loads((FIXTURES / "core2_job_hello_py.json").read_text())["items"][0]
+    core = CoreStandIn("ucim", REFRESH_TOKEN)
+    job = core.make_job(
+        real["id"],
+        "alice",
+        ("hello-py", "3.11"),
+        {"input": AppParameterValue.file("/4/data/in.csv")},
+        ProductReference(id="cpu-2", category="cpu", provider="ucim"),
+        name="apps-hello-py",
+        time_allocation=SimpleDuration(hours=1, minutes=30),
+        created_at=real["createdAt"],
+    )
+    application = job.status.resolved_application
+    assert application is not None and application.invocation.tool.tool is not None
+    application.metadata.created_at = real["status"]["resolvedApplication"]["metadata"]["createdAt"]
+    application.invocation.tool.tool.created_at = application.invocation.tool.tool.modified_at = (
+        application.metadata.created_at
+    )
+    wire = dump(job)
+    for key in ("id", "createdAt", "owner", "permissions", "updates", "specification", "output"):
+        assert wire[key] == real[key], key
+    for key in ("state", "startedAt", "expiresAt", "resolvedApplication", "allowRestart"):
+        assert wire["status"][key] == real["status"][key], key
+    assert wire["status"]["resolvedSupport"]["features"][0] == "jobs.native.enabled"
+    assert (
+        wire["status"]["jobParametersJson"]["request"]["parameters"]
+        == real["status"]["jobParametersJson"]["request"]["parameters"]
+    )
+
+
+def test_make_job_refuses_what_core_refuses(core: CoreStandIn) -> None:
+    with pytest.raises(ValueError, match=r"Unknown application requested: jupyter@4\.0"):
+        core.make_job("9", "alice", ("jupyter", "4.0"))
+    with pytest.raises(ValueError, match="Unknown parameter supplied: 'message'"):
+        core.make_job("9", "alice", ("sleep-exit", "1"), {"message": "hi"})
+    with pytest.raises(ValueError, match="Incorrect parameter type for 'seconds'"):
+        core.make_job("9", "alice", ("sleep-exit", "1"), {"seconds": "1"})
+    with pytest.raises(ValueError, match="Missing value for 'command'"):
+        core.make_job("9", "alice", ("run-command", "1"))
+    # A provider's own defences are tested with what Core never sends.
+    odd = core.make_job("9", "alice", ("sleep-exit", "1"), {"seconds": "1"}, check_parameters=False)
+    assert odd.specification.parameters is not None
+    assert odd.specification.parameters["seconds"].type == "text"
+
+
+def test_the_time_asked_for_is_the_web_clients_default(core: CoreStandIn) -> None:
+    """The web client fills max(1, the tool's default hours); a test's own allocation is kept."""
+    application = core.applications.resolve(NameAndVersion(name="sleep-exit", version="1"))
+    assert application.invocation.tool.tool is not None
+    application.invocation.tool.tool.description.default_time_allocation = SimpleDuration(hours=5, minutes=30)
+    job = core.make_job("9", "alice", resolved_application=application)
+    assert job.specification.time_allocation == SimpleDuration(hours=5)
+    given = core.make_job("9", "alice", time_allocation=SimpleDuration(minutes=2))
+    assert given.specification.time_allocation == SimpleDuration(minutes=2)
+
+
+async def test_applications_are_uploaded_as_core_takes_them(
+    core: CoreStandIn, core_client: TestClient[Any, Any]
+) -> None:
+    upload = "/api/hpc/apps/upload"
+    response = await core_client.put(upload, data=WORD_COUNT_2.encode())
+    assert (response.status, await response.json()) == (200, {})
+    job = core.make_job("9", "bob", ("word-count", "2"), {"input": AppParameterValue.file("/100/in.txt")})
+    assert job.status.resolved_application is not None
+    assert job.status.resolved_application.invocation.invocation is not None
+    assert job.status.resolved_application.invocation.invocation[0].template == "wc -w {{ input }}"
+
+    again = await core_client.put(upload, data=WORD_COUNT_2.encode())
+    broken = await core_client.put(upload, data=WORD_COUNT_2.replace("type: File", "type: Fil").encode())
+    not_utf8 = await core_client.put(upload, data=b"application: v2\nname: \xff\n")
+    assert (again.status, (await again.json())["why"]) == (409, "A tool with this version already exist")
+    assert not_utf8.status == 400
+    assert (broken.status, (await broken.json())["why"]) == (
+        400,
+        'Invalid yaml supplied: unknown parameter type: "Fil"',
+    )
+    state = await (await core_client.get("/_standin/state")).json()
+    assert {"run-command@1", "word-count@1", "word-count@2"} <= set(state["applications"])
+
+
+def test_an_upload_refused_leaves_the_catalogue_as_it_was(core: CoreStandIn) -> None:
+    before = dict(core.applications.applications)
+    with pytest.raises(ApplicationRefusedError, match="Name must not be empty"):
+        core.upload_application(WORD_COUNT_2.replace("name: word-count", 'name: ""'))
+    assert core.applications.applications == before
 
 
 # --- as a process -------------------------------------------------------------
@@ -558,6 +673,30 @@ async def test_drives_are_registered_with_ids_of_cores_own(
     assert len(page["items"]) == 1 and page["next"] == "1"
     page = await (await core_client.get(browse, params={"itemsPerPage": "1", "next": "1"}, headers=headers)).json()
     assert page["items"][0]["providerGeneratedId"] == "home:bob" and page["next"] is None
+
+
+async def test_a_drive_is_retrieved_by_its_id_as_its_provider_sees_it(
+    core: CoreStandIn, core_client: TestClient[Any, Any]
+) -> None:
+    """``GET /api/files/collections/control/retrieve?id=``, as the real core2 answered it."""
+    (drive_id,) = core.drives.register([registered(home_item("alice"))])
+    retrieve = "/api/files/collections/control/retrieve"
+    headers = {"Authorization": f"Bearer {await access_token(core_client)}"}
+    response = await core_client.get(retrieve, params={"id": drive_id, "includeOthers": "false"}, headers=headers)
+    assert response.status == 200
+    drive = await response.json()
+    # fixtures/core2_drive_control_retrieve.json: core2's answer for alice's home there.
+    real = json.loads((FIXTURES / "core2_drive_control_retrieve.json").read_text())
+    real["specification"]["product"]["provider"] = PROVIDER
+    assert json.dumps(drive) == json.dumps(real | {"id": drive_id, "createdAt": drive["createdAt"]})
+    # core2 answers an id it does not hold with 403, not 404.
+    for unknown in ({"id": "999"}, {"id": "home:alice"}, {}):
+        missing = await core_client.get(retrieve, params=unknown, headers=headers)
+        assert (missing.status, await missing.json()) == (
+            403,
+            {"statusCode": 403, "why": "Write permission is required", "errorCode": "", "detailedCode": 0},
+        )
+    assert (await core_client.get(retrieve, params={"id": drive_id})).status == 401
 
 
 def registered(item: dict[str, Any]) -> ProviderRegisteredResource[DriveSpecification]:

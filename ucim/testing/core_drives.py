@@ -90,6 +90,17 @@ class DriveStore:
         more = start + size < len(matching)
         return PageV2[Drive](items=page, items_per_page=size, next=str(start + size) if more else None)
 
+    def retrieve(self, drive_id: str) -> dict[str, Any]:
+        """``control/retrieve``: the drive as its provider sees it.
+
+        core2 answers an id it does not find (or a drive of another provider) with 403 "Write permission is
+        required", not 404 (resources.go ResourceRetrieveEx: no permissions at all reads as a missing one).
+        """
+        drive = self.drives.get(drive_id)
+        if drive is None:
+            raise DriveRefusedError(403, "Write permission is required")
+        return provider_view(drive)
+
     def of_user(self, username: str) -> list[Drive]:
         """The user's personal drives (those registered with ``createdBy`` = the user, no project)."""
         return [d for d in self.drives.values() if d.owner.created_by == username and d.owner.project is None]
@@ -104,6 +115,21 @@ class DriveStore:
         if drive is None:
             raise KeyError(f"{file_id!r} is in no drive Core knows (drive ids: {sorted(self.drives)})")
         return drive
+
+
+def provider_view(drive: Drive) -> dict[str, Any]:
+    """The drive as core2's ``files/collections/control`` calls write it for its provider (seen on the real Core)."""
+    wire = dump(drive)
+    return {
+        "id": drive.id,
+        "createdAt": drive.created_at,
+        "owner": wire["owner"],
+        "permissions": {"myself": ["READ", "PROVIDER"], "others": []},
+        "providerGeneratedId": drive.provider_generated_id,
+        "specification": {**wire["specification"], "labels": drive.specification.labels or {}},
+        "updates": [],
+        "status": {"preferredDrive": False, "resolvedSupport": None, "resolvedProduct": None},
+    }
 
 
 def resolved(drive: Drive) -> dict[str, Any]:

@@ -5,11 +5,16 @@ It plays both halves of Core that a provider meets:
 * the server a provider calls: ``POST /auth/providers/refresh``,
   ``POST /api/jobs/control/update``, ``POST /api/products/v2``,
   ``POST /api/providers/integration/control/{approve,clear}Connection`` and the
-  drives' ``/api/files/collections/control/{register,browse}`` (drives are kept in
+  drives' ``/api/files/collections/control/{register,browse,retrieve}`` (drives are kept in
   ``drives``, a ``DriveStore``), and accounting: the ``/api/accounting/notifications``
   event stream and ``POST /api/accounting/v2/reportUsage`` (projects and wallets are
   kept in ``accounting``, a ``CoreAccounting``). Everything received is recorded, and
   failures can be injected to test redelivery;
+* the application catalogue: ``applications``, an ``ApplicationStore`` that starts with
+  the library in ``ucim/testing/apps`` and takes more v2 YAML through
+  ``upload_application`` or ``PUT /api/hpc/apps/upload`` (Core's admin-only call; roles
+  are not modelled). ``make_job`` sends a job with the application it names resolved
+  from there, as Core does;
 * the client that calls the provider at ``/ucloud/<providerId>/...`` with a
   fresh RS256 service JWT and, on 449/503 for a user, the
   ``integration/init`` + retry loop Core runs (5 attempts, 500 ms apart). File
@@ -39,7 +44,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Self, TypeVar
+from typing import Any, Final, Literal, Self, TypeVar
 
 import aiohttp
 import jwt
@@ -54,9 +59,6 @@ from ucim.common.protocol import (
     AccessTokenAndCsrf,
     AccountingUnit,
     Application,
-    ApplicationInvocation,
-    ApplicationMetadata,
-    ApplicationParameter,
     AppParameterValue,
     BulkRequest,
     BulkResponse,
@@ -69,7 +71,6 @@ from ucim.common.protocol import (
     FindByUsername,
     FSSupport,
     IntegrationManifest,
-    InvocationParameter,
     Job,
     JobSpecification,
     JobState,
@@ -88,11 +89,9 @@ from ucim.common.protocol import (
     RefreshTokenItem,
     ResolvedSupport,
     ResourceOwner,
+    ResourcePermissions,
     SimpleDuration,
     SortDirection,
-    Tool,
-    ToolDescription,
-    ToolReference,
     UniversalBackendSupport,
     UploadType,
     WriteConflictPolicy,
@@ -102,7 +101,9 @@ from ucim.common.protocol import (
     now_ms,
 )
 from ucim.common.transfer_contract import WEB_CLIENT_CHUNK_BYTES
+from ucim.testing.app_yaml import ApplicationRefusedError
 from ucim.testing.core_accounting import NOTIFICATIONS_PATH, REPORT_USAGE_PATH, CoreAccounting, UsageRefusedError
+from ucim.testing.core_apps import ApplicationStore, parameter_refusal, requested_time
 from ucim.testing.core_drives import DriveRefusedError, DriveStore, browse_body, resolve_items, retrieve_body
 
 ISSUER = "cloud.sdu.dk"
@@ -126,6 +127,9 @@ POLLED_PATHS = (
     "private-networks/retrieveProducts",
     "provider/branding/retrieveInfo",
 )
+
+# What make_job runs when a test names no application (from the library; every parameter is optional).
+DEFAULT_APPLICATION: Final = ("sleep-exit", "1")
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -440,6 +444,7 @@ class CoreStandIn:
         self.failures = FailurePlan()
         self.jobs: dict[str, Job] = {}  # jobs sent to the provider, by id
         self.drives = DriveStore(provider_id)  # drives the provider registered, by Core's id
+        self.applications = ApplicationStore.with_library()  # Core's catalogue, by (name, version)
         # Projects, wallets and the notifications stream; categories are those of the registered products.
         self.accounting = CoreAccounting(provider_id, self.record.products, self.is_provider_token)
         self._session: aiohttp.ClientSession | None = None
@@ -692,6 +697,12 @@ class CoreStandIn:
         response = await self.call_provider("GET", "integration/retrieveManifest")
         return _parse_ok(response, IntegrationManifest)
 
+    # --- applications ---
+
+    def upload_application(self, yaml_text: str) -> Application:
+        """Add a v2 YAML application as an admin's upload would; ``ApplicationRefusedError`` as Core refuses it."""
+        return self.applications.upload(yaml_text)
+
     # --- drives and files ---
 
     def drives_of(self, username: str) -> list[Drive]:
@@ -852,13 +863,14 @@ class CoreStandIn:
         self,
         job_id: str,
         owner: str,
-        application: NameAndVersion | tuple[str, str] = ("hello-world", "1.0"),
+        application: NameAndVersion | tuple[str, str] = DEFAULT_APPLICATION,
         parameters: Mapping[str, ParameterInput] | None = None,
         product: ProductReference | None = None,
         **options: Any,
     ) -> Job:
-        """``make_job()`` with this stand-in's provider id in the product reference."""
+        """``make_job()`` with this stand-in's provider id and its applications."""
         options.setdefault("provider", self.provider_id)
+        options.setdefault("applications", self.applications)
         return make_job(job_id, owner, application, parameters, product, **options)
 
 
@@ -902,21 +914,6 @@ ParameterInput = AppParameterValue | str | bool | int | float
 METRIC_SAMPLE_RATE = "ucMetricSampleRate"
 METRIC_SAMPLE_RATE_OFF = "0ms"
 
-# The ApplicationParameter type that takes each value type (VerifyParameterType).
-_PARAMETER_TYPE_FOR_VALUE = {
-    "text": "text",
-    "integer": "integer",
-    "floating_point": "floating_point",
-    "boolean": "boolean",
-    "file": "input_file",
-    "peer": "peer",
-    "license_server": "license_server",
-    "network": "network_ip",
-    "ingress": "ingress",
-    "private_network": "private_network",
-    "modules": "modules",
-}
-
 
 def as_parameter_value(value: ParameterInput) -> AppParameterValue:
     """Wrap a plain Python value the way the UCloud web client would send it."""
@@ -929,40 +926,6 @@ def as_parameter_value(value: ParameterInput) -> AppParameterValue:
     if isinstance(value, float):
         return AppParameterValue.floating_point(value)
     return AppParameterValue.text(value)
-
-
-def default_application(
-    application: NameAndVersion,
-    parameters: Mapping[str, AppParameterValue],
-    time_allocation: SimpleDuration | None = None,
-) -> Application:
-    """A plain native batch application that takes ``parameters`` as variables."""
-    tool = Tool(
-        owner="ucloud",
-        created_at=now_ms(),
-        modified_at=now_ms(),
-        description=ToolDescription(
-            info=application,
-            title=application.name,
-            backend="NATIVE",
-            default_time_allocation=time_allocation or SimpleDuration(hours=1),
-        ),
-    )
-    return Application(
-        metadata=ApplicationMetadata(
-            name=application.name, version=application.version, title=application.name, created_at=now_ms()
-        ),
-        invocation=ApplicationInvocation(
-            tool=ToolReference(name=application.name, version=application.version, tool=tool),
-            invocation=[InvocationParameter(type="word", word=application.name)]
-            + [InvocationParameter(type="var", variable_names=[name]) for name in parameters],
-            parameters=[
-                ApplicationParameter(type=_PARAMETER_TYPE_FOR_VALUE.get(value.type, value.type), name=name, title=name)
-                for name, value in parameters.items()
-            ],
-            application_type="BATCH",
-        ),
-    )
 
 
 def compute_product(reference: ProductReference, cpu: int = 1, memory_in_gigs: int = 4) -> ProductV2:
@@ -988,7 +951,7 @@ def compute_product(reference: ProductReference, cpu: int = 1, memory_in_gigs: i
 def make_job(
     job_id: str,
     owner: str,
-    application: NameAndVersion | tuple[str, str] = ("hello-world", "1.0"),
+    application: NameAndVersion | tuple[str, str] = DEFAULT_APPLICATION,
     parameters: Mapping[str, ParameterInput] | None = None,
     product: ProductReference | None = None,
     *,
@@ -1002,47 +965,70 @@ def make_job(
     created_at: int | None = None,
     resolved_application: Application | None = None,
     resolved_product: ProductV2 | None = None,
+    applications: ApplicationStore | None = None,
+    check_parameters: bool = True,
 ) -> Job:
-    """A job as Core sends it to ``POST /ucloud/<id>/jobs``: resolved application, product and support included."""
+    """A job as Core sends it to ``POST /ucloud/<id>/jobs``: resolved application, product and support included.
+
+    The application is resolved from ``applications`` (the library when None) unless ``resolved_application``
+    is given; one Core does not hold is a ValueError, as are parameter values Core would refuse for it (an
+    undeclared name, another type, a mandatory one missing), unless ``check_parameters`` is False (to send what
+    Core never would, for a provider's own defences). With no ``time_allocation``, the job asks for what the web
+    client fills in from the application's tool; Core itself passes on null when a client sends none (set
+    ``specification.time_allocation = None`` on the job for that).
+    """
     if isinstance(application, NameAndVersion):
         app_ref = application
     else:
         app_ref = NameAndVersion(name=application[0], version=application[1])
+    if resolved_application is None:
+        store = ApplicationStore.with_library() if applications is None else applications
+        resolved_application = store.resolve(app_ref)
     product = product or ProductReference(id="cpu-1", category="cpu", provider=provider)
     values = {key: as_parameter_value(value) for key, value in (parameters or {}).items()}
-    declared = {key: value for key, value in values.items() if key != METRIC_SAMPLE_RATE}
-    time_allocation = time_allocation or SimpleDuration(hours=1)
+    # Not ucMetricSampleRate: a user may set it where the provider declares it (dynamic parameters, not modelled).
+    refusal = parameter_refusal(resolved_application, {k: v for k, v in values.items() if k != METRIC_SAMPLE_RATE})
+    if check_parameters and refusal is not None:
+        raise ValueError(f"{refusal} ({app_ref.name}@{app_ref.version}; Core refuses the job with 400)")
+    time_allocation = time_allocation or requested_time(resolved_application)
     resolved_product = resolved_product or compute_product(product)
     support = JobSupport(product=product, native=UniversalBackendSupport(enabled=True, logs=True))
     specification = JobSpecification(
         product=product,
-        labels=dict(labels) if labels is not None else None,
+        labels=dict(labels or {}),  # Core writes {} and [] where the user sent none
         application=app_ref,
         name=name,
         replicas=replicas,
         parameters=values,
-        resources=list(resources) if resources is not None else None,
+        resources=list(resources or []),
         time_allocation=time_allocation,
     )
-    exported = _exported_parameters(specification, resolved_product, support)
+    resolved_support = ResolvedSupport[JobSupport](
+        product=resolved_product, support=support, features=["jobs.native.enabled", "jobs.native.logs"]
+    )
+    exported = _exported_parameters(specification, resolved_product, resolved_support)
     # Core adds its own parameter after it stored the user's request (core2 job.go JobCreate).
     specification.parameters = {METRIC_SAMPLE_RATE: AppParameterValue.text(METRIC_SAMPLE_RATE_OFF)} | values
     return Job(
         id=job_id,
         created_at=created_at if created_at is not None else now_ms(),
         owner=ResourceOwner(created_by=owner, project=project),
+        permissions=ResourcePermissions(myself=[], others=[]),  # what core2 sent (tests/unit/fixtures)
+        updates=[],
         specification=specification,
         status=JobStatus(
             state=JobState.IN_QUEUE,
             job_parameters_json=exported,
-            resolved_application=resolved_application or default_application(app_ref, declared, time_allocation),
+            resolved_application=resolved_application,
             resolved_product=resolved_product,
-            resolved_support=ResolvedSupport[JobSupport](product=resolved_product, support=support, features=[]),
+            resolved_support=resolved_support,
         ),
     )
 
 
-def _exported_parameters(spec: JobSpecification, product: ProductV2, support: JobSupport) -> dict[str, Any]:
+def _exported_parameters(
+    spec: JobSpecification, product: ProductV2, support: ResolvedSupport[JobSupport]
+) -> dict[str, Any]:
     """``status.jobParametersJson``: the request as the user made it, as Core stores it."""
     wire = dump(spec)
     request = {
@@ -1062,7 +1048,7 @@ def _exported_parameters(spec: JobSpecification, product: ProductV2, support: Jo
         "siteVersion": 3,
         "request": request,
         "resolvedResources": {"ingress": None},
-        "machineType": {"cpu": product.cpu, "memoryInGigs": product.memory_in_gigs, "gpu": product.gpu},
+        "machineType": {"cpu": product.cpu, "memoryInGigs": product.memory_in_gigs},
     }
 
 
@@ -1229,6 +1215,30 @@ async def _browse_drives(request: web.Request) -> web.Response:
     return _ok(core.drives.browse(provider_ids, items_per_page, request.query.get("next")))
 
 
+async def _retrieve_drive(request: web.Request) -> web.Response:
+    """``GET /api/files/collections/control/retrieve?id=<drive id>``: the drive, with its providerGeneratedId."""
+    core = request.app[CORE_STANDIN]
+    _require_provider(request)
+    try:
+        return web.json_response(core.drives.retrieve(request.query.get("id", "")))
+    except DriveRefusedError as refusal:
+        raise _CoreHttpError(refusal.status, refusal.why) from None
+
+
+async def _upload_application(request: web.Request) -> web.Response:
+    """``PUT /api/hpc/apps/upload``: a raw YAML body, as Core takes it (from admins only there; not checked here)."""
+    core = request.app[CORE_STANDIN]
+    try:
+        text = (await request.read()).decode()
+    except UnicodeDecodeError:
+        raise _CoreHttpError(400, "Invalid yaml supplied: yaml: the document is not UTF-8") from None
+    try:
+        core.upload_application(text)
+    except ApplicationRefusedError as refusal:
+        raise _CoreHttpError(refusal.status, refusal.why) from None
+    return _ok()
+
+
 async def _report_usage(request: web.Request) -> web.Response:
     """``POST /api/accounting/v2/reportUsage``: one bool per item, True while the wallet is not locked."""
     core = request.app[CORE_STANDIN]
@@ -1269,7 +1279,8 @@ async def _clear_connection(request: web.Request) -> web.Response:
 
 async def _state(request: web.Request) -> web.Response:
     """Read-only view of what was recorded, for the demo (not a Core endpoint)."""
-    record = request.app[CORE_STANDIN].record
+    core = request.app[CORE_STANDIN]
+    record = core.record
     return web.json_response(
         {
             "refreshCount": record.refresh_count,
@@ -1278,6 +1289,7 @@ async def _state(request: web.Request) -> web.Response:
             "approvedConnections": record.approved_connections,
             "clearedConnections": record.cleared_connections,
             "drives": [dump(drive) for drive in request.app[CORE_STANDIN].drives.drives.values()],
+            "applications": [f"{name}@{version}" for name, version in core.applications.applications],
         }
     )
 
@@ -1297,6 +1309,8 @@ def init_app(core: CoreStandIn) -> web.Application:
     app.router.add_post("/api/providers/integration/control/clearConnection", _clear_connection)
     app.router.add_post("/api/files/collections/control/register", _register_drives)
     app.router.add_get("/api/files/collections/control/browse", _browse_drives)
+    app.router.add_get("/api/files/collections/control/retrieve", _retrieve_drive)
+    app.router.add_put("/api/hpc/apps/upload", _upload_application)
     app.router.add_get(NOTIFICATIONS_PATH, _notifications)
     app.router.add_post(REPORT_USAGE_PATH, _report_usage)
     # Not /api/accounting/v2/registerProviderGift: core2 has no handler for it, so it is a 404 there too.

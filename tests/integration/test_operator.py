@@ -25,11 +25,12 @@ from kubernetes_asyncio.config import kube_config
 
 from tests.support.platform import Platform
 from ucim.common.conditions import find_condition
+from ucim.common.drives import HOME_DRIVE_ANNOTATION
 from ucim.common.instance_api import CANCEL_PATH, SUBMIT_PATH, CancelRequest, SubmitRequest, SubmitResponse
 from ucim.common.kube import Kube
 from ucim.common.protocol import JobState, error_body
 from ucim.common.reasons import REQUESTED_AT_ANNOTATION
-from ucim.common.resources import Condition, UCloudJob, UserInstance, cluster_labels
+from ucim.common.resources import Condition, UCloudJob, UserConnection, UserInstance, cluster_labels
 from ucim.operator import handlers
 from ucim.testing import CoreStandIn
 
@@ -92,6 +93,7 @@ class FakeBridge:
         answer = SubmitResponse(
             slurm_job_id=self.jobs[body.slurm_job_name],
             job_folder=f"/home/alice/ucloud-jobs/{body.job_id}",
+            folder_in_drive=f"ucloud-jobs/{body.job_id}",
             already_submitted=already,
         )
         return web.json_response(answer.model_dump(mode="json", by_alias=True))
@@ -261,6 +263,13 @@ async def ready_instance(kube: Kube, namespace: str, bridge: FakeBridge, owner: 
             "spec": {"ucloudUsername": owner, "cluster": CLUSTER},
         }
         await kube.create(UserInstance.model_validate(manifest), namespace)
+    if await kube.get(UserConnection, namespace, name) is None:
+        # What the gateway does at init: the connection, with the id Core gave the user's home drive.
+        connection = {
+            "metadata": {"name": name, "labels": cluster_labels(CLUSTER), "annotations": {HOME_DRIVE_ANNOTATION: "17"}},
+            "spec": {"ucloudUsername": owner, "cluster": CLUSTER, "localUser": "alice"},
+        }
+        await kube.create(UserConnection.model_validate(connection), namespace)
     return await mark_ready(kube, namespace, name, bridge.endpoint("alice"))
 
 
@@ -350,7 +359,9 @@ async def test_a_job_is_submitted_once_and_core_hears_in_queue(
     assert job.status.provider_generated_id == job.metadata.name
     assert job.status.submitted_at is not None
     assert [t.state for t in job.status.transitions] == [JobState.IN_QUEUE]
-    assert update.output_folder == "/home/alice/ucloud-jobs/101"
+    # Core's outputFolder is the folder as a UCloud path: the home drive's id, then its place in the drive.
+    assert job.status.output_folder == "/17/ucloud-jobs/101"
+    assert update.output_folder == "/17/ucloud-jobs/101"
     assert update.timestamp == job.status.transitions[0].timestamp
     assert (condition(job, "Submitted").status, condition(job, "Submitted").reason) == ("True", "SlurmAccepted")
     assert handlers.FINALIZER in (job.metadata.finalizers or [])

@@ -62,7 +62,8 @@ def test_submit_request_carries_the_spec() -> None:
     request = jobs.submit_request(UCloudJob.from_obj(job_obj()))
     wire = request.model_dump(mode="json", by_alias=True)
     assert wire["jobId"] == "4711"
-    assert wire["application"] == {"name": "run-command", "version": "1"}
+    assert (wire["application"]["name"], wire["application"]["version"]) == ("run-command", "1")
+    assert wire["product"] == {"id": "cpu-1", "category": "cpu", "provider": "ucim"}
     assert wire["resources"]["timeLimitMinutes"] == 5
     assert wire["slurm"]["partition"] == "normal"
     assert wire["parameters"]["command"]["value"] == "echo hi"
@@ -73,6 +74,14 @@ def test_submit_request_carries_the_workspaces_account_and_drive() -> None:
     wire = request.model_dump(mode="json", by_alias=True)
     assert (wire["slurm"]["account"], wire["drive"]) == ("pp1_cpu", "project:pp1")
     assert jobs.submit_request(UCloudJob.from_obj(job_obj())).drive is None, "without one: the owner's home"
+
+
+def test_the_account_a_user_picked_is_taken_only_as_text() -> None:
+    picked = {"_injected_slurmAccount": {"type": "text", "value": "alice_gpu"}}
+    assert jobs.chosen_account(UCloudJob.from_obj(job_obj(parameters=picked))) == "alice_gpu"
+    assert jobs.chosen_account(UCloudJob.from_obj(job_obj())) is None
+    empty = {"_injected_slurmAccount": {"type": "text", "value": ""}}
+    assert jobs.chosen_account(UCloudJob.from_obj(job_obj(parameters=empty))) is None
 
 
 def test_a_job_waits_for_its_workspace_with_the_reason() -> None:
@@ -108,13 +117,16 @@ def test_unreported_is_what_core_has_not_acknowledged() -> None:
 
 
 def test_job_updates_come_from_transitions_with_every_key_written() -> None:
-    job = UCloudJob.from_obj(job_obj({"jobFolder": "/home/alice/ucloud-jobs/4711"}))
+    job = UCloudJob.from_obj(
+        job_obj({"jobFolder": "/home/alice/ucloud-jobs/4711", "outputFolder": "/17/ucloud-jobs/4711"})
+    )
     items = jobs.job_updates(job, transitions(JobState.IN_QUEUE, JobState.RUNNING))
     assert [item.id for item in items] == ["4711", "4711"]
     first = dump(items[0])["update"]
     assert first == {
         "state": "IN_QUEUE",
-        "outputFolder": "/home/alice/ucloud-jobs/4711",
+        # Core's outputFolder is a UCloud path (/<drive id>/…), which it opens through the provider's file calls.
+        "outputFolder": "/17/ucloud-jobs/4711",
         "status": "in_queue",
         "expectedState": None,
         "expectedDifferentState": None,
@@ -150,15 +162,21 @@ def test_a_condition_change_keeps_the_others() -> None:
 
 def test_submission_is_recorded_with_the_first_transition() -> None:
     job = UCloudJob.from_obj(job_obj())
-    answer = SubmitResponse(slurm_job_id=77, job_folder="/home/alice/ucloud-jobs/4711")
-    obj = apply(jobs.submission_recorded(job, answer, T0), job_obj())
+    answer = SubmitResponse(
+        slurm_job_id=77, job_folder="/home/alice/ucloud-jobs/4711", folder_in_drive="ucloud-jobs/4711"
+    )
+    obj = apply(jobs.submission_recorded(job, answer, "17", T0), job_obj())
     status = obj["status"]
-    assert (status["slurmJobId"], status["jobFolder"], status["providerGeneratedId"]) == (
-        77, "/home/alice/ucloud-jobs/4711", job.metadata.name,
+    assert (status["slurmJobId"], status["jobFolder"], status["outputFolder"], status["providerGeneratedId"]) == (
+        77, "/home/alice/ucloud-jobs/4711", "/17/ucloud-jobs/4711", job.metadata.name,
     )  # fmt: skip
     assert status["submittedAt"] == "2026-03-01T12:00:00Z"
     assert status["state"] == "IN_QUEUE"
-    first = {"state": "IN_QUEUE", "timestamp": T0_MS, "message": "Submitted to Slurm as job 77"}
+    first = {
+        "state": "IN_QUEUE",
+        "timestamp": T0_MS,
+        "message": "Your job has been submitted to the queue (Slurm ID: 77)",
+    }
     assert status["transitions"] == [first]
     assert conditions(obj)[reasons.SUBMITTED] == ("True", "SlurmAccepted")
     # The status model reads back what the function wrote.
@@ -167,9 +185,9 @@ def test_submission_is_recorded_with_the_first_transition() -> None:
 
 def test_recording_a_submission_twice_changes_nothing() -> None:
     job = UCloudJob.from_obj(job_obj())
-    answer = SubmitResponse(slurm_job_id=77, job_folder="/f")
-    once = apply(jobs.submission_recorded(job, answer, T0), job_obj())
-    twice = apply(jobs.submission_recorded(job, answer, T0 + timedelta(seconds=5)), once)
+    answer = SubmitResponse(slurm_job_id=77, job_folder="/f", folder_in_drive="ucloud-jobs/4711")
+    once = apply(jobs.submission_recorded(job, answer, "17", T0), job_obj())
+    twice = apply(jobs.submission_recorded(job, answer, "17", T0 + timedelta(seconds=5)), once)
     assert twice == once
 
 
@@ -184,8 +202,10 @@ def test_a_recorded_submission_never_rewrites_the_bridges_transitions() -> None:
         ],
     }
     job = UCloudJob.from_obj(job_obj())
-    answer = SubmitResponse(slurm_job_id=77, job_folder="/f", already_submitted=True)
-    obj = apply(jobs.submission_recorded(job, answer, T0), job_obj(bridge_wrote))
+    answer = SubmitResponse(
+        slurm_job_id=77, job_folder="/f", folder_in_drive="ucloud-jobs/4711", already_submitted=True
+    )
+    obj = apply(jobs.submission_recorded(job, answer, None, T0), job_obj(bridge_wrote))
     assert obj["status"]["transitions"] == bridge_wrote["transitions"]
     assert obj["status"]["state"] == "RUNNING"
 
@@ -289,7 +309,8 @@ def test_an_instance_that_cannot_submit() -> None:
 
 def test_what_a_submit_call_comes_to() -> None:
     job = UCloudJob.from_obj(job_obj())
-    accepted = jobs.submitted(job, SubmitResponse(slurm_job_id=42, job_folder="/home/alice/jobs/4711"), T0)
+    answer = SubmitResponse(slurm_job_id=42, job_folder="/home/alice/jobs/4711", folder_in_drive="jobs/4711")
+    accepted = jobs.submitted(job, answer, "17", T0)
     assert accepted.error is None
     assert accepted.events == (Event("Normal", reasons.SLURM_ACCEPTED, "Slurm job 42"),)
     assert outcome_on(accepted, job_obj())["status"]["slurmJobId"] == 42

@@ -76,11 +76,11 @@ def _written(fn: StatusFn) -> set[str]:
 
 def test_the_operators_patch_functions_write_only_the_operators_fields() -> None:
     job = UCloudJob.from_obj(_job())
-    answer = SubmitResponse(slurm_job_id=7, job_folder="/home/alice/ucloud-jobs/1")
+    answer = SubmitResponse(slurm_job_id=7, job_folder="/home/alice/ucloud-jobs/1", folder_in_drive="ucloud-jobs/1")
     functions = [
         jobs.first_visit(NOW),
         jobs.condition(SUBMITTED, "Unknown", reason="WaitingForInstance", message="m", now=NOW),
-        jobs.submission_recorded(job, answer, NOW),
+        jobs.submission_recorded(job, answer, "3", NOW),
         jobs.finished(
             JobState.SUCCESS,
             "terminated",

@@ -59,6 +59,7 @@ from ucim.common.protocol import (
     AccessTokenAndCsrf,
     AccountingUnit,
     Application,
+    ApplicationParameter,
     AppParameterValue,
     BulkRequest,
     BulkResponse,
@@ -669,6 +670,16 @@ class CoreStandIn:
             "POST", "jobs", dump(BulkRequest[Job](items=list(jobs))), username or _owner_of(jobs)
         )
         return _parse_ok(response, BulkResponse[FindByStringId]).responses
+
+    async def request_dynamic_parameters(
+        self, username: str, name: str, version: str, project: str | None = None
+    ) -> list[ApplicationParameter]:
+        """``POST jobs/requestDynamicParameters`` as Core sends it when a user opens an application."""
+        application = self.applications.resolve(NameAndVersion(name=name, version=version))
+        body = {"owner": dump(ResourceOwner(created_by=username, project=project)), "application": dump(application)}
+        response = await self.call_provider("POST", "jobs/requestDynamicParameters", body, username)
+        response.raise_for_status()
+        return [ApplicationParameter.model_validate(item) for item in response.body["parameters"]]
 
     async def terminate_jobs(self, jobs: Sequence[Job], username: str | None = None) -> None:
         response = await self.call_provider(

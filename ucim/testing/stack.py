@@ -336,6 +336,7 @@ def component_env(
     base = {**os.environ, **platform_env, "UCIM_LOG_FORMAT": "json"}
     ports = {name: free_port() for name in ("gateway", "operator", "bridge", "ingress")}
     core_key = core.keys.public_key_b64()
+    software = platform_software(platform_env)
     return {
         "ucim-gateway": {
             **base,
@@ -366,6 +367,9 @@ def component_env(
             "UCIM_BRIDGE_INGRESS_PORT": str(ports["ingress"]),
             "UCIM_BRIDGE_INGRESS_TOKEN": ingress_token,
             "UCIM_BRIDGE_SOCKET_DIR": str(socket_dir),
+            # The site's load instructions and module picker: the platform's (hack/local_platform.py).
+            "UCIM_BRIDGE_SIDECAR__APPLICATIONS_DIR": str(software.applications_dir),
+            "UCIM_BRIDGE_SIDECAR__MODULES_FILE": str(software.modules_file),
         },
     }
 

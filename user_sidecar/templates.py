@@ -42,6 +42,8 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
+# Moved to ucim.common.app_templates; re-exported here until app.py, views.py and jobs.py are rewired.
+from ucim.common.app_templates import InvalidJobError as InvalidJobError  # noqa: PLC0414
 from ucim.common.instance_api import SubmitRequest
 from ucim.common.resources import ParameterValue
 from ucim.common.slurm_parsing import minutes_to_slurm_time
@@ -81,10 +83,6 @@ _TYPE_WORDS: Final[Mapping[str, str]] = {
     "floating_point": "a number",
     "boolean": "true or false",
 }
-
-
-class InvalidJobError(ValueError):
-    """The request cannot become a job script; the message says why, for the user (HTTP 400)."""
 
 
 class CatalogueError(ValueError):

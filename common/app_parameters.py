@@ -146,7 +146,7 @@ def _bind_declared(parameter: AppParameter, value: ParameterValue, local_path: L
     if expected is None:
         raise InvalidJobError(f"parameter {_label(parameter)} has type {kind!r}, which this provider does not know")
     if value.type != expected:
-        raise InvalidJobError(f"parameter {_label(parameter)} takes a {expected} value, not {value.type}")
+        raise InvalidJobError(f"parameter {_label(parameter)} takes a value of type {expected}, not {value.type}")
     if kind == "workflow":
         raise InvalidJobError(f"parameter {_label(parameter)}: workflows are not supported by this provider")
     context: Any

@@ -90,7 +90,8 @@ class SubmitResponse(_Message):
     # Where the instance made the job folder (a local path on the frontend) ...
     job_folder: str
     # ... and that folder below its drive's root ("ucloud-jobs/<job id>"): the operator prefixes the drive's id.
-    folder_in_drive: str
+    # None from an instance older than the field: the job then has no outputFolder at Core.
+    folder_in_drive: str | None = None
     # True when a job with this name already existed and no new one was submitted.
     already_submitted: bool = False
 

@@ -31,6 +31,7 @@ STATUS_OWNERS: Final[dict[tuple[str, str], tuple[Component, ...]]] = {
     ("UCloudJob", "slurmJobId"): ("operator",),
     ("UCloudJob", "submittedAt"): ("operator",),
     ("UCloudJob", "jobFolder"): ("operator",),
+    ("UCloudJob", "outputFolder"): ("operator",),
     ("UCloudJob", "providerGeneratedId"): ("operator",),
     ("UCloudJob", "slurmState"): ("bridge",),
     ("UCloudJob", "nodeList"): ("bridge",),

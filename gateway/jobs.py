@@ -11,8 +11,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pydantic import ValidationError
-from ucim.common.app_templates import InvalidJobError, check_application
 
+from ucim.common.app_templates import InvalidJobError, check_application
 from ucim.common.products import MachineType, find_machine
 from ucim.common.protocol import (
     Application,

@@ -239,7 +239,9 @@ def _append_transition(body: dict[str, Any], state: JobState, message: str, now:
 
 def output_folder(drive_id: str | None, answer: SubmitResponse) -> str | None:
     """The job folder as a UCloud path: ``/<drive id>/<jobs folder>/<job id>``."""
-    return None if drive_id is None else f"/{drive_id}/{answer.folder_in_drive}"
+    if drive_id is None or answer.folder_in_drive is None:
+        return None
+    return f"/{drive_id}/{answer.folder_in_drive}"
 
 
 def submission_recorded(job: UCloudJob, answer: SubmitResponse, drive_id: str | None, now: datetime) -> StatusFn:

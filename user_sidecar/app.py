@@ -1,6 +1,6 @@
 """The user instance's application factory.
 
-Routes: ``POST /jobs/submit``, ``POST /jobs/cancel``, ``POST /files/browse``,
+Routes: ``POST /jobs/submit``, ``POST /jobs/cancel``, ``POST /jobs/dynamic-parameters``, ``POST /files/browse``,
 ``/files/retrieve``, ``/files/folder``, ``/files/move``, ``/files/copy``, ``/files/trash``,
 ``/files/emptyTrash`` and ``/files/delete``; transfers (``/files/upload``,
 ``/files/download``, ``/transfers/upload``, ``/transfers/download``, see ``transfer_views``),
@@ -15,7 +15,6 @@ back the function each forked child calls, after dropping to its user, to build 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import pwd
@@ -29,6 +28,7 @@ from aiohttp import web
 
 from ucim.common.instance_api import (
     CANCEL_PATH,
+    DYNAMIC_PARAMETERS_PATH,
     FILES_BROWSE_PATH,
     FILES_COPY_PATH,
     FILES_DELETE_PATH,
@@ -46,21 +46,41 @@ from ucim.common.slurm import SlurmClient
 from ucim.user_sidecar import views
 from ucim.user_sidecar.jobs import Submitter
 from ucim.user_sidecar.keys import DRIVES, JOBS_FOLDER, SETTINGS, SUBMITTER, TRANSFERS
+from ucim.user_sidecar.load_instructions import (
+    ApplicationsSettings,
+    SiteApplications,
+    SrunConfig,
+    load_site_applications,
+)
 from ucim.user_sidecar.middlewares import error_envelope
 from ucim.user_sidecar.paths import DriveResolver
+from ucim.user_sidecar.sbatch import render_job
 from ucim.user_sidecar.settings import SidecarSettings
-from ucim.user_sidecar.templates import Catalogue, InvalidJobError, load_catalogue, render_script
 from ucim.user_sidecar.transfer_views import add_transfer_routes, exercise
 from ucim.user_sidecar.transfers import Transfers
 
 
-def init_app(settings: SidecarSettings, catalogue: Catalogue | None = None) -> web.Application:
+def site_applications(settings: SidecarSettings) -> SiteApplications:
+    """The site's load instructions and modules; LoadInstructionsError names the file that is wrong."""
+    return load_site_applications(
+        ApplicationsSettings(
+            folder=settings.applications_dir,
+            system_load=settings.system_load,
+            system_unload=settings.system_unload,
+            srun=SrunConfig(command=settings.srun_command, flags=tuple(settings.srun_flags)),
+            modules_file=settings.modules_file,
+            jobs_folder=settings.jobs_folder,
+        )
+    )
+
+
+def init_app(settings: SidecarSettings, site: SiteApplications | None = None) -> web.Application:
     """The instance's app for ``settings.user`` (default: this process's user)."""
     user = settings.user or pwd.getpwuid(os.geteuid()).pw_name
     home = settings.home or Path(pwd.getpwnam(user).pw_dir)
     drives = DriveResolver(settings.drive_roots, user, home)
     submitter = Submitter(
-        catalogue=catalogue or load_catalogue(settings.catalogue_file),
+        site=site or site_applications(settings),
         slurm=SlurmClient(settings.slurm_config(user, home)),
         drives=drives,
         jobs_folder=settings.jobs_folder,
@@ -73,6 +93,7 @@ def init_app(settings: SidecarSettings, catalogue: Catalogue | None = None) -> w
     app[JOBS_FOLDER] = settings.jobs_folder
     app.router.add_post(SUBMIT_PATH, views.submit)
     app.router.add_post(CANCEL_PATH, views.cancel)
+    app.router.add_post(DYNAMIC_PARAMETERS_PATH, views.request_dynamic_parameters)
     app.router.add_post(FILES_BROWSE_PATH, views.browse_files)
     app.router.add_post(FILES_RETRIEVE_PATH, views.retrieve_file)
     app.router.add_post(FILES_FOLDER_PATH, views.create_folder)
@@ -94,21 +115,29 @@ def for_fork_server(options: Mapping[str, Any]) -> ChildAppFactory:
 
     ``options`` are SidecarSettings fields. The returned function gets the child's
     account (``user``, ``home``, ...) and runs in the child, which can no longer read
-    the installation: so the catalogue is compiled here and the code paths a request
-    takes are exercised once, which imports every module they need.
+    the installation: so the site's load instructions are read here and the code paths a
+    request takes are exercised once, which imports every module they need.
     """
     base = SidecarSettings(**options)
-    catalogue = load_catalogue(base.catalogue_file)
-    _warm_up(base, catalogue)
+    site = site_applications(base)
+    _warm_up(base, site)
 
     def make(account: Mapping[str, Any]) -> web.Application:
         settings = base.model_copy(update={"user": str(account["user"]), "home": Path(account["home"])})
-        return init_app(settings, catalogue)
+        return init_app(settings, site)
 
     return make
 
 
-def _warm_up(settings: SidecarSettings, catalogue: Catalogue) -> None:
+# An application using every helper of the template language, rendered once before any fork.
+_WARM_UP_TEMPLATE = (
+    '{- versionResolver("loose") -}\n{- applicationLoad -}\n{- systemLoad -}\n{{ sbatch("ntasks", 1) }}'
+    '{{ srun() }} run {{ text }} {{ flag | flag("--on") }} {{ text | option("--o") }} {{ ternary(flag, 1, 2) }}'
+    '{% if text is match("w") and text is search("u") %}{{ ucloud.jobId }}{% endif %}\n{- systemUnload -}\n'
+)
+
+
+def _warm_up(settings: SidecarSettings, site: SiteApplications) -> None:
     """Serve a throw-away app and send it one request per code path that has no side effect.
 
     Modules that aiohttp, pydantic or prometheus_client import lazily (the response
@@ -118,29 +147,36 @@ def _warm_up(settings: SidecarSettings, catalogue: Catalogue) -> None:
     sample = {
         "jobId": "0",
         "slurmJobName": "warm-up",
-        "application": {"name": "-", "version": "-"},
+        "application": {
+            "name": "warm-up",
+            "version": "1",
+            "invocation": [{"type": "jinja", "template": _WARM_UP_TEMPLATE}],
+            "parameters": [{"type": "text", "name": "text"}, {"type": "boolean", "name": "flag", "optional": True}],
+            "environment": {"WARM": {"type": "word", "word": "up"}},
+            "load": [{"name": "warm-up", "version": "1"}],
+        },
+        "parameters": {"text": {"type": "text", "value": "warm\nup"}},
+        "product": {"id": "warm-up", "category": "warm-up"},
         "resources": {"nodes": 1, "cpusPerNode": 1, "memoryMegabytesPerNode": 1, "timeLimitMinutes": 1},
     }
-    for name, version in catalogue.applications:
-        request = SubmitRequest.model_validate({**sample, "application": {"name": name, "version": version}})
-        # Required parameters are missing, so it fails; the paths before that still ran.
-        with contextlib.suppress(InvalidJobError):
-            render_script(catalogue, request, Path("/nonexistent/0"))
-    json.dumps(SubmitResponse(slurm_job_id=1, job_folder="/").model_dump(mode="json", by_alias=True))
+    render_job(SubmitRequest.model_validate(sample), Path("/nonexistent/0"), site, {})
+    json.dumps(
+        SubmitResponse(slurm_job_id=1, job_folder="/", folder_in_drive="-").model_dump(mode="json", by_alias=True)
+    )
     with tempfile.TemporaryDirectory(prefix="ucim-warm-up-home-") as home:
         (Path(home) / "Trash").mkdir()
         (Path(home) / "a.txt").write_bytes(b"warm-up")
         (Path(home) / "tree").mkdir()
         (Path(home) / "tree" / "link").symlink_to("../a.txt")
-        app = init_app(settings.model_copy(update={"user": "root", "home": Path(home)}), catalogue)
+        app = init_app(settings.model_copy(update={"user": "root", "home": Path(home)}), site)
         calls: list[tuple[str, str, bytes | None]] = [
             ("GET", "/healthz", None),
             ("GET", "/readyz", None),
             ("GET", "/metrics", None),
             ("POST", SUBMIT_PATH, b"not json"),
             ("POST", SUBMIT_PATH, b"{}"),
-            ("POST", SUBMIT_PATH, json.dumps(sample).encode()),  # unknown application: a 400 before Slurm
-            ("POST", SUBMIT_PATH, json.dumps({**sample, "drive": "home:someone-else"}).encode()),  # a 400 too
+            ("POST", SUBMIT_PATH, json.dumps({**sample, "drive": "home:someone-else"}).encode()),  # a 400 before Slurm
+            ("POST", DYNAMIC_PARAMETERS_PATH, b"{}"),  # a 400: no owner, no application
             ("POST", CANCEL_PATH, b"{}"),
             ("GET", "/nowhere", None),
             ("POST", FILES_RETRIEVE_PATH, _retrieve("/home/a.txt")),

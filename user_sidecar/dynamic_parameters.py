@@ -52,8 +52,8 @@ async def dynamic_parameters(
         resolved = site.resolve(name, version)
         if resolved is None:
             missing.append(f"{name}/{version}")
-        elif resolved.readme:
-            found.append(_readme(resolved.readme))
+        elif resolved.configuration.readme:
+            found.append(_readme(resolved.configuration.readme))
     if missing:
         found.append(_readme(
             "This application has not been configured for this system yet. Contact the system's support to have "
@@ -68,7 +68,7 @@ async def dynamic_parameters(
                 default_value=[],
                 title="Modules",
                 description="List of modules to load",
-                supported_modules=[module.to_wire() for module in site.modules],
+                supported_modules=[module.model_dump(mode="json", by_alias=True) for module in site.modules],
             )
         )
     return found
@@ -99,4 +99,6 @@ def _load_instructions(app: Application) -> list[tuple[str, str]]:
     instructions: Any = tool.description.load_instructions if tool is not None else None
     if not isinstance(instructions, dict) or instructions.get("type") != "Native":
         return []
-    return [(str(item.get("name", "")), str(item.get("version", ""))) for item in instructions.get("applications") or []]
+    return [
+        (str(item.get("name", "")), str(item.get("version", ""))) for item in instructions.get("applications") or []
+    ]

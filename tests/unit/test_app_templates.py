@@ -431,7 +431,7 @@ def test_undeclared_values_are_dropped_but_injected_ones_kept() -> None:
 @pytest.mark.parametrize(
     ("declared", "given", "message"),
     [
-        (parameter("n", "integer"), value("text", "3"), "parameter 'n' takes a integer value, not text"),
+        (parameter("n", "integer"), value("text", "3"), "parameter 'n' takes a value of type integer, not text"),
         (parameter("n", "integer", title="Count"), value("integer", "3"), r"'n' must be an integer, not text"),
         (parameter("n", "integer"), value("integer", 2.5), "must be an integer"),
         (parameter("n", "integer"), value("integer", True), "must be an integer, not a boolean"),

@@ -50,8 +50,14 @@ def test_core2s_job_keeps_its_application_and_locates_its_input() -> None:
     assert app.environment is None and app.sbatch is None  # core2 sends {} for both
     assert spec.parameters["input"].drive == "home:alice"
     assert spec.parameters["input"].path == "/4/data/in.csv"
-    # core2 sends "timeAllocation": null when the user gives none: the tool's default (1 h) applies.
-    assert spec.resources.time_limit_minutes == 60
+    assert spec.resources.time_limit_minutes == 90
+
+
+def test_without_a_time_allocation_the_tools_default_applies() -> None:
+    # core2 sends "timeAllocation": null when the user gives none: the tool's default (1 h) applies (§7).
+    job = core2_job()
+    job.specification.time_allocation = None
+    assert convert(job).spec.resources.time_limit_minutes == 60
 
 
 def test_the_values_core2_injects_are_kept_for_the_script() -> None:

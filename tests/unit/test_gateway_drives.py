@@ -13,11 +13,11 @@ from pydantic import SecretStr
 from pytest_aiohttp import AiohttpClient
 
 from tests.support.fake_kube import FakeKube, play_instance_bridge
+from ucim.common.drives import HOME_DRIVE_ANNOTATION
 from ucim.common.kube import Kube
 from ucim.common.protocol import ProductReference
 from ucim.common.resources import UserConnection, UserInstance
 from ucim.gateway.app import init_app
-from ucim.common.drives import HOME_DRIVE_ANNOTATION
 from ucim.gateway.settings import GatewaySettings
 from ucim.testing import CoreStandIn
 

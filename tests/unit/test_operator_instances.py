@@ -14,7 +14,7 @@ from pydantic import SecretStr
 from ucim.common.instance_api import CANCEL_PATH, SUBMIT_PATH, SubmitRequest
 from ucim.common.protocol import error_body
 from ucim.common.reasons import MAPPED, READY
-from ucim.common.resources import ApplicationRef, JobResources
+from ucim.common.resources import JobApplication, JobResources, ProductRef
 from ucim.common.times import rfc3339
 from ucim.operator import userinstances
 from ucim.operator.instances import InstanceClient, InstanceRejectedError, InstanceUnreachableError
@@ -24,7 +24,8 @@ TOKEN = "ingress-token-123"
 REQUEST = SubmitRequest(
     job_id="1",
     slurm_job_name="ucim-uid",
-    application=ApplicationRef(name="run-command", version="1"),
+    application=JobApplication(name="run-command", version="1"),
+    product=ProductRef(id="cpu-1", category="cpu"),
     resources=JobResources(nodes=1, cpus_per_node=1, memory_megabytes_per_node=100),
 )
 

@@ -91,7 +91,7 @@ def test_the_operators_patch_functions_write_only_the_operators_fields() -> None
         ),
     ]
     written = set().union(*map(_written, functions))
-    assert written == {"conditions", "observedGeneration", "slurmJobId", "submittedAt", "jobFolder",
+    assert written == {"conditions", "observedGeneration", "slurmJobId", "submittedAt", "jobFolder", "outputFolder",
                        "providerGeneratedId", "state", "transitions", "reason"}  # fmt: skip
     for field in written:
         assert "operator" in STATUS_OWNERS[("UCloudJob", field)], field

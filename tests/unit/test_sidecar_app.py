@@ -19,9 +19,20 @@ from ucim.common.slurm_errors import SlurmRejectedError, SlurmUnavailableError
 from ucim.user_sidecar import jobs
 from ucim.user_sidecar.app import init_app
 from ucim.user_sidecar.keys import SUBMITTER
+from ucim.user_sidecar.load_instructions import SiteApplications
 from ucim.user_sidecar.paths import DriveResolver, PathRefusedError
-from ucim.user_sidecar.settings import DEFAULT_CATALOGUE, SidecarSettings
-from ucim.user_sidecar.templates import load_catalogue
+from ucim.user_sidecar.settings import SidecarSettings
+
+# sleep-exit as Core sends it (the stand-in's library, ucim/testing/apps/sleep-exit.yaml), as the gateway keeps it.
+SLEEP_EXIT = {
+    "name": "sleep-exit",
+    "version": "1",
+    "invocation": [{"type": "jinja", "template": "sleep {{ seconds }}\nexit {{ exitCode }}\n"}],
+    "parameters": [
+        {"type": "integer", "name": "seconds", "optional": True, "defaultValue": 1},
+        {"type": "integer", "name": "exitCode", "optional": True, "defaultValue": 0},
+    ],
+}
 
 
 class FakeSlurm(SlurmClient):
@@ -47,7 +58,7 @@ class FakeSlurm(SlurmClient):
             raise SlurmRejectedError(self.refuse)
         text = script_path.read_text()
         self.scripts.append(text)
-        name = next(line.split("=", 1)[1] for line in text.splitlines() if line.startswith("#SBATCH --job-name="))
+        name = next(line.split()[2].strip("'") for line in text.splitlines() if line.startswith("#SBATCH --job-name "))
         self.jobs[name] = 1000 + len(self.jobs)
         return self.jobs[name]
 
@@ -70,8 +81,9 @@ def body(job_id: str = "4711", **overrides: Any) -> dict[str, Any]:
     return {
         "jobId": job_id,
         "slurmJobName": f"ucloud-{job_id}-abc",
-        "application": {"name": "sleep-exit", "version": "1"},
+        "application": SLEEP_EXIT,
         "parameters": {"seconds": {"type": "integer", "value": 2}},
+        "product": {"id": "cpu-1", "category": "cpu"},
         "resources": {"nodes": 1, "cpusPerNode": 1, "memoryMegabytesPerNode": 100},
         "slurm": {"partition": "normal"},
         **overrides,
@@ -87,10 +99,15 @@ async def test_submit_writes_the_script_into_the_job_folder(instance: tuple[Any,
     response = await client.post("/jobs/submit", json=body())
     assert response.status == 200
     folder = home / "ucloud-jobs" / "4711"
-    assert await response.json() == {"slurmJobId": 1000, "jobFolder": str(folder), "alreadySubmitted": False}
+    assert await response.json() == {
+        "slurmJobId": 1000, "jobFolder": str(folder), "folderInDrive": "ucloud-jobs/4711", "alreadySubmitted": False,
+    }  # fmt: skip
     assert (folder / "job.sbatch").read_text() == slurm.scripts[0]
     assert (folder.stat().st_mode & 0o777) == 0o770
-    assert sorted(p.name for p in folder.iterdir()) == [".slurm-job-id", "job.sbatch"], "no temporary file is left"
+    # The script, and beside it the template and its context, as the anchor writes them; no temporary file.
+    written = sorted(p.name for p in folder.iterdir())
+    assert written == [".slurm-job-id", "job.sbatch", "job_template.j2", "job_template_params.yml"]
+    assert (folder / "job_template.j2").read_text() == "sleep {{ seconds }}\nexit {{ exitCode }}\n"
     assert (folder / ".slurm-job-id").read_text() == "slurm_job_id=1000\nslurm_job_name=ucloud-4711-abc\n"
     # No folder: never submitted from here, so sbatch runs without asking Slurm first.
     assert slurm.lookups == []
@@ -274,7 +291,7 @@ async def test_a_project_drive_the_bridge_has_not_made_is_a_503(instance: tuple[
 
 def test_project_drives_need_their_root() -> None:
     drives = DriveResolver({"home": "~"}, "alice", Path("/home/alice"))
-    submitter = jobs.Submitter(catalogue=load_catalogue(DEFAULT_CATALOGUE), slurm=FakeSlurm(), drives=drives,
+    submitter = jobs.Submitter(site=SiteApplications(), slurm=FakeSlurm(), drives=drives,
                                jobs_folder="ucloud-jobs")  # fmt: skip
     assert submitter.job_folder("7") == Path("/home/alice/ucloud-jobs/7")
     assert submitter.job_folder("7", "home:alice") == Path("/home/alice/ucloud-jobs/7")
@@ -305,7 +322,7 @@ async def test_invalid_jobs_are_refused_before_anything_is_written(instance: tup
     bad = body("12", parameters={"seconds": {"type": "text", "value": "2"}})
     response = await client.post("/jobs/submit", json=bad)
     assert response.status == 400
-    assert "'seconds' must be of type integer" in (await response.json())["why"]
+    assert "'seconds' takes a value of type integer, not text" in (await response.json())["why"]
     assert not (home / "ucloud-jobs").exists()
     assert slurm.scripts == []
     assert submissions("invalid") == before + 1

@@ -55,6 +55,7 @@ from ucim.common.workspaces import NOT_ENOUGH_COMPUTE_CREDITS, insufficient_fund
 from ucim.gateway.auth import acting_username, check_username
 from ucim.gateway.connections import ConnectionRefusedError, ended_why, is_connected
 from ucim.gateway.errors import ProviderError
+from ucim.gateway.file_parameters import file_drive_ids
 from ucim.gateway.files import forwarder
 from ucim.gateway.instances import MappingRefusedError
 from ucim.gateway.jobs import to_ucloud_job, validate_jobs
@@ -209,6 +210,7 @@ async def create_jobs(request: web.Request) -> web.Response:
     body = await parse(request, BulkRequest[Job])
     validate_jobs(body.items, acting_user)
     settings, kube = request.app[SETTINGS], request.app[KUBE]
+    drives = await file_drives(request, body.items)
     wanted = [
         to_ucloud_job(
             job,
@@ -216,6 +218,7 @@ async def create_jobs(request: web.Request) -> web.Response:
             cluster=settings.cluster,
             provider_id=settings.provider_id,
             machines=settings.machine_types,
+            drives=drives,
         )
         for job in body.items
     ]
@@ -233,6 +236,17 @@ async def create_jobs(request: web.Request) -> web.Response:
         await kube.delete(UCloudJob, settings.namespace, wanted[0].metadata.name)
         raise ProviderError(400, rejections[wanted[0].metadata.name])
     return ok(BulkResponse[FindByStringId](responses=[FindByStringId(id=job.metadata.name) for job in wanted]))
+
+
+async def file_drives(request: web.Request, jobs: list[Job]) -> dict[str, str]:
+    """The locator of each drive the jobs' file parameters name (asked of Core once per drive)."""
+    wanted = file_drive_ids(jobs)
+    if not wanted:
+        return {}
+    drives = request.app[DRIVES]
+    if drives is None:
+        raise ProviderError(503, "file parameters need UCloud/Core, whose URL and refresh token are not set")
+    return await drives.locators.locators(wanted)
 
 
 async def check_wallet(kube: Kube, namespace: str, job: UCloudJob) -> None:

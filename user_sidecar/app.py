@@ -15,6 +15,7 @@ back the function each forked child calls, after dropping to its user, to build 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import pwd
@@ -26,6 +27,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from ucim.common.app_templates import InvalidJobError
 from ucim.common.instance_api import (
     CANCEL_PATH,
     DYNAMIC_PARAMETERS_PATH,
@@ -160,6 +162,11 @@ def _warm_up(settings: SidecarSettings, site: SiteApplications) -> None:
         "resources": {"nodes": 1, "cpusPerNode": 1, "memoryMegabytesPerNode": 1, "timeLimitMinutes": 1},
     }
     render_job(SubmitRequest.model_validate(sample), Path("/nonexistent/0"), site, {})
+    # An error raised inside a template call: Jinja imports jinja2.debug only to report one.
+    refused = {"type": "jinja", "template": '{{ sbatch("account", "x") }}'}
+    with contextlib.suppress(InvalidJobError):
+        failing = {**sample, "application": {**sample["application"], "invocation": [refused]}}  # type: ignore[dict-item]
+        render_job(SubmitRequest.model_validate(failing), Path("/nonexistent/0"), site, {})
     json.dumps(
         SubmitResponse(slurm_job_id=1, job_folder="/", folder_in_drive="-").model_dump(mode="json", by_alias=True)
     )

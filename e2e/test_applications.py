@@ -189,3 +189,19 @@ async def test_dynamic_parameters_offer_readmes_and_the_module_picker(stack: Sta
     # Lmod's software page names each version: the user picks one, {- systemLoad -} loads it.
     picker = {module["name"] for module in missing[0].supported_modules or []}
     assert {"ucim-probe/1.0.0", "ucim-probe/1.2.3", "ucim-probe/2.0.0"} <= picker
+
+
+async def test_an_input_is_opened_as_the_user_not_as_root(stack: Stack) -> None:
+    """The instance runs as alice: a file of hers she may not read is refused, as the OS says (root could)."""
+    home = await home_drive(stack, "alice")
+    name = f"locked-{uuid.uuid4().hex[:8]}.txt"
+    stack.run_as("alice", "sh", "-c", f"printf 'x\\n' > ~/{name} && chmod 000 ~/{name}")
+    job = job_id()
+    spec = stack.core.make_job(
+        job, "alice", ("word-count", "1"),
+        {"input": AppParameterValue.file(f"/{home}/{name}"), "output": AppParameterValue.file(f"/{home}")},
+    )  # fmt: skip
+    with pytest.raises(ProviderCallError) as refused:
+        await stack.core.create_jobs([spec])
+    assert refused.value.status == 400
+    assert f"permission denied: /{home}/{name}" in str(refused.value.body["why"])

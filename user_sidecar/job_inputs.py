@@ -47,6 +47,8 @@ def _checked(value: ParameterValue, *, folder: bool, resolver: DriveResolver) ->
     with drives.open_parent(file_id) as (parent, name):
         try:
             fd = os.open(name, _READ_FOLDER if folder else _READ_FILE, dir_fd=parent)
+        except NotADirectoryError as error:
+            raise PathRefusedError(f"{path} is not a folder") from error
         except OSError as error:
             raise refusal(error, path) from error
         try:

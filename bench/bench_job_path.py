@@ -13,7 +13,11 @@ one of these ways, in an order that rotates from round to round:
 * (a2) the same ``sbatch`` started by a Python process that already runs as alice (a helper
   started once with runuser), timed by that process: the raw cost of sbatch as the user;
 * (b) ``POST <UserInstance.status.endpoint>/jobs/submit`` with the ingress token, over a kept-alive
-  connection, timed here: bridge ingress → alice's instance → render, job folder, sbatch;
+  connection, timed here: bridge ingress → alice's instance → render, job folder, sbatch; the job is
+  the stand-in's ``sleep-exit`` (a two-line template), as the operator would send it;
+* (b2) the same for the example of PROTOCOL-APPS §11 (``hello-py``: a load instruction resolved through
+  the site's applications/, an input file opened as alice, ``srun()``, ``flag``), so (b2) - (b) is what
+  rendering a real Core application adds to a submission;
 * (c) ``core.create_jobs`` (Core → gateway → UCloudJob → operator → instance → Submitted), timed
   here, for reference;
 
@@ -77,11 +81,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.report import bench_parser, run_bench
 from ucim.common.instance_api import SUBMIT_PATH
 from ucim.common.kube import Kube
-from ucim.common.protocol import JobState, SimpleDuration
+from ucim.common.products import DEFAULT_MACHINE_TYPES
+from ucim.common.protocol import AppParameterValue, JobState, SimpleDuration
 from ucim.common.resources import UCloudJob, UserInstance
-from ucim.testing.stack import CLUSTER, Stack, read_platform_env, running_stack
+from ucim.gateway.jobs import to_ucloud_job
+from ucim.operator.jobs import submit_request
+from ucim.testing.stack import CLUSTER, PROVIDER, Stack, read_platform_env, running_stack
 
 USER: Final = "alice"
+# The input file of the hello-py submissions, in alice's home.
+BENCH_INPUT: Final = "ucim-bench-input.txt"
 RUNUSER: Final = shutil.which("runuser") or "/usr/sbin/runuser"
 # The helper that runs as alice needs an interpreter alice can execute (not root's own, perhaps).
 SYSTEM_PYTHON: Final = shutil.which("python3", path="/usr/bin:/bin") or "/usr/bin/python3"
@@ -255,15 +264,16 @@ async def start_blocker(run: Run) -> None:
     raise RuntimeError("the nodes are busy: the bench's blocker job did not start within 30 s")
 
 
-def submit_body(job_id: str, name: str) -> dict[str, Any]:
-    return {
-        "jobId": job_id,
-        "slurmJobName": name,
-        "application": {"name": "sleep-exit", "version": "1"},
-        "parameters": {"seconds": {"type": "integer", "value": 0}},
-        "resources": {"nodes": 1, "cpusPerNode": 1, "memoryMegabytesPerNode": 100, "timeLimitMinutes": 1},
-        "slurm": {"partition": "normal"},
-    }
+def submit_body(stack: Stack, job_id: str, name: str, app: tuple[str, str], parameters: dict[str, Any]) -> Any:
+    """What the operator sends alice's instance for this Core job (the gateway's UCloudJob, then the request)."""
+    job = stack.core.make_job(job_id, USER, app, parameters, time_allocation=SimpleDuration(minutes=1))
+    home = stack.core.home_of(USER)
+    resource = to_ucloud_job(
+        job, namespace=stack.namespace, cluster=CLUSTER, provider_id=PROVIDER, machines=list(DEFAULT_MACHINE_TYPES),
+        drives={home.id: home.provider_generated_id},
+    )  # fmt: skip
+    resource.metadata.uid = name.removeprefix("ucim-")
+    return submit_request(resource).model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
 @dataclass
@@ -299,9 +309,17 @@ class Submitters:
         return seconds
 
     async def instance_submit(self) -> float:
+        return await self._instance_submit(("sleep-exit", "1"), {"seconds": 0})
+
+    async def instance_submit_core_app(self) -> float:
+        home = self.stack.core.home_of(USER).id
+        parameters = {"input": AppParameterValue.file(f"/{home}/{BENCH_INPUT}"), "verbose": True}
+        return await self._instance_submit(("hello-py", "3.11"), parameters)
+
+    async def _instance_submit(self, app: tuple[str, str], parameters: dict[str, Any]) -> float:
         run = self.run
-        job_id = f"bench-{run.tag}-{self.next_id()}"
-        body = submit_body(job_id, f"ucim-bench-{run.tag}-{job_id}")
+        job_id = f"{int(run.tag, 16) % 10**6}{self.next_id():04d}"
+        body = submit_body(self.stack, job_id, f"ucim-bench-{run.tag}-{job_id}", app, parameters)
         headers = {"Authorization": f"Bearer {self.stack.envs['ucim-bridge']['UCIM_BRIDGE_INGRESS_TOKEN']}"}
         started = time.perf_counter()
         async with self.session.post(self.submit_url, json=body, headers=headers) as response:
@@ -311,7 +329,8 @@ class Submitters:
         if response.status != 200:
             raise RuntimeError(f"/jobs/submit answered {response.status}: {answer}")
         run.slurm_ids.add(answer["slurmJobId"])
-        run.instance_submits[answer["slurmJobId"]] = seconds
+        if app[0] == "sleep-exit":
+            run.instance_submits[answer["slurmJobId"]] = seconds
         return seconds
 
     async def core_create(self) -> float:
@@ -350,10 +369,13 @@ async def measure_submits(run: Run, stack: Stack, kube: Kube, count: int) -> Non
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
             submitters = Submitters(run, stack, kube, helper, session, ["sbatch", "--parsable", str(script)])
             await submitters.find_instance()
+            # hello-py's input file, alice's own.
+            await helper.run(["sh", "-c", f"printf 'words\\n' > ~/{BENCH_INPUT}"], run.workdir)
             kinds: list[tuple[str, Callable[[], Awaitable[float]]]] = [
                 ("a1_runuser_sbatch", submitters.raw_runuser),
                 ("a2_sbatch_as_alice", submitters.raw_as_alice),
                 ("b_instance_submit", submitters.instance_submit),
+                ("b2_instance_submit_core_app", submitters.instance_submit_core_app),
                 ("c_core_create", submitters.core_create),
             ]
             for round_ in range(WARM_UP_ROUNDS + count):
@@ -596,6 +618,7 @@ LABELS: Final = {
     "a3_sbatch_in_instance": "(a3) sbatch inside the instance",
     "b_minus_a3_ucim_overhead": "(b)-(a3) what ucim adds, per submission",
     "b_instance_submit": "(b) /jobs/submit via the ingress",
+    "b2_instance_submit_core_app": "(b2) the same, §11's hello-py",
     "c_core_create": "(c) Core create_jobs → Submitted",
     "IN_QUEUE": "",
     "RUNNING": "→ RUNNING (scontrol release)",

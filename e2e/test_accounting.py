@@ -133,7 +133,9 @@ async def test_a_project_is_a_group_and_an_account_its_jobs_run_under_and_a_lock
         )
         await stack.core.wait_for_update(job, JobState.SUCCESS, timeout=60)
         job_folder = PurePath(folder, "ucloud-jobs", job)
-        assert {update.output_folder for update in stack.core.updates_for(job)} == {str(job_folder)}
+        # Core's outputFolder is that folder as a UCloud path in the project's drive.
+        output = {update.output_folder for update in stack.core.updates_for(job)}
+        assert output == {f"/{drive.status.drive_id}/ucloud-jobs/{job}"}
         assert stack.read_file(job_folder / "stdout.txt").strip() == account.name
         assert stack.frontend.group_and_mode(job_folder) == (group, 0o2770)
         assert stack.frontend.group_and_mode(job_folder / "stdout.txt")[0] == group

@@ -2,10 +2,12 @@
 
 `make demo` starts the local platform first. This script then starts ucim's
 components as local processes (gateway, operator, slurm_bridge), plays
-UCloud/Core with its stand-in, connects alice, starts a job for her, and shows
-it go IN_QUEUE → RUNNING → SUCCESS in `kubectl get ucloudjobs` and in the updates
-Core received; then Core browses the job's folder and downloads its output through
-the gateway, as alice's own instance reads them. Last, Core's accounting: a project of
+UCloud/Core with its stand-in, connects alice, uploads a text file to her home and
+starts a Core-style application for her (word-count: a v2 YAML application held by
+the stand-in, with an input file and an output folder), and shows it go IN_QUEUE →
+RUNNING → SUCCESS in `kubectl get ucloudjobs` and in the updates Core received; then
+Core browses the job's outputFolder and downloads its output and result through the
+gateway, as alice's own instance reads them. Last, Core's accounting: a project of
 alice and bob with an allocation becomes a Unix group and a Slurm account
 (`kubectl get ucloudprojects`), a project job runs under that account in the project's
 drive, and its usage reaches Core.
@@ -22,7 +24,7 @@ from pathlib import PurePath
 from ucim.common import reasons
 from ucim.common.accounting_stream import Workspace
 from ucim.common.conditions import is_true
-from ucim.common.protocol import JobState
+from ucim.common.protocol import AppParameterValue, JobState
 from ucim.common.resources import UCloudProject
 from ucim.common.resources import Workspace as WorkspaceRef
 from ucim.testing.core_standin import ProviderCallError
@@ -60,44 +62,62 @@ async def main() -> None:
         await core.accounting.grant(Workspace.user("alice"), "cpu", 10)
         home = core.home_of("alice")
         say(f"alice connected; her home is drive {home.id} ({home.provider_generated_id}) at Core")
-        job_id = str(int(time.time()))
-        say(f"Core starts job {job_id} for alice: run-command 'sleep 3; echo hello from $(id -un) on $(hostname)'")
-        started = time.monotonic()
-        created = await core.create_jobs(
-            [
-                core.make_job(
-                    job_id,
-                    "alice",
-                    ("run-command", "1"),
-                    {"command": "sleep 3; echo hello from $(id -un) on $(hostname)"},
-                )
-            ]
-        )
-        say(f"the gateway answered with providerGeneratedId {created[0].id}")
-        seen: set[JobState] = set()
-        while JobState.SUCCESS not in seen and time.monotonic() - started < 90:
-            for update in core.updates_for(job_id):
-                if update.state is not None and update.state not in seen:
-                    seen.add(update.state)
-                    say(f"Core received {update.state} after {time.monotonic() - started:.1f} s ({update.status})")
-                    print(kubectl(env, "get", "ucloudjobs", "-n", NAMESPACE), end="", flush=True)
-            await asyncio.sleep(0.1)
-        if JobState.SUCCESS not in seen:
-            print(stack.logs())
-            raise SystemExit("demo: the job did not finish in 90 s")
-        folder = f"/{home.id}/ucloud-jobs/{job_id}"
-        page = await core.files_browse("alice", folder)
-        listing = ", ".join(f"{item.id.rsplit('/', 1)[1]} ({item.status.size_in_bytes} B)" for item in page.items)
-        say(f"Core browses {folder} through the gateway: {listing}")
-        download = await core.create_download("alice", f"{folder}/stdout.txt")
-        output = (await core.download(download.endpoint)).body.decode()
-        say(f"and downloads stdout.txt (one-time token): {output.strip()}")
+        await application_demo(stack, env, home.id)
         print(kubectl(env, "get", "userinstances", "-n", NAMESPACE), end="")
         try:
             await project_demo(stack, env)
         finally:
             remove_groups_and_accounts(stack)
     say("done")
+
+
+async def application_demo(stack: Stack, env: dict[str, str], home: str) -> None:
+    """A Core-style application for alice: an input file, an output folder, and what Core sees of it."""
+    core = stack.core
+    job_id = str(int(time.time()))
+    # The catalogue lives in Core: word-count is a v2 YAML application the Core stand-in holds
+    # (ucim/testing/apps/word-count.yaml), sent with the job as its resolvedApplication.
+    text = b"the quick brown fox jumps over the lazy dog and the fox naps\n"
+    upload = await core.create_upload("alice", f"/{home}/demo-{job_id}.txt")
+    uploaded = await core.upload(upload, text, "alice")
+    if not uploaded.ok:
+        raise SystemExit(f"demo: the upload failed: {uploaded.status} {uploaded.body!r}")
+    created_folder = await core.files_call(
+        "alice", "folder", [{"id": f"/{home}/demo-{job_id}-out", "conflictPolicy": "REJECT"}]
+    )
+    created_folder.raise_for_status()
+    say(f"alice uploads demo-{job_id}.txt to her home ({len(text)} B) and makes a folder demo-{job_id}-out")
+    say(f"Core starts job {job_id} for alice: the application word-count@1 (python, input file, output folder)")
+    started = time.monotonic()
+    parameters: dict[str, AppParameterValue | int] = {
+        "input": AppParameterValue.file(f"/{home}/demo-{job_id}.txt"),
+        "output": AppParameterValue.file(f"/{home}/demo-{job_id}-out"),
+        "top": 3,
+    }
+    created = await core.create_jobs([core.make_job(job_id, "alice", ("word-count", "1"), parameters)])
+    say(f"the gateway answered with providerGeneratedId {created[0].id}")
+    seen: set[JobState] = set()
+    while JobState.SUCCESS not in seen and time.monotonic() - started < 90:
+        for update in core.updates_for(job_id):
+            if update.state is not None and update.state not in seen:
+                seen.add(update.state)
+                say(f"Core received {update.state} after {time.monotonic() - started:.1f} s ({update.status})")
+                print(kubectl(env, "get", "ucloudjobs", "-n", NAMESPACE), end="", flush=True)
+        await asyncio.sleep(0.1)
+    if JobState.SUCCESS not in seen:
+        print(stack.logs())
+        raise SystemExit("demo: the job did not finish in 90 s")
+    folder = next(u.output_folder for u in core.updates_for(job_id) if u.output_folder)
+    page = await core.files_browse("alice", folder)
+    listing = ", ".join(f"{item.id.rsplit('/', 1)[1]} ({item.status.size_in_bytes} B)" for item in page.items)
+    say(f"the job's outputFolder at Core is {folder}; Core browses it through the gateway: {listing}")
+    download = await core.create_download("alice", f"{folder}/stdout.txt")
+    output = (await core.download(download.endpoint)).body.decode()
+    say(f"stdout.txt (a one-time download): {output.strip()}")
+    result = f"/{home}/demo-{job_id}-out/word-count.txt"
+    download = await core.create_download("alice", result)
+    counts = (await core.download(download.endpoint)).body.decode()
+    say(f"and its result, {result}: {' | '.join(counts.splitlines())}")
 
 
 async def allocations_ready(stack: Stack) -> None:

@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.support.platform import Platform
 from ucim.common.resources import cluster_labels
 from ucim.slurm_bridge.mapping import Mapper, MappingRefusedError, MappingSettings
+from ucim.testing.core_standin import instance_application
 from ucim.testing.stack import free_port
 
 pytestmark = pytest.mark.integration
@@ -180,8 +181,9 @@ def run_job(bridge: Bridge, endpoint: str, command: str, partition: str = "norma
     body = {
         "jobId": job_id,
         "slurmJobName": f"ucloud-{job_id}",
-        "application": {"name": "run-command", "version": "1"},
+        "application": instance_application("run-command"),
         "parameters": {"command": {"type": "text", "value": command}},
+        "product": {"id": "cpu-1", "category": "cpu"},
         "resources": {"nodes": 1, "cpusPerNode": 1, "memoryMegabytesPerNode": 100, "timeLimitMinutes": 5},
         "slurm": {"partition": partition},
     }

@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.integration.instance_support import SIDECAR, Spawner, fork_server, session_for
 from tests.support.platform import Platform
 from ucim.slurm_bridge.spawner import uss_bytes
+from ucim.testing.core_standin import instance_application
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -48,8 +49,9 @@ def job(app: str = "run-command", partition: str = "normal", **parameters: Any) 
     return {
         "jobId": f"it-{tag}",
         "slurmJobName": f"ucloud-it-{tag}",
-        "application": {"name": app, "version": "1"},
+        "application": instance_application(app),
         "parameters": {k: {"type": kinds[type(v)], "value": v} for k, v in parameters.items()},
+        "product": {"id": "cpu-1", "category": "cpu"},
         "resources": {"nodes": 1, "cpusPerNode": 1, "memoryMegabytesPerNode": 100, "timeLimitMinutes": 5},
         "slurm": {"partition": partition},
     }
@@ -200,7 +202,7 @@ async def test_unknown_partition_is_a_readable_400_and_leaves_nothing_behind(ali
     ("parameters", "why"),
     [
         ({"command": "a\x00b"}, "NUL"),
-        ({"command": 5}, "must be of type text"),
+        ({"command": 5}, "takes a value of type text, not integer"),
         ({}, "is required"),
     ],
 )

@@ -102,6 +102,7 @@ from ucim.common.protocol import (
     now_ms,
 )
 from ucim.common.transfer_contract import WEB_CLIENT_CHUNK_BYTES
+from ucim.gateway.jobs import job_application
 from ucim.testing.app_yaml import ApplicationRefusedError
 from ucim.testing.core_accounting import NOTIFICATIONS_PATH, REPORT_USAGE_PATH, CoreAccounting, UsageRefusedError
 from ucim.testing.core_apps import ApplicationStore, parameter_refusal, requested_time
@@ -1035,6 +1036,11 @@ def make_job(
             resolved_support=resolved_support,
         ),
     )
+
+
+def instance_application(name: str, version: str = "1") -> dict[str, Any]:
+    """A library application as the gateway keeps it in a UCloudJob and the operator sends it to an instance."""
+    return job_application(make_job("0", "alice", (name, version), check_parameters=False)).to_dict()
 
 
 def _exported_parameters(

@@ -83,7 +83,12 @@ async def test_submit_runs_a_real_job_as_alice_in_her_job_folder(alice: str, pla
     status, answer = await post(alice, "/jobs/submit", body)
     assert status == 200, answer
     folder = Path(f"/home/alice/ucloud-jobs/{body['jobId']}")
-    assert answer == {"slurmJobId": answer["slurmJobId"], "jobFolder": str(folder), "alreadySubmitted": False}
+    assert answer == {
+        "slurmJobId": answer["slurmJobId"],
+        "jobFolder": str(folder),
+        "folderInDrive": f"ucloud-jobs/{body['jobId']}",
+        "alreadySubmitted": False,
+    }
     fields = slurm(platform, "squeue", "-h", "-t", "all", "-j", str(answer["slurmJobId"]), "-o", "%u|%j|%k")
     assert fields == f"alice|{body['slurmJobName']}|UCloud job"
     assert wait_finished(platform, answer["slurmJobId"]) == "COMPLETED"

@@ -12,7 +12,9 @@ job folder is the local record of what was submitted, so the common case asks Sl
 nothing before ``sbatch``:
 
 * **no folder**: this job was never submitted from here. The folder is created (``mkdir``,
-  which exactly one caller can win), the script ``job.sbatch`` is written atomically and
+  which exactly one caller can win), the script ``job.sbatch`` (rendered from the job's application
+  beforehand, its input files checked as the user; for a Jinja application also ``job_template.j2`` and
+  ``job_template_params.yml``, as the anchor writes them) is written atomically and
   sbatch runs at once. After sbatch answers, ``.slurm-job-id`` (the Slurm id and the job
   name) is written atomically into the folder.
 * **a record of this job name**: the job was submitted; the answer is its id with

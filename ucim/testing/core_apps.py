@@ -19,29 +19,13 @@ from functools import cache
 from pathlib import Path
 from typing import Final
 
+# ApplicationParameter type → the only AppParameterValue type Core accepts for it (jobsValidateForSubmission),
+# the same table as IM2's JobVerifyParameterType.
+from ucim.common.app_parameters import VALUE_TYPES
 from ucim.common.protocol import Application, AppParameterValue, NameAndVersion, SimpleDuration
 from ucim.testing.app_yaml import ApplicationRefusedError, application_from_yaml
 
 LIBRARY: Final = Path(__file__).with_name("apps")
-
-# ApplicationParameter type → the only AppParameterValue type Core accepts for it (jobsValidateForSubmission).
-VALUE_TYPES: Final = {
-    "input_file": "file",
-    "input_directory": "file",
-    "text": "text",
-    "textarea": "text",
-    "enumeration": "text",
-    "integer": "integer",
-    "boolean": "boolean",
-    "floating_point": "floating_point",
-    "peer": "peer",
-    "license_server": "license_server",
-    "ingress": "ingress",
-    "network_ip": "network",
-    "workflow": "workflow",
-    "modules": "modules",
-    "private_network": "private_network",
-}
 
 
 @cache

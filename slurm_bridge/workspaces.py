@@ -306,16 +306,17 @@ class WorkspaceController:
         if current is None:
             description = f"UCloud {wanted.category}"
             current = await self.view.ensure_account(name, description=description, organization=organization)
-        users = current.users
-        if wanted.users - users:
-            await self.view.add_users(name, sorted(wanted.users - users))
-        if users - wanted.users:
-            await self.view.remove_users(name, sorted(users - wanted.users))
+        # Limits first: a new account, or a lock that came with new members, is never unlimited for them meanwhile.
         limits = (0 if wanted.locked else None, wanted.quota_minutes, wanted.fairshare)
         if (current.max_jobs, current.quota_minutes, current.fairshare) != limits:
             await self.view.set_limits(
                 name, locked=wanted.locked, quota_minutes=wanted.quota_minutes, fairshare=wanted.fairshare
             )
+        users = current.users
+        if wanted.users - users:
+            await self.view.add_users(name, sorted(wanted.users - users))
+        if users - wanted.users:
+            await self.view.remove_users(name, sorted(users - wanted.users))
         return SlurmAccount(
             category=wanted.category,
             name=name,

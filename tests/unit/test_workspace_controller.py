@@ -152,10 +152,11 @@ async def test_a_project_gets_its_group_and_account_once(
     assert [(a.name, a.users, a.quota_minutes) for a in applied.status.accounts] == [
         ("pabcdef12_cpu", ["alice", "bob"], 600)
     ]
+    # The limits come before the members: the account is never unlimited for them.
     assert accounts.calls == [
         ("create", "pabcdef12_cpu"),
-        ("add", "pabcdef12_cpu", "alice", "bob"),
         ("limits", "pabcdef12_cpu", "False", "600"),
+        ("add", "pabcdef12_cpu", "alice", "bob"),
     ]
     ready = find_condition(applied.status.conditions, reasons.ACCOUNT_READY)
     assert ready is not None and ready.status == "True"
@@ -183,7 +184,7 @@ async def test_a_lock_and_a_member_leaving_change_only_that(
     await kube.patch(UCloudProject, NAMESPACE, "project-abcdef12", {"spec": project(
         [{"username": "alice#1", "role": "PI"}], locked=True)["spec"]})  # fmt: skip
     await controller.reconcile(await stored(kube), await accounts.snapshot())
-    assert accounts.calls == [("remove", "pabcdef12_cpu", "bob"), ("limits", "pabcdef12_cpu", "True", "600")]
+    assert accounts.calls == [("limits", "pabcdef12_cpu", "True", "600"), ("remove", "pabcdef12_cpu", "bob")]
     removed = groups.updates[-1].removed
     assert [(m.local_user, m.role) for m in removed] == [("bob", None)]
     applied = await stored(kube)
@@ -315,7 +316,7 @@ async def test_passes_diff_against_the_view_and_read_all_accounts_only_at_the_st
             await changed_at_core(kube, controller, quota)
             await applied(kube, controller, {"alice", "bob"}, quota * 60)
     assert accounts.snapshots == 1
-    assert [c[0] for c in accounts.calls] == ["create", "add", "limits", "limits", "limits", "limits"]
+    assert [c[0] for c in accounts.calls] == ["create", "limits", "add", "limits", "limits", "limits"]
 
 
 async def test_a_change_by_hand_is_found_by_the_next_resync_and_repaired(
@@ -334,7 +335,7 @@ async def test_a_change_by_hand_is_found_by_the_next_resync_and_repaired(
         accounts.accounts["pabcdef12_cpu"] = AccountState("pabcdef12_cpu", frozenset({"alice"}), None, {}, 1)
         await applied(kube, controller, {"alice", "bob"}, 600)
     assert accounts.snapshots >= 2
-    assert accounts.calls[-2:] == [("add", "pabcdef12_cpu", "bob"), ("limits", "pabcdef12_cpu", "False", "600")]
+    assert accounts.calls[-2:] == [("limits", "pabcdef12_cpu", "False", "600"), ("add", "pabcdef12_cpu", "bob")]
 
 
 async def test_a_failed_change_makes_the_next_pass_read_all_accounts_first(

@@ -153,31 +153,28 @@ async def test_a_hostile_value_arrives_verbatim_and_nothing_runs(stack: Stack, h
     assert not stack.exists("/tmp/ucim-pwned")
 
 
-async def test_alice_cannot_give_a_job_bobs_file(stack: Stack) -> None:
-    bobs = await home_drive(stack, "bob")
-    stack.run_as("bob", "sh", "-c", "printf 'secret\\n' > ~/secret.txt")
-    job = job_id()
+async def word_count_refused(stack: Stack, input_path: str, output_path: str) -> str:
+    """alice starts word-count on these UCloud paths; Core's call must be refused with 400: the reason."""
     spec = stack.core.make_job(
-        job, "alice", ("word-count", "1"),
-        {"input": AppParameterValue.file(f"/{bobs}/secret.txt"), "output": AppParameterValue.file(f"/{bobs}")},
+        job_id(), "alice", ("word-count", "1"),
+        {"input": AppParameterValue.file(input_path), "output": AppParameterValue.file(output_path)},
     )  # fmt: skip
     with pytest.raises(ProviderCallError) as refused:
         await stack.core.create_jobs([spec])
     assert refused.value.status == 400
-    assert "home of another user" in str(refused.value.body["why"])
+    return str(refused.value.body["why"])
+
+
+async def test_alice_cannot_give_a_job_bobs_file(stack: Stack) -> None:
+    bobs = await home_drive(stack, "bob")
+    stack.run_as("bob", "sh", "-c", "printf 'secret\\n' > ~/secret.txt")
+    assert "home of another user" in await word_count_refused(stack, f"/{bobs}/secret.txt", f"/{bobs}")
 
 
 async def test_a_missing_input_file_is_refused_with_its_name(stack: Stack) -> None:
     home = await home_drive(stack, "alice")
-    job = job_id()
-    spec = stack.core.make_job(
-        job, "alice", ("word-count", "1"),
-        {"input": AppParameterValue.file(f"/{home}/no-such-{job}.txt"), "output": AppParameterValue.file(f"/{home}")},
-    )  # fmt: skip
-    with pytest.raises(ProviderCallError) as refused:
-        await stack.core.create_jobs([spec])
-    assert refused.value.status == 400
-    assert f"no-such-{job}.txt does not exist" in str(refused.value.body["why"])
+    name = f"no-such-{uuid.uuid4().hex[:8]}.txt"
+    assert f"{name} does not exist" in await word_count_refused(stack, f"/{home}/{name}", f"/{home}")
 
 
 async def test_dynamic_parameters_offer_readmes_and_the_module_picker(stack: Stack) -> None:
@@ -196,12 +193,4 @@ async def test_an_input_is_opened_as_the_user_not_as_root(stack: Stack) -> None:
     home = await home_drive(stack, "alice")
     name = f"locked-{uuid.uuid4().hex[:8]}.txt"
     stack.run_as("alice", "sh", "-c", f"printf 'x\\n' > ~/{name} && chmod 000 ~/{name}")
-    job = job_id()
-    spec = stack.core.make_job(
-        job, "alice", ("word-count", "1"),
-        {"input": AppParameterValue.file(f"/{home}/{name}"), "output": AppParameterValue.file(f"/{home}")},
-    )  # fmt: skip
-    with pytest.raises(ProviderCallError) as refused:
-        await stack.core.create_jobs([spec])
-    assert refused.value.status == 400
-    assert f"permission denied: /{home}/{name}" in str(refused.value.body["why"])
+    assert f"permission denied: /{home}/{name}" in await word_count_refused(stack, f"/{home}/{name}", f"/{home}")

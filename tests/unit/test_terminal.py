@@ -161,7 +161,7 @@ async def test_a_hostile_frame_is_refused_and_the_shell_lives_on(
         await ws.send_str(frame({"type": "initialize", "sessionIdentifier": token}))
         await ws.receive_json()
         await ws.send_str(frame(hostile, "9"))
-        answer = {}
+        answer: dict[str, Any] = {}
         while answer.get("type") != "response":
             answer = await ws.receive_json()
         assert answer["status"] == 400 and answer["streamId"] == "9"

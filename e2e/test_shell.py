@@ -73,9 +73,7 @@ async def running_job(stack: Stack) -> tuple[Job, UCloudJob]:
     return spec, UCloudJob.from_obj(stack.get(f"ucj/{UCloudJob.name_for(job_id)}"))
 
 
-async def test_a_shell_in_alices_job_runs_as_alice_on_its_node(
-    stack: Stack, session: aiohttp.ClientSession
-) -> None:
+async def test_a_shell_in_alices_job_runs_as_alice_on_its_node(stack: Stack, session: aiohttp.ClientSession) -> None:
     spec, job = await running_job(stack)
     try:
         answer = await stack.core.open_shell(spec)
@@ -88,7 +86,9 @@ async def test_a_shell_in_alices_job_runs_as_alice_on_its_node(
         node = job.status.node_list
         # Both platform nodes are slurmd on this one host: the node is Slurm's name for where the step runs.
         assert f"@{node}@" in await terminal.run("echo @$SLURMD_NODENAME@ $(hostname)", f"@{node}@")
-        assert f"+{job.status.slurm_job_id}+" in await terminal.run("echo +$SLURM_JOB_ID+", f"+{job.status.slurm_job_id}+")
+        assert f"+{job.status.slurm_job_id}+" in await terminal.run(
+            "echo +$SLURM_JOB_ID+", f"+{job.status.slurm_job_id}+"
+        )
         await terminal.send({"type": "resize", "cols": 132, "rows": 43})
         assert "43 132" in await terminal.run("stty size", "43 132")
 

@@ -815,7 +815,9 @@ class CoreStandIn:
     async def open_shell(self, job: Job, rank: int = 0, username: str | None = None) -> ProviderResponse:
         """``POST jobs/interactiveSession`` with one SHELL item, as Core sends it; the answer as it is."""
         item = {"job": dump(job), "rank": rank, "sessionType": "SHELL", "target": None}
-        return await self.call_provider("POST", "jobs/interactiveSession", {"items": [item]}, username or _owner_of([job]))
+        return await self.call_provider(
+            "POST", "jobs/interactiveSession", {"items": [item]}, username or _owner_of([job])
+        )
 
     async def open_terminal_in_folder(self, username: str, folder: str) -> ProviderResponse:
         """``POST jobs/openTerminalInFolder`` for one UCloud folder (``/<drive id>/path``)."""

@@ -3,7 +3,8 @@
 Routes: ``POST /jobs/submit``, ``POST /jobs/cancel``, ``POST /jobs/dynamic-parameters``, ``POST /files/browse``,
 ``/files/retrieve``, ``/files/folder``, ``/files/move``, ``/files/copy``, ``/files/trash``,
 ``/files/emptyTrash`` and ``/files/delete``; transfers (``/files/upload``,
-``/files/download``, ``/transfers/upload``, ``/transfers/download``, see ``transfer_views``),
+``/files/download``, ``/transfers/upload``, ``/transfers/download``, see ``transfer_views``); shells
+(``POST /shell/sessions``, ``GET /shell/websocket``, see ``terminal``),
 all in ``ucim.common.instance_api``; ``GET /healthz``, ``/readyz`` and ``/metrics``. The
 instance runs as its user; every file it writes and every Slurm command it runs is that user's own.
 

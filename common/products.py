@@ -61,8 +61,12 @@ class MachineType(BaseModel):
         )
 
     def support(self, provider: str) -> JobSupport:
-        """What UCloud may do with jobs on this product: native batch jobs, nothing interactive yet."""
-        return JobSupport(product=self.reference(provider), native=UniversalBackendSupport(enabled=True))
+        """What UCloud may do with jobs on this product: native batch jobs, and a terminal in a running one.
+
+        Core refuses ``interactiveSession`` SHELL (400 "... not supported by this provider") and shows no
+        terminal button unless ``terminal`` is set.
+        """
+        return JobSupport(product=self.reference(provider), native=UniversalBackendSupport(enabled=True, terminal=True))
 
     def product(self, provider: str) -> ProductV2:
         """The product as registered with Core (``POST /api/products/v2``), accounted in core-hours."""
@@ -147,7 +151,8 @@ class StorageProduct(BaseModel):
             ),
             # Drives are the site's accounts and groups: users cannot create, delete, rename or share them.
             collection=FSSupportCollection(),
-            files=FSSupportFiles(trash_supported=True),
+            # openInTerminal: Core's UI offers "Open terminal" on folders (jobs/openTerminalInFolder).
+            files=FSSupportFiles(trash_supported=True, open_in_terminal=True),
         )
 
 

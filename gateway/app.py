@@ -24,6 +24,7 @@ from ucim.gateway.keys import CONNECTIONS, CORE, DRIVES, INSTANCES, KUBE, PROXY,
 from ucim.gateway.middlewares import auth_middleware, metrics_middleware
 from ucim.gateway.provider import setup_provider_routes
 from ucim.gateway.settings import GatewaySettings
+from ucim.gateway.shell import setup_shell_routes
 from ucim.gateway.transfers import setup_transfer_routes
 from ucim.gateway.views import setup_routes
 
@@ -104,5 +105,6 @@ def init_app(settings: GatewaySettings, kube: Kube | None = None) -> web.Applica
     base = f"/ucloud/{settings.provider_id}"
     setup_file_routes(app, base)
     setup_transfer_routes(app, base)
+    setup_shell_routes(app, base)
     setup_provider_routes(app, base)
     return app

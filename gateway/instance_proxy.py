@@ -188,6 +188,30 @@ class InstanceProxy:
             raise error
         return response
 
+    async def websocket(
+        self, username: str, path: str, params: Mapping[str, str], *, heartbeat: float
+    ) -> aiohttp.ClientWebSocketResponse:
+        """A websocket to the user's instance, through a tunnel (a long-lived byte stream both ways).
+
+        The instance's refusal of the upgrade raises ``aiohttp.WSServerHandshakeError`` with its
+        status; the bridge's, InstanceNotReadyError or InstanceUnreachableError. ``heartbeat``
+        pings keep the tunnel's bytes flowing, which the bridge counts as the instance's activity.
+        """
+        endpoint = await self.endpoint(username)
+        url = self._tunnels.base_url(endpoint).with_path(path).with_query(dict(params))
+        try:
+            return await self._tunnel_session.ws_connect(url, heartbeat=heartbeat, max_msg_size=4 << 20)
+        except aiohttp.WSServerHandshakeError:
+            raise
+        except TunnelRefusedError as refused:
+            self.forget(username)
+            error = bridge_refusal(username, refused.status, refused.headers)
+            raise error or InstanceUnreachableError(str(refused)) from refused
+        except (aiohttp.ClientError, TimeoutError) as error:
+            self.forget(username)
+            reason = str(error) or type(error).__name__
+            raise InstanceUnreachableError(f"the instance of {username} is unreachable: {reason}") from error
+
     async def _request(
         self,
         username: str,

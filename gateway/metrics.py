@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 REQUESTS = Counter("ucim_gateway_requests_total", "Requests answered by the gateway", ["route", "method", "code"])
 LATENCY = Histogram(
@@ -19,6 +19,7 @@ ERRORS = Counter(
 # Counted while the bytes stream through, so a transfer shows up before it ends.
 UPLOAD_BYTES = Counter("ucim_gateway_upload_bytes_total", "Upload data forwarded to user instances")
 DOWNLOAD_BYTES = Counter("ucim_gateway_download_bytes_total", "Download data streamed from user instances")
+SESSIONS_OPEN = Gauge("ucim_gateway_sessions_open", "Interactive sessions relayed now, by type (shell)", ["type"])
 
 # The reason of an error answer, from its status: one small, fixed set of label values.
 _REASONS: Final = {

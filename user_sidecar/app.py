@@ -3,7 +3,8 @@
 Routes: ``POST /jobs/submit``, ``POST /jobs/cancel``, ``POST /jobs/dynamic-parameters``, ``POST /files/browse``,
 ``/files/retrieve``, ``/files/folder``, ``/files/move``, ``/files/copy``, ``/files/trash``,
 ``/files/emptyTrash`` and ``/files/delete``; transfers (``/files/upload``,
-``/files/download``, ``/transfers/upload``, ``/transfers/download``, see ``transfer_views``),
+``/files/download``, ``/transfers/upload``, ``/transfers/download``, see ``transfer_views``); shells
+(``POST /shell/sessions``, ``GET /shell/websocket``, see ``terminal``),
 all in ``ucim.common.instance_api``; ``GET /healthz``, ``/readyz`` and ``/metrics``. The
 instance runs as its user; every file it writes and every Slurm command it runs is that user's own.
 
@@ -58,6 +59,7 @@ from ucim.user_sidecar.middlewares import error_envelope
 from ucim.user_sidecar.paths import DriveResolver
 from ucim.user_sidecar.sbatch import render_job
 from ucim.user_sidecar.settings import SidecarSettings
+from ucim.user_sidecar.terminal import setup_terminal_routes
 from ucim.user_sidecar.transfer_views import add_transfer_routes, exercise
 from ucim.user_sidecar.transfers import Transfers
 
@@ -105,6 +107,7 @@ def init_app(settings: SidecarSettings, site: SiteApplications | None = None) ->
     app.router.add_post(FILES_EMPTY_TRASH_PATH, views.empty_trash)
     app.router.add_post(FILES_DELETE_PATH, views.delete_files)
     add_transfer_routes(app)
+    setup_terminal_routes(app)
     add_health_routes(app)
     return app
 

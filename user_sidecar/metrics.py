@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 SUBMISSIONS = Counter(
     "ucim_submissions",
@@ -17,3 +17,4 @@ TRANSFER_EVENTS = Counter(
     "(created, refused, completed, conflict, served, aborted, expired).",
     ["kind", "outcome"],
 )
+SHELLS = Gauge("ucim_instance_shell_sessions_open", "Shell websockets open on this instance (each runs a terminal).")

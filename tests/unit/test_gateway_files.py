@@ -211,7 +211,7 @@ async def test_retrieve_products_tells_the_storage_support(env: Env, route: str)
             "searchSupported": False,
             "streamingSearchSupported": False,
             "sharesSupported": False,
-            "openInTerminal": False,
+            "openInTerminal": True,
         }
 
 

@@ -810,6 +810,25 @@ class CoreStandIn:
             raise ProviderCallError(502, {"why": f"malformed response: {len(answer.responses)} items for one"})
         return answer.responses[0]
 
+    # --- shells ---
+
+    async def open_shell(self, job: Job, rank: int = 0, username: str | None = None) -> ProviderResponse:
+        """``POST jobs/interactiveSession`` with one SHELL item, as Core sends it; the answer as it is."""
+        item = {"job": dump(job), "rank": rank, "sessionType": "SHELL", "target": None}
+        return await self.call_provider(
+            "POST", "jobs/interactiveSession", {"items": [item]}, username or _owner_of([job])
+        )
+
+    async def open_terminal_in_folder(self, username: str, folder: str) -> ProviderResponse:
+        """``POST jobs/openTerminalInFolder`` for one UCloud folder (``/<drive id>/path``)."""
+        return await self.call_provider("POST", "jobs/openTerminalInFolder", {"items": [{"folder": folder}]}, username)
+
+    def shell_url(self, session: Mapping[str, Any], username: str) -> str:
+        """The socket the browser opens for an OpenSession of type shell (FE Shell.tsx): no Core JWT."""
+        hint = base64.urlsafe_b64encode(username.encode()).decode().rstrip("=")
+        base = f"{session['domainOverride']}/ucloud/{self.provider_id}/websocket"
+        return f"{base}?session={session['sessionIdentifier']}&usernameHint={hint}"
+
     # --- the browser's side of transfers ---
 
     async def upload(

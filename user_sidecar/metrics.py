@@ -17,3 +17,4 @@ TRANSFER_EVENTS = Counter(
     "(created, refused, completed, conflict, served, aborted, expired).",
     ["kind", "outcome"],
 )
+LOG_BYTES = Counter("ucim_instance_log_bytes", "Bytes of job output lines this instance streamed to log follows.")

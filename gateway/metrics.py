@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 REQUESTS = Counter("ucim_gateway_requests_total", "Requests answered by the gateway", ["route", "method", "code"])
 LATENCY = Histogram(
@@ -42,3 +42,9 @@ def error_reason(status: int) -> str:
     if status in _REASONS:
         return _REASONS[status]
     return "internal" if status >= 500 else "other"
+
+
+# Log follow (gateway/follow.py): what Core's follow sockets received, and how many are open.
+LOG_LINES = Counter("ucim_gateway_log_lines_total", "Lines of job output sent to Core's follow sockets")
+LOG_BYTES = Counter("ucim_gateway_log_bytes_total", "Bytes (UTF-8) of job output sent to Core's follow sockets")
+FOLLOWS_OPEN = Gauge("ucim_gateway_follow_sessions", "Log follow sockets open")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 
 from aiohttp import web
@@ -50,7 +50,9 @@ async def follow_job(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def _stream(request: web.Request, response: web.StreamResponse, chunks: AsyncIterator[LogChunk | None]) -> None:
+async def _stream(
+    request: web.Request, response: web.StreamResponse, chunks: AsyncGenerator[LogChunk | None, None]
+) -> None:
     quiet_since = time.monotonic()
     async with contextlib.aclosing(chunks):  # closes the inotify instance however this ends
         async for chunk in chunks:

@@ -17,7 +17,7 @@ import asyncio
 import codecs
 import os
 import re
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncGenerator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Literal
@@ -110,13 +110,13 @@ class LogTailer:
                 if chunk.text:
                     yield chunk
 
-    async def read_all(self) -> AsyncIterator[LogChunk]:
+    async def read_all(self) -> AsyncGenerator[LogChunk, None]:
         """What the files hold now, from the offsets, then the end."""
         self._list()
         for chunk in self._drain():
             yield chunk
 
-    async def follow(self) -> AsyncIterator[LogChunk | None]:
+    async def follow(self) -> AsyncGenerator[LogChunk | None, None]:
         """The files' chunks as they come, for ever; None at every wake-up that found nothing (the caller's tick)."""
         with Inotify() as inotify:
             inotify.add_watch(self.folder, _WAKE)

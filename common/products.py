@@ -61,8 +61,12 @@ class MachineType(BaseModel):
         )
 
     def support(self, provider: str) -> JobSupport:
-        """What UCloud may do with jobs on this product: native batch jobs, nothing interactive yet."""
-        return JobSupport(product=self.reference(provider), native=UniversalBackendSupport(enabled=True))
+        """What UCloud may do with jobs on this product: native batch jobs whose output Core may follow.
+
+        Core dials the follow websocket only for a product with ``native.logs`` (PROTOCOL-INTERACTIVE §1.1).
+        """
+        native = UniversalBackendSupport(enabled=True, logs=True)
+        return JobSupport(product=self.reference(provider), native=native)
 
     def product(self, provider: str) -> ProductV2:
         """The product as registered with Core (``POST /api/products/v2``), accounted in core-hours."""

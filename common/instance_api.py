@@ -8,6 +8,8 @@ here once; errors use the UCloud error envelope (``{"why": ..., "statusCode": ..
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
@@ -114,3 +116,28 @@ class UploadProgress(_Message):
     complete: bool = False
     # The file's final id once complete (RENAME may have picked another name).
     id: str | None = None
+
+
+# Log follow: POST a FollowRequest; the answer streams one LogChunk per line (NDJSON), and an empty
+# line every FOLLOW_KEEPALIVE_SECONDS of silence so that nothing between the ends times it out.
+# ``follow`` false reads what the files hold from ``offsets`` on and ends; true goes on until the caller
+# hangs up (the gateway knows when the job is terminal, then asks once more without ``follow``).
+JOBS_FOLLOW_PATH = "/jobs/follow"
+FOLLOW_KEEPALIVE_SECONDS = 20.0
+
+
+class FollowRequest(_Message):
+    job_folder: str = Field(min_length=1, max_length=4096)  # UCloudJob.status.jobFolder, a local path
+    # Bytes already had, by file name: each file is read from there on.
+    offsets: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=dict, max_length=4096)
+    follow: bool = True
+
+
+class LogChunk(_Message):
+    """Text a job wrote to one of its output files: ``stdout.txt``/``stderr.txt`` (rank 0), ``std-<r>.out``/``.err``."""
+
+    file: str
+    rank: int
+    stream: Literal["stdout", "stderr"]
+    text: str  # decoded as UTF-8, invalid bytes as U+FFFD
+    end: int  # the file's offset after these bytes: where a later read goes on

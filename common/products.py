@@ -61,12 +61,14 @@ class MachineType(BaseModel):
         )
 
     def support(self, provider: str) -> JobSupport:
-        """What UCloud may do with jobs on this product: native batch jobs, and a terminal in a running one.
+        """What UCloud may do with jobs on this product: native batch jobs, their output followed, a terminal.
 
-        Core refuses ``interactiveSession`` SHELL (400 "... not supported by this provider") and shows no
-        terminal button unless ``terminal`` is set.
+        Core dials the follow websocket only for a product with ``native.logs`` (PROTOCOL-INTERACTIVE §1.1), and
+        refuses ``interactiveSession`` SHELL (400 "... not supported by this provider") and shows no terminal
+        button unless ``terminal`` is set.
         """
-        return JobSupport(product=self.reference(provider), native=UniversalBackendSupport(enabled=True, terminal=True))
+        native = UniversalBackendSupport(enabled=True, logs=True, terminal=True)
+        return JobSupport(product=self.reference(provider), native=native)
 
     def product(self, provider: str) -> ProductV2:
         """The product as registered with Core (``POST /api/products/v2``), accounted in core-hours."""

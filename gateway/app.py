@@ -18,6 +18,7 @@ from ucim.gateway.connections import Connections
 from ucim.gateway.drives import Drives
 from ucim.gateway.errors import error_middleware
 from ucim.gateway.files import setup_file_routes
+from ucim.gateway.follow import setup_follow_routes
 from ucim.gateway.instance_proxy import InstanceProxy
 from ucim.gateway.instances import Instances
 from ucim.gateway.keys import CONNECTIONS, CORE, DRIVES, INSTANCES, KUBE, PROXY, SETTINGS, VERIFIER
@@ -107,4 +108,5 @@ def init_app(settings: GatewaySettings, kube: Kube | None = None) -> web.Applica
     setup_transfer_routes(app, base)
     setup_shell_routes(app, base)
     setup_provider_routes(app, base)
+    setup_follow_routes(app, settings.provider_id)
     return app

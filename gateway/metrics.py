@@ -19,7 +19,9 @@ ERRORS = Counter(
 # Counted while the bytes stream through, so a transfer shows up before it ends.
 UPLOAD_BYTES = Counter("ucim_gateway_upload_bytes_total", "Upload data forwarded to user instances")
 DOWNLOAD_BYTES = Counter("ucim_gateway_download_bytes_total", "Download data streamed from user instances")
-SESSIONS_OPEN = Gauge("ucim_gateway_sessions_open", "Interactive sessions relayed now, by type (shell)", ["type"])
+SESSIONS_OPEN = Gauge(
+    "ucim_gateway_sessions_open", "Interactive sessions relayed now, by type (shell, follow)", ["type"]
+)
 
 # The reason of an error answer, from its status: one small, fixed set of label values.
 _REASONS: Final = {
@@ -43,3 +45,8 @@ def error_reason(status: int) -> str:
     if status in _REASONS:
         return _REASONS[status]
     return "internal" if status >= 500 else "other"
+
+
+# Log follow (gateway/follow.py): what Core's follow sockets received, and how many are open.
+LOG_LINES = Counter("ucim_gateway_log_lines_total", "Lines of job output sent to Core's follow sockets")
+LOG_BYTES = Counter("ucim_gateway_log_bytes_total", "Bytes (UTF-8) of job output sent to Core's follow sockets")

@@ -1,6 +1,7 @@
 """The user instance's application factory.
 
-Routes: ``POST /jobs/submit``, ``POST /jobs/cancel``, ``POST /jobs/dynamic-parameters``, ``POST /files/browse``,
+Routes: ``POST /jobs/submit``, ``POST /jobs/cancel``, ``POST /jobs/follow`` (``log_follow``),
+``POST /jobs/dynamic-parameters``, ``POST /files/browse``,
 ``/files/retrieve``, ``/files/folder``, ``/files/move``, ``/files/copy``, ``/files/trash``,
 ``/files/emptyTrash`` and ``/files/delete``; transfers (``/files/upload``,
 ``/files/download``, ``/transfers/upload``, ``/transfers/download``, see ``transfer_views``); shells
@@ -40,6 +41,7 @@ from ucim.common.instance_api import (
     FILES_MOVE_PATH,
     FILES_RETRIEVE_PATH,
     FILES_TRASH_PATH,
+    JOBS_FOLLOW_PATH,
     SUBMIT_PATH,
     SubmitRequest,
     SubmitResponse,
@@ -55,6 +57,7 @@ from ucim.user_sidecar.load_instructions import (
     SrunConfig,
     load_site_applications,
 )
+from ucim.user_sidecar.log_follow import follow_job
 from ucim.user_sidecar.middlewares import error_envelope
 from ucim.user_sidecar.paths import DriveResolver
 from ucim.user_sidecar.sbatch import render_job
@@ -98,6 +101,7 @@ def init_app(settings: SidecarSettings, site: SiteApplications | None = None) ->
     app.router.add_post(SUBMIT_PATH, views.submit)
     app.router.add_post(CANCEL_PATH, views.cancel)
     app.router.add_post(DYNAMIC_PARAMETERS_PATH, views.request_dynamic_parameters)
+    app.router.add_post(JOBS_FOLLOW_PATH, follow_job)
     app.router.add_post(FILES_BROWSE_PATH, views.browse_files)
     app.router.add_post(FILES_RETRIEVE_PATH, views.retrieve_file)
     app.router.add_post(FILES_FOLDER_PATH, views.create_folder)

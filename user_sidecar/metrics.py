@@ -18,3 +18,4 @@ TRANSFER_EVENTS = Counter(
     ["kind", "outcome"],
 )
 SHELLS = Gauge("ucim_instance_shell_sessions_open", "Shell websockets open on this instance (each runs a terminal).")
+LOG_BYTES = Counter("ucim_instance_log_bytes", "Bytes of job output lines this instance streamed to log follows.")

@@ -130,7 +130,8 @@ async def test_retrieve_products_lists_the_machine_types(client: TestClient[Any,
     assert response.status == 200
     supports = (await response.json())["responses"]
     assert {s["product"]["id"] for s in supports} == {"cpu-1", "cpu-2", "short-1"}
-    assert supports[0]["native"] == {"enabled": True, "terminal": True}
+    # Core offers a job's output to follow, and a terminal in it.
+    assert supports[0]["native"] == {"enabled": True, "logs": True, "terminal": True}
     assert supports[0]["docker"] == {}
 
 

@@ -40,7 +40,7 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -107,6 +107,7 @@ from ucim.testing.app_yaml import ApplicationRefusedError
 from ucim.testing.core_accounting import NOTIFICATIONS_PATH, REPORT_USAGE_PATH, CoreAccounting, UsageRefusedError
 from ucim.testing.core_apps import ApplicationStore, parameter_refusal, requested_time
 from ucim.testing.core_drives import DriveRefusedError, DriveStore, browse_body, resolve_items, retrieve_body
+from ucim.testing.core_follow import follow_frames
 
 ISSUER = "cloud.sdu.dk"
 AUDIENCE = "all:write"
@@ -687,6 +688,16 @@ class CoreStandIn:
             "POST", "jobs/terminate", dump(BulkRequest[Job](items=list(jobs))), username or _owner_of(jobs)
         )
         response.raise_for_status()
+
+    async def follow_job(self, job_id: str, username: str) -> AsyncIterator[dict[str, Any]]:
+        """The follow websocket of a job, as Core dials it: every frame the provider sends (``core_follow``)."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.call_timeout))
+        job = self.jobs.get(job_id) or make_job(job_id, username)
+        hint = base64.urlsafe_b64encode(username.encode()).decode().rstrip("=")
+        url = self.provider_endpoint(f"/ucloud/jobs.provider.{self.provider_id}/websocket") + f"?usernameHint={hint}"
+        async for frame in follow_frames(self._session, url, self.mint_service_token(), self.provider_id, job):
+            yield frame
 
     async def retrieve_products(self) -> list[JobSupport]:
         """``GET /ucloud/<id>/jobs/retrieveProducts``, which Core polls to learn the support flags."""

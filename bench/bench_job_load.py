@@ -66,8 +66,8 @@ from typing import Any, Final
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.bench_job_path import command, sbatch_id, summary
-from bench.report import bench_parser, run_bench
+from bench.bench_job_path import command, sbatch_id
+from bench.report import bench_parser, run_bench, summary
 from ucim.common.conditions import is_true
 from ucim.common.kube import Kube
 from ucim.common.protocol import Job, JobState, SimpleDuration

@@ -63,7 +63,6 @@ import json
 import os
 import random
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -78,7 +77,7 @@ from typing import Any, Final
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.report import bench_parser, run_bench
+from bench.report import bench_parser, run_bench, summary
 from ucim.common.instance_api import SUBMIT_PATH
 from ucim.common.kube import Kube
 from ucim.common.products import DEFAULT_MACHINE_TYPES
@@ -122,20 +121,6 @@ for line in sys.stdin:
     seconds = time.perf_counter() - started
     print(json.dumps({"rc": done.returncode, "out": done.stdout, "err": done.stderr, "seconds": seconds}), flush=True)
 """
-
-
-def summary(samples_ms: Sequence[float]) -> dict[str, float]:
-    ordered = sorted(samples_ms)
-    if not ordered:
-        return {"n": 0}
-    return {
-        "n": len(ordered),
-        "p50": round(statistics.median(ordered), 2),
-        "p99": round(ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))], 2),
-        "min": round(ordered[0], 2),
-        "max": round(ordered[-1], 2),
-        "mean": round(statistics.fmean(ordered), 2),
-    }
 
 
 @dataclass

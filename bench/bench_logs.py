@@ -20,35 +20,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from bench.report import bench_parser, run_bench
+from bench.report import bench_parser, run_bench, summary
 from ucim.common.protocol import JobState
 from ucim.testing.stack import Stack, read_platform_env, running_stack
 
 USER: Final = "alice"
 TARGETS: Final = {"p50_ms": 250.0, "p99_ms": 1000.0}
-
-
-def summary(samples_ms: Sequence[float]) -> dict[str, float]:
-    ordered = sorted(samples_ms)
-    if not ordered:
-        return {"n": 0}
-    return {
-        "n": len(ordered),
-        "p50": round(statistics.median(ordered), 2),
-        "p99": round(ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))], 2),
-        "min": round(ordered[0], 2),
-        "max": round(ordered[-1], 2),
-        "mean": round(statistics.fmean(ordered), 2),
-    }
 
 
 def command(lines: int, interval: float) -> str:

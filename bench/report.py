@@ -7,9 +7,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,3 +63,18 @@ def emit(table: str, document: dict[str, Any], path: Path | None) -> int:
     if path is not None:
         path.write_text(json.dumps(document, indent=2) + "\n")
     return 0
+
+
+def summary(samples_ms: Sequence[float]) -> dict[str, float]:
+    """n, p50, p99, min, max and mean of latencies in milliseconds (nearest rank; {"n": 0} for none)."""
+    ordered = sorted(samples_ms)
+    if not ordered:
+        return {"n": 0}
+    return {
+        "n": len(ordered),
+        "p50": round(statistics.median(ordered), 2),
+        "p99": round(ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))], 2),
+        "min": round(ordered[0], 2),
+        "max": round(ordered[-1], 2),
+        "mean": round(statistics.fmean(ordered), 2),
+    }

@@ -518,6 +518,16 @@ class ToolDescription(WireModel):
     supported_providers: list[str] | None = None
     load_instructions: dict[str, Any] | None = None
 
+    def native_loads(self) -> list[NameAndVersion]:
+        """The applications a native tool's load instructions name (``{"type": "Native", "applications": [...]}``).
+
+        core2 writes ``applications: null`` for an empty ``software.load``; other types load nothing here.
+        """
+        instructions = self.load_instructions
+        if not instructions or instructions.get("type") != "Native":
+            return []
+        return [NameAndVersion.model_validate(item) for item in instructions.get("applications") or []]
+
 
 class Tool(WireModel):
     owner: str = ""

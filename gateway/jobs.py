@@ -209,6 +209,7 @@ def job_application(job: Job) -> JobApplication:
     invocation = app.invocation
     tool = invocation.tool.tool.description if invocation.tool.tool is not None else None
     name = f"{app.metadata.name}@{app.metadata.version}"
+    loads = tool.native_loads() if tool is not None else []
     if tool is not None and tool.backend != "NATIVE":
         raise ProviderError(
             400, f"{name} is a {tool.backend} application; this provider runs native (Slurm) applications only"
@@ -223,17 +224,9 @@ def job_application(job: Job) -> JobApplication:
         if invocation.environment
         else None,
         sbatch={key: _part(part) for key, part in invocation.sbatch.items()} if invocation.sbatch else None,
-        load=_load_instructions(tool.load_instructions if tool is not None else None),
+        load=[ApplicationRef(name=a.name, version=a.version) for a in loads] or None,
         required_modules=(tool.required_modules or None) if tool is not None else None,
     )
-
-
-def _load_instructions(instructions: dict[str, Any] | None) -> list[ApplicationRef] | None:
-    """``{"type": "Native", "applications": [{name, version}]}``: the applications the site loads."""
-    if not instructions or instructions.get("type") != "Native":
-        return None
-    listed = instructions.get("applications") or []
-    return [ApplicationRef.model_validate(item) for item in listed] or None
 
 
 # The keys of InvocationParameter each type uses (Go writes them all, mostly empty).

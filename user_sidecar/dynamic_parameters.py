@@ -14,7 +14,7 @@ answers below the application's own parameters (PROTOCOL-APPS §9). In the ancho
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Final
 
 from pydantic import ConfigDict
 
@@ -46,7 +46,8 @@ async def dynamic_parameters(
     found: list[ApplicationParameter] = []
     if account_picker:
         found.append(await _account_picker(slurm))
-    loads = _load_instructions(request.application)
+    tool = request.application.invocation.tool.tool
+    loads = [(app.name, app.version) for app in tool.description.native_loads()] if tool is not None else []
     missing: list[str] = []
     for name, version in loads:
         resolved = site.resolve(name, version)
@@ -92,13 +93,3 @@ async def _account_picker(slurm: SlurmClient) -> ApplicationParameter:
 
 def _readme(text: str) -> ApplicationParameter:
     return ApplicationParameter(type="readme", name=README_PARAMETER, optional=True, title="README", description=text)
-
-
-def _load_instructions(app: Application) -> list[tuple[str, str]]:
-    tool = app.invocation.tool.tool
-    instructions: Any = tool.description.load_instructions if tool is not None else None
-    if not isinstance(instructions, dict) or instructions.get("type") != "Native":
-        return []
-    return [
-        (str(item.get("name", "")), str(item.get("version", ""))) for item in instructions.get("applications") or []
-    ]

@@ -116,9 +116,12 @@ async def request_dynamic_parameters(request: web.Request) -> web.Response:
     """Core's ``jobs/requestDynamicParameters``: what this site adds to an application's form."""
     body = await parse(request, DynamicParametersRequest)
     submitter = request.app[SUBMITTER]
-    found = await dynamic_parameters(
-        body, submitter.site, submitter.slurm, account_picker=request.app[SETTINGS].account_picker
-    )
+    try:
+        found = await dynamic_parameters(
+            body, submitter.site, submitter.slurm, account_picker=request.app[SETTINGS].account_picker
+        )
+    except ValidationError as error:
+        return error_response(400, f"the application's load instructions are malformed: {error.errors()[0]['msg']}")
     return web.json_response(dump(DynamicParametersResponse(parameters=found)))
 
 

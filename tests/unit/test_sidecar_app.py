@@ -348,3 +348,24 @@ def test_the_app_is_built_by_its_factory() -> None:
     app = init_app(SidecarSettings(user=getpass.getuser(), home=Path("/nonexistent")))
     assert isinstance(app, web.Application)
     assert app[SUBMITTER].job_folder("1") == Path("/nonexistent/ucloud-jobs/1")
+
+
+async def test_dynamic_parameters_of_malformed_load_instructions_are_a_400(
+    instance: tuple[Any, FakeSlurm, Path],
+) -> None:
+    client, _, _ = instance
+    tool = {
+        "owner": "",
+        "description": {
+            "info": {"name": "x", "version": "1"},
+            "loadInstructions": {"type": "Native", "applications": [{"name": "x"}]},
+        },
+    }
+    application = {
+        "metadata": {"name": "x", "version": "1"},
+        "invocation": {"tool": {"name": "x", "version": "1", "tool": tool}},
+    }
+    response = await client.post("/jobs/dynamic-parameters", json={"owner": {"createdBy": "alice"},
+                                                                    "application": application})  # fmt: skip
+    assert response.status == 400
+    assert "load instructions are malformed" in (await response.json())["why"]

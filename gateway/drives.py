@@ -21,6 +21,7 @@ from ucim.common.kube import Kube
 from ucim.common.products import HOME_PRODUCT
 from ucim.common.protocol import DriveSpecification, ProviderRegisteredResource
 from ucim.common.resources import UserConnection
+from ucim.common.workspaces import home_drive
 from ucim.gateway.file_parameters import DriveLocators
 
 log = logging.getLogger(__name__)
@@ -44,9 +45,9 @@ class Drives:
 
     async def ensure_home(self, connection: UserConnection) -> str | None:
         """The id of the user's home drive, registered if it is not yet; None until the user is mapped."""
-        annotations = connection.metadata.annotations or {}
-        if HOME_DRIVE_ANNOTATION in annotations:
-            return annotations[HOME_DRIVE_ANNOTATION]
+        known = home_drive(connection)
+        if known is not None:
+            return known
         local_user = connection.spec.local_user
         if local_user is None:
             return None

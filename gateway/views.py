@@ -33,7 +33,6 @@ from pydantic import BaseModel, ValidationError
 from ucim.common import reasons
 from ucim.common.conditions import find_condition
 from ucim.common.core_client import CoreClient, CoreError
-from ucim.common.drives import HOME_DRIVE_ANNOTATION
 from ucim.common.instance_api import DYNAMIC_PARAMETERS_PATH
 from ucim.common.kube import ConflictError, Kube, NotFoundError
 from ucim.common.protocol import (
@@ -51,7 +50,7 @@ from ucim.common.protocol import (
 from ucim.common.reasons import SUBMITTED
 from ucim.common.resources import UCloudJob, UCloudProject, UserConnection, UserInstance
 from ucim.common.times import now_utc
-from ucim.common.workspaces import NOT_ENOUGH_COMPUTE_CREDITS, insufficient_funds, job_workspace
+from ucim.common.workspaces import NOT_ENOUGH_COMPUTE_CREDITS, home_drive, insufficient_funds, job_workspace
 from ucim.gateway.auth import acting_username, check_username
 from ucim.gateway.connections import ConnectionRefusedError, ended_why, is_connected
 from ucim.gateway.errors import ProviderError
@@ -189,7 +188,7 @@ async def integration_init(request: web.Request) -> web.Response:
         raise ProviderError(
             503, f"the instance of {username} is not ready after {wait:g} s; it keeps starting, try again"
         ) from error
-    if HOME_DRIVE_ANNOTATION not in (connection.metadata.annotations or {}):
+    if home_drive(connection) is None:
         # Read again: the bridge maps the user's account while the instance starts.
         connection = await request.app[CONNECTIONS].get(username) or connection
         await register_home_drive(request, connection)

@@ -76,7 +76,6 @@ def site_applications(settings: SidecarSettings) -> SiteApplications:
             system_unload=settings.system_unload,
             srun=SrunConfig(command=settings.srun_command, flags=tuple(settings.srun_flags)),
             modules_file=settings.modules_file,
-            jobs_folder=settings.jobs_folder,
         )
     )
 

@@ -18,7 +18,7 @@ from typing import Final
 from ucim.common.app_templates import InvalidJobError
 from ucim.common.protocol import Drive
 from ucim.common.resources import JobApplication, ParameterValue
-from ucim.user_sidecar.paths import DriveResolver, PathRefusedError, refusal
+from ucim.user_sidecar.paths import DriveResolver, PathRefusedError, parse_id, refusal
 
 FOLDER_KINDS: Final = frozenset({"input_directory"})
 _READ_FILE: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
@@ -41,9 +41,8 @@ def local_inputs(app: JobApplication, given: Mapping[str, ParameterValue], resol
 
 def _checked(value: ParameterValue, *, folder: bool, resolver: DriveResolver) -> Path:
     path = value.path or ""
-    drive_id = path.split("/", 2)[1] if path.startswith("/") else ""
-    drives = resolver.resolve(Drive(id=drive_id, provider_generated_id=value.drive or ""))
-    file_id = drives.parse(path)
+    file_id = parse_id(path)
+    drives = resolver.resolve(Drive(id=file_id.drive, provider_generated_id=value.drive or ""))
     with drives.open_parent(file_id) as (parent, name):
         try:
             fd = os.open(name, _READ_FOLDER if folder else _READ_FILE, dir_fd=parent)

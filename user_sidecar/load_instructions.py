@@ -16,7 +16,7 @@ get it: a folder of ``*.yml``/``*.yaml`` documents, each
 
 A file over 16 MiB is skipped with a warning; one file may hold several documents split on ``\\n---\\n``
 (IM2 ``config/slurm.go``). Besides the folder: ``system_load``/``system_unload`` (``{- systemLoad -}``),
-the default ``srun``, ``modules_file`` (Lmod's spider output: the module picker) and ``jobs_folder``.
+and the default ``srun``, ``modules_file`` (Lmod's spider output: the module picker).
 
 The bridge loads this once, as root, before it forks any instance (an instance cannot read files only
 root may read); :class:`SiteApplications` is immutable and shared by every instance.
@@ -98,7 +98,6 @@ class ApplicationsSettings(BaseModel):
     srun: SrunConfig = Field(default_factory=SrunConfig)
     # Lmod's spider output (``spider -o jsonSoftwarePage <MODULEPATH>``, what IM2 reads, or ``-o spider-json``).
     modules_file: Path | None = None
-    jobs_folder: str = "ucloud-jobs"
 
 
 class Module(_Config):
@@ -130,7 +129,6 @@ class SiteApplications:
     system_unload: str = ""
     srun: SrunConfig = field(default_factory=SrunConfig)
     modules: tuple[Module, ...] = ()
-    jobs_folder: str = "ucloud-jobs"
 
     def resolve(self, name: str, version: str, policy: str = DEFAULT_POLICY) -> Resolved | None:
         """The configured version that serves ``name`` ``version`` under ``policy``, or None."""
@@ -230,7 +228,6 @@ def load_site_applications(settings: ApplicationsSettings) -> SiteApplications:
         system_unload=settings.system_unload,
         srun=settings.srun,
         modules=() if settings.modules_file is None else load_modules(settings.modules_file),
-        jobs_folder=settings.jobs_folder,
     )
 
 

@@ -109,15 +109,10 @@ def test_the_site_is_loaded_from_its_settings(tmp_path: Path) -> None:
         system_unload="module purge",
         srun=SrunConfig(command="/opt/slurm/bin/srun"),
         modules_file=FIXTURES / "jsonSoftwarePage.json",
-        jobs_folder="jobs",
     )
     loaded = load_site_applications(settings)
     assert [c.versions for c in loaded.applications["python"]] == [("3.13.0",), ("3.11.4", "3.12.1"), ("2.7.18",)]
-    assert (loaded.system_load, loaded.system_unload, loaded.jobs_folder) == (
-        "module load site",
-        "module purge",
-        "jobs",
-    )
+    assert (loaded.system_load, loaded.system_unload) == ("module load site", "module purge")
     assert loaded.srun.command == "/opt/slurm/bin/srun"
     assert len(loaded.modules) == 3
     assert load_site_applications(ApplicationsSettings()) == SiteApplications()

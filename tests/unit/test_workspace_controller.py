@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Collection
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import pytest
 
@@ -293,8 +293,18 @@ async def applied(kube: FakeKube, controller: WorkspaceController, users: set[st
     controller.projects.objects["project-abcdef12"] = found
 
 
+# alice (PI) and bob, both connected.
+BOTH: Final = ({"username": "alice#1", "role": "PI"}, {"username": "bob#2", "role": "USER"})
+
+
+async def watched_project(kube: FakeKube, controller: WorkspaceController) -> None:
+    """alice's and bob's project, created and in the controller's informer cache, as a watch would put it."""
+    created = await kube.create(UCloudProject.model_validate(project(list(BOTH))), NAMESPACE)
+    controller.projects.objects["project-abcdef12"] = created
+
+
 async def changed_at_core(kube: FakeKube, controller: WorkspaceController, quota: int) -> None:
-    spec = project([{"username": "alice#1", "role": "PI"}, {"username": "bob#2", "role": "USER"}])["spec"]
+    spec = project(list(BOTH))["spec"]
     spec["wallets"][0]["quota"] = quota
     await kube.patch(UCloudProject, NAMESPACE, "project-abcdef12", {"spec": spec})
     controller.projects.objects["project-abcdef12"] = await stored(kube)
@@ -305,10 +315,7 @@ async def test_passes_diff_against_the_view_and_read_all_accounts_only_at_the_st
     fakes: tuple[FakeKube, FakeGroups, FakeAccounts, WorkspaceController],
 ) -> None:
     kube, _, accounts, controller = fakes
-    both = [{"username": "alice#1", "role": "PI"}, {"username": "bob#2", "role": "USER"}]
-    controller.projects.objects["project-abcdef12"] = await kube.create(
-        UCloudProject.model_validate(project(both)), NAMESPACE
-    )
+    await watched_project(kube, controller)
     async with looping(controller):
         controller.mark("project-abcdef12")
         await applied(kube, controller, {"alice", "bob"}, 600)
@@ -324,10 +331,7 @@ async def test_a_change_by_hand_is_found_by_the_next_resync_and_repaired(
 ) -> None:
     kube, _, accounts, controller = fakes
     controller.view.resync_seconds = 0.05
-    both = [{"username": "alice#1", "role": "PI"}, {"username": "bob#2", "role": "USER"}]
-    controller.projects.objects["project-abcdef12"] = await kube.create(
-        UCloudProject.model_validate(project(both)), NAMESPACE
-    )
+    await watched_project(kube, controller)
     async with looping(controller):
         controller.mark("project-abcdef12")
         await applied(kube, controller, {"alice", "bob"}, 600)
@@ -342,10 +346,7 @@ async def test_a_failed_change_makes_the_next_pass_read_all_accounts_first(
     fakes: tuple[FakeKube, FakeGroups, FakeAccounts, WorkspaceController],
 ) -> None:
     kube, _, accounts, controller = fakes
-    both = [{"username": "alice#1", "role": "PI"}, {"username": "bob#2", "role": "USER"}]
-    controller.projects.objects["project-abcdef12"] = await kube.create(
-        UCloudProject.model_validate(project(both)), NAMESPACE
-    )
+    await watched_project(kube, controller)
     accounts.refuse_add = True
     async with looping(controller):
         controller.mark("project-abcdef12")

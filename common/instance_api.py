@@ -14,10 +14,18 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
 from ucim.common.drives import Locator
-from ucim.common.resources import JobApplication, JobResources, ParameterValue, ProductRef, SlurmPlacement
+from ucim.common.resources import (
+    MAX_INTERFACES,
+    JobApplication,
+    JobInterface,
+    JobResources,
+    ParameterValue,
+    ProductRef,
+    SlurmPlacement,
+)
 
 # ``GET <endpoint>`` upgraded to this protocol opens a tunnel: the connection then carries the
-# instance's own HTTP (``ucim.slurm_bridge.tunnels``, ``ucim.gateway.tunnel_connector``).
+# instance's own HTTP (``ucim.common.byte_tunnels``, ``ucim.gateway.tunnel_connector``).
 TUNNEL_UPGRADE = "ucim-instance"
 
 SUBMIT_PATH = "/jobs/submit"
@@ -96,6 +104,8 @@ class SubmitResponse(_Message):
     folder_in_drive: str | None = None
     # True when a job with this name already existed and no new one was submitted.
     already_submitted: bool = False
+    # The web and VNC servers the script starts (its port, its dynamicInterface calls); [] for a batch job.
+    interfaces: list[JobInterface] = Field(default_factory=list, max_length=MAX_INTERFACES)
 
 
 class CancelRequest(_Message):

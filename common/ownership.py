@@ -32,6 +32,7 @@ STATUS_OWNERS: Final[dict[tuple[str, str], tuple[Component, ...]]] = {
     ("UCloudJob", "submittedAt"): ("operator",),
     ("UCloudJob", "jobFolder"): ("operator",),
     ("UCloudJob", "outputFolder"): ("operator",),
+    ("UCloudJob", "interfaces"): ("operator",),
     ("UCloudJob", "providerGeneratedId"): ("operator",),
     ("UCloudJob", "slurmState"): ("bridge",),
     ("UCloudJob", "nodeList"): ("bridge",),

@@ -107,6 +107,9 @@ class ApplicationRef(_Model):
 MAX_TEMPLATE_BYTES: Final = 131_072
 MAX_INVOCATION_PARTS: Final = 256
 MAX_APP_PARAMETERS: Final = 256
+# A job's web and VNC interfaces; a dynamicInterface target name as a template may write it.
+MAX_INTERFACES: Final = 64
+MAX_TARGET_CHARS: Final = 128
 
 
 class InvocationPart(_Model):
@@ -227,6 +230,20 @@ class JobTransition(_Model):
     message: str | None = None
 
 
+class JobInterface(_Model):
+    """A web or remote-desktop server the job's script starts: where ``interactiveSession`` WEB/VNC leads.
+
+    The application's own interface (a WEB or VNC application) listens on ``port`` on every node
+    (``rank`` None, no ``target``); a ``dynamicInterface(rank, type, target, port)`` call in the
+    template adds one for one rank, named ``target``.
+    """
+
+    type: Literal["WEB", "VNC"]
+    port: int = Field(ge=1, le=65_535)
+    rank: int | None = Field(default=None, ge=0, le=MAX_NODES)
+    target: str | None = Field(default=None, min_length=1, max_length=MAX_TARGET_CHARS)
+
+
 class UCloudJobStatus(_Model):
     observed_generation: int | None = None
     conditions: list[Condition] = Field(default_factory=list)
@@ -243,6 +260,8 @@ class UCloudJobStatus(_Model):
     # The job folder as a UCloud path, /<drive id>/<jobs folder>/<job id>: Core's outputFolder.
     output_folder: str | None = None
     provider_generated_id: str | None = None
+    # The job's web and VNC servers, as its script was rendered (the instance's submit answer).
+    interfaces: list[JobInterface] = Field(default_factory=list, max_length=MAX_INTERFACES)
     transitions: list[JobTransition] = Field(default_factory=list)
     reported_transitions: int = 0
 

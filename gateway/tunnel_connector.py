@@ -1,6 +1,6 @@
 """An aiohttp connector whose connections are tunnels through the bridge ingress to user instances.
 
-A tunnel (``ucim.slurm_bridge.tunnels``) is a connection to the ingress upgraded to carry one
+A tunnel (``ucim.common.byte_tunnels``) is a connection to the ingress upgraded to carry one
 instance's own HTTP: ``GET <UserInstance.status.endpoint>`` with ``Upgrade: ucim-instance`` and the
 ingress token, answered ``101``. Requests then go to the instance as they are, kept alive, and the
 bridge relays bytes without parsing them. Core's small calls take this way: on a 2-core VM a

@@ -261,6 +261,8 @@ def submission_recorded(job: UCloudJob, answer: SubmitResponse, drive_id: str | 
             if (folder := output_folder(drive_id, answer)) is not None:
                 raw["outputFolder"] = folder
             raw["providerGeneratedId"] = provider_generated_id(job)
+            if answer.interfaces:
+                raw["interfaces"] = [interface.to_dict() for interface in answer.interfaces]
         # The first transition is ours; later ones are the bridge's, appended after it.
         if not raw.get("transitions"):
             _append_transition(body, JobState.IN_QUEUE, message, now)

@@ -16,7 +16,7 @@ The token is never forwarded, nor are hop-by-hop headers or ``Host``. Every requ
 counts as activity of its instance (the idle timer), from its start to its end.
 
 ``GET /instances/<name>`` asking to upgrade to ``ucim-instance`` opens a tunnel instead: the
-connection then carries the instance's own HTTP (``ucim.slurm_bridge.tunnels``).
+connection then carries the instance's own HTTP (``ucim.common.byte_tunnels``).
 """
 
 from __future__ import annotations
@@ -39,9 +39,10 @@ from pydantic import SecretStr
 from yarl import URL
 
 from ucim.common import splice
+from ucim.common.byte_tunnels import UnreachableError, tunnel, unix_socket, wants_tunnel
+from ucim.common.instance_api import TUNNEL_UPGRADE
 from ucim.common.protocol import error_body
 from ucim.common.proxy_bodies import BROKEN, forwarded_body, pass_back
-from ucim.slurm_bridge.tunnels import InstanceUnreachableError, tunnel, wants_tunnel
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +176,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
     session = route.session
     if session is None or route.socket_path is None:
         return _not_running(name)
-    if wants_tunnel(request) and "tail" not in request.match_info:
+    if wants_tunnel(request, TUNNEL_UPGRADE) and "tail" not in request.match_info:
         return await _tunnel_to(request, route.socket_path, route)
     headers = _forwarded_headers(request.headers)
     if request.content_length is not None:
@@ -204,8 +205,8 @@ async def forward(request: web.Request) -> web.StreamResponse:
 
 async def _tunnel_to(request: web.Request, socket_path: str, route: Route) -> web.StreamResponse:
     try:
-        return await tunnel(request, socket_path, route.touch)
-    except InstanceUnreachableError:
+        return await tunnel(request, unix_socket(socket_path), TUNNEL_UPGRADE, route.touch)
+    except UnreachableError:
         return _not_running(route.name)
 
 

@@ -41,11 +41,16 @@ import asyncio
 import logging
 import secrets
 import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from pydantic import TypeAdapter, ValidationError
+
 from ucim.common.drives import Locator
 from ucim.common.instance_api import SubmitRequest, SubmitResponse
+from ucim.common.resources import JobInterface
 from ucim.common.slurm import SlurmClient
 from ucim.common.slurm_errors import SlurmRejectedError
 from ucim.user_sidecar.job_inputs import local_inputs
@@ -108,17 +113,18 @@ class Submitter:
 
     async def _submit_once(self, name: str, folder: Path, script: JobScript) -> SubmitResponse:
         recorded = read_record(folder)
-        if recorded is not None and recorded[1] == name:
-            log.info("job already submitted", extra={"slurm_job_id": recorded[0], "job_name": name})
-            return self._answer(recorded[0], folder, already_submitted=True)
+        if recorded is not None and recorded.name == name:
+            log.info("job already submitted", extra={"slurm_job_id": recorded.slurm_job_id, "job_name": name})
+            return self._answer(recorded.slurm_job_id, folder, recorded.interfaces, already_submitted=True)
         created = self._make_folder(folder)
         if not created:
             # An earlier attempt got at least as far as mkdir but left no record: ask Slurm.
             existing = await self.slurm.find_jobs_by_name(name)
             if existing:
+                # The script on disk is the one Slurm runs: its interfaces are not known here any more.
                 log.info("job already submitted", extra={"slurm_job_id": existing[0], "job_name": name})
-                _write_record(folder, existing[0], name)
-                return self._answer(existing[0], folder, already_submitted=True)
+                _write_record(folder, Record(existing[0], name))
+                return self._answer(existing[0], folder, [], already_submitted=True)
         written = _write_job_files(folder, script)
         try:
             job_id = await self.slurm.submit(folder / SCRIPT_NAME, cwd=folder)
@@ -129,8 +135,8 @@ class Submitter:
             if created:
                 _remove_if_empty(folder)
             raise
-        _write_record(folder, job_id, name)
-        return self._answer(job_id, folder)
+        _write_record(folder, Record(job_id, name, script.interfaces))
+        return self._answer(job_id, folder, script.interfaces)
 
     def _make_folder(self, folder: Path) -> bool:
         """Create the job folder (and the jobs root); True if this call created it."""
@@ -141,12 +147,15 @@ class Submitter:
             # The drive's folder is not there yet, or the instance has not got the project's group yet.
             raise JobFolderError(f"cannot make the job folder {folder}: {error.strerror}") from error
 
-    def _answer(self, slurm_job_id: int, folder: Path, *, already_submitted: bool = False) -> SubmitResponse:
+    def _answer(
+        self, slurm_job_id: int, folder: Path, interfaces: Sequence[JobInterface], *, already_submitted: bool = False
+    ) -> SubmitResponse:
         return SubmitResponse(
             slurm_job_id=slurm_job_id,
             job_folder=str(folder),
             folder_in_drive=f"{self.jobs_folder}/{folder.name}",
             already_submitted=already_submitted,
+            interfaces=list(interfaces),
         )
 
     async def cancel(self, job_ids: list[int]) -> None:
@@ -179,8 +188,20 @@ def _make_shared_folder(folder: Path) -> bool:
     return True
 
 
-def read_record(folder: Path) -> tuple[int, str] | None:
-    """(Slurm job id, job name) from the folder's submission record; None if there is no usable one."""
+@dataclass(frozen=True)
+class Record:
+    """What the job folder's submission record holds."""
+
+    slurm_job_id: int
+    name: str
+    interfaces: tuple[JobInterface, ...] = ()
+
+
+_INTERFACES: Final = TypeAdapter(tuple[JobInterface, ...])
+
+
+def read_record(folder: Path) -> Record | None:
+    """The folder's submission record; None if there is no usable one."""
     try:
         text = (folder / RECORD_NAME).read_text(encoding="utf-8")
     except (FileNotFoundError, NotADirectoryError):
@@ -196,15 +217,23 @@ def read_record(folder: Path) -> tuple[int, str] | None:
     if not (job_id.isascii() and job_id.isdigit() and name):
         log.warning("submission record garbled; asking Slurm", extra={"folder": str(folder)})
         return None
-    return int(job_id), name
-
-
-def _write_record(folder: Path, job_id: int, name: str) -> None:
-    """Record a submission; best effort: without the record a retry asks Slurm instead."""
     try:
-        _write_atomically(folder / RECORD_NAME, f"slurm_job_id={job_id}\nslurm_job_name={name}\n")
+        interfaces = _INTERFACES.validate_json(fields.get("interfaces") or "[]")
+    except ValidationError:  # the user's own folder: what they wrote there names no interface
+        log.warning("submission record's interfaces garbled; ignored", extra={"folder": str(folder)})
+        interfaces = ()
+    return Record(int(job_id), name, interfaces)
+
+
+def _write_record(folder: Path, record: Record) -> None:
+    """Record a submission; best effort: without the record a retry asks Slurm instead."""
+    lines = f"slurm_job_id={record.slurm_job_id}\nslurm_job_name={record.name}\n"
+    if record.interfaces:
+        lines += f"interfaces={_INTERFACES.dump_json(record.interfaces, by_alias=True, exclude_none=True).decode()}\n"
+    try:
+        _write_atomically(folder / RECORD_NAME, lines)
     except OSError:
-        extra = {"folder": str(folder), "slurm_job_id": job_id}
+        extra = {"folder": str(folder), "slurm_job_id": record.slurm_job_id}
         log.warning("could not record the submission; a retry will ask Slurm", extra=extra, exc_info=True)
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import typing
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +56,14 @@ from ucim.common.app_templates import (
     render,
 )
 from ucim.common.instance_api import SubmitRequest
-from ucim.common.resources import ApplicationRef, InvocationPart, ParameterValue
+from ucim.common.resources import (
+    MAX_INTERFACES,
+    MAX_TARGET_CHARS,
+    ApplicationRef,
+    InvocationPart,
+    JobInterface,
+    ParameterValue,
+)
 from ucim.common.shell_words import argument_text, bash_word, sbatch_word, template_text
 from ucim.user_sidecar.load_instructions import DEFAULT_POLICY, Resolved, SiteApplications, SrunConfig
 
@@ -81,22 +89,19 @@ UCLOUD_COMMENT: Final = "UCloud job"
 
 
 @dataclass(frozen=True, slots=True)
-class DynamicTarget:
-    """A ``dynamicInterface(rank, type, target, port)`` call: reported to Core as ``Target: {…}``."""
-
-    rank: int
-    type: str
-    target: str
-    port: int
-
-
-@dataclass(frozen=True, slots=True)
 class JobScript:
     script: str  # job.sbatch
     template: str | None  # job_template.j2: the template after preprocessing (Jinja mode)
     parameters_yaml: str | None  # job_template_params.yml: the context without functions (Jinja mode)
-    dynamic_targets: tuple[DynamicTarget, ...] = ()
+    dynamic_targets: tuple[JobInterface, ...] = ()  # its dynamicInterface(rank, type, target, port) calls
     port: int | None = None  # the WEB/VNC port the script allocates (also in allocated-port.txt)
+    app_type: str = "BATCH"
+
+    @property
+    def interfaces(self) -> tuple[JobInterface, ...]:
+        """The web and VNC servers the script starts: the application's own on ``port``, then the dynamic ones."""
+        own = () if self.port is None else (JobInterface(type=typing.cast(Any, self.app_type), port=self.port),)
+        return own + self.dynamic_targets
 
 
 def check_job_id(job_id: str) -> str:
@@ -163,7 +168,7 @@ class _JobRender:
         port: int | None,
     ) -> None:
         self.request, self.folder, self.site, self.bound, self.port = request, folder, site, bound, port
-        self.targets: list[DynamicTarget] = []
+        self.targets: list[JobInterface] = []
         self.directives = _default_directives(request, folder)
         self.ucloud = _ucloud_context(request, port)
         self.srun = site.srun
@@ -197,6 +202,7 @@ class _JobRender:
             parameters_yaml=parameters_yaml,
             dynamic_targets=tuple(self.targets),
             port=self.port,
+            app_type=self.request.application.type,
         )
 
     # --- the template's functions ---
@@ -216,9 +222,16 @@ class _JobRender:
             raise InvalidJobError("dynamicInterface(): the rank must be a whole number, 0 or more")
         if kind not in ("WEB", "VNC"):
             raise InvalidJobError("dynamicInterface(): the type must be WEB or VNC")
-        if not _is_whole(port) or not 0 <= port <= 65_535:
-            raise InvalidJobError("dynamicInterface(): the port must be a whole number from 0 to 65535")
-        self.targets.append(DynamicTarget(rank=rank, type=kind, target=template_text(target), port=port))
+        if not _is_whole(port) or not 1 <= port <= 65_535:
+            raise InvalidJobError("dynamicInterface(): the port must be a whole number from 1 to 65535")
+        name = template_text(target)
+        if not 1 <= len(name) <= MAX_TARGET_CHARS:
+            raise InvalidJobError(
+                f"dynamicInterface(): the target must be a name of 1 to {MAX_TARGET_CHARS} characters"
+            )
+        if len(self.targets) >= MAX_INTERFACES - 1:
+            raise InvalidJobError(f"dynamicInterface(): at most {MAX_INTERFACES - 1} targets in a job")
+        self.targets.append(JobInterface(rank=rank, type=kind, target=name, port=port))
         return ShellText("")
 
     def _set_directive(self, key: str, value: Any) -> None:

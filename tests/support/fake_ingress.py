@@ -6,7 +6,7 @@ running) and plays the instance's file and transfer API (``ucim.common.instance_
 well enough to check what the gateway forwards: every request is recorded, bodies are
 read in chunks and answers are streamed, with hooks to pause mid-stream.
 
-Tunnels (``GET /instances/<name>`` upgraded) are the real bridge's (``ucim.slurm_bridge.tunnels``):
+Tunnels (``GET /instances/<name>`` upgraded) are the real bridge's (``ucim.common.byte_tunnels``):
 each instance that gets one listens on a unix socket of its own, where the same fake instance
 answers. ``stop`` stops an instance the way the bridge sees it: its tunnels close.
 """
@@ -25,8 +25,8 @@ from typing import Any
 from aiohttp import web
 
 from ucim.common import instance_api as api
+from ucim.common.byte_tunnels import tunnel, unix_socket, wants_tunnel
 from ucim.common.protocol import error_body
-from ucim.slurm_bridge.tunnels import tunnel, wants_tunnel
 
 TOKEN = "ingress-token-for-unit-tests"
 
@@ -111,7 +111,7 @@ class FakeIngress:
         name = request.match_info["name"]
         if (refusal := self._refusal(request, name)) is not None:
             return refusal
-        if not self.tunnels or not wants_tunnel(request):
+        if not self.tunnels or not wants_tunnel(request, api.TUNNEL_UPGRADE):
             self.upgrades_refused += 1
             return web.Response(status=404, text="404: Not Found")
         self.tunnels_opened += 1
@@ -119,7 +119,7 @@ class FakeIngress:
         ended = asyncio.Event()
         self._tunnels.setdefault(name, set()).add(ended)
         try:
-            return await tunnel(request, socket_path, lambda: None)
+            return await tunnel(request, unix_socket(socket_path), api.TUNNEL_UPGRADE)
         finally:
             ended.set()
             self._tunnels[name].discard(ended)

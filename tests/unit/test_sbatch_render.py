@@ -356,7 +356,12 @@ def test_dynamic_interfaces_are_recorded() -> None:
         (0, "WEB", "jupyter", 8888), (1, "VNC", "desk", 5900)
     ]  # fmt: skip
     assert body(job.script) == ["x"]
-    for bad in ('-1, "WEB", "a", 1', '0, "SSH", "a", 1', '0, "WEB", "a", 70000', '"0", "WEB", "a", 1'):
+    assert [(i.type, i.port, i.rank, i.target) for i in job.interfaces] == [
+        ("WEB", 8888, 0, "jupyter"), ("VNC", 5900, 1, "desk")
+    ]  # fmt: skip
+    bad_calls = ('-1, "WEB", "a", 1', '0, "SSH", "a", 1', '0, "WEB", "a", 70000', '"0", "WEB", "a", 1',
+                 '0, "WEB", "a", 0', '0, "WEB", "", 1')  # fmt: skip
+    for bad in bad_calls:
         with pytest.raises(InvalidJobError, match="dynamicInterface"):
             rendered(request(application(f"{{{{ dynamicInterface({bad}) }}}}\n")))
 

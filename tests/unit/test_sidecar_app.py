@@ -101,6 +101,7 @@ async def test_submit_writes_the_script_into_the_job_folder(instance: tuple[Any,
     folder = home / "ucloud-jobs" / "4711"
     assert await response.json() == {
         "slurmJobId": 1000, "jobFolder": str(folder), "folderInDrive": "ucloud-jobs/4711", "alreadySubmitted": False,
+        "interfaces": [],
     }  # fmt: skip
     assert (folder / "job.sbatch").read_text() == slurm.scripts[0]
     assert (folder.stat().st_mode & 0o777) == 0o770
@@ -181,7 +182,7 @@ async def test_a_record_of_another_job_or_a_garbled_one_is_not_trusted(
     answer = await (await client.post("/jobs/submit", json=body("23"))).json()
     assert (answer["slurmJobId"], answer["alreadySubmitted"]) == (1000, False)
     assert slurm.lookups == ["ucloud-23-abc"]
-    assert jobs.read_record(folder) == (1000, "ucloud-23-abc")
+    assert jobs.read_record(folder) == jobs.Record(1000, "ucloud-23-abc")
 
 
 async def test_a_record_that_cannot_be_written_does_not_fail_the_submission(

@@ -21,13 +21,26 @@ from ucim.gateway.files import setup_file_routes
 from ucim.gateway.follow import setup_follow_routes
 from ucim.gateway.instance_proxy import InstanceProxy
 from ucim.gateway.instances import Instances
-from ucim.gateway.keys import CONNECTIONS, CORE, DRIVES, INSTANCES, KUBE, PROXY, SETTINGS, VERIFIER
+from ucim.gateway.interactive import setup_interactive_routes
+from ucim.gateway.interactive_jobs import InteractiveJobs
+from ucim.gateway.keys import (
+    CONNECTIONS,
+    CORE,
+    DRIVES,
+    INSTANCES,
+    INTERACTIVE_JOBS,
+    KUBE,
+    PROXY,
+    SETTINGS,
+    VERIFIER,
+)
 from ucim.gateway.middlewares import auth_middleware, metrics_middleware
 from ucim.gateway.provider import setup_provider_routes
 from ucim.gateway.settings import GatewaySettings
 from ucim.gateway.shell import setup_shell_routes
 from ucim.gateway.transfers import setup_transfer_routes
 from ucim.gateway.views import setup_routes
+from ucim.gateway.web_apps import setup_web_routes
 
 
 def core_verifier(settings: GatewaySettings) -> CoreVerifier:
@@ -61,6 +74,17 @@ def use_kube(app: web.Application, kube: Kube) -> None:
     app[KUBE] = kube
     app[INSTANCES] = Instances(kube, settings.namespace, settings.cluster, settings.idle_timeout_seconds)
     app[CONNECTIONS] = Connections(kube, settings.namespace, settings.cluster, settings.connection_expire_after_ms)
+
+
+async def interactive_jobs(app: web.Application) -> AsyncIterator[None]:
+    """The jobs that may serve web and VNC interfaces, watched while the application runs."""
+    settings = app[SETTINGS]
+    jobs = app[INTERACTIVE_JOBS] = InteractiveJobs(app[KUBE], settings.namespace, settings.cluster)
+    watch = asyncio.create_task(jobs.watch(), name="interactive-job-watch")
+    yield
+    watch.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watch
 
 
 async def core_client(app: web.Application) -> AsyncIterator[None]:
@@ -99,14 +123,17 @@ def init_app(settings: GatewaySettings, kube: Kube | None = None) -> web.Applica
         app.cleanup_ctx.append(kubernetes)
     else:
         use_kube(app, kube)
+    app.cleanup_ctx.append(interactive_jobs)
     app.cleanup_ctx.append(core_client)
     app.cleanup_ctx.append(instance_proxy)
+    base = f"/ucloud/{settings.provider_id}"
+    setup_web_routes(app, base)  # first: every path of a job's web interface host is the job's
     add_health_routes(app)
     setup_routes(app, settings.provider_id)
-    base = f"/ucloud/{settings.provider_id}"
     setup_file_routes(app, base)
     setup_transfer_routes(app, base)
     setup_shell_routes(app, base)
+    setup_interactive_routes(app, base)
     setup_provider_routes(app, base)
     setup_follow_routes(app, settings.provider_id)
     return app

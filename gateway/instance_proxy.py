@@ -39,9 +39,10 @@ from yarl import URL
 
 from ucim.common.instance_api import CHUNKED_OFFSET_HEADER
 from ucim.common.proxy_bodies import BROKEN, pass_back
+from ucim.common.web_sessions import WEB_CONNECT_PATH
 from ucim.gateway.errors import ProviderError
 from ucim.gateway.instances import Instances
-from ucim.gateway.tunnel_connector import TunnelConnector, TunnelRefusedError
+from ucim.gateway.tunnel_connector import ConnectRefusedError, TunnelConnector, TunnelRefusedError
 
 # The instance's answer headers a caller may see; everything else (hop-by-hop, Server, ...) stays behind.
 ANSWER_HEADERS: Final = (
@@ -89,6 +90,15 @@ def bridge_refusal(username: str, status: int, headers: Mapping[str, str]) -> Ex
     if status == 401 and "ucim-bridge" in headers.get("WWW-Authenticate", ""):
         return InstanceUnreachableError("the bridge refused the gateway's ingress token (UCIM_GATEWAY_INGRESS_TOKEN)")
     return None
+
+
+@dataclass(frozen=True)
+class JobServer:
+    """A job's web or VNC server on ``node:port``, reached through ``username``'s instance."""
+
+    username: str
+    node: str
+    port: int
 
 
 class InstanceProxy:
@@ -211,6 +221,50 @@ class InstanceProxy:
             self.forget(username)
             reason = str(error) or type(error).__name__
             raise InstanceUnreachableError(f"the instance of {username} is unreachable: {reason}") from error
+
+    # --- a job's server, through the instance ---
+
+    async def to_job_server(
+        self, server: JobServer, method: str, path_qs: str, *, headers: Mapping[str, str], body: Body
+    ) -> aiohttp.ClientResponse:
+        """Send a request to a job's server, connected to by its user's instance (as the user).
+
+        Connections are tunnels to the instance and on from there (``TunnelConnector.base_url``'s ``then``),
+        kept alive per server. ConnectRefusedError: the instance could not connect (its ``why``).
+        """
+        url = URL(str(await self._job_server_url(server)) + path_qs, encoded=True)
+        try:
+            return await self._tunnel_session.request(method, url, headers=headers, data=body, allow_redirects=False)
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise self._unreachable(server.username, error) from error
+
+    async def job_server_websocket(
+        self, server: JobServer, path_qs: str, *, headers: Mapping[str, str], protocols: Iterable[str]
+    ) -> aiohttp.ClientWebSocketResponse:
+        """A websocket to a job's server, as ``to_job_server``; its refusal raises WSServerHandshakeError."""
+        url = URL(str(await self._job_server_url(server)) + path_qs, encoded=True)
+        try:
+            return await self._tunnel_session.ws_connect(
+                url, headers=headers, protocols=tuple(protocols), max_msg_size=0, autoping=True
+            )
+        except aiohttp.WSServerHandshakeError:
+            raise
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise self._unreachable(server.username, error) from error
+
+    async def _job_server_url(self, server: JobServer) -> URL:
+        then = URL(WEB_CONNECT_PATH).with_query(node=server.node, port=str(server.port))
+        return self._tunnels.base_url(await self.endpoint(server.username), str(then))
+
+    def _unreachable(self, username: str, error: BaseException) -> Exception:
+        """What a failed call to a job's server raises: the instance's refusal as it is, or why it was not reached."""
+        if isinstance(error, ConnectRefusedError):
+            return error
+        self.forget(username)
+        if isinstance(error, TunnelRefusedError):
+            return bridge_refusal(username, error.status, error.headers) or InstanceUnreachableError(str(error))
+        reason = str(error) or type(error).__name__
+        return InstanceUnreachableError(f"the instance of {username} is unreachable: {reason}")
 
     async def _request(
         self,

@@ -41,6 +41,7 @@ from ucim.common.resources import (
 from ucim.gateway.auth import check_username
 from ucim.gateway.errors import ProviderError
 from ucim.gateway.file_parameters import drive_id_of
+from ucim.gateway.interactive_jobs import interactive_labels
 
 SUPPORTED_PARAMETER_TYPES = frozenset(typing.get_args(ParameterType))
 
@@ -154,14 +155,19 @@ def _resource(
     job: Job, *, namespace: str, cluster: str, provider_id: str, machine: MachineType, drives: Mapping[str, str]
 ) -> UCloudJob:
     spec = job.specification
+    application = job_application(job)
     return UCloudJob(
-        metadata=ObjectMeta(name=UCloudJob.name_for(job.id), namespace=namespace, labels=cluster_labels(cluster)),
+        metadata=ObjectMeta(
+            name=UCloudJob.name_for(job.id),
+            namespace=namespace,
+            labels=cluster_labels(cluster) | interactive_labels(application),
+        ),
         spec=UCloudJobSpec(
             job_id=job.id,
             owner=job.owner.created_by,
             project=job.owner.project,
             cluster=cluster,
-            application=job_application(job),
+            application=application,
             product=ProductRef(id=machine.name, category=machine.category, provider=provider_id),
             slurm=machine.placement(),
             resources=machine.resources(nodes=spec.replicas, time_limit_minutes=time_limit_minutes(job)),

@@ -20,7 +20,12 @@ ERRORS = Counter(
 UPLOAD_BYTES = Counter("ucim_gateway_upload_bytes_total", "Upload data forwarded to user instances")
 DOWNLOAD_BYTES = Counter("ucim_gateway_download_bytes_total", "Download data streamed from user instances")
 SESSIONS_OPEN = Gauge(
-    "ucim_gateway_sessions_open", "Interactive sessions relayed now, by type (shell, follow)", ["type"]
+    "ucim_gateway_sessions_open", "Interactive sessions relayed now, by type (shell, follow, web, vnc)", ["type"]
+)
+PROXIED_BYTES = Counter(
+    "ucim_gateway_proxied_bytes_total",
+    "Bytes relayed between browsers and jobs' web and VNC servers, by type (web, vnc) and direction (up, down)",
+    ["type", "direction"],
 )
 
 # The reason of an error answer, from its status: one small, fixed set of label values.

@@ -9,7 +9,7 @@ from aiohttp.typedefs import Handler
 
 from ucim.gateway.auth import AuthError
 from ucim.gateway.errors import error_response
-from ucim.gateway.keys import TOKEN_PATHS, VERIFIER
+from ucim.gateway.keys import PUBLIC_APP, TOKEN_PATHS, VERIFIER
 from ucim.gateway.metrics import ERRORS, LATENCY, REQUESTS, error_reason
 
 CLAIMS = web.RequestKey("claims", dict)
@@ -47,6 +47,8 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path in PUBLIC_PATHS or request.path in request.app.get(TOKEN_PATHS, _NONE):
+        return await handler(request)
+    if request.match_info.apps[-1].get(PUBLIC_APP, False):  # a job's web interface: its cookie is checked there
         return await handler(request)
     try:
         request[CLAIMS] = request.app[VERIFIER].verify(request.headers.get("Authorization"))

@@ -70,5 +70,23 @@ class GatewaySettings(ComponentSettings):
     # Connecting to the bridge ingress; and the longest silence while a request or answer streams.
     instance_connect_timeout_seconds: float = Field(default=5.0, gt=0.0)
     instance_read_timeout_seconds: float = Field(default=300.0, gt=0.0)
+    # Web interfaces and remote desktops of jobs (interactiveSession WEB and VNC). Rank r of job j serves its web
+    # interface at <web_prefix><j>-<r>[-<target>]<web_suffix> (the wildcard domain: DNS and a certificate for
+    # *<web_suffix> lead to the gateway), with public_url's scheme and port; None: no web interfaces.
+    web_prefix: str = Field(default="app-", pattern=r"^[a-z0-9-]{0,20}$")
+    web_suffix: str | None = Field(default=None, pattern=r"^\.[a-z0-9.-]{1,200}$")
+    # Signs web session cookies and VNC URLs; every replica needs the same (the chart's Secret). Empty: neither.
+    web_session_key: SecretStr = SecretStr("")
+    # How long a web session's cookie and a VNC URL stay usable; never beyond the job's end.
+    web_session_seconds: int = Field(default=7 * 86_400, ge=60)
+
+    @property
+    def vnc_enabled(self) -> bool:
+        return len(self.web_session_key.get_secret_value()) >= 32
+
+    @property
+    def web_interfaces_enabled(self) -> bool:
+        return self.vnc_enabled and self.web_suffix is not None
+
     # How long an upload chunk or a download waits for a stopped (idle) instance to start again.
     transfer_wait_seconds: float = Field(default=15.0, ge=0.0)

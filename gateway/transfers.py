@@ -77,7 +77,7 @@ def transfer_user(request: web.Request) -> str:
 
 async def wake(request: web.Request, username: str) -> None:
     """Start the user's instance again (or at all, for a connected user) and wait for it, bounded."""
-    app = request.app
+    app = request.config_dict
     instances = app[INSTANCES]
     if await instances.get(username) is None and not is_connected(
         await app[CONNECTIONS].get(username), datetime.now(UTC)
@@ -90,8 +90,8 @@ async def wake(request: web.Request, username: str) -> None:
     except MappingRefusedError as error:
         raise ProviderError(404, UNKNOWN) from error
     except TimeoutError as error:
-        raise ProviderError(503, "the storage service of this user is starting; try again shortly") from error
-    log.info("instance woken for a transfer", extra={"ucloud_user": username})
+        raise ProviderError(503, "the instance of this user is starting; try again shortly") from error
+    log.info("instance woken", extra={"ucloud_user": username})
 
 
 class _Body:
@@ -198,7 +198,7 @@ async def preflight(request: web.Request) -> web.Response:
 
 async def add_cors(request: web.Request, response: web.StreamResponse) -> None:
     """``on_response_prepare``: every answer of a transfer endpoint is readable cross-origin."""
-    if request.path in request.app[TOKEN_PATHS]:
+    if request.path in request.config_dict.get(TOKEN_PATHS, frozenset()) and len(request.match_info.apps) == 1:
         response.headers.update(CORS_HEADERS)
 
 

@@ -16,7 +16,9 @@ every aiohttp it runs with.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import json
 import ssl
 from typing import Final
 
@@ -28,6 +30,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from ucim.common.instance_api import TUNNEL_UPGRADE
+from ucim.common.web_sessions import TCP_UPGRADE
 
 MAX_HEAD_BYTES: Final = 16 * 1024  # the ingress's answer to an upgrade is a few hundred bytes
 
@@ -35,10 +38,18 @@ MAX_HEAD_BYTES: Final = 16 * 1024  # the ingress's answer to an upgrade is a few
 class TunnelRefusedError(aiohttp.ClientConnectionError):
     """The ingress answered the upgrade with something else than 101; its status and headers tell why."""
 
-    def __init__(self, status: int, headers: CIMultiDictProxy[str]) -> None:
-        super().__init__(f"the bridge ingress answered the tunnel with {status}")
+    def __init__(self, status: int, headers: CIMultiDictProxy[str], who: str = "the bridge ingress") -> None:
+        super().__init__(f"{who} answered the tunnel with {status}")
         self.status = status
         self.headers = headers
+
+
+class ConnectRefusedError(TunnelRefusedError):
+    """The instance did not connect to the job's server (``then``): its status and ``why``."""
+
+    def __init__(self, status: int, headers: CIMultiDictProxy[str], why: str) -> None:
+        super().__init__(status, headers, "the instance")
+        self.why = why
 
 
 class _Head:
@@ -103,6 +114,35 @@ def _upgrade_request(endpoint: URL, authorization: str) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
+def _connect_request(then: str) -> bytes:
+    """The upgrade the instance answers by connecting to a job's server (``WEB_CONNECT_PATH``)."""
+    lines = (f"GET {then} HTTP/1.1", "Host: instance", "Connection: Upgrade", f"Upgrade: {TCP_UPGRADE}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+async def _connected(transport: asyncio.Transport, handshake: _Handshake, then: str) -> _Handshake:
+    """Ask the instance at the tunnel's end to connect on (``then``); its handshake, whose ``rest`` is the server's."""
+    onward = _Handshake()
+    transport.set_protocol(onward)
+    transport.write(_connect_request(then))
+    if handshake.rest:
+        onward.data_received(handshake.rest)
+    head = await onward.head
+    if head.status != 101 or head.headers.get("Upgrade", "").lower() != TCP_UPGRADE:
+        # The instance's refusal is small JSON ({"why": …}); it may not all be here yet, but its head is.
+        why = _why(onward.rest) or f"the instance did not connect to the job's server ({head.status})"
+        raise ConnectRefusedError(head.status, head.headers, why)
+    return onward
+
+
+def _why(body: bytes) -> str | None:
+    with contextlib.suppress(ValueError):
+        found = json.loads(body)
+        why = found.get("why") if isinstance(found, dict) else None
+        return why if isinstance(why, str) else None
+    return None
+
+
 class TunnelConnector(aiohttp.BaseConnector):
     """Opens and pools tunnels; a request's host (from ``base_url``) says which instance it is for."""
 
@@ -116,12 +156,17 @@ class TunnelConnector(aiohttp.BaseConnector):
         super().__init__(keepalive_timeout=keepalive_timeout, limit=0)
         self._authorization = authorization
         self._ssl_context = ssl_context or ssl.create_default_context()
-        self._endpoints: dict[str, URL] = {}
+        self._endpoints: dict[str, tuple[URL, str | None]] = {}
 
-    def base_url(self, endpoint: str) -> URL:
-        """The URL that requests to the instance at ``endpoint`` are sent to; its host is that tunnel's pool."""
-        host = "t" + hashlib.blake2b(endpoint.encode(), digest_size=12).hexdigest()  # a valid DNS label
-        self._endpoints.setdefault(host, URL(endpoint))
+    def base_url(self, endpoint: str, then: str | None = None) -> URL:
+        """The URL that requests to the instance at ``endpoint`` are sent to; its host is that tunnel's pool.
+
+        ``then``: an instance path that connects on (``WEB_CONNECT_PATH?node=…&port=…``): requests to
+        this URL then reach that job server, through a tunnel to the instance and the instance's own.
+        """
+        key = endpoint if then is None else f"{endpoint} {then}"
+        host = "t" + hashlib.blake2b(key.encode(), digest_size=12).hexdigest()  # a valid DNS label
+        self._endpoints.setdefault(host, (URL(endpoint), then))
         return URL.build(scheme="http", host=host)
 
     async def _create_connection(
@@ -130,9 +175,10 @@ class TunnelConnector(aiohttp.BaseConnector):
         traces: list[Trace],
         timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 (aiohttp's signature)
     ) -> ResponseHandler:
-        endpoint = self._endpoints.get(req.url.raw_host or "")
-        if endpoint is None:
+        found = self._endpoints.get(req.url.raw_host or "")
+        if found is None:
             raise aiohttp.InvalidURL(req.url, "not a tunnel's URL: use TunnelConnector.base_url")
+        endpoint, then = found
         host, port = endpoint.raw_host, endpoint.port
         if host is None or port is None or endpoint.scheme not in ("http", "https"):
             raise aiohttp.InvalidURL(endpoint, "an instance's endpoint is an http(s) URL")
@@ -156,6 +202,13 @@ class TunnelConnector(aiohttp.BaseConnector):
         if head.status != 101 or head.headers.get("Upgrade", "").lower() != TUNNEL_UPGRADE:
             transport.close()
             raise TunnelRefusedError(head.status, head.headers)
+        if then is not None:
+            try:
+                async with asyncio.timeout(timeout.sock_connect):
+                    handshake = await _connected(transport, handshake, then)
+            except BaseException:
+                transport.close()
+                raise
         # From here on the connection is the instance's: aiohttp's response handler reads it.
         protocol = self._factory()
         transport.set_protocol(protocol)

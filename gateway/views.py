@@ -308,7 +308,8 @@ async def terminate_jobs(request: web.Request) -> web.Response:
 
 async def retrieve_products(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
-    supports = [machine.support(settings.provider_id) for machine in settings.machine_types]
+    web, vnc = settings.web_interfaces_enabled, settings.vnc_enabled
+    supports = [machine.support(settings.provider_id, web=web, vnc=vnc) for machine in settings.machine_types]
     return ok(BulkResponse[JobSupport](responses=supports))
 
 

@@ -5,9 +5,11 @@ Routes: ``POST /jobs/submit``, ``POST /jobs/cancel``, ``POST /jobs/follow`` (``l
 ``/files/retrieve``, ``/files/folder``, ``/files/move``, ``/files/copy``, ``/files/trash``,
 ``/files/emptyTrash`` and ``/files/delete``; transfers (``/files/upload``,
 ``/files/download``, ``/transfers/upload``, ``/transfers/download``, see ``transfer_views``); shells
-(``POST /shell/sessions``, ``GET /shell/websocket``, see ``terminal``),
-all in ``ucim.common.instance_api``; ``GET /healthz``, ``/readyz`` and ``/metrics``. The
-instance runs as its user; every file it writes and every Slurm command it runs is that user's own.
+(``POST /shell/sessions``, ``GET /shell/websocket``, see ``terminal``); web and VNC interfaces
+(``POST /web/grants``, ``/web/grants/claim``, ``GET /web/connect``, see ``web_sessions``), all in
+``ucim.common.instance_api``, ``shell_protocol`` and ``web_sessions``; ``GET /healthz``, ``/readyz``
+and ``/metrics``. The instance runs as its user; every file it writes and every Slurm command it runs
+is that user's own.
 
 :func:`for_fork_server` is the hook through which the slurm_bridge's fork server runs
 instances: it loads and compiles everything once, as root, before any fork, and gives
@@ -65,6 +67,7 @@ from ucim.user_sidecar.settings import SidecarSettings
 from ucim.user_sidecar.terminal import setup_terminal_routes
 from ucim.user_sidecar.transfer_views import add_transfer_routes, exercise
 from ucim.user_sidecar.transfers import Transfers
+from ucim.user_sidecar.web_sessions import setup_web_session_routes
 
 
 def site_applications(settings: SidecarSettings) -> SiteApplications:
@@ -111,6 +114,7 @@ def init_app(settings: SidecarSettings, site: SiteApplications | None = None) ->
     app.router.add_post(FILES_DELETE_PATH, views.delete_files)
     add_transfer_routes(app)
     setup_terminal_routes(app)
+    setup_web_session_routes(app)
     add_health_routes(app)
     return app
 

@@ -3,7 +3,7 @@
 ``POST SHELL_SESSIONS_PATH`` (from the gateway, for Core's ``interactiveSession`` SHELL or
 ``openTerminalInFolder``) checks what the terminal will run and answers a token. The token
 is this instance's, so it only ever opens a terminal of this user; it is used once (the
-websocket that presents it claims it) and expires after ``TOKEN_SECONDS`` unused.
+websocket that presents it claims it) and expires after a minute unused (``OneTimeTokens``).
 
 ``GET SHELL_WEBSOCKET_PATH?session=<token>`` upgrades only for a token it holds (else a 404
 with a why), then speaks PROTOCOL-INTERACTIVE §5.2: the first frame must be ``initialize``
@@ -25,10 +25,7 @@ import contextlib
 import json
 import logging
 import re
-import secrets
 import shutil
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -60,16 +57,15 @@ from ucim.common.slurm_errors import SlurmUnavailableError
 from ucim.user_sidecar.keys import DRIVES, SETTINGS, SUBMITTER
 from ucim.user_sidecar.metrics import SHELLS
 from ucim.user_sidecar.middlewares import error_response
+from ucim.user_sidecar.one_time_tokens import OneTimeTokens
 from ucim.user_sidecar.paths import PathRefusedError
 from ucim.user_sidecar.pty_process import PtyProcess
 from ucim.user_sidecar.views import readable
 
 log = logging.getLogger(__name__)
 
-TOKEN_SECONDS: Final = 60.0  # Core hands the session to the browser, which opens the socket at once
 INIT_SECONDS: Final = 30.0  # an uninitialised socket is closed after this (IM2's value)
 END_DRAIN_SECONDS: Final = 1.0  # output still coming after the program ended
-MAX_PENDING: Final = 1000  # tokens made and not yet used: a bound on what a caller can pile up
 TERM: Final = "xterm-256color"  # what the browser's xterm.js emulates
 _NODE = re.compile(NODE_PATTERN)
 
@@ -82,41 +78,7 @@ class Command:
     cwd: Path
 
 
-@dataclass(frozen=True)
-class _Pending:
-    command: Command
-    expires: float
-
-
-class ShellTokens:
-    """Tokens made and not yet used; ``claim`` hands a command out once, before it expires."""
-
-    def __init__(self, seconds: float = TOKEN_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
-        self._seconds = seconds
-        self._clock = clock
-        self._pending: dict[str, _Pending] = {}
-
-    def make(self, command: Command) -> str:
-        self._forget_expired()
-        while len(self._pending) >= MAX_PENDING:
-            del self._pending[next(iter(self._pending))]  # the oldest
-        token = f"{time.time_ns()}{secrets.token_hex(32)}"  # IM2's RandomToken(32) shape
-        self._pending[token] = _Pending(command, self._clock() + self._seconds)
-        return token
-
-    def claim(self, token: str) -> Command | None:
-        pending = self._pending.pop(token, None)
-        if pending is None or pending.expires <= self._clock():
-            return None
-        return pending.command
-
-    def _forget_expired(self) -> None:
-        now = self._clock()
-        for token in [t for t, p in self._pending.items() if p.expires <= now]:
-            del self._pending[token]
-
-
-SHELL_TOKENS = web.AppKey("shell_tokens", ShellTokens)
+SHELL_TOKENS = web.AppKey("shell_tokens", OneTimeTokens[Command])
 
 
 # --- what runs ---------------------------------------------------------------------
@@ -333,6 +295,6 @@ def _envelope(text: str) -> Envelope | _Refusal:
 
 
 def setup_terminal_routes(app: web.Application) -> None:
-    app[SHELL_TOKENS] = ShellTokens()
+    app[SHELL_TOKENS] = OneTimeTokens(token_bytes=32)
     app.router.add_post(SHELL_SESSIONS_PATH, create_session)
     app.router.add_get(SHELL_WEBSOCKET_PATH, shell_socket)

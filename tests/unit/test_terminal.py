@@ -21,8 +21,9 @@ from ucim.common.shell_protocol import SHELL_SESSIONS_PATH, SHELL_WEBSOCKET_PATH
 from ucim.common.slurm import CommandResult, SlurmClient
 from ucim.user_sidecar.app import init_app
 from ucim.user_sidecar.keys import SUBMITTER
+from ucim.user_sidecar.one_time_tokens import OneTimeTokens
 from ucim.user_sidecar.settings import SidecarSettings
-from ucim.user_sidecar.terminal import SHELL_TOKENS, Command, ShellTokens
+from ucim.user_sidecar.terminal import SHELL_TOKENS, Command
 
 USER = getpass.getuser()
 HOME_DRIVE = f"home:{USER}"
@@ -72,7 +73,7 @@ async def output_until(ws: Any, marker: str, timeout: float = 10.0) -> str:  # n
 
 def test_a_token_is_claimed_once_and_expires() -> None:
     now = [0.0]
-    tokens = ShellTokens(seconds=60, clock=lambda: now[0])
+    tokens: OneTimeTokens[Command] = OneTimeTokens(token_bytes=32, seconds=60, clock=lambda: now[0])
     command = Command(("/bin/true",), Path("/"))
     first, second = tokens.make(command), tokens.make(command)
     assert tokens.claim(first) == command

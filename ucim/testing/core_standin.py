@@ -825,7 +825,13 @@ class CoreStandIn:
 
     async def open_shell(self, job: Job, rank: int = 0, username: str | None = None) -> ProviderResponse:
         """``POST jobs/interactiveSession`` with one SHELL item, as Core sends it; the answer as it is."""
-        item = {"job": dump(job), "rank": rank, "sessionType": "SHELL", "target": None}
+        return await self.open_session(job, "SHELL", rank, username=username)
+
+    async def open_session(
+        self, job: Job, session_type: str, rank: int = 0, *, target: str | None = None, username: str | None = None
+    ) -> ProviderResponse:
+        """``POST jobs/interactiveSession`` with one item (SHELL, WEB or VNC), as Core sends it; the answer as it is."""
+        item = {"job": dump(job), "rank": rank, "sessionType": session_type, "target": target}
         return await self.call_provider(
             "POST", "jobs/interactiveSession", {"items": [item]}, username or _owner_of([job])
         )

@@ -35,6 +35,8 @@ from ucim.testing.core_standin import CoreStandIn
 
 PROVIDER = "ucim"
 CLUSTER = "local"
+# The wildcard domain of jobs' web interfaces on the test platform (no DNS: clients map it to 127.0.0.1).
+WEB_SUFFIX = ".apps.ucim.test"
 
 
 def platform_run_dir() -> Path:
@@ -349,6 +351,9 @@ def component_env(
             "UCIM_GATEWAY_CORE_REFRESH_TOKEN": core.refresh_token,
             "UCIM_GATEWAY_INGRESS_TOKEN": ingress_token,
             "UCIM_GATEWAY_PUBLIC_URL": f"http://127.0.0.1:{ports['gateway']}",
+            # Jobs' web interfaces at app-<job>-<rank>.apps.ucim.test:<port>; tests map the names to loopback.
+            "UCIM_GATEWAY_WEB_SUFFIX": WEB_SUFFIX,
+            "UCIM_GATEWAY_WEB_SESSION_KEY": secrets.token_urlsafe(32),
         },
         "ucim-operator": {
             **base,

@@ -72,7 +72,7 @@ def test_expired_tampered_and_unsigned_tokens_are_refused() -> None:
     token, _ = tokens.make("web", "alice", TARGET, 60)
     head, body, signature = token.split(".")
     assert tokens.check("web", f"{head}.{body}.{signature[:-2]}AA") is None
-    unsigned = jwt.encode({"iss": "ucim", "aud": "web", "sub": "bob", "exp": 2**40, "tgt": {}}, None, "none")
+    unsigned = jwt.encode({"iss": "ucim", "aud": "web", "sub": "bob", "exp": 2**40, "tgt": {}}, "", "none")
     assert tokens.check("web", unsigned) is None
     bad_target = jwt.encode({"iss": "ucim", "aud": "web", "sub": "bob", "exp": 2**40, "tgt": {"port": 0}}, KEY)
     assert tokens.check("web", bad_target) is None

@@ -24,3 +24,5 @@ VERIFIER = web.AppKey("core_verifier", CoreVerifier)
 # Served without Core's JWT, per application: the browser-facing transfer endpoints, which
 # authenticate by the one-time token the user's instance checks.
 TOKEN_PATHS = web.AppKey("token_paths", frozenset[str])
+# The websockets open now (follows, shells): closed at shutdown (``gateway/sockets.py``).
+OPEN_SOCKETS = web.AppKey("open_sockets", set[web.WebSocketResponse])

@@ -38,6 +38,7 @@ from ucim.gateway.middlewares import auth_middleware, metrics_middleware
 from ucim.gateway.provider import setup_provider_routes
 from ucim.gateway.settings import GatewaySettings
 from ucim.gateway.shell import setup_shell_routes
+from ucim.gateway.sockets import setup_sockets
 from ucim.gateway.transfers import setup_transfer_routes
 from ucim.gateway.views import setup_routes
 from ucim.gateway.web_apps import setup_web_routes
@@ -136,4 +137,5 @@ def init_app(settings: GatewaySettings, kube: Kube | None = None) -> web.Applica
     setup_interactive_routes(app, base)
     setup_provider_routes(app, base)
     setup_follow_routes(app, settings.provider_id)
+    setup_sockets(app)
     return app

@@ -10,8 +10,9 @@ remembering how far each file was read. It learns that the job is terminal by wa
 UCloudJob (``Kube.wait_for``), then stops the live stream and asks the instance once more,
 without ``follow``, for what was written after those offsets: the last bytes are sent before
 the end frame. A job that is already terminal gets its whole output and the end at once (the
-anchor sends nothing then, PROTOCOL-INTERACTIVE §8.1). Pings go out right after init and every
-30 s; a ``cancel`` frame or Core closing the socket ends the follow (and the instance's read).
+anchor sends nothing then, PROTOCOL-INTERACTIVE §8.1). After the end the socket stays open until
+Core closes it, as IM2 does. Pings go out right after init and every 30 s; a ``cancel`` frame or
+Core closing the socket ends the follow (and the instance's read).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from ucim.gateway.errors import ProviderError
 from ucim.gateway.files import core_user
 from ucim.gateway.instance_proxy import InstanceNotReadyError, InstanceUnreachableError
 from ucim.gateway.keys import KUBE, PROXY, SETTINGS
-from ucim.gateway.metrics import LOG_BYTES, LOG_LINES, SESSIONS_OPEN
+from ucim.gateway.metrics import LOG_BYTES, LOG_LINES
+from ucim.gateway.sockets import tracked
 from ucim.gateway.transfers import wake
 
 log = logging.getLogger(__name__)
@@ -86,13 +88,18 @@ class FollowSession:
         listener = asyncio.create_task(self.listen())
         try:
             await asyncio.wait({follower, listener}, return_when=asyncio.FIRST_COMPLETED)
+            failure = follower.exception() if follower.done() else None
+            if not self.socket.closed:
+                await self.send(self.last_frame(job, failure))
+            if follower.done() and failure is None:
+                # After the end, as IM2, the socket stays open (pings go on) until Core closes it: core2 stops
+                # polling the job for the browser when the provider closes, so the terminal state would not reach
+                # it, and the browser's socket, closed by Core, reconnects and gets the whole output again.
+                await listener
         finally:
             for task in (pinger, follower, listener):
                 task.cancel()
             await asyncio.gather(pinger, follower, listener, return_exceptions=True)
-        failure = follower.exception() if follower.done() and not follower.cancelled() else None
-        if not self.socket.closed:
-            await self.send(self.last_frame(job, failure))
         await self.socket.close()
 
     def last_frame(self, job: UCloudJob, failure: BaseException | None) -> dict[str, Any]:
@@ -207,11 +214,8 @@ async def follow_socket(request: web.Request) -> web.StreamResponse:
     username = core_user(request)  # a 400 before the upgrade without usernameHint
     socket = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES)
     await socket.prepare(request)
-    SESSIONS_OPEN.labels(type="follow").inc()
-    try:
+    async with tracked(request, socket, "follow"):
         await FollowSession(request, socket, username).run()
-    finally:
-        SESSIONS_OPEN.labels(type="follow").dec()
     return socket
 
 

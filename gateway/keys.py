@@ -33,3 +33,5 @@ WEB_HOSTS = web.AppKey[WebHosts | None]("web_hosts")
 INTERACTIVE_JOBS = web.AppKey("interactive_jobs", InteractiveJobs)
 # Set on a sub-application whose requests are not Core's: no JWT (the jobs' web interfaces).
 PUBLIC_APP = web.AppKey("public_app", bool)
+# The websockets open now (follows, shells): closed at shutdown (``gateway/sockets.py``).
+OPEN_SOCKETS = web.AppKey("open_sockets", set[web.WebSocketResponse])

@@ -39,9 +39,9 @@ from ucim.gateway.errors import ProviderError
 from ucim.gateway.files import core_user
 from ucim.gateway.instance_proxy import InstanceNotReadyError, InstanceUnreachableError
 from ucim.gateway.keys import DRIVES, PROXY, SETTINGS, TOKEN_PATHS
-from ucim.gateway.metrics import SESSIONS_OPEN
 from ucim.gateway.sessions import RunningJob, ask_instance
 from ucim.gateway.settings import GatewaySettings
+from ucim.gateway.sockets import tracked
 from ucim.gateway.transfers import transfer_user
 from ucim.gateway.views import parse
 from ucim.gateway.ws_relay import relay_frames
@@ -114,12 +114,11 @@ async def shell_websocket(request: web.Request) -> web.StreamResponse:
             raise ProviderError(404 if error.status == 404 else error.status, UNKNOWN_SESSION) from error
         raise ProviderError(502, f"the instance did not open the shell ({error.status})") from error
     browser = web.WebSocketResponse(protocols=("binary",), max_msg_size=4 << 20)
-    SESSIONS_OPEN.labels("shell").inc()
     try:
-        await browser.prepare(request)
-        await relay_frames(browser, upstream)
+        async with tracked(request, browser, "shell"):
+            await browser.prepare(request)
+            await relay_frames(browser, upstream)
     finally:
-        SESSIONS_OPEN.labels("shell").dec()
         await upstream.close()
         await browser.close()
     return browser

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Final, TypeVar
+from typing import Final, Literal, TypeVar
 
 import aiohttp
 from aiohttp import hdrs, web
@@ -44,8 +44,9 @@ from ucim.common.web_sessions import (
 from ucim.gateway.errors import ProviderError
 from ucim.gateway.instance_proxy import InstanceNotReadyError, InstanceUnreachableError, JobServer
 from ucim.gateway.keys import INTERACTIVE_JOBS, PROXY, PUBLIC_APP, SETTINGS, TOKEN_PATHS, WEB_HOSTS, WEB_TOKENS
-from ucim.gateway.metrics import PROXIED_BYTES, SESSIONS_OPEN
+from ucim.gateway.metrics import PROXIED_BYTES
 from ucim.gateway.sessions import RunningJob, ask_instance
+from ucim.gateway.sockets import tracked
 from ucim.gateway.transfers import wake
 from ucim.gateway.tunnel_connector import ConnectRefusedError
 from ucim.gateway.web_hosts import WebHost, WebHosts, hostname_safe
@@ -280,7 +281,9 @@ def _forwarded(request: web.Request, *, websocket: bool = False) -> CIMultiDict[
     return headers
 
 
-async def relay_websocket(request: web.Request, server: JobServer, path_qs: str, kind: str) -> web.StreamResponse:
+async def relay_websocket(
+    request: web.Request, server: JobServer, path_qs: str, kind: Literal["web", "vnc"]
+) -> web.StreamResponse:
     """The browser's websocket, relayed frame by frame to the job server's at ``path_qs``."""
     offered = [p.strip() for p in request.headers.get(hdrs.SEC_WEBSOCKET_PROTOCOL, "").split(",") if p.strip()]
     headers = _forwarded(request, websocket=True)
@@ -295,12 +298,11 @@ async def relay_websocket(request: web.Request, server: JobServer, path_qs: str,
         status = error.status if 400 <= error.status < 500 else 502
         raise ProviderError(status, f"the application refused the websocket ({error.status})") from error
     browser = web.WebSocketResponse(protocols=(upstream.protocol,) if upstream.protocol else (), max_msg_size=0)
-    SESSIONS_OPEN.labels(kind).inc()
     try:
-        await browser.prepare(request)
-        await relay_frames(browser, upstream, lambda direction, size: PROXIED_BYTES.labels(kind, direction).inc(size))
+        async with tracked(request, browser, kind):
+            await browser.prepare(request)
+            await relay_frames(browser, upstream, lambda way, size: PROXIED_BYTES.labels(kind, way).inc(size))
     finally:
-        SESSIONS_OPEN.labels(kind).dec()
         await upstream.close()
         await browser.close()
     return browser

@@ -60,6 +60,8 @@ class FakeIngress:
     download_started: asyncio.Event = field(default_factory=asyncio.Event)
     resume_download: asyncio.Event | None = None
     browse_entries: int = 100
+    # What the instance's log follow (JOBS_FOLLOW_PATH) answers: these LogChunks as NDJSON.
+    follow_chunks: list[dict[str, Any]] = field(default_factory=list)
 
     # False: a bridge from before tunnels (the upgrade finds no route); how many tunnels were opened or refused.
     tunnels: bool = True
@@ -164,6 +166,9 @@ class FakeIngress:
             return web.json_response(answer, status=status)
         if path == api.DOWNLOAD_FILE_PATH:
             return await self.serve_download(request)
+        if path == api.JOBS_FOLLOW_PATH:
+            lines = "".join(json.dumps(chunk) + "\n" for chunk in self.follow_chunks)
+            return web.Response(text=lines, content_type="application/x-ndjson")
         return web.json_response(self.answer(request.method, path, body))
 
     def answer(self, method: str, path: str, body: bytes) -> Any:

@@ -1,7 +1,8 @@
 """Core's side of the log follow websocket, as core2 dials it (``C2/orchestrator/job.go`` ~L1340-1395).
 
 ``follow_frames`` yields every text frame the provider sends, parsed, until the provider's response
-frame (the end, or a refusal) or the socket closes; ``log_text`` joins the log messages of a rank and stream.
+frame (the end, or a refusal) or the socket closes, and then closes it (core2 would keep reading
+until the browser leaves); ``log_text`` joins the log messages of a rank and stream.
 """
 
 from __future__ import annotations

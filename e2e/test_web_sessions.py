@@ -1,0 +1,212 @@
+"""Web interfaces and remote desktops end to end: Core's interactiveSession WEB/VNC → the browser → the job's server.
+
+The jobs run the library's ``web-echo`` (ucim/testing/web_app.py on $UCLOUD_PORT) and ``desktop-vnc``
+(TigerVNC behind websockify) as alice on the platform's Slurm. The browser is an aiohttp client that
+maps the wildcard domain to loopback (as DNS would send it to the gateway) and keeps cookies, and a
+real headless Chromium; the VNC check completes a real RFB handshake with the desktop's password.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.abc import AbstractResolver, ResolveResult
+from yarl import URL
+
+from ucim.common.protocol import Job, JobState
+from ucim.common.resources import UCloudJob
+from ucim.testing.browser import dump_dom
+from ucim.testing.rfb import RfbAuthenticationError, RfbError, rfb_handshake
+from ucim.testing.stack import WEB_SUFFIX, Stack
+from ucim.testing.web_app import MARKER, expected_bytes
+
+pytestmark = pytest.mark.e2e
+
+VNC_PASSWORD = "ucimvnc1"  # desktop-vnc.yaml's
+
+
+class Loopback(AbstractResolver):
+    """Every name of the wildcard domain (and any other) resolves to 127.0.0.1, as a wildcard DNS record would."""
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        return [{"hostname": host, "host": "127.0.0.1", "port": port, "family": socket.AF_INET, "proto": 0,
+                 "flags": socket.AI_NUMERICHOST}]  # fmt: skip
+
+    async def close(self) -> None:
+        return None
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[aiohttp.ClientSession]:
+    """A browser's HTTP: names of the wildcard domain reach the gateway, cookies are kept per host."""
+    connector = aiohttp.TCPConnector(resolver=Loopback(), force_close=False)
+    async with aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.CookieJar()) as client:
+        yield client
+
+
+async def running(stack: Stack, app: str, owner: str = "alice") -> tuple[Job, UCloudJob]:
+    job_id = str(uuid.uuid4().int % 10**9)
+    spec = stack.core.make_job(job_id, owner, (app, "1"), {})
+    await stack.core.create_jobs([spec])
+    await stack.core.wait_for_update(job_id, JobState.RUNNING, timeout=60)
+    return spec, UCloudJob.from_obj(stack.get(f"ucj/{UCloudJob.name_for(job_id)}"))
+
+
+async def opened(stack: Stack, spec: Job, kind: str, **options: Any) -> dict[str, Any]:
+    answer = await stack.core.open_session(spec, kind, **options)
+    assert answer.status == 200, answer.body
+    (session,) = answer.body["responses"]
+    return session
+
+
+async def until_serving(browser: aiohttp.ClientSession, url: str) -> None:
+    """The job's server starts a moment after the job does: 502 until it listens."""
+    for _ in range(100):
+        async with browser.get(url) as answer:
+            if answer.status != 502:
+                return
+        await asyncio.sleep(0.2)
+
+
+async def test_a_web_app_is_served_on_its_host_to_its_owner_only(
+    stack: Stack, browser: aiohttp.ClientSession
+) -> None:
+    spec, job = await running(stack, "web-echo")
+    try:
+        assert [(i.type, i.rank, i.target) for i in job.status.interfaces] == [("WEB", None, None), ("WEB", 0, "alt")]
+        session = await opened(stack, spec, "WEB")
+        assert session["type"] == "web" and session["jobId"] == spec.id and session["rank"] == 0
+        redirect = URL(session["redirectClientTo"])
+        assert redirect.host == f"app-{spec.id}-0{WEB_SUFFIX}"
+        assert redirect.path == f"/ucloud/{stack.core.provider_id}/authorize-app"
+        origin = redirect.with_path("/").with_query(None)
+
+        # Before authorize-app: no cookie, no way in.
+        async with browser.get(origin) as refused:
+            assert refused.status == 403, await refused.text()
+        # authorize-app sets the host's cookie and sends the browser to /, which is the job's page.
+        async with browser.get(redirect) as answer:
+            assert answer.status in (200, 502), await answer.text()
+        cookies = browser.cookie_jar.filter_cookies(origin)
+        assert f"ucloud-compute-session-{spec.id}-0-" in cookies
+        await until_serving(browser, str(origin))
+        async with browser.get(origin) as page:
+            assert page.status == 200 and MARKER in await page.text()
+        # The token was used: a second redemption (another browser) is refused.
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=Loopback())) as other:
+            async with other.get(redirect) as again:
+                assert again.status == 404
+                assert "Unknown application" in (await again.json())["why"]
+            async with other.get(origin) as without:  # and without a cookie nothing passes
+                assert without.status == 403
+
+        # The server runs as alice on the job's node; bodies stream both ways; websockets pass.
+        async with browser.get(origin / "whoami") as who:
+            assert (await who.json())["user"] == "alice"
+        body = os.urandom(3 << 20)
+        async with browser.post(origin / "echo", data=body) as echoed:
+            assert echoed.status == 200 and await echoed.read() == body
+        async with browser.get((origin / "bytes").with_query(n=5_000_000)) as streamed:
+            assert await streamed.read() == expected_bytes(5_000_000)
+        async with browser.ws_connect(origin.with_scheme("ws") / "ws") as ws:
+            await ws.send_str("hello")
+            assert await ws.receive_str(timeout=10) == "hello"
+            await ws.send_bytes(b"\x00\x01binary")
+            assert await ws.receive_bytes(timeout=10) == b"\x00\x01binary"
+
+        # The dynamic target "alt" has a host of its own, and its own cookie.
+        alt = await opened(stack, spec, "WEB", target="alt")
+        alt_url = URL(alt["redirectClientTo"])
+        assert alt_url.host == f"app-{spec.id}-0-alt{WEB_SUFFIX}"
+        async with browser.get(alt_url) as answer:
+            assert answer.status in (200, 502)
+        await until_serving(browser, str(alt_url.with_path("/whoami").with_query(None)))
+        async with browser.get(alt_url.with_path("/whoami").with_query(None)) as who:
+            assert who.status == 200 and (await who.json())["user"] == "alice"
+
+        # bob gets no session of alice's job from Core, and alice's cookie means nothing on another job's host.
+        refused_bob = await stack.core.open_session(spec, "WEB", username="bob")
+        assert refused_bob.status == 403, refused_bob.body
+        other_host = origin.with_host(f"app-{int(spec.id) + 1}-0{WEB_SUFFIX}")
+        async with browser.get(other_host) as unknown:
+            assert unknown.status in (403, 404)
+    finally:
+        await stack.core.terminate_jobs([spec])
+    # Once the job has ended its host answers 404, cookie or not.
+    await stack.core.wait_for_update(spec.id, JobState.SUCCESS, timeout=60)
+    for _ in range(50):
+        async with browser.get(origin) as gone:
+            if gone.status == 404:
+                break
+        await asyncio.sleep(0.1)
+    assert gone.status == 404
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["app-1-0" + WEB_SUFFIX, "app-x-y" + WEB_SUFFIX, "app-" + "9" * 50 + "-0" + WEB_SUFFIX, "evil.example.org",
+     "app-1-0" + WEB_SUFFIX + ".evil.org", "%00", "app-1-999999999" + WEB_SUFFIX],
+)  # fmt: skip
+async def test_hostile_hosts_and_cookies_get_a_clear_4xx(stack: Stack, host: str) -> None:
+    gateway = URL(stack.core.provider_url)
+    async with aiohttp.ClientSession() as client:
+        headers = {"Host": host, "Cookie": f"ucloud-compute-session-1-0-=forged.{'x' * 300}.sig"}
+        async with client.get(gateway.with_path("/"), headers=headers) as answer:
+            assert 400 <= answer.status < 500, (host, answer.status, await answer.text())
+        async with client.get(gateway.with_path("/ucloud/ucim/authorize-app").with_query(token="1" * 44), headers=headers) as answer:
+            assert 400 <= answer.status < 500
+
+
+async def test_a_web_app_page_and_its_websocket_work_in_chromium(stack: Stack) -> None:
+    spec, _job = await running(stack, "web-echo")
+    try:
+        session = await opened(stack, spec, "WEB")
+        redirect = URL(session["redirectClientTo"])
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=Loopback())) as probe:
+            # Wait for the server without using the one-time token (no cookie: 403 once the job runs, as always).
+            await asyncio.sleep(1.0)
+        dom = await dump_dom(str(redirect), resolve={f"*{WEB_SUFFIX}": "127.0.0.1"})
+        assert MARKER in dom
+        sent = dom.split('<span id="sent">')[1].split("<")[0]
+        assert sent.startswith("ping-") and f'<span id="echo">{sent}</span>' in dom
+        del probe
+    finally:
+        await stack.core.terminate_jobs([spec])
+
+
+async def test_a_desktop_completes_a_real_vnc_handshake_with_its_password(stack: Stack) -> None:
+    spec, job = await running(stack, "desktop-vnc")
+    try:
+        assert [(i.type, i.target) for i in job.status.interfaces] == [("VNC", None)]
+        session = await opened(stack, spec, "VNC")
+        assert session["type"] == "vnc" and session["jobId"] == spec.id and session["rank"] == 0
+        url = session["url"]
+        assert url.startswith(f"{stack.core.provider_url}/ucloud/{stack.core.provider_id}/vnc?token=")
+        init = None
+        for _ in range(50):  # the desktop starts a moment after the job
+            try:
+                init = await rfb_handshake(url, VNC_PASSWORD)
+                break
+            except RfbError:
+                await asyncio.sleep(0.2)
+        assert init is not None and init.width == 1280 and init.height == 800
+        assert f"UCloud job {spec.id}" in init.name
+        # The URL is reusable (noVNC reconnects with it); a wrong password is the server's to refuse.
+        with pytest.raises(RfbAuthenticationError):
+            await rfb_handshake(url, "wrong!")
+        async with aiohttp.ClientSession() as client:
+            forged = URL(url).with_query(token="x.y.z")
+            async with client.get(forged) as answer:
+                assert answer.status == 403
+        # A web session of a desktop job is refused clearly: it has no web interface.
+        web = await stack.core.open_session(spec, "WEB")
+        assert web.status == 400 and "no web interface" in web.body["why"]
+    finally:
+        await stack.core.terminate_jobs([spec])

@@ -3,8 +3,12 @@
 # Slurm 22.05 (controller, node daemon, client, accounting daemon), munge,
 # MariaDB for slurmdbd, openssl for the Kubernetes PKI, nginx as the file
 # benchmark's baseline proxy (bench/bench_files.py runs its own nginx process with its
-# own config; the system service is never started), and Lmod, the module system of the
-# platform's jobs (its /etc/profile.d/lmod.sh defines `module` in every login shell).
+# own config; the system service is never started), Lmod, the module system of the
+# platform's jobs (its /etc/profile.d/lmod.sh defines `module` in every login shell), and
+# what the catalogue's interactive test applications run (ucim/testing/apps): Debian's
+# python3-aiohttp for web-echo (jobs run Debian's python3 as alice or bob, who cannot read
+# root's virtualenv), TigerVNC (Xtigervnc; vncpasswd is in tigervnc-tools) and websockify
+# for desktop-vnc, and chromium, the headless browser of the tests (ucim/testing/browser.py).
 #
 # Warm runs are ~0 s: when every package is already installed, neither
 # `apt-get update` nor `apt-get install` runs. Debian's policy-rc.d on these
@@ -12,7 +16,8 @@
 # daemons itself, as plain processes under its run directory.
 set -euo pipefail
 
-pkgs=(slurmctld slurmd slurm-client slurmdbd munge mariadb-server openssl prometheus shellcheck nginx lmod)
+pkgs=(slurmctld slurmd slurm-client slurmdbd munge mariadb-server openssl prometheus shellcheck nginx lmod
+  python3-aiohttp tigervnc-standalone-server tigervnc-tools websockify chromium)
 
 missing=()
 for p in "${pkgs[@]}"; do

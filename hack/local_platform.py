@@ -1341,6 +1341,17 @@ configurations:
     readme: |
       Python is the platform's own python3, on every node's PATH.
 """,
+    "ucim-testing.yml": f"""# Load instructions of ucim's own test programs (written by hack/local_platform.py):
+# the catalogue's web-echo runs `python3 -m ucim.testing.web_app` from this repository,
+# on Debian's python3 and python3-aiohttp.
+name: ucim-testing
+configurations:
+  - versions: ["1"]
+    load: |
+      export PYTHONPATH={shlex.quote(str(REPO))}${{PYTHONPATH:+:$PYTHONPATH}}
+    readme: |
+      ucim's test programs (ucim.testing), from the repository the local platform runs.
+""",
 }
 
 

@@ -412,6 +412,8 @@ def test_the_library_holds_the_test_set() -> None:
         ("sbatch-map", "1"),
         ("sbatch-call", "1"),
         ("sbatch-account", "1"),
+        ("web-echo", "1"),
+        ("desktop-vnc", "1"),
     } <= held
     assert len(held) == len(library())  # no two files hold the same name and version
 

@@ -23,7 +23,7 @@ async def ask_instance(request: web.Request, username: str, path: str, body: Bas
     """POST ``body`` to the user's instance and read its ``answer``; its refusal as it is (449 when not running)."""
     data = body.model_dump_json(by_alias=True).encode()
     try:
-        upstream = await request.app[PROXY].send(
+        upstream = await request.config_dict[PROXY].send(
             username, "POST", path, headers={"Content-Type": "application/json"}, body=data, tunnel=True
         )
     except InstanceNotReadyError as error:
@@ -59,8 +59,8 @@ class RunningJob:
 
 async def running_job(request: web.Request, username: str, job_id: str) -> RunningJob:
     """The acting user's running job, or a 4xx that says why not."""
-    settings = request.app[SETTINGS]
-    job = await request.app[KUBE].get(UCloudJob, settings.namespace, UCloudJob.name_for(job_id))
+    settings = request.config_dict[SETTINGS]
+    job = await request.config_dict[KUBE].get(UCloudJob, settings.namespace, UCloudJob.name_for(job_id))
     if job is None:
         raise ProviderError(404, f"job {job_id} is not known to this provider")
     if job.spec.owner != username:

@@ -125,7 +125,7 @@ async def shell_websocket(request: web.Request) -> web.StreamResponse:
 
 
 def setup_shell_routes(app: web.Application, base: str) -> None:
-    """Core's shell calls and the browser's socket (after ``setup_transfer_routes``: it adds a TOKEN_PATH)."""
+    """Core's shell calls and the browser's socket (a TOKEN_PATH: no JWT)."""
     app.router.add_post(f"{base}/jobs/openTerminalInFolder", open_terminal_in_folder)
     app.router.add_get(f"{base}/websocket", shell_websocket)
     app[TOKEN_PATHS] = app.get(TOKEN_PATHS, frozenset()) | {f"{base}/websocket"}

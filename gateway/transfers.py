@@ -210,6 +210,6 @@ def setup_transfer_routes(app: web.Application, base: str) -> None:
     app.router.add_get(download, download_file)
     app.router.add_route("OPTIONS", upload, preflight)
     app.router.add_route("OPTIONS", download, preflight)
-    app[TOKEN_PATHS] = frozenset({upload, download})
+    app[TOKEN_PATHS] = app.get(TOKEN_PATHS, frozenset()) | {upload, download}
     app.on_response_prepare.append(add_cors)
     splice.enable(app)  # chunks go on to the instance straight from the browser's connection

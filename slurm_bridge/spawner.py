@@ -89,8 +89,9 @@ LISTEN_FD: Final = 3
 _MAX_LOG_LINE: Final = 16_384
 _CLOSE_ABOVE: Final = 1 << 30
 # Standard modules that are imported on first use deep inside libraries, too late for a child
-# (which cannot read the installation): the executor aiohttp compresses large answers in.
-PRELOAD: Final = ("concurrent.futures.thread",)
+# (which cannot read the installation): the executor aiohttp compresses large answers in, and the
+# codec getaddrinfo encodes a host name with (a job's web server on a node, by name).
+PRELOAD: Final = ("concurrent.futures.thread", "encodings.idna")
 
 
 class SpawnError(Exception):

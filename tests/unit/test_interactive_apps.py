@@ -16,6 +16,7 @@ from aiohttp import WSMsgType, web
 from pytest_aiohttp import AiohttpServer
 
 from tests.support.library_jobs import REPO, library_job
+from ucim.common.resources import JobInterface
 from ucim.testing import browser
 from ucim.testing.core_apps import ApplicationStore
 from ucim.testing.rfb import (
@@ -25,7 +26,6 @@ from ucim.testing.rfb import (
     rfb_handshake,
     vnc_auth_response,
 )
-from ucim.user_sidecar.sbatch import DynamicTarget
 
 FOLDER = Path("/home/alice/ucloud-jobs/4821")
 
@@ -52,7 +52,7 @@ def test_web_echo_is_a_web_application_with_a_dynamic_target(tmp_path: Path) -> 
         f"export PYTHONPATH={REPO}${{PYTHONPATH:+:$PYTHONPATH}}",  # the site's load instructions of ucim-testing
         'exec python3 -m ucim.testing.web_app --port "$UCLOUD_PORT" --port 23818',
     ]
-    assert job.dynamic_targets == (DynamicTarget(rank=0, type="WEB", target="alt", port=23818),)
+    assert job.dynamic_targets == (JobInterface(rank=0, type="WEB", target="alt", port=23818),)
     assert job.port == 23817
     check_bash(job.script, tmp_path)
 

@@ -41,7 +41,12 @@ def nginx_binary() -> str:
     return found
 
 
-def config(folder: Path, port: int, upstream: Path) -> str:
+def _server(upstream: Path | str) -> str:
+    """An upstream server: a unix socket's path, or ``host:port``."""
+    return f"unix:{upstream}" if isinstance(upstream, Path) else upstream
+
+
+def config(folder: Path, port: int, upstream: Path | str) -> str:
     """The whole nginx.conf: everything nginx writes goes below ``folder``."""
     user = f"user {WORKER_USER};" if os.geteuid() == 0 else "# not root: the workers run as the caller"
     temp = "\n".join(
@@ -63,7 +68,7 @@ http {{
     tcp_nodelay on;
     keepalive_requests 1000000;
     upstream endpoint {{
-        server unix:{upstream};
+        server {_server(upstream)};
         keepalive 32;
     }}
     server {{
@@ -83,7 +88,7 @@ http {{
 """
 
 
-def write_config(folder: Path, port: int, upstream: Path) -> Path:
+def write_config(folder: Path, port: int, upstream: Path | str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     conf = folder / "nginx.conf"
     conf.write_text(config(folder, port, upstream))
@@ -116,8 +121,8 @@ def _tail(log: Path) -> str:
 
 
 @contextlib.asynccontextmanager
-async def running_nginx(folder: Path, upstream: Path, health_path: str = "/healthz") -> AsyncIterator[str]:
-    """nginx in front of the unix socket ``upstream``, until the block ends; yields its base URL.
+async def running_nginx(folder: Path, upstream: Path | str, health_path: str = "/healthz") -> AsyncIterator[str]:
+    """nginx in front of ``upstream`` (a unix socket, or ``host:port``), until the block ends; yields its base URL.
 
     It counts as started once ``GET <health_path>`` answers 200 through it (the upstream serves).
     """

@@ -59,7 +59,9 @@ R = TypeVar("R")
 UNKNOWN_APP: Final = "Unknown application requested. Please try again!"  # IM2's words
 NO_SESSION: Final = "no session for this application here: open it from UCloud (the job's page)"
 COOKIE_PREFIX: Final = "ucloud-compute-session-"
-VNC_PATH: Final = "/websockify"  # where the job's websockify serves (IM2's Envoy route rewrites to it)
+VNC_PATH: Final = "/websockify"
+# Answers up to this size are read whole and sent in one write (streaming them cost three writes each).
+SMALL_ANSWER_BYTES: Final = 64 * 1024  # where the job's websockify serves (IM2's Envoy route rewrites to it)
 # Hop-by-hop headers (RFC 9110 §7.6.1) and those aiohttp's client makes itself for a websocket.
 _HOP_BY_HOP: Final = frozenset(
     {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te", "trailer",
@@ -220,6 +222,10 @@ async def serve(request: web.Request) -> web.StreamResponse:
         PROXIED_BYTES.labels("web", "up").inc(request.content_length)
     answer = CIMultiDict((k, v) for k, v in upstream.headers.items() if k.lower() not in _HOP_BY_HOP)
     try:
+        if _is_small(request, upstream):  # a page's script or style: in one write, headers and all
+            body = await upstream.read()
+            PROXIED_BYTES.labels("web", "down").inc(len(body))
+            return web.Response(status=upstream.status, reason=upstream.reason, body=body, headers=answer)
         return await pass_back(
             request, upstream, answer, idle_seconds=request.config_dict[SETTINGS].instance_read_timeout_seconds,
             on_sent=PROXIED_BYTES.labels("web", "down").inc,
@@ -254,6 +260,13 @@ async def _with_instance(request: web.Request, server: JobServer, call: Callable
         raise ProviderError(503, f"{error}; try again shortly") from error
     except InstanceUnreachableError as error:
         raise ProviderError(502, str(error)) from error
+
+
+def _is_small(request: web.Request, upstream: aiohttp.ClientResponse) -> bool:
+    """An answer with a body of a known, small length (a streamed one goes on as it comes)."""
+    length = upstream.content_length
+    has_body = request.method != "HEAD" and upstream.status not in (204, 304)
+    return has_body and length is not None and length <= SMALL_ANSWER_BYTES
 
 
 def _is_websocket(request: web.Request) -> bool:

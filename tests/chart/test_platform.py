@@ -186,7 +186,9 @@ def test_install_creates_everything_and_uninstall_keeps_the_crds(
     assert [line for line in left.stdout.split() if "r-ucim" in line] == []
 
 
-def test_generated_secrets_survive_an_upgrade(cluster_helm: Helm, platform: Platform, restricted_namespace: str) -> None:
+def test_generated_secrets_survive_an_upgrade(
+    cluster_helm: Helm, platform: Platform, restricted_namespace: str
+) -> None:
     """The generated ingress token and web session key are read back on upgrade (`lookup`), never made anew.
 
     A new ingress token would lock the bridge out until its file is replaced; a new web session key would end

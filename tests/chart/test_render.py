@@ -370,8 +370,8 @@ def test_gateway_serves_web_interfaces_on_the_wildcard_domain(helm: Helm) -> Non
     assert env["UCIM_GATEWAY_WEB_SESSION_SECONDS"] == "86400"
     assert env["UCIM_GATEWAY_WEB_SESSION_KEY"] == {"secretKeyRef": {"name": "r-ucim", "key": "web-session-key"}}
     # A month, as helm would otherwise print a float of it (2.592e+06).
-    month = gateway_env_sources(helm.template("--set", "gateway.web.sessionSeconds=2592000", values=ci_values("all-on")))
-    assert month["UCIM_GATEWAY_WEB_SESSION_SECONDS"] == "2592000"
+    month = helm.template("--set", "gateway.web.sessionSeconds=2592000", values=ci_values("all-on"))
+    assert gateway_env_sources(month)["UCIM_GATEWAY_WEB_SESSION_SECONDS"] == "2592000"
 
 
 def test_web_interfaces_off_leave_vnc_to_the_key(helm: Helm) -> None:

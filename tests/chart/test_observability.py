@@ -177,5 +177,8 @@ def test_dashboards_cover_the_issue() -> None:
         "ucim_slurm_poll_errors_total",  # poll errors
         "ucim_core_delivery_backlog",  # delivery backlog
         "ucim_core_update_failures_total",  # delivery failures
+        "ucim_gateway_sessions_open",  # interactive sessions by type (shell, follow, web, vnc)
+        "ucim_gateway_proxied_bytes_total",  # web and VNC traffic by type and direction
+        "ucim_gateway_log_lines_total",  # job log lines streamed to Core
     }
     assert wanted - used == set()

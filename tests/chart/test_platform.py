@@ -9,6 +9,7 @@ checks that the uninstall keeps them, and hands them back unchanged.
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import Iterator
@@ -151,6 +152,7 @@ def test_install_creates_everything_and_uninstall_keeps_the_crds(
             "delete ucloudjobs": True,
             "patch ucloudjobs/status": False,
             "watch ucloudjobs": True,  # it waits for a submission by watching that one job
+            "list ucloudjobs": True,  # the interactive jobs (ucim.io/interactive), watched for web and VNC
             "watch leases": True,  # the bridges' heartbeats
             "create leases": False,
             "create userconnections": True,
@@ -182,6 +184,30 @@ def test_install_creates_everything_and_uninstall_keeps_the_crds(
         platform.kubectl("get", "crd", crd.name.removesuffix(".yaml"))
     left = platform.kubectl("get", "deploy,svc,role,rolebinding,sa,secret,cm", "--namespace", ns, "-o", "name")
     assert [line for line in left.stdout.split() if "r-ucim" in line] == []
+
+
+def test_generated_secrets_survive_an_upgrade(
+    cluster_helm: Helm, platform: Platform, restricted_namespace: str
+) -> None:
+    """The generated ingress token and web session key are read back on upgrade (`lookup`), never made anew.
+
+    A new ingress token would lock the bridge out until its file is replaced; a new web session key would end
+    every open web session and VNC URL. The CRDs are left out: the platform's stay as they are.
+    """
+    ns = restricted_namespace
+    release = ("r", str(CHART), "--namespace", ns, "-f", str(ci_values("minimal")), "--set", "crds.enabled=false")
+    cluster_helm.run("install", *release)
+    installed = platform.get(ns, "secret/r-ucim")["data"]
+    assert len(base64.b64decode(installed["web-session-key"])) == 64
+    web_on = (
+        "--set", "gateway.web.enabled=true", "--set", "gateway.web.domainSuffix=.apps.example.org",
+        "--set", "gateway.publicUrl=https://ucim.example.org",
+    )  # fmt: skip
+    cluster_helm.run("upgrade", *release, *web_on)
+    upgraded = platform.get(ns, "secret/r-ucim")["data"]
+    assert upgraded["ingress-token"] == installed["ingress-token"]
+    assert upgraded["web-session-key"] == installed["web-session-key"]
+    cluster_helm.run("uninstall", "r", "--namespace", ns)
 
 
 def _assert_can(platform: Platform, ns: str, who: str, expected: dict[str, bool]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from pathlib import Path
@@ -72,6 +73,11 @@ def test_schema_is_strict_everywhere() -> None:
         ("log.level=LOUD", "value must be one of"),
         ("gateway.replicas=0", "minimum"),
         ("ingressToken=short", "does not match pattern"),
+        ("gateway.web.domainSuffix=apps.example.org", "does not match pattern"),  # no leading dot
+        ("gateway.web.domainSuffix=.Apps.example.org", "does not match pattern"),
+        ("gateway.web.domainSuffix=.apps..example.org", "does not match pattern"),
+        ("gateway.web.prefix=App_", "does not match pattern"),
+        ("gateway.web.sessionSeconds=10", "minimum"),
     ],
 )
 def test_schema_rejects_bad_values(helm: Helm, flag: str, message: str) -> None:
@@ -130,6 +136,7 @@ def test_each_integration_is_rendered_on_and_off() -> None:
         "bridge.enabled",
         "bridge.tokenSecret",
         "gateway.ingress.enabled",
+        "gateway.web.enabled",
         "gateway.podDisruptionBudget.enabled",
         "networkPolicy.enabled",
         "networkPolicy.egress.enabled",
@@ -282,9 +289,10 @@ def test_bridge_identity_has_a_token_secret(helm: Helm) -> None:
 
 def test_secrets_come_from_values_or_an_existing_secret(helm: Helm) -> None:
     own = one(helm.template(values=ci_values("all-on")), "Secret", "r-ucim")
-    assert set(own["data"]) == {"core-public-key", "core-refresh-token", "ingress-token"}
+    assert set(own["data"]) == {"core-public-key", "core-refresh-token", "ingress-token", "web-session-key"}
     generated = one(helm.template(values=ci_values("minimal")), "Secret", "r-ucim")
     assert len(generated["data"]["ingress-token"]) >= 48, "an empty ingressToken is generated"
+    assert len(base64.b64decode(generated["data"]["web-session-key"])) == 64, "the web session key is generated"
 
     external = helm.template(values=ci_values("existing-secret"))
     assert find(external, "Secret", "r-ucim") == []
@@ -295,8 +303,9 @@ def test_secrets_come_from_values_or_an_existing_secret(helm: Helm) -> None:
 
 
 def test_gateway_ingress_has_tls(helm: Helm) -> None:
-    ingress = one(helm.template(values=ci_values("all-on")), "Ingress")
+    ingress = one(helm.template("--set", "gateway.web.enabled=false", values=ci_values("all-on")), "Ingress")
     assert ingress["spec"]["tls"] == [{"hosts": ["ucim.example.org"], "secretName": "ucim-gateway-tls"}]
+    assert [rule["host"] for rule in ingress["spec"]["rules"]] == ["ucim.example.org"]
     backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
     assert backend == {"name": "r-ucim-gateway", "port": {"name": "http"}}
     assert find(helm.template(values=ci_values("minimal")), "Ingress") == []
@@ -344,6 +353,86 @@ def test_gateway_connection_settings(helm: Helm) -> None:
     with pytest.raises(AssertionError, match="projectDrives"):  # project drives come from Core's projects now
         helm.template("--set-json", 'gateway.projectDrives=[{"project": "p-1", "group": "g"}]',
                       values=ci_values("minimal"))  # fmt: skip
+
+
+# --- web interfaces and VNC ------------------------------------------------------------------
+
+
+def gateway_env_sources(manifests: list[Manifest]) -> dict[str, Any]:
+    container = one(manifests, "Deployment", "r-ucim-gateway")["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def test_gateway_serves_web_interfaces_on_the_wildcard_domain(helm: Helm) -> None:
+    env = gateway_env_sources(helm.template(values=ci_values("all-on")))
+    assert env["UCIM_GATEWAY_WEB_SUFFIX"] == ".apps.example.org"
+    assert env["UCIM_GATEWAY_WEB_PREFIX"] == "job-"
+    assert env["UCIM_GATEWAY_WEB_SESSION_SECONDS"] == "86400"
+    assert env["UCIM_GATEWAY_WEB_SESSION_KEY"] == {"secretKeyRef": {"name": "r-ucim", "key": "web-session-key"}}
+    # A month, as helm would otherwise print a float of it (2.592e+06).
+    month = helm.template("--set", "gateway.web.sessionSeconds=2592000", values=ci_values("all-on"))
+    assert gateway_env_sources(month)["UCIM_GATEWAY_WEB_SESSION_SECONDS"] == "2592000"
+
+
+def test_web_interfaces_off_leave_vnc_to_the_key(helm: Helm) -> None:
+    """Without gateway.web no host is served; VNC needs only the key, which the chart's own Secret always has."""
+    env = gateway_env_sources(helm.template(values=ci_values("minimal")))
+    assert "UCIM_GATEWAY_WEB_SUFFIX" not in env
+    assert "UCIM_GATEWAY_WEB_PREFIX" not in env
+    assert env["UCIM_GATEWAY_WEB_SESSION_KEY"] == {"secretKeyRef": {"name": "r-ucim", "key": "web-session-key"}}
+    # An existing Secret may lack the key while web interfaces are off (no VNC then), never when they are on.
+    external = gateway_env_sources(helm.template(values=ci_values("existing-secret")))
+    assert external["UCIM_GATEWAY_WEB_SESSION_KEY"]["secretKeyRef"] == {
+        "name": "ucim-credentials",
+        "key": "web-session-key",
+        "optional": True,
+    }
+    web_on = helm.template(
+        "--set", "gateway.web.enabled=true", "--set", "gateway.web.domainSuffix=.apps.example.org",
+        "--set", "gateway.publicUrl=https://ucim.example.org", values=ci_values("existing-secret"),
+    )  # fmt: skip
+    assert gateway_env_sources(web_on)["UCIM_GATEWAY_WEB_SESSION_KEY"]["secretKeyRef"] == {
+        "name": "ucim-credentials",
+        "key": "web-session-key",
+    }
+
+
+def test_ingress_routes_the_wildcard_host_with_its_certificate(helm: Helm) -> None:
+    ingress = one(helm.template(values=ci_values("all-on")), "Ingress")
+    assert ingress["spec"]["tls"] == [
+        {"hosts": ["ucim.example.org"], "secretName": "ucim-gateway-tls"},
+        {"hosts": ["*.apps.example.org"], "secretName": "ucim-apps-wildcard-tls"},
+    ]
+    rules = {rule["host"]: rule["http"]["paths"] for rule in ingress["spec"]["rules"]}
+    assert set(rules) == {"ucim.example.org", "*.apps.example.org"}
+    assert rules["*.apps.example.org"] == [
+        {
+            "path": "/",
+            "pathType": "Prefix",
+            "backend": {"service": {"name": "r-ucim-gateway", "port": {"name": "http"}}},
+        }
+    ]
+    # Without a certificate Secret the rule stays, without a TLS entry of its own.
+    bare = one(helm.template("--set", "gateway.web.tls.secretName=", values=ci_values("all-on")), "Ingress")
+    assert [t["hosts"] for t in bare["spec"]["tls"]] == [["ucim.example.org"]]
+    assert "*.apps.example.org" in [rule["host"] for rule in bare["spec"]["rules"]]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["gateway.web.enabled=true"], "gateway.web.enabled needs gateway.web.domainSuffix"),
+        (
+            ["gateway.web.enabled=true", "gateway.web.domainSuffix=.apps.example.org"],
+            "gateway.web.enabled needs gateway.publicUrl or gateway.ingress.enabled",
+        ),
+    ],
+)
+def test_web_interfaces_need_a_domain_and_a_public_url(helm: Helm, flags: list[str], message: str) -> None:
+    sets = [arg for flag in flags for arg in ("--set", flag)]
+    result = helm.run("template", "r", str(CHART), "-f", str(ci_values("minimal")), *sets, check=False)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
 
 
 def test_storage_accounting_reaches_the_operator(helm: Helm) -> None:

@@ -102,13 +102,16 @@ app.kubernetes.io/component: {{ . }}
 {{- end }}
 {{- end }}
 
-{{/* An env var read from the chart's Secret (or existingSecret). */}}
+{{/* An env var read from the chart's Secret (or existingSecret); with "optional" true, a missing key leaves it unset. */}}
 {{- define "ucim.secretEnv" -}}
 - name: {{ .name }}
   valueFrom:
     secretKeyRef:
       name: {{ include "ucim.secretName" .ctx }}
       key: {{ .key }}
+      {{- if .optional }}
+      optional: true
+      {{- end }}
 {{- end }}
 
 {{/* The writable /tmp every pod mounts: the root filesystem is read-only. */}}
@@ -138,5 +141,11 @@ The schema checks shapes; this checks combinations.
 {{- end }}
 {{- if and (not .Values.gateway.serviceAccount.create) (not .Values.gateway.serviceAccount.name) }}
 {{- fail "gateway.serviceAccount.name is required when gateway.serviceAccount.create is false" }}
+{{- end }}
+{{- if and .Values.gateway.web.enabled (not .Values.gateway.web.domainSuffix) }}
+{{- fail "gateway.web.enabled needs gateway.web.domainSuffix: the wildcard domain of the jobs' web interfaces, with its leading dot (e.g. .apps.example.org; DNS and a certificate for *.apps.example.org lead to the Ingress)" }}
+{{- end }}
+{{- if and .Values.gateway.web.enabled (not (include "ucim.gatewayPublicUrl" .)) }}
+{{- fail "gateway.web.enabled needs gateway.publicUrl or gateway.ingress.enabled: the jobs' web interfaces are served with the scheme and port browsers reach the gateway with" }}
 {{- end }}
 {{- end }}

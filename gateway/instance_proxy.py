@@ -239,13 +239,19 @@ class InstanceProxy:
             raise self._unreachable(server.username, error) from error
 
     async def job_server_websocket(
-        self, server: JobServer, path_qs: str, *, headers: Mapping[str, str], protocols: Iterable[str]
+        self,
+        server: JobServer,
+        path_qs: str,
+        *,
+        headers: Mapping[str, str],
+        protocols: Iterable[str],
+        heartbeat: float,
     ) -> aiohttp.ClientWebSocketResponse:
         """A websocket to a job's server, as ``to_job_server``; its refusal raises WSServerHandshakeError."""
         url = URL(str(await self._job_server_url(server)) + path_qs, encoded=True)
         try:
             return await self._tunnel_session.ws_connect(
-                url, headers=headers, protocols=tuple(protocols), max_msg_size=0, autoping=True
+                url, headers=headers, protocols=tuple(protocols), max_msg_size=0, heartbeat=heartbeat, compress=0
             )
         except aiohttp.WSServerHandshakeError:
             raise

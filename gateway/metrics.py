@@ -27,6 +27,12 @@ PROXIED_BYTES = Counter(
     "Bytes relayed between browsers and jobs' web and VNC servers, by type (web, vnc) and direction (up, down)",
     ["type", "direction"],
 )
+# Every series exists from the start at 0, so dashboards and rates see "none yet" rather than no data.
+for _kind in ("follow", "shell", "web", "vnc"):
+    SESSIONS_OPEN.labels(_kind)
+for _kind in ("web", "vnc"):
+    for _direction in ("up", "down"):
+        PROXIED_BYTES.labels(_kind, _direction)
 
 # The reason of an error answer, from its status: one small, fixed set of label values.
 _REASONS: Final = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from ucim.common.products import DEFAULT_MACHINE_TYPES, MachineType
@@ -79,6 +79,14 @@ class GatewaySettings(ComponentSettings):
     web_session_key: SecretStr = SecretStr("")
     # How long a web session's cookie and a VNC URL stay usable; never beyond the job's end.
     web_session_seconds: int = Field(default=7 * 86_400, ge=60)
+
+    @model_validator(mode="after")
+    def _web_needs_a_key(self) -> GatewaySettings:
+        if self.web_suffix is not None and not self.vnc_enabled:
+            raise ValueError(
+                "UCIM_GATEWAY_WEB_SUFFIX is set: UCIM_GATEWAY_WEB_SESSION_KEY must be 32 characters or more"
+            )
+        return self
 
     @property
     def vnc_enabled(self) -> bool:

@@ -60,6 +60,9 @@ UNKNOWN_APP: Final = "Unknown application requested. Please try again!"  # IM2's
 NO_SESSION: Final = "no session for this application here: open it from UCloud (the job's page)"
 COOKIE_PREFIX: Final = "ucloud-compute-session-"
 VNC_PATH: Final = "/websockify"
+# Pings both ways on a relayed websocket: an idle desktop or notebook is not cut by a proxy's idle timeout
+# (ingress-nginx: 60 s), and the bytes through the tunnel keep the owner's instance counted as active.
+HEARTBEAT_SECONDS: Final = 30.0
 # Answers up to this size are read whole and sent in one write (streaming them cost three writes each).
 SMALL_ANSWER_BYTES: Final = 64 * 1024  # where the job's websockify serves (IM2's Envoy route rewrites to it)
 # Hop-by-hop headers (RFC 9110 §7.6.1) and those aiohttp's client makes itself for a websocket.
@@ -303,14 +306,17 @@ async def relay_websocket(
     proxy = request.config_dict[PROXY]
 
     async def connect() -> aiohttp.ClientWebSocketResponse:
-        return await proxy.job_server_websocket(server, path_qs, headers=headers, protocols=offered)
+        return await proxy.job_server_websocket(
+            server, path_qs, headers=headers, protocols=offered, heartbeat=HEARTBEAT_SECONDS
+        )
 
     try:
         upstream = await _with_instance(request, server, connect)
     except aiohttp.WSServerHandshakeError as error:
         status = error.status if 400 <= error.status < 500 else 502
         raise ProviderError(status, f"the application refused the websocket ({error.status})") from error
-    browser = web.WebSocketResponse(protocols=(upstream.protocol,) if upstream.protocol else (), max_msg_size=0)
+    protocols = (upstream.protocol,) if upstream.protocol else ()
+    browser = web.WebSocketResponse(protocols=protocols, max_msg_size=0, heartbeat=HEARTBEAT_SECONDS)
     try:
         async with tracked(request, browser, kind):
             await browser.prepare(request)

@@ -6,8 +6,10 @@ import time
 
 import jwt
 import pytest
+from pydantic import SecretStr, ValidationError
 
 from ucim.common.web_sessions import WebTarget, is_web_token
+from ucim.gateway.settings import GatewaySettings
 from ucim.gateway.web_hosts import WebHost, WebHosts, hostname_safe
 from ucim.gateway.web_tokens import WebTokens
 from ucim.user_sidecar.one_time_tokens import OneTimeTokens
@@ -96,3 +98,13 @@ def test_web_grant_tokens_have_im2s_shape_and_are_used_once() -> None:
     now[0] = 61.0
     assert tokens.claim(late) is None
     assert not is_web_token("1" * 20 + "g" * 24)
+
+
+def test_web_interfaces_need_a_session_key() -> None:
+    with pytest.raises(ValidationError, match="WEB_SESSION_KEY must be 32 characters"):
+        GatewaySettings(web_suffix=".apps.example.com", web_session_key=SecretStr("short"))
+    settings = GatewaySettings(web_suffix=".apps.example.com", web_session_key=SecretStr("k" * 32))
+    assert settings.web_interfaces_enabled and settings.vnc_enabled
+    vnc_only = GatewaySettings(web_session_key=SecretStr("k" * 32))
+    assert vnc_only.vnc_enabled and not vnc_only.web_interfaces_enabled
+    assert not GatewaySettings().vnc_enabled

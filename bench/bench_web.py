@@ -25,6 +25,8 @@ Targets (issue 17): ucim â‰¥ 0.7 x nginx in both throughputs; ucim's added p50 â
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -112,6 +114,17 @@ async def measure_lane(lane: Lane, requests: int, concurrency: int, seconds: flo
     return {"latency_ms": latency, "requests_per_s": round(rate, 1), "download_mb_s": round(large, 1)}
 
 
+def node_address(node: str) -> str:
+    """The node's NodeAddr, as the instance finds it (the platform's node names do not all resolve)."""
+    env = read_platform_env()
+    shown = subprocess.run(
+        ["scontrol", "show", "node", "--oneliner", node], capture_output=True, text=True, check=True,
+        env={**os.environ, "SLURM_CONF": env.get("SLURM_CONF", "")},
+    )  # fmt: skip
+    found = re.search(r"\bNodeAddr=(\S+)", shown.stdout)
+    return found[1] if found else node
+
+
 async def web_session(stack: Stack) -> tuple[Lane, str, int, str]:
     """alice's web-echo job, running, and its session: the ucim lane, the server's node and port, the job id."""
     core = stack.core
@@ -134,7 +147,7 @@ async def web_session(stack: Stack) -> tuple[Lane, str, int, str]:
         for _ in range(100):  # the server starts a moment after the job
             async with client.get(lane.url("/whoami"), headers=lane.headers) as probe:
                 if probe.status == 200:
-                    return lane, job.status.node_list or "localhost", job.status.interfaces[0].port, job_id
+                    return lane, node_address(job.status.node_list or ""), job.status.interfaces[0].port, job_id
             await asyncio.sleep(0.2)
     raise RuntimeError("the web-echo job never served")
 

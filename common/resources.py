@@ -107,8 +107,10 @@ class ApplicationRef(_Model):
 MAX_TEMPLATE_BYTES: Final = 131_072
 MAX_INVOCATION_PARTS: Final = 256
 MAX_APP_PARAMETERS: Final = 256
-# A job's web and VNC interfaces; a dynamicInterface target name as a template may write it.
+# A job's web and VNC interfaces; a dynamicInterface target name as a template may write it. Each dynamic
+# target is also a job update in status.transitions, which holds 64: a job may announce 16.
 MAX_INTERFACES: Final = 64
+MAX_DYNAMIC_TARGETS: Final = 16
 MAX_TARGET_CHARS: Final = 128
 
 
@@ -225,7 +227,9 @@ class UCloudJobSpec(_Model):
 
 
 class JobTransition(_Model):
-    state: JobState
+    """One job update for Core: a state change, or (``state`` None) a status line such as a ``Target: {…}``."""
+
+    state: JobState | None = None
     timestamp: int  # epoch milliseconds, UCloud's unit
     message: str | None = None
 

@@ -75,7 +75,9 @@ async def until_serving(browser: aiohttp.ClientSession, url: str) -> None:
         async with browser.get(url) as answer:
             if answer.status != 502:
                 return
+            why = await answer.text()
         await asyncio.sleep(0.2)
+    raise AssertionError(f"{url} never served: {why}")
 
 
 async def check_traffic(browser: aiohttp.ClientSession, origin: URL) -> None:
@@ -111,6 +113,10 @@ async def test_a_web_app_is_served_on_its_host_to_its_owner_only(stack: Stack, b
     spec, job = await running(stack, "web-echo")
     try:
         assert [(i.type, i.rank, i.target) for i in job.status.interfaces] == [("WEB", None, None), ("WEB", 0, "alt")]
+        # Core hears of the dynamic target as IM2 tells it: a status line, which its frontend turns into a button.
+        port = job.status.interfaces[1].port
+        lines = [u.status for u in stack.core.updates_for(spec.id) if u.state is None]
+        assert f'Target: {{"rank":0,"type":"WEB","target":"alt","port":{port},"defaultName":null}}' in lines
         session = await opened(stack, spec, "WEB")
         assert session["type"] == "web" and session["jobId"] == spec.id and session["rank"] == 0
         redirect = URL(session["redirectClientTo"])

@@ -342,7 +342,8 @@ async def _deliver(
             reported += len(chunk)
             runtime.delivered[uid] = reported
             for transition in chunk:
-                JOB_STATE_TRANSITIONS.labels(state=transition.state.value).inc()
+                if transition.state is not None:  # not a status line
+                    JOB_STATE_TRANSITIONS.labels(state=transition.state.value).inc()
     except CoreRejectedError as rejection:
         # Core refuses this job's updates (it does not know the job, e.g. after the gateway answered its
         # create with sbatch's 4xx): a few slow retries, then drop them, as the anchor purges such jobs.

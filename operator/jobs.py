@@ -15,6 +15,8 @@ not done. The builders of those outcomes are here too, at the end.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, cast
@@ -40,7 +42,14 @@ from ucim.common.reasons import (
     WAITING_FOR_ACCOUNT,
     WAITING_FOR_INSTANCE,
 )
-from ucim.common.resources import Condition, JobTransition, SlurmPlacement, UCloudJob, UCloudJobStatus
+from ucim.common.resources import (
+    Condition,
+    JobInterface,
+    JobTransition,
+    SlurmPlacement,
+    UCloudJob,
+    UCloudJobStatus,
+)
 from ucim.common.times import millis, rfc3339
 from ucim.operator.outcomes import Event, Outcome, StatusFn, permanent, temporary
 
@@ -237,6 +246,25 @@ def _append_transition(body: dict[str, Any], state: JobState, message: str, now:
     raw["state"] = state.value
 
 
+def _append_status_line(body: dict[str, Any], message: str, now: datetime) -> None:
+    raw = _status(body)
+    line = JobTransition(state=None, timestamp=millis(now), message=message)
+    raw["transitions"] = [*(raw.get("transitions") or []), line.to_dict()]
+
+
+def target_lines(interfaces: Iterable[JobInterface]) -> list[str]:
+    """The job's dynamic targets as Core's frontend reads them from job updates (PROTOCOL-INTERACTIVE §3.4)."""
+    return [
+        "Target: "
+        + json.dumps(
+            {"rank": i.rank, "type": i.type, "target": i.target, "port": i.port, "defaultName": None},
+            separators=(",", ":"),
+        )
+        for i in interfaces
+        if i.target is not None and i.rank is not None
+    ]
+
+
 def output_folder(drive_id: str | None, answer: SubmitResponse) -> str | None:
     """The job folder as a UCloud path: ``/<drive id>/<jobs folder>/<job id>``."""
     if drive_id is None or answer.folder_in_drive is None:
@@ -263,9 +291,11 @@ def submission_recorded(job: UCloudJob, answer: SubmitResponse, drive_id: str | 
             raw["providerGeneratedId"] = provider_generated_id(job)
             if answer.interfaces:
                 raw["interfaces"] = [interface.to_dict() for interface in answer.interfaces]
-        # The first transition is ours; later ones are the bridge's, appended after it.
+        # The first transitions are ours (IN_QUEUE, then the dynamic targets); later ones are the bridge's.
         if not raw.get("transitions"):
             _append_transition(body, JobState.IN_QUEUE, message, now)
+            for line in target_lines(answer.interfaces):
+                _append_status_line(body, line, now)
         _set_condition(body, SUBMITTED, "True", reason=SLURM_ACCEPTED, message=message, now=now)
 
     return apply

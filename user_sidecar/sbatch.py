@@ -57,7 +57,7 @@ from ucim.common.app_templates import (
 )
 from ucim.common.instance_api import SubmitRequest
 from ucim.common.resources import (
-    MAX_INTERFACES,
+    MAX_DYNAMIC_TARGETS,
     MAX_TARGET_CHARS,
     ApplicationRef,
     InvocationPart,
@@ -229,8 +229,8 @@ class _JobRender:
             raise InvalidJobError(
                 f"dynamicInterface(): the target must be a name of 1 to {MAX_TARGET_CHARS} characters"
             )
-        if len(self.targets) >= MAX_INTERFACES - 1:
-            raise InvalidJobError(f"dynamicInterface(): at most {MAX_INTERFACES - 1} targets in a job")
+        if len(self.targets) >= MAX_DYNAMIC_TARGETS:
+            raise InvalidJobError(f"dynamicInterface(): at most {MAX_DYNAMIC_TARGETS} targets in a job")
         self.targets.append(JobInterface(rank=rank, type=kind, target=name, port=port))
         return ShellText("")
 

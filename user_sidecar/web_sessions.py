@@ -1,9 +1,9 @@
 """Web and VNC interfaces of the user's jobs: grants, and TCP connections to the job's server as the user.
 
 ``POST WEB_GRANTS_PATH`` (from the gateway, for Core's ``interactiveSession`` WEB or VNC) finds
-the node of the rank, as a shell does, and answers it with a one-time token that stands for the
-target (job, rank, node, port). ``POST WEB_CLAIMS_PATH`` hands the target out once, when the
-browser redeems the token at ``authorize-app``.
+the node of the rank, as a shell does, and its address (Slurm's NodeAddr), and answers it with a
+one-time token that stands for the target (job, rank, node address, port). ``POST WEB_CLAIMS_PATH``
+hands the target out once, when the browser redeems the token at ``authorize-app``.
 
 ``GET WEB_CONNECT_PATH?node=&port=`` upgraded to ``ucim-tcp`` connects to ``node:port`` and
 carries the bytes both ways: the gateway then speaks the job server's own HTTP (or websocket)
@@ -21,6 +21,8 @@ from pydantic import ValidationError
 
 from ucim.common.byte_tunnels import UnreachableError, tcp, tunnel, wants_tunnel
 from ucim.common.shell_protocol import NODE_PATTERN
+from ucim.common.slurm import SlurmClient
+from ucim.common.slurm_errors import SlurmUnavailableError
 from ucim.common.web_sessions import (
     TCP_UPGRADE,
     WEB_CLAIMS_PATH,
@@ -41,6 +43,7 @@ log = logging.getLogger(__name__)
 
 WEB_TOKENS = web.AppKey("web_tokens", OneTimeTokens[WebTarget])
 _NODE = re.compile(NODE_PATTERN)
+_NODE_ADDR = re.compile(r"\bNodeAddr=(\S+)")
 UNKNOWN_GRANT = "Unknown application requested. Please try again!"  # IM2's words for an unknown token
 
 
@@ -49,13 +52,25 @@ async def create_grant(request: web.Request) -> web.Response:
         body = WebGrantRequest.model_validate_json(await request.read())
     except ValidationError as error:
         return error_response(400, readable(error))
+    slurm = request.app[SUBMITTER].slurm
     try:
-        node = await node_of(request.app[SUBMITTER].slurm, body.node_list, body.rank)
+        node = await node_address(slurm, await node_of(slurm, body.node_list, body.rank))
     except CommandRefusedError as error:
         return error_response(error.status, str(error))
     target = WebTarget(job_id=body.job_id, rank=body.rank, target=body.target, node=node, port=body.port)
     token = request.app[WEB_TOKENS].make(target)
     return web.json_response(WebGrant(token=token, node=node).model_dump(by_alias=True))
+
+
+async def node_address(slurm: SlurmClient, node: str) -> str:
+    """Where the frontend reaches ``node``: its NodeAddr, as Slurm itself does (a node's name need not resolve)."""
+    try:
+        result = await slurm.run("scontrol", ["show", "node", "--oneliner", node])
+    except SlurmUnavailableError as error:
+        raise CommandRefusedError(503, str(error)) from error
+    found = _NODE_ADDR.search(result.stdout) if result.returncode == 0 else None
+    address = found[1] if found else node
+    return address if _NODE.match(address) else node
 
 
 async def claim_grant(request: web.Request) -> web.Response:

@@ -12,7 +12,7 @@ import pytest
 from ucim.common import reasons
 from ucim.common.instance_api import SubmitResponse
 from ucim.common.protocol import JobState, JobUpdate, dump
-from ucim.common.resources import JobTransition, UCloudJob, UCloudJobStatus
+from ucim.common.resources import JobInterface, JobTransition, UCloudJob, UCloudJobStatus
 from ucim.operator import jobs
 from ucim.operator.outcomes import Event, Outcome, StatusFn, temporary
 
@@ -181,6 +181,25 @@ def test_submission_is_recorded_with_the_first_transition() -> None:
     assert conditions(obj)[reasons.SUBMITTED] == ("True", "SlurmAccepted")
     # The status model reads back what the function wrote.
     assert UCloudJob.from_obj(obj).status.slurm_job_id == 77
+
+
+def test_interfaces_are_recorded_and_dynamic_targets_told_to_core() -> None:
+    job = UCloudJob.from_obj(job_obj())
+    interfaces = [
+        JobInterface(type="WEB", port=23817),
+        JobInterface(type="WEB", port=8888, rank=0, target="lab"),
+        JobInterface(type="VNC", port=5901, rank=1, target="desk"),
+    ]
+    answer = SubmitResponse(slurm_job_id=77, job_folder="/f", folder_in_drive="ucloud-jobs/4711", interfaces=interfaces)
+    status = UCloudJob.from_obj(apply(jobs.submission_recorded(job, answer, "17", T0), job_obj())).status
+    assert status.interfaces == interfaces
+    # IM2's words exactly: Core's frontend parses these lines into the job's interface buttons.
+    assert [(t.state, t.message) for t in status.transitions[1:]] == [
+        (None, 'Target: {"rank":0,"type":"WEB","target":"lab","port":8888,"defaultName":null}'),
+        (None, 'Target: {"rank":1,"type":"VNC","target":"desk","port":5901,"defaultName":null}'),
+    ]
+    update = jobs.job_update(status.transitions[1], "/17/ucloud-jobs/4711")
+    assert update.state is None and update.status is not None and update.status.startswith("Target: ")
 
 
 def test_recording_a_submission_twice_changes_nothing() -> None:

@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
 from ucim.common.protocol import Job, JobState
 from ucim.common.resources import UCloudJob
-from ucim.testing.browser import dump_dom
+from ucim.testing.browser import LoopbackResolver, dump_dom
 from ucim.testing.rfb import RfbAuthenticationError, RfbError, rfb_handshake
 from ucim.testing.stack import WEB_SUFFIX, Stack
 from ucim.testing.web_app import MARKER, expected_bytes
@@ -32,23 +30,10 @@ pytestmark = pytest.mark.e2e
 VNC_PASSWORD = "ucimvnc1"  # desktop-vnc.yaml's
 
 
-class Loopback(AbstractResolver):
-    """Every name of the wildcard domain (and any other) resolves to 127.0.0.1, as a wildcard DNS record would."""
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        return [{"hostname": host, "host": "127.0.0.1", "port": port, "family": socket.AF_INET, "proto": 0,
-                 "flags": socket.AI_NUMERICHOST}]  # fmt: skip
-
-    async def close(self) -> None:
-        return None
-
-
 @pytest.fixture
 async def browser() -> AsyncIterator[aiohttp.ClientSession]:
     """A browser's HTTP: names of the wildcard domain reach the gateway, cookies are kept per host."""
-    connector = aiohttp.TCPConnector(resolver=Loopback(), force_close=False)
+    connector = aiohttp.TCPConnector(resolver=LoopbackResolver(), force_close=False)
     async with aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.CookieJar()) as client:
         yield client
 
@@ -136,7 +121,7 @@ async def test_a_web_app_is_served_on_its_host_to_its_owner_only(stack: Stack, b
         async with browser.get(origin) as page:
             assert page.status == 200 and MARKER in await page.text()
         # The token was used: a second redemption (another browser) is refused.
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=Loopback())) as other:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=LoopbackResolver())) as other:
             async with other.get(redirect) as again:
                 assert again.status == 404
                 assert "Unknown application" in (await again.json())["why"]
@@ -201,6 +186,7 @@ async def test_a_desktop_completes_a_real_vnc_handshake_with_its_password(stack:
         assert [(i.type, i.target) for i in job.status.interfaces] == [("VNC", None)]
         session = await opened(stack, spec, "VNC")
         assert session["type"] == "vnc" and session["jobId"] == spec.id and session["rank"] == 0
+        assert session["password"] == VNC_PASSWORD  # the application's, from Core's resolvedApplication
         url = session["url"]
         assert url.startswith(f"{stack.core.provider_url}/ucloud/{stack.core.provider_id}/vnc?token=")
         init, last = None, None

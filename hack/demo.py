@@ -7,7 +7,8 @@ starts a Core-style application for her (word-count: a v2 YAML application held 
 the stand-in, with an input file and an output folder), and shows it go IN_QUEUE →
 RUNNING → SUCCESS in `kubectl get ucloudjobs` and in the updates Core received; then
 Core browses the job's outputFolder and downloads its output and result through the
-gateway, as alice's own instance reads them. Last, Core's accounting: a project of
+gateway, as alice's own instance reads them. Then a web interface (web-echo) and a remote
+desktop (desktop-vnc) of alice's, opened as UCloud's browser opens them. Last, Core's accounting: a project of
 alice and bob with an allocation becomes a Unix group and a Slurm account
 (`kubectl get ucloudprojects`), a project job runs under that account in the project's
 drive, and its usage reaches Core.
@@ -21,13 +22,17 @@ import sys
 import time
 from pathlib import PurePath
 
+import aiohttp
+
 from ucim.common import reasons
 from ucim.common.accounting_stream import Workspace
 from ucim.common.conditions import is_true
 from ucim.common.protocol import AppParameterValue, JobState
 from ucim.common.resources import UCloudProject
 from ucim.common.resources import Workspace as WorkspaceRef
+from ucim.testing.browser import LoopbackResolver
 from ucim.testing.core_standin import ProviderCallError
+from ucim.testing.rfb import rfb_handshake
 from ucim.testing.stack import (
     Stack,
     accounting_settings,
@@ -63,6 +68,7 @@ async def main() -> None:
         home = core.home_of("alice")
         say(f"alice connected; her home is drive {home.id} ({home.provider_generated_id}) at Core")
         await application_demo(stack, env, home.id)
+        await interactive_demo(stack)
         print(kubectl(env, "get", "userinstances", "-n", NAMESPACE), end="")
         try:
             await project_demo(stack, env)
@@ -118,6 +124,40 @@ async def application_demo(stack: Stack, env: dict[str, str], home: str) -> None
     download = await core.create_download("alice", result)
     counts = (await core.download(download.endpoint)).body.decode()
     say(f"and its result, {result}: {' | '.join(counts.splitlines())}")
+
+
+async def interactive_demo(stack: Stack) -> None:
+    """A web interface and a remote desktop of alice's jobs, opened as UCloud's browser opens them."""
+    core = stack.core
+    web_id, desk_id = str(int(time.time()) + 1), str(int(time.time()) + 2)
+    jobs = [core.make_job(web_id, "alice", ("web-echo", "1")), core.make_job(desk_id, "alice", ("desktop-vnc", "1"))]
+    await core.create_jobs(jobs)
+    try:
+        for job in jobs:
+            await core.wait_for_update(job.id, JobState.RUNNING, timeout=60)
+        opened = await core.open_session(jobs[0], "WEB")
+        opened.raise_for_status()
+        redirect = opened.body["responses"][0]["redirectClientTo"]
+        say(f"Core opens job {web_id}'s web interface (web-echo@1): the browser goes to {redirect[:90]}…")
+        # A browser whose DNS sends the wildcard domain to the gateway, as a site's wildcard record does.
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=LoopbackResolver())) as browser:
+            await asyncio.sleep(1.0)  # the server starts a moment after the job
+            async with browser.get(redirect) as page:
+                title = (await page.text()).partition("<title>")[2].partition("</title>")[0]
+            origin = str(page.url.origin())
+            async with browser.get(f"{origin}/whoami") as who:
+                served = await who.json()
+        say(f"authorize-app set the session cookie and sent it to {origin}/: {page.status} {title!r}; "
+            f"/whoami: {served['user']} on {served['host']}")  # fmt: skip
+        opened = await core.open_session(jobs[1], "VNC")
+        opened.raise_for_status()
+        vnc = opened.body["responses"][0]
+        desktop = await rfb_handshake(vnc["url"], vnc["password"])
+        screen = f"{desktop.width}x{desktop.height} {desktop.name!r}"
+        say(f"Core opens job {desk_id}'s remote desktop (desktop-vnc@1): noVNC's socket {vnc['url'][:70]}… "
+            f"completes VNC's handshake with the password: {screen}")  # fmt: skip
+    finally:
+        await core.terminate_jobs(jobs)
 
 
 async def allocations_ready(stack: Stack) -> None:

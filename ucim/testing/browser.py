@@ -17,9 +17,12 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Final
+
+from aiohttp.abc import AbstractResolver, ResolveResult
 
 CHROMIUM: Final = "chromium"  # Debian's package and command (hack/install-deps.sh installs it)
 # Virtual time the page's scripts get once loading is done: the browser stops waiting as soon as nothing is
@@ -112,3 +115,17 @@ def _end(process: asyncio.subprocess.Process) -> None:
     """Kill the process group this call started (chromium and its helpers), if any of it is still there."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
+
+
+class LoopbackResolver(AbstractResolver):
+    """aiohttp's resolver for a browser of the test platform: every name (the wildcard domain of jobs' web
+    interfaces included) is 127.0.0.1, as a wildcard DNS record to the gateway would make it."""
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        return [{"hostname": host, "host": "127.0.0.1", "port": port, "family": socket.AF_INET, "proto": 0,
+                 "flags": socket.AI_NUMERICHOST}]  # fmt: skip
+
+    async def close(self) -> None:
+        return None

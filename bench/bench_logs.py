@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 from typing import Any, Final
 
-from bench.report import bench_parser, run_bench, summary
+from bench.report import bench_parser, in_own_namespace, run_bench, summary
 from ucim.common.protocol import JobState
-from ucim.testing.stack import Stack, read_platform_env, running_stack
+from ucim.testing.stack import Stack, running_stack
 
 USER: Final = "alice"
 TARGETS: Final = {"p50_ms": 250.0, "p99_ms": 1000.0}
@@ -67,14 +65,7 @@ async def follow_all(opts: argparse.Namespace, env: dict[str, str], namespace: s
 
 
 def bench(opts: argparse.Namespace) -> dict[str, Any]:
-    env = read_platform_env()
-    namespace = f"ucim-bench-logs-{uuid.uuid4().hex[:6]}"
-    kubectl = [str(Path(env["UCIM_BIN_DIR"]) / "kubectl"), "--kubeconfig", env["KUBECONFIG"]]
-    subprocess.run([*kubectl, "create", "namespace", namespace], check=True, capture_output=True)
-    try:
-        results = asyncio.run(follow_all(opts, env, namespace))
-    finally:
-        subprocess.run([*kubectl, "delete", "namespace", namespace, "--wait=false"], check=False, capture_output=True)
+    results = in_own_namespace("logs", lambda env, namespace: follow_all(opts, env, namespace))
     samples = [ms for latencies, _ in results for ms in latencies]
     received = sum(seen for _, seen in results)
     latency = summary(samples)

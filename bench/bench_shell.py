@@ -12,21 +12,18 @@ until the terminal's echo arrives on the socket is taken. Target: p50 ≤ 10 ms.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import statistics
-import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from bench.report import bench_parser, run_bench
+from bench.report import bench_parser, in_own_namespace, run_bench
 from ucim.common.protocol import JobState
-from ucim.testing.stack import Stack, read_platform_env, running_stack
+from ucim.testing.stack import Stack, running_stack
 
 TARGET_P50_MS = 10.0
 
@@ -79,15 +76,7 @@ async def echo_times(stack: Stack, opened: dict[str, Any], keys: int) -> list[fl
 
 
 def measure(keys: int) -> dict[str, Any]:
-    """The bench in a namespace of its own, removed afterwards."""
-    env = read_platform_env()
-    namespace = f"ucim-bench-shell-{uuid.uuid4().hex[:6]}"
-    kubectl = [str(Path(env["UCIM_BIN_DIR"]) / "kubectl"), "--kubeconfig", env["KUBECONFIG"]]
-    subprocess.run([*kubectl, "create", "namespace", namespace], check=True, capture_output=True)
-    try:
-        return asyncio.run(bench(env, namespace, keys))
-    finally:
-        subprocess.run([*kubectl, "delete", "namespace", namespace, "--wait=false"], check=False, capture_output=True)
+    return in_own_namespace("shell", lambda env, namespace: bench(env, namespace, keys))
 
 
 async def bench(env: dict[str, str], namespace: str, keys: int) -> dict[str, Any]:

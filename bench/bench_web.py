@@ -40,7 +40,7 @@ import aiohttp
 from yarl import URL
 
 from bench.nginx import running_nginx
-from bench.report import bench_parser, run_bench, summary
+from bench.report import bench_parser, in_own_namespace, run_bench, summary
 from ucim.common.protocol import JobState
 from ucim.common.resources import UCloudJob
 from ucim.testing.stack import Stack, read_platform_env, running_stack
@@ -75,7 +75,36 @@ async def latencies(client: aiohttp.ClientSession, lane: Lane, count: int) -> li
     return samples
 
 
-async def requests_per_second(client: aiohttp.ClientSession, lane: Lane, concurrency: int, seconds: float) -> float:
+# Who spends the CPU of a lane: processes by a part of their command line (the bench itself is "client").
+ROLES: Final = {
+    "gateway": "ucim-gateway", "bridge": "ucim-bridge", "instance": "slurm_bridge.spawner",
+    "nginx": "nginx: worker", "server": "ucim.testing.web_app",
+}  # fmt: skip
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU time (user + system) used so far by each role's processes."""
+    tick = os.sysconf("SC_CLK_TCK")
+    used = dict.fromkeys([*ROLES, "client"], 0.0)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # ended meanwhile
+        seconds = (int(fields[11]) + int(fields[12])) / tick
+        role = "client" if int(entry.name) == os.getpid() else next((r for r, p in ROLES.items() if p in command), None)
+        if role is not None:
+            used[role] += seconds
+    return used
+
+
+async def requests_per_second(
+    client: aiohttp.ClientSession, lane: Lane, concurrency: int, seconds: float
+) -> tuple[float, dict[str, int]]:
+    """Requests per second, and each role's CPU per request (µs) meanwhile."""
     url = lane.url("/whoami")
     done = 0
     deadline = time.perf_counter() + seconds
@@ -87,9 +116,13 @@ async def requests_per_second(client: aiohttp.ClientSession, lane: Lane, concurr
                 await answer.read()
             done += 1
 
-    started = time.perf_counter()
+    before, started = cpu_seconds(), time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return done / (time.perf_counter() - started)
+    elapsed, after = time.perf_counter() - started, cpu_seconds()
+    per_request = {
+        role: round((after[role] - before[role]) / done * 1e6) for role in after if after[role] > before[role]
+    }
+    return done / elapsed, per_request
 
 
 async def download_rate(client: aiohttp.ClientSession, lane: Lane) -> float:
@@ -109,9 +142,10 @@ async def measure_lane(lane: Lane, requests: int, concurrency: int, seconds: flo
     async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as client:
         await latencies(client, lane, 50)  # warm: connections, the server's first answers
         latency = summary(await latencies(client, lane, requests))
-        rate = await requests_per_second(client, lane, concurrency, seconds)
+        rate, cpu = await requests_per_second(client, lane, concurrency, seconds)
         large = await download_rate(client, lane)
-    return {"latency_ms": latency, "requests_per_s": round(rate, 1), "download_mb_s": round(large, 1)}
+    return {"latency_ms": latency, "requests_per_s": round(rate, 1), "cpu_us_per_request": cpu,
+            "download_mb_s": round(large, 1)}  # fmt: skip
 
 
 def node_address(node: str) -> str:
@@ -188,15 +222,7 @@ async def bench(env: dict[str, str], namespace: str, opts: Any) -> dict[str, Any
 
 
 def measure(opts: Any) -> dict[str, Any]:
-    """The bench in a namespace of its own, removed afterwards."""
-    env = read_platform_env()
-    namespace = f"ucim-bench-web-{uuid.uuid4().hex[:6]}"
-    kubectl = [str(Path(env["UCIM_BIN_DIR"]) / "kubectl"), "--kubeconfig", env["KUBECONFIG"]]
-    subprocess.run([*kubectl, "create", "namespace", namespace], check=True, capture_output=True)
-    try:
-        return asyncio.run(bench(env, namespace, opts))
-    finally:
-        subprocess.run([*kubectl, "delete", "namespace", namespace, "--wait=false"], check=False, capture_output=True)
+    return in_own_namespace("web", lambda env, namespace: bench(env, namespace, opts))
 
 
 def table(document: dict[str, Any]) -> str:
@@ -209,7 +235,8 @@ def table(document: dict[str, Any]) -> str:
         lane = document["lanes"][name]
         lines.append(
             f"  {name:8} {lane['latency_ms']['p50']:>8} {lane['latency_ms']['p99']:>8} {lane['added_p50_ms']:>10} "
-            f"{lane['requests_per_s']:>9} {lane['download_mb_s']:>8}"
+            f"{lane['requests_per_s']:>9} {lane['download_mb_s']:>8}  CPU µs/request: "
+            + ", ".join(f"{role} {us}" for role, us in lane["cpu_us_per_request"].items())
         )
     for name, verdict in document["verdict"].items():
         sign = "≤" if name.startswith("added") else "≥"

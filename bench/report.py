@@ -1,18 +1,26 @@
 """What every bench shares: ``bench_parser`` makes its common options; ``run_bench`` checks for root,
-times the run and emits its table and JSON document (with the common header; also to ``--json``).
+times the run and emits its table and JSON document (with the common header; also to ``--json``);
+``in_own_namespace`` runs a bench against the platform in a namespace made for it.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from ucim.testing.stack import read_platform_env
+
+T = TypeVar("T")
 
 
 def bench_parser(doc: str | None, *, keep_logs: bool = False, prog: str | None = None) -> argparse.ArgumentParser:
@@ -78,3 +86,15 @@ def summary(samples_ms: Sequence[float]) -> dict[str, float]:
         "max": round(ordered[-1], 2),
         "mean": round(statistics.fmean(ordered), 2),
     }
+
+
+def in_own_namespace(name: str, bench: Callable[[dict[str, str], str], Coroutine[Any, Any, T]]) -> T:
+    """``bench(platform env, namespace)`` in a fresh namespace of the running local platform, removed afterwards."""
+    env = read_platform_env()
+    namespace = f"ucim-bench-{name}-{uuid.uuid4().hex[:6]}"
+    kubectl = [str(Path(env["UCIM_BIN_DIR"]) / "kubectl"), "--kubeconfig", env["KUBECONFIG"]]
+    subprocess.run([*kubectl, "create", "namespace", namespace], check=True, capture_output=True)
+    try:
+        return asyncio.run(bench(env, namespace))
+    finally:
+        subprocess.run([*kubectl, "delete", "namespace", namespace, "--wait=false"], check=False, capture_output=True)

@@ -8,6 +8,8 @@ from collections.abc import Callable
 import aiohttp
 from aiohttp import WSMsgType, web
 
+Socket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
+
 
 async def relay_frames(
     browser: web.WebSocketResponse,
@@ -19,27 +21,22 @@ async def relay_frames(
     ``on_bytes(direction, size)`` hears each data frame: ``"up"`` towards upstream, ``"down"`` towards the browser.
     """
 
-    async def to_upstream() -> None:
-        async for frame in browser:
+    async def pump(source: Socket, sink: Socket, direction: str) -> None:
+        async for frame in source:
             if frame.type == WSMsgType.TEXT:
-                await upstream.send_str(frame.data)
-                on_bytes("up", len(frame.data))
+                await sink.send_str(frame.data)
             elif frame.type == WSMsgType.BINARY:
-                await upstream.send_bytes(frame.data)
-                on_bytes("up", len(frame.data))
+                await sink.send_bytes(frame.data)
+            else:
+                continue
+            on_bytes(direction, len(frame.data))
 
     async def to_browser() -> None:
-        async for frame in upstream:
-            if frame.type == WSMsgType.TEXT:
-                await browser.send_str(frame.data)
-                on_bytes("down", len(frame.data))
-            elif frame.type == WSMsgType.BINARY:
-                await browser.send_bytes(frame.data)
-                on_bytes("down", len(frame.data))
+        await pump(upstream, browser, "down")
         if upstream.close_code is not None:  # upstream's reason (no initialize, session ended) goes on
             await browser.close(code=upstream.close_code, message=b"")
 
-    tasks = [asyncio.create_task(to_upstream()), asyncio.create_task(to_browser())]
+    tasks = [asyncio.create_task(pump(browser, upstream, "up")), asyncio.create_task(to_browser())]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:

@@ -41,7 +41,7 @@ from yarl import URL
 
 from bench.nginx import running_nginx
 from bench.report import bench_parser, in_own_namespace, run_bench, summary
-from ucim.common.protocol import JobState
+from ucim.common.protocol import JobState, SimpleDuration
 from ucim.common.resources import UCloudJob
 from ucim.testing.stack import Stack, read_platform_env, running_stack
 
@@ -163,7 +163,7 @@ async def web_session(stack: Stack) -> tuple[Lane, str, int, str]:
     """alice's web-echo job, running, and its session: the ucim lane, the server's node and port, the job id."""
     core = stack.core
     job_id = str(uuid.uuid4().int % 10**9)
-    spec = core.make_job(job_id, "alice", ("web-echo", "1"), {})
+    spec = core.make_job(job_id, "alice", ("web-echo", "1"), {}, time_allocation=SimpleDuration(minutes=10))
     await core.create_jobs([spec])
     await core.wait_for_update(job_id, JobState.RUNNING, timeout=60)
     job = UCloudJob.from_obj(stack.get(f"ucj/{UCloudJob.name_for(job_id)}"))

@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from ucim.common.protocol import Job, JobState
+from ucim.common.protocol import Job, JobState, SimpleDuration
 from ucim.common.resources import UCloudJob
 from ucim.testing.browser import LoopbackResolver, dump_dom
 from ucim.testing.rfb import RfbAuthenticationError, RfbError, rfb_handshake
@@ -39,10 +39,15 @@ async def browser() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 async def running(stack: Stack, app: str, owner: str = "alice") -> tuple[Job, UCloudJob]:
+    """A running job of ``app``; its servers run until the job ends, so a failed start cancels it at once."""
     job_id = str(uuid.uuid4().int % 10**9)
-    spec = stack.core.make_job(job_id, owner, (app, "1"), {})
+    spec = stack.core.make_job(job_id, owner, (app, "1"), {}, time_allocation=SimpleDuration(minutes=10))
     await stack.core.create_jobs([spec])
-    await stack.core.wait_for_update(job_id, JobState.RUNNING, timeout=60)
+    try:
+        await stack.core.wait_for_update(job_id, JobState.RUNNING, timeout=60)
+    except BaseException:
+        await stack.core.terminate_jobs([spec])
+        raise
     return spec, UCloudJob.from_obj(stack.get(f"ucj/{UCloudJob.name_for(job_id)}"))
 
 

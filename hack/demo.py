@@ -27,7 +27,7 @@ import aiohttp
 from ucim.common import reasons
 from ucim.common.accounting_stream import Workspace
 from ucim.common.conditions import is_true
-from ucim.common.protocol import AppParameterValue, JobState
+from ucim.common.protocol import AppParameterValue, JobState, SimpleDuration
 from ucim.common.resources import UCloudProject
 from ucim.common.resources import Workspace as WorkspaceRef
 from ucim.testing.browser import LoopbackResolver
@@ -130,7 +130,9 @@ async def interactive_demo(stack: Stack) -> None:
     """A web interface and a remote desktop of alice's jobs, opened as UCloud's browser opens them."""
     core = stack.core
     web_id, desk_id = str(int(time.time()) + 1), str(int(time.time()) + 2)
-    jobs = [core.make_job(web_id, "alice", ("web-echo", "1")), core.make_job(desk_id, "alice", ("desktop-vnc", "1"))]
+    minutes = SimpleDuration(minutes=10)  # their servers run until the job ends
+    jobs = [core.make_job(job_id, "alice", (app, "1"), time_allocation=minutes)
+            for job_id, app in ((web_id, "web-echo"), (desk_id, "desktop-vnc"))]  # fmt: skip
     await core.create_jobs(jobs)
     try:
         for job in jobs:

@@ -59,12 +59,12 @@ R = TypeVar("R")
 UNKNOWN_APP: Final = "Unknown application requested. Please try again!"  # IM2's words
 NO_SESSION: Final = "no session for this application here: open it from UCloud (the job's page)"
 COOKIE_PREFIX: Final = "ucloud-compute-session-"
-VNC_PATH: Final = "/websockify"
+VNC_PATH: Final = "/websockify"  # where the job's websockify serves (IM2's Envoy route rewrites to it)
 # Pings both ways on a relayed websocket: an idle desktop or notebook is not cut by a proxy's idle timeout
 # (ingress-nginx: 60 s), and the bytes through the tunnel keep the owner's instance counted as active.
 HEARTBEAT_SECONDS: Final = 30.0
 # Answers up to this size are read whole and sent in one write (streaming them cost three writes each).
-SMALL_ANSWER_BYTES: Final = 64 * 1024  # where the job's websockify serves (IM2's Envoy route rewrites to it)
+SMALL_ANSWER_BYTES: Final = 64 * 1024
 # Hop-by-hop headers (RFC 9110 §7.6.1) and those aiohttp's client makes itself for a websocket.
 _HOP_BY_HOP: Final = frozenset(
     {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te", "trailer",
@@ -78,11 +78,19 @@ _WEBSOCKET_OWN: Final = frozenset(
 # --- Core's calls ------------------------------------------------------------------
 
 
-def _enabled(request: web.Request, kind: str) -> tuple[WebTokens, WebHosts | None]:
-    tokens, hosts = request.config_dict[WEB_TOKENS], request.config_dict[WEB_HOSTS]
-    if tokens is None or (kind == "WEB" and hosts is None):
-        raise ProviderError(400, f"{kind.lower()} access is not supported by this provider (not configured)")
-    return tokens, hosts
+def _hosts(request: web.Request) -> WebHosts:
+    hosts = request.config_dict[WEB_HOSTS]
+    if hosts is None:
+        raise ProviderError(400, "web access is not supported by this provider (not configured)")
+    return hosts
+
+
+def _tokens(request: web.Request, status: int = 404) -> WebTokens:
+    """The session tokens' signer; without one, ``status`` (400 to Core, 404 to a browser)."""
+    tokens = request.config_dict[WEB_TOKENS]
+    if tokens is None:
+        raise ProviderError(status, "web and VNC access is not supported by this provider (not configured)")
+    return tokens
 
 
 def interface_of(job: RunningJob, kind: str, rank: int, target: str | None) -> JobInterface:
@@ -122,8 +130,7 @@ def public_origin(request: web.Request, host: str) -> str:
 
 
 async def web_session(request: web.Request, username: str, job: RunningJob, item: InteractiveSessionItem) -> WebSession:
-    _tokens, hosts = _enabled(request, "WEB")
-    assert hosts is not None  # _enabled's  # noqa: S101
+    hosts = _hosts(request)
     interface = interface_of(job, "WEB", item.rank, item.target)
     token = (await grant(request, username, job, item, interface.port)).token
     host = hosts.host(job.job.spec.job_id, item.rank, item.target)
@@ -133,7 +140,7 @@ async def web_session(request: web.Request, username: str, job: RunningJob, item
 
 
 async def vnc_session(request: web.Request, username: str, job: RunningJob, item: InteractiveSessionItem) -> VncSession:
-    tokens, _hosts = _enabled(request, "VNC")
+    tokens = _tokens(request, 400)
     settings = request.config_dict[SETTINGS]
     interface = interface_of(job, "VNC", item.rank, item.target)
     node = (await grant(request, username, job, item, interface.port)).node
@@ -185,13 +192,6 @@ async def authorize_app(request: web.Request) -> web.Response:
     raise response
 
 
-def _tokens(request: web.Request) -> WebTokens:
-    tokens = request.config_dict[WEB_TOKENS]
-    if tokens is None:
-        raise ProviderError(404, "web and VNC sessions are not configured on this provider")
-    return tokens
-
-
 def _serves(host: WebHost, target: WebTarget) -> bool:
     """Whether ``target`` is the interface ``host`` names."""
     target_part = None if target.target is None else hostname_safe(target.target)
@@ -220,33 +220,26 @@ async def serve(request: web.Request) -> web.StreamResponse:
         return await relay_websocket(request, server, request.raw_path, "web")
     headers = _forwarded(request)
     body = await forwarded_body(request, request.config_dict[SETTINGS].instance_read_timeout_seconds)
-    upstream = await _with_instance(request, server, lambda: _send(request, server, headers, body))
+    proxy = request.config_dict[PROXY]
+    upstream = await _with_instance(
+        request,
+        server,
+        lambda: proxy.to_job_server(server, request.method, request.raw_path, headers=headers, body=body),
+    )
     if request.content_length:
         PROXIED_BYTES.labels("web", "up").inc(request.content_length)
     answer = CIMultiDict((k, v) for k, v in upstream.headers.items() if k.lower() not in _HOP_BY_HOP)
     try:
         if _is_small(request, upstream):  # a page's script or style: in one write, headers and all
-            body = await upstream.read()
-            PROXIED_BYTES.labels("web", "down").inc(len(body))
-            return web.Response(status=upstream.status, reason=upstream.reason, body=body, headers=answer)
+            whole = await upstream.read()
+            PROXIED_BYTES.labels("web", "down").inc(len(whole))
+            return web.Response(status=upstream.status, reason=upstream.reason, body=whole, headers=answer)
         return await pass_back(
             request, upstream, answer, idle_seconds=request.config_dict[SETTINGS].instance_read_timeout_seconds,
             on_sent=PROXIED_BYTES.labels("web", "down").inc,
         )  # fmt: skip
     except BROKEN as error:
         raise ProviderError(502, f"the application's answer broke off: {error}") from error
-
-
-async def _send(
-    request: web.Request, server: JobServer, headers: CIMultiDict[str], body: object
-) -> aiohttp.ClientResponse:
-    return await request.config_dict[PROXY].to_job_server(
-        server,
-        request.method,
-        request.raw_path,
-        headers=headers,
-        body=body,  # type: ignore[arg-type]
-    )
 
 
 async def _with_instance(request: web.Request, server: JobServer, call: Callable[[], Awaitable[R]]) -> R:

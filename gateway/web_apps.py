@@ -183,6 +183,7 @@ async def authorize_app(request: web.Request) -> web.Response:
         raise ProviderError(404, UNKNOWN_APP)  # a token of another interface of the owner's
     settings = request.config_dict[SETTINGS]
     cookie, _expires = _tokens(request).make("web", job.spec.owner, target, settings.web_session_seconds)
+    log.info("web interface opened", extra=_about(job.spec.owner, target))
     response = web.HTTPFound("/")
     secure = URL(settings.public_url).scheme == "https"
     response.set_cookie(
@@ -326,7 +327,14 @@ async def vnc_socket(request: web.Request) -> web.StreamResponse:
     if not _is_websocket(request):
         raise ProviderError(400, "a VNC session is a websocket: open it with noVNC")
     server = JobServer(claims.user, claims.target.node, claims.target.port)
+    log.info("remote desktop opened", extra=_about(claims.user, claims.target))
     return await relay_websocket(request, server, VNC_PATH, "vnc")
+
+
+def _about(user: str, target: WebTarget) -> dict[str, object]:
+    """A session's log fields."""
+    return {"ucloud_user": user, "job_id": target.job_id, "rank": target.rank, "target": target.target,
+            "node": target.node, "port": target.port}  # fmt: skip
 
 
 # --- wiring ----------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from aiohttp import web
 
 from ucim.common.event_loops import new_relay_loop
@@ -9,12 +11,25 @@ from ucim.common.logs import setup_logging
 from ucim.gateway.app import init_app
 from ucim.gateway.settings import GatewaySettings
 
+log = logging.getLogger("ucim.gateway.main")
+
 
 def main() -> None:
     settings = GatewaySettings()
     setup_logging(settings.log_level, settings.log_format)
+    app = init_app(settings)
+
+    async def started(_: web.Application) -> None:
+        log.info(
+            "gateway serving",
+            extra={"host": settings.host, "port": settings.port, "provider": settings.provider_id,
+                   "public_url": settings.public_url, "web_suffix": settings.web_suffix,
+                   "vnc": settings.vnc_enabled},
+        )  # fmt: skip
+
+    app.on_startup.append(started)
     web.run_app(
-        init_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         access_log=None,

@@ -327,9 +327,16 @@ def test_the_load_instructions_name_the_probe_and_python(platform: Platform) -> 
     files = sorted(platform_software(platform.env).applications_dir.glob("*.yml"))
     documents = [yaml.safe_load(f.read_text()) for f in files]
     versions = {d["name"]: [v for c in d["configurations"] for v in c["versions"]] for d in documents}
-    assert versions == {"python": ["3.11.4", "3.12.1"], "ucim-probe": ["1.0.0", "1.2.3", "2.0.0"]}
+    assert versions == {
+        "python": ["3.11.4", "3.12.1"],
+        "ucim-probe": ["1.0.0", "1.2.3", "2.0.0"],
+        "ucim-testing": ["1"],
+    }
     probe = next(d for d in documents if d["name"] == "ucim-probe")
     assert {c["load"] for c in probe["configurations"]} == {"module load ucim-probe/{{ appVersion }}\n"}
+    # ucim's own test programs (web-echo's server) from the repository the platform runs, readable by the users.
+    (testing,) = (d for d in documents if d["name"] == "ucim-testing")
+    assert testing["configurations"][0]["load"].startswith("export PYTHONPATH=/")
 
 
 # --------------------------------------------------------------------------- two nodes

@@ -88,6 +88,7 @@ async def test_submit_runs_a_real_job_as_alice_in_her_job_folder(alice: str, pla
         "jobFolder": str(folder),
         "folderInDrive": f"ucloud-jobs/{body['jobId']}",
         "alreadySubmitted": False,
+        "interfaces": [],
     }
     fields = slurm(platform, "squeue", "-h", "-t", "all", "-j", str(answer["slurmJobId"]), "-o", "%u|%j|%k")
     assert fields == f"alice|{body['slurmJobName']}|UCloud job"

@@ -7,7 +7,6 @@ is made by ``shell`` (SHELL) or ``web_apps`` (WEB, VNC). The first failing item 
 from __future__ import annotations
 
 from aiohttp import web
-from ucim.gateway.web_apps import vnc_session, web_session
 
 from ucim.common.protocol import BulkRequest, BulkResponse, dump
 from ucim.common.shell_protocol import InteractiveSessionItem, ShellSession
@@ -16,6 +15,7 @@ from ucim.gateway.files import core_user
 from ucim.gateway.sessions import running_job
 from ucim.gateway.shell import job_shell
 from ucim.gateway.views import parse
+from ucim.gateway.web_apps import vnc_session, web_session
 
 InteractiveSessionRequest = BulkRequest[InteractiveSessionItem]
 OpenSessions = BulkResponse[ShellSession | WebSession | VncSession]

@@ -178,7 +178,12 @@ async def authorize_app(request: web.Request) -> web.Response:
     job = _running(request, host.job_id)
     if job is None or not is_web_token(token):
         raise ProviderError(404, UNKNOWN_APP)
-    target = await ask_instance(request, job.spec.owner, WEB_CLAIMS_PATH, WebClaim(token=token), WebTarget)
+    try:
+        target = await ask_instance(request, job.spec.owner, WEB_CLAIMS_PATH, WebClaim(token=token), WebTarget)
+    except ProviderError as error:
+        if error.status != 449:
+            raise
+        raise ProviderError(404, UNKNOWN_APP) from error  # tokens live in the instance, which has stopped since
     if not _serves(host, target):
         raise ProviderError(404, UNKNOWN_APP)  # a token of another interface of the owner's
     settings = request.config_dict[SETTINGS]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import time
 from enum import StrEnum
 from functools import cache
@@ -181,6 +182,16 @@ class HttpError(WireModel):
 def error_body(status: int, why: str, error_code: str = "") -> dict[str, Any]:
     """The JSON body of an error answer with the given HTTP status."""
     return dump(HttpError.of(status, why, error_code))
+
+
+def why_of(body: bytes) -> str | None:
+    """The ``why`` of an error answer's body, if the body is such an envelope."""
+    try:
+        found = json.loads(body)
+    except ValueError:
+        return None
+    text = found.get("why") if isinstance(found, dict) else None
+    return text if isinstance(text, str) else None
 
 
 # --- products -----------------------------------------------------------------

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
 from dataclasses import dataclass
 from typing import Final, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from ucim.common.protocol import why_of
 from ucim.common.resources import UCloudJob
 from ucim.gateway.errors import ProviderError
 from ucim.gateway.instance_proxy import InstanceNotReadyError, InstanceUnreachableError
@@ -34,20 +33,11 @@ async def ask_instance(request: web.Request, username: str, path: str, body: Bas
         text = await upstream.content.read(MAX_ANSWER_BYTES)
         status = upstream.status
     if status >= 300:
-        raise ProviderError(status, why(text) or f"the instance refused ({status})")
+        raise ProviderError(status, why_of(text) or f"the instance refused ({status})")
     try:
         return answer.model_validate_json(text)
     except ValidationError as error:
         raise ProviderError(502, f"the instance answered {path} with something else than {answer.__name__}") from error
-
-
-def why(answer: bytes) -> str | None:
-    """The ``why`` of an error envelope, if ``answer`` is one."""
-    with contextlib.suppress(ValueError):
-        found = json.loads(answer)
-        text = found.get("why") if isinstance(found, dict) else None
-        return text if isinstance(text, str) else None
-    return None
 
 
 @dataclass(frozen=True)

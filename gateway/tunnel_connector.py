@@ -16,9 +16,7 @@ every aiohttp it runs with.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
-import json
 import ssl
 from typing import Final
 
@@ -30,6 +28,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from ucim.common.instance_api import TUNNEL_UPGRADE
+from ucim.common.protocol import why_of
 from ucim.common.web_sessions import TCP_UPGRADE
 
 MAX_HEAD_BYTES: Final = 16 * 1024  # the ingress's answer to an upgrade is a few hundred bytes
@@ -130,17 +129,9 @@ async def _connected(transport: asyncio.Transport, handshake: _Handshake, then: 
     head = await onward.head
     if head.status != 101 or head.headers.get("Upgrade", "").lower() != TCP_UPGRADE:
         # The instance's refusal is small JSON ({"why": …}); it may not all be here yet, but its head is.
-        why = _why(onward.rest) or f"the instance did not connect to the job's server ({head.status})"
+        why = why_of(onward.rest) or f"the instance did not connect to the job's server ({head.status})"
         raise ConnectRefusedError(head.status, head.headers, why)
     return onward
-
-
-def _why(body: bytes) -> str | None:
-    with contextlib.suppress(ValueError):
-        found = json.loads(body)
-        why = found.get("why") if isinstance(found, dict) else None
-        return why if isinstance(why, str) else None
-    return None
 
 
 class TunnelConnector(aiohttp.BaseConnector):

@@ -78,8 +78,11 @@ def use_kube(app: web.Application, kube: Kube) -> None:
 
 
 async def interactive_jobs(app: web.Application) -> AsyncIterator[None]:
-    """The jobs that may serve web and VNC interfaces, watched while the application runs."""
+    """The jobs that may serve web and VNC interfaces, watched while the application runs (when it serves them)."""
     settings = app[SETTINGS]
+    if not settings.vnc_enabled:  # no session key: no web or VNC session, nothing to look up
+        yield
+        return
     jobs = app[INTERACTIVE_JOBS] = InteractiveJobs(app[KUBE], settings.namespace, settings.cluster)
     watch = asyncio.create_task(jobs.watch(), name="interactive-job-watch")
     yield

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 from typing import ClassVar
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
+from yarl import URL
 
 from ucim.common.products import DEFAULT_MACHINE_TYPES, MachineType
 from ucim.common.settings import ComponentSettings
@@ -87,6 +89,11 @@ class GatewaySettings(ComponentSettings):
                 "UCIM_GATEWAY_WEB_SUFFIX is set: UCIM_GATEWAY_WEB_SESSION_KEY must be 32 characters or more"
             )
         return self
+
+    @cached_property
+    def public_scheme(self) -> str:
+        """``public_url``'s scheme: what browsers reach the gateway, and jobs' interfaces, with."""
+        return URL(self.public_url).scheme
 
     @property
     def vnc_enabled(self) -> bool:

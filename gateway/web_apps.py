@@ -190,7 +190,7 @@ async def authorize_app(request: web.Request) -> web.Response:
     cookie, _expires = _tokens(request).make("web", job.spec.owner, target, settings.web_session_seconds)
     log.info("web interface opened", extra=_about(job.spec.owner, target))
     response = web.HTTPFound("/")
-    secure = URL(settings.public_url).scheme == "https"
+    secure = settings.public_scheme == "https"
     response.set_cookie(
         host.cookie_name, cookie, path="/", max_age=settings.web_session_seconds, httponly=True, secure=secure,
         samesite="Lax",
@@ -291,7 +291,7 @@ def _forwarded(request: web.Request, *, websocket: bool = False) -> CIMultiDict[
     peer = request.remote or ""
     prior = request.headers.get("X-Forwarded-For")
     headers["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
-    headers["X-Forwarded-Proto"] = URL(request.config_dict[SETTINGS].public_url).scheme
+    headers["X-Forwarded-Proto"] = request.config_dict[SETTINGS].public_scheme
     headers["X-Forwarded-Host"] = request.host
     return headers
 

@@ -157,6 +157,7 @@ async def serve(settings: BridgeSettings, fork_server: ForkServer | None, token:
             routes=routes,
             connections=connections,
         )
+        connections.instances = manager.informer
         fork_server.attach(manager.on_child_exit)
         ingress = await ingress_for(settings, routes, token)
         run("instances", manager.run())

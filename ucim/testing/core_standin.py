@@ -637,6 +637,12 @@ class CoreStandIn:
             await self._init_user(username, headers)
             await asyncio.sleep(self.init_retry_delay)
 
+    def _provider_session(self) -> aiohttp.ClientSession:
+        """Core's client for provider calls: its timeout, and no cap on concurrent calls (Go's http.Client has
+        none; aiohttp's default of 100 made a login storm's calls queue here, not at the provider)."""
+        connector = aiohttp.TCPConnector(limit=0)
+        return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=self.call_timeout))
+
     async def _init_user(self, username: str, headers: Mapping[str, str]) -> None:
         init_headers = headers if self.init_sends_username_header else {}
         # Core ignores the outcome of init; the retry tells whether it worked.
@@ -644,8 +650,7 @@ class CoreStandIn:
             await self._send("POST", self.provider_endpoint("integration/init"), {"username": username}, init_headers)
 
     async def _send(self, method: str, url: str, body: Any, headers: Mapping[str, str]) -> ProviderResponse:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.call_timeout))
+        self._session = self._session or self._provider_session()
         all_headers = {"Authorization": f"Bearer {self.mint_service_token()}", **headers}
         started_at, started = time.time(), time.monotonic()
 
@@ -691,8 +696,7 @@ class CoreStandIn:
 
     async def follow_job(self, job_id: str, username: str) -> AsyncIterator[dict[str, Any]]:
         """The follow websocket of a job, as Core dials it: every frame the provider sends (``core_follow``)."""
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.call_timeout))
+        self._session = self._session or self._provider_session()
         job = self.jobs.get(job_id) or make_job(job_id, username)
         hint = base64.urlsafe_b64encode(username.encode()).decode().rstrip("=")
         url = self.provider_endpoint(f"/ucloud/jobs.provider.{self.provider_id}/websocket") + f"?usernameHint={hint}"
@@ -902,8 +906,7 @@ class CoreStandIn:
         self, method: str, url: str, headers: Mapping[str, str], body: bytes | None = None
     ) -> BrowserResponse:
         """A request as a browser sends it to a transfer endpoint: no Core JWT."""
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.call_timeout))
+        self._session = self._session or self._provider_session()
         async with self._session.request(method, url, headers=dict(headers), data=body) as response:
             return BrowserResponse(response.status, dict(response.headers), await response.read())
 

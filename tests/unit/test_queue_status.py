@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from ucim.common.informer import Informer
+from tests.unit.test_monitor import QUEUED_AT, info, informer_of, job
 from ucim.common.protocol import JobState
 from ucim.common.resources import UCloudJob
 from ucim.common.slurm import SlurmClient, SlurmConfig
@@ -27,27 +25,13 @@ from ucim.slurm_bridge.queue_status import (
     queue_update,
 )
 
-SAMPLE = Path(__file__).resolve().parents[2] / "crds" / "samples" / "valid" / "ucloudjob.yaml"
-QUEUED_AT = 1_796_699_000_000
 NOW = datetime(2026, 12, 8, 3, 10, tzinfo=UTC)
 NOW_MS = int(NOW.timestamp() * 1000)
 SOON = datetime(2026, 12, 8, 3, 11, 26, tzinfo=UTC)
 
 
-def job(state: JobState = JobState.IN_QUEUE, **status: Any) -> UCloudJob:
-    obj = yaml.safe_load(SAMPLE.read_text())
-    obj["status"] = {
-        "state": state.value,
-        "slurmJobId": 13,
-        "slurmState": "PENDING",
-        "transitions": [{"state": "IN_QUEUE", "timestamp": QUEUED_AT, "message": "submitted"}],
-        **status,
-    }
-    return UCloudJob.from_obj(obj)
-
-
-def pending(reason: str | None = "Priority", state: str = "PENDING") -> SlurmJobInfo:
-    return SlurmJobInfo(job_id=13, state=state, reason=reason)
+def pending(reason: str | None = "Priority") -> SlurmJobInfo:
+    return info("PENDING", reason=reason)
 
 
 def place(position: int = 2, of: int = 2, start: datetime | None = SOON) -> QueuePlace:
@@ -57,11 +41,12 @@ def place(position: int = 2, of: int = 2, start: datetime | None = SOON) -> Queu
 # --- the listing ---
 
 # `squeue -h -a -P -t PENDING -O JobID:|,Partition:|,PriorityLong:|,StartTime:|` with SLURM_TIME_FORMAT=%s, from the
-# local platform: both nodes full of bob's jobs, then alice's job 13 (normal), bob's 14 (short) and 15 (normal,short),
-# a held array (one record, its job id, priority 0), and a line from before the backfill scheduler ran (N/A).
+# local platform: both nodes full of bob's jobs, then alice's job (normal; 13 there, 42 here, the monitor tests' job),
+# bob's 14 (short) and 15 (normal,short), a held array (one record, its job id, priority 0), and a line from before
+# the backfill scheduler ran (N/A).
 LISTING = """\
 15|normal|6666|1796699486|
-13|normal|3333|1796699520|
+42|normal|3333|1796699520|
 14|short|6666|1796699486|
 15|short|6666|1796699486|
 19|normal|0|N/A|
@@ -74,7 +59,7 @@ def test_the_listing_is_parsed_line_by_line_and_a_line_it_cannot_read_is_left_ou
     jobs = parse_pending(LISTING)
     assert jobs[:2] == [
         PendingJob(15, "normal", 6666, datetime.fromtimestamp(1796699486, UTC)),
-        PendingJob(13, "normal", 3333, datetime.fromtimestamp(1796699520, UTC)),
+        PendingJob(42, "normal", 3333, datetime.fromtimestamp(1796699520, UTC)),
     ]
     assert jobs[4] == PendingJob(19, "normal", 0, None)
     assert jobs[5].estimated_start is None
@@ -99,9 +84,9 @@ def test_positions_follow_priority_then_job_id_within_each_partition() -> None:
 
 
 def test_a_job_in_several_partitions_takes_the_place_nearest_the_front() -> None:
-    found = places(parse_pending(LISTING), {15, 13})
+    found = places(parse_pending(LISTING), {15, 42})
     assert found[15] == QueuePlace("normal", 1, 3, datetime.fromtimestamp(1796699486, UTC))
-    assert found[13] == QueuePlace("normal", 2, 3, datetime.fromtimestamp(1796699520, UTC))
+    assert found[42] == QueuePlace("normal", 2, 3, datetime.fromtimestamp(1796699520, UTC))
 
 
 def test_the_listing_is_limited_to_the_jobs_partitions_unless_one_names_none() -> None:
@@ -205,11 +190,11 @@ def test_a_job_slurm_has_not_looked_at_yet_or_without_a_listing_this_cycle_gets_
 
 def test_a_job_that_started_or_ended_or_vanished_loses_its_place_without_a_line() -> None:
     waited = job(queuePosition=1, queueLength=3, estimatedStartAt="2026-12-08T03:11:26Z")
-    for info in (SlurmJobInfo(job_id=13, state="RUNNING"), SlurmJobInfo(job_id=13, state="CANCELLED"), None):
-        update = queue_update(waited, info, None, NOW)
+    for now_known in (info("RUNNING"), info("CANCELLED"), None):
+        update = queue_update(waited, now_known, None, NOW)
         assert update is not None and update.line is None
         assert update.fields == {"queuePosition": None, "queueLength": None, "estimatedStartAt": None}
-    assert queue_update(job(), SlurmJobInfo(job_id=13, state="RUNNING"), None, NOW) is None
+    assert queue_update(job(), info("RUNNING"), None, NOW) is None
 
 
 def test_the_line_follows_a_state_change_of_the_same_patch() -> None:
@@ -266,10 +251,8 @@ class _Recorder:
 
 
 def monitor_of(slurm: SlurmClient, tracked: UCloudJob, clock: list[float]) -> tuple[SlurmMonitor, _Recorder]:
-    informer: Informer[UCloudJob] = Informer(None, UCloudJob, "ns")  # type: ignore[arg-type]
-    informer.objects = {tracked.metadata.name: tracked}
     kube = _Recorder()
-    monitor = SlurmMonitor(kube, slurm, informer, clock=lambda: clock[0])  # type: ignore[arg-type]
+    monitor = SlurmMonitor(kube, slurm, informer_of(tracked), clock=lambda: clock[0])  # type: ignore[arg-type]
     monitor.queue = QueueReader(slurm, 5.0, clock=lambda: clock[0])
     return monitor, kube
 
@@ -295,7 +278,7 @@ async def test_a_waiting_job_makes_one_listing_of_its_partition_every_interval_a
 
 
 async def test_no_job_waits_no_listing() -> None:
-    slurm = _Slurm(SlurmJobInfo(job_id=13, state="RUNNING", node_list="localhost"))
+    slurm = _Slurm(info("RUNNING", node_list="localhost"))
     monitor, _ = monitor_of(slurm, job(JobState.RUNNING, slurmState="RUNNING", nodeList="localhost"), [NOW.timestamp()])
     await monitor.run_once()
     slurm.state = pending(reason=None)  # pending, but Slurm has not looked at it yet
@@ -304,7 +287,7 @@ async def test_no_job_waits_no_listing() -> None:
 
 
 async def test_a_failed_listing_leaves_the_cycles_other_writes_alone() -> None:
-    slurm = _Slurm(SlurmJobInfo(job_id=13, state="PENDING", reason="Resources"), broken=True)
+    slurm = _Slurm(info("PENDING", reason="Resources"), broken=True)
     monitor, kube = monitor_of(slurm, job(reason="Priority"), [NOW.timestamp()])
     assert await monitor.run_once() == 1
     assert kube.patches == [(None, {"reason": "Resources"})]

@@ -92,7 +92,7 @@ def is_meaningful(told: UCloudJobStatus, place: QueuePlace, now: datetime) -> bo
         return True
     before, after = told.estimated_start_at, place.estimated_start
     if before is None or after is None:
-        return before is not after
+        return (before is None) != (after is None)
     left = max(before - now, timedelta(0))
     return abs(after - before) > max(MIN_ESTIMATE_MOVE, left / 10)
 

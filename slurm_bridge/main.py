@@ -89,6 +89,7 @@ def slurm_monitor(kube: Kube, settings: BridgeSettings) -> SlurmMonitor:
         namespace=settings.namespace,
         cluster=settings.cluster,
         watch_timeout_seconds=settings.watch_timeout_seconds,
+        queue_interval=settings.monitor_queue_interval_seconds,
     )
 
 

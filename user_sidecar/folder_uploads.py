@@ -143,13 +143,16 @@ class FolderUpload:
             except ProtocolViolationError as error:
                 log.info("a folder upload broke the protocol", extra={"why": str(error)})
                 await self._socket.close(code=WSCloseCode.POLICY_VIOLATION, message=str(error)[:120].encode())
-            await self._settle()
         finally:
-            for task in loops:
-                task.cancel()
-            await asyncio.gather(*loops, return_exceptions=True)
-            await asyncio.to_thread(self._folders.close)
-            await self._socket.close()
+            # Also when aiohttp cancels the handler (the client went away): no partial file may stay behind.
+            try:
+                await self._settle()
+            finally:
+                for task in loops:
+                    task.cancel()
+                await asyncio.gather(*loops, return_exceptions=True)
+                await asyncio.to_thread(self._folders.close)
+                await self._socket.close()
 
     async def _read(self) -> None:
         last_frame = time.monotonic()

@@ -56,6 +56,8 @@ from ucim.user_sidecar.writeback import BackgroundWriteBack
 
 log = logging.getLogger(__name__)
 
+# How long a folder upload's new connection waits for its last one to end.
+FOLDER_TAKEOVER_SECONDS: Final = 10.0
 # Sessions a sweep reads at a time.
 SWEEP_BATCH: Final = 100
 # secrets.token_urlsafe(32) is 43 characters; anything else cannot be one of ours.
@@ -99,6 +101,8 @@ class Transfers:
         self._clock = clock
         # Uploads with a chunk being written (or sessions being swept): one at a time each.
         self._busy: set[str] = set()
+        # The folder uploads with a connection: set when it has ended.
+        self._folder_connections: dict[str, asyncio.Event] = {}
         self._write_back = BackgroundWriteBack()
         # A finished upload gets the mode a newly created file of the user's would have.
         self._file_mode = 0o666 & ~transfer_io.umask()
@@ -294,9 +298,16 @@ class Transfers:
     async def begin_folder_upload(self, token: str | None) -> tuple[str, FolderUploadSession]:
         """The session of a folder upload's connection; one connection per session at a time."""
         key, session = await self._find(token, FolderUploadSession)
+        ending = self._folder_connections.get(key)
+        if ending is not None:
+            # A client that reconnects at once may find its last connection still settling: it waits for that.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(FOLDER_TAKEOVER_SECONDS):
+                    await ending.wait()
         if key in self._busy:
             raise TransferRefusedError("this folder upload is open on another connection; close that one first", 409)
         self._busy.add(key)
+        self._folder_connections[key] = asyncio.Event()
         return key, session
 
     def open_folder_upload(self, key: str, session: FolderUploadSession) -> tuple[int, FolderUploadSession]:
@@ -321,6 +332,9 @@ class Transfers:
                 await asyncio.to_thread(self.store.save, key, session)
         finally:
             self._busy.discard(key)
+            ended = self._folder_connections.pop(key, None)
+            if ended is not None:
+                ended.set()
 
     # --- downloads ---
 

@@ -28,7 +28,7 @@ from ucim.common.upload_frames import (
 
 def test_opcodes_are_the_protocols() -> None:
     assert [op.value for op in Op] == list(range(7))
-    assert (Op.OK, Op.CHECKSUM, Op.CHUNK, Op.SKIP, Op.LISTING, Op.FILES_COMPLETED, Op.CLOSE) == tuple(range(7))
+    assert tuple(range(7)) == (Op.OK, Op.CHECKSUM, Op.CHUNK, Op.SKIP, Op.LISTING, Op.FILES_COMPLETED, Op.CLOSE)
 
 
 def test_a_listing_entry_is_big_endian_with_a_length_prefixed_utf8_path() -> None:

@@ -132,7 +132,8 @@ class _Client:
                 await self.changed.wait()
             self.started += 1
             file = self.files[file_id]
-            for piece in await asyncio.to_thread(_pieces, file.source, self.chunk_bytes):
+            source = file.source if isinstance(file.source, bytes) else await asyncio.to_thread(file.source.read_bytes)
+            for piece in _pieces(source, self.chunk_bytes):
                 if cut_after_bytes is not None and self.sent_bytes + len(piece) > cut_after_bytes:
                     keep = max(0, cut_after_bytes - self.sent_bytes)
                     if keep:
@@ -159,9 +160,8 @@ class _Client:
                 return
 
 
-def _pieces(source: bytes | Path, chunk_bytes: int) -> list[bytes]:
+def _pieces(data: bytes, chunk_bytes: int) -> list[bytes]:
     """The file's CHUNK payloads (one empty one for an empty file)."""
-    data = source if isinstance(source, bytes) else source.read_bytes()
     return [data[at : at + chunk_bytes] for at in range(0, len(data), chunk_bytes)] or [b""]
 
 

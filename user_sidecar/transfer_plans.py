@@ -84,21 +84,33 @@ def _writable_entry(drives: Drives, file_id: FileId) -> os.stat_result | None:
             raise refusal(error, file_id.ucloud_id) from error
 
 
+def _offers(item: FilesProviderCreateUploadRequestItem, accepted: frozenset[str], what: str, name: str) -> None:
+    if not accepted & set(item.supported_protocols):
+        offered = ", ".join(item.supported_protocols) or "none"
+        raise TransferRefusedError(
+            f"this provider uploads {what} with the {name} protocol only; the request offers {offered}"
+        )
+
+
+def _upload_target(
+    drives: Drives, item: FilesProviderCreateUploadRequestItem
+) -> tuple[FileId, Location, os.stat_result | None]:
+    """The upload's target, its location, and what has its name now (REJECT refuses any)."""
+    file_id, location = _target(drives, item.id, "upload")
+    existing = _writable_entry(drives, file_id)
+    if existing is not None and item.conflict_policy == "REJECT":
+        raise TransferRefusedError(f"{file_id.ucloud_id} already exists", 409)
+    return file_id, location, existing
+
+
 def plan_upload(
     drives: Drives, item: FilesProviderCreateUploadRequestItem, now: float
 ) -> tuple[str, UploadSession | FolderUploadSession]:
     """A token and its session for an upload to a file that may be written under its conflict policy."""
     if item.type == "FOLDER":
         return plan_folder_upload(drives, item, now)
-    if "CHUNKED" not in item.supported_protocols:
-        offered = ", ".join(item.supported_protocols) or "none"
-        raise TransferRefusedError(
-            f"this provider uploads files with the CHUNKED protocol only; the request offers {offered}"
-        )
-    file_id, location = _target(drives, item.id, "upload")
-    existing = _writable_entry(drives, file_id)
-    if existing is not None and item.conflict_policy == "REJECT":
-        raise TransferRefusedError(f"{file_id.ucloud_id} already exists", 409)
+    _offers(item, frozenset({"CHUNKED"}), "files", "CHUNKED")
+    file_id, location, existing = _upload_target(drives, item)
     if existing is not None and item.conflict_policy == "REPLACE" and stat.S_ISDIR(existing.st_mode):
         raise TransferRefusedError(f"{file_id.ucloud_id} is a folder; a file cannot replace it", 409)
     token = secrets.token_urlsafe(32)
@@ -120,15 +132,8 @@ def plan_folder_upload(
     REJECT refuses a name that is taken, REPLACE a name a file has (a folder upload merges into a
     folder, it never deletes a file for one); RENAME and MERGE_RENAME take any name.
     """
-    if not FOLDER_PROTOCOLS & set(item.supported_protocols):
-        offered = ", ".join(item.supported_protocols) or "none"
-        raise TransferRefusedError(
-            f"this provider uploads folders with the WEBSOCKET_V2 protocol only; the request offers {offered}"
-        )
-    file_id, location = _target(drives, item.id, "upload")
-    existing = _writable_entry(drives, file_id)
-    if existing is not None and item.conflict_policy == "REJECT":
-        raise TransferRefusedError(f"{file_id.ucloud_id} already exists", 409)
+    _offers(item, FOLDER_PROTOCOLS, "folders", "WEBSOCKET_V2")
+    file_id, location, existing = _upload_target(drives, item)
     if existing is not None and item.conflict_policy == "REPLACE" and not stat.S_ISDIR(existing.st_mode):
         raise TransferRefusedError(f"{file_id.ucloud_id} is a file; a folder upload does not replace it", 409)
     session = FolderUploadSession(

@@ -76,14 +76,21 @@ class Location(BaseModel):
         return FileId(self.drive, self.parts[:-1])
 
 
-class UploadSession(BaseModel):
+class _Upload(BaseModel):
+    """What every upload's session holds: where, under which policy, since when, last active when."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    kind: Literal["upload"] = "upload"
     location: Location
     conflict_policy: WriteConflictPolicy
     created_at: float
     last_activity: float
+
+
+class UploadSession(_Upload):
+    """A file's upload (CHUNKED)."""
+
+    kind: Literal["upload"] = "upload"
     total_size: int | None = None  # unknown until the first chunk names it
     partial_name: str
     final_id: str | None = None  # set when finished: the token takes no more chunks
@@ -93,16 +100,10 @@ class UploadSession(BaseModel):
         return self.final_id is not None
 
 
-class FolderUploadSession(BaseModel):
+class FolderUploadSession(_Upload):
     """A folder upload (WEBSOCKET_V2): ``location`` is the folder as asked for."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
     kind: Literal["folder"] = "folder"
-    location: Location
-    conflict_policy: WriteConflictPolicy
-    created_at: float
-    last_activity: float
     # The name the folder got at the first connection (RENAME may pick another); later ones write there too.
     folder_name: str | None = None
 

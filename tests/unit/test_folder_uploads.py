@@ -16,6 +16,7 @@ from tests.unit.test_transfers import DRIVE, LIMITS, Client, Clock, make_transfe
 from ucim.common.instance_api import FILES_UPLOAD_PATH, FOLDER_UPLOAD_PATH
 from ucim.common.upload_frames import Entry, encode_chunk, encode_listing
 from ucim.testing.folder_upload_client import FolderUploadResult, LocalFile, upload_folder
+from ucim.user_sidecar import folder_upload_io
 from ucim.user_sidecar.transfers import Transfers
 
 MTIME = 1_700_000_000_000
@@ -221,3 +222,23 @@ async def test_close_uses_the_session_up(home: Home) -> None:
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
         await upload_folder(home.endpoint(token), [], session=home.client.session)
     assert refused.value.status == 404
+
+
+async def test_where_files_cannot_be_unnamed_named_partial_files_are_used_and_removed(
+    home: Home, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(folder_upload_io, "_unnamed", lambda _folder_fd: None)  # NFS and the like: no O_TMPFILE
+    files = nested(6)
+    result = await home.upload("/home/up/named", files, "REPLACE", chunk_bytes=1 << 20)
+    assert result.complete
+    assert stored(home.home / "up" / "named") == {file.path: file.source for file in files}
+    cut = await home.upload(
+        "/home/up/cut", [LocalFile("big.bin", BIG, MTIME)], chunk_bytes=1 << 20, cut_after_bytes=1 << 20
+    )
+    assert not cut.complete
+    for _ in range(100):
+        if not home.transfers._busy and not leftovers(home.home / "up" / "cut"):
+            break
+        await asyncio.sleep(0.05)
+    assert stored(home.home / "up" / "cut") == {}
+    assert leftovers(home.home / "up") == []

@@ -13,7 +13,8 @@ conflict policy (``folder_upload_io.open_top``), so a refusal is a readable 4xx.
   with the other complete files in one thread call (``finish_all``: write, mtime, mode,
   fsync, commit); a large file's data is written as it comes, 1 MiB at a time. At most
   MAX_BUFFERED_BYTES of received data wait for the disk; beyond that the socket is not
-  read (backpressure).
+  read (backpressure). A file's data before its OK breaks the protocol, as do more than
+  MAX_LISTED_FILES files listed and not done.
 * FILES_COMPLETED, the cumulative count of files done (written or skipped), is the
   protocol's progress; the web client waits for it before it sends the next listing.
 
@@ -59,6 +60,8 @@ log = logging.getLogger(__name__)
 MAX_OPEN_FILES: Final = 64
 MAX_BUFFERED_BYTES: Final = 64 << 20
 IDLE_SECONDS: Final = 30.0
+# Files listed and not yet done (the web client lists at most 5,000 before it waits for them).
+MAX_LISTED_FILES: Final = 100_000
 # Refusals a connection's summary names (the rest are counted).
 SHOWN_REFUSALS: Final = 5
 
@@ -188,6 +191,8 @@ class FolderUpload:
         if isinstance(message, Entry):
             if message.file_id in self._files:
                 raise ProtocolViolationError(f"file {message.file_id} is listed twice")
+            if self._in_flight >= MAX_LISTED_FILES:
+                raise ProtocolViolationError(f"more than {MAX_LISTED_FILES} files listed and not done")
             file = _File(message, io.partial_name(self._key, message.file_id))
             self._files[message.file_id] = file
             self._waiting.append(file)
@@ -199,6 +204,9 @@ class FolderUpload:
             raise ProtocolViolationError(f"file {message.file_id} was never listed")
         if isinstance(message, Skip):
             self._given_up(known)
+        elif known.state == "waiting" and message.data:
+            # Data the server did not ask for yet would wait in memory for a file it may never open.
+            raise ProtocolViolationError(f"data for file {message.file_id} before its OK")
         elif known.state != "done" and message.data:
             self._chunk(known, message.data)
 

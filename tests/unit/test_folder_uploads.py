@@ -242,3 +242,16 @@ async def test_where_files_cannot_be_unnamed_named_partial_files_are_used_and_re
         await asyncio.sleep(0.05)
     assert stored(home.home / "up" / "cut") == {}
     assert leftovers(home.home / "up") == []
+
+
+async def test_data_before_the_ok_breaks_the_protocol(home: Home) -> None:
+    token = (await home.create("/home/up/eager"))["token"]
+    async with home.client.session.ws_connect(home.endpoint(token)) as socket:
+        (listing,) = encode_listing([Entry(i, 2, MTIME, f"f{i}") for i in range(200)])
+        await socket.send_bytes(listing)
+        await socket.send_bytes(encode_chunk(199, b"ab"))  # the 200th file cannot be open yet: 64 at a time
+        message = await socket.receive()
+        while message.type == aiohttp.WSMsgType.BINARY:
+            message = await socket.receive()
+    assert (message.data, message.extra) == (1008, "data for file 199 before its OK")
+    assert leftovers(home.home / "up" / "eager") == []

@@ -35,6 +35,7 @@ from ucim.common.file_writes import pwrite_all
 from ucim.common.protocol import WriteConflictPolicy
 from ucim.common.upload_frames import Entry
 from ucim.user_sidecar.conflicts import PARKED_PREFIX, ConflictError, candidates, commit
+from ucim.user_sidecar.fileops import make_folder
 from ucim.user_sidecar.paths import PathRefusedError, parse_id, refusal
 from ucim.user_sidecar.transfer_io import sync_folder
 from ucim.user_sidecar.transfer_plans import PARTIAL_PREFIX, PARTIAL_SUFFIX
@@ -78,8 +79,9 @@ def entry_parts(path: str) -> tuple[str, ...]:
 def open_top(session: FolderUploadSession) -> tuple[int, str]:
     """The upload's folder, made under the session's policy at the first connection: (fd, its name).
 
-    REJECT makes a fresh folder, RENAME the first free name after the one asked for, MERGE_RENAME and
-    REPLACE merge into the folder of that name (MERGE_RENAME takes a numbered name when a file has it).
+    As ``files/folder`` makes one: REJECT a fresh folder, RENAME the first free name after the one asked
+    for, MERGE_RENAME and REPLACE merge into the folder of that name (when a file has it, MERGE_RENAME takes
+    a numbered name and REPLACE replaces the file; ``files/upload`` refused that already, unless it came since).
     """
     location = session.location
     shown = location.file_id.ucloud_id
@@ -95,21 +97,10 @@ def open_top(session: FolderUploadSession) -> tuple[int, str]:
 
 
 def _make_top(parent: int, name: str, policy: WriteConflictPolicy, shown: str) -> str:
-    names = itertools.chain([name], candidates(name)) if policy in ("RENAME", "MERGE_RENAME") else [name]
-    for candidate in names:
-        try:
-            os.mkdir(candidate, 0o777, dir_fd=parent)  # the umask gives the user's own folder mode
-        except FileExistsError:
-            if policy == "REJECT":
-                raise ConflictError(f"{shown} already exists") from None
-            mode = os.stat(candidate, dir_fd=parent, follow_symlinks=False).st_mode
-            if policy == "REPLACE" or (policy == "MERGE_RENAME" and stat.S_ISDIR(mode)):
-                return candidate
-            continue
-        except OSError as error:
-            raise refusal(error, shown) from error
-        return candidate
-    raise ConflictError(f"{shown} and the numbered names after it are taken")
+    try:
+        return make_folder(parent, name, policy)  # as files/folder makes a folder
+    except OSError as error:
+        raise refusal(error, shown) from error
 
 
 class Folders:

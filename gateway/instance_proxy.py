@@ -177,7 +177,7 @@ class InstanceProxy:
         return response
 
     async def websocket(
-        self, username: str, path: str, params: Mapping[str, str], *, heartbeat: float
+        self, username: str, path: str, params: Mapping[str, str], *, heartbeat: float, max_msg_size: int = 4 << 20
     ) -> aiohttp.ClientWebSocketResponse:
         """A websocket to the user's instance, through a tunnel (a long-lived byte stream both ways).
 
@@ -188,7 +188,7 @@ class InstanceProxy:
         endpoint = await self.endpoint(username)
         url = self._tunnels.base_url(endpoint).with_path(path).with_query(dict(params))
         try:
-            return await self._tunnel_session.ws_connect(url, heartbeat=heartbeat, max_msg_size=4 << 20)
+            return await self._tunnel_session.ws_connect(url, heartbeat=heartbeat, max_msg_size=max_msg_size)
         except aiohttp.WSServerHandshakeError:
             raise
         except TunnelRefusedError as refused:

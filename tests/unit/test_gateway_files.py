@@ -243,6 +243,28 @@ async def test_create_upload_answers_chunked_endpoints_on_the_gateway(env: Env) 
     assert env.ingress.last().path == api.FILES_UPLOAD_PATH
 
 
+async def test_create_upload_of_a_folder_answers_a_websocket_v2_endpoint_with_the_token(env: Env) -> None:
+    await env.serve("alice#1234")
+    items = [
+        {"id": "/7/f", "type": "FILE", "supportedProtocols": ["CHUNKED", "WEBSOCKET"]},
+        {"id": "/7/d", "type": "FOLDER", "supportedProtocols": ["CHUNKED", "WEBSOCKET"]},
+    ]
+    response = await env.gateway.post(f"{BASE}/files/upload", json={"items": items}, headers=env.headers("alice#1234"))
+    assert response.status == 200, await response.text()
+    file, folder = (await response.json())["responses"]
+    assert (file["protocol"], folder["protocol"]) == ("CHUNKED", "WEBSOCKET_V2")
+    url = urlsplit(folder["endpoint"])
+    public = urlsplit(PUBLIC_URL)
+    assert (url.scheme, url.netloc, url.path) == (
+        "wss" if public.scheme == "https" else "ws",
+        public.netloc,
+        f"/ucloud/{PROVIDER}/upload",
+    )
+    query = parse_qs(url.query)
+    assert query["token"] == [folder["token"]] == ["up-1/x+y"]
+    assert decode_username(query["usernameHint"][0]) == "alice#1234"
+
+
 async def test_create_download_puts_the_token_in_the_endpoint(env: Env) -> None:
     await env.serve()
     response = await env.gateway.post(f"{BASE}/files/download", json={"items": [{"id": "/7/a"}]}, headers=env.headers())

@@ -20,7 +20,8 @@ It plays both halves of Core that a provider meets:
   ``integration/init`` + retry loop Core runs (5 attempts, 500 ms apart). File
   calls (``files_browse``, ``files_call``, ``create_upload``, ...) send the drive
   of each file as ``resolvedCollection``, as Core does; ``upload``/``download``
-  then play the browser on the endpoints the provider answered.
+  then play the browser on the endpoints the provider answered, and ``upload_folder`` a
+  folder upload over WEBSOCKET_V2 (``ucim.testing.folder_upload_client``).
 
 Facts (paths, claims, retry counts) come from docs/protocol.md; wire shapes from
 ``ucim.common.protocol``. Run it as a process with
@@ -108,6 +109,7 @@ from ucim.testing.core_accounting import NOTIFICATIONS_PATH, REPORT_USAGE_PATH, 
 from ucim.testing.core_apps import ApplicationStore, parameter_refusal, requested_time
 from ucim.testing.core_drives import DriveRefusedError, DriveStore, browse_body, resolve_items, retrieve_body
 from ucim.testing.core_follow import follow_frames
+from ucim.testing.folder_upload_client import FolderUploadResult, LocalFile, upload_folder
 
 ISSUER = "cloud.sdu.dk"
 AUDIENCE = "all:write"
@@ -883,6 +885,14 @@ class CoreStandIn:
             offset += len(chunk)
             if not answer.ok or offset >= total:
                 return answer
+
+    async def upload_folder(
+        self, upload: FilesCreateUploadResponseItem, files: Sequence[LocalFile], **options: Any
+    ) -> FolderUploadResult:
+        """Send ``files`` to a WEBSOCKET_V2 endpoint as the web client does (``folder_upload_client``), no JWT."""
+        if upload.protocol != "WEBSOCKET_V2":
+            raise ValueError(f"a folder upload speaks WEBSOCKET_V2; the endpoint speaks {upload.protocol}")
+        return await upload_folder(upload.endpoint, files, **options)
 
     async def upload_progress(self, upload: FilesCreateUploadResponseItem, username: str) -> BrowserResponse:
         """``GET`` the CHUNKED endpoint with only the token: how far the upload got (to resume it)."""

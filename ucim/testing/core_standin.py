@@ -296,8 +296,19 @@ class CoreRecord:
             raise TimeoutError(f"no clearConnection of {username} within {timeout}s; cleared: {seen}") from None
 
     async def wait_for_update(self, job_id: str, state: JobState, timeout: float) -> JobUpdate:  # noqa: ASYNC109
+        return await self.wait_for_update_where(job_id, lambda update: update.state == state, str(state), timeout)
+
+    async def wait_for_update_where(
+        self,
+        job_id: str,
+        wanted: Callable[[JobUpdate], bool],
+        what: str,
+        timeout: float,  # noqa: ASYNC109
+    ) -> JobUpdate:
+        """The first update of ``job_id`` that is ``wanted`` (``what`` names it in the timeout's message)."""
+
         def matching() -> list[JobUpdate]:
-            return [update for update in self.updates_for(job_id) if update.state == state]
+            return [update for update in self.updates_for(job_id) if wanted(update)]
 
         try:
             async with asyncio.timeout(timeout), self.changed:
@@ -305,7 +316,7 @@ class CoreRecord:
                 return (await self.changed.wait_for(matching))[0]
         except TimeoutError:
             seen = [update.state for update in self.updates_for(job_id)]
-            raise TimeoutError(f"no {state} update for job {job_id} within {timeout}s; saw {seen}") from None
+            raise TimeoutError(f"no {what} update for job {job_id} within {timeout}s; saw {seen}") from None
 
 
 # --- failure injection --------------------------------------------------------
@@ -536,6 +547,16 @@ class CoreStandIn:
     ) -> JobUpdate:
         """The first update that moved ``job_id`` to ``state``, waiting for it if needed."""
         return await self.record.wait_for_update(job_id, state, timeout)
+
+    async def wait_for_update_where(
+        self,
+        job_id: str,
+        wanted: Callable[[JobUpdate], bool],
+        what: str,
+        timeout: float = 5.0,  # noqa: ASYNC109 - a test helper's budget
+    ) -> JobUpdate:
+        """The first update of ``job_id`` that is ``wanted`` (a new time allocation, say), waiting for it if needed."""
+        return await self.record.wait_for_update_where(job_id, wanted, what, timeout)
 
     # --- failure injection ---
 

@@ -3,7 +3,8 @@
 Routing follows the protocol: a call that names an end user (``UCloud-Username``
 or ``usernameHint``) needs that user's instance Ready, or is answered 449 so
 that Core runs ``integration/init`` and retries; ``integration/*`` is served
-whatever the headers.
+whatever the headers, and so is ``jobs/extend``, which root applies on the frontend
+(``extensions.py``), not the user's instance.
 
 Connections: ``integration/connect`` makes sure the user's UserConnection exists, waits
 (bounded) for the bridge to map it to a local account, approves it at Core and answers
@@ -314,10 +315,10 @@ async def extend_jobs(request: web.Request) -> web.Response:
     The extension is done by root on the frontend, not in the user's instance, so this call needs no instance
     and never answers 449. Items are served in order and the first that fails fails the call, as the anchor's.
     """
-    deadline = asyncio.get_running_loop().time() + request.app[SETTINGS].core_call_budget_seconds
+    settings = request.app[SETTINGS]
+    deadline = asyncio.get_running_loop().time() + settings.core_call_budget_seconds
     acting_user = acting_username(request)
     body = await parse(request, BulkRequest[JobExtendRequestItem])
-    settings = request.app[SETTINGS]
     if not settings.extension.enabled:
         raise ProviderError(400, "extension of jobs is not supported by this provider")
     for item in body.items:

@@ -57,6 +57,9 @@ async def test_a_running_job_is_extended_within_the_policy_once(stack: Stack) ->
     answer = await stack.core.extend_jobs([(job, SimpleDuration(minutes=30))])
     assert answer.status == 200, answer.body
     assert answer.body == {"responses": [{}]}
+    (call,) = [c for c in stack.core.record.provider_calls if c.path == "jobs/extend"]
+    assert call.seconds < 4, "Core gives a provider call about 5 s"
+    print(f"jobs/extend answered in {call.seconds * 1000:.0f} ms")
     assert slurm_time_limit(stack, job) == "00:40:00"
     update = await stack.core.wait_for_update_where(
         job.id, lambda u: u.new_time_allocation is not None, "newTimeAllocation", timeout=10

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -28,6 +29,7 @@ from ucim.gateway.errors import ProviderError
 
 # Core's time allocation is milliseconds; Slurm's limits are whole minutes.
 _MINUTE_MS = 60_000
+Minutes = Annotated[int, Field(ge=1, le=MAX_TIME_LIMIT_MINUTES)]
 
 
 class ExtensionPolicy(BaseModel):
@@ -42,11 +44,11 @@ class ExtensionPolicy(BaseModel):
     # Off: jobs/extend is refused and the products do not offer it (support timeExtension false).
     enabled: bool = True
     # The most one request may add.
-    max_per_request_minutes: int = Field(default=24 * 60, ge=1, le=MAX_TIME_LIMIT_MINUTES)
+    max_per_request_minutes: Minutes = 24 * 60
     # The longest time limit an extension may give a job, any partition; None: only the partition's MaxTime.
-    max_total_minutes: int | None = Field(default=None, ge=1, le=MAX_TIME_LIMIT_MINUTES)
+    max_total_minutes: Minutes | None = None
     # The same per Slurm partition (partition → minutes); where both apply, the smaller wins.
-    partition_max_total_minutes: dict[str, int] = Field(default_factory=dict)
+    partition_max_total_minutes: dict[str, Minutes] = Field(default_factory=dict)
     # How long jobs/extend waits for the bridge's answer (within Core's budget for the call).
     wait_seconds: float = Field(default=3.0, gt=0.0)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from tests.support.extension_jobs import REQUESTED_AT, extend_item, extension, outcome, sample_job
 from ucim.common.protocol import JobExtendRequestItem, SimpleDuration
@@ -131,3 +132,12 @@ def test_the_policy_is_set_by_environment(monkeypatch: pytest.MonkeyPatch) -> No
     assert policy == ExtensionPolicy(
         enabled=False, max_per_request_minutes=60, partition_max_total_minutes={"normal": 90, "gpu": 2880}
     )
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [{"max_per_request_minutes": 0}, {"max_total_minutes": -1}, {"partition_max_total_minutes": {"gpu": 0}}],
+)
+def test_a_limit_is_a_positive_number_of_minutes(policy: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        ExtensionPolicy(**policy)

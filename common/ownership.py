@@ -43,6 +43,9 @@ STATUS_OWNERS: Final[dict[tuple[str, str], tuple[Component, ...]]] = {
     ("UCloudJob", "queuePosition"): ("bridge",),
     ("UCloudJob", "queueLength"): ("bridge",),
     ("UCloudJob", "estimatedStartAt"): ("bridge",),
+    # Walltime extensions: the gateway asks in spec.extensions, the bridge (root) applies them with scontrol.
+    ("UCloudJob", "extensions"): ("bridge",),
+    ("UCloudJob", "timeLimitMinutes"): ("bridge",),
     # The operator writes the first entry (before Slurm has the job: IN_QUEUE, or the end of a
     # job Slurm never got), the bridge every later one; both with a resourceVersion precondition.
     # ``reason`` is why the job ended without Slurm (the operator's) or Slurm's own reason (the bridge's).

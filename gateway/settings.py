@@ -12,6 +12,7 @@ from yarl import URL
 
 from ucim.common.products import DEFAULT_MACHINE_TYPES, MachineType
 from ucim.common.settings import ComponentSettings
+from ucim.gateway.extension_policy import ExtensionPolicy
 
 
 class GatewaySettings(ComponentSettings):
@@ -45,6 +46,8 @@ class GatewaySettings(ComponentSettings):
     # a 400; a later rejection reaches Core as a FAILURE job update.
     submit_wait_seconds: float = Field(default=3.0, ge=0.0)
     idle_timeout_seconds: int = 1800
+    # Walltime extensions (jobs/extend): how far a user may extend a job (UCIM_GATEWAY_EXTENSION__*).
+    extension: ExtensionPolicy = Field(default_factory=ExtensionPolicy)
     # Core's accounting decides what may run: a job of a workspace whose wallet is locked (or absent) is
     # refused with 402. Needs the operator's accounting event stream (UCIM_OPERATOR_ACCOUNTING_ENABLED).
     accounting_enabled: bool = False

@@ -7,7 +7,7 @@ Start order matters:
    no user instance can ever hold the ingress token or the Kubernetes credentials;
 3. the ingress token (from its file), the Kubernetes client (its token);
 4. the ingress, the UserInstance loop (and the measuring of the instances' memory), the Slurm
-   monitor, ``/healthz`` ``/readyz`` ``/metrics``.
+   monitor (and the walltime extensions, on its watch), ``/healthz`` ``/readyz`` ``/metrics``.
 
 SIGTERM or SIGINT stops it cleanly (exit 0): instances are marked not Ready, then they
 stop with the fork server. If the fork server dies, the bridge exits 1 (systemd restarts
@@ -36,6 +36,7 @@ from ucim.common.observability import start_health_server
 from ucim.common.slurm import SlurmClient, SlurmConfig
 from ucim.slurm_bridge.account_mapper import account_mapper
 from ucim.slurm_bridge.connections import ConnectionMapper
+from ucim.slurm_bridge.extensions import TimeExtensions
 from ucim.slurm_bridge.heartbeat import keep_lease
 from ucim.slurm_bridge.ingress import Routes, start_ingress
 from ucim.slurm_bridge.instance_memory import measure_forever
@@ -82,15 +83,22 @@ def start_fork_server(settings: BridgeSettings) -> ForkServer:
     return ForkServer.start(fork_server_config(settings), extra_env=extra)
 
 
-def slurm_monitor(kube: Kube, settings: BridgeSettings) -> SlurmMonitor:
-    return SlurmMonitor.for_cluster(
+async def watch_slurm(kube: Kube, settings: BridgeSettings) -> None:
+    """The Slurm monitor, and the walltime extensions that share its watch of the cluster's UCloudJobs."""
+    slurm = SlurmClient(SlurmConfig(slurm_conf=settings.slurm_conf))
+    extensions = TimeExtensions(kube, slurm, settings.namespace)
+    monitor = SlurmMonitor.for_cluster(
         kube,
-        SlurmClient(SlurmConfig(slurm_conf=settings.slurm_conf)),
+        slurm,
         namespace=settings.namespace,
         cluster=settings.cluster,
         watch_timeout_seconds=settings.watch_timeout_seconds,
         queue_interval=settings.monitor_queue_interval_seconds,
+        on_event=extensions.on_event,
     )
+    async with asyncio.TaskGroup() as tasks:
+        tasks.create_task(monitor.run(settings.monitor_interval_seconds), name="slurm-monitor")
+        tasks.create_task(extensions.run(monitor.jobs), name="time-extensions")
 
 
 async def ingress_for(settings: BridgeSettings, routes: Routes, token: SecretStr) -> web.AppRunner:
@@ -179,7 +187,7 @@ async def serve(settings: BridgeSettings, fork_server: ForkServer | None, token:
         ),
     )
     if settings.monitor_enabled:
-        run("slurm-monitor", slurm_monitor(kube, settings).run(settings.monitor_interval_seconds))
+        run("slurm-monitor", watch_slurm(kube, settings))
 
     async def ready() -> bool:
         return manager is not None and manager.watching and not (fork_server is None or _gone(fork_server))

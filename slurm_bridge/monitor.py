@@ -45,7 +45,7 @@ from typing import Any, Final
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from ucim.common.informer import Informer
+from ucim.common.informer import Informer, OnEvent
 from ucim.common.instance_api import slurm_job_name
 from ucim.common.kube import ConflictError, InvalidError, Kube, NotFoundError
 from ucim.common.protocol import JobState
@@ -106,9 +106,16 @@ DEFAULT_QUEUE_INTERVAL: Final = 5.0
 # --------------------------------------------------------------------------- pure functions
 
 
-def _appended(job: UCloudJob, patch: dict[str, Any], entry: dict[str, Any], now_ms: int) -> list[dict[str, Any]]:
-    """The whole transitions list (``patch``'s if it has one, else the job's) with ``entry`` appended."""
-    entries: list[dict[str, Any]] = patch.get("transitions") or [t.to_dict() for t in job.status.transitions]
+def appended_transitions(
+    job: UCloudJob, entry: dict[str, Any], now_ms: int, patch: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """The whole transitions list (``patch``'s if it has one already, else the job's) with ``entry`` (a
+    JobTransition without its timestamp) appended at ``now_ms``.
+
+    Merge patches replace lists, so the list is sent whole; write it with :func:`write_status`, which guards it
+    with the resourceVersion of ``job``.
+    """
+    entries: list[dict[str, Any]] = (patch or {}).get("transitions") or [t.to_dict() for t in job.status.transitions]
     # Timestamps never go backwards, even if the clock does: Core orders updates by them.
     timestamp = max([now_ms, *(t["timestamp"] for t in entries)])
     return [*entries, {**entry, "timestamp": timestamp}]
@@ -116,8 +123,35 @@ def _appended(job: UCloudJob, patch: dict[str, Any], entry: dict[str, Any], now_
 
 def _with_transition(job: UCloudJob, state: JobState, message: str, now_ms: int) -> dict[str, Any]:
     """``state`` plus the whole transitions list with one entry appended (merge patches replace lists)."""
-    entries = _appended(job, {}, {"state": state.value, "message": message}, now_ms)
-    return {"state": state.value, "transitions": entries}
+    entry = {"state": state.value, "message": message}
+    return {"state": state.value, "transitions": appended_transitions(job, entry, now_ms)}
+
+
+async def write_status(kube: Kube, namespace: str, job: UCloudJob, patch: dict[str, Any]) -> bool:
+    """Merge-patch the bridge's status fields of ``job``; False if it is gone or changed since ``job`` was seen.
+
+    Only the transitions list is shared (with the operator, which writes its first entry), and lists are sent
+    whole: a patch of it, or of another list computed from ``job`` (``extensions``), carries ``job``'s
+    resourceVersion. A patch of the bridge's scalar fields alone needs no precondition, and so never conflicts
+    with the operator's writes. After a conflict the caller computes the patch again from the newer copy its
+    watch brings.
+    """
+    name = job.metadata.name
+    guarded = "transitions" in patch or "extensions" in patch
+    version = job.metadata.resource_version if guarded else None
+    try:
+        await kube.patch_status(UCloudJob, namespace, name, patch, resource_version=version)
+    except NotFoundError:
+        return False  # deleted since the watch saw it
+    except ConflictError:
+        CONFLICTS.inc()
+        log.debug("UCloudJob changed under the patch; computed again from the newer copy", extra={"ucloudjob": name})
+        return False
+    except InvalidError:
+        POLL_ERRORS.inc()
+        log.exception("could not update UCloudJob", extra={"ucloudjob": name})
+        return False
+    return True
 
 
 def with_queue(
@@ -128,7 +162,7 @@ def with_queue(
         return patch
     merged = {**(patch or {}), **update.fields}
     if update.line is not None:
-        merged["transitions"] = _appended(job, merged, {"message": update.line}, now_ms)
+        merged["transitions"] = appended_transitions(job, {"message": update.line}, now_ms, merged)
     return merged
 
 
@@ -226,13 +260,16 @@ class SlurmMonitor:
         cluster: str,
         watch_timeout_seconds: int = 300,
         queue_interval: float = DEFAULT_QUEUE_INTERVAL,
+        on_event: OnEvent[UCloudJob] | None = None,
     ) -> SlurmMonitor:
-        """A monitor of the UCloudJobs labelled with ``cluster`` in ``namespace``."""
+        """A monitor of the UCloudJobs labelled with ``cluster`` in ``namespace``; its watch's changes also go to
+        ``on_event`` (the walltime extensions share the watch rather than list every job again)."""
         jobs = Informer(
             kube,
             UCloudJob,
             namespace,
             label_selector=cluster_selector(cluster),
+            on_event=on_event,
             watch_timeout_seconds=watch_timeout_seconds,
         )
         return cls(kube, slurm, jobs, queue_interval=queue_interval)
@@ -311,21 +348,8 @@ class SlurmMonitor:
     async def _apply(self, job: UCloudJob, slurm_id: int, patch: dict[str, Any]) -> int:
         """Patch one job's status (a new transition guarded by the watched copy's version); 1 if patched."""
         name = job.metadata.name
-        # Only the transitions list is shared (with the operator, which writes its first entry): a patch of the
-        # bridge's own fields alone needs no precondition, and so never conflicts with the operator's writes.
-        version = job.metadata.resource_version if "transitions" in patch else None
-        try:
-            await self.kube.patch_status(UCloudJob, self.namespace, name, patch, resource_version=version)
-        except NotFoundError:
-            return 0  # deleted since the watch saw it
-        except ConflictError:
-            # Changed since that copy (the operator wrote): the next cycle computes it from the newer one.
-            CONFLICTS.inc()
-            log.debug("UCloudJob changed under the patch; next cycle", extra={"ucloudjob": name})
-            return 0
-        except InvalidError:
-            POLL_ERRORS.inc()
-            log.exception("could not update UCloudJob", extra={"ucloudjob": name})
+        # Refused when the job changed since that copy (the operator wrote): the next cycle computes it again.
+        if not await write_status(self.kube, self.namespace, job, patch):
             return 0
         if patch.get("queuePosition") is not None:
             QUEUE_UPDATES.inc()

@@ -304,6 +304,8 @@ class Transfers:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(FOLDER_TAKEOVER_SECONDS):
                     await ending.wait()
+            # Read again: that connection may have used the session up (CLOSE), or moved it on.
+            key, session = await self._find(token, FolderUploadSession)
         if key in self._busy:
             raise TransferRefusedError("this folder upload is open on another connection; close that one first", 409)
         self._busy.add(key)

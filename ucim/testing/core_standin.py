@@ -74,6 +74,7 @@ from ucim.common.protocol import (
     FSSupport,
     IntegrationManifest,
     Job,
+    JobExtendRequestItem,
     JobSpecification,
     JobState,
     JobStatus,
@@ -297,8 +298,19 @@ class CoreRecord:
             raise TimeoutError(f"no clearConnection of {username} within {timeout}s; cleared: {seen}") from None
 
     async def wait_for_update(self, job_id: str, state: JobState, timeout: float) -> JobUpdate:  # noqa: ASYNC109
+        return await self.wait_for_update_where(job_id, lambda update: update.state == state, str(state), timeout)
+
+    async def wait_for_update_where(
+        self,
+        job_id: str,
+        wanted: Callable[[JobUpdate], bool],
+        what: str,
+        timeout: float,  # noqa: ASYNC109
+    ) -> JobUpdate:
+        """The first update of ``job_id`` that is ``wanted`` (``what`` names it in the timeout's message)."""
+
         def matching() -> list[JobUpdate]:
-            return [update for update in self.updates_for(job_id) if update.state == state]
+            return [update for update in self.updates_for(job_id) if wanted(update)]
 
         try:
             async with asyncio.timeout(timeout), self.changed:
@@ -306,7 +318,7 @@ class CoreRecord:
                 return (await self.changed.wait_for(matching))[0]
         except TimeoutError:
             seen = [update.state for update in self.updates_for(job_id)]
-            raise TimeoutError(f"no {state} update for job {job_id} within {timeout}s; saw {seen}") from None
+            raise TimeoutError(f"no {what} update for job {job_id} within {timeout}s; saw {seen}") from None
 
 
 # --- failure injection --------------------------------------------------------
@@ -538,6 +550,16 @@ class CoreStandIn:
         """The first update that moved ``job_id`` to ``state``, waiting for it if needed."""
         return await self.record.wait_for_update(job_id, state, timeout)
 
+    async def wait_for_update_where(
+        self,
+        job_id: str,
+        wanted: Callable[[JobUpdate], bool],
+        what: str,
+        timeout: float = 5.0,  # noqa: ASYNC109 - a test helper's budget
+    ) -> JobUpdate:
+        """The first update of ``job_id`` that is ``wanted`` (a new time allocation, say), waiting for it if needed."""
+        return await self.record.wait_for_update_where(job_id, wanted, what, timeout)
+
     # --- failure injection ---
 
     def fail_requests(
@@ -695,6 +717,33 @@ class CoreStandIn:
             "POST", "jobs/terminate", dump(BulkRequest[Job](items=list(jobs))), username or _owner_of(jobs)
         )
         response.raise_for_status()
+
+    async def extend_jobs(
+        self, extensions: Sequence[tuple[Job, SimpleDuration]], username: str | None = None
+    ) -> ProviderResponse:
+        """``POST jobs/extend`` as core2 sends it: each job as Core holds it and the time to add; the answer as it is.
+
+        Core refuses the call itself unless the product's support has ``timeExtension`` (core2
+        ``orchestrator/job.go``): so does the stand-in, with Core's 400.
+        """
+        for job, _ in extensions:
+            support = await self._support_of(job)
+            if support is None or not (support.native is not None and support.native.time_extension):
+                raise ProviderCallError(400, {"why": "time extension is not supported by this provider"})
+        items = [
+            JobExtendRequestItem(job=self.jobs.get(job.id, job), requested_time=requested)
+            for job, requested in extensions
+        ]
+        first = extensions[0][0] if extensions else None
+        owner = username or (_owner_of([first]) if first is not None else None)
+        body = dump(BulkRequest[JobExtendRequestItem](items=items))
+        return await self.call_provider("POST", "jobs/extend", body, owner)
+
+    async def _support_of(self, job: Job) -> JobSupport | None:
+        product = job.specification.product
+        supports = await self.retrieve_products()
+        wanted = (product.id, product.category)
+        return next((s for s in supports if (s.product.id, s.product.category) == wanted), None)
 
     async def follow_job(self, job_id: str, username: str) -> AsyncIterator[dict[str, Any]]:
         """The follow websocket of a job, as Core dials it: every frame the provider sends (``core_follow``)."""
@@ -1231,6 +1280,15 @@ async def _job_update(request: web.Request) -> web.Response:
     if core.strict_wire:
         _check_every_update_key_written(raw)
     body = _validate(BulkRequest[JobUpdateItem], raw)
+    for item in body.items:
+        job = core.jobs.get(item.id)
+        if job is not None and item.update.new_time_allocation is not None:
+            # core2 keeps the new limit as the job's timeAllocation (SimpleDurationFromMillis, whose seconds are
+            # always 0): the job it sends next carries it.
+            millis = item.update.new_time_allocation
+            allocation = SimpleDuration(hours=millis // 3_600_000, minutes=millis % 3_600_000 // 60_000, seconds=0)
+            specification = job.specification.model_copy(update={"time_allocation": allocation})
+            core.jobs[item.id] = job.model_copy(update={"specification": specification})
     await core.record.add_job_updates(body.items)
     return _ok()
 

@@ -1,12 +1,14 @@
-"""Authentication and metrics around every request."""
+"""Request ids, authentication and metrics around every request."""
 
 from __future__ import annotations
 
+import logging
 import time
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from ucim.common import request_ids
 from ucim.gateway.auth import AuthError
 from ucim.gateway.errors import error_response
 from ucim.gateway.keys import PUBLIC_APP, TOKEN_PATHS, VERIFIER
@@ -16,12 +18,50 @@ CLAIMS = web.RequestKey("claims", dict)
 # Served without Core's JWT: probes and metrics.
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 _NONE: frozenset[str] = frozenset()
+# One line per request with its id: what an audit record's request_id is joined with.
+access_log = logging.getLogger("ucim.gateway.access")
 
 
 def route_template(request: web.Request) -> str:
     """The matched route's template (never the raw path: bounded label values)."""
     info = request.match_info.route.resource
     return info.canonical if info is not None else "unmatched"
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A fresh id per request: answered in ``X-Request-Id``, sent to the instance (``InstanceProxy``), logged.
+
+    Always our own id, never the caller's: the audit trail must not carry an id someone else chose.
+    """
+    request_id = request_ids.new_request_id()
+    reset = request_ids.CURRENT.set(request_id)
+    start = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+    except web.HTTPException as error:
+        status = error.status
+        error.headers[request_ids.HEADER] = request_id
+        raise
+    else:
+        status = response.status
+        if not response.prepared:
+            response.headers[request_ids.HEADER] = request_id
+    finally:
+        request_ids.CURRENT.reset(reset)
+        if request.path not in PUBLIC_PATHS:
+            access_log.info(
+                "request",
+                extra={
+                    "request_id": request_id,
+                    "method": request.method,
+                    "route": route_template(request),
+                    "status": status,
+                    "seconds": round(time.perf_counter() - start, 4),
+                },
+            )
+    return response
 
 
 @web.middleware

@@ -49,6 +49,7 @@ from ucim.common.protocol import (
 )
 from ucim.common.splice import SocketBody, widen_send_buffer
 from ucim.common.transfer_contract import CORS_HEADERS, PREFLIGHT_HEADERS
+from ucim.user_sidecar import audit
 from ucim.user_sidecar.keys import TRANSFERS
 from ucim.user_sidecar.metrics import DOWNLOAD_BYTES, TRANSFER_EVENTS
 from ucim.user_sidecar.middlewares import error_response
@@ -153,6 +154,8 @@ async def upload_chunk(request: web.Request) -> web.Response:
         )
     except PathRefusedError as error:
         return _refusal(error)
+    if progress.complete:
+        audit.note(request, targets=[progress.id or ""], bytes=progress.total_size)
     return _progress(progress)
 
 
@@ -194,6 +197,7 @@ async def download(request: web.Request) -> web.StreamResponse:
         opened = await transfers.open_download(request.query.get("token"))
     except PathRefusedError as error:
         return _refusal(error)
+    audit.note(request, targets=[opened.session.location.file_id.ucloud_id], bytes=opened.size)
     try:
         # A HEAD sends no file, so it leaves the token as it is.
         uses_token = request.method != "HEAD"

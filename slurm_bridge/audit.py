@@ -228,6 +228,8 @@ def check_peer(pid: int, uid: int, identify: Callable[[int], Identity | None]) -
 def bind_socket(path: Path) -> socket.socket:
     """The listening socket: any local process may connect (mode 0666); only instances get further."""
     path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    if not path.parent.stat().st_mode & stat.S_IXOTH:
+        raise ValueError(f"the audit socket's folder {path.parent} must be searchable by the instances' users (o+x)")
     with contextlib.suppress(FileNotFoundError):
         if not stat.S_ISSOCK(path.lstat().st_mode):
             raise ValueError(f"{path} exists and is not a socket")

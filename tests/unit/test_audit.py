@@ -266,7 +266,7 @@ async def test_each_instance_request_is_one_record_with_its_targets_result_and_r
 async def test_a_submit_is_recorded_with_the_job(aiohttp_client: AiohttpClient, tmp_path: Path) -> None:
     sent: list[dict[str, Any]] = []
     app = init_app(SidecarSettings(user=getpass.getuser(), home=tmp_path))
-    app[audit.SENDER].send = sent.append  # type: ignore[method-assign]
+    app[audit.SENDER].send = sent.append  # type: ignore[method-assign,assignment]
     client = await aiohttp_client(app)
     answer = await client.post("/jobs/submit", json={"jobId": "4711"})
     assert answer.status == 400
@@ -286,7 +286,7 @@ async def test_a_route_without_an_action_is_still_recorded(aiohttp_client: Aioht
     sent: list[dict[str, Any]] = []
     app = web.Application(middlewares=[audit.audit_actions])
     audit.setup_audit(app, None)
-    app[audit.SENDER].send = sent.append  # type: ignore[method-assign]
+    app[audit.SENDER].send = sent.append  # type: ignore[method-assign,assignment]
 
     async def extend(_: web.Request) -> web.Response:
         return web.json_response({})
@@ -295,3 +295,9 @@ async def test_a_route_without_an_action_is_still_recorded(aiohttp_client: Aioht
     client = await aiohttp_client(app)
     assert (await client.post("/jobs/extend", json={})).status == 200
     assert [entry["action"] for entry in sent] == ["POST /jobs/extend"]
+
+
+def test_a_socket_folder_the_instances_cannot_search_is_refused_at_start(tmp_path: Path) -> None:
+    (tmp_path / "private").mkdir(mode=0o750)
+    with pytest.raises(ValueError, match="searchable"):
+        bind_socket(tmp_path / "private" / "audit.sock")

@@ -385,7 +385,7 @@ def component_env(
             "UCIM_BRIDGE_SOCKET_DIR": str(socket_dir),
             # The audit trail's socket and file, per stack (the instances reach the socket: its folder is 0755).
             "UCIM_BRIDGE_AUDIT__SOCKET_PATH": str(audit_dir(socket_dir) / "audit.sock"),
-            "UCIM_BRIDGE_AUDIT__PATH": str(audit_dir(socket_dir) / "audit.log"),
+            "UCIM_BRIDGE_AUDIT__PATH": str(audit_dir(socket_dir) / "log" / "audit.log"),
             # The site's load instructions and module picker: the platform's (hack/local_platform.py).
             "UCIM_BRIDGE_SIDECAR__APPLICATIONS_DIR": str(software.applications_dir),
             "UCIM_BRIDGE_SIDECAR__MODULES_FILE": str(software.modules_file),
@@ -482,7 +482,7 @@ async def running_stack(
             shutil.rmtree(socket_dir, ignore_errors=True)
             if stack.keep_logs:
                 with contextlib.suppress(OSError):
-                    shutil.copy(audit_dir(socket_dir) / "audit.log", workdir / "audit.log")
+                    shutil.copy(audit_dir(socket_dir) / "log" / "audit.log", workdir / "audit.log")
             shutil.rmtree(audit_dir(socket_dir), ignore_errors=True)
             if not stack.keep_logs:
                 shutil.rmtree(workdir, ignore_errors=True)

@@ -101,6 +101,7 @@ async def test_each_action_is_recorded_once_with_who_took_it_and_how_it_ended(st
     assert [(r["status"], r["result"]) for r in bob_browse] == [(403, "error")]
     assert "home:alice" in bob_browse[0]["why"]
 
+    assert f"slurm:{slurm_job}" in submit["targets"]
     cancel = only(records, "jobs.cancel", f"slurm:{slurm_job}")
     assert (cancel["local_user"], cancel["uid"], cancel["result"]) == ("alice", alice_uid, "ok")
 

@@ -242,10 +242,14 @@ class Action:
     session: bool = False
     # Only failures are recorded, and successes the handler marks with ``note`` (an upload's last chunk).
     noted_only: bool = False
+    # Targets only the answer names (the Slurm id of a submitted job), read from a successful JSON answer.
+    answer: Targets = _nothing
 
 
 ACTIONS: Final[Mapping[tuple[str, str], Action]] = {
-    ("POST", SUBMIT_PATH): Action("jobs.submit", _fields(("jobId",), prefix="job:")),
+    ("POST", SUBMIT_PATH): Action(
+        "jobs.submit", _fields(("jobId",), prefix="job:"), answer=_fields(("slurmJobId",), prefix="slurm:")
+    ),
     ("POST", CANCEL_PATH): Action("jobs.cancel", _slurm_jobs),
     ("POST", DYNAMIC_PARAMETERS_PATH): Action("jobs.dynamic_parameters", _fields(("application", "name"))),
     ("POST", JOBS_FOLLOW_PATH): Action("jobs.follow", _fields(("jobFolder",)), session=True),
@@ -362,6 +366,8 @@ async def audit_actions(request: web.Request, handler: Handler) -> web.StreamRes
         raise
     else:
         status, why = response.status, _why(response)
+        if action.answer is not _nothing and status < 400:
+            note(request, targets=action.answer(_json_answer(response)))
     finally:
         notes = request.get(_NOTES)
         if not (action.noted_only and status < 400 and notes is None):
@@ -394,13 +400,17 @@ async def _targets(request: web.Request, action: Action) -> list[str]:
         return []  # a body that is not JSON: the record says why the action failed, without targets
 
 
-def _why(response: web.StreamResponse) -> str | None:
-    """The ``why`` of an error answer (the instance's error envelope)."""
-    if response.status < 400 or not isinstance(response, web.Response) or not isinstance(response.body, bytes):
+def _json_answer(response: web.StreamResponse) -> Any:
+    """The JSON an answer holds whole (``web.json_response``), or None."""
+    if not isinstance(response, web.Response) or not isinstance(response.body, bytes):
         return None
     try:
-        body = json.loads(response.body)
+        return json.loads(response.body)
     except ValueError:
         return None
-    why = body.get("why") if isinstance(body, dict) else None
+
+
+def _why(response: web.StreamResponse) -> str | None:
+    """The ``why`` of an error answer (the instance's error envelope)."""
+    why = _get(_json_answer(response), "why") if response.status >= 400 else None
     return str(why) if why is not None else None

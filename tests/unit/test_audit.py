@@ -134,10 +134,12 @@ async def bridge(tmp_path: Path) -> AsyncIterator[Callable[[Callable[[int], Iden
 
     def start(identify: Callable[[int], Identity | None]) -> Path:
         listener = AuditListener(
-            bind_socket(tmp_path / "audit.sock"), AuditLog.open(AuditSettings(path=tmp_path / "audit.log")), identify
+            bind_socket(tmp_path / "run" / "audit.sock"),
+            AuditLog.open(AuditSettings(path=tmp_path / "audit.log")),
+            identify,
         )
         tasks.append(asyncio.get_running_loop().create_task(listener.run()))
-        return tmp_path / "audit.sock"
+        return tmp_path / "run" / "audit.sock"
 
     yield start
     for task in tasks:
@@ -154,10 +156,10 @@ async def settle(path: Path, count: int) -> list[dict[str, Any]]:
 
 
 def test_the_peer_credentials_are_the_connecting_process(tmp_path: Path) -> None:
-    listener = bind_socket(tmp_path / "audit.sock")
-    assert stat.S_IMODE((tmp_path / "audit.sock").stat().st_mode) == 0o666
+    listener = bind_socket(tmp_path / "run" / "audit.sock")
+    assert stat.S_IMODE((tmp_path / "run" / "audit.sock").stat().st_mode) == 0o666
     client = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    client.connect(str(tmp_path / "audit.sock"))
+    client.connect(str(tmp_path / "run" / "audit.sock"))
     accepted, _ = listener.accept()
     with client, accepted, listener:
         assert peer_credentials(accepted) == (os.getpid(), os.getuid(), os.getgid())
@@ -206,8 +208,8 @@ def test_a_missing_socket_drops_records_without_waiting_and_counts_them(tmp_path
 
 
 def test_a_full_socket_drops_records_without_blocking(tmp_path: Path) -> None:
-    listener = bind_socket(tmp_path / "audit.sock")  # nobody reads it
-    sender = audit.AuditSender(tmp_path / "audit.sock")
+    listener = bind_socket(tmp_path / "run" / "audit.sock")  # nobody reads it
+    sender = audit.AuditSender(tmp_path / "run" / "audit.sock")
     before = REGISTRY.get_sample_value("ucim_instance_audit_records_total", {"outcome": "full"}) or 0.0
     record = {"action": "a", "result": "ok", "status": 200, "why": "x" * 400}
     for _ in range(5000):  # far more than a socket buffer holds

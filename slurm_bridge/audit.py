@@ -43,8 +43,8 @@ log = logging.getLogger(__name__)
 
 RECORDS = Counter(
     "ucim_audit_records",
-    "Audit records, by outcome: written, malformed (written as audit.malformed), "
-    "failed (the file could not be written).",
+    "Audit records, by outcome: written, malformed (written as audit.malformed), failed (the file could not be "
+    "written), lost (dropped by an instance whose socket was full or away, as its next record reports).",
     ["outcome"],
 )
 REFUSED = Counter(
@@ -66,8 +66,9 @@ class AuditSettings(BaseModel):
     enabled: bool = True
     # The file: root-owned, append-only, one JSON line per action.
     path: Path = Path("/var/log/ucim/audit.log")
-    # The socket the instances send their records to (its folder must be searchable by them: 0755).
-    socket_path: Path = Path("/run/ucim/audit.sock")
+    # The socket the instances send their records to. Its folder must be searchable by them (o+x), so not in
+    # /run/ucim (0700, the instances' own sockets).
+    socket_path: Path = Path("/run/ucim-audit.sock")
     # Rotate when the file reaches this size, keeping backup_count older files (audit.log.1, ...);
     # 0: the bridge never rotates, logrotate does (the file is reopened when it was moved away).
     max_bytes: int = Field(default=100 * 1024 * 1024, ge=0)
@@ -105,6 +106,8 @@ class InstanceRecord(BaseModel):
     request_id: str | None = Field(default=None, pattern=REQUEST_ID_PATTERN)
     phase: Literal["open", "end"] | None = None
     seconds: float | None = Field(default=None, ge=0)
+    # Records this instance dropped (its socket full or away) since the last one that arrived: the gap, in the trail.
+    dropped_before: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
     def _few_plain_extras(self) -> InstanceRecord:
@@ -296,6 +299,7 @@ class AuditListener:
                 why = " ".join(str(error).split())[:500]
             else:
                 self.audit.write(who, entry)
+                RECORDS.labels("lost").inc(entry.get("dropped_before") or 0)
                 return
         RECORDS.labels("malformed").inc()
         self.audit.write(who, {"action": "audit.malformed", "result": "error", "why": why, "bytes": len(data)})

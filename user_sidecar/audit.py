@@ -99,30 +99,37 @@ class AuditSender:
         self._clock = clock
         self._socket: socket.socket | None = None
         self._retry_at = 0.0
+        # Dropped since the last record sent: the next one says so (``dropped_before``), so the trail shows the gap.
+        self.dropped = 0
 
     def send(self, entry: Mapping[str, Any]) -> None:
         if self.path is None:
             return
-        data = encode(entry)
+        data = encode({**entry, "dropped_before": self.dropped} if self.dropped else entry)
         if data is None:
-            RECORDS.labels("too_large").inc()
+            self._drop("too_large")
             return
         connection = self._connected()
         if connection is None:
-            RECORDS.labels("unavailable").inc()
+            self._drop("unavailable")
             return
         try:
             connection.send(data, socket.MSG_NOSIGNAL | socket.MSG_DONTWAIT)
         except BlockingIOError:
-            RECORDS.labels("full").inc()
+            self._drop("full")
         except OSError as error:
             # The bridge went away (restarted) or refused us: look for it again later.
             log.warning("audit socket lost", extra={"error": str(error)})
             self.close()
             self._retry_at = self._clock() + self._reconnect_seconds
-            RECORDS.labels("unavailable").inc()
+            self._drop("unavailable")
         else:
+            self.dropped = 0
             RECORDS.labels("sent").inc()
+
+    def _drop(self, why: str) -> None:
+        self.dropped += 1
+        RECORDS.labels(why).inc()
 
     def _connected(self) -> socket.socket | None:
         if self._socket is not None:

@@ -303,3 +303,22 @@ def test_a_socket_folder_the_instances_cannot_search_is_refused_at_start(tmp_pat
     (tmp_path / "private").mkdir(mode=0o750)
     with pytest.raises(ValueError, match="searchable"):
         bind_socket(tmp_path / "private" / "audit.sock")
+
+
+async def test_records_dropped_while_the_bridge_was_away_show_as_a_gap(bridge: Any, tmp_path: Path) -> None:
+    clock = [0.0]
+    sender = audit.AuditSender(tmp_path / "run" / "audit.sock", clock=lambda: clock[0])
+    for _ in range(3):
+        sender.send({"action": "files.browse", "result": "ok", "status": 200})  # no bridge yet: dropped
+    bridge({os.getpid(): ME}.get)
+    clock[0] += audit.RECONNECT_SECONDS
+    lost = REGISTRY.get_sample_value("ucim_audit_records_total", {"outcome": "lost"}) or 0.0
+    sender.send({"action": "files.trash", "result": "ok", "status": 200})
+    sender.send({"action": "files.delete", "result": "ok", "status": 200})
+    written = await settle(tmp_path / "audit.log", 2)
+    sender.close()
+    assert [(line["action"], line.get("dropped_before")) for line in written] == [
+        ("files.trash", 3),
+        ("files.delete", None),
+    ]
+    assert REGISTRY.get_sample_value("ucim_audit_records_total", {"outcome": "lost"}) == lost + 3

@@ -28,7 +28,7 @@ import os
 import socket
 import stat
 import struct
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -305,8 +305,11 @@ class AuditListener:
         self.audit.write(who, {"action": "audit.malformed", "result": "error", "why": why, "bytes": len(data)})
 
 
-def audit_trail(settings: AuditSettings, identify: Callable[[int], Identity | None]) -> Coroutine[Any, Any, None]:
-    """Open the file and the socket now (a failure stops the bridge at start); the coroutine serves them."""
+def audit_trail(settings: AuditSettings, identify: Callable[[int], Identity | None]) -> AuditListener:
+    """Open the file and the socket now (a failure stops the bridge at start); ``run()`` serves them.
+
+    The listener's ``audit`` is the file: an action the bridge takes for a user writes its line there.
+    """
     audit = AuditLog.open(settings)
     try:
         listener = bind_socket(settings.socket_path)
@@ -314,4 +317,4 @@ def audit_trail(settings: AuditSettings, identify: Callable[[int], Identity | No
         audit.close()
         raise
     log.info("audit trail", extra={"path": str(settings.path), "socket": str(settings.socket_path)})
-    return AuditListener(listener, audit, identify).run()
+    return AuditListener(listener, audit, identify)

@@ -141,7 +141,7 @@ def instance_tasks(
         tasks["workspaces"] = workspace_controller(kube, settings, connections, manager).run()
     if settings.audit.enabled:
         # Opened here, before serving: a file or socket the bridge cannot make stops it at start.
-        tasks["audit"] = audit_trail(settings.audit, manager.identity_of)
+        tasks["audit"] = audit_trail(settings.audit, manager.identity_of).run()
     return tasks
 
 

@@ -15,6 +15,7 @@ from ucim.gateway.keys import PUBLIC_APP, TOKEN_PATHS, VERIFIER
 from ucim.gateway.metrics import ERRORS, LATENCY, REQUESTS, error_reason
 
 CLAIMS = web.RequestKey("claims", dict)
+REQUEST_ID = web.RequestKey("request_id", str)
 # Served without Core's JWT: probes and metrics.
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 _NONE: frozenset[str] = frozenset()
@@ -30,11 +31,11 @@ def route_template(request: web.Request) -> str:
 
 @web.middleware
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """A fresh id per request: answered in ``X-Request-Id``, sent to the instance (``InstanceProxy``), logged.
+    """A fresh id per request: sent to the instance (``InstanceProxy``), logged, answered (``answer_request_id``).
 
     Always our own id, never the caller's: the audit trail must not carry an id someone else chose.
     """
-    request_id = request_ids.new_request_id()
+    request[REQUEST_ID] = request_id = request_ids.new_request_id()
     reset = request_ids.CURRENT.set(request_id)
     start = time.perf_counter()
     status = 500
@@ -42,12 +43,9 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
         response = await handler(request)
     except web.HTTPException as error:
         status = error.status
-        error.headers[request_ids.HEADER] = request_id
         raise
     else:
         status = response.status
-        if not response.prepared:
-            response.headers[request_ids.HEADER] = request_id
     finally:
         request_ids.CURRENT.reset(reset)
         if request.path not in PUBLIC_PATHS:
@@ -62,6 +60,12 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
                 },
             )
     return response
+
+
+async def answer_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """``X-Request-Id`` on every answer, streamed or not, errors too (an ``on_response_prepare`` signal)."""
+    if (request_id := request.get(REQUEST_ID)) is not None:
+        response.headers[request_ids.HEADER] = request_id
 
 
 @web.middleware

@@ -282,3 +282,5 @@ async def test_each_call_gets_its_own_request_id_which_the_instance_and_the_log_
     logged = [record for record in caplog.records if record.name == "ucim.gateway.access"]
     assert [getattr(record, "request_id", None) for record in logged] == ids
     assert {getattr(record, "status", None) for record in logged} == {200}
+    refused = await env.gateway.post(f"{BASE}/files/folder", data=body)  # no JWT: an error answer has one too
+    assert refused.status == 401 and len(refused.headers["X-Request-Id"]) == 32

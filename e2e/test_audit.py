@@ -14,8 +14,10 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import aiohttp
 import pytest
 
+from e2e.test_shell import open_terminal
 from ucim.common.protocol import JobState
 from ucim.common.resources import UCloudJob
 from ucim.testing.stack import Stack
@@ -114,3 +116,29 @@ async def test_each_action_is_recorded_once_with_who_took_it_and_how_it_ended(st
     path = stack.envs["ucim-bridge"]["UCIM_BRIDGE_AUDIT__PATH"]
     info = stack.frontend.run("stat", "-c", "%u %a", "--", path).stdout.split()
     assert info == ["0", "600"], "root's, read and written by root only"
+
+
+async def test_a_terminal_is_recorded_when_it_opens_and_when_it_ends(stack: Stack, folder: str) -> None:
+    core = stack.core
+    await core.connect("alice")
+    home = core.home_of("alice")
+    target = f"/{home.id}/{folder}"
+    assert (await core.files_call("alice", "folder", [{"id": target, "conflictPolicy": "REJECT"}])).ok
+    opened = (await core.open_terminal_in_folder("alice", target)).body["responses"][0]
+    async with aiohttp.ClientSession() as client:
+        terminal = await open_terminal(client, core.shell_url(opened, "alice"), opened["sessionIdentifier"])
+        assert "=alice=" in await terminal.run("echo =$(id -un)=", "=alice=")
+        await terminal.ws.close()
+
+    records = await records_until(stack, "shell.session", f"/home/alice/{folder}")
+    async with asyncio.timeout(10):  # the end line comes when the instance has seen the socket close
+        while len([r for r in records if r["action"] == "shell.session"]) < 2:
+            await asyncio.sleep(0.1)
+            records = stack.audit_records()
+    grant = only(records, "shell.grant", target)
+    assert (grant["local_user"], grant["result"]) == ("alice", "ok")
+    sessions = [r for r in records if r["action"] == "shell.session"]
+    assert [(r["phase"], r["status"]) for r in sessions] == [("open", 101), ("end", 101)]
+    assert all(f"/home/alice/{folder}" in r["targets"] and r["uid"] == uid_of(stack, "alice") for r in sessions)
+    assert sessions[0]["request_id"] == sessions[1]["request_id"]
+    assert sessions[1]["seconds"] > 0

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 from prometheus_client import Counter
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ucim.common.request_ids import PATTERN as REQUEST_ID_PATTERN
 
@@ -74,8 +74,15 @@ class AuditSettings(BaseModel):
     max_bytes: int = Field(default=100 * 1024 * 1024, ge=0)
     backup_count: int = Field(default=10, ge=1)
     # The file's mode, and its group (e.g. "adm" with 0o640); None keeps root's group.
-    file_mode: int = Field(default=0o600, ge=0, le=0o640)
+    file_mode: int = 0o600
     group: str | None = None
+
+    @field_validator("file_mode")
+    @classmethod
+    def _private(cls, mode: int) -> int:
+        if mode & ~0o640 or not mode & 0o200:
+            raise ValueError(f"the audit file's mode must be within 0640 and writable by root: {mode:#o}")
+        return mode
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import grp
 import json
 import os
 import socket
@@ -322,3 +323,15 @@ async def test_records_dropped_while_the_bridge_was_away_show_as_a_gap(bridge: A
         ("files.delete", None),
     ]
     assert REGISTRY.get_sample_value("ucim_audit_records_total", {"outcome": "lost"}) == lost + 3
+
+
+def test_a_site_may_give_the_file_to_a_group_that_reads_it(tmp_path: Path) -> None:
+    group = grp.getgrgid(os.getgid()).gr_name
+    path = tmp_path / "audit.log"
+    path.write_text("")
+    path.chmod(0o666)  # an existing file gets the setting's mode too
+    AuditLog.open(AuditSettings(path=path, file_mode=0o640, group=group)).close()
+    assert (stat.S_IMODE(path.stat().st_mode), path.stat().st_gid) == (0o640, os.getgid())
+    for wrong in (0o644, 0o604, 0o400, 0o660):
+        with pytest.raises(ValueError, match="within 0640"):
+            AuditSettings(file_mode=wrong)

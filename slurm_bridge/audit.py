@@ -107,6 +107,8 @@ class InstanceRecord(BaseModel):
     action: str = Field(pattern=r"^[A-Za-z0-9_.:{}/ -]{1,200}$")
     targets: list[str] = Field(default_factory=list, max_length=100)
     targets_omitted: int | None = Field(default=None, ge=0)
+    # Where the file ids among the targets are on this host (the instance's drive roots).
+    paths: list[str] | None = Field(default=None, max_length=100)
     result: Literal["ok", "error"]
     status: int = Field(ge=100, le=599)
     why: str | None = Field(default=None, max_length=500)

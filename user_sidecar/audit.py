@@ -39,6 +39,7 @@ from aiohttp.typedefs import Handler
 from prometheus_client import Counter
 
 from ucim.common import request_ids
+from ucim.common.drives import InvalidLocatorError, Locator
 from ucim.common.instance_api import (
     CANCEL_PATH,
     DOWNLOAD_FILE_PATH,
@@ -60,6 +61,8 @@ from ucim.common.instance_api import (
 )
 from ucim.common.shell_protocol import SHELL_SESSIONS_PATH, SHELL_WEBSOCKET_PATH
 from ucim.common.web_sessions import WEB_CLAIMS_PATH, WEB_CONNECT_PATH, WEB_GRANTS_PATH
+from ucim.user_sidecar.keys import DRIVES
+from ucim.user_sidecar.paths import DriveResolver, PathRefusedError, drive_root, parse_id
 
 log = logging.getLogger(__name__)
 
@@ -156,16 +159,20 @@ class AuditSender:
 
 
 def encode(entry: Mapping[str, Any]) -> bytes | None:
-    """One record as compact JSON, its targets cut (and counted in ``targets_omitted``) to fit one packet."""
+    """One record as compact JSON, its targets (and their paths) cut to fit one packet; ``targets_omitted`` counts."""
     entry = dict(entry)
     targets = list(entry.get("targets") or [])
     if len(targets) > MAX_TARGETS:
         entry["targets"], entry["targets_omitted"] = targets[:MAX_TARGETS], len(targets) - MAX_TARGETS
+    if "paths" in entry:
+        entry["paths"] = entry["paths"][:MAX_TARGETS]
     data = json.dumps(entry, separators=(",", ":"), default=str).encode()
-    while len(data) > MAX_RECORD_BYTES and entry.get("targets"):
+    while len(data) > MAX_RECORD_BYTES and (entry.get("targets") or entry.get("paths")):
         kept = entry["targets"][: len(entry["targets"]) // 2]
         entry["targets_omitted"] = entry.get("targets_omitted", 0) + len(entry["targets"]) - len(kept)
         entry["targets"] = kept
+        if "paths" in entry:
+            entry["paths"] = entry["paths"][: len(entry["paths"]) // 2]
         data = json.dumps(entry, separators=(",", ":"), default=str).encode()
     return data if len(data) <= MAX_RECORD_BYTES else None
 
@@ -251,6 +258,8 @@ class Action:
     noted_only: bool = False
     # Targets only the answer names (the Slurm id of a submitted job), read from a successful JSON answer.
     answer: Targets = _nothing
+    # Its targets are UCloud file ids: the record names their local paths too (``paths``).
+    files: bool = False
 
 
 ACTIONS: Final[Mapping[tuple[str, str], Action]] = {
@@ -260,24 +269,24 @@ ACTIONS: Final[Mapping[tuple[str, str], Action]] = {
     ("POST", CANCEL_PATH): Action("jobs.cancel", _slurm_jobs),
     ("POST", DYNAMIC_PARAMETERS_PATH): Action("jobs.dynamic_parameters", _fields(("application", "name"))),
     ("POST", JOBS_FOLLOW_PATH): Action("jobs.follow", _fields(("jobFolder",)), session=True),
-    ("POST", FILES_BROWSE_PATH): Action("files.browse", _one_drive("Browse", "flags", "path")),
-    ("POST", FILES_RETRIEVE_PATH): Action("files.retrieve", _one_drive("retrieve", "id")),
-    ("POST", FILES_FOLDER_PATH): Action("files.create_folder", _items("id")),
+    ("POST", FILES_BROWSE_PATH): Action("files.browse", _one_drive("Browse", "flags", "path"), files=True),
+    ("POST", FILES_RETRIEVE_PATH): Action("files.retrieve", _one_drive("retrieve", "id"), files=True),
+    ("POST", FILES_FOLDER_PATH): Action("files.create_folder", _items("id"), files=True),
     ("POST", FILES_MOVE_PATH): Action(
-        "files.move", _items("oldId", "newId", drives=("resolvedOldCollection", "resolvedNewCollection"))
+        "files.move", _items("oldId", "newId", drives=("resolvedOldCollection", "resolvedNewCollection")), files=True
     ),
     ("POST", FILES_COPY_PATH): Action(
-        "files.copy", _items("oldId", "newId", drives=("resolvedOldCollection", "resolvedNewCollection"))
+        "files.copy", _items("oldId", "newId", drives=("resolvedOldCollection", "resolvedNewCollection")), files=True
     ),
-    ("POST", FILES_TRASH_PATH): Action("files.trash", _items("id")),
-    ("POST", FILES_EMPTY_TRASH_PATH): Action("files.empty_trash", _items("id")),
-    ("POST", FILES_DELETE_PATH): Action("files.delete", _items("id")),
-    ("POST", FILES_UPLOAD_PATH): Action("files.upload", _items("id")),
-    ("POST", FILES_DOWNLOAD_PATH): Action("files.download", _items("id")),
+    ("POST", FILES_TRASH_PATH): Action("files.trash", _items("id"), files=True),
+    ("POST", FILES_EMPTY_TRASH_PATH): Action("files.empty_trash", _items("id"), files=True),
+    ("POST", FILES_DELETE_PATH): Action("files.delete", _items("id"), files=True),
+    ("POST", FILES_UPLOAD_PATH): Action("files.upload", _items("id"), files=True),
+    ("POST", FILES_DOWNLOAD_PATH): Action("files.download", _items("id"), files=True),
     # Chunks are many per file: a record for the last one (the file is in place) and for each refusal.
-    ("POST", UPLOAD_CHUNK_PATH): Action("transfers.upload", json_body=False, noted_only=True),
+    ("POST", UPLOAD_CHUNK_PATH): Action("transfers.upload", json_body=False, noted_only=True, files=True),
     ("GET", UPLOAD_CHUNK_PATH): Action("transfers.upload_progress", json_body=False, noted_only=True),
-    ("GET", DOWNLOAD_FILE_PATH): Action("transfers.download", json_body=False),
+    ("GET", DOWNLOAD_FILE_PATH): Action("transfers.download", json_body=False, files=True),
     ("HEAD", DOWNLOAD_FILE_PATH): Action("transfers.download_check", json_body=False, noted_only=True),
     ("POST", SHELL_SESSIONS_PATH): Action("shell.grant", _shell),
     ("GET", SHELL_WEBSOCKET_PATH): Action("shell.session", json_body=False, session=True),
@@ -381,11 +390,32 @@ async def audit_actions(request: web.Request, handler: Handler) -> web.StreamRes
             read = await _targets(request, action) if status != CALLER_LEFT else []
             targets = [*read, *(notes or {}).get("targets", [])]
             fields = {k: v for k, v in (notes or {}).items() if k != "targets"}
+            if action.files and (paths := local_paths(request.app[DRIVES], targets)):
+                fields["paths"] = paths
             if action.session:
                 fields.update(phase="end", seconds=round(time.monotonic() - request[_STARTED], 3))
             record(request.app, action.name, targets, status=status, why=why if status >= 400 else None, **fields)
         request_ids.CURRENT.reset(reset)
     return response
+
+
+def local_paths(drives: DriveResolver, targets: Iterable[str]) -> list[str]:
+    """Where the file ids among ``targets`` are on this host: through the drives the request just rooted.
+
+    Only drives the handler resolved (and so checked) are known to ``drives``; another user's home never is.
+    """
+    found = []
+    for target in targets:
+        if not target.startswith("/"):
+            continue
+        with contextlib.suppress(PathRefusedError, InvalidLocatorError):
+            file_id = parse_id(target)
+            drive = drives.recall(file_id.drive)
+            if drive is not None:
+                locator = Locator.parse(drive.provider_generated_id)
+                root = drive_root(locator, drives.roots, drives.user, drives.home)
+                found.append(str(root.joinpath(*file_id.parts)))
+    return found
 
 
 async def _session_opened(request: web.Request, response: web.StreamResponse) -> None:

@@ -261,7 +261,9 @@ async def test_each_instance_request_is_one_record_with_its_targets_result_and_r
     assert written[0]["request_id"] == "r-1"
     assert "request_id" not in written[1]  # "r 2" is no request id: never written as sent
     assert "already exists" in written[1]["why"] or "exists" in written[1]["why"]
+    assert written[0]["paths"] == [str(home / "made")]
     assert written[2]["targets"] == ["/5/made", "/5/moved", f"drive:home:{getpass.getuser()}"]
+    assert written[2]["paths"] == [str(home / "made"), str(home / "moved")]
     assert "JSON" in written[3]["why"]
     assert all(line["local_user"] == "alice" and line["uid"] == os.getuid() for line in written)
 

@@ -293,10 +293,13 @@ class AuditListener:
                     "audit connection refused: not a running instance's process", extra={"pid": pid, "uid": uid}
                 )
                 return
-            while data := await loop.sock_recv(connection, MAX_RECORD_BYTES + 1):
-                if check_peer(pid, uid, self.identify) != who:
-                    return  # the instance stopped (or was replaced): its pid may be someone else's soon
-                self.receive(who, data)
+            try:
+                while data := await loop.sock_recv(connection, MAX_RECORD_BYTES + 1):
+                    if check_peer(pid, uid, self.identify) != who:
+                        return  # the instance exited (or was replaced): its pid may be someone else's soon
+                    self.receive(who, data)
+            except ConnectionError:
+                return  # the instance went away mid-packet: what arrived before is written
 
     def receive(self, who: Identity, data: bytes) -> None:
         """One packet of instance ``who``: its record, or an ``audit.malformed`` line that says why not."""

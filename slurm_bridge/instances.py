@@ -494,9 +494,13 @@ class InstanceManager:
         RUNNING.set(sum(1 for i in self.instances.values() if i.serving))
 
     def identity_of(self, pid: int) -> Identity | None:
-        """Who the instance whose process is ``pid`` acts for (the audit socket's check), or None."""
+        """Who the instance whose process is ``pid`` acts for (the audit socket's check), or None.
+
+        Until its exit is reported: a stopping instance's last answers (in-flight requests, sessions ending) are
+        still its own.
+        """
         instance = self._by_pid.get(pid)
-        spec = instance.obj.spec if instance is not None and not instance.stopping else None
+        spec = instance.obj.spec if instance is not None else None
         if instance is None or spec is None or spec.uid is None or spec.local_user is None:
             return None
         return Identity(

@@ -5,7 +5,8 @@ sends each record to the bridge's audit socket (``SidecarSettings.audit_socket``
 ``SOCK_SEQPACKET`` socket; ``ucim.slurm_bridge.audit``), which takes the sender's identity from
 the kernel (``SO_PEERCRED``), never from the record, and appends the line. Sending never blocks
 and never fails an action: a full or missing socket drops the record and counts it
-(``ucim_instance_audit_records_total{outcome}``).
+(``ucim_instance_audit_records_total{outcome}``). The connection is close-on-exec: nothing the instance
+runs for its user (a terminal's shell, sbatch) holds it, so no user program can speak with the instance's voice.
 
 Where records come from:
 

@@ -337,3 +337,11 @@ def test_a_site_may_give_the_file_to_a_group_that_reads_it(tmp_path: Path) -> No
     for wrong in (0o644, 0o604, 0o400, 0o660):
         with pytest.raises(ValueError, match="within 0640"):
             AuditSettings(file_mode=wrong)
+
+
+async def test_what_the_instance_runs_never_inherits_its_audit_connection(bridge: Any) -> None:
+    sender = audit.AuditSender(bridge({os.getpid(): ME}.get))
+    sender.send({"action": "a", "result": "ok", "status": 200})
+    assert sender._socket is not None
+    assert not sender._socket.get_inheritable()
+    sender.close()

@@ -31,35 +31,17 @@ def route_template(request: web.Request) -> str:
 
 @web.middleware
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """A fresh id per request: sent to the instance (``InstanceProxy``), logged, answered (``answer_request_id``).
+    """A fresh id per request: sent to the instance (``InstanceProxy``), on every log line meanwhile, answered
+    (``answer_request_id``), and on the request's own line (``metrics_middleware``).
 
     Always our own id, never the caller's: the audit trail must not carry an id someone else chose.
     """
     request[REQUEST_ID] = request_id = request_ids.new_request_id()
     reset = request_ids.CURRENT.set(request_id)
-    start = time.perf_counter()
-    status = 500
     try:
-        response = await handler(request)
-    except web.HTTPException as error:
-        status = error.status
-        raise
-    else:
-        status = response.status
+        return await handler(request)
     finally:
         request_ids.CURRENT.reset(reset)
-        if request.path not in PUBLIC_PATHS:
-            access_log.info(
-                "request",
-                extra={
-                    "request_id": request_id,
-                    "method": request.method,
-                    "route": route_template(request),
-                    "status": status,
-                    "seconds": round(time.perf_counter() - start, 4),
-                },
-            )
-    return response
 
 
 async def answer_request_id(request: web.Request, response: web.StreamResponse) -> None:
@@ -81,10 +63,14 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
     else:
         status = response.status
     finally:
-        LATENCY.labels(route, request.method).observe(time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        LATENCY.labels(route, request.method).observe(seconds)
         REQUESTS.labels(route, request.method, str(status)).inc()
         if status >= 400:
             ERRORS.labels(route, error_reason(status)).inc()
+        if request.path not in PUBLIC_PATHS:
+            fields = {"method": request.method, "route": route, "status": status, "seconds": round(seconds, 4)}
+            access_log.info("request", extra={"request_id": request.get(REQUEST_ID), **fields})
     return response
 
 

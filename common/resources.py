@@ -266,6 +266,11 @@ class UCloudJobStatus(_Model):
     provider_generated_id: str | None = None
     # The job's web and VNC servers, as its script was rendered (the instance's submit answer).
     interfaces: list[JobInterface] = Field(default_factory=list, max_length=MAX_INTERFACES)
+    # While Slurm keeps the job pending: its place among the partition's pending jobs (1 = next) and
+    # Slurm's estimate of its start, as last told to Core (slurm_bridge/queue_status.py); gone once it starts.
+    queue_position: int | None = Field(default=None, ge=1)
+    queue_length: int | None = Field(default=None, ge=1)
+    estimated_start_at: datetime | None = None
     transitions: list[JobTransition] = Field(default_factory=list)
     reported_transitions: int = 0
 

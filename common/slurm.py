@@ -82,11 +82,14 @@ from ucim.common.slurm_errors import (
 from ucim.common.slurm_parsing import (
     FIELD_SEPARATOR,
     SACCT_FIELDS,
+    PendingJob,
     SlurmJobInfo,
     parse_job_ids,
+    parse_pending,
     parse_sacct,
     parse_sbatch_output,
     parse_squeue,
+    pending_format,
     squeue_format,
 )
 
@@ -324,6 +327,23 @@ class SlurmClient:
             raise self._failure(result, "squeue")
         jobs = parse_squeue(result.stdout, self._tz)
         return {job_id: info for job_id, info in jobs.items() if job_id in wanted}
+
+    async def pending(self, partitions: Iterable[str] | None = None) -> list[PendingJob]:
+        """One ``squeue`` listing every user's pending jobs (in ``partitions``, or all): for queue positions.
+
+        ``-a`` includes hidden partitions, ``-P`` lists a job waiting in several partitions once per
+        partition. Only root (the bridge) sees other users' jobs where ``PrivateData=jobs`` is set.
+        """
+        args = ["-h", "-a", "-P", "-t", "PENDING", "-O", pending_format()]
+        if partitions is not None:
+            names = sorted(set(partitions))
+            if not names:
+                return []
+            args += ["-p", ",".join(names)]
+        result = await self.run("squeue", args)
+        if result.returncode != 0:
+            raise self._failure(result, "squeue")
+        return parse_pending(result.stdout, self._tz)
 
     async def poll_accounting(self, job_ids: Iterable[int]) -> dict[int, SlurmJobInfo]:
         """One ``sacct`` call for jobs squeue has forgotten; {} without accounting."""

@@ -66,9 +66,6 @@ class GatewaySettings(ComponentSettings):
     ingress_token: SecretStr = SecretStr("")
     # The gateway's URL as browsers reach it: uploads and downloads go to <public_url>/ucloud/<provider_id>/...
     public_url: str = "http://127.0.0.1:8889"
-    # How long a user's instance endpoint is reused without asking Kubernetes again. A failed forward forgets
-    # it at once; the endpoint of an instance changes only when it moves to another bridge.
-    instance_cache_seconds: float = Field(default=5.0, ge=0.0)
     # Connecting to the bridge ingress; and the longest silence while a request or answer streams.
     instance_connect_timeout_seconds: float = Field(default=5.0, gt=0.0)
     instance_read_timeout_seconds: float = Field(default=300.0, gt=0.0)

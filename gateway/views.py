@@ -173,7 +173,24 @@ async def register_home_drive(request: web.Request, connection: UserConnection) 
 
 
 async def integration_init(request: web.Request) -> web.Response:
+    """The user's instance Ready, within Core's budget: 503 (Core tries again) rather than no answer in time.
+
+    A login storm (every user of a restarted provider at once) slows each apiserver write to a second and
+    more; Core counts an init it had no answer to in 5 s as failed, and gives up on a user after five.
+    """
     username = await username_of(request)
+    settings = request.app[SETTINGS]
+    try:
+        async with asyncio.timeout(settings.core_call_budget_seconds):
+            await _init(request, username)
+    except TimeoutError as error:
+        raise ProviderError(
+            503, f"the instance of {username} is not ready yet; it keeps starting, try again"
+        ) from error
+    return ok(Empty())
+
+
+async def _init(request: web.Request, username: str) -> None:
     connection = await require_connected(request, username)
     instances = request.app[INSTANCES]
     await instances.ensure(username)
@@ -182,17 +199,10 @@ async def integration_init(request: web.Request) -> web.Response:
             await instances.wait_ready(username)
     except MappingRefusedError as error:
         raise ProviderError(403, f"the user {username} cannot use this provider: {error}") from error
-    except TimeoutError as error:
-        # Not ready yet: a 200 would end Core's retries while every call fails. Core retries on 503.
-        wait = request.app[SETTINGS].init_wait_seconds
-        raise ProviderError(
-            503, f"the instance of {username} is not ready after {wait:g} s; it keeps starting, try again"
-        ) from error
     if home_drive(connection) is None:
         # Read again: the bridge maps the user's account while the instance starts.
         connection = await request.app[CONNECTIONS].get(username) or connection
         await register_home_drive(request, connection)
-    return ok(Empty())
 
 
 async def retrieve_manifest(request: web.Request) -> web.Response:

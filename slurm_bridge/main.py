@@ -91,6 +91,7 @@ def slurm_monitor(kube: Kube, settings: BridgeSettings) -> SlurmMonitor:
         namespace=settings.namespace,
         cluster=settings.cluster,
         watch_timeout_seconds=settings.watch_timeout_seconds,
+        queue_interval=settings.monitor_queue_interval_seconds,
     )
 
 
@@ -176,6 +177,7 @@ async def serve(settings: BridgeSettings, fork_server: ForkServer | None, token:
             routes=routes,
             connections=connections,
         )
+        connections.instances = manager.informer
         fork_server.attach(manager.on_child_exit)
         ingress = await ingress_for(settings, routes, token)
         for name, coroutine in instance_tasks(kube, settings, connections, manager).items():

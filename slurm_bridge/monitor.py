@@ -13,7 +13,12 @@ timer. Each cycle (:meth:`SlurmMonitor.run_once`):
    as PENDING for ever), and a job whose id Slurm now gives to a job of another name is failed at once as
    lost (a slurmctld killed before it saved its state forgets the last jobs it accepted and
    hands their ids out again: what Slurm says about that id is about someone else's job);
-3. patches the status of each job whose Slurm view changed, as :func:`status_patch` computes it.
+3. for the jobs that wait in the queue, lists Slurm's pending queue in **one** more ``squeue``, at
+   most every ``queue_interval`` seconds (:class:`ucim.slurm_bridge.queue_status.QueueReader`),
+   which gives each its position and Slurm's estimate of its start;
+4. patches the status of each job whose Slurm view changed, as :func:`status_patch` computes it,
+   with its place in the queue when that changed meaningfully (:func:`queue_status.queue_update`:
+   a status line for Core without a state, the same append as a state change).
 
 Transitions and the other writer
 ================================
@@ -35,7 +40,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -49,6 +54,7 @@ from ucim.common.slurm import SlurmClient
 from ucim.common.slurm_errors import SlurmError
 from ucim.common.slurm_parsing import SlurmJobInfo
 from ucim.common.times import rfc3339
+from ucim.slurm_bridge.queue_status import QueuePlace, QueueReader, QueueUpdate, queue_update, waiting
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +83,14 @@ STATE_CHANGES = Counter(
     "UCloud state changes the monitor wrote, by new state.",
     ["state"],
 )
+QUEUE_UPDATES = Counter(
+    "ucim_job_queue_updates_total",
+    "Places in Slurm's queue (position, estimated start) the monitor wrote for waiting jobs.",
+)
+QUEUE_ERRORS = Counter(
+    "ucim_slurm_queue_errors_total",
+    "Listings of Slurm's pending queue that failed (the jobs' places wait for the next one).",
+)
 
 VANISHED_MESSAGE: Final = "job vanished from Slurm"
 LOST_MESSAGE: Final = "Slurm lost the job (its controller restarted without it): its id now names another job"
@@ -85,19 +99,37 @@ LOST_MESSAGE: Final = "Slurm lost the job (its controller restarted without it):
 DEFAULT_VANISH_GRACE: Final = timedelta(minutes=1)
 # Status patches of one cycle in flight at once, at most.
 _PATCH_CONCURRENCY: Final = 4
+# Slurm's pending queue is listed at most this often (seconds): positions and estimates need no 1 s freshness.
+DEFAULT_QUEUE_INTERVAL: Final = 5.0
 
 
 # --------------------------------------------------------------------------- pure functions
 
 
+def _appended(job: UCloudJob, patch: dict[str, Any], entry: dict[str, Any], now_ms: int) -> list[dict[str, Any]]:
+    """The whole transitions list (``patch``'s if it has one, else the job's) with ``entry`` appended."""
+    entries: list[dict[str, Any]] = patch.get("transitions") or [t.to_dict() for t in job.status.transitions]
+    # Timestamps never go backwards, even if the clock does: Core orders updates by them.
+    timestamp = max([now_ms, *(t["timestamp"] for t in entries)])
+    return [*entries, {**entry, "timestamp": timestamp}]
+
+
 def _with_transition(job: UCloudJob, state: JobState, message: str, now_ms: int) -> dict[str, Any]:
     """``state`` plus the whole transitions list with one entry appended (merge patches replace lists)."""
-    previous = job.status.transitions
-    # Timestamps never go backwards, even if the clock does: Core orders updates by them.
-    timestamp = max([now_ms, *(t.timestamp for t in previous)])
-    entries = [t.to_dict() for t in previous]
-    entries.append({"state": state.value, "timestamp": timestamp, "message": message})
+    entries = _appended(job, {}, {"state": state.value, "message": message}, now_ms)
     return {"state": state.value, "transitions": entries}
+
+
+def with_queue(
+    job: UCloudJob, patch: dict[str, Any] | None, update: QueueUpdate | None, now_ms: int
+) -> dict[str, Any] | None:
+    """``patch`` with the job's place in the queue: its fields, and its line as a status line without a state."""
+    if update is None:
+        return patch
+    merged = {**(patch or {}), **update.fields}
+    if update.line is not None:
+        merged["transitions"] = _appended(job, merged, {"message": update.line}, now_ms)
+    return merged
 
 
 def status_patch(job: UCloudJob, info: SlurmJobInfo, now_ms: int) -> dict[str, Any] | None:
@@ -171,11 +203,13 @@ class SlurmMonitor:
         jobs: Informer[UCloudJob],
         *,
         vanish_grace: timedelta = DEFAULT_VANISH_GRACE,
+        queue_interval: float = DEFAULT_QUEUE_INTERVAL,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.kube = kube
         self.slurm = slurm
         self.jobs = jobs
+        self.queue = QueueReader(slurm, queue_interval)
         self.namespace = jobs.namespace
         self.vanish_grace = vanish_grace
         self._clock = clock
@@ -184,7 +218,14 @@ class SlurmMonitor:
 
     @classmethod
     def for_cluster(
-        cls, kube: Kube, slurm: SlurmClient, *, namespace: str, cluster: str, watch_timeout_seconds: int = 300
+        cls,
+        kube: Kube,
+        slurm: SlurmClient,
+        *,
+        namespace: str,
+        cluster: str,
+        watch_timeout_seconds: int = 300,
+        queue_interval: float = DEFAULT_QUEUE_INTERVAL,
     ) -> SlurmMonitor:
         """A monitor of the UCloudJobs labelled with ``cluster`` in ``namespace``."""
         jobs = Informer(
@@ -194,7 +235,7 @@ class SlurmMonitor:
             label_selector=cluster_selector(cluster),
             watch_timeout_seconds=watch_timeout_seconds,
         )
-        return cls(kube, slurm, jobs)
+        return cls(kube, slurm, jobs, queue_interval=queue_interval)
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
@@ -218,6 +259,16 @@ class SlurmMonitor:
             infos.update({job_id: info for job_id, info in accounting.items() if info.is_finished})
             return infos, True
 
+    async def _places(self, by_id: dict[int, UCloudJob], infos: dict[int, SlurmJobInfo]) -> dict[int, QueuePlace]:
+        """The places in Slurm's queue of the jobs that wait ({} between listings, or if squeue failed)."""
+        try:
+            return await self.queue.places(waiting(by_id, infos))
+        except SlurmError:
+            # Only the places wait for the next listing: the states of this cycle are written all the same.
+            QUEUE_ERRORS.inc()
+            log.warning("Listing Slurm's pending queue failed", exc_info=True)
+            return {}
+
     async def run_once(self) -> int:
         """One cycle over the watched jobs; how many UCloudJobs it patched."""
         every = list(self.jobs.objects.values())
@@ -228,20 +279,23 @@ class SlurmMonitor:
             return 0
         by_id = {job.status.slurm_job_id: job for job in jobs if job.status.slurm_job_id is not None}
         infos, accounting_answered = await self._query(set(by_id))
+        places = await self._places(by_id, infos)
         now_ms = self._now_ms()
+        now = datetime.fromtimestamp(now_ms / 1000, UTC)
         grace_ms = int(self.vanish_grace.total_seconds() * 1000)
         changes: list[tuple[UCloudJob, int, dict[str, Any]]] = []
         self._missing_since = {i: ms for i, ms in self._missing_since.items() if i in by_id and i not in infos}
         for slurm_id, job in by_id.items():
             info = infos.get(slurm_id)
             if info is not None and not is_same_job(job, info):
-                patch = vanished_patch(job, now_ms, message=LOST_MESSAGE)
+                patch, info = vanished_patch(job, now_ms, message=LOST_MESSAGE), None
             elif info is not None:
                 patch = status_patch(job, info, now_ms)
             elif accounting_answered and now_ms - self._missing_since.setdefault(slurm_id, now_ms) >= grace_ms:
                 patch = vanished_patch(job, now_ms)
             else:
                 continue
+            patch = with_queue(job, patch, queue_update(job, info, places.get(slurm_id), now), now_ms)
             if patch is not None:
                 changes.append((job, slurm_id, patch))
         # A few at once, not one after another; more would flood the apiserver in bursts while jobs are being
@@ -273,6 +327,8 @@ class SlurmMonitor:
             POLL_ERRORS.inc()
             log.exception("could not update UCloudJob", extra={"ucloudjob": name})
             return 0
+        if patch.get("queuePosition") is not None:
+            QUEUE_UPDATES.inc()
         if "state" in patch:
             STATE_CHANGES.labels(patch["state"]).inc()
             log.info(

@@ -106,6 +106,8 @@ class BridgeSettings(ComponentSettings):
     monitor_enabled: bool = True
     # One batched Slurm query per cycle, at most this often.
     monitor_interval_seconds: float = Field(default=1.0, gt=0)
+    # While jobs wait, Slurm's pending queue (their positions and estimated starts) is listed at most this often.
+    monitor_queue_interval_seconds: float = Field(default=5.0, gt=0)
 
     @field_validator("ingress_public_url")
     @classmethod

@@ -55,6 +55,7 @@ from ucim.common.instance_api import (
     FILES_RETRIEVE_PATH,
     FILES_TRASH_PATH,
     FILES_UPLOAD_PATH,
+    FOLDER_UPLOAD_PATH,
     HEALTH_PATH,
     JOBS_FOLLOW_PATH,
     SUBMIT_PATH,
@@ -288,6 +289,8 @@ ACTIONS: Final[Mapping[tuple[str, str], Action]] = {
     ("POST", UPLOAD_CHUNK_PATH): Action("transfers.upload", json_body=False, noted_only=True, files=True),
     ("GET", UPLOAD_CHUNK_PATH): Action("transfers.upload_progress", json_body=False, noted_only=True),
     ("GET", DOWNLOAD_FILE_PATH): Action("transfers.download", json_body=False, files=True),
+    # A folder upload's connection (WEBSOCKET_V2): when it opens, and when it ends with its files' outcomes.
+    ("GET", FOLDER_UPLOAD_PATH): Action("transfers.folder_upload", json_body=False, session=True, files=True),
     ("HEAD", DOWNLOAD_FILE_PATH): Action("transfers.download_check", json_body=False, noted_only=True),
     ("POST", SHELL_SESSIONS_PATH): Action("shell.grant", _shell),
     ("GET", SHELL_WEBSOCKET_PATH): Action("shell.session", json_body=False, session=True),

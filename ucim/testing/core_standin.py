@@ -20,7 +20,8 @@ It plays both halves of Core that a provider meets:
   ``integration/init`` + retry loop Core runs (5 attempts, 500 ms apart). File
   calls (``files_browse``, ``files_call``, ``create_upload``, ...) send the drive
   of each file as ``resolvedCollection``, as Core does; ``upload``/``download``
-  then play the browser on the endpoints the provider answered.
+  then play the browser on the endpoints the provider answered, and ``upload_folder`` a
+  folder upload over WEBSOCKET_V2 (``ucim.testing.folder_upload_client``).
 
 Facts (paths, claims, retry counts) come from docs/protocol.md; wire shapes from
 ``ucim.common.protocol``. Run it as a process with
@@ -108,6 +109,7 @@ from ucim.testing.core_accounting import NOTIFICATIONS_PATH, REPORT_USAGE_PATH, 
 from ucim.testing.core_apps import ApplicationStore, parameter_refusal, requested_time
 from ucim.testing.core_drives import DriveRefusedError, DriveStore, browse_body, resolve_items, retrieve_body
 from ucim.testing.core_follow import follow_frames
+from ucim.testing.folder_upload_client import FolderUploadResult, LocalFile, upload_folder
 
 ISSUER = "cloud.sdu.dk"
 AUDIENCE = "all:write"
@@ -637,6 +639,12 @@ class CoreStandIn:
             await self._init_user(username, headers)
             await asyncio.sleep(self.init_retry_delay)
 
+    def _provider_session(self) -> aiohttp.ClientSession:
+        """Core's client for provider calls: its timeout, and no cap on concurrent calls (Go's http.Client has
+        none; aiohttp's default of 100 made a login storm's calls queue here, not at the provider)."""
+        connector = aiohttp.TCPConnector(limit=0)
+        return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=self.call_timeout))
+
     async def _init_user(self, username: str, headers: Mapping[str, str]) -> None:
         init_headers = headers if self.init_sends_username_header else {}
         # Core ignores the outcome of init; the retry tells whether it worked.
@@ -644,8 +652,7 @@ class CoreStandIn:
             await self._send("POST", self.provider_endpoint("integration/init"), {"username": username}, init_headers)
 
     async def _send(self, method: str, url: str, body: Any, headers: Mapping[str, str]) -> ProviderResponse:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.call_timeout))
+        self._session = self._session or self._provider_session()
         all_headers = {"Authorization": f"Bearer {self.mint_service_token()}", **headers}
         started_at, started = time.time(), time.monotonic()
 
@@ -691,8 +698,7 @@ class CoreStandIn:
 
     async def follow_job(self, job_id: str, username: str) -> AsyncIterator[dict[str, Any]]:
         """The follow websocket of a job, as Core dials it: every frame the provider sends (``core_follow``)."""
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.call_timeout))
+        self._session = self._session or self._provider_session()
         job = self.jobs.get(job_id) or make_job(job_id, username)
         hint = base64.urlsafe_b64encode(username.encode()).decode().rstrip("=")
         url = self.provider_endpoint(f"/ucloud/jobs.provider.{self.provider_id}/websocket") + f"?usernameHint={hint}"
@@ -880,6 +886,14 @@ class CoreStandIn:
             if not answer.ok or offset >= total:
                 return answer
 
+    async def upload_folder(
+        self, upload: FilesCreateUploadResponseItem, files: Sequence[LocalFile], **options: Any
+    ) -> FolderUploadResult:
+        """Send ``files`` to a WEBSOCKET_V2 endpoint as the web client does (``folder_upload_client``), no JWT."""
+        if upload.protocol != "WEBSOCKET_V2":
+            raise ValueError(f"a folder upload speaks WEBSOCKET_V2; the endpoint speaks {upload.protocol}")
+        return await upload_folder(upload.endpoint, files, **options)
+
     async def upload_progress(self, upload: FilesCreateUploadResponseItem, username: str) -> BrowserResponse:
         """``GET`` the CHUNKED endpoint with only the token: how far the upload got (to resume it)."""
         headers = {CHUNKED_TOKEN_HEADER: upload.token, USERNAME_HEADER: encode_username(username)}
@@ -902,8 +916,7 @@ class CoreStandIn:
         self, method: str, url: str, headers: Mapping[str, str], body: bytes | None = None
     ) -> BrowserResponse:
         """A request as a browser sends it to a transfer endpoint: no Core JWT."""
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.call_timeout))
+        self._session = self._session or self._provider_session()
         async with self._session.request(method, url, headers=dict(headers), data=body) as response:
             return BrowserResponse(response.status, dict(response.headers), await response.read())
 

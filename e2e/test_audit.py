@@ -20,6 +20,7 @@ import pytest
 from e2e.test_shell import open_terminal
 from ucim.common.protocol import JobState
 from ucim.common.resources import UCloudJob
+from ucim.testing.folder_upload_client import LocalFile
 from ucim.testing.stack import Stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.local_platform]
@@ -146,3 +147,25 @@ async def test_a_terminal_is_recorded_when_it_opens_and_when_it_ends(stack: Stac
     path = stack.envs["ucim-bridge"]["UCIM_BRIDGE_AUDIT__PATH"]
     info = stack.frontend.run("stat", "-c", "%u %a", "--", path).stdout.split()
     assert info == ["0", "600"], "root's, read and written by root only"
+
+
+async def test_a_folder_upload_is_recorded_when_its_connection_opens_and_ends(stack: Stack, folder: str) -> None:
+    core = stack.core
+    await core.connect("alice")
+    target = f"/{core.home_of('alice').id}/{folder}"
+    stack.run_as("alice", "mkdir", f"/home/alice/{folder}")
+    created = await core.create_upload("alice", f"{target}/tree", upload_type="FOLDER")
+    files = [LocalFile(f"sub/file-{i}.txt", b"audited\n", 1_700_000_000_000) for i in range(3)]
+    assert (await core.upload_folder(created, files)).complete
+
+    records = await records_until(stack, "transfers.folder_upload", f"{target}/tree")
+    async with asyncio.timeout(10):
+        while len(lines := [r for r in records if r["action"] == "transfers.folder_upload"]) < 2:
+            await asyncio.sleep(0.1)
+            records = stack.audit_records()
+    assert [(r["phase"], r["status"], r["local_user"]) for r in lines] == [
+        ("open", 101, "alice"),
+        ("end", 101, "alice"),
+    ]
+    assert lines[1]["files"] == "3 completed" and lines[1]["paths"] == [f"/home/alice/{folder}/tree"]
+    only(records, "files.upload", f"{target}/tree")

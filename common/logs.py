@@ -13,6 +13,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from ucim.common.request_ids import RequestIdFilter
+
 # Attributes every LogRecord has; anything else was passed through `extra=`.
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 # kopf's per-object loggers add these to every record: its reference to the object (written as
@@ -44,6 +46,7 @@ def setup_logging(level: str = "INFO", fmt: str = "json") -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler.addFilter(RequestIdFilter())  # a request's id on every line logged while it runs
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

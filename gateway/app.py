@@ -34,7 +34,7 @@ from ucim.gateway.keys import (
     SETTINGS,
     VERIFIER,
 )
-from ucim.gateway.middlewares import auth_middleware, metrics_middleware
+from ucim.gateway.middlewares import answer_request_id, auth_middleware, metrics_middleware, request_id_middleware
 from ucim.gateway.provider import setup_provider_routes
 from ucim.gateway.settings import GatewaySettings
 from ucim.gateway.shell import setup_shell_routes
@@ -125,7 +125,8 @@ async def instance_proxy(app: web.Application) -> AsyncIterator[None]:
 
 def init_app(settings: GatewaySettings, kube: Kube | None = None) -> web.Application:
     """The gateway. Tests may pass a connected ``kube``; otherwise it connects at start-up."""
-    app = web.Application(middlewares=[metrics_middleware, error_middleware, auth_middleware])
+    app = web.Application(middlewares=[request_id_middleware, metrics_middleware, error_middleware, auth_middleware])
+    app.on_response_prepare.append(answer_request_id)
     app[SETTINGS] = settings
     app[VERIFIER] = core_verifier(settings)
     if kube is None:

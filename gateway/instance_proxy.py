@@ -38,6 +38,7 @@ from yarl import URL
 
 from ucim.common.instance_api import CHUNKED_OFFSET_HEADER
 from ucim.common.proxy_bodies import BROKEN, pass_back
+from ucim.common.request_ids import request_id_headers
 from ucim.common.web_sessions import WEB_CONNECT_PATH
 from ucim.gateway.errors import ProviderError
 from ucim.gateway.instances import Instances
@@ -188,7 +189,9 @@ class InstanceProxy:
         endpoint = await self.endpoint(username)
         url = self._tunnels.base_url(endpoint).with_path(path).with_query(dict(params))
         try:
-            return await self._tunnel_session.ws_connect(url, heartbeat=heartbeat, max_msg_size=max_msg_size)
+            return await self._tunnel_session.ws_connect(
+                url, heartbeat=heartbeat, max_msg_size=max_msg_size, headers=request_id_headers()
+            )
         except aiohttp.WSServerHandshakeError:
             raise
         except TunnelRefusedError as refused:
@@ -269,6 +272,7 @@ class InstanceProxy:
 
 def _outgoing(headers: Mapping[str, str] | None, authorization: str | None = None) -> CIMultiDict[str]:
     outgoing = CIMultiDict(headers or {})
+    outgoing.update(request_id_headers())  # the instance audits the call under the gateway's request id
     if authorization is not None:
         outgoing["Authorization"] = authorization
     # Bytes as they are on disk: no compressed answer (nor a ".gz" sibling a file server might pick).

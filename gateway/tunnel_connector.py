@@ -29,6 +29,7 @@ from yarl import URL
 
 from ucim.common.instance_api import TUNNEL_UPGRADE
 from ucim.common.protocol import why_of
+from ucim.common.request_ids import request_id_headers
 from ucim.common.web_sessions import TCP_UPGRADE
 
 MAX_HEAD_BYTES: Final = 16 * 1024  # the ingress's answer to an upgrade is a few hundred bytes
@@ -115,7 +116,14 @@ def _upgrade_request(endpoint: URL, authorization: str) -> bytes:
 
 def _connect_request(then: str) -> bytes:
     """The upgrade the instance answers by connecting to a job's server (``WEB_CONNECT_PATH``)."""
-    lines = (f"GET {then} HTTP/1.1", "Host: instance", "Connection: Upgrade", f"Upgrade: {TCP_UPGRADE}")
+    # The id of the request that opened this connection: the instance audits the connection under it.
+    lines = (
+        f"GET {then} HTTP/1.1",
+        "Host: instance",
+        "Connection: Upgrade",
+        f"Upgrade: {TCP_UPGRADE}",
+        *(f"{name}: {value}" for name, value in request_id_headers().items()),
+    )
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 

@@ -13,6 +13,7 @@ instance down, restarting, slow).
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any, Final
 
 import aiohttp
@@ -20,6 +21,10 @@ from pydantic import SecretStr, ValidationError
 
 from ucim.common.http_client import SessionClient
 from ucim.common.instance_api import CANCEL_PATH, SUBMIT_PATH, CancelRequest, SubmitRequest, SubmitResponse
+from ucim.common.request_ids import HEADER as REQUEST_ID_HEADER
+from ucim.common.request_ids import new_request_id
+
+log = logging.getLogger(__name__)
 
 # 4xx answers that mean "not now" rather than "no": the ingress does not know the
 # instance (yet), refuses our token (a configuration being rolled out), or asks us to wait.
@@ -72,13 +77,19 @@ class InstanceClient(SessionClient):
 
     async def _post(self, endpoint: str, path: str, body: dict[str, Any]) -> Any:
         url = endpoint.rstrip("/") + path
-        headers = {"Authorization": f"Bearer {self._token.get_secret_value()}"}
+        # The instance audits the call under this id; our log line joins it to the job.
+        request_id = new_request_id()
+        headers = {"Authorization": f"Bearer {self._token.get_secret_value()}", REQUEST_ID_HEADER: request_id}
         try:
             async with self._http().post(url, json=body, headers=headers) as response:
                 text = await response.text()
                 status = response.status
         except (aiohttp.ClientError, TimeoutError) as error:
             raise InstanceUnreachableError(f"{url} is unreachable: {error!r}") from error
+        log.info(
+            "instance call",
+            extra={"request_id": request_id, "url": url, "status": status, "job_id": body.get("jobId")},
+        )
         try:
             answer: Any = json.loads(text) if text else None
         except ValueError:

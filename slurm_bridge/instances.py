@@ -56,6 +56,7 @@ from ucim.common.kube import ConflictError, InvalidError, Kube, NotFoundError
 from ucim.common.resources import UserInstance, cluster_selector
 from ucim.common.retry import delay_after
 from ucim.common.times import rfc3339
+from ucim.slurm_bridge.audit import Identity
 from ucim.slurm_bridge.connections import ConnectionMapper
 from ucim.slurm_bridge.ingress import Routes
 from ucim.slurm_bridge.mapping import LocalAccount, Mapper, MappingRefusedError
@@ -491,6 +492,24 @@ class InstanceManager:
 
     def _count_running(self) -> None:
         RUNNING.set(sum(1 for i in self.instances.values() if i.serving))
+
+    def identity_of(self, pid: int) -> Identity | None:
+        """Who the instance whose process is ``pid`` acts for (the audit socket's check), or None.
+
+        Until its exit is reported: a stopping instance's last answers (in-flight requests, sessions ending) are
+        still its own.
+        """
+        instance = self._by_pid.get(pid)
+        spec = instance.obj.spec if instance is not None else None
+        if instance is None or spec is None or spec.uid is None or spec.local_user is None:
+            return None
+        return Identity(
+            instance=f"{self.namespace}/{instance.name}",
+            ucloud_user=spec.ucloud_username,
+            local_user=spec.local_user,
+            uid=spec.uid,
+            pid=pid,
+        )
 
     def serving_pids(self) -> list[int]:
         """The processes of the instances that serve now."""

@@ -35,6 +35,7 @@ from ucim.common.logs import setup_logging
 from ucim.common.observability import start_health_server
 from ucim.common.slurm import SlurmClient, SlurmConfig
 from ucim.slurm_bridge.account_mapper import account_mapper
+from ucim.slurm_bridge.audit import audit_trail
 from ucim.slurm_bridge.connections import ConnectionMapper
 from ucim.slurm_bridge.extensions import TimeExtensions
 from ucim.slurm_bridge.heartbeat import keep_lease
@@ -64,6 +65,7 @@ def fork_server_config(settings: BridgeSettings) -> ForkServerConfig:
             "path": settings.instance_path,
             "lang": settings.instance_lang,
             "slurm_conf": slurm_conf,
+            "audit_socket": str(settings.audit.socket_path) if settings.audit.enabled else None,
             **settings.sidecar,
         },
         min_uid=settings.mapping.min_uid,
@@ -135,6 +137,23 @@ def workspace_controller(
     return controller
 
 
+def instance_tasks(
+    kube: Kube, settings: BridgeSettings, connections: ConnectionMapper, manager: InstanceManager
+) -> dict[str, Coroutine[Any, Any, None]]:
+    """What runs beside the instances: their loop, the connections, accounting and the audit trail if on."""
+    tasks = {
+        "instances": manager.run(),
+        "instance-memory": measure_forever(manager.serving_pids, settings.memory_interval_seconds),
+        "connections": connections.run(),
+    }
+    if settings.accounting.enabled:
+        tasks["workspaces"] = workspace_controller(kube, settings, connections, manager).run()
+    if settings.audit.enabled:
+        # Opened here, before serving: a file or socket the bridge cannot make stops it at start.
+        tasks["audit"] = audit_trail(settings.audit, manager.identity_of).run()
+    return tasks
+
+
 async def serve(settings: BridgeSettings, fork_server: ForkServer | None, token: SecretStr | None) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -169,11 +188,8 @@ async def serve(settings: BridgeSettings, fork_server: ForkServer | None, token:
         connections.instances = manager.informer
         fork_server.attach(manager.on_child_exit)
         ingress = await ingress_for(settings, routes, token)
-        run("instances", manager.run())
-        if settings.accounting.enabled:
-            run("workspaces", workspace_controller(kube, settings, connections, manager).run())
-        run("instance-memory", measure_forever(manager.serving_pids, settings.memory_interval_seconds))
-        run("connections", connections.run())
+        for name, coroutine in instance_tasks(kube, settings, connections, manager).items():
+            run(name, coroutine)
     else:
         log.error("no ingress token configured (UCIM_BRIDGE_INGRESS_TOKEN_FILE): user instances are disabled")
     run(

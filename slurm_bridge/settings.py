@@ -20,6 +20,7 @@ from pydantic_settings import SettingsConfigDict
 from ucim.common.drives import check_root_pattern
 from ucim.common.settings import ComponentSettings
 from ucim.slurm_bridge.account_mapper import AccountMapperSettings
+from ucim.slurm_bridge.audit import AuditSettings
 from ucim.slurm_bridge.mapping import MappingSettings
 from ucim.slurm_bridge.unix_groups import GroupSettings
 
@@ -63,6 +64,9 @@ class BridgeSettings(ComponentSettings):
 
     # --- Core's accounting: projects, Unix groups, Slurm accounts, usage ---
     accounting: AccountingSettings = Field(default_factory=AccountingSettings)
+
+    # --- the audit trail of every action taken as a user (slurm_bridge/audit.py) ---
+    audit: AuditSettings = Field(default_factory=AuditSettings)
 
     # --- user instances ---
     mapping: MappingSettings = Field(default_factory=MappingSettings)

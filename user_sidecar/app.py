@@ -51,6 +51,7 @@ from ucim.common.instance_api import (
 from ucim.common.observability import add_health_routes
 from ucim.common.slurm import SlurmClient
 from ucim.user_sidecar import views
+from ucim.user_sidecar.audit import audit_actions, setup_audit
 from ucim.user_sidecar.jobs import Submitter
 from ucim.user_sidecar.keys import DRIVES, JOBS_FOLDER, SETTINGS, SUBMITTER, TRANSFERS
 from ucim.user_sidecar.load_instructions import (
@@ -94,7 +95,9 @@ def init_app(settings: SidecarSettings, site: SiteApplications | None = None) ->
         drives=drives,
         jobs_folder=settings.jobs_folder,
     )
-    app = web.Application(middlewares=[error_envelope])
+    # The audit first: it records the answer the caller gets, error envelopes included.
+    app = web.Application(middlewares=[audit_actions, error_envelope])
+    setup_audit(app, settings.audit_socket)
     app[SETTINGS] = settings
     app[SUBMITTER] = submitter
     app[DRIVES] = drives
@@ -185,7 +188,9 @@ def _warm_up(settings: SidecarSettings, site: SiteApplications) -> None:
         (Path(home) / "a.txt").write_bytes(b"warm-up")
         (Path(home) / "tree").mkdir()
         (Path(home) / "tree" / "link").symlink_to("../a.txt")
-        app = init_app(settings.model_copy(update={"user": "root", "home": Path(home)}), site)
+        # No audit socket: the warm-up acts for nobody (its records would be refused anyway: root is no instance).
+        warm_up = settings.model_copy(update={"user": "root", "home": Path(home), "audit_socket": None})
+        app = init_app(warm_up, site)
         calls: list[tuple[str, str, bytes | None]] = [
             ("GET", "/healthz", None),
             ("GET", "/readyz", None),

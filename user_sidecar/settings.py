@@ -69,6 +69,9 @@ class SidecarSettings(ComponentSettings):
     # PATH of the Slurm tools and of the jobs they submit.
     path: str = "/usr/local/bin:/usr/bin:/bin"
     lang: str = "C.UTF-8"
+    # The bridge's audit socket (ucim.user_sidecar.audit): every action is recorded there; None records nothing.
+    # The bridge sets it from its own audit settings.
+    audit_socket: Path | None = None
     # How long in-flight requests may finish when the instance is asked to stop.
     shutdown_timeout_seconds: float = Field(default=5.0, ge=0)
 

@@ -25,6 +25,7 @@ import contextlib
 import json
 import logging
 import re
+import shlex
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,7 @@ from ucim.common.shell_protocol import (
 )
 from ucim.common.slurm import SlurmClient
 from ucim.common.slurm_errors import SlurmUnavailableError
+from ucim.user_sidecar import audit
 from ucim.user_sidecar.keys import DRIVES, SETTINGS, SUBMITTER
 from ucim.user_sidecar.metrics import SHELLS
 from ucim.user_sidecar.middlewares import error_response
@@ -172,6 +174,7 @@ async def shell_socket(request: web.Request) -> web.StreamResponse:
     command = request.app[SHELL_TOKENS].claim(token)
     if command is None:
         return error_response(404, "unknown, used or expired shell session")
+    audit.note(request, targets=[shlex.join(command.argv), str(command.cwd)])
     socket = web.WebSocketResponse(protocols=("binary",), max_msg_size=2 << 20)
     await socket.prepare(request)
     SHELLS.inc()

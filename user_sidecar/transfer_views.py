@@ -51,6 +51,7 @@ from ucim.common.protocol import (
 from ucim.common.splice import SocketBody, widen_send_buffer
 from ucim.common.transfer_contract import CORS_HEADERS, PREFLIGHT_HEADERS
 from ucim.common.upload_frames import MAX_FRAME_BYTES
+from ucim.user_sidecar import audit
 from ucim.user_sidecar.folder_upload_io import Folders
 from ucim.user_sidecar.folder_uploads import FolderUpload
 from ucim.user_sidecar.keys import TRANSFERS
@@ -162,6 +163,8 @@ async def upload_chunk(request: web.Request) -> web.Response:
         )
     except PathRefusedError as error:
         return _refusal(error)
+    if progress.complete:
+        audit.note(request, targets=[progress.id or ""], bytes=progress.total_size)
     return _progress(progress)
 
 
@@ -187,6 +190,7 @@ async def folder_upload(request: web.Request) -> web.StreamResponse:
         except PathRefusedError as error:
             return _refusal(error)
         folders = Folders(top_fd)
+        audit.note(request, targets=[session.location.file_id.ucloud_id])
         socket = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, compress=False)
         try:
             await socket.prepare(request)
@@ -203,6 +207,9 @@ async def folder_upload(request: web.Request) -> web.StreamResponse:
         await transfers.end_folder_upload(key, session, used_up=upload is not None and upload.closed_by_client)
         if upload is not None:
             upload.report()
+            # The connection's end line says what became of its files (one line per connection, not per file).
+            files = ", ".join(f"{n} {outcome}" for outcome, n in sorted(upload.outcomes.items()))
+            audit.note(request, files=files or "none")
 
 
 async def preflight(_: web.Request) -> web.Response:
@@ -235,6 +242,7 @@ async def download(request: web.Request) -> web.StreamResponse:
         opened = await transfers.open_download(request.query.get("token"))
     except PathRefusedError as error:
         return _refusal(error)
+    audit.note(request, targets=[opened.session.location.file_id.ucloud_id], bytes=opened.size)
     try:
         # A HEAD sends no file, so it leaves the token as it is.
         uses_token = request.method != "HEAD"

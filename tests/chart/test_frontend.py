@@ -9,9 +9,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from tests.chart.helm import REPO
-from ucim.slurm_bridge.mapping import MappingSettings
 from ucim.slurm_bridge.settings import BridgeSettings
 from ucim.user_sidecar.settings import SidecarSettings
 
@@ -28,13 +28,14 @@ def _bridge_variables(text: str) -> list[str]:
 
 
 def _is_bridge_setting(name: str) -> bool:
+    """A field of BridgeSettings, or of one of its nested settings (``AUDIT__PATH``, ``MAPPING__POLICY``)."""
     field, _, nested = name.removeprefix("UCIM_BRIDGE_").lower().partition("__")
     if field not in BridgeSettings.model_fields:
         return False
-    if field == "mapping":
-        return nested in MappingSettings.model_fields
-    if field == "sidecar":
-        return nested in SidecarSettings.model_fields
+    # The instances' settings travel as a dict (the bridge passes them on); they are SidecarSettings' fields.
+    kind = SidecarSettings if field == "sidecar" else BridgeSettings.model_fields[field].annotation
+    if isinstance(kind, type) and issubclass(kind, BaseModel):
+        return nested in kind.model_fields
     return not nested
 
 

@@ -56,3 +56,14 @@ def test_the_fork_server_gets_no_secret() -> None:
     assert config.app_options["slurm_conf"] == "/etc/slurm/slurm.conf"
     assert config.app_options["jobs_folder"] == "j"
     assert config.min_uid == 1000
+
+
+def test_the_instances_are_told_the_audit_socket_unless_the_trail_is_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert fork_server_config(BridgeSettings()).app_options["audit_socket"] == "/run/ucim-audit.sock"
+    monkeypatch.setenv("UCIM_BRIDGE_AUDIT__SOCKET_PATH", "/run/site/audit.sock")
+    monkeypatch.setenv("UCIM_BRIDGE_AUDIT__MAX_BYTES", "0")
+    settings = BridgeSettings()
+    assert fork_server_config(settings).app_options["audit_socket"] == "/run/site/audit.sock"
+    assert settings.audit.max_bytes == 0
+    monkeypatch.setenv("UCIM_BRIDGE_AUDIT__ENABLED", "false")
+    assert fork_server_config(BridgeSettings()).app_options["audit_socket"] is None

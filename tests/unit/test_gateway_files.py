@@ -291,3 +291,29 @@ async def test_new_routes_are_measured_by_template(env: Env) -> None:
     before = metric("ucim_gateway_request_duration_seconds_count", route=route, method="POST")
     await env.gateway.post(f"{BASE}/files/move", json={}, headers=env.headers())
     assert metric("ucim_gateway_request_duration_seconds_count", route=route, method="POST") == before + 1
+
+
+async def test_each_call_gets_its_own_request_id_which_the_instance_and_the_log_see(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The audit trail's request ids: the gateway's own (never the caller's), answered, sent on, logged."""
+    await env.serve()
+    body = b'{"items": [{"id": "/7/a", "resolvedCollection": {"id": "7", "providerGeneratedId": "home:alice"}}]}'
+    ids = []
+    with caplog.at_level("INFO", logger="ucim.gateway.access"):
+        for _ in range(2):
+            response = await env.gateway.post(
+                f"{BASE}/files/folder",
+                data=body,
+                headers={**env.headers(), "Content-Type": "application/json", "X-Request-Id": "chosen-by-caller"},
+            )
+            assert response.status == 200, await response.text()
+            ids.append(response.headers["X-Request-Id"])
+            seen = {name.lower(): value for name, value in env.ingress.last().headers.items()}
+            assert seen["x-request-id"] == ids[-1]
+    assert len(set(ids)) == 2 and "chosen-by-caller" not in ids
+    logged = [record for record in caplog.records if record.name == "ucim.gateway.access"]
+    assert [getattr(record, "request_id", None) for record in logged] == ids
+    assert {getattr(record, "status", None) for record in logged} == {200}
+    refused = await env.gateway.post(f"{BASE}/files/folder", data=body)  # no JWT: an error answer has one too
+    assert refused.status == 401 and len(refused.headers["X-Request-Id"]) == 32

@@ -279,6 +279,12 @@ class Stack:
         """The uid that owns a path on the frontend."""
         return self.frontend.owner_uid(path)
 
+    def audit_records(self) -> list[dict[str, Any]]:
+        """The bridge's audit trail so far, one dict per line (read as root on the frontend)."""
+        path = self.envs.get("ucim-bridge", {}).get("UCIM_BRIDGE_AUDIT__PATH", "/var/log/ucim/audit.log")
+        text = self.read_file(path) if self.exists(path) else ""
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
     # --- the resources ---
 
     def get(self, resource: str) -> dict[str, Any]:
@@ -331,6 +337,11 @@ async def _wait_healthy(component: Component, timeout: float = 30) -> None:  # n
     raise RuntimeError(f"{component.name} did not become healthy in {timeout} s:\n{component.tail()}")
 
 
+def audit_dir(socket_dir: Path) -> Path:
+    """Where a stack's bridge keeps its audit socket and file: beside its socket folder (which is 0700)."""
+    return socket_dir.with_name(socket_dir.name + "-audit")
+
+
 def component_env(
     platform_env: Mapping[str, str], namespace: str, core: CoreStandIn, ingress_token: str, socket_dir: Path
 ) -> dict[str, dict[str, str]]:
@@ -372,6 +383,9 @@ def component_env(
             "UCIM_BRIDGE_INGRESS_PORT": str(ports["ingress"]),
             "UCIM_BRIDGE_INGRESS_TOKEN": ingress_token,
             "UCIM_BRIDGE_SOCKET_DIR": str(socket_dir),
+            # The audit trail's socket and file, per stack (the instances reach the socket: its folder is 0755).
+            "UCIM_BRIDGE_AUDIT__SOCKET_PATH": str(audit_dir(socket_dir) / "audit.sock"),
+            "UCIM_BRIDGE_AUDIT__PATH": str(audit_dir(socket_dir) / "log" / "audit.log"),
             # The site's load instructions and module picker: the platform's (hack/local_platform.py).
             "UCIM_BRIDGE_SIDECAR__APPLICATIONS_DIR": str(software.applications_dir),
             "UCIM_BRIDGE_SIDECAR__MODULES_FILE": str(software.modules_file),
@@ -466,5 +480,9 @@ async def running_stack(
                         component.process.kill()
                         await component.process.wait()
             shutil.rmtree(socket_dir, ignore_errors=True)
+            if stack.keep_logs:
+                with contextlib.suppress(OSError):
+                    shutil.copy(audit_dir(socket_dir) / "log" / "audit.log", workdir / "audit.log")
+            shutil.rmtree(audit_dir(socket_dir), ignore_errors=True)
             if not stack.keep_logs:
                 shutil.rmtree(workdir, ignore_errors=True)

@@ -7,7 +7,7 @@ Start order matters:
    no user instance can ever hold the ingress token or the Kubernetes credentials;
 3. the ingress token (from its file), the Kubernetes client (its token);
 4. the ingress, the UserInstance loop (and the measuring of the instances' memory), the Slurm
-   monitor, ``/healthz`` ``/readyz`` ``/metrics``.
+   monitor and the Slurm hook's listener, ``/healthz`` ``/readyz`` ``/metrics``.
 
 SIGTERM or SIGINT stops it cleanly (exit 0): instances are marked not Ready, then they
 stop with the fork server. If the fork server dies, the bridge exits 1 (systemd restarts
@@ -37,14 +37,18 @@ from ucim.common.slurm import SlurmClient, SlurmConfig
 from ucim.slurm_bridge.account_mapper import account_mapper
 from ucim.slurm_bridge.connections import ConnectionMapper
 from ucim.slurm_bridge.heartbeat import keep_lease
+from ucim.slurm_bridge.hook_batches import HookBatches
 from ucim.slurm_bridge.ingress import Routes, start_ingress
 from ucim.slurm_bridge.instance_memory import measure_forever
 from ucim.slurm_bridge.instances import InstanceManager
 from ucim.slurm_bridge.mapping import Mapper
 from ucim.slurm_bridge.monitor import SlurmMonitor
+from ucim.slurm_bridge.munge import MungeDecoder
+from ucim.slurm_bridge.poll_interval import PollInterval
 from ucim.slurm_bridge.project_folders import ProjectFolders
 from ucim.slurm_bridge.settings import BridgeSettings
 from ucim.slurm_bridge.slurm_accounts import SlurmAccounts
+from ucim.slurm_bridge.slurm_hook import HookListener, sender_uids
 from ucim.slurm_bridge.spawner import ForkServer, ForkServerConfig, prepare_socket_dir
 from ucim.slurm_bridge.unix_groups import unix_groups
 from ucim.slurm_bridge.workspaces import WorkspaceController
@@ -82,14 +86,43 @@ def start_fork_server(settings: BridgeSettings) -> ForkServer:
     return ForkServer.start(fork_server_config(settings), extra_env=extra)
 
 
-def slurm_monitor(kube: Kube, settings: BridgeSettings) -> SlurmMonitor:
+def slurm_monitor(kube: Kube, settings: BridgeSettings, *, hooked: bool) -> SlurmMonitor:
+    """The monitor; ``hooked``: the hook's listener runs, so the poll may slow down while nothing changes."""
+    fastest, hook = settings.monitor_interval_seconds, settings.hook
     return SlurmMonitor.for_cluster(
         kube,
         SlurmClient(SlurmConfig(slurm_conf=settings.slurm_conf)),
         namespace=settings.namespace,
         cluster=settings.cluster,
         watch_timeout_seconds=settings.watch_timeout_seconds,
+        interval=PollInterval(fastest, settings.monitor_idle_interval_seconds if hooked else fastest),
+        hook=HookBatches(hook.batch_seconds, hook.min_gap_seconds, hook.followup_seconds, hook.max_attempts)
+        if hooked
+        else None,
     )
+
+
+async def open_hook_listener(settings: BridgeSettings) -> HookListener | None:
+    """The Slurm hook's listener on its socket; None (logged) when it cannot listen: the poll alone goes on."""
+    hook = settings.hook
+    try:
+        listener = HookListener(MungeDecoder(hook.munge_socket), sender_uids(hook.senders), lambda *_: None)
+        await asyncio.get_running_loop().create_datagram_endpoint(lambda: listener, local_addr=(hook.host, hook.port))
+    except (OSError, KeyError, ValueError) as error:
+        log.error("the Slurm hook is not listened for (%s): job states come from the poll alone", error)  # noqa: TRY400
+        return None
+    log.info("listening for the Slurm hook", extra={"host": hook.host, "port": hook.port})
+    return listener
+
+
+async def monitor_tasks(kube: Kube, settings: BridgeSettings) -> dict[str, Coroutine[Any, Any, None]]:
+    """The Slurm monitor's task, and the hook listener's when the hook is on (it closes its socket when it ends)."""
+    listener = await open_hook_listener(settings) if settings.hook.enabled else None
+    monitor = slurm_monitor(kube, settings, hooked=listener is not None)
+    if listener is None:
+        return {"slurm-monitor": monitor.run()}
+    listener.on_job = monitor.notify
+    return {"slurm-monitor": monitor.run(), "slurm-hook": listener.run()}
 
 
 async def ingress_for(settings: BridgeSettings, routes: Routes, token: SecretStr) -> web.AppRunner:
@@ -176,8 +209,8 @@ async def serve(settings: BridgeSettings, fork_server: ForkServer | None, token:
             duration_seconds=settings.lease_duration_seconds,
         ),
     )
-    if settings.monitor_enabled:
-        run("slurm-monitor", slurm_monitor(kube, settings).run(settings.monitor_interval_seconds))
+    for name, coroutine in (await monitor_tasks(kube, settings) if settings.monitor_enabled else {}).items():
+        run(name, coroutine)
 
     async def ready() -> bool:
         return manager is not None and manager.watching and not (fork_server is None or _gone(fork_server))

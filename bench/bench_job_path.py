@@ -24,7 +24,7 @@ one of these ways, in an order that rotates from round to round:
 and (a3), the sbatch call inside the instance as the instance logs it (``Slurm job submitted``),
 which (b) minus (a3) turns into what ucim itself adds to each submission. The first Core job
 (which starts alice's instance) and three rounds of each kind come first and are not counted.
-While they are submitted a root job holds every node (``--exclusive``, 5-minute limit), so
+While they are submitted a root job holds every node (``--exclusive``, 30-minute limit, cancelled when the nodes are wanted), so
 none of them runs and no job start competes for the two CPUs; every job goes to the same
 pending queue.
 
@@ -267,10 +267,11 @@ async def start_blocker(run: Run) -> None:
     """A root job that takes every node of the partition, so that what the bench submits stays pending."""
     nodes = await slurm(run, "sinfo", "-h", "--partition=normal", "-o", "%D")
     out = await slurm(
-        run, "sbatch", "--parsable", "--exclusive", f"--nodes={nodes}", "--partition=normal", "--time=5",
-        "--job-name=ucim-bench-blocker", "--output=/dev/null", f"--chdir={run.workdir}", "--wrap", "sleep 300",
+        run, "sbatch", "--parsable", "--exclusive", f"--nodes={nodes}", "--partition=normal", "--time=30",
+        "--job-name=ucim-bench-blocker", "--output=/dev/null", f"--chdir={run.workdir}", "--wrap", "sleep 1800",
     )  # fmt: skip
     run.blocker = sbatch_id(out)
+    run.slurm_ids.add(run.blocker)  # cancelled by the cleanup whatever happens
     for _ in range(300):
         if await slurm(run, "squeue", "-h", "-j", str(run.blocker), "-o", "%T", check=False) == "RUNNING":
             return
@@ -573,7 +574,8 @@ async def measure_mode(
     run: Run, stack: Stack, kube: Kube, mode: str, *, changes: int, metrics_url: str
 ) -> dict[str, Any]:
     await use_mode(stack, mode)
-    await start_blocker(run)
+    if run.blocker is None:
+        await start_blocker(run)
     probes = await create_core_jobs(run, stack, kube, changes)
     return {"mode": mode, **await measure_state_changes(run, stack, probes, metrics_url)}
 
@@ -643,7 +645,7 @@ async def bench(opts: argparse.Namespace) -> dict[str, Any]:
                     # What ucim adds to sbatch: ingress, instance, script and folder, per submission.
                     run.add("b_minus_a3_ucim_overhead", run.instance_submits[slurm_id] - seconds)
                 # Only the Core jobs are tracked by the bridge; the others go now, and these stay, held.
-                others = run.slurm_ids - set(run.core_jobs.values())
+                others = run.slurm_ids - set(run.core_jobs.values()) - {run.blocker}
                 await slurm(run, "scancel", *(str(i) for i in sorted(others)), check=False)
                 await hold_all(run, sorted(run.core_jobs.values()))
                 run.background |= set(run.core_jobs.values())

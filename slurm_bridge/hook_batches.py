@@ -2,15 +2,17 @@
 
 The hook (``deploy/controller/ucim-slurm-hook``) runs inside slurmctld's PrologSlurmctld and
 EpilogSlurmctld, that is *before* the change it announces is visible: a starting job is still
-CONFIGURING, an ending one COMPLETING. So a notification is kept until a query shows what it
+CONFIGURING, an ending one COMPLETING (for ~30-40 ms after the datagram arrives, measured on the
+local platform; hence ``batch_seconds`` of 50 ms, so that the first query usually finds the change). So a notification is kept until a query shows what it
 announced (``prolog_slurmctld``: the job left the queue; ``epilog_slurmctld``: it is final; an
 unknown context: any answer), asked again after ``followup_seconds``, doubling, at most
 ``max_attempts`` times; after that the poll has it.
 
 * Ids that arrive together are asked together: the first notification waits ``batch_seconds`` for
   the others of the same moment (slurmctld starts many jobs in one scheduling pass).
-* Queries for notifications start at most every ``min_gap_seconds``: a burst of thousands of job
-  starts is a handful of queries, each for every id that arrived since the last.
+* Queries for notifications start at most every ``min_gap_seconds`` (30 ms: at most ~33 a second,
+  each of a handful of ids, ~10-20 ms of squeue): a burst of thousands of job starts is a handful of
+  queries, each for every id that arrived since the last.
 * An id of no job the monitor tracks (another site user's job, or one whose ``slurmJobId`` the
   watch has not brought yet) costs no Slurm query; it is looked for again with the follow-ups.
 """
@@ -53,9 +55,9 @@ def answered(context: str, info: SlurmJobInfo | None) -> bool:
 class HookBatches:
     """The notified jobs waiting for a query."""
 
-    batch_seconds: float = 0.04
-    min_gap_seconds: float = 0.05
-    followup_seconds: float = 0.05
+    batch_seconds: float = 0.05
+    min_gap_seconds: float = 0.03
+    followup_seconds: float = 0.03
     max_attempts: int = 8
 
     def __post_init__(self) -> None:

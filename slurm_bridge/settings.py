@@ -48,11 +48,11 @@ class HookSettings(BaseModel):
     # munged's socket, if not libmunge's default.
     munge_socket: Path | None = None
     # A notification waits this long for the others of the same moment, to be asked about together.
-    batch_seconds: float = Field(default=0.04, ge=0)
+    batch_seconds: float = Field(default=0.05, ge=0)
     # Queries for notified jobs start at most this often (on top of the poll's one per interval).
-    min_gap_seconds: float = Field(default=0.05, ge=0.01)
+    min_gap_seconds: float = Field(default=0.03, ge=0.01)
     # A job not yet showing what the hook announced is asked about again after this long, doubling, ...
-    followup_seconds: float = Field(default=0.05, gt=0)
+    followup_seconds: float = Field(default=0.03, gt=0)
     # ... this many times in all; then the poll finds it.
     max_attempts: int = Field(default=8, ge=1)
 

@@ -24,9 +24,9 @@ one of these ways, in an order that rotates from round to round:
 and (a3), the sbatch call inside the instance as the instance logs it (``Slurm job submitted``),
 which (b) minus (a3) turns into what ucim itself adds to each submission. The first Core job
 (which starts alice's instance) and three rounds of each kind come first and are not counted.
-While they are submitted a root job holds every node (``--exclusive``, 30-minute limit, cancelled when the nodes are wanted), so
-none of them runs and no job start competes for the two CPUs; every job goes to the same
-pending queue.
+While they are submitted a root job holds every node (``--exclusive``, 30-minute limit, cancelled
+when the nodes are wanted), so none of them runs and no job start competes for the two CPUs; every
+job goes to the same pending queue.
 
 **State change → JobUpdate received by Core**, with the Slurm hook and with the poll alone, side
 by side, at each number of ``--active-jobs``: first the run grows the number of jobs the bridge

@@ -3,10 +3,11 @@
 The hook (``deploy/controller/ucim-slurm-hook``) runs inside slurmctld's PrologSlurmctld and
 EpilogSlurmctld, that is *before* the change it announces is visible: a starting job is still
 CONFIGURING, an ending one COMPLETING (for ~30-40 ms after the datagram arrives, measured on the
-local platform; hence ``batch_seconds`` of 50 ms, so that the first query usually finds the change). So a notification is kept until a query shows what it
-announced (``prolog_slurmctld``: the job left the queue; ``epilog_slurmctld``: it is final; an
-unknown context: any answer), asked again after ``followup_seconds``, doubling, at most
-``max_attempts`` times; after that the poll has it.
+local platform; hence ``batch_seconds`` of 50 ms, so that the first query usually finds the
+change). So a notification is kept until a query shows what it announced (``prolog_slurmctld``:
+the job left the queue; ``epilog_slurmctld``: it is final; an unknown context: any answer), asked
+again after ``followup_seconds``, doubling, at most ``max_attempts`` times; after that the poll
+has it.
 
 * Ids that arrive together are asked together: the first notification waits ``batch_seconds`` for
   the others of the same moment (slurmctld starts many jobs in one scheduling pass).

@@ -84,7 +84,6 @@ from pathlib import Path
 from typing import Any, Final
 
 import aiohttp
-from prometheus_client.parser import text_string_to_metric_families
 
 from bench.report import bench_parser, run_bench, summary
 from ucim.common.instance_api import SUBMIT_PATH
@@ -94,6 +93,7 @@ from ucim.common.protocol import AppParameterValue, JobState, SimpleDuration
 from ucim.common.resources import UCloudJob, UserInstance
 from ucim.gateway.jobs import to_ucloud_job
 from ucim.operator.jobs import submit_request
+from ucim.testing.metrics import scrape
 from ucim.testing.stack import CLUSTER, PROVIDER, Stack, read_platform_env, running_stack
 
 USER: Final = "alice"
@@ -242,21 +242,18 @@ class AliceHelper:
 
 async def metrics(url: str) -> dict[str, float]:
     """The bridge's Slurm counters: commands by tool and monitor cycles that queried Slurm."""
-    async with aiohttp.ClientSession() as session, session.get(url) as response:
-        text = await response.text()
     found: dict[str, float] = defaultdict(float)
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "ucim_slurm_command_seconds_count":
-                found[sample.labels["command"]] += sample.value
-            elif sample.name == "ucim_slurm_poll_duration_seconds_count":
-                found["poll_cycles"] += sample.value
-            elif sample.name == "ucim_slurm_hook_queries_total":
-                found["hook_queries"] += sample.value
-            elif sample.name == "ucim_slurm_hook_notifications_total":
-                found[f"hook_{sample.labels['result']}"] += sample.value
-            elif sample.name == "ucim_slurm_tracked_jobs":
-                found["tracked"] = sample.value
+    for sample in await scrape(url):
+        if sample.name == "ucim_slurm_command_seconds_count":
+            found[sample.labels["command"]] += sample.value
+        elif sample.name == "ucim_slurm_poll_duration_seconds_count":
+            found["poll_cycles"] += sample.value
+        elif sample.name == "ucim_slurm_hook_queries_total":
+            found["hook_queries"] += sample.value
+        elif sample.name == "ucim_slurm_hook_notifications_total":
+            found[f"hook_{sample.labels['result']}"] += sample.value
+        elif sample.name == "ucim_slurm_tracked_jobs":
+            found["tracked"] = sample.value
     return dict(found)
 
 

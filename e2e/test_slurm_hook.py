@@ -13,12 +13,11 @@ import uuid
 from collections import defaultdict
 from datetime import datetime
 
-import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from ucim.common.protocol import JobState
 from ucim.common.resources import UCloudJob
+from ucim.testing.metrics import scrape
 from ucim.testing.stack import Stack
 
 SLOW_POLL = {"UCIM_BRIDGE_MONITOR_INTERVAL_SECONDS": "30", "UCIM_BRIDGE_MONITOR_IDLE_INTERVAL_SECONDS": "30"}
@@ -33,16 +32,12 @@ def job_id() -> str:
 
 async def bridge_metrics(stack: Stack) -> dict[str, float]:
     """The bridge's hook and poll counters, summed over their labels."""
-    url = f"http://{stack.metrics_targets()['ucim-bridge']}/metrics"
-    async with aiohttp.ClientSession() as session, session.get(url) as response:
-        text = await response.text()
     found: dict[str, float] = defaultdict(float)
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "ucim_slurm_hook_notifications_total":
-                found[f"hook_{sample.labels['result']}"] += sample.value
-            elif sample.name in ("ucim_slurm_hook_queries_total", "ucim_slurm_poll_duration_seconds_count"):
-                found[sample.name] += sample.value
+    for sample in await scrape(f"http://{stack.metrics_targets()['ucim-bridge']}/metrics"):
+        if sample.name == "ucim_slurm_hook_notifications_total":
+            found[f"hook_{sample.labels['result']}"] += sample.value
+        elif sample.name in ("ucim_slurm_hook_queries_total", "ucim_slurm_poll_duration_seconds_count"):
+            found[sample.name] += sample.value
     return dict(found)
 
 

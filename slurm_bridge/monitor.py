@@ -366,20 +366,24 @@ class SlurmMonitor:
             while True:
                 await self._sleep_until(next_poll)
                 now = time.monotonic()
-                batch = self.hook.take(now) if self.hook is not None else {}
-                if batch:
-                    if await self._guarded(self.run_for(batch)):
-                        self.interval.activity()
-                        next_poll = min(next_poll, now + self.interval.fastest)
-                elif now >= next_poll:
+                # The poll first when it is due: a steady stream of notifications never starves it.
+                if now >= next_poll:
                     tracked = set(self._tracked())
                     changed = await self._guarded(self.run_once()) > 0 or tracked != self._polled
                     self._polled = tracked
                     next_poll = now + self.interval.after_poll(changed)
+                elif await self._answer_hook(now):
+                    self.interval.activity()
+                    next_poll = min(next_poll, now + self.interval.fastest)
         finally:
             watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watch
+
+    async def _answer_hook(self, now: float) -> bool:
+        """Ask about the notified jobs that are due, if any; whether that changed a job."""
+        batch = self.hook.take(now) if self.hook is not None else {}
+        return bool(batch) and await self._guarded(self.run_for(batch)) > 0
 
     async def _sleep_until(self, next_poll: float) -> None:
         """Until the next poll, or the next hook batch if that comes first (a notification wakes it)."""

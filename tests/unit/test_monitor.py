@@ -392,3 +392,19 @@ async def test_a_notification_is_answered_long_before_the_next_poll() -> None:
     assert kube.patches[0]["state"] == "RUNNING"
     assert time.monotonic() - started < 0.5
     assert slurm.asked == [{42}, {42}]
+
+
+async def test_a_stream_of_notifications_never_starves_the_poll() -> None:
+    slurm = _Asked({42: info("PENDING"), 43: SlurmJobInfo(job_id=43, state="PENDING")})
+    monitor, _ = _hooked(slurm, _job_numbered(42), _job_numbered(43), interval=0.1)
+    monitor.jobs.run = _watch_nothing  # type: ignore[method-assign]
+    task = asyncio.create_task(monitor.run())
+    for _ in range(50):  # 42 is named every 10 ms for half a second, and never shows a start
+        monitor.notify(42, PROLOG)
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    polls = [ids for ids in slurm.asked if ids == {42, 43}]
+    assert len(polls) >= 4  # every 0.1 s, however many notifications came
+    assert {42} in slurm.asked

@@ -6,8 +6,8 @@ CONFIGURING, an ending one COMPLETING (for ~30-40 ms after the datagram arrives,
 local platform; hence ``batch_seconds`` of 50 ms, so that the first query usually finds the
 change). So a notification is kept until a query shows what it announced (``prolog_slurmctld``:
 the job left the queue; ``epilog_slurmctld``: it is final; an unknown context: any answer), asked
-again after ``followup_seconds``, doubling, at most ``max_attempts`` times; after that the poll
-has it.
+again after ``followup_seconds`` (three times, then doubling), at most ``max_attempts`` times in all
+(~3.9 s); after that the poll has it.
 
 * Ids that arrive together are asked together: the first notification waits ``batch_seconds`` for
   the others of the same moment (slurmctld starts many jobs in one scheduling pass).
@@ -59,7 +59,8 @@ class HookBatches:
     batch_seconds: float = 0.05
     min_gap_seconds: float = 0.03
     followup_seconds: float = 0.03
-    max_attempts: int = 8
+    max_attempts: int = 10
+    even_attempts: int = 3
 
     def __post_init__(self) -> None:
         self.pending: dict[int, Pending] = {}
@@ -100,5 +101,6 @@ class HookBatches:
             attempts = pending.attempts + 1
             if attempts >= self.max_attempts or job_id in self.pending:
                 continue  # the poll has it now; or a newer notification replaced it
-            delay = self.followup_seconds * 2 ** (attempts - 1)
+            # Evenly at first (the change is usually a few tens of ms away), then doubling.
+            delay = self.followup_seconds * 2 ** max(0, attempts - self.even_attempts)
             self.pending[job_id] = Pending(pending.context, now + delay, attempts)

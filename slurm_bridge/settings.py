@@ -51,10 +51,11 @@ class HookSettings(BaseModel):
     batch_seconds: float = Field(default=0.05, ge=0)
     # Queries for notified jobs start at most this often (on top of the poll's one per interval).
     min_gap_seconds: float = Field(default=0.03, ge=0.01)
-    # A job not yet showing what the hook announced is asked about again after this long, doubling, ...
+    # A job not yet showing what the hook announced is asked about again after this long (three times, then
+    # doubling), ...
     followup_seconds: float = Field(default=0.03, gt=0)
     # ... this many times in all; then the poll finds it.
-    max_attempts: int = Field(default=8, ge=1)
+    max_attempts: int = Field(default=10, ge=1)
 
 
 class BridgeSettings(ComponentSettings):

@@ -44,7 +44,9 @@ def test_queries_keep_their_gap() -> None:
 
 
 def test_a_notification_is_asked_again_until_slurm_shows_it_then_left_to_the_poll() -> None:
-    batches = HookBatches(batch_seconds=0.0, min_gap_seconds=0.01, followup_seconds=0.05, max_attempts=3)
+    batches = HookBatches(
+        batch_seconds=0.0, min_gap_seconds=0.01, followup_seconds=0.05, max_attempts=3, even_attempts=1
+    )
     batches.notify(1, PROLOG, now=0.0)
     batches.notify(2, EPILOG, now=0.0)
     batch = batches.take(0.0)
@@ -67,3 +69,15 @@ def test_an_untracked_id_is_looked_for_again_and_a_newer_notification_wins() -> 
     batches.settle(batch, tracked=set(), infos={}, now=0.002)
     assert batches.pending[5].context == EPILOG
     assert batches.pending[5].attempts == 0
+
+
+def test_follow_ups_are_even_at_first_then_doubling() -> None:
+    batches = HookBatches(batch_seconds=0.0, min_gap_seconds=0.0, followup_seconds=1.0, max_attempts=10)
+    batches.notify(1, PROLOG, now=0.0)
+    now, delays = 0.0, []
+    while batches.pending:
+        due = batches.pending[1].due
+        delays.append(due - now)
+        now = due
+        batches.settle(batches.take(now), tracked={1}, infos={1: info(1, "CONFIGURING")}, now=now)
+    assert delays[1:] == [1, 1, 1, 2, 4, 8, 16, 32, 64]  # after the first query (at once): 9 follow-ups

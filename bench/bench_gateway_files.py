@@ -9,9 +9,10 @@ A stand-in instance behind a stand-in bridge ingress (one aiohttp server on loop
 * **direct**: ``POST <ingress>/instances/<name>/files/browse``, as if Core could call the
   instance itself;
 * **gateway, cached**: ``POST /ucloud/<p>/files/browse`` with Core's JWT and the
-  UCloud-Username header: JWT check, the cached endpoint, the streamed forward;
-* **gateway, uncached** (``--real-kube``, needs the local platform): the same with
-  ``instance_cache_seconds=0``, so each call also GETs the UserInstance from the real
+  UCloud-Username header: JWT check, the endpoint from memory (in production the watched
+  UserInstances, here a Kubernetes stand-in), the streamed forward;
+* **gateway, uncached** (``--real-kube``, needs the local platform): the same without the
+  watch, so each call also GETs the UserInstance from the real
   kube-apiserver;
 
 and then the resident memory of this process while ``--transfer-mib`` MiB are uploaded
@@ -132,13 +133,12 @@ async def peak_rss_during(work: Awaitable[None]) -> tuple[float, float, float]:
     return peaks.before["self"] / MIB, peaks.peak["self"] / MIB, seconds
 
 
-async def gateway_for(core: CoreStandIn, kube: Any, namespace: str, cache: float, stack: AsyncExitStack) -> str:
+async def gateway_for(core: CoreStandIn, kube: Any, namespace: str, stack: AsyncExitStack) -> str:
     settings = GatewaySettings(
         core_public_key=SecretStr(core.keys.public_key_b64()),
         provider_id=PROVIDER,
         namespace=namespace,
         ingress_token=SecretStr(TOKEN),
-        instance_cache_seconds=cache,
     )
     return await serve(init_app(settings, kube=typing.cast(Kube, kube)), stack)
 
@@ -174,7 +174,7 @@ async def run(rounds: int, transfer_mib: int, real_kube: bool) -> dict[str, Any]
         samples = await timed(rounds, lambda: call(endpoint + api.FILES_BROWSE_PATH, direct_headers))
         results["cases"]["direct"] = summary(samples)
 
-        cached = await gateway_for(core, fake, "ucim", 5.0, stack)
+        cached = await gateway_for(core, fake, "ucim", stack)
         # A fresh JWT per call, as Core sends; minted outside the timing (Core's cost, not ours).
         tokens = [core.mint_service_token() for _ in range(rounds + 50)]
 
@@ -192,7 +192,7 @@ async def run(rounds: int, transfer_mib: int, real_kube: bool) -> dict[str, Any]
             namespace, real_name = "default", f"bench-{uuid.uuid4().hex[:8]}"
             await place_instance(kube, namespace, real_name, endpoint)
             stack.push_async_callback(kube.delete, UserInstance, namespace, real_name)
-            uncached = await gateway_for(core, _RenamingKube(kube, name, real_name), namespace, 0.0, stack)
+            uncached = await gateway_for(core, _RenamingKube(kube, name, real_name), namespace, stack)
             results["cases"]["gateway_uncached_real_kube"] = summary(await timed(rounds, via(uncached)))
 
         base = results["cases"]["direct"]["p50_ms"]
@@ -277,7 +277,7 @@ def main(argv: list[str]) -> int:
     parser = bench_parser(__doc__)
     parser.add_argument("--rounds", type=int, default=2000)
     parser.add_argument("--transfer-mib", type=int, default=2048)
-    parser.add_argument("--real-kube", action="store_true", help="also measure without the cache, on the platform")
+    parser.add_argument("--real-kube", action="store_true", help="also measure without the watch, on the platform")
     opts = parser.parse_args(argv)
     return run_bench(
         "gateway_files", opts, lambda: asyncio.run(run(opts.rounds, opts.transfer_mib, opts.real_kube)), table

@@ -130,7 +130,7 @@ def is_ucloudjobs(labels: Mapping[str, str]) -> bool:
 
 
 def parse_apiserver_metrics(text: str) -> dict[str, float]:
-    """The apiserver counters this bench reads, flattened: ``requests/<resource or *>/<verb>``, ..."""
+    """The apiserver counters the benches read, flattened: ``requests/<resource or *>/<verb>``, ..."""
     found: dict[str, float] = defaultdict(float)
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -138,8 +138,10 @@ def parse_apiserver_metrics(text: str) -> dict[str, float]:
             if sample.name == "apiserver_request_total":
                 verb = labels.get("verb", "").lower()
                 found[f"requests/*/{verb}"] += sample.value
-                if labels.get("resource") == "ucloudjobs":
-                    found[f"requests/ucloudjobs/{verb}"] += sample.value
+                found[f"requests/{labels.get('resource') or '-'}/{verb}"] += sample.value
+            elif sample.name in ("apiserver_request_duration_seconds_sum", "apiserver_request_duration_seconds_count"):
+                what = "seconds" if sample.name.endswith("_sum") else "timed"
+                found[f"{what}/{labels.get('resource') or '-'}/{labels.get('verb', '').lower()}"] += sample.value
             elif sample.name == "apiserver_response_sizes_sum" and labels.get("resource") == "ucloudjobs":
                 found[f"bytes/ucloudjobs/{labels.get('verb', '').lower()}"] += sample.value
             elif sample.name == "apiserver_watch_events_total" and is_ucloudjobs(labels):

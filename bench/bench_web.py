@@ -40,7 +40,7 @@ import aiohttp
 from yarl import URL
 
 from bench.nginx import running_nginx
-from bench.report import bench_parser, in_own_namespace, run_bench, summary
+from bench.report import bench_parser, cpu_seconds, in_own_namespace, run_bench, summary
 from ucim.common.protocol import JobState, SimpleDuration
 from ucim.common.resources import UCloudJob
 from ucim.testing.stack import Stack, read_platform_env, running_stack
@@ -82,25 +82,6 @@ ROLES: Final = {
 }  # fmt: skip
 
 
-def cpu_seconds() -> dict[str, float]:
-    """CPU time (user + system) used so far by each role's processes."""
-    tick = os.sysconf("SC_CLK_TCK")
-    used = dict.fromkeys([*ROLES, "client"], 0.0)
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            fields = (entry / "stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            continue  # ended meanwhile
-        seconds = (int(fields[11]) + int(fields[12])) / tick
-        role = "client" if int(entry.name) == os.getpid() else next((r for r, p in ROLES.items() if p in command), None)
-        if role is not None:
-            used[role] += seconds
-    return used
-
-
 async def requests_per_second(
     client: aiohttp.ClientSession, lane: Lane, concurrency: int, seconds: float
 ) -> tuple[float, dict[str, int]]:
@@ -116,9 +97,9 @@ async def requests_per_second(
                 await answer.read()
             done += 1
 
-    before, started = cpu_seconds(), time.perf_counter()
+    before, started = cpu_seconds(ROLES), time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    elapsed, after = time.perf_counter() - started, cpu_seconds()
+    elapsed, after = time.perf_counter() - started, cpu_seconds(ROLES)
     per_request = {
         role: round((after[role] - before[role]) / done * 1e6) for role in after if after[role] > before[role]
     }

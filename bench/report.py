@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -98,3 +98,23 @@ def in_own_namespace(name: str, bench: Callable[[dict[str, str], str], Coroutine
         return asyncio.run(bench(env, namespace))
     finally:
         subprocess.run([*kubectl, "delete", "namespace", namespace, "--wait=false"], check=False, capture_output=True)
+
+
+def cpu_seconds(roles: Mapping[str, str]) -> dict[str, float]:
+    """CPU time (user + system) used so far by each role's live processes: a role is a part of their command
+    line; this process is "client"."""
+    tick = os.sysconf("SC_CLK_TCK")
+    used = dict.fromkeys([*roles, "client"], 0.0)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # ended meanwhile
+        seconds = (int(fields[11]) + int(fields[12])) / tick
+        role = "client" if int(entry.name) == os.getpid() else next((r for r, p in roles.items() if p in command), None)
+        if role is not None:
+            used[role] += seconds
+    return used

@@ -47,6 +47,11 @@ FIRST_RETRY_SECONDS = 1.0
 MAX_RETRY_SECONDS = 30.0
 
 
+def synced(informer: Informer[R] | None) -> Informer[R] | None:
+    """``informer`` while its cache is current, else None: read the apiserver instead."""
+    return informer if informer is not None and informer.synced.is_set() else None
+
+
 class Informer(Generic[R]):
     """The objects of ``kind`` in ``namespace`` that ``label_selector`` picks, by name."""
 
@@ -70,6 +75,7 @@ class Informer(Generic[R]):
         # Set while the cache is current: after a list, or while a watch resumes; cleared when a watch breaks.
         self.synced = asyncio.Event()
         self._version: str | None = None
+        self._changed: dict[str, asyncio.Event] = {}  # name -> set at that object's next change (wait_for)
 
     async def run(self) -> None:
         """List and watch until cancelled."""
@@ -123,10 +129,42 @@ class Informer(Generic[R]):
     def _apply(self, change: Change, obj: R) -> None:
         if change == "DELETED":
             self.objects.pop(obj.metadata.name, None)
-        else:
+        elif (known := self.objects.get(obj.metadata.name)) is None or not older(obj, known):
             self.objects[obj.metadata.name] = obj
         if self.on_event is not None:
             self.on_event(change, obj)
+        if (changed := self._changed.pop(obj.metadata.name, None)) is not None:
+            changed.set()
 
     def get(self, name: str) -> R | None:
         return self.objects.get(name)
+
+    def remember(self, obj: R) -> R:
+        """An object this process has just written, as the apiserver answered: the cache holds it until the
+        watch brings it or a newer copy (client-go's mutation cache). Without it, a second call for the same
+        user during a login storm, whose watch events come a second late, wrote everything a second time."""
+        known = self.objects.get(obj.metadata.name)
+        if known is None or older(known, obj):
+            self.objects[obj.metadata.name] = obj
+        return obj
+
+    async def wait_for(self, name: str, predicate: Callable[[R | None], bool]) -> R | None:
+        """The cached object once ``predicate`` holds for it (None: absent); callers bound the wait.
+
+        What ``Kube.wait_for`` does with a watch of its own, on the watch this informer already
+        has: a thousand waiters cost the apiserver nothing. The predicate may raise to end the
+        wait early (a refusal).
+        """
+        while True:
+            current = self.objects.get(name)
+            if predicate(current):
+                return current
+            changed = self._changed.setdefault(name, asyncio.Event())
+            await changed.wait()
+
+
+def older(obj: _Resource, than: _Resource) -> bool:
+    """Whether ``obj`` is an older copy than ``than``: resourceVersions are etcd's revisions, compared as
+    numbers as client-go's mutation cache does; versions that are not numbers are never taken as older."""
+    mine, theirs = obj.metadata.resource_version, than.metadata.resource_version
+    return bool(mine and theirs and mine.isdigit() and theirs.isdigit() and int(mine) < int(theirs))

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
 from ucim.common.drives import Locator
+from ucim.common.protocol import UploadProtocol
 from ucim.common.resources import (
     MAX_INTERFACES,
     JobApplication,
@@ -53,6 +54,8 @@ FILES_DOWNLOAD_PATH = "/files/download"  # BulkRequest[FilesProviderCreateDownlo
 # CHUNKED upload data: POST with the CHUNKED headers below and the chunk as the body;
 # GET with only the token header answers the upload's progress (``UploadProgress``).
 UPLOAD_CHUNK_PATH = "/transfers/upload"
+# A folder upload: GET ?token=<t> upgraded to a websocket speaking WEBSOCKET_V2 (``ucim.common.upload_frames``).
+FOLDER_UPLOAD_PATH = "/transfers/folder"
 # A download: GET ?token=<t>, honouring Range.
 DOWNLOAD_FILE_PATH = "/transfers/download"
 
@@ -116,6 +119,8 @@ class TransferToken(_Message):
     """The instance's answer per item of FILES_UPLOAD_PATH / FILES_DOWNLOAD_PATH."""
 
     token: str
+    # What an upload's endpoint speaks: CHUNKED (UPLOAD_CHUNK_PATH), or WEBSOCKET_V2 for a folder (FOLDER_UPLOAD_PATH).
+    protocol: UploadProtocol = "CHUNKED"
 
 
 class UploadProgress(_Message):

@@ -39,6 +39,13 @@ STATUS_OWNERS: Final[dict[tuple[str, str], tuple[Component, ...]]] = {
     ("UCloudJob", "exitCode"): ("bridge",),
     ("UCloudJob", "startedAt"): ("bridge",),
     ("UCloudJob", "endedAt"): ("bridge",),
+    # The job's place in Slurm's queue while it waits, as the monitor last told Core.
+    ("UCloudJob", "queuePosition"): ("bridge",),
+    ("UCloudJob", "queueLength"): ("bridge",),
+    ("UCloudJob", "estimatedStartAt"): ("bridge",),
+    # Walltime extensions: the gateway asks in spec.extensions, the bridge (root) applies them with scontrol.
+    ("UCloudJob", "extensions"): ("bridge",),
+    ("UCloudJob", "timeLimitMinutes"): ("bridge",),
     # The operator writes the first entry (before Slurm has the job: IN_QUEUE, or the end of a
     # job Slurm never got), the bridge every later one; both with a resourceVersion precondition.
     # ``reason`` is why the job ended without Slurm (the operator's) or Slurm's own reason (the bridge's).

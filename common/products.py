@@ -60,15 +60,20 @@ class MachineType(BaseModel):
             time_limit_minutes=time_limit_minutes,
         )
 
-    def support(self, provider: str, *, web: bool = False, vnc: bool = False) -> JobSupport:
+    def support(
+        self, provider: str, *, web: bool = False, vnc: bool = False, time_extension: bool = False
+    ) -> JobSupport:
         """What UCloud may do with jobs on this product: native batch jobs, their output followed, a terminal,
         and (when the gateway serves them) web interfaces and remote desktops.
 
         Core dials the follow websocket only for a product with ``native.logs`` (PROTOCOL-INTERACTIVE §1.1), and
         refuses ``interactiveSession`` SHELL, WEB or VNC (400 "... not supported by this provider") and shows no
-        button for it unless ``terminal``, ``web`` or ``vnc`` is set.
+        button for it unless ``terminal``, ``web`` or ``vnc`` is set; it refuses ``jobs/extend`` unless
+        ``timeExtension`` is (core2 ``orchestrator/job.go``).
         """
-        native = UniversalBackendSupport(enabled=True, logs=True, terminal=True, web=web, vnc=vnc)
+        native = UniversalBackendSupport(
+            enabled=True, logs=True, terminal=True, web=web, vnc=vnc, time_extension=time_extension
+        )
         return JobSupport(product=self.reference(provider), native=native)
 
     def product(self, provider: str) -> ProductV2:

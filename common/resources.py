@@ -213,6 +213,38 @@ class ParameterValue(_Model):
     drive: str | None = Field(default=None, max_length=64)
 
 
+# The delivery log's length (the CRD's maxItems): a write past it is refused, and a job's end with it.
+MAX_TRANSITIONS: Final = 64
+# Extensions one job may be given (each applied one is a job update in status.transitions, which holds
+# MAX_TRANSITIONS beside the states, the dynamic targets and the queue lines).
+MAX_EXTENSIONS: Final = 24
+ExtensionResult = Literal["Applied", "Refused"]
+
+
+class TimeExtension(_Model):
+    """One ``jobs/extend`` request: the gateway's, checked against the site's policy, applied by the bridge.
+
+    ``id`` is made from what Core sent (the job's time allocation as Core knew it and the time asked for), so
+    Core's retry of a call finds its first request instead of extending the job twice.
+    """
+
+    id: str = Field(min_length=1, max_length=64)
+    add_minutes: int = Field(ge=1, le=MAX_TIME_LIMIT_MINUTES)
+    # The job's whole time limit once applied (what ``scontrol update TimeLimit=`` sets: absolute, so
+    # applying it again changes nothing).
+    time_limit_minutes: int = Field(ge=1, le=MAX_TIME_LIMIT_MINUTES)
+    requested_at: datetime
+
+
+class ExtensionOutcome(_Model):
+    """The bridge's answer to one TimeExtension (same ``id``)."""
+
+    id: str = Field(min_length=1, max_length=64)
+    result: ExtensionResult
+    message: str = Field(max_length=1024)
+    at: datetime
+
+
 class UCloudJobSpec(_Model):
     job_id: str = Field(min_length=1, max_length=128)
     owner: str = Field(min_length=1, max_length=MAX_USERNAME_LENGTH)
@@ -224,6 +256,8 @@ class UCloudJobSpec(_Model):
     resources: JobResources
     parameters: dict[str, ParameterValue] | None = Field(default=None, max_length=256)
     terminate: bool | None = None
+    # Walltime extensions Core asked for (jobs/extend), in order; the bridge applies each once (status.extensions).
+    extensions: list[TimeExtension] | None = Field(default=None, max_length=MAX_EXTENSIONS)
 
 
 class JobTransition(_Model):
@@ -232,6 +266,8 @@ class JobTransition(_Model):
     state: JobState | None = None
     timestamp: int  # epoch milliseconds, UCloud's unit
     message: str | None = None
+    # The job's new time limit (milliseconds, the whole of it) after an extension: Core's newTimeAllocation.
+    new_time_allocation: int | None = Field(default=None, ge=1)
 
 
 class JobInterface(_Model):
@@ -266,8 +302,16 @@ class UCloudJobStatus(_Model):
     provider_generated_id: str | None = None
     # The job's web and VNC servers, as its script was rendered (the instance's submit answer).
     interfaces: list[JobInterface] = Field(default_factory=list, max_length=MAX_INTERFACES)
-    transitions: list[JobTransition] = Field(default_factory=list)
+    # While Slurm keeps the job pending: its place among the partition's pending jobs (1 = next) and
+    # Slurm's estimate of its start, as last told to Core (slurm_bridge/queue_status.py); gone once it starts.
+    queue_position: int | None = Field(default=None, ge=1)
+    queue_length: int | None = Field(default=None, ge=1)
+    estimated_start_at: datetime | None = None
+    transitions: list[JobTransition] = Field(default_factory=list, max_length=MAX_TRANSITIONS)
     reported_transitions: int = 0
+    # The bridge's outcome of each spec.extensions entry, and the time limit the last applied one set in Slurm.
+    extensions: list[ExtensionOutcome] = Field(default_factory=list, max_length=MAX_EXTENSIONS)
+    time_limit_minutes: int | None = Field(default=None, ge=1, le=MAX_TIME_LIMIT_MINUTES)
 
 
 class UCloudJob(_Resource):
@@ -281,6 +325,15 @@ class UCloudJob(_Resource):
     def name_for(job_id: str) -> str:
         """The deterministic object name for a UCloud job id (idempotent creates)."""
         return dns_name("ucloud", job_id)
+
+    def extension_outcome(self, extension_id: str) -> ExtensionOutcome | None:
+        """The bridge's outcome of the extension ``extension_id``; None while it waits."""
+        return next((o for o in self.status.extensions if o.id == extension_id), None)
+
+    def pending_extensions(self) -> list[TimeExtension]:
+        """The extensions the bridge has not answered yet, in the order they were asked for."""
+        answered = {o.id for o in self.status.extensions}
+        return [e for e in self.spec.extensions or [] if e.id not in answered]
 
 
 # --- UserInstance -------------------------------------------------------------

@@ -1,12 +1,14 @@
 """The one module that talks to the Slurm command-line tools.
 
 Everything ucim asks Slurm goes through :class:`SlurmClient`: ``sbatch``, ``scancel``,
-``squeue``, ``sacct`` (and ``scontrol ping``). Commands run as asyncio subprocesses from
-argument lists, never through a shell. Where they run and with what environment is fixed
-by :class:`SlurmConfig` (binary directory, an optional command prefix such as ``runuser -u
-alice --``, ``SLURM_CONF`` and the base environment); nothing here reads ``os.environ``.
+``squeue``, ``sacct`` (and ``scontrol ping``; ``sinfo`` and ``scontrol update`` for a walltime
+extension). Commands run as asyncio subprocesses from argument lists, never through a shell.
+Where they run and with what environment is fixed by :class:`SlurmConfig` (binary directory,
+an optional command prefix such as ``runuser -u alice --``, ``SLURM_CONF`` and the base
+environment); nothing here reads ``os.environ``.
 The process that calls :meth:`SlurmClient.submit` or :meth:`SlurmClient.cancel` must
-already be the user's own (the user instance); the bridge, as root, only polls.
+already be the user's own (the user instance); the bridge, as root, polls and raises time limits
+(:meth:`SlurmClient.set_time_limit`), which Slurm lets no user do to their own job.
 
 The output formats and their parsers are :mod:`ucim.common.slurm_parsing`, failures
 :mod:`ucim.common.slurm_errors`, the map from Slurm's states to UCloud's
@@ -65,7 +67,7 @@ import signal as signal_module
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import tzinfo
+from datetime import timedelta, tzinfo
 from pathlib import Path
 
 from prometheus_client import Histogram
@@ -82,11 +84,16 @@ from ucim.common.slurm_errors import (
 from ucim.common.slurm_parsing import (
     FIELD_SEPARATOR,
     SACCT_FIELDS,
+    PendingJob,
     SlurmJobInfo,
+    minutes_to_slurm_time,
     parse_job_ids,
+    parse_pending,
     parse_sacct,
     parse_sbatch_output,
     parse_squeue,
+    parse_time_limit,
+    pending_format,
     squeue_format,
 )
 
@@ -304,6 +311,31 @@ class SlurmClient:
             raise self._failure(result, "sacct")
         return parse_job_ids(result.stdout)
 
+    async def partition_max_time(self, job_id: int) -> timedelta | None:
+        """The longest time limit the partition of ``job_id`` allows (its MaxTime); None: unlimited.
+
+        A job still pending in several partitions gets the smallest of theirs. A job Slurm no
+        longer has (finished) is a SlurmError that says so.
+        """
+        result = await self.run("squeue", ["-h", "-j", str(job_id), "-o", "%P"])
+        partitions = result.stdout.strip() if result.returncode == 0 else ""
+        if not partitions:
+            detail = clean_slurm_error(result.stderr) or f"Slurm has no queued or running job {job_id}"
+            raise SlurmError("squeue failed", detail=detail, command=result.argv, returncode=result.returncode)
+        result = await self.run("sinfo", ["-h", "-p", partitions, "-o", "%l"])
+        if result.returncode != 0:
+            raise self._failure(result, "sinfo")
+        limits = [limit for line in result.stdout.split() if (limit := parse_time_limit(line)) is not None]
+        return min(limits) if limits else None
+
+    async def set_time_limit(self, job_id: int, minutes: int) -> None:
+        """``scontrol update JobId=<id> TimeLimit=<minutes>``: only root and Slurm's operators may raise it."""
+        limit = minutes_to_slurm_time(minutes)
+        result = await self.run("scontrol", ["update", f"JobId={job_id}", f"TimeLimit={limit}"], query=False)
+        if result.returncode != 0:
+            raise self._failure(result, "scontrol update")
+        log.info("Slurm time limit set", extra={"slurm_job_id": job_id, "minutes": minutes})
+
     async def poll(self, job_ids: Iterable[int]) -> dict[int, SlurmJobInfo]:
         """One ``squeue`` call for all ``job_ids``: id → info for the jobs Slurm still knows.
 
@@ -324,6 +356,23 @@ class SlurmClient:
             raise self._failure(result, "squeue")
         jobs = parse_squeue(result.stdout, self._tz)
         return {job_id: info for job_id, info in jobs.items() if job_id in wanted}
+
+    async def pending(self, partitions: Iterable[str] | None = None) -> list[PendingJob]:
+        """One ``squeue`` listing every user's pending jobs (in ``partitions``, or all): for queue positions.
+
+        ``-a`` includes hidden partitions, ``-P`` lists a job waiting in several partitions once per
+        partition. Only root (the bridge) sees other users' jobs where ``PrivateData=jobs`` is set.
+        """
+        args = ["-h", "-a", "-P", "-t", "PENDING", "-O", pending_format()]
+        if partitions is not None:
+            names = sorted(set(partitions))
+            if not names:
+                return []
+            args += ["-p", ",".join(names)]
+        result = await self.run("squeue", args)
+        if result.returncode != 0:
+            raise self._failure(result, "squeue")
+        return parse_pending(result.stdout, self._tz)
 
     async def poll_accounting(self, job_ids: Iterable[int]) -> dict[int, SlurmJobInfo]:
         """One ``sacct`` call for jobs squeue has forgotten; {} without accounting."""

@@ -9,6 +9,8 @@ with lines captured from the real Slurm:
   its stderr becomes a readable ``SlurmRejectedError`` (:func:`ucim.common.slurm_errors.sbatch_error`).
 * ``squeue -h -O <field>:<sep>,...``: the poll (:func:`parse_squeue`).
 * ``sacct -X -P -n -o ...``: the accounting fallback (:func:`parse_sacct`).
+* ``squeue -h -a -P -t PENDING -O <field>:<sep>,...``: the pending queue, for queue positions
+  (:func:`parse_pending`).
 * ``squeue -h -o %A``/``sacct -P -o JobID``: job-id lists (:func:`parse_job_ids`).
 
 All three state queries run with ``SLURM_TIME_FORMAT=%s``, so every timestamp is printed
@@ -221,6 +223,53 @@ def parse_squeue(stdout: str, tz: tzinfo | None = None) -> dict[int, SlurmJobInf
             tz=tz,
         )
         jobs[info.job_id] = info
+    return jobs
+
+
+@dataclass(frozen=True, slots=True)
+class PendingJob:
+    """One pending job in one partition, as the queue listing has it.
+
+    ``job_id`` is None for an array's pending tasks listed as one record (``123_[4-100]``): they
+    count as one job waiting, and are never one of ucim's. ``estimated_start`` is Slurm's
+    estimate (the backfill scheduler's), None while it has none.
+    """
+
+    job_id: int | None
+    partition: str
+    priority: int
+    estimated_start: datetime | None
+
+
+# The fields of the pending listing, in order; -P (--priority) lists a job waiting in several
+# partitions once per partition, each line with that partition's priority.
+PENDING_FIELDS: Final = ("JobID", "Partition", "PriorityLong", "StartTime")
+
+
+def pending_format() -> str:
+    """The ``-O`` argument of the pending listing."""
+    return ",".join(f"{name}:{FIELD_SEPARATOR}" for name in PENDING_FIELDS)
+
+
+def parse_pending(stdout: str, tz: tzinfo | None = None) -> list[PendingJob]:
+    """Lines of ``squeue -h -P -t PENDING -O <pending_format()>`` → the pending jobs, in squeue's order."""
+    jobs: list[PendingJob] = []
+    for line in stdout.splitlines():
+        if not line.strip():
+            continue
+        fields = [field.strip() for field in line.split(FIELD_SEPARATOR)]
+        job_id, partition, priority, start = (fields + [""] * len(PENDING_FIELDS))[: len(PENDING_FIELDS)]
+        if not partition or not priority.isdigit() or not job_id[:1].isdigit():
+            log.warning("Unexpected squeue line", extra={"line": line})
+            continue
+        jobs.append(
+            PendingJob(
+                job_id=int(job_id) if job_id.isdigit() else None,
+                partition=partition,
+                priority=int(priority),
+                estimated_start=parse_slurm_time(start, tz),
+            )
+        )
     return jobs
 
 

@@ -44,3 +44,11 @@ def parse_rfc3339(text: str | None) -> datetime | None:
     except ValueError:
         return None
     return moment if moment.tzinfo is not None else None
+
+
+def minutes_text(minutes: int) -> str:
+    """A time limit for people: ``90`` → ``1 h 30 min``, ``2880`` → ``48 h``, ``5`` → ``5 min``."""
+    hours, rest = divmod(minutes, 60)
+    if not hours:
+        return f"{rest} min"
+    return f"{hours} h {rest} min" if rest else f"{hours} h"

@@ -77,6 +77,7 @@ async def ensure_user_instance(
     idle_timeout_seconds: int,
     now: datetime,
     retry_refused: bool,
+    known: tuple[UserInstance | None] | None = None,
 ) -> UserInstance:
     """The user's UserInstance on ``cluster``: created when absent, asked to start when it does not serve.
 
@@ -84,9 +85,12 @@ async def ensure_user_instance(
     when the user comes back through Core: the account may exist by now; the operator
     does not, for a job cannot make an account appear). Asks are spaced by :func:`wake_due`.
     One instance serves all of its user's jobs and outlives each of them: no job adopts it.
+
+    ``known``: the instance as a watch has it (``(None,)``: absent), in place of a read. A copy
+    that is behind costs a conflict on create (then it is read) or an ask that was not needed.
     """
     name = UserInstance.name_for(username, cluster)
-    instance = await kube.get(UserInstance, namespace, name)
+    instance = known[0] if known is not None else await kube.get(UserInstance, namespace, name)
     if instance is None:
         wanted = new_user_instance(namespace, username, cluster, idle_timeout_seconds=idle_timeout_seconds, now=now)
         try:

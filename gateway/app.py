@@ -12,7 +12,7 @@ from ucim.common.core_client import CoreClient
 from ucim.common.informer import Informer
 from ucim.common.kube import Kube
 from ucim.common.observability import add_health_routes
-from ucim.common.resources import Lease, cluster_selector
+from ucim.common.resources import Lease, UserConnection, UserInstance, cluster_selector
 from ucim.gateway.auth import CoreVerifier, load_public_key, read_public_key
 from ucim.gateway.connections import Connections
 from ucim.gateway.drives import Drives
@@ -55,18 +55,24 @@ def core_verifier(settings: GatewaySettings) -> CoreVerifier:
 
 
 async def kubernetes(app: web.Application) -> AsyncIterator[None]:
-    """The Kubernetes client lives as long as the application, and so does the watch of the bridges' Leases."""
+    """The Kubernetes client lives as long as the application, and so do the watches of the cluster's
+    bridges' Leases, UserInstances and UserConnections."""
     settings = app[SETTINGS]
     kube = await Kube.connect(settings.kubeconfig, component="gateway")
     use_kube(app, kube)
-    leases = app[INSTANCES].leases = Informer(
-        kube, Lease, settings.namespace, label_selector=cluster_selector(settings.cluster)
-    )
-    watch = asyncio.create_task(leases.run(), name="lease-watch")
+    instances, connections = app[INSTANCES], app[CONNECTIONS]
+    selector = cluster_selector(settings.cluster)
+    instances.leases = Informer(kube, Lease, settings.namespace, label_selector=selector)
+    instances.informer = Informer(kube, UserInstance, settings.namespace, label_selector=selector)
+    connections.informer = Informer(kube, UserConnection, settings.namespace, label_selector=selector)
+    watches = [
+        asyncio.create_task(informer.run(), name=f"{informer.kind.KIND}-watch")
+        for informer in (instances.leases, instances.informer, connections.informer)
+    ]
     yield
-    watch.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await watch
+    for watch in watches:
+        watch.cancel()
+    await asyncio.gather(*watches, return_exceptions=True)
     await kube.close()
 
 
@@ -112,7 +118,6 @@ async def instance_proxy(app: web.Application) -> AsyncIterator[None]:
         settings.ingress_token,
         connect_timeout=settings.instance_connect_timeout_seconds,
         read_timeout=settings.instance_read_timeout_seconds,
-        cache_seconds=settings.instance_cache_seconds,
     )
     yield
     await proxy.close()

@@ -7,6 +7,9 @@ the bridge owns its mapping (``spec.localUser``/``spec.uid``, written once, and 
 (``status.cleared``). Each applies its own condition under its own field manager, so
 neither overwrites the other's. A connection is never deleted on unlink, only expired, so
 a user who connects again gets the same uid back.
+
+The connections come from a watch of the cluster's UserConnections (``informer``), as the
+instances do (``instances.py``): a call reads that cache, not the apiserver.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from datetime import datetime, timedelta
 from ucim.common import reasons
 from ucim.common.conditions import ConditionStatus, find_condition, is_true
 from ucim.common.connections import end_reason
+from ucim.common.informer import Informer, synced
 from ucim.common.kube import ConflictError, Kube
 from ucim.common.resources import ObjectMeta, UserConnection, UserConnectionSpec, cluster_labels
 from ucim.common.times import rfc3339
@@ -40,11 +44,15 @@ class Connections:
     namespace: str
     cluster: str
     expire_after_ms: int | None = None
+    # The cluster's UserConnections, watched; None (or not listed yet): read from the apiserver.
+    informer: Informer[UserConnection] | None = None
 
     def name_for(self, username: str) -> str:
         return UserConnection.name_for(username, self.cluster)
 
     async def get(self, username: str) -> UserConnection | None:
+        if (cache := synced(self.informer)) is not None:
+            return cache.get(self.name_for(username))
         return await self.kube.get(UserConnection, self.namespace, self.name_for(username))
 
     async def ensure(self, username: str, now: datetime) -> UserConnection:
@@ -62,12 +70,17 @@ class Connections:
                 spec=UserConnectionSpec(ucloud_username=username, cluster=self.cluster),
             )
             try:
-                return await self.kube.create(connection, self.namespace)
-            except ConflictError:  # created concurrently: take that one
-                return await self.ensure(username, now)
+                return self._written(await self.kube.create(connection, self.namespace))
+            except ConflictError:  # created concurrently (or the watch is behind): take that one
+                found = await self.kube.get(UserConnection, self.namespace, self.name_for(username))
+                if found is None:
+                    raise
+                connection = found
         if connection.spec.uid is None and refused(connection) is not None:
             ask = {"metadata": {"annotations": requested_at(now)}}
-            connection = await self.kube.patch(UserConnection, self.namespace, connection.metadata.name, ask)
+            connection = self._written(
+                await self.kube.patch(UserConnection, self.namespace, connection.metadata.name, ask)
+            )
         return connection
 
     async def wait_mapped(self, username: str, asked_at: datetime) -> UserConnection:
@@ -90,7 +103,11 @@ class Connections:
                 raise ConnectionRefusedError(mapped.message)
             return False
 
-        found = await self.kube.wait_for(UserConnection, self.namespace, self.name_for(username), mapped_or_refused)
+        name = self.name_for(username)
+        if (cache := synced(self.informer)) is not None:
+            found = await cache.wait_for(name, mapped_or_refused)
+        else:
+            found = await self.kube.wait_for(UserConnection, self.namespace, name, mapped_or_refused)
         if found is None:  # mapped_or_refused holds only for an object
             raise ConnectionRefusedError("the connection was deleted")
         return found
@@ -98,8 +115,11 @@ class Connections:
     async def mark_connected(self, connection: UserConnection, reason: str, now: datetime) -> UserConnection:
         """Connected=True, and a fresh expiry (or none) in place of an old one."""
         expires = None if self.expire_after_ms is None else rfc3339(now + timedelta(milliseconds=self.expire_after_ms))
-        patch = {"spec": {"expiresAt": expires}}
-        connection = await self.kube.patch(UserConnection, self.namespace, connection.metadata.name, patch)
+        if expires is not None or connection.spec.expires_at is not None:  # (a login storm's writes count)
+            patch = {"spec": {"expiresAt": expires}}
+            connection = self._written(
+                await self.kube.patch(UserConnection, self.namespace, connection.metadata.name, patch)
+            )
         return await self._set_connected(connection, "True", reason, "connected through UCloud", now)
 
     async def mark_unlinked(self, connection: UserConnection, now: datetime) -> UserConnection:
@@ -112,13 +132,13 @@ class Connections:
             connection, "False", reasons.UNLINKED, "the user unlinked the provider", now
         )
         patch = {"spec": {"expiresAt": rfc3339(now)}}
-        return await self.kube.patch(UserConnection, self.namespace, connection.metadata.name, patch)
+        return self._written(await self.kube.patch(UserConnection, self.namespace, connection.metadata.name, patch))
 
     async def _set_connected(
         self, connection: UserConnection, status: ConditionStatus, reason: str, message: str, now: datetime
     ) -> UserConnection:
         """Apply the gateway's one condition; the bridge's Mapped is its own and stays as it is."""
-        return await self.kube.apply_condition(
+        applied = await self.kube.apply_condition(
             UserConnection,
             self.namespace,
             connection.metadata.name,
@@ -127,6 +147,11 @@ class Connections:
             observed_generation=connection.metadata.generation,
             now=now,
         )
+        return self._written(applied)
+
+    def _written(self, connection: UserConnection) -> UserConnection:
+        """``connection`` as a write of ours answered: the next call reads it, even before the watch has it."""
+        return self.informer.remember(connection) if self.informer is not None else connection
 
 
 def ended_why(connection: UserConnection | None, now: datetime) -> str | None:

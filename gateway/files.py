@@ -132,7 +132,7 @@ class _InstanceRefusalError(Exception):
         self.body = body
 
 
-async def create_transfer(request: web.Request, path: str) -> tuple[str, list[str]]:
+async def create_transfer(request: web.Request, path: str) -> tuple[str, list[TransferToken]]:
     """Forward a create-upload or create-download: the acting user and the instance's tokens, in order."""
     username, upstream = await send_for_core(request, path)
     async with upstream:
@@ -147,21 +147,31 @@ async def create_transfer(request: web.Request, path: str) -> tuple[str, list[st
     except ValidationError as error:
         why = error.errors()[0]["msg"]
         raise ProviderError(502, f"the instance answered a transfer without tokens: {why}") from error
-    return username, [item.token for item in tokens]
+    return username, tokens
 
 
 def _passed_on(refusal: _InstanceRefusalError) -> web.Response:
     return web.Response(status=refusal.status, body=refusal.body, content_type="application/json")
 
 
+def upload_endpoint(settings: GatewaySettings, username: str, answer: TransferToken) -> FilesCreateUploadResponseItem:
+    """A file's CHUNKED endpoint (the browser sends the token in Chunked-Upload-Token), or a folder's
+    WEBSOCKET_V2 socket (the token in its query, as IM2 writes it: ``ws[s]://…/upload?token=…&usernameHint=…``)."""
+    if answer.protocol != "WEBSOCKET_V2":
+        endpoint = transfer_endpoint(settings, "upload", username)
+        return FilesCreateUploadResponseItem(endpoint=endpoint, protocol="CHUNKED", token=answer.token)
+    url = URL(transfer_endpoint(settings, "upload", username, answer.token))
+    socket = url.with_scheme("wss" if url.scheme == "https" else "ws")
+    return FilesCreateUploadResponseItem(endpoint=str(socket), protocol="WEBSOCKET_V2", token=answer.token)
+
+
 async def create_upload(request: web.Request) -> web.Response:
-    """``files/upload``: one CHUNKED endpoint per item; the browser sends the token in Chunked-Upload-Token."""
+    """``files/upload``: one endpoint per item, CHUNKED for a file, WEBSOCKET_V2 for a folder."""
     try:
         username, tokens = await create_transfer(request, api.FILES_UPLOAD_PATH)
     except _InstanceRefusalError as refusal:
         return _passed_on(refusal)
-    endpoint = transfer_endpoint(request.app[SETTINGS], "upload", username)
-    items = [FilesCreateUploadResponseItem(endpoint=endpoint, protocol="CHUNKED", token=token) for token in tokens]
+    items = [upload_endpoint(request.app[SETTINGS], username, answer) for answer in tokens]
     return web.json_response(dump(BulkResponse[FilesCreateUploadResponseItem](responses=items)))
 
 
@@ -173,8 +183,8 @@ async def create_download(request: web.Request) -> web.Response:
         return _passed_on(refusal)
     settings = request.app[SETTINGS]
     items = [
-        FilesCreateDownloadResponseItem(endpoint=transfer_endpoint(settings, "download", username, token))
-        for token in tokens
+        FilesCreateDownloadResponseItem(endpoint=transfer_endpoint(settings, "download", username, answer.token))
+        for answer in tokens
     ]
     return web.json_response(dump(BulkResponse[FilesCreateDownloadResponseItem](responses=items)))
 

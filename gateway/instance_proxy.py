@@ -11,9 +11,8 @@ An instance is reached only through the ingress, with its bearer token, in one o
 Bodies are never held whole: the request streams from the caller into the ingress and the
 answer streams back, so a 2 GiB upload or download costs the gateway a few buffers of memory.
 
-Each forward would otherwise need a Kubernetes GET to find the endpoint; the endpoint of a
-Ready instance is kept for ``cache_seconds`` instead, and forgotten as soon as a forward
-fails. Two outcomes besides an answer matter to callers and are told apart here:
+The endpoint comes from the watched UserInstances (``Instances.get``), so a forward reads
+nothing from the apiserver. Two outcomes besides an answer matter to callers and are told apart here:
 
 * ``InstanceNotReadyError``: no Ready instance, or the bridge answered that it is not
   running (its 503 with ``Retry-After``). Core's calls answer 449 so that Core runs
@@ -73,12 +72,6 @@ class InstanceUnreachableError(Exception):
     """The bridge ingress could not be reached or did not answer properly; the message says why."""
 
 
-@dataclass
-class _Cached:
-    endpoint: str
-    until: float
-
-
 def bridge_refusal(username: str, status: int, headers: Mapping[str, str]) -> Exception | None:
     """The error for an answer of the ingress itself, or None for an answer of the instance.
 
@@ -111,13 +104,10 @@ class InstanceProxy:
         *,
         connect_timeout: float,
         read_timeout: float,
-        cache_seconds: float = 5.0,
     ) -> None:
         """Call from a coroutine (it opens client sessions); ``close`` them when done."""
         self.instances = instances
         self._authorization = f"Bearer {ingress_token.get_secret_value()}"
-        self._cache_seconds = cache_seconds
-        self._endpoints: dict[str, _Cached] = {}
         self._untunneled: dict[str, float] = {}  # endpoint -> until when its calls go the plain way
         # No total timeout (a transfer may take hours), bounded silence.
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout)
@@ -132,23 +122,13 @@ class InstanceProxy:
     # --- where the instance is ---
 
     async def endpoint(self, username: str) -> str:
-        """The endpoint of the user's Ready instance (cached), or InstanceNotReadyError."""
-        cached = self._endpoints.get(username)
-        now = time.monotonic()
-        if cached is not None and cached.until > now:
-            return cached.endpoint
+        """The endpoint of the user's Ready instance, or InstanceNotReadyError."""
         instance = await self.instances.get(username)
         if instance is None:
             raise InstanceNotReadyError(f"{username} has no instance")
         if not self.instances.ready(instance) or not instance.status.endpoint:
             raise InstanceNotReadyError(f"the instance of {username} is not ready")
-        endpoint = instance.status.endpoint.rstrip("/")
-        if self._cache_seconds > 0:
-            self._endpoints[username] = _Cached(endpoint, now + self._cache_seconds)
-        return endpoint
-
-    def forget(self, username: str) -> None:
-        self._endpoints.pop(username, None)
+        return instance.status.endpoint.rstrip("/")
 
     # --- forwarding ---
 
@@ -184,7 +164,6 @@ class InstanceProxy:
             except TunnelRefusedError as refused:
                 error = bridge_refusal(username, refused.status, refused.headers)
                 if error is not None:
-                    self.forget(username)
                     raise error from refused
                 self._untunneled[endpoint] = time.monotonic() + UNTUNNELED_SECONDS
         outgoing = _outgoing(headers, self._authorization)
@@ -194,12 +173,11 @@ class InstanceProxy:
         error = bridge_refusal(username, response.status, response.headers)
         if error is not None:
             response.release()
-            self.forget(username)
             raise error
         return response
 
     async def websocket(
-        self, username: str, path: str, params: Mapping[str, str], *, heartbeat: float
+        self, username: str, path: str, params: Mapping[str, str], *, heartbeat: float, max_msg_size: int = 4 << 20
     ) -> aiohttp.ClientWebSocketResponse:
         """A websocket to the user's instance, through a tunnel (a long-lived byte stream both ways).
 
@@ -210,15 +188,13 @@ class InstanceProxy:
         endpoint = await self.endpoint(username)
         url = self._tunnels.base_url(endpoint).with_path(path).with_query(dict(params))
         try:
-            return await self._tunnel_session.ws_connect(url, heartbeat=heartbeat, max_msg_size=4 << 20)
+            return await self._tunnel_session.ws_connect(url, heartbeat=heartbeat, max_msg_size=max_msg_size)
         except aiohttp.WSServerHandshakeError:
             raise
         except TunnelRefusedError as refused:
-            self.forget(username)
             error = bridge_refusal(username, refused.status, refused.headers)
             raise error or InstanceUnreachableError(str(refused)) from refused
         except (aiohttp.ClientError, TimeoutError) as error:
-            self.forget(username)
             reason = str(error) or type(error).__name__
             raise InstanceUnreachableError(f"the instance of {username} is unreachable: {reason}") from error
 
@@ -266,7 +242,6 @@ class InstanceProxy:
         """What a failed call to a job's server raises: the instance's refusal as it is, or why it was not reached."""
         if isinstance(error, ConnectRefusedError):
             return error
-        self.forget(username)
         if isinstance(error, TunnelRefusedError):
             return bridge_refusal(username, error.status, error.headers) or InstanceUnreachableError(str(error))
         reason = str(error) or type(error).__name__
@@ -288,7 +263,6 @@ class InstanceProxy:
         except TunnelRefusedError:
             raise
         except (aiohttp.ClientError, TimeoutError) as error:
-            self.forget(username)
             reason = str(error) or type(error).__name__
             raise InstanceUnreachableError(f"the instance of {username} is unreachable: {reason}") from error
 

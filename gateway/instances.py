@@ -2,6 +2,11 @@
 
 Ready is the bridge's word, and a bridge that was killed cannot take it back: an instance
 counts as ready only while its bridge's Lease (``slurm_bridge/heartbeat.py``) is fresh.
+
+The instances come from a watch of the cluster's UserInstances (``informer``): a call for a user,
+an ``integration/init`` and its wait for Ready read that cache, not the apiserver. A login storm
+(every user of a provider that restarted) made ~10 reads and a watch of its own per login
+otherwise, and those saturated the apiserver on a 2-core VM from about 100 logins.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from ucim.common.conditions import is_true
-from ucim.common.informer import Informer
+from ucim.common.informer import Informer, synced
 from ucim.common.kube import Kube
 from ucim.common.reasons import READY
 from ucim.common.resources import Lease, UserInstance
@@ -31,6 +36,8 @@ class Instances:
     idle_timeout_seconds: int
     # The bridges' Leases, watched; None: not watched, every Ready is taken as it is.
     leases: Informer[Lease] | None = None
+    # The cluster's UserInstances, watched; None (or not listed yet): read from the apiserver.
+    informer: Informer[UserInstance] | None = None
     clock: Callable[[], datetime] = field(default=now_utc)
 
     def bridge_alive(self, instance: UserInstance) -> bool:
@@ -56,6 +63,8 @@ class Instances:
         return UserInstance.name_for(username, self.cluster)
 
     async def get(self, username: str) -> UserInstance | None:
+        if (cache := synced(self.informer)) is not None:
+            return cache.get(self.name_for(username))
         return await self.kube.get(UserInstance, self.namespace, self.name_for(username))
 
     async def is_ready(self, username: str) -> bool:
@@ -67,7 +76,8 @@ class Instances:
         A refused user is asked for again too: they come back through Core, and the
         account may exist by now.
         """
-        return await ensure_user_instance(
+        cache = synced(self.informer)
+        instance = await ensure_user_instance(
             self.kube,
             self.namespace,
             username,
@@ -75,11 +85,17 @@ class Instances:
             idle_timeout_seconds=self.idle_timeout_seconds,
             now=now_utc(),
             retry_refused=True,
+            known=(cache.get(self.name_for(username)),) if cache is not None else None,
         )
+        # As the write answered: the next init reads it, even before the watch has it.
+        return self.informer.remember(instance) if self.informer is not None else instance
 
     async def wait_ready(self, username: str) -> None:
         """Return once the instance is Ready (callers bound it with asyncio.timeout).
 
         Raises MappingRefusedError when the bridge could not map the user.
         """
-        await self.kube.wait_for(UserInstance, self.namespace, self.name_for(username), self.ready_or_refused)
+        if (cache := synced(self.informer)) is not None:
+            await cache.wait_for(self.name_for(username), self.ready_or_refused)
+        else:
+            await self.kube.wait_for(UserInstance, self.namespace, self.name_for(username), self.ready_or_refused)

@@ -20,7 +20,7 @@ ERRORS = Counter(
 UPLOAD_BYTES = Counter("ucim_gateway_upload_bytes_total", "Upload data forwarded to user instances")
 DOWNLOAD_BYTES = Counter("ucim_gateway_download_bytes_total", "Download data streamed from user instances")
 SESSIONS_OPEN = Gauge(
-    "ucim_gateway_sessions_open", "Interactive sessions relayed now, by type (shell, follow, web, vnc)", ["type"]
+    "ucim_gateway_sessions_open", "Websocket sessions relayed now, by type (shell, follow, web, vnc, upload)", ["type"]
 )
 PROXIED_BYTES = Counter(
     "ucim_gateway_proxied_bytes_total",
@@ -28,7 +28,7 @@ PROXIED_BYTES = Counter(
     ["type", "direction"],
 )
 # Every series exists from the start at 0, so dashboards and rates see "none yet" rather than no data.
-for _kind in ("follow", "shell", "web", "vnc"):
+for _kind in ("follow", "shell", "web", "vnc", "upload"):
     SESSIONS_OPEN.labels(_kind)
 for _kind in ("web", "vnc"):
     for _direction in ("up", "down"):

@@ -12,6 +12,7 @@ from yarl import URL
 
 from ucim.common.products import DEFAULT_MACHINE_TYPES, MachineType
 from ucim.common.settings import ComponentSettings
+from ucim.gateway.extension_policy import ExtensionPolicy
 
 
 class GatewaySettings(ComponentSettings):
@@ -45,6 +46,8 @@ class GatewaySettings(ComponentSettings):
     # a 400; a later rejection reaches Core as a FAILURE job update.
     submit_wait_seconds: float = Field(default=3.0, ge=0.0)
     idle_timeout_seconds: int = 1800
+    # Walltime extensions (jobs/extend): how far a user may extend a job (UCIM_GATEWAY_EXTENSION__*).
+    extension: ExtensionPolicy = Field(default_factory=ExtensionPolicy)
     # Core's accounting decides what may run: a job of a workspace whose wallet is locked (or absent) is
     # refused with 402. Needs the operator's accounting event stream (UCIM_OPERATOR_ACCOUNTING_ENABLED).
     accounting_enabled: bool = False
@@ -66,9 +69,6 @@ class GatewaySettings(ComponentSettings):
     ingress_token: SecretStr = SecretStr("")
     # The gateway's URL as browsers reach it: uploads and downloads go to <public_url>/ucloud/<provider_id>/...
     public_url: str = "http://127.0.0.1:8889"
-    # How long a user's instance endpoint is reused without asking Kubernetes again. A failed forward forgets
-    # it at once; the endpoint of an instance changes only when it moves to another bridge.
-    instance_cache_seconds: float = Field(default=5.0, ge=0.0)
     # Connecting to the bridge ingress; and the longest silence while a request or answer streams.
     instance_connect_timeout_seconds: float = Field(default=5.0, gt=0.0)
     instance_read_timeout_seconds: float = Field(default=300.0, gt=0.0)

@@ -1,4 +1,4 @@
-"""The gateway's open websockets (follows, shells, web and VNC sessions): counted by type, closed when it stops.
+"""The gateway's open websockets (follows, shells, web, VNC, folder uploads): counted by type, closed when it stops.
 
 A websocket's handler runs until its peer closes, and aiohttp waits up to 60 s at shutdown for
 running handlers, longer than Kubernetes' grace period: each open socket is closed first, with
@@ -21,7 +21,7 @@ from ucim.gateway.metrics import SESSIONS_OPEN
 
 @contextlib.asynccontextmanager
 async def tracked(
-    request: web.Request, socket: web.WebSocketResponse, kind: Literal["follow", "shell", "web", "vnc"]
+    request: web.Request, socket: web.WebSocketResponse, kind: Literal["follow", "shell", "web", "vnc", "upload"]
 ) -> AsyncIterator[None]:
     """While open: counted in ``ucim_gateway_sessions_open`` and closed if the gateway stops."""
     sockets = request.config_dict[OPEN_SOCKETS]  # a job's web interface is served by a sub-application

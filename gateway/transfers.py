@@ -9,6 +9,8 @@ hint only reaches an instance that does not know the token.
 * ``POST /ucloud/<p>/upload``: one CHUNKED chunk (``Chunked-Upload-Token``, ``-Offset``,
   ``-Total-Size``), streamed to the instance's UPLOAD_CHUNK_PATH;
 * ``GET /ucloud/<p>/upload``: the upload's progress (the token header only);
+* ``GET /ucloud/<p>/upload?token=…`` upgraded to a websocket: a folder upload (WEBSOCKET_V2), its
+  frames relayed unread to the instance's FOLDER_UPLOAD_PATH, which speaks the protocol;
 * ``GET /ucloud/<p>/download?token=…``: the file, honouring Range and If-Range;
 * ``OPTIONS`` on both: the CORS preflight. Every answer carries
   ``Access-Control-Allow-Origin: *``, errors included, so the browser can read the ``why``.
@@ -28,6 +30,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Final
 
+import aiohttp
 from aiohttp import web
 from prometheus_client import Counter
 
@@ -37,6 +40,7 @@ from ucim.common.protocol import USERNAME_HEADER, decode_username
 from ucim.common.proxy_bodies import is_small, pieces
 from ucim.common.splice import SocketBody, SplicedPayload
 from ucim.common.transfer_contract import CORS_HEADERS, MAX_CHUNK_BYTES, PREFLIGHT_HEADERS
+from ucim.common.upload_frames import MAX_FRAME_BYTES
 from ucim.gateway.auth import USERNAME_HINT, check_username
 from ucim.gateway.connections import is_connected
 from ucim.gateway.errors import ProviderError
@@ -49,10 +53,15 @@ from ucim.gateway.instance_proxy import (
 from ucim.gateway.instances import MappingRefusedError
 from ucim.gateway.keys import CONNECTIONS, INSTANCES, PROXY, SETTINGS, TOKEN_PATHS
 from ucim.gateway.metrics import DOWNLOAD_BYTES, UPLOAD_BYTES
+from ucim.gateway.sockets import tracked
+from ucim.gateway.ws_relay import relay_frames
 
 log = logging.getLogger(__name__)
 
 UNKNOWN: Final = "unknown or expired token"
+BUSY_FOLDER: Final = "the folder upload cannot start: its folder's name is taken, or it is open on another connection"
+# Pings through the tunnel while a folder upload waits (for the user, or the disk): the bridge counts them as activity.
+UPLOAD_HEARTBEAT_SECONDS: Final = 30.0
 UPLOAD_HEADERS: Final = (
     "Content-Type",
     api.CHUNKED_TOKEN_HEADER,
@@ -183,6 +192,66 @@ async def upload_progress(request: web.Request) -> web.StreamResponse:
     return await forward_transfer(request, api.UPLOAD_CHUNK_PATH, PROGRESS_HEADERS)
 
 
+async def upload_get(request: web.Request) -> web.StreamResponse:
+    """``GET`` of the upload endpoint: a folder upload's websocket, or a CHUNKED upload's progress."""
+    if request.headers.get("Upgrade", "").lower() == "websocket":
+        return await folder_upload(request)
+    return await upload_progress(request)
+
+
+async def folder_upload(request: web.Request) -> web.StreamResponse:
+    """A folder upload: the browser's socket relayed to the user's instance (woken first if it is stopped)."""
+    username = transfer_user(request)
+    token = request.query.get("token")
+    if not token:
+        raise ProviderError(400, "the token query parameter is required")
+    upstream = await _folder_socket(request, username, token)
+    # No compression: file data rarely shrinks, and deflating 16 MB chunks would take the gateway's CPU.
+    browser = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, compress=False)
+    try:
+        async with tracked(request, browser, "upload"):
+            await browser.prepare(request)
+            await relay_frames(browser, upstream, _count_upload)
+    finally:
+        await upstream.close()
+        await browser.close()
+    return browser
+
+
+def _count_upload(direction: str, size: int) -> None:
+    if direction == "up":
+        UPLOAD_BYTES.inc(size)
+
+
+async def _folder_socket(request: web.Request, username: str, token: str) -> aiohttp.ClientWebSocketResponse:
+    """The instance's end of a folder upload; the instance's refusal of the token as a 4xx."""
+    proxy = request.app[PROXY]
+    for attempt in (1, 2):
+        try:
+            return await proxy.websocket(
+                username,
+                api.FOLDER_UPLOAD_PATH,
+                {"token": token},
+                heartbeat=UPLOAD_HEARTBEAT_SECONDS,
+                max_msg_size=MAX_FRAME_BYTES,
+            )
+        except InstanceNotReadyError as error:
+            if attempt == 2:
+                raise ProviderError(503, "the storage service of this user is starting; try again shortly") from error
+            await wake(request, username)
+        except InstanceUnreachableError as error:
+            raise ProviderError(502, str(error)) from error
+        except aiohttp.WSServerHandshakeError as error:
+            if error.status == 404:
+                raise ProviderError(404, UNKNOWN) from error
+            if error.status == 409:
+                raise ProviderError(409, BUSY_FOLDER) from error
+            if 400 <= error.status < 500:
+                raise ProviderError(error.status, f"the folder upload was refused ({error.status})") from error
+            raise ProviderError(502, f"the instance did not open the folder upload ({error.status})") from error
+    raise AssertionError("unreachable: the second attempt returns or raises")  # pragma: no cover
+
+
 async def download_file(request: web.Request) -> web.StreamResponse:
     token = request.query.get("token")
     if not token:
@@ -206,7 +275,7 @@ def setup_transfer_routes(app: web.Application, base: str) -> None:
     """The browser's routes under ``base``; they need no JWT (``TOKEN_PATHS``) and answer CORS."""
     upload, download = f"{base}/upload", f"{base}/download"
     app.router.add_post(upload, upload_chunk)
-    app.router.add_get(upload, upload_progress, allow_head=False)
+    app.router.add_get(upload, upload_get, allow_head=False)
     app.router.add_get(download, download_file)
     app.router.add_route("OPTIONS", upload, preflight)
     app.router.add_route("OPTIONS", download, preflight)

@@ -3,7 +3,8 @@
 Routing follows the protocol: a call that names an end user (``UCloud-Username``
 or ``usernameHint``) needs that user's instance Ready, or is answered 449 so
 that Core runs ``integration/init`` and retries; ``integration/*`` is served
-whatever the headers.
+whatever the headers, and so is ``jobs/extend``, which root applies on the frontend
+(``extensions.py``), not the user's instance.
 
 Connections: ``integration/connect`` makes sure the user's UserConnection exists, waits
 (bounded) for the bridge to map it to a local account, approves it at Core and answers
@@ -44,6 +45,7 @@ from ucim.common.protocol import (
     FindByUsername,
     IntegrationManifest,
     Job,
+    JobExtendRequestItem,
     JobSupport,
     dump,
 )
@@ -54,6 +56,7 @@ from ucim.common.workspaces import NOT_ENOUGH_COMPUTE_CREDITS, home_drive, insuf
 from ucim.gateway.auth import acting_username, check_username
 from ucim.gateway.connections import ConnectionRefusedError, ended_why, is_connected
 from ucim.gateway.errors import ProviderError
+from ucim.gateway.extensions import extend_job
 from ucim.gateway.file_parameters import file_drive_ids
 from ucim.gateway.files import forwarder
 from ucim.gateway.instances import MappingRefusedError
@@ -173,7 +176,24 @@ async def register_home_drive(request: web.Request, connection: UserConnection) 
 
 
 async def integration_init(request: web.Request) -> web.Response:
+    """The user's instance Ready, within Core's budget: 503 (Core tries again) rather than no answer in time.
+
+    A login storm (every user of a restarted provider at once) slows each apiserver write to a second and
+    more; Core counts an init it had no answer to in 5 s as failed, and gives up on a user after five.
+    """
     username = await username_of(request)
+    settings = request.app[SETTINGS]
+    try:
+        async with asyncio.timeout(settings.core_call_budget_seconds):
+            await _init(request, username)
+    except TimeoutError as error:
+        raise ProviderError(
+            503, f"the instance of {username} is not ready yet; it keeps starting, try again"
+        ) from error
+    return ok(Empty())
+
+
+async def _init(request: web.Request, username: str) -> None:
     connection = await require_connected(request, username)
     instances = request.app[INSTANCES]
     await instances.ensure(username)
@@ -182,17 +202,10 @@ async def integration_init(request: web.Request) -> web.Response:
             await instances.wait_ready(username)
     except MappingRefusedError as error:
         raise ProviderError(403, f"the user {username} cannot use this provider: {error}") from error
-    except TimeoutError as error:
-        # Not ready yet: a 200 would end Core's retries while every call fails. Core retries on 503.
-        wait = request.app[SETTINGS].init_wait_seconds
-        raise ProviderError(
-            503, f"the instance of {username} is not ready after {wait:g} s; it keeps starting, try again"
-        ) from error
     if home_drive(connection) is None:
         # Read again: the bridge maps the user's account while the instance starts.
         connection = await request.app[CONNECTIONS].get(username) or connection
         await register_home_drive(request, connection)
-    return ok(Empty())
 
 
 async def retrieve_manifest(request: web.Request) -> web.Response:
@@ -306,10 +319,32 @@ async def terminate_jobs(request: web.Request) -> web.Response:
     return ok(BulkResponse[Empty](responses=[Empty() for _ in body.items]))
 
 
+async def extend_jobs(request: web.Request) -> web.Response:
+    """``jobs/extend``: each job's time limit raised within the site's policy, by the bridge (``extensions.py``).
+
+    The extension is done by root on the frontend, not in the user's instance, so this call needs no instance
+    and never answers 449. Items are served in order and the first that fails fails the call, as the anchor's.
+    """
+    settings = request.app[SETTINGS]
+    deadline = asyncio.get_running_loop().time() + settings.core_call_budget_seconds
+    acting_user = acting_username(request)
+    body = await parse(request, BulkRequest[JobExtendRequestItem])
+    if not settings.extension.enabled:
+        raise ProviderError(400, "extension of jobs is not supported by this provider")
+    for item in body.items:
+        wait = min(settings.extension.wait_seconds, deadline - asyncio.get_running_loop().time())
+        await extend_job(settings, request.app[KUBE], item, acting_user, wait)
+    return ok(BulkResponse[Empty](responses=[Empty() for _ in body.items]))
+
+
 async def retrieve_products(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     web, vnc = settings.web_interfaces_enabled, settings.vnc_enabled
-    supports = [machine.support(settings.provider_id, web=web, vnc=vnc) for machine in settings.machine_types]
+    extend = settings.extension.enabled
+    supports = [
+        machine.support(settings.provider_id, web=web, vnc=vnc, time_extension=extend)
+        for machine in settings.machine_types
+    ]
     return ok(BulkResponse[JobSupport](responses=supports))
 
 
@@ -329,7 +364,8 @@ def setup_routes(app: web.Application, provider_id: str) -> None:
     app.router.add_get(f"{base}/jobs/retrieveProducts", retrieve_products)
     # The user's instance knows the user's Slurm accounts and the site's load instructions.
     app.router.add_post(f"{base}/jobs/requestDynamicParameters", forwarder(DYNAMIC_PARAMETERS_PATH))
-    app.router.add_post(f"{base}/jobs/{{operation:extend|suspend|unsuspend}}", not_supported)
+    app.router.add_post(f"{base}/jobs/extend", extend_jobs)
+    app.router.add_post(f"{base}/jobs/{{operation:suspend|unsuspend}}", not_supported)
 
 
 __all__ = ["setup_routes"]

@@ -162,7 +162,8 @@ def already_at_core(pending: list[JobTransition], at_core: list[JobUpdate]) -> i
 
 
 def job_update(transition: JobTransition, output_folder: str | None) -> JobUpdate:
-    """One state change as Core takes it; every other key is null (Go writes them all).
+    """One state change (or status line, or new time limit) as Core takes it; every other key is null (Go writes
+    them all).
 
     ``output_folder`` is the job folder as a UCloud path (``/<drive id>/…``), which Core opens through the
     provider's file calls.
@@ -172,6 +173,7 @@ def job_update(transition: JobTransition, output_folder: str | None) -> JobUpdat
         status=transition.message,
         timestamp=transition.timestamp,
         output_folder=output_folder,
+        new_time_allocation=transition.new_time_allocation,
     )
 
 

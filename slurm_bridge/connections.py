@@ -33,7 +33,7 @@ from typing import Any
 from ucim.common import reasons
 from ucim.common.conditions import ConditionStatus, find_condition
 from ucim.common.connections import has_ended
-from ucim.common.informer import Change, Informer
+from ucim.common.informer import Change, Informer, synced
 from ucim.common.kube import ConflictError, InvalidError, Kube
 from ucim.common.resources import UserConnection, UserInstance, cluster_selector
 from ucim.common.retry import retrying
@@ -66,6 +66,8 @@ class ConnectionMapper:
             on_event=self.on_event,
             watch_timeout_seconds=watch_timeout_seconds,
         )
+        # The UserInstances as the instance loop's watch has them (set by the bridge once that loop exists).
+        self.instances: Informer[UserInstance] | None = None
         self._busy: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         # The requested-at each refusal answered: only a new one is mapped again.
@@ -139,7 +141,7 @@ class ConnectionMapper:
     async def expire(self, ucloud_username: str) -> bool:
         """Stop the user's instance if their connection has ended by now; whether it had."""
         name = UserConnection.name_for(ucloud_username, self.cluster)
-        connection = await self.kube.get(UserConnection, self.namespace, name)
+        connection = await self._connection(name)
         if connection is None or not has_ended(connection, self.clock()):
             return False
         instance = UserInstance.name_for(ucloud_username, self.cluster)
@@ -180,7 +182,7 @@ class ConnectionMapper:
         Raises MappingRefusedError when the user's connection has ended (unlinked or expired).
         """
         name = UserConnection.name_for(ucloud_username, self.cluster)
-        connection = await self.kube.get(UserConnection, self.namespace, name)
+        connection = await self._connection(name)
         self._refuse_ended(connection)
         if connection is not None and connection.spec.uid is not None:
             return self.mapper.resolve(connection.spec.uid, connection.spec.local_user)
@@ -195,17 +197,26 @@ class ConnectionMapper:
     async def ensure_active(self, ucloud_username: str) -> None:
         """Raise MappingRefusedError if the user's connection has ended; no connection is fine."""
         name = UserConnection.name_for(ucloud_username, self.cluster)
-        self._refuse_ended(await self.kube.get(UserConnection, self.namespace, name))
+        self._refuse_ended(await self._connection(name))
 
     def _refuse_ended(self, connection: UserConnection | None) -> None:
         if connection is not None and has_ended(connection, self.clock()):
             username = connection.spec.ucloud_username
             raise MappingRefusedError(f"{username} is no longer connected to this provider (unlinked or expired)")
 
+    async def _connection(self, name: str) -> UserConnection | None:
+        """The connection as the watch has it: a login storm's reads are the apiserver's load (the apiserver
+        is read until the watch has listed)."""
+        if (cache := synced(self.connections)) is not None:
+            return cache.get(name)
+        return await self.kube.get(UserConnection, self.namespace, name)
+
     async def _adopted(self, ucloud_username: str) -> LocalAccount | None:
-        instance = await self.kube.get(
-            UserInstance, self.namespace, UserInstance.name_for(ucloud_username, self.cluster)
-        )
+        name = UserInstance.name_for(ucloud_username, self.cluster)
+        if (cache := synced(self.instances)) is not None:
+            instance = cache.get(name)
+        else:
+            instance = await self.kube.get(UserInstance, self.namespace, name)
         if instance is None or instance.spec.uid is None:
             return None
         return self.mapper.resolve(instance.spec.uid, instance.spec.local_user)

@@ -51,7 +51,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from ucim.common import reasons
 from ucim.common.conditions import ConditionUpdate, find_condition, set_condition
-from ucim.common.informer import Change, Informer
+from ucim.common.informer import Change, Informer, older
 from ucim.common.kube import ConflictError, InvalidError, Kube, NotFoundError
 from ucim.common.resources import UserInstance, cluster_selector
 from ucim.common.retry import delay_after
@@ -178,7 +178,7 @@ class InstanceManager:
             instance = self.instances[name] = Instance(name=name, obj=obj)
             self.routes.ensure(name)
             instance.task = asyncio.get_running_loop().create_task(self._worker(instance), name=f"instance-{name}")
-        elif _newer(obj, instance.obj):
+        elif not older(obj, instance.obj):
             instance.obj = obj
         instance.wake.set()
 
@@ -495,14 +495,6 @@ class InstanceManager:
     def serving_pids(self) -> list[int]:
         """The processes of the instances that serve now."""
         return [i.pid for i in self.instances.values() if i.serving and i.pid is not None]
-
-
-def _newer(obj: UserInstance, than: UserInstance) -> bool:
-    """Whether ``obj`` is a later version than ``than`` (resourceVersions are opaque but grow here)."""
-    try:
-        return int(obj.metadata.resource_version or 0) >= int(than.metadata.resource_version or 0)
-    except ValueError:
-        return True
 
 
 def _mapped(account: LocalAccount) -> ConditionUpdate:

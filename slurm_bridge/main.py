@@ -7,7 +7,8 @@ Start order matters:
    no user instance can ever hold the ingress token or the Kubernetes credentials;
 3. the ingress token (from its file), the Kubernetes client (its token);
 4. the ingress, the UserInstance loop (and the measuring of the instances' memory), the Slurm
-   monitor and the Slurm hook's listener, ``/healthz`` ``/readyz`` ``/metrics``.
+   monitor (and the walltime extensions, on its watch; the Slurm hook's listener when it is on),
+   ``/healthz`` ``/readyz`` ``/metrics``.
 
 SIGTERM or SIGINT stops it cleanly (exit 0): instances are marked not Ready, then they
 stop with the fork server. If the fork server dies, the bridge exits 1 (systemd restarts
@@ -36,6 +37,7 @@ from ucim.common.observability import start_health_server
 from ucim.common.slurm import SlurmClient, SlurmConfig
 from ucim.slurm_bridge.account_mapper import account_mapper
 from ucim.slurm_bridge.connections import ConnectionMapper
+from ucim.slurm_bridge.extensions import TimeExtensions
 from ucim.slurm_bridge.heartbeat import keep_lease
 from ucim.slurm_bridge.hook_batches import HookBatches
 from ucim.slurm_bridge.ingress import Routes, start_ingress
@@ -86,20 +88,40 @@ def start_fork_server(settings: BridgeSettings) -> ForkServer:
     return ForkServer.start(fork_server_config(settings), extra_env=extra)
 
 
-def slurm_monitor(kube: Kube, settings: BridgeSettings, *, hooked: bool) -> SlurmMonitor:
-    """The monitor; ``hooked``: the hook's listener runs, so the poll may slow down while nothing changes."""
+def pacing(settings: BridgeSettings, *, hooked: bool) -> tuple[PollInterval, HookBatches | None]:
+    """The poll's interval and the hook's batching; ``hooked``: the hook's listener runs, so the poll may slow down
+    while nothing changes."""
     fastest, hook = settings.monitor_interval_seconds, settings.hook
-    return SlurmMonitor.for_cluster(
+    interval = PollInterval(fastest, settings.monitor_idle_interval_seconds if hooked else fastest)
+    if not hooked:
+        return interval, None
+    return interval, HookBatches(hook.batch_seconds, hook.min_gap_seconds, hook.followup_seconds, hook.max_attempts)
+
+
+async def watch_slurm(kube: Kube, settings: BridgeSettings) -> None:
+    """The Slurm monitor, the walltime extensions that share its watch of the cluster's UCloudJobs, and the Slurm
+    hook's listener when it is on (it closes its socket when it ends)."""
+    listener = await open_hook_listener(settings) if settings.hook.enabled else None
+    interval, hook = pacing(settings, hooked=listener is not None)
+    slurm = SlurmClient(SlurmConfig(slurm_conf=settings.slurm_conf))
+    extensions = TimeExtensions(kube, slurm, settings.namespace)
+    monitor = SlurmMonitor.for_cluster(
         kube,
-        SlurmClient(SlurmConfig(slurm_conf=settings.slurm_conf)),
+        slurm,
         namespace=settings.namespace,
         cluster=settings.cluster,
         watch_timeout_seconds=settings.watch_timeout_seconds,
-        interval=PollInterval(fastest, settings.monitor_idle_interval_seconds if hooked else fastest),
-        hook=HookBatches(hook.batch_seconds, hook.min_gap_seconds, hook.followup_seconds, hook.max_attempts)
-        if hooked
-        else None,
+        queue_interval=settings.monitor_queue_interval_seconds,
+        on_event=extensions.on_event,
+        interval=interval,
+        hook=hook,
     )
+    async with asyncio.TaskGroup() as tasks:
+        tasks.create_task(monitor.run(), name="slurm-monitor")
+        tasks.create_task(extensions.run(monitor.jobs), name="time-extensions")
+        if listener is not None:
+            listener.on_job = monitor.notify
+            tasks.create_task(listener.run(), name="slurm-hook")
 
 
 async def open_hook_listener(settings: BridgeSettings) -> HookListener | None:
@@ -113,16 +135,6 @@ async def open_hook_listener(settings: BridgeSettings) -> HookListener | None:
         return None
     log.info("listening for the Slurm hook", extra={"host": hook.host, "port": hook.port})
     return listener
-
-
-async def monitor_tasks(kube: Kube, settings: BridgeSettings) -> dict[str, Coroutine[Any, Any, None]]:
-    """The Slurm monitor's task, and the hook listener's when the hook is on (it closes its socket when it ends)."""
-    listener = await open_hook_listener(settings) if settings.hook.enabled else None
-    monitor = slurm_monitor(kube, settings, hooked=listener is not None)
-    if listener is None:
-        return {"slurm-monitor": monitor.run()}
-    listener.on_job = monitor.notify
-    return {"slurm-monitor": monitor.run(), "slurm-hook": listener.run()}
 
 
 async def ingress_for(settings: BridgeSettings, routes: Routes, token: SecretStr) -> web.AppRunner:
@@ -190,6 +202,7 @@ async def serve(settings: BridgeSettings, fork_server: ForkServer | None, token:
             routes=routes,
             connections=connections,
         )
+        connections.instances = manager.informer
         fork_server.attach(manager.on_child_exit)
         ingress = await ingress_for(settings, routes, token)
         run("instances", manager.run())
@@ -209,8 +222,8 @@ async def serve(settings: BridgeSettings, fork_server: ForkServer | None, token:
             duration_seconds=settings.lease_duration_seconds,
         ),
     )
-    for name, coroutine in (await monitor_tasks(kube, settings) if settings.monitor_enabled else {}).items():
-        run(name, coroutine)
+    if settings.monitor_enabled:
+        run("slurm-monitor", watch_slurm(kube, settings))
 
     async def ready() -> bool:
         return manager is not None and manager.watching and not (fork_server is None or _gone(fork_server))

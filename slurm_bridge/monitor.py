@@ -13,7 +13,12 @@ timer. Each cycle (:meth:`SlurmMonitor.run_once`):
    as PENDING for ever), and a job whose id Slurm now gives to a job of another name is failed at once as
    lost (a slurmctld killed before it saved its state forgets the last jobs it accepted and
    hands their ids out again: what Slurm says about that id is about someone else's job);
-3. patches the status of each job whose Slurm view changed, as :func:`status_patch` computes it.
+3. for the jobs that wait in the queue, lists Slurm's pending queue in **one** more ``squeue``, at
+   most every ``queue_interval`` seconds (:class:`ucim.slurm_bridge.queue_status.QueueReader`),
+   which gives each its position and Slurm's estimate of its start;
+4. patches the status of each job whose Slurm view changed, as :func:`status_patch` computes it,
+   with its place in the queue when that changed meaningfully (:func:`queue_status.queue_update`:
+   a status line for Core without a state, the same append as a state change).
 
 The poll comes at an adaptive interval (slurm_bridge/poll_interval.py). Between polls, the Slurm
 hook's notifications (slurm_bridge/slurm_hook.py) name jobs that just started or ended: those are
@@ -42,12 +47,12 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from ucim.common.informer import Informer
+from ucim.common.informer import Informer, OnEvent
 from ucim.common.instance_api import slurm_job_name
 from ucim.common.kube import ConflictError, InvalidError, Kube, NotFoundError
 from ucim.common.protocol import JobState
@@ -58,6 +63,7 @@ from ucim.common.slurm_parsing import SlurmJobInfo
 from ucim.common.times import rfc3339
 from ucim.slurm_bridge.hook_batches import HookBatches, Pending
 from ucim.slurm_bridge.poll_interval import PollInterval
+from ucim.slurm_bridge.queue_status import QueuePlace, QueueReader, QueueUpdate, queue_update, waiting
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +96,14 @@ STATE_CHANGES = Counter(
     "UCloud state changes the monitor wrote, by new state.",
     ["state"],
 )
+QUEUE_UPDATES = Counter(
+    "ucim_job_queue_updates_total",
+    "Places in Slurm's queue (position, estimated start) the monitor wrote for waiting jobs.",
+)
+QUEUE_ERRORS = Counter(
+    "ucim_slurm_queue_errors_total",
+    "Listings of Slurm's pending queue that failed (the jobs' places wait for the next one).",
+)
 
 VANISHED_MESSAGE: Final = "job vanished from Slurm"
 LOST_MESSAGE: Final = "Slurm lost the job (its controller restarted without it): its id now names another job"
@@ -98,19 +112,71 @@ LOST_MESSAGE: Final = "Slurm lost the job (its controller restarted without it):
 DEFAULT_VANISH_GRACE: Final = timedelta(minutes=1)
 # Status patches of one cycle in flight at once, at most.
 _PATCH_CONCURRENCY: Final = 4
+# Slurm's pending queue is listed at most this often (seconds): positions and estimates need no 1 s freshness.
+DEFAULT_QUEUE_INTERVAL: Final = 5.0
 
 
 # --------------------------------------------------------------------------- pure functions
 
 
+def appended_transitions(
+    job: UCloudJob, entry: dict[str, Any], now_ms: int, patch: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """The whole transitions list (``patch``'s if it has one already, else the job's) with ``entry`` (a
+    JobTransition without its timestamp) appended at ``now_ms``.
+
+    Merge patches replace lists, so the list is sent whole; write it with :func:`write_status`, which guards it
+    with the resourceVersion of ``job``.
+    """
+    entries: list[dict[str, Any]] = (patch or {}).get("transitions") or [t.to_dict() for t in job.status.transitions]
+    # Timestamps never go backwards, even if the clock does: Core orders updates by them.
+    timestamp = max([now_ms, *(t["timestamp"] for t in entries)])
+    return [*entries, {**entry, "timestamp": timestamp}]
+
+
 def _with_transition(job: UCloudJob, state: JobState, message: str, now_ms: int) -> dict[str, Any]:
     """``state`` plus the whole transitions list with one entry appended (merge patches replace lists)."""
-    previous = job.status.transitions
-    # Timestamps never go backwards, even if the clock does: Core orders updates by them.
-    timestamp = max([now_ms, *(t.timestamp for t in previous)])
-    entries = [t.to_dict() for t in previous]
-    entries.append({"state": state.value, "timestamp": timestamp, "message": message})
-    return {"state": state.value, "transitions": entries}
+    entry = {"state": state.value, "message": message}
+    return {"state": state.value, "transitions": appended_transitions(job, entry, now_ms)}
+
+
+async def write_status(kube: Kube, namespace: str, job: UCloudJob, patch: dict[str, Any]) -> bool:
+    """Merge-patch the bridge's status fields of ``job``; False if it is gone or changed since ``job`` was seen.
+
+    Only the transitions list is shared (with the operator, which writes its first entry), and lists are sent
+    whole: a patch of it, or of another list computed from ``job`` (``extensions``), carries ``job``'s
+    resourceVersion. A patch of the bridge's scalar fields alone needs no precondition, and so never conflicts
+    with the operator's writes. After a conflict the caller computes the patch again from the newer copy its
+    watch brings.
+    """
+    name = job.metadata.name
+    guarded = "transitions" in patch or "extensions" in patch
+    version = job.metadata.resource_version if guarded else None
+    try:
+        await kube.patch_status(UCloudJob, namespace, name, patch, resource_version=version)
+    except NotFoundError:
+        return False  # deleted since the watch saw it
+    except ConflictError:
+        CONFLICTS.inc()
+        log.debug("UCloudJob changed under the patch; computed again from the newer copy", extra={"ucloudjob": name})
+        return False
+    except InvalidError:
+        POLL_ERRORS.inc()
+        log.exception("could not update UCloudJob", extra={"ucloudjob": name})
+        return False
+    return True
+
+
+def with_queue(
+    job: UCloudJob, patch: dict[str, Any] | None, update: QueueUpdate | None, now_ms: int
+) -> dict[str, Any] | None:
+    """``patch`` with the job's place in the queue: its fields, and its line as a status line without a state."""
+    if update is None:
+        return patch
+    merged = {**(patch or {}), **update.fields}
+    if update.line is not None:
+        merged["transitions"] = appended_transitions(job, {"message": update.line}, now_ms, merged)
+    return merged
 
 
 def status_patch(job: UCloudJob, info: SlurmJobInfo, now_ms: int) -> dict[str, Any] | None:
@@ -184,6 +250,7 @@ class SlurmMonitor:
         jobs: Informer[UCloudJob],
         *,
         vanish_grace: timedelta = DEFAULT_VANISH_GRACE,
+        queue_interval: float = DEFAULT_QUEUE_INTERVAL,
         clock: Callable[[], float] = time.time,
         interval: PollInterval | None = None,
         hook: HookBatches | None = None,
@@ -191,6 +258,7 @@ class SlurmMonitor:
         self.kube = kube
         self.slurm = slurm
         self.jobs = jobs
+        self.queue = QueueReader(slurm, queue_interval)
         self.namespace = jobs.namespace
         self.vanish_grace = vanish_grace
         self._clock = clock
@@ -212,18 +280,22 @@ class SlurmMonitor:
         namespace: str,
         cluster: str,
         watch_timeout_seconds: int = 300,
+        queue_interval: float = DEFAULT_QUEUE_INTERVAL,
+        on_event: OnEvent[UCloudJob] | None = None,
         interval: PollInterval | None = None,
         hook: HookBatches | None = None,
     ) -> SlurmMonitor:
-        """A monitor of the UCloudJobs labelled with ``cluster`` in ``namespace``."""
+        """A monitor of the UCloudJobs labelled with ``cluster`` in ``namespace``; its watch's changes also go to
+        ``on_event`` (the walltime extensions share the watch rather than list every job again)."""
         jobs = Informer(
             kube,
             UCloudJob,
             namespace,
             label_selector=cluster_selector(cluster),
+            on_event=on_event,
             watch_timeout_seconds=watch_timeout_seconds,
         )
-        return cls(kube, slurm, jobs, interval=interval, hook=hook)
+        return cls(kube, slurm, jobs, queue_interval=queue_interval, interval=interval, hook=hook)
 
     def notify(self, slurm_id: int, context: str) -> None:
         """The Slurm hook says the job ``slurm_id`` changed: ask Slurm about it soon (with others of the moment)."""
@@ -261,6 +333,16 @@ class SlurmMonitor:
             if is_tracked(job) and job.status.slurm_job_id is not None
         }
 
+    async def _places(self, by_id: dict[int, UCloudJob], infos: dict[int, SlurmJobInfo]) -> dict[int, QueuePlace]:
+        """The places in Slurm's queue of the jobs that wait ({} between listings, or if squeue failed)."""
+        try:
+            return await self.queue.places(waiting(by_id, infos))
+        except SlurmError:
+            # Only the places wait for the next listing: the states of this cycle are written all the same.
+            QUEUE_ERRORS.inc()
+            log.warning("Listing Slurm's pending queue failed", exc_info=True)
+            return {}
+
     async def run_once(self) -> int:
         """One cycle over the watched jobs; how many UCloudJobs it patched."""
         count_by_state(list(self.jobs.objects.values()))
@@ -269,20 +351,23 @@ class SlurmMonitor:
         if not by_id:
             return 0
         infos, accounting_answered = await self._query(set(by_id))
+        places = await self._places(by_id, infos)
         now_ms = self._now_ms()
+        now = datetime.fromtimestamp(now_ms / 1000, UTC)
         grace_ms = int(self.vanish_grace.total_seconds() * 1000)
         changes: list[tuple[UCloudJob, int, dict[str, Any]]] = []
         self._missing_since = {i: ms for i, ms in self._missing_since.items() if i in by_id and i not in infos}
         for slurm_id, job in by_id.items():
             info = infos.get(slurm_id)
             if info is not None and not is_same_job(job, info):
-                patch = vanished_patch(job, now_ms, message=LOST_MESSAGE)
+                patch, info = vanished_patch(job, now_ms, message=LOST_MESSAGE), None
             elif info is not None:
                 patch = status_patch(job, info, now_ms)
             elif accounting_answered and now_ms - self._missing_since.setdefault(slurm_id, now_ms) >= grace_ms:
                 patch = vanished_patch(job, now_ms)
             else:
                 continue
+            patch = with_queue(job, patch, queue_update(job, info, places.get(slurm_id), now), now_ms)
             if patch is not None:
                 changes.append((job, slurm_id, patch))
         return len(await self._apply_all(changes))
@@ -333,22 +418,11 @@ class SlurmMonitor:
     async def _apply(self, job: UCloudJob, slurm_id: int, patch: dict[str, Any]) -> int:
         """Patch one job's status (a new transition guarded by the watched copy's version); 1 if patched."""
         name = job.metadata.name
-        # Only the transitions list is shared (with the operator, which writes its first entry): a patch of the
-        # bridge's own fields alone needs no precondition, and so never conflicts with the operator's writes.
-        version = job.metadata.resource_version if "transitions" in patch else None
-        try:
-            await self.kube.patch_status(UCloudJob, self.namespace, name, patch, resource_version=version)
-        except NotFoundError:
-            return 0  # deleted since the watch saw it
-        except ConflictError:
-            # Changed since that copy (the operator wrote): the next cycle computes it from the newer one.
-            CONFLICTS.inc()
-            log.debug("UCloudJob changed under the patch; next cycle", extra={"ucloudjob": name})
+        # Refused when the job changed since that copy (the operator wrote): the next cycle computes it again.
+        if not await write_status(self.kube, self.namespace, job, patch):
             return 0
-        except InvalidError:
-            POLL_ERRORS.inc()
-            log.exception("could not update UCloudJob", extra={"ucloudjob": name})
-            return 0
+        if patch.get("queuePosition") is not None:
+            QUEUE_UPDATES.inc()
         if "state" in patch:
             STATE_CHANGES.labels(patch["state"]).inc()
             log.info(

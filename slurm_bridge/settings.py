@@ -126,6 +126,8 @@ class BridgeSettings(ComponentSettings):
     monitor_interval_seconds: float = Field(default=1.0, ge=1.0)
     # With the hook listening, the interval doubles after each poll that found nothing new, up to this.
     monitor_idle_interval_seconds: float = Field(default=10.0, ge=1.0)
+    # While jobs wait, Slurm's pending queue (their positions and estimated starts) is listed at most this often.
+    monitor_queue_interval_seconds: float = Field(default=5.0, gt=0)
     # The Slurm hook: slurmctld tells the bridge when a job starts or ends.
     hook: HookSettings = Field(default_factory=HookSettings)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import itertools
 import os
 import secrets
 import shutil
@@ -86,7 +87,8 @@ def commit(src_fd: int, src_name: str, dst_fd: int, dst_name: str, policy: Write
         except IsADirectoryError as error:
             raise ConflictError(f"{dst_name!r} is a folder; a file cannot replace it") from error
         return dst_name
-    names = [dst_name] if policy == "REJECT" else [dst_name, *candidates(dst_name)]
+    # Lazily: RENAME_LIMIT names made for every commit cost more than a small file's whole upload.
+    names = [dst_name] if policy == "REJECT" else itertools.chain([dst_name], candidates(dst_name))
     for name in names:
         try:
             os.link(src_name, name, src_dir_fd=src_fd, dst_dir_fd=dst_fd, follow_symlinks=False)
@@ -138,7 +140,8 @@ def place(src_fd: int, src_name: str, dst_fd: int, dst_name: str, policy: WriteC
     if policy == "REPLACE":
         replace(src_fd, src_name, dst_fd, dst_name)
         return dst_name
-    names = [dst_name] if policy == "REJECT" else [dst_name, *candidates(dst_name)]
+    # Lazily: RENAME_LIMIT names made for every commit cost more than a small file's whole upload.
+    names = [dst_name] if policy == "REJECT" else itertools.chain([dst_name], candidates(dst_name))
     for name in names:
         try:
             rename_noreplace(src_fd, src_name, dst_fd, name)

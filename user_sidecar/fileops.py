@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import os
 import secrets
 import stat
@@ -88,10 +89,11 @@ def create_folder(drives: Drives, folder: FileId, policy: WriteConflictPolicy) -
     """Make ``folder`` (mode 0o777 less the umask); its id (RENAME may pick another name)."""
     _refuse_root(folder, "create")
     with drives.open_parent(folder) as (parent, name), _os_errors(folder.ucloud_id):
-        return folder.with_name(_mkdir(parent, name, policy))
+        return folder.with_name(make_folder(parent, name, policy))
 
 
-def _mkdir(parent: int, name: str, policy: WriteConflictPolicy) -> str:
+def make_folder(parent: int, name: str, policy: WriteConflictPolicy) -> str:
+    """Make the folder ``name`` in ``parent`` under ``policy`` (REPLACE, MERGE_RENAME keep a folder there); its name."""
     if policy == "RENAME":
         return _mkdir_fresh(parent, name)
     try:
@@ -103,17 +105,17 @@ def _mkdir(parent: int, name: str, policy: WriteConflictPolicy) -> str:
         return name
     there = _lstat(parent, name)
     if there is None:
-        return _mkdir(parent, name, policy)  # gone meanwhile: again
+        return make_folder(parent, name, policy)  # gone meanwhile: again
     if stat.S_ISDIR(there.st_mode):
         return name  # REPLACE and MERGE_RENAME: the folder is there, nothing to do
     if policy == "REPLACE":
         os.unlink(name, dir_fd=parent)
-        return _mkdir(parent, name, policy)
+        return make_folder(parent, name, policy)
     return _mkdir_fresh(parent, name)  # MERGE_RENAME onto a file: a folder of its own
 
 
 def _mkdir_fresh(parent: int, name: str) -> str:
-    for candidate in [name, *candidates(name)]:
+    for candidate in itertools.chain([name], candidates(name)):  # lazily: there are RENAME_LIMIT of them
         try:
             os.mkdir(candidate, 0o777, dir_fd=parent)
         except FileExistsError:

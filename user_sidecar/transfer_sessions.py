@@ -76,14 +76,21 @@ class Location(BaseModel):
         return FileId(self.drive, self.parts[:-1])
 
 
-class UploadSession(BaseModel):
+class _Upload(BaseModel):
+    """What every upload's session holds: where, under which policy, since when, last active when."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    kind: Literal["upload"] = "upload"
     location: Location
     conflict_policy: WriteConflictPolicy
     created_at: float
     last_activity: float
+
+
+class UploadSession(_Upload):
+    """A file's upload (CHUNKED)."""
+
+    kind: Literal["upload"] = "upload"
     total_size: int | None = None  # unknown until the first chunk names it
     partial_name: str
     final_id: str | None = None  # set when finished: the token takes no more chunks
@@ -91,6 +98,14 @@ class UploadSession(BaseModel):
     @property
     def finished(self) -> bool:
         return self.final_id is not None
+
+
+class FolderUploadSession(_Upload):
+    """A folder upload (WEBSOCKET_V2): ``location`` is the folder as asked for."""
+
+    kind: Literal["folder"] = "folder"
+    # The name the folder got at the first connection (RENAME may pick another); later ones write there too.
+    folder_name: str | None = None
 
 
 class DownloadSession(BaseModel):
@@ -101,8 +116,9 @@ class DownloadSession(BaseModel):
     created_at: float
 
 
-Session = Annotated[UploadSession | DownloadSession, Field(discriminator="kind")]
-_SESSION: TypeAdapter[UploadSession | DownloadSession] = TypeAdapter(Session)
+AnySession = UploadSession | FolderUploadSession | DownloadSession
+Session = Annotated[AnySession, Field(discriminator="kind")]
+_SESSION: TypeAdapter[AnySession] = TypeAdapter(Session)
 
 
 def digest(token: str) -> str:
@@ -110,7 +126,7 @@ def digest(token: str) -> str:
     return hashlib.sha256(token.encode("ascii")).hexdigest()
 
 
-def expires_at(session: UploadSession | DownloadSession, limits: TransferLimits) -> float:
+def expires_at(session: AnySession, limits: TransferLimits) -> float:
     if isinstance(session, DownloadSession):
         return session.created_at + limits.download_lifetime_seconds
     return min(session.last_activity + limits.upload_idle_seconds, session.created_at + limits.upload_max_age_seconds)
@@ -124,7 +140,7 @@ class SessionStore:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self._cache: dict[str, UploadSession | DownloadSession] = {}
+        self._cache: dict[str, AnySession] = {}
         self._written_activity: dict[str, float] = {}  # the activity time on disk, of the sessions written here
         self._lock = threading.Lock()
 
@@ -143,7 +159,7 @@ class SessionStore:
                 folder.mkdir(mode=0o700)
             folder.chmod(0o700)  # mkdir's mode went through the umask
 
-    def save(self, key: str, session: UploadSession | DownloadSession) -> None:
+    def save(self, key: str, session: AnySession) -> None:
         """Write the session atomically (a temporary file renamed over the old one).
 
         Not fsync-ed: a crash loses at most the newest activity time, which only shortens a session.
@@ -180,29 +196,29 @@ class SessionStore:
         same = kept is not None and kept.model_copy(update={"last_activity": session.last_activity}) == session
         return not same or session.last_activity - written >= ACTIVITY_WRITE_SECONDS
 
-    def keep(self, key: str, session: UploadSession | DownloadSession) -> None:
+    def keep(self, key: str, session: AnySession) -> None:
         """Remember ``session`` without writing it (``must_write`` said it need not be)."""
         with self._lock:
             self._cache[key] = session
 
-    def get(self, key: str) -> UploadSession | DownloadSession | None:
+    def get(self, key: str) -> AnySession | None:
         """The cached session, or the one on disk (made by an earlier run of the instance)."""
         with self._lock:
             cached = self._cache.get(key)
         return cached if cached is not None else self._load(key)
 
-    def cached(self, key: str) -> UploadSession | DownloadSession | None:
+    def cached(self, key: str) -> AnySession | None:
         with self._lock:
             return self._cache.get(key)
 
-    def _load(self, key: str) -> UploadSession | DownloadSession | None:
+    def _load(self, key: str) -> AnySession | None:
         session = self._read(key)
         if session is None or not _kept_in_memory(session):
             return session
         with self._lock:
             return self._cache.setdefault(key, session)
 
-    def _read(self, key: str) -> UploadSession | DownloadSession | None:
+    def _read(self, key: str) -> AnySession | None:
         try:
             raw = self._path(key).read_bytes()
         except (FileNotFoundError, NotADirectoryError):
@@ -228,7 +244,7 @@ class SessionStore:
             return False
         return True
 
-    def on_disk(self) -> Generator[tuple[str, UploadSession | DownloadSession], None, None]:
+    def on_disk(self) -> Generator[tuple[str, AnySession], None, None]:
         """Every session on disk, read one by one as the caller goes, without caching it (the sweep's view).
 
         Unreadable sessions and stale temporary files are removed on the way.
@@ -250,7 +266,7 @@ class SessionStore:
                             Path(entry.path).unlink()
 
 
-def _kept_in_memory(session: UploadSession | DownloadSession) -> bool:
+def _kept_in_memory(session: AnySession) -> bool:
     """All but finished uploads: those are asked for rarely, and an instance that takes thousands of
     small files should not hold them all (the session on disk answers, until it expires)."""
     return not (isinstance(session, UploadSession) and session.finished)

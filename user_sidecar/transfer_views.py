@@ -36,6 +36,7 @@ from ucim.common.instance_api import (
     DOWNLOAD_FILE_PATH,
     FILES_DOWNLOAD_PATH,
     FILES_UPLOAD_PATH,
+    FOLDER_UPLOAD_PATH,
     UPLOAD_CHUNK_PATH,
     TransferToken,
     UploadProgress,
@@ -49,11 +50,15 @@ from ucim.common.protocol import (
 )
 from ucim.common.splice import SocketBody, widen_send_buffer
 from ucim.common.transfer_contract import CORS_HEADERS, PREFLIGHT_HEADERS
+from ucim.common.upload_frames import MAX_FRAME_BYTES
+from ucim.user_sidecar.folder_upload_io import Folders
+from ucim.user_sidecar.folder_uploads import FolderUpload
 from ucim.user_sidecar.keys import TRANSFERS
 from ucim.user_sidecar.metrics import DOWNLOAD_BYTES, TRANSFER_EVENTS
 from ucim.user_sidecar.middlewares import error_response
 from ucim.user_sidecar.paths import PathRefusedError
 from ucim.user_sidecar.transfer_io import WRITE_PIECE_BYTES, BodyInterruptedError, TransferRefusedError
+from ucim.user_sidecar.transfer_plans import protocol_of
 from ucim.user_sidecar.views import parse
 
 # Built once, here: pydantic makes a class per parametrization.
@@ -72,6 +77,7 @@ def add_transfer_routes(app: web.Application) -> None:
     app.router.add_post(UPLOAD_CHUNK_PATH, upload_chunk)
     app.router.add_get(UPLOAD_CHUNK_PATH, upload_progress, allow_head=False)
     app.router.add_route("OPTIONS", UPLOAD_CHUNK_PATH, preflight)
+    app.router.add_get(FOLDER_UPLOAD_PATH, folder_upload, allow_head=False)
     app.router.add_get(DOWNLOAD_FILE_PATH, download)  # HEAD too: it answers without using the token up
     app.router.add_route("OPTIONS", DOWNLOAD_FILE_PATH, preflight)
     app.cleanup_ctx.append(_sweeping)
@@ -104,7 +110,10 @@ async def create_uploads(request: web.Request) -> web.Response:
         tokens = await asyncio.to_thread(request.app[TRANSFERS].create_uploads, body.items)
     except PathRefusedError as error:
         return error_response(error.status, str(error))
-    return _tokens(tokens)
+    answers = [
+        TransferToken(token=token, protocol=protocol_of(item)) for token, item in zip(tokens, body.items, strict=True)
+    ]
+    return web.json_response(dump(Tokens(responses=answers)))
 
 
 async def create_downloads(request: web.Request) -> web.Response:
@@ -162,6 +171,38 @@ async def upload_progress(request: web.Request) -> web.Response:
     except PathRefusedError as error:
         return _refusal(error)
     return _progress(progress)
+
+
+async def folder_upload(request: web.Request) -> web.StreamResponse:
+    """``GET FOLDER_UPLOAD_PATH?token=``: a folder upload's connection (``folder_uploads``); 4xx before upgrading."""
+    transfers = request.app[TRANSFERS]
+    try:
+        key, session = await transfers.begin_folder_upload(request.query.get("token"))
+    except PathRefusedError as error:
+        return _refusal(error)
+    upload: FolderUpload | None = None
+    try:
+        try:
+            top_fd, session = await asyncio.to_thread(transfers.open_folder_upload, key, session)
+        except PathRefusedError as error:
+            return _refusal(error)
+        folders = Folders(top_fd)
+        socket = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, compress=False)
+        try:
+            await socket.prepare(request)
+        except BaseException:
+            folders.close()
+            raise
+        upload = FolderUpload(
+            socket, folders, key=key, session=session, file_mode=transfers.file_mode, limits=transfers.limits
+        )
+        with contextlib.suppress(aiohttp.ClientError, ConnectionError):
+            await upload.run()
+        return socket
+    finally:
+        await transfers.end_folder_upload(key, session, used_up=upload is not None and upload.closed_by_client)
+        if upload is not None:
+            upload.report()
 
 
 async def preflight(_: web.Request) -> web.Response:

@@ -35,7 +35,7 @@ from typing import Final, TypeVar
 from ucim.common.instance_api import UploadProgress
 from ucim.common.protocol import FilesProviderCreateDownloadRequestItem, FilesProviderCreateUploadRequestItem
 from ucim.common.transfer_contract import MAX_CHUNK_BYTES
-from ucim.user_sidecar import transfer_io
+from ucim.user_sidecar import folder_upload_io, transfer_io
 from ucim.user_sidecar.conflicts import ConflictError, commit
 from ucim.user_sidecar.metrics import TRANSFER_EVENTS, UPLOAD_BYTES
 from ucim.user_sidecar.paths import DriveResolver, FileId
@@ -43,7 +43,9 @@ from ucim.user_sidecar.settings import SidecarSettings
 from ucim.user_sidecar.transfer_io import ChunkBody, Received, TransferRefusedError
 from ucim.user_sidecar.transfer_plans import Kind, plan_download, plan_each, plan_upload
 from ucim.user_sidecar.transfer_sessions import (
+    AnySession,
     DownloadSession,
+    FolderUploadSession,
     SessionStore,
     TransferLimits,
     UploadSession,
@@ -54,12 +56,14 @@ from ucim.user_sidecar.writeback import BackgroundWriteBack
 
 log = logging.getLogger(__name__)
 
+# How long a folder upload's new connection waits for its last one to end.
+FOLDER_TAKEOVER_SECONDS: Final = 10.0
 # Sessions a sweep reads at a time.
 SWEEP_BATCH: Final = 100
 # secrets.token_urlsafe(32) is 43 characters; anything else cannot be one of ours.
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{20,128}$")
 
-S = TypeVar("S", UploadSession, DownloadSession)
+S = TypeVar("S", UploadSession, FolderUploadSession, DownloadSession)
 
 
 @dataclass
@@ -97,6 +101,8 @@ class Transfers:
         self._clock = clock
         # Uploads with a chunk being written (or sessions being swept): one at a time each.
         self._busy: set[str] = set()
+        # The folder uploads with a connection: set when it has ended.
+        self._folder_connections: dict[str, asyncio.Event] = {}
         self._write_back = BackgroundWriteBack()
         # A finished upload gets the mode a newly created file of the user's would have.
         self._file_mode = 0o666 & ~transfer_io.umask()
@@ -133,7 +139,7 @@ class Transfers:
         )
         return self._record("download", planned)
 
-    def _record(self, kind: Kind, planned: Sequence[tuple[str, UploadSession | DownloadSession]]) -> list[str]:
+    def _record(self, kind: Kind, planned: Sequence[tuple[str, AnySession]]) -> list[str]:
         saved: list[str] = []
         try:
             for token, session in planned:
@@ -153,7 +159,7 @@ class Transfers:
     # --- finding sessions ---
 
     async def _find(self, token: str | None, kind: type[S]) -> tuple[str, S]:
-        what = "upload" if kind is UploadSession else "download"
+        what = "download" if kind is DownloadSession else "upload"
         unknown = TransferRefusedError(f"unknown or expired {what} token", 404)
         if not token or not _TOKEN.match(token):
             raise unknown
@@ -283,6 +289,55 @@ class Transfers:
         self.store.save(key, session.model_copy(update={"final_id": final_id, "last_activity": self._clock()}))
         return final_id
 
+    # --- folder uploads (the protocol is ``folder_uploads.py``'s) ---
+
+    @property
+    def file_mode(self) -> int:
+        return self._file_mode
+
+    async def begin_folder_upload(self, token: str | None) -> tuple[str, FolderUploadSession]:
+        """The session of a folder upload's connection; one connection per session at a time."""
+        key, session = await self._find(token, FolderUploadSession)
+        ending = self._folder_connections.get(key)
+        if ending is not None:
+            # A client that reconnects at once may find its last connection still settling: it waits for that.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(FOLDER_TAKEOVER_SECONDS):
+                    await ending.wait()
+            # Read again: that connection may have used the session up (CLOSE), or moved it on.
+            key, session = await self._find(token, FolderUploadSession)
+        if key in self._busy:
+            raise TransferRefusedError("this folder upload is open on another connection; close that one first", 409)
+        self._busy.add(key)
+        self._folder_connections[key] = asyncio.Event()
+        return key, session
+
+    def open_folder_upload(self, key: str, session: FolderUploadSession) -> tuple[int, FolderUploadSession]:
+        """The upload's folder (an fd), made at the first connection; the session then names it (blocking)."""
+        fd, name = folder_upload_io.open_top(session)
+        if session.folder_name != name:
+            session = session.model_copy(update={"folder_name": name, "last_activity": self._clock()})
+            try:
+                self.store.save(key, session)
+            except BaseException:
+                os.close(fd)
+                raise
+        return fd, session
+
+    async def end_folder_upload(self, key: str, session: FolderUploadSession, *, used_up: bool) -> None:
+        """The connection ended: the session is gone when the client said it finished, else it lives on."""
+        try:
+            if used_up:
+                await asyncio.to_thread(self.store.remove, key)
+            else:
+                session = session.model_copy(update={"last_activity": self._clock()})
+                await asyncio.to_thread(self.store.save, key, session)
+        finally:
+            self._busy.discard(key)
+            ended = self._folder_connections.pop(key, None)
+            if ended is not None:
+                ended.set()
+
     # --- downloads ---
 
     async def open_download(self, token: str | None) -> OpenedDownload:
@@ -326,7 +381,7 @@ class Transfers:
             removed += len(expired)
         return removed
 
-    def _discard(self, sessions: list[tuple[str, UploadSession | DownloadSession]]) -> None:
+    def _discard(self, sessions: list[tuple[str, AnySession]]) -> None:
         for key, session in sessions:
             if isinstance(session, UploadSession) and session.final_id is None:
                 transfer_io.remove_partial(session)

@@ -26,6 +26,7 @@ from tests.chart.helm import (
     one,
     pod_specs,
 )
+from ucim.gateway.extension_policy import ExtensionPolicy
 from ucim.gateway.settings import GatewaySettings
 from ucim.operator.settings import OperatorSettings
 
@@ -353,6 +354,28 @@ def test_gateway_connection_settings(helm: Helm) -> None:
     with pytest.raises(AssertionError, match="projectDrives"):  # project drives come from Core's projects now
         helm.template("--set-json", 'gateway.projectDrives=[{"project": "p-1", "group": "g"}]',
                       values=ci_values("minimal"))  # fmt: skip
+
+
+def test_the_extension_policy_reaches_the_gateway_as_it_reads_it(helm: Helm, monkeypatch: pytest.MonkeyPatch) -> None:
+    default = gateway_env(helm.template(values=ci_values("minimal")))
+    assert default["UCIM_GATEWAY_EXTENSION__ENABLED"] == "true"
+    assert "UCIM_GATEWAY_EXTENSION__MAX_TOTAL_MINUTES" not in default
+    env = gateway_env(
+        helm.template(
+            "--set", "gateway.extension.maxTotalMinutes=10080",
+            "--set", "gateway.extension.maxPerRequestMinutes=600",
+            "--set-json", 'gateway.extension.partitionMaxTotalMinutes={"gpu": 2880}',
+            values=ci_values("minimal"),
+        )
+    )  # fmt: skip
+    for name, value in env.items():
+        if name.startswith("UCIM_GATEWAY_EXTENSION__"):
+            monkeypatch.setenv(name, value)
+    assert GatewaySettings().extension == ExtensionPolicy(
+        max_per_request_minutes=600, max_total_minutes=10080, partition_max_total_minutes={"gpu": 2880}
+    )
+    with pytest.raises(AssertionError, match="maxPerRequestMinutes"):
+        helm.template("--set", "gateway.extension.maxPerRequestMinutes=0", values=ci_values("minimal"))
 
 
 # --- web interfaces and VNC ------------------------------------------------------------------

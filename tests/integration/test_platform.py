@@ -64,6 +64,17 @@ def test_immutable_fields_cannot_change(platform: Platform, namespace: str) -> N
     assert "terminate cannot be withdrawn" in result.stderr
 
 
+def test_extensions_are_only_appended(platform: Platform, namespace: str) -> None:
+    platform.kubectl("apply", "-n", namespace, "-f", str(SAMPLES / "valid/ucloudjob-extended.yaml"))
+    first = {"id": "3f1c2a", "addMinutes": 30, "timeLimitMinutes": 90, "requestedAt": "2026-12-01T12:00:00Z"}
+    second = {"id": "9b0d", "addMinutes": 60, "timeLimitMinutes": 150, "requestedAt": "2026-12-01T13:00:00Z"}
+    platform.patch(namespace, "ucj/ucloud-4712", {"spec": {"extensions": [first, second]}})
+    for extensions in ([second], [{**first, "timeLimitMinutes": 900}, second]):
+        result = platform.patch(namespace, "ucj/ucloud-4712", {"spec": {"extensions": extensions}}, check=False)
+        assert result.returncode != 0
+        assert "extensions can only be appended" in result.stderr
+
+
 def test_uid_of_a_user_instance_is_set_once(platform: Platform, namespace: str) -> None:
     platform.kubectl("apply", "-n", namespace, "-f", str(SAMPLES / "valid/userinstance.yaml"))
     result = platform.patch(namespace, "ui/alice-1234-local", {"spec": {"uid": 1102}}, check=False)

@@ -177,7 +177,14 @@ class FakeIngress:
         parsed: Any = json.loads(body) if body else {}
         if path in (api.FILES_UPLOAD_PATH, api.FILES_DOWNLOAD_PATH):
             kind = "up" if path == api.FILES_UPLOAD_PATH else "down"
-            return {"responses": [{"token": f"{kind}-{i}/x+y"} for i, _ in enumerate(parsed["items"])]}
+            # As an instance answers: a folder's upload speaks WEBSOCKET_V2.
+            folder = {"protocol": "WEBSOCKET_V2"}
+            return {
+                "responses": [
+                    {"token": f"{kind}-{i}/x+y", **(folder if item.get("type") == "FOLDER" else {})}
+                    for i, item in enumerate(parsed["items"])
+                ]
+            }
         if path == api.FILES_BROWSE_PATH:
             entry = {"status": {"type": "FILE", "sizeInBytes": 3, "modifiedAt": 1, "accessedAt": 1}, "createdAt": 1}
             items = [{"id": f"/1/f{i}", **entry} for i in range(self.browse_entries)]

@@ -136,6 +136,10 @@ class FakeKube:
         obj = self.objects.get(self._key(kind, namespace, name))
         if obj is None:
             raise NotFoundError(name)
+        # A resourceVersion in the patch is a precondition, as the apiserver makes it.
+        version = (body.get("metadata") or {}).get("resourceVersion")
+        if version is not None and version != obj["metadata"]["resourceVersion"]:
+            raise ConflictError("the object has been modified")
         _merge(obj, {k: v for k, v in body.items() if k != "status"})
         await self._written(obj)
         return kind.from_obj(obj)

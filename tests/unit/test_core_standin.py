@@ -805,3 +805,28 @@ async def test_transfers_are_created_and_played_as_the_browser_does(
     download = await core.create_download("alice", f"/{home_id}/big.bin")
     fetched = await core.download(download.endpoint, {"Range": "bytes=0-3"})
     assert (fetched.status, fetched.body, fetched.headers["Content-Range"]) == (200, b"file content", "bytes=0-3")
+
+
+async def test_a_new_time_allocation_becomes_the_jobs_as_core2_keeps_it(
+    core: CoreStandIn, core_client: TestClient[Any, Any]
+) -> None:
+    headers = {"Authorization": f"Bearer {await access_token(core_client)}"}
+    core.jobs["43"] = core.make_job("43", "alice", time_allocation=SimpleDuration(minutes=10))
+    body = update_body("43", "RUNNING")
+    body["items"][0]["update"] |= {"state": None, "newTimeAllocation": 5_430_000}  # 1 h 30 min 30 s
+    assert (await core_client.post("/api/jobs/control/update", json=body, headers=headers)).status == 200
+    # core2's SimpleDurationFromMillis drops the seconds.
+    assert core.jobs["43"].specification.time_allocation == SimpleDuration(hours=1, minutes=30, seconds=0)
+    assert core.updates_for("43")[0].new_time_allocation == 5_430_000
+
+
+async def test_extend_is_refused_by_core_unless_the_product_supports_it(
+    core: CoreStandIn, provider: FakeProvider
+) -> None:
+    job = core.make_job("4213", "alice")
+    job.specification.product.id, job.specification.product.category = "u1-2", "u1"
+    async with core:
+        with pytest.raises(ProviderCallError) as refused:
+            await core.extend_jobs([(job, SimpleDuration(hours=1))])
+    assert refused.value.status == 400
+    assert refused.value.body["why"] == "time extension is not supported by this provider"

@@ -131,7 +131,8 @@ async def test_retrieve_products_lists_the_machine_types(client: TestClient[Any,
     supports = (await response.json())["responses"]
     assert {s["product"]["id"] for s in supports} == {"cpu-1", "cpu-2", "short-1"}
     # Core offers a job's output to follow, and a terminal in it.
-    assert supports[0]["native"] == {"enabled": True, "logs": True, "terminal": True}
+    # ... and extending its time limit (the site's policy enables it by default).
+    assert supports[0]["native"] == {"enabled": True, "logs": True, "terminal": True, "timeExtension": True}
     assert supports[0]["docker"] == {}
 
 
@@ -329,8 +330,8 @@ async def test_terminating_a_job_the_provider_does_not_know_is_done(
     assert await kube.get(UCloudJob, NAMESPACE, UCloudJob.name_for("78")) is None
 
 
-async def test_extension_is_refused_in_words(client: TestClient[Any, Any], core: CoreStandIn) -> None:
-    response = await client.post(f"/ucloud/{PROVIDER}/jobs/extend", headers=headers(core), json={"items": []})
+async def test_suspension_is_refused_in_words(client: TestClient[Any, Any], core: CoreStandIn) -> None:
+    response = await client.post(f"/ucloud/{PROVIDER}/jobs/suspend", headers=headers(core), json={"items": []})
     assert response.status == 400
     assert "not supported" in (await response.json())["why"]
 

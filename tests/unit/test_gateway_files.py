@@ -15,7 +15,10 @@ from pydantic import SecretStr
 
 from tests.support.gateway_files import BASE, PROVIDER, PUBLIC_URL, Env, GatewayFactory, metric
 from ucim.common import instance_api as api
+from ucim.common.informer import Informer
 from ucim.common.protocol import decode_username, encode_username
+from ucim.common.resources import UserInstance
+from ucim.gateway.keys import INSTANCES
 
 pytestmark = pytest.mark.relay_loops  # the gateway and the bridge run on uvloop
 
@@ -124,9 +127,17 @@ async def test_an_instance_stopped_behind_the_cache_is_a_449_and_forgotten(env: 
     assert (await env.gateway.post(f"{BASE}/files/folder", json={}, headers=env.headers())).status == 200
 
 
-async def test_the_endpoint_is_cached_between_calls(env: Env, make_gateway: GatewayFactory) -> None:
-    gateway = await make_gateway(instance_cache_seconds=60)
+async def test_with_the_watch_a_call_reads_nothing_from_kubernetes(env: Env) -> None:
+    """The endpoint comes from the watched UserInstances: no GET per call (a login storm's many calls)."""
     await env.serve()
+    instances = env.gateway.app[INSTANCES]
+    watched: Informer[UserInstance] = Informer(env.kube, UserInstance, instances.namespace)  # type: ignore[arg-type]
+    name = instances.name_for("alice")
+    found = await env.kube.get(UserInstance, instances.namespace, name)
+    assert found is not None
+    watched.objects[name] = found
+    watched.synced.set()
+    instances.informer = watched
     gets = 0
     real_get = env.kube.get
 
@@ -137,8 +148,8 @@ async def test_the_endpoint_is_cached_between_calls(env: Env, make_gateway: Gate
 
     env.kube.get = counting_get  # type: ignore[method-assign,assignment]
     for _ in range(5):
-        assert (await gateway.post(f"{BASE}/files/browse", json={}, headers=env.headers())).status == 200
-    assert gets == 1
+        assert (await env.gateway.post(f"{BASE}/files/browse", json={}, headers=env.headers())).status == 200
+    assert gets == 0
 
 
 async def test_an_unreachable_bridge_is_a_502_with_the_reason(env: Env) -> None:
@@ -230,6 +241,28 @@ async def test_create_upload_answers_chunked_endpoints_on_the_gateway(env: Env) 
     assert f"{url.scheme}://{url.netloc}{url.path}" == f"{PUBLIC_URL}/ucloud/{PROVIDER}/upload"
     assert decode_username(parse_qs(url.query)["usernameHint"][0]) == "alice#1234"
     assert env.ingress.last().path == api.FILES_UPLOAD_PATH
+
+
+async def test_create_upload_of_a_folder_answers_a_websocket_v2_endpoint_with_the_token(env: Env) -> None:
+    await env.serve("alice#1234")
+    items = [
+        {"id": "/7/f", "type": "FILE", "supportedProtocols": ["CHUNKED", "WEBSOCKET"]},
+        {"id": "/7/d", "type": "FOLDER", "supportedProtocols": ["CHUNKED", "WEBSOCKET"]},
+    ]
+    response = await env.gateway.post(f"{BASE}/files/upload", json={"items": items}, headers=env.headers("alice#1234"))
+    assert response.status == 200, await response.text()
+    file, folder = (await response.json())["responses"]
+    assert (file["protocol"], folder["protocol"]) == ("CHUNKED", "WEBSOCKET_V2")
+    url = urlsplit(folder["endpoint"])
+    public = urlsplit(PUBLIC_URL)
+    assert (url.scheme, url.netloc, url.path) == (
+        "wss" if public.scheme == "https" else "ws",
+        public.netloc,
+        f"/ucloud/{PROVIDER}/upload",
+    )
+    query = parse_qs(url.query)
+    assert query["token"] == [folder["token"]] == ["up-1/x+y"]
+    assert decode_username(query["usernameHint"][0]) == "alice#1234"
 
 
 async def test_create_download_puts_the_token_in_the_endpoint(env: Env) -> None:

@@ -93,3 +93,43 @@ async def test_an_error_is_retried_with_backoff_from_the_same_version(monkeypatc
     await run_until_done(informer, kube)
     assert kube.listed == [None]  # no second list: the watch resumes from its version
     assert kube.watched_from == ["7", "7"]
+
+
+async def test_wait_for_wakes_on_that_objects_changes_only() -> None:
+    """Waiters are woken by the watch they share, each by its own object's changes."""
+    kube = ScriptedKube(lists=[([instance("a", "1")], "1")], watches=[])
+    informer = Informer(kube, UserInstance, "ns")  # type: ignore[arg-type]
+    task = asyncio.create_task(informer.run())
+    await informer.synced.wait()
+    assert await informer.wait_for("a", lambda found: found is not None) is not None  # holds already: no wait
+    checked: list[str | None] = []
+
+    def version_3(found: UserInstance | None) -> bool:
+        checked.append(found.metadata.resource_version if found else None)
+        return found is not None and found.metadata.resource_version == "3"
+
+    waiting = asyncio.create_task(informer.wait_for("b", version_3))
+    await asyncio.sleep(0)
+    informer._apply("MODIFIED", instance("a", "2"))  # another object: the waiter sleeps on
+    informer._apply("ADDED", instance("b", "2"))
+    informer._apply("MODIFIED", instance("b", "3"))
+    found = await asyncio.wait_for(waiting, 5)
+    assert found is not None and found.metadata.resource_version == "3"
+    assert checked[0] is None and checked[-1] == "3" and len(checked) <= 3
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+def test_a_remembered_write_is_not_undone_by_an_older_event() -> None:
+    """Our own write's answer stays until the watch brings it or something newer (a mutation cache)."""
+    informer = Informer(ScriptedKube([], []), UserInstance, "ns")  # type: ignore[arg-type]
+    informer._apply("ADDED", instance("a", "5"))
+    informer.remember(instance("a", "9"))
+    informer._apply("MODIFIED", instance("a", "7"))  # the watch is behind our write
+    assert informer.objects["a"].metadata.resource_version == "9"
+    informer._apply("MODIFIED", instance("a", "11"))
+    informer.remember(instance("a", "10"))  # an answer older than what the watch has by now
+    assert informer.objects["a"].metadata.resource_version == "11"
+    informer._apply("DELETED", instance("a", "12"))
+    assert informer.get("a") is None

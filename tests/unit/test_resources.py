@@ -11,7 +11,18 @@ import pytest
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from ucim.common.resources import UCloudJob, UCloudJobSpec, UCloudProject, UserConnection, UserInstance, dns_name
+from ucim.common.resources import (
+    MAX_DYNAMIC_TARGETS,
+    MAX_EXTENSIONS,
+    MAX_TRANSITIONS,
+    UCloudJob,
+    UCloudJobSpec,
+    UCloudProject,
+    UserConnection,
+    UserInstance,
+    dns_name,
+)
+from ucim.slurm_bridge.queue_status import MAX_QUEUE_LINES
 
 REPO = Path(__file__).resolve().parents[2]
 CRDS = REPO / "crds"
@@ -153,3 +164,9 @@ def test_dns_names_are_valid_and_stable(key: str) -> None:
 
 def test_dns_names_keep_distinct_keys_apart() -> None:
     assert dns_name("local", "Alice") != dns_name("local", "alice")
+
+
+def test_the_delivery_log_holds_every_status_line_a_job_may_add_and_its_states() -> None:
+    """Dynamic targets, queue lines and extensions each have a cap, and together leave room for the states
+    (in queue, running, a final one and a few requeues): a full log would refuse the job's end."""
+    assert MAX_DYNAMIC_TARGETS + MAX_QUEUE_LINES + MAX_EXTENSIONS + 8 <= MAX_TRANSITIONS

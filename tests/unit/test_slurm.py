@@ -666,3 +666,30 @@ async def test_submit_rejected(tmp_path: Path) -> None:
     fake_tool(tmp_path, "sbatch", stderr=stderr, rc=1)
     with pytest.raises(SlurmRejectedError, match="partition does not exist"):
         await SlurmClient(SlurmConfig(bin_dir=tmp_path)).submit(tmp_path / "job.sbatch", cwd=tmp_path)
+
+
+async def test_partition_max_time_is_the_smallest_of_the_jobs_partitions(tmp_path: Path) -> None:
+    fake_tool(tmp_path, "squeue", "normal,short\n")
+    fake_tool(tmp_path, "sinfo", "1-00:00:00\n1:00\n1-00:00:00\n")
+    client = SlurmClient(SlurmConfig(bin_dir=tmp_path))
+    assert await client.partition_max_time(42) == timedelta(minutes=1)
+    assert calls(tmp_path, "squeue") == ["-h -j 42 -o %P"]
+    assert calls(tmp_path, "sinfo") == ["-h -p normal,short -o %l"]
+    fake_tool(tmp_path, "sinfo", "infinite\n")
+    assert await client.partition_max_time(42) is None
+
+
+async def test_partition_max_time_of_a_job_slurm_no_longer_has(tmp_path: Path) -> None:
+    fake_tool(tmp_path, "squeue")
+    with pytest.raises(SlurmError, match="no queued or running job 42"):
+        await SlurmClient(SlurmConfig(bin_dir=tmp_path)).partition_max_time(42)
+
+
+async def test_set_time_limit_is_one_scontrol_update_with_slurms_reason_on_refusal(tmp_path: Path) -> None:
+    fake_tool(tmp_path, "scontrol")
+    client = SlurmClient(SlurmConfig(bin_dir=tmp_path))
+    await client.set_time_limit(42, 1500)
+    assert calls(tmp_path, "scontrol") == ["update JobId=42 TimeLimit=1-01:00:00"]
+    fake_tool(tmp_path, "scontrol", stderr="slurm_update error: Job/step already completing or completed\n", rc=1)
+    with pytest.raises(SlurmError, match="already completing or completed"):
+        await client.set_time_limit(42, 1500)

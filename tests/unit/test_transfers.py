@@ -428,8 +428,8 @@ OTHER_HOME = {"id": "home", "providerGeneratedId": "home:someone-else"}
     [
         (upload_item("/home/up/a", supportedProtocols=["WEBSOCKET_V2"]), 400, "CHUNKED protocol only; the request "
          "offers WEBSOCKET_V2"),
-        (upload_item("/home/up/a", type="FOLDER"), 400, "folder uploads are not supported over CHUNKED; create the "
-         "folder and upload its files"),
+        (upload_item("/home/up/a", type="FOLDER", supportedProtocols=["CHUNKED"]), 400, "uploads folders with the "
+         "WEBSOCKET_V2 protocol only; the request offers CHUNKED"),
         (upload_item("/home/nowhere/a"), 404, "/home/nowhere does not exist"),
         (upload_item("/home/up/exists"), 409, "/home/up/exists already exists"),
         (upload_item("/home/up/folder", "REPLACE"), 409, "/home/up/folder is a folder; a file cannot replace it"),

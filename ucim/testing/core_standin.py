@@ -20,7 +20,8 @@ It plays both halves of Core that a provider meets:
   ``integration/init`` + retry loop Core runs (5 attempts, 500 ms apart). File
   calls (``files_browse``, ``files_call``, ``create_upload``, ...) send the drive
   of each file as ``resolvedCollection``, as Core does; ``upload``/``download``
-  then play the browser on the endpoints the provider answered.
+  then play the browser on the endpoints the provider answered, and ``upload_folder`` a
+  folder upload over WEBSOCKET_V2 (``ucim.testing.folder_upload_client``).
 
 Facts (paths, claims, retry counts) come from docs/protocol.md; wire shapes from
 ``ucim.common.protocol``. Run it as a process with
@@ -73,6 +74,7 @@ from ucim.common.protocol import (
     FSSupport,
     IntegrationManifest,
     Job,
+    JobExtendRequestItem,
     JobSpecification,
     JobState,
     JobStatus,
@@ -108,6 +110,7 @@ from ucim.testing.core_accounting import NOTIFICATIONS_PATH, REPORT_USAGE_PATH, 
 from ucim.testing.core_apps import ApplicationStore, parameter_refusal, requested_time
 from ucim.testing.core_drives import DriveRefusedError, DriveStore, browse_body, resolve_items, retrieve_body
 from ucim.testing.core_follow import follow_frames
+from ucim.testing.folder_upload_client import FolderUploadResult, LocalFile, upload_folder
 
 ISSUER = "cloud.sdu.dk"
 AUDIENCE = "all:write"
@@ -295,8 +298,19 @@ class CoreRecord:
             raise TimeoutError(f"no clearConnection of {username} within {timeout}s; cleared: {seen}") from None
 
     async def wait_for_update(self, job_id: str, state: JobState, timeout: float) -> JobUpdate:  # noqa: ASYNC109
+        return await self.wait_for_update_where(job_id, lambda update: update.state == state, str(state), timeout)
+
+    async def wait_for_update_where(
+        self,
+        job_id: str,
+        wanted: Callable[[JobUpdate], bool],
+        what: str,
+        timeout: float,  # noqa: ASYNC109
+    ) -> JobUpdate:
+        """The first update of ``job_id`` that is ``wanted`` (``what`` names it in the timeout's message)."""
+
         def matching() -> list[JobUpdate]:
-            return [update for update in self.updates_for(job_id) if update.state == state]
+            return [update for update in self.updates_for(job_id) if wanted(update)]
 
         try:
             async with asyncio.timeout(timeout), self.changed:
@@ -304,7 +318,7 @@ class CoreRecord:
                 return (await self.changed.wait_for(matching))[0]
         except TimeoutError:
             seen = [update.state for update in self.updates_for(job_id)]
-            raise TimeoutError(f"no {state} update for job {job_id} within {timeout}s; saw {seen}") from None
+            raise TimeoutError(f"no {what} update for job {job_id} within {timeout}s; saw {seen}") from None
 
 
 # --- failure injection --------------------------------------------------------
@@ -536,6 +550,16 @@ class CoreStandIn:
         """The first update that moved ``job_id`` to ``state``, waiting for it if needed."""
         return await self.record.wait_for_update(job_id, state, timeout)
 
+    async def wait_for_update_where(
+        self,
+        job_id: str,
+        wanted: Callable[[JobUpdate], bool],
+        what: str,
+        timeout: float = 5.0,  # noqa: ASYNC109 - a test helper's budget
+    ) -> JobUpdate:
+        """The first update of ``job_id`` that is ``wanted`` (a new time allocation, say), waiting for it if needed."""
+        return await self.record.wait_for_update_where(job_id, wanted, what, timeout)
+
     # --- failure injection ---
 
     def fail_requests(
@@ -637,6 +661,12 @@ class CoreStandIn:
             await self._init_user(username, headers)
             await asyncio.sleep(self.init_retry_delay)
 
+    def _provider_session(self) -> aiohttp.ClientSession:
+        """Core's client for provider calls: its timeout, and no cap on concurrent calls (Go's http.Client has
+        none; aiohttp's default of 100 made a login storm's calls queue here, not at the provider)."""
+        connector = aiohttp.TCPConnector(limit=0)
+        return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=self.call_timeout))
+
     async def _init_user(self, username: str, headers: Mapping[str, str]) -> None:
         init_headers = headers if self.init_sends_username_header else {}
         # Core ignores the outcome of init; the retry tells whether it worked.
@@ -644,8 +674,7 @@ class CoreStandIn:
             await self._send("POST", self.provider_endpoint("integration/init"), {"username": username}, init_headers)
 
     async def _send(self, method: str, url: str, body: Any, headers: Mapping[str, str]) -> ProviderResponse:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.call_timeout))
+        self._session = self._session or self._provider_session()
         all_headers = {"Authorization": f"Bearer {self.mint_service_token()}", **headers}
         started_at, started = time.time(), time.monotonic()
 
@@ -689,10 +718,36 @@ class CoreStandIn:
         )
         response.raise_for_status()
 
+    async def extend_jobs(
+        self, extensions: Sequence[tuple[Job, SimpleDuration]], username: str | None = None
+    ) -> ProviderResponse:
+        """``POST jobs/extend`` as core2 sends it: each job as Core holds it and the time to add; the answer as it is.
+
+        Core refuses the call itself unless the product's support has ``timeExtension`` (core2
+        ``orchestrator/job.go``): so does the stand-in, with Core's 400.
+        """
+        for job, _ in extensions:
+            support = await self._support_of(job)
+            if support is None or not (support.native is not None and support.native.time_extension):
+                raise ProviderCallError(400, {"why": "time extension is not supported by this provider"})
+        items = [
+            JobExtendRequestItem(job=self.jobs.get(job.id, job), requested_time=requested)
+            for job, requested in extensions
+        ]
+        first = extensions[0][0] if extensions else None
+        owner = username or (_owner_of([first]) if first is not None else None)
+        body = dump(BulkRequest[JobExtendRequestItem](items=items))
+        return await self.call_provider("POST", "jobs/extend", body, owner)
+
+    async def _support_of(self, job: Job) -> JobSupport | None:
+        product = job.specification.product
+        supports = await self.retrieve_products()
+        wanted = (product.id, product.category)
+        return next((s for s in supports if (s.product.id, s.product.category) == wanted), None)
+
     async def follow_job(self, job_id: str, username: str) -> AsyncIterator[dict[str, Any]]:
         """The follow websocket of a job, as Core dials it: every frame the provider sends (``core_follow``)."""
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.call_timeout))
+        self._session = self._session or self._provider_session()
         job = self.jobs.get(job_id) or make_job(job_id, username)
         hint = base64.urlsafe_b64encode(username.encode()).decode().rstrip("=")
         url = self.provider_endpoint(f"/ucloud/jobs.provider.{self.provider_id}/websocket") + f"?usernameHint={hint}"
@@ -880,6 +935,14 @@ class CoreStandIn:
             if not answer.ok or offset >= total:
                 return answer
 
+    async def upload_folder(
+        self, upload: FilesCreateUploadResponseItem, files: Sequence[LocalFile], **options: Any
+    ) -> FolderUploadResult:
+        """Send ``files`` to a WEBSOCKET_V2 endpoint as the web client does (``folder_upload_client``), no JWT."""
+        if upload.protocol != "WEBSOCKET_V2":
+            raise ValueError(f"a folder upload speaks WEBSOCKET_V2; the endpoint speaks {upload.protocol}")
+        return await upload_folder(upload.endpoint, files, **options)
+
     async def upload_progress(self, upload: FilesCreateUploadResponseItem, username: str) -> BrowserResponse:
         """``GET`` the CHUNKED endpoint with only the token: how far the upload got (to resume it)."""
         headers = {CHUNKED_TOKEN_HEADER: upload.token, USERNAME_HEADER: encode_username(username)}
@@ -902,8 +965,7 @@ class CoreStandIn:
         self, method: str, url: str, headers: Mapping[str, str], body: bytes | None = None
     ) -> BrowserResponse:
         """A request as a browser sends it to a transfer endpoint: no Core JWT."""
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.call_timeout))
+        self._session = self._session or self._provider_session()
         async with self._session.request(method, url, headers=dict(headers), data=body) as response:
             return BrowserResponse(response.status, dict(response.headers), await response.read())
 
@@ -1218,6 +1280,15 @@ async def _job_update(request: web.Request) -> web.Response:
     if core.strict_wire:
         _check_every_update_key_written(raw)
     body = _validate(BulkRequest[JobUpdateItem], raw)
+    for item in body.items:
+        job = core.jobs.get(item.id)
+        if job is not None and item.update.new_time_allocation is not None:
+            # core2 keeps the new limit as the job's timeAllocation (SimpleDurationFromMillis, whose seconds are
+            # always 0): the job it sends next carries it.
+            millis = item.update.new_time_allocation
+            allocation = SimpleDuration(hours=millis // 3_600_000, minutes=millis % 3_600_000 // 60_000, seconds=0)
+            specification = job.specification.model_copy(update={"time_allocation": allocation})
+            core.jobs[item.id] = job.model_copy(update={"specification": specification})
     await core.record.add_job_updates(body.items)
     return _ok()
 

@@ -388,13 +388,16 @@ class SlurmMonitor:
             HOOK_QUERIES.inc()
             infos, _ = await self._query(set(by_id))
         now_ms = self._now_ms()
-        changes = [
-            (job, slurm_id, patch)
-            for slurm_id, job in by_id.items()
-            if (info := infos.get(slurm_id)) is not None
-            and is_same_job(job, info)
-            and (patch := status_patch(job, info, now_ms)) is not None
-        ]
+        now = datetime.fromtimestamp(now_ms / 1000, UTC)
+        changes: list[tuple[UCloudJob, int, dict[str, Any]]] = []
+        for slurm_id, job in by_id.items():
+            info = infos.get(slurm_id)
+            if info is None or not is_same_job(job, info):
+                continue  # the poll's to judge
+            # No listing of the queue here (no place): a job that left the queue loses its fields, as in a poll.
+            patch = with_queue(job, status_patch(job, info, now_ms), queue_update(job, info, None, now), now_ms)
+            if patch is not None:
+                changes.append((job, slurm_id, patch))
         written = await self._apply_all(changes)
         # A change not written (the operator wrote first: 409) is asked about again, from the newer copy.
         unwritten = {slurm_id for _, slurm_id, _ in changes} - written

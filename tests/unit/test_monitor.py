@@ -408,3 +408,15 @@ async def test_a_stream_of_notifications_never_starves_the_poll() -> None:
     polls = [ids for ids in slurm.asked if ids == {42, 43}]
     assert len(polls) >= 4  # every 0.1 s, however many notifications came
     assert {42} in slurm.asked
+
+
+async def test_a_start_the_hook_names_removes_the_jobs_place_in_the_queue_as_a_poll_does() -> None:
+    slurm = _Asked({42: info("RUNNING")})
+    waiting = job(queuePosition=2, queueLength=5, estimatedStartAt="2026-11-25T04:00:00Z")
+    monitor, kube = _hooked(slurm, waiting)
+    monitor.notify(42, PROLOG)
+    assert monitor.hook is not None
+    assert await monitor.run_for(monitor.hook.take(time.monotonic())) == 1
+    patch = kube.patches[0]
+    assert patch["state"] == "RUNNING"
+    assert (patch["queuePosition"], patch["queueLength"], patch["estimatedStartAt"]) == (None, None, None)

@@ -24,34 +24,43 @@ one of these ways, in an order that rotates from round to round:
 and (a3), the sbatch call inside the instance as the instance logs it (``Slurm job submitted``),
 which (b) minus (a3) turns into what ucim itself adds to each submission. The first Core job
 (which starts alice's instance) and three rounds of each kind come first and are not counted.
-While they are submitted a root job holds every node (``--exclusive``, 5-minute limit), so
-none of them runs and no job start competes for the two CPUs; every job goes to the same
-pending queue.
+While they are submitted a root job holds every node (``--exclusive``, 30-minute limit, cancelled
+when the nodes are wanted), so none of them runs and no job start competes for the two CPUs; every
+job goes to the same pending queue.
 
-**State change → JobUpdate received by Core**: the Core jobs from above (``sleep-exit`` 600 s)
-are held (``scontrol hold``) and the nodes freed; then, one job at a time, after a random pause
+**State change → JobUpdate received by Core**, with the Slurm hook and with the poll alone, side
+by side, at each number of ``--active-jobs``: first the run grows the number of jobs the bridge
+tracks to that many (Core jobs, ``sleep-exit`` 600 s, created 8 at a time while the nodes are held,
+then ``scontrol hold``: they stay pending, tracked, for the rest of the run); then, for each of
+``--modes`` (``hook``: the bridge listens for the platform's PrologSlurmctld/EpilogSlurmctld hook
+and polls at its adaptive interval; ``poll``: the hook listener off, the poll every second), the
+bridge is restarted with that setting, ``--state-changes`` fresh Core jobs are created, held
+(``scontrol hold``) and the nodes freed; then, one job at a time, after a random pause
 (so that the change lands at a random point of the bridge's 1 s poll cycle): ``scontrol release``
 → the job turns RUNNING; after another pause, ``scancel`` → it turns CANCELLED (UCloud SUCCESS).
 The instant of each Slurm change is found by asking squeue about that one job every ~10 ms
 (its uncertainty is reported); the instant Core received the update is recorded by the
 stand-in; the bridge's transition timestamp splits the latency into detection (Slurm → the
-bridge's poll) and delivery (→ operator → Core). The bridge's own Slurm calls are counted from
+bridge) and delivery (→ operator → Core). The bridge's own Slurm calls are counted from
 its ``/metrics`` (``ucim_slurm_command_seconds_count``: squeue, sacct, ...;
-``ucim_slurm_poll_duration_seconds_count``: monitor cycles that queried Slurm) over a window
-that starts and ends right after one of its polls, while all Core jobs of the run are tracked.
+``ucim_slurm_poll_duration_seconds_count``: queries of the monitor, polls and hook batches;
+``ucim_slurm_hook_queries_total``: the hook batches alone) over a window that starts and ends
+right after one of its queries.
 
-Job *starts* are not at a random point of the bridge's cycle, whatever the pauses: slurmctld
-starts jobs on its own once-a-second tick, whose phase drifts only slowly (a few ms per second)
-against the bridge's 1 s poll. Within one run the RUNNING latency is therefore nearly constant,
-somewhere between ~0.05 and ~1.05 s depending on that phase; averaged over a long time it is
-~0.5 s like any other change. Cancellations (and job ends) happen at any moment.
+Poll only, job *starts* are not at a random point of the bridge's cycle, whatever the pauses:
+slurmctld starts jobs on its own once-a-second tick, whose phase drifts only slowly (a few ms
+per second) against the bridge's 1 s poll. Within one run the RUNNING latency is therefore nearly
+constant, somewhere between ~0.05 and ~1.05 s depending on that phase; averaged over a long time
+it is ~0.5 s like any other change. Cancellations (and job ends) happen at any moment. With the
+hook, a change is noticed when slurmctld runs the hook (~30 ms *before* squeue shows it: the job
+is CONFIGURING or COMPLETING meanwhile, and the bridge asks again until it is not).
 
-    python3 -m bench job_path                           # 30 submit rounds, 20 jobs' state changes
-    python3 -m bench job_path --count 50 --state-changes 30 --json out.json
+    python3 -m bench job_path                           # 30 submit rounds; 20 jobs' changes at 100 jobs, both modes
+    python3 -m bench job_path --count 10 --active-jobs 100,1000 --json out.json
 
 The table goes to stdout, followed by the JSON document (also written to --json if given).
 Every job the run made is cancelled, its job folder removed, the namespace deleted, however
-the run ends. The run is bounded: ``--count`` ≤ 200 and ``--max-seconds`` (default 600).
+the run ends. The run is bounded: ``--count`` ≤ 200, ``--active-jobs`` ≤ 2000 and ``--max-seconds`` (default 900).
 """
 
 from __future__ import annotations
@@ -75,7 +84,6 @@ from pathlib import Path
 from typing import Any, Final
 
 import aiohttp
-from prometheus_client.parser import text_string_to_metric_families
 
 from bench.report import bench_parser, run_bench, summary
 from ucim.common.instance_api import SUBMIT_PATH
@@ -85,6 +93,7 @@ from ucim.common.protocol import AppParameterValue, JobState, SimpleDuration
 from ucim.common.resources import UCloudJob, UserInstance
 from ucim.gateway.jobs import to_ucloud_job
 from ucim.operator.jobs import submit_request
+from ucim.testing.metrics import scrape
 from ucim.testing.stack import CLUSTER, PROVIDER, Stack, read_platform_env, running_stack
 
 USER: Final = "alice"
@@ -94,13 +103,20 @@ RUNUSER: Final = shutil.which("runuser") or "/usr/sbin/runuser"
 # The helper that runs as alice needs an interpreter alice can execute (not root's own, perhaps).
 SYSTEM_PYTHON: Final = shutil.which("python3", path="/usr/bin:/bin") or "/usr/bin/python3"
 MAX_COUNT: Final = 200
+MAX_ACTIVE: Final = 2000
+CREATE_CONCURRENCY: Final = 8
+HOLD_CHUNK: Final = 200  # ids per scontrol hold
+MODES: Final = ("hook", "poll")
 WARM_UP_ROUNDS: Final = 3
 SLURM_POLL_PERIOD: Final = 0.01  # how often this bench asks squeue about the one job that is changing
+# Slurm state change → JobUpdate at Core (ms), by mode.
+LATENCY_TARGETS: Final = {"hook": {"p50": 100.0, "p99": 300.0}, "poll": {"p50": 1000.0, "p99": 2000.0}}
+# The poll's queries: at most one a second, whatever the number of jobs.
+POLL_QUERIES_PER_SECOND: Final = 1.0
 TARGETS: Final = {
     "warm_submit": "instance /jobs/submit <= 1.3 x raw sbatch + 20 ms (p50 and p99)",
-    "state_change_p50_ms": 1000.0,
-    "state_change_p99_ms": 2000.0,
-    "bridge_slurm_queries_per_second": 1.0,
+    "state_change_ms": LATENCY_TARGETS,
+    "bridge_poll_queries_per_second": POLL_QUERIES_PER_SECOND,
 }
 # sbatch of the raw rounds: as small as the instance's script, with the same kind of directives.
 TRIVIAL_SCRIPT: Final = """#!/bin/bash
@@ -136,9 +152,16 @@ class Run:
     slurm_ids: set[int] = field(default_factory=set)
     job_folders: list[Path] = field(default_factory=list)
     core_jobs: dict[str, int] = field(default_factory=dict)  # UCloud job id → Slurm id
+    background: set[int] = field(default_factory=set)  # held Core jobs: tracked, never changing
     instance_submits: dict[int, float] = field(default_factory=dict)  # Slurm id → (b) seconds, warm rounds
     samples: dict[str, list[float]] = field(default_factory=dict)
     sequence: list[tuple[str, float]] = field(default_factory=list)
+
+    serial: int = 0
+
+    def next_job_id(self) -> str:
+        self.serial += 1
+        return f"{int(self.tag, 16) % 10**6}{self.serial:04d}"
 
     def add(self, kind: str, seconds: float) -> None:
         self.samples.setdefault(kind, []).append(seconds * 1000)
@@ -219,15 +242,18 @@ class AliceHelper:
 
 async def metrics(url: str) -> dict[str, float]:
     """The bridge's Slurm counters: commands by tool and monitor cycles that queried Slurm."""
-    async with aiohttp.ClientSession() as session, session.get(url) as response:
-        text = await response.text()
     found: dict[str, float] = defaultdict(float)
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "ucim_slurm_command_seconds_count":
-                found[sample.labels["command"]] += sample.value
-            elif sample.name == "ucim_slurm_poll_duration_seconds_count":
-                found["poll_cycles"] += sample.value
+    for sample in await scrape(url):
+        if sample.name == "ucim_slurm_command_seconds_count":
+            found[sample.labels["command"]] += sample.value
+        elif sample.name == "ucim_slurm_poll_duration_seconds_count":
+            found["poll_cycles"] += sample.value
+        elif sample.name == "ucim_slurm_hook_queries_total":
+            found["hook_queries"] += sample.value
+        elif sample.name == "ucim_slurm_hook_notifications_total":
+            found[f"hook_{sample.labels['result']}"] += sample.value
+        elif sample.name == "ucim_slurm_tracked_jobs":
+            found["tracked"] = sample.value
     return dict(found)
 
 
@@ -238,10 +264,11 @@ async def start_blocker(run: Run) -> None:
     """A root job that takes every node of the partition, so that what the bench submits stays pending."""
     nodes = await slurm(run, "sinfo", "-h", "--partition=normal", "-o", "%D")
     out = await slurm(
-        run, "sbatch", "--parsable", "--exclusive", f"--nodes={nodes}", "--partition=normal", "--time=5",
-        "--job-name=ucim-bench-blocker", "--output=/dev/null", f"--chdir={run.workdir}", "--wrap", "sleep 300",
+        run, "sbatch", "--parsable", "--exclusive", f"--nodes={nodes}", "--partition=normal", "--time=30",
+        "--job-name=ucim-bench-blocker", "--output=/dev/null", f"--chdir={run.workdir}", "--wrap", "sleep 1800",
     )  # fmt: skip
     run.blocker = sbatch_id(out)
+    run.slurm_ids.add(run.blocker)  # cancelled by the cleanup whatever happens
     for _ in range(300):
         if await slurm(run, "squeue", "-h", "-j", str(run.blocker), "-o", "%T", check=False) == "RUNNING":
             return
@@ -261,6 +288,23 @@ def submit_body(stack: Stack, job_id: str, name: str, app: tuple[str, str], para
     return submit_request(resource).model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
+async def core_create(run: Run, stack: Stack, kube: Kube) -> float:
+    """One Core job (sleep-exit 600 s) created and Submitted; how long Core's create took."""
+    core = stack.core
+    job_id = run.next_job_id()
+    job = core.make_job(job_id, USER, ("sleep-exit", "1"), {"seconds": 600}, time_allocation=SimpleDuration(minutes=10))
+    started = time.perf_counter()
+    await core.create_jobs([job])
+    seconds = time.perf_counter() - started
+    run.job_folders.append(Path(f"/home/{USER}/ucloud-jobs/{job_id}"))
+    created = await kube.get(UCloudJob, stack.namespace, UCloudJob.name_for(job_id))
+    if created is None or created.status.slurm_job_id is None:
+        raise RuntimeError(f"Core job {job_id} was not submitted when create_jobs answered")
+    run.core_jobs[job_id] = created.status.slurm_job_id
+    run.slurm_ids.add(created.status.slurm_job_id)
+    return seconds
+
+
 @dataclass
 class Submitters:
     """The four ways of submitting a job; each returns how long its submission took, in seconds."""
@@ -272,11 +316,6 @@ class Submitters:
     session: aiohttp.ClientSession
     sbatch: list[str]
     submit_url: str = ""
-    serial: int = 0
-
-    def next_id(self) -> int:
-        self.serial += 1
-        return self.serial
 
     async def raw_runuser(self) -> float:
         run = self.run
@@ -303,7 +342,7 @@ class Submitters:
 
     async def _instance_submit(self, app: tuple[str, str], parameters: dict[str, Any]) -> float:
         run = self.run
-        job_id = f"{int(run.tag, 16) % 10**6}{self.next_id():04d}"
+        job_id = run.next_job_id()
         body = submit_body(self.stack, job_id, f"ucim-bench-{run.tag}-{job_id}", app, parameters)
         headers = {"Authorization": f"Bearer {self.stack.envs['ucim-bridge']['UCIM_BRIDGE_INGRESS_TOKEN']}"}
         started = time.perf_counter()
@@ -319,21 +358,7 @@ class Submitters:
         return seconds
 
     async def core_create(self) -> float:
-        run, core = self.run, self.stack.core
-        job_id = f"{int(run.tag, 16) % 10**6}{self.next_id():04d}"
-        job = core.make_job(
-            job_id, USER, ("sleep-exit", "1"), {"seconds": 600}, time_allocation=SimpleDuration(minutes=10)
-        )
-        started = time.perf_counter()
-        await core.create_jobs([job])
-        seconds = time.perf_counter() - started
-        run.job_folders.append(Path(f"/home/{USER}/ucloud-jobs/{job_id}"))
-        created = await self.kube.get(UCloudJob, self.stack.namespace, UCloudJob.name_for(job_id))
-        if created is None or created.status.slurm_job_id is None:
-            raise RuntimeError(f"Core job {job_id} was not submitted when create_jobs answered")
-        run.core_jobs[job_id] = created.status.slurm_job_id
-        run.slurm_ids.add(created.status.slurm_job_id)
-        return seconds
+        return await core_create(self.run, self.stack, self.kube)
 
     async def find_instance(self) -> None:
         """The first Core job brings alice's instance up (449, integration/init, retry): not a warm submit."""
@@ -428,15 +453,16 @@ async def right_after_a_poll(url: str) -> tuple[dict[str, float], float]:
             return counts, now
 
 
-async def measure_state_changes(run: Run, stack: Stack, jobs: int, bridge_metrics: str) -> dict[str, Any]:
-    ids = run.core_jobs
-    await slurm(run, "scontrol", "hold", ",".join(str(i) for i in ids.values()))
+async def measure_state_changes(run: Run, stack: Stack, probes: dict[str, int], bridge_metrics: str) -> dict[str, Any]:
+    """Hold the probes, free the nodes, then start and cancel one probe at a time; the latencies and Slurm calls."""
+    await slurm(run, "scontrol", "hold", ",".join(str(i) for i in probes.values()))
     if run.blocker is not None:
         await slurm(run, "scancel", str(run.blocker), check=False)
+        run.blocker = None
     await asyncio.sleep(3)  # the nodes are free, the monitor has seen the holds
     before, started = await right_after_a_poll(bridge_metrics)
     events: list[dict[str, Any]] = []
-    for job_id, slurm_id in list(ids.items())[:jobs]:
+    for job_id, slurm_id in probes.items():
         for action, slurm_state, ucloud_state in (
             ("scontrol release", "RUNNING", JobState.RUNNING),
             ("scancel", "CANCELLED", JobState.SUCCESS),
@@ -449,7 +475,6 @@ async def measure_state_changes(run: Run, stack: Stack, jobs: int, bridge_metric
             (changed, plus_minus), (received, stamp) = await asyncio.gather(
                 slurm_change(run, slurm_id, slurm_state, since), core_received(stack, job_id, ucloud_state)
             )
-            run.add(f"state_change_{ucloud_state.value}", received - changed)
             events.append({
                 "job": job_id, "slurmJobId": slurm_id, "action": action, "state": ucloud_state.value,
                 "slurmChangedAt": round(changed, 3), "uncertaintyMs": round(plus_minus * 1000, 1),
@@ -458,6 +483,7 @@ async def measure_state_changes(run: Run, stack: Stack, jobs: int, bridge_metric
     after, ended = await right_after_a_poll(bridge_metrics)
     seconds = ended - started
     queries = slurm_queries(after) - slurm_queries(before)
+    hook_queries = after.get("hook_queries", 0) - before.get("hook_queries", 0)
     cycles = after.get("poll_cycles", 0) - before.get("poll_cycles", 0)
 
     def part(state: str | None, start: str, end: str) -> dict[str, float]:
@@ -465,20 +491,90 @@ async def measure_state_changes(run: Run, stack: Stack, jobs: int, bridge_metric
         return summary([(e[end] - e[start]) * 1000 for e in chosen])
 
     return {
-        "jobs": min(jobs, len(ids)),
-        "tracked_jobs_at_start": len(ids),
+        "tracked_jobs_at_start": int(before.get("tracked", 0)),
         "window_seconds": round(seconds, 2),
+        "state_change_to_core_ms": {
+            state or "all": part(state, "slurmChangedAt", "coreReceivedAt") for state in ("RUNNING", "SUCCESS", None)
+        },
         "slurm_to_bridge_ms": {
             state or "all": part(state, "slurmChangedAt", "bridgeTransitionAt")
             for state in ("RUNNING", "SUCCESS", None)
         },
         "bridge_to_core_ms": part(None, "bridgeTransitionAt", "coreReceivedAt"),
         "slurm_change_uncertainty_ms": summary([e["uncertaintyMs"] for e in events]),
-        "bridge_slurm_commands": {k: v - before.get(k, 0) for k, v in sorted(after.items()) if k != "poll_cycles"},
+        "bridge_slurm_commands": {
+            k: v - before.get(k, 0) for k, v in sorted(after.items()) if k in ("squeue", "sacct", "scontrol", "sinfo")
+        },
         "bridge_slurm_queries_per_second": round(queries / seconds, 3),
-        "bridge_poll_cycles_per_second": round(cycles / seconds, 3),
+        # The poll's own: every monitor query but the hook's batches.
+        "bridge_poll_queries_per_second": round((cycles - hook_queries) / seconds, 3),
+        "bridge_hook_queries_per_second": round(hook_queries / seconds, 3),
+        "hook_notifications": {
+            k.removeprefix("hook_"): after[k] - before.get(k, 0)
+            for k in sorted(after)
+            if k.startswith("hook_") and k != "hook_queries"
+        },
         "events": events,
     }
+
+
+# --------------------------------------------------------------------------- active jobs and modes
+
+
+async def hold_all(run: Run, ids: Sequence[int]) -> None:
+    for start in range(0, len(ids), HOLD_CHUNK):
+        await slurm(run, "scontrol", "hold", ",".join(str(i) for i in ids[start : start + HOLD_CHUNK]), check=False)
+
+
+async def create_core_jobs(run: Run, stack: Stack, kube: Kube, count: int) -> dict[str, int]:
+    """``count`` Core jobs (sleep-exit 600 s), a few at a time, while the blocker holds the nodes."""
+    before = set(run.core_jobs)
+    queue: asyncio.Queue[None] = asyncio.Queue()
+    for _ in range(count):
+        queue.put_nowait(None)
+
+    async def worker() -> None:
+        while not queue.empty():
+            queue.get_nowait()
+            run.check_time("creating jobs")
+            await core_create(run, stack, kube)
+
+    await asyncio.gather(*(worker() for _ in range(CREATE_CONCURRENCY)))
+    return {job: slurm_id for job, slurm_id in run.core_jobs.items() if job not in before}
+
+
+async def grow_background(run: Run, stack: Stack, kube: Kube, active: int, probes: int) -> None:
+    """As many held, tracked Core jobs that ``active`` are tracked while ``probes`` jobs are measured."""
+    wanted = max(0, active - probes - len(run.background))
+    if wanted:
+        if run.blocker is None:
+            await start_blocker(run)
+        created = await create_core_jobs(run, stack, kube, wanted)
+        await hold_all(run, sorted(created.values()))
+        run.background |= set(created.values())
+
+
+async def use_mode(stack: Stack, mode: str) -> None:
+    """Restart the bridge with the hook listener on (``hook``) or off (``poll``), unless it runs so already."""
+    env = stack.envs["ucim-bridge"]
+    wanted = "true" if mode == "hook" else "false"
+    if env.get("UCIM_BRIDGE_HOOK__ENABLED") == wanted:
+        return
+    env["UCIM_BRIDGE_HOOK__ENABLED"] = wanted
+    process = stack.components["ucim-bridge"].process
+    process.terminate()
+    await asyncio.wait_for(process.wait(), 30)
+    await stack.start("ucim-bridge")
+
+
+async def measure_mode(
+    run: Run, stack: Stack, kube: Kube, mode: str, *, changes: int, metrics_url: str
+) -> dict[str, Any]:
+    await use_mode(stack, mode)
+    if run.blocker is None:
+        await start_blocker(run)
+    probes = await create_core_jobs(run, stack, kube, changes)
+    return {"mode": mode, **await measure_state_changes(run, stack, probes, metrics_url)}
 
 
 # --------------------------------------------------------------------------- the run
@@ -545,10 +641,19 @@ async def bench(opts: argparse.Namespace) -> dict[str, Any]:
                     run.add("a3_sbatch_in_instance", seconds)
                     # What ucim adds to sbatch: ingress, instance, script and folder, per submission.
                     run.add("b_minus_a3_ucim_overhead", run.instance_submits[slurm_id] - seconds)
-                # Only the Core jobs are tracked by the bridge; the others go now.
-                others = run.slurm_ids - set(run.core_jobs.values())
+                # Only the Core jobs are tracked by the bridge; the others go now, and these stay, held.
+                others = run.slurm_ids - set(run.core_jobs.values()) - {run.blocker}
                 await slurm(run, "scancel", *(str(i) for i in sorted(others)), check=False)
-                result["state_changes"] = await measure_state_changes(run, stack, opts.state_changes, bridge_metrics)
+                await hold_all(run, sorted(run.core_jobs.values()))
+                run.background |= set(run.core_jobs.values())
+                result["state_changes"] = []
+                for active in opts.active_jobs:
+                    await grow_background(run, stack, kube, active, opts.state_changes)
+                    for mode in opts.modes:
+                        measured = await measure_mode(
+                            run, stack, kube, mode, changes=opts.state_changes, metrics_url=bridge_metrics
+                        )
+                        result["state_changes"].append({"active_jobs": active, **measured})
             except BaseException:
                 print(stack.logs(), file=sys.stderr)
                 raise
@@ -562,16 +667,14 @@ async def bench(opts: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(workdir, ignore_errors=True)
         if stack is not None and stack.keep_logs:
             result["logs"] = str(stack.workdir)
-    submits = {kind: samples for kind, samples in run.samples.items() if not kind.startswith("state_change_")}
-    result["submit_ms"] = {kind: summary(samples) for kind, samples in sorted(submits.items())}
-    changes = {kind: samples for kind, samples in run.samples.items() if kind.startswith("state_change_")}
-    result["state_change_to_core_ms"] = {
-        **{kind.removeprefix("state_change_"): summary(samples) for kind, samples in sorted(changes.items())},
-        "all": summary([s for samples in changes.values() for s in samples]),
-    }
+    result["submit_ms"] = {kind: summary(samples) for kind, samples in sorted(run.samples.items())}
     result["verdict"] = verdict(result)
     result["submit_sequence"] = run.sequence
     return result
+
+
+def check(measured: float, limit: float) -> dict[str, Any]:
+    return {"measured": measured, "limit": limit, "ok": measured <= limit}
 
 
 def verdict(result: dict[str, Any]) -> dict[str, Any]:
@@ -580,20 +683,14 @@ def verdict(result: dict[str, Any]) -> dict[str, Any]:
     checks: dict[str, Any] = {}
     for raw in ("a2_sbatch_as_alice", "a1_runuser_sbatch"):
         for p in ("p50", "p99"):
-            limit = round(1.3 * submit[raw][p] + 20, 2)
-            checks[f"submit_{p}_vs_{raw}"] = {"measured": b[p], "limit": limit, "ok": b[p] <= limit}
-    changes = result["state_change_to_core_ms"]["all"]
-    checks["state_change_p50"] = {
-        "measured": changes["p50"], "limit": TARGETS["state_change_p50_ms"],
-        "ok": changes["p50"] <= TARGETS["state_change_p50_ms"],
-    }  # fmt: skip
-    checks["state_change_p99"] = {
-        "measured": changes["p99"], "limit": TARGETS["state_change_p99_ms"],
-        "ok": changes["p99"] <= TARGETS["state_change_p99_ms"],
-    }  # fmt: skip
-    rate = result["state_changes"]["bridge_slurm_queries_per_second"]
-    limit = TARGETS["bridge_slurm_queries_per_second"]
-    checks["bridge_slurm_queries_per_second"] = {"measured": rate, "limit": limit, "ok": rate <= limit}
+            checks[f"submit_{p}_vs_{raw}"] = check(b[p], round(1.3 * submit[raw][p] + 20, 2))
+    for measured in result["state_changes"]:
+        where = f"{measured['mode']}@{measured['active_jobs']}"
+        latency = measured["state_change_to_core_ms"]["all"]
+        for p in ("p50", "p99"):
+            checks[f"state_change_{p} {where}"] = check(latency[p], LATENCY_TARGETS[measured["mode"]][p])
+        rate = measured["bridge_poll_queries_per_second"]
+        checks[f"poll_queries_per_second {where}"] = check(rate, POLL_QUERIES_PER_SECOND)
     return checks
 
 
@@ -619,35 +716,61 @@ def table(result: dict[str, Any]) -> str:
     header = f"{'':44} {'p50':>9} {'p99':>9} {'max':>9} {'n':>5}"
     lines = ["warm submit (ms)", header]
     lines += [row(LABELS[kind], s) for kind, s in result["submit_ms"].items()]
-    changes = result["state_changes"]
-    tracked = changes["tracked_jobs_at_start"]
-    lines += ["", f"state change → JobUpdate received by Core (ms; {tracked} jobs tracked at the start)", header]
-    lines += [row(LABELS[kind], s) for kind, s in result["state_change_to_core_ms"].items()]
-    for kind, label in (("RUNNING", "RUNNING"), ("SUCCESS", "SUCCESS"), ("all", "all")):
-        lines.append(row(f"  of which Slurm → bridge's transition, {label}", changes["slurm_to_bridge_ms"][kind]))
-    lines.append(row("  of which bridge's transition → Core", changes["bridge_to_core_ms"]))
-    lines.append(row("  (± when squeue showed the change)", changes["slurm_change_uncertainty_ms"]))
-    lines.append(
-        f"bridge Slurm calls: {changes['bridge_slurm_commands']} in {changes['window_seconds']} s = "
-        f"{changes['bridge_slurm_queries_per_second']}/s ({changes['bridge_poll_cycles_per_second']} poll cycles/s)"
-    )
+    for changes in result["state_changes"]:
+        tracked, mode = changes["tracked_jobs_at_start"], changes["mode"]
+        title = "the Slurm hook" if mode == "hook" else "the poll alone"
+        lines += ["", f"state change → JobUpdate received by Core (ms), {title}, {tracked} jobs tracked", header]
+        lines += [row(LABELS[kind], s) for kind, s in changes["state_change_to_core_ms"].items()]
+        for kind in ("RUNNING", "SUCCESS", "all"):
+            lines.append(row(f"  of which Slurm → bridge's transition, {kind}", changes["slurm_to_bridge_ms"][kind]))
+        lines.append(row("  of which bridge's transition → Core", changes["bridge_to_core_ms"]))
+        lines.append(row("  (± when squeue showed the change)", changes["slurm_change_uncertainty_ms"]))
+        lines.append(
+            f"bridge Slurm calls: {changes['bridge_slurm_commands']} in {changes['window_seconds']} s = "
+            f"{changes['bridge_slurm_queries_per_second']}/s (poll {changes['bridge_poll_queries_per_second']}/s, "
+            f"hook batches {changes['bridge_hook_queries_per_second']}/s); "
+            f"hook datagrams {changes['hook_notifications']}"
+        )
     lines += ["", "targets"]
-    for name, check in result["verdict"].items():
-        lines.append(f"  {name:44} {check['measured']:>9} ≤ {check['limit']:<9} {'ok' if check['ok'] else 'MISSED'}")
+    for name, verdict in result["verdict"].items():
+        lines.append(
+            f"  {name:44} {verdict['measured']:>9} ≤ {verdict['limit']:<9} {'ok' if verdict['ok'] else 'MISSED'}"
+        )
     return "\n".join(lines)
+
+
+def sizes(text: str) -> list[int]:
+    return sorted({int(word) for word in text.split(",")})
+
+
+def modes(text: str) -> list[str]:
+    chosen = [word.strip() for word in text.split(",")]
+    if not chosen or any(mode not in MODES for mode in chosen):
+        raise argparse.ArgumentTypeError(f"modes are {', '.join(MODES)}")
+    return chosen
 
 
 def main() -> int:
     parser = bench_parser(__doc__, keep_logs=True)
     parser.add_argument("--count", type=int, default=30, help="submit rounds (default 30)")
-    parser.add_argument("--state-changes", type=int, default=20, help="jobs whose two state changes are timed")
-    parser.add_argument("--max-seconds", type=float, default=600, help="give up after this long (default 600)")
+    parser.add_argument(
+        "--state-changes", type=int, default=20, help="jobs whose two state changes are timed, per mode and size"
+    )
+    parser.add_argument(
+        "--active-jobs", type=sizes, default=[100], help="jobs the bridge tracks meanwhile, e.g. 100,1000 (default 100)"
+    )
+    parser.add_argument(
+        "--modes", type=modes, default=list(MODES), help="hook, poll or hook,poll (default: both, side by side)"
+    )
+    parser.add_argument("--max-seconds", type=float, default=900, help="give up after this long (default 900)")
     parser.add_argument("--seed", type=int, default=None, help="of the random pauses")
     opts = parser.parse_args()
     if not 1 <= opts.count <= MAX_COUNT:
         parser.error(f"--count must be between 1 and {MAX_COUNT}")
-    if not 1 <= opts.state_changes <= opts.count:
-        parser.error("--state-changes must be between 1 and --count")
+    if not 1 <= opts.state_changes <= MAX_COUNT:
+        parser.error(f"--state-changes must be between 1 and {MAX_COUNT}")
+    if max(opts.active_jobs) > MAX_ACTIVE:
+        parser.error(f"--active-jobs must be at most {MAX_ACTIVE}")
     return run_bench(
         "job_path", opts, lambda: asyncio.run(bench(opts)), table, needs_root=True, count=opts.count, targets=TARGETS
     )

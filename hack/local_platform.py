@@ -39,8 +39,9 @@ outlive the shell that started them.
 KUBECONFIG, SLURM_CONF, UCIM_RUN_DIR, UCIM_BIN_DIR (kubectl, etcd, ...), UCIM_KUBE_SERVER,
 UCIM_KUBE_CA, UCIM_SA_KEY and UCIM_SA_ISSUER (to mint service-account tokens), UCIM_K8S_VERSION,
 UCIM_SLURM_CLUSTER, UCIM_SLURM_ACCOUNT, UCIM_SLURM_NODES (the node names), UCIM_MODULES_DIR (the
-module tree, a MODULEPATH entry), UCIM_MODULES_FILE (its spider JSON) and UCIM_APPLICATIONS_DIR
-(the load instructions). Run Slurm commands as a user with
+module tree, a MODULEPATH entry), UCIM_MODULES_FILE (its spider JSON), UCIM_APPLICATIONS_DIR
+(the load instructions), UCIM_SLURM_HOOK_PORT (where slurmctld's PrologSlurmctld/EpilogSlurmctld, ucim's
+Slurm hook, send their datagrams: a bridge listens there) and UCIM_MUNGE_SOCKET. Run Slurm commands as a user with
 ``runuser -u alice -- sbatch ...`` (it keeps SLURM_CONF; ``su -`` drops it).
 
 The script uses the standard library only: it runs before the project is pip-installed.
@@ -278,7 +279,7 @@ class Paths:
 
 P = Paths()
 
-PORT_NAMES = ("etcd", "etcd_peer", "apiserver", "mariadb", "slurmdbd", "slurmctld", "slurmd", "slurmd2")
+PORT_NAMES = ("etcd", "etcd_peer", "apiserver", "mariadb", "slurmdbd", "slurmctld", "slurmd", "slurmd2", "slurm_hook")
 
 
 def load_ports() -> dict[str, int]:
@@ -949,6 +950,9 @@ DefMemPerCPU=100
 SchedulerParameters=batch_sched_delay=0
 ReturnToService=2
 MailProg=/bin/true
+# ucim's Slurm hook (deploy/controller/ucim-slurm-hook): tells the bridge when a job starts and ends.
+PrologSlurmctld={hook_program()}
+EpilogSlurmctld={hook_program()}
 MinJobAge=300
 {first_job_id_line()}KillWait=5
 # Refuse at sbatch time a job that breaks a partition limit, instead of leaving it pending forever.
@@ -1119,12 +1123,30 @@ StorageLoc={DB_NAME}
 """
 
 
+HOOK_SOURCE = REPO / "deploy" / "controller" / "ucim-slurm-hook"
+
+
+def hook_program() -> Path:
+    return P.slurm / "ucim-slurm-hook"
+
+
+def write_hook(ports: Mapping[str, int]) -> None:
+    """ucim's Slurm hook and its settings, as a site installs them on its controller (docs/operations.md).
+
+    Root's, readable by slurmctld's SlurmUser; the bridge of a test stack listens on the platform's hook port.
+    """
+    write_if_changed(hook_program(), HOOK_SOURCE.read_text(), 0o755)
+    targets = f"targets=127.0.0.1:{ports['slurm_hook']}\nmunge_socket={P.munge_socket}\n"
+    write_if_changed(Path(f"{hook_program()}.conf"), targets)
+
+
 def write_slurm_configs(ports: Mapping[str, int]) -> bool:
-    """Write slurm.conf and slurmdbd.conf; True if slurm.conf changed."""
+    """Write slurm.conf and slurmdbd.conf (and the hook slurm.conf names); True if slurm.conf changed."""
     make_dir(P.slurm)
     make_dir(P.slurm / "state", 0o755, "slurm")
     make_dir(P.slurm / "run", 0o755, "slurm")
     make_dir(P.slurm / "spool", 0o755)
+    write_hook(ports)
     write_if_changed(P.slurm / "slurmdbd.conf", slurmdbd_conf(ports), mode=0o600, owner="slurm")
     return write_if_changed(P.slurm_conf, slurm_conf(ports))
 
@@ -1210,7 +1232,14 @@ def smoke_test() -> None:
 # Settings slurmctld takes only when it starts, with Slurm's defaults. slurm.conf(5) says so of
 # AccountingStorageEnforce; on 22.05 `scontrol reconfigure` makes `scontrol show config` print the
 # new values of both while slurmctld goes on without enforcement and with its old priority plugin.
-RESTART_ONLY = {"AccountingStorageEnforce": "none", "PriorityType": "priority/basic"}
+# PrologSlurmctld and EpilogSlurmctld too: 22.05's prep/script plugin reads them when it loads, so after a
+# reconfigure `scontrol show config` names the hook while slurmctld never runs it.
+RESTART_ONLY = {
+    "AccountingStorageEnforce": "none",
+    "PriorityType": "priority/basic",
+    "PrologSlurmctld": "",
+    "EpilogSlurmctld": "",
+}
 # The nodes too (all NodeName lines as one value), and the slurmd as well: slurm.conf(5), "changes in
 # node configuration (e.g. adding nodes ...) require restarting both the slurmctld daemon and the
 # slurmd daemons"; a reconfigure that changes the node count kills 22.05's slurmctld ("fatal:
@@ -1429,6 +1458,8 @@ def write_env(bin_dir: Path, ports: Mapping[str, int]) -> None:
         "UCIM_MODULES_DIR": str(P.module_path),
         "UCIM_MODULES_FILE": str(P.modules_file),
         "UCIM_APPLICATIONS_DIR": str(P.applications),
+        "UCIM_SLURM_HOOK_PORT": str(ports["slurm_hook"]),
+        "UCIM_MUNGE_SOCKET": str(P.munge_socket),
     }
     content = "".join(f"{k}={shlex.quote(v)}\n" for k, v in values.items())
     write_if_changed(P.env_file, content)

@@ -7,7 +7,8 @@ Start order matters:
    no user instance can ever hold the ingress token or the Kubernetes credentials;
 3. the ingress token (from its file), the Kubernetes client (its token);
 4. the ingress, the UserInstance loop (and the measuring of the instances' memory), the Slurm
-   monitor (and the walltime extensions, on its watch), ``/healthz`` ``/readyz`` ``/metrics``.
+   monitor (and the walltime extensions, on its watch; the Slurm hook's listener when it is on),
+   ``/healthz`` ``/readyz`` ``/metrics``.
 
 SIGTERM or SIGINT stops it cleanly (exit 0): instances are marked not Ready, then they
 stop with the fork server. If the fork server dies, the bridge exits 1 (systemd restarts
@@ -39,14 +40,18 @@ from ucim.slurm_bridge.audit import audit_trail
 from ucim.slurm_bridge.connections import ConnectionMapper
 from ucim.slurm_bridge.extensions import TimeExtensions
 from ucim.slurm_bridge.heartbeat import keep_lease
+from ucim.slurm_bridge.hook_batches import HookBatches
 from ucim.slurm_bridge.ingress import Routes, start_ingress
 from ucim.slurm_bridge.instance_memory import measure_forever
 from ucim.slurm_bridge.instances import InstanceManager
 from ucim.slurm_bridge.mapping import Mapper
 from ucim.slurm_bridge.monitor import SlurmMonitor
+from ucim.slurm_bridge.munge import MungeDecoder
+from ucim.slurm_bridge.poll_interval import PollInterval
 from ucim.slurm_bridge.project_folders import ProjectFolders
 from ucim.slurm_bridge.settings import BridgeSettings
 from ucim.slurm_bridge.slurm_accounts import SlurmAccounts
+from ucim.slurm_bridge.slurm_hook import HookListener, sender_uids
 from ucim.slurm_bridge.spawner import ForkServer, ForkServerConfig, prepare_socket_dir
 from ucim.slurm_bridge.unix_groups import unix_groups
 from ucim.slurm_bridge.workspaces import WorkspaceController
@@ -85,8 +90,21 @@ def start_fork_server(settings: BridgeSettings) -> ForkServer:
     return ForkServer.start(fork_server_config(settings), extra_env=extra)
 
 
+def pacing(settings: BridgeSettings, *, hooked: bool) -> tuple[PollInterval, HookBatches | None]:
+    """The poll's interval and the hook's batching; ``hooked``: the hook's listener runs, so the poll may slow down
+    while nothing changes."""
+    fastest, hook = settings.monitor_interval_seconds, settings.hook
+    interval = PollInterval(fastest, settings.monitor_idle_interval_seconds if hooked else fastest)
+    if not hooked:
+        return interval, None
+    return interval, HookBatches(hook.batch_seconds, hook.min_gap_seconds, hook.followup_seconds, hook.max_attempts)
+
+
 async def watch_slurm(kube: Kube, settings: BridgeSettings) -> None:
-    """The Slurm monitor, and the walltime extensions that share its watch of the cluster's UCloudJobs."""
+    """The Slurm monitor, the walltime extensions that share its watch of the cluster's UCloudJobs, and the Slurm
+    hook's listener when it is on (it closes its socket when it ends)."""
+    listener = await open_hook_listener(settings) if settings.hook.enabled else None
+    interval, hook = pacing(settings, hooked=listener is not None)
     slurm = SlurmClient(SlurmConfig(slurm_conf=settings.slurm_conf))
     extensions = TimeExtensions(kube, slurm, settings.namespace)
     monitor = SlurmMonitor.for_cluster(
@@ -97,10 +115,28 @@ async def watch_slurm(kube: Kube, settings: BridgeSettings) -> None:
         watch_timeout_seconds=settings.watch_timeout_seconds,
         queue_interval=settings.monitor_queue_interval_seconds,
         on_event=extensions.on_event,
+        interval=interval,
+        hook=hook,
     )
     async with asyncio.TaskGroup() as tasks:
-        tasks.create_task(monitor.run(settings.monitor_interval_seconds), name="slurm-monitor")
+        tasks.create_task(monitor.run(), name="slurm-monitor")
         tasks.create_task(extensions.run(monitor.jobs), name="time-extensions")
+        if listener is not None:
+            listener.on_job = monitor.notify
+            tasks.create_task(listener.run(), name="slurm-hook")
+
+
+async def open_hook_listener(settings: BridgeSettings) -> HookListener | None:
+    """The Slurm hook's listener on its socket; None (logged) when it cannot listen: the poll alone goes on."""
+    hook = settings.hook
+    try:
+        listener = HookListener(MungeDecoder(hook.munge_socket), sender_uids(hook.senders), lambda *_: None)
+        await asyncio.get_running_loop().create_datagram_endpoint(lambda: listener, local_addr=(hook.host, hook.port))
+    except (OSError, KeyError, ValueError) as error:
+        log.error("the Slurm hook is not listened for (%s): job states come from the poll alone", error)  # noqa: TRY400
+        return None
+    log.info("listening for the Slurm hook", extra={"host": hook.host, "port": hook.port})
+    return listener
 
 
 async def ingress_for(settings: BridgeSettings, routes: Routes, token: SecretStr) -> web.AppRunner:

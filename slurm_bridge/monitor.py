@@ -20,6 +20,13 @@ timer. Each cycle (:meth:`SlurmMonitor.run_once`):
    with its place in the queue when that changed meaningfully (:func:`queue_status.queue_update`:
    a status line for Core without a state, the same append as a state change).
 
+The poll comes at an adaptive interval (slurm_bridge/poll_interval.py). Between polls, the Slurm
+hook's notifications (slurm_bridge/slurm_hook.py) name jobs that just started or ended: those are
+asked about at once, together, in one query (:meth:`SlurmMonitor.run_for`; which and when:
+slurm_bridge/hook_batches.py), and patched by the same computation and the same guarded write
+(:meth:`SlurmMonitor._apply_all`). One task runs both, so no two Slurm queries of the monitor overlap
+and no job is patched from two answers at once.
+
 Transitions and the other writer
 ================================
 ``status.transitions`` is the delivery log the operator sends to Core. Its first entry is the
@@ -39,7 +46,7 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -54,6 +61,8 @@ from ucim.common.slurm import SlurmClient
 from ucim.common.slurm_errors import SlurmError
 from ucim.common.slurm_parsing import SlurmJobInfo
 from ucim.common.times import rfc3339
+from ucim.slurm_bridge.hook_batches import HookBatches, Pending
+from ucim.slurm_bridge.poll_interval import PollInterval
 from ucim.slurm_bridge.queue_status import QueuePlace, QueueReader, QueueUpdate, queue_update, waiting
 
 log = logging.getLogger(__name__)
@@ -77,6 +86,10 @@ UNSUBMITTED: Final = "UNSUBMITTED"  # a job the operator has not submitted yet h
 CONFLICTS = Counter(
     "ucim_job_status_conflicts_total",
     "Status patches refused because the UCloudJob had changed since the watch saw it (written next cycle).",
+)
+HOOK_QUERIES = Counter(
+    "ucim_slurm_hook_queries_total",
+    "Slurm queries the monitor made for jobs the Slurm hook named (between polls).",
 )
 STATE_CHANGES = Counter(
     "ucim_job_state_changes_total",
@@ -239,6 +252,8 @@ class SlurmMonitor:
         vanish_grace: timedelta = DEFAULT_VANISH_GRACE,
         queue_interval: float = DEFAULT_QUEUE_INTERVAL,
         clock: Callable[[], float] = time.time,
+        interval: PollInterval | None = None,
+        hook: HookBatches | None = None,
     ) -> None:
         self.kube = kube
         self.slurm = slurm
@@ -247,8 +262,14 @@ class SlurmMonitor:
         self.namespace = jobs.namespace
         self.vanish_grace = vanish_grace
         self._clock = clock
+        self.interval = interval or PollInterval()
+        # The jobs the Slurm hook named, until a query showed what it announced; None: no hook.
+        self.hook = hook
+        self._wake = asyncio.Event()
         # Slurm id -> when (epoch ms) a cycle first found it in neither squeue nor sacct.
         self._missing_since: dict[int, int] = {}
+        # The Slurm ids the last poll tracked: a poll that finds another set has seen jobs change.
+        self._polled: set[int] = set()
 
     @classmethod
     def for_cluster(
@@ -261,6 +282,8 @@ class SlurmMonitor:
         watch_timeout_seconds: int = 300,
         queue_interval: float = DEFAULT_QUEUE_INTERVAL,
         on_event: OnEvent[UCloudJob] | None = None,
+        interval: PollInterval | None = None,
+        hook: HookBatches | None = None,
     ) -> SlurmMonitor:
         """A monitor of the UCloudJobs labelled with ``cluster`` in ``namespace``; its watch's changes also go to
         ``on_event`` (the walltime extensions share the watch rather than list every job again)."""
@@ -272,7 +295,13 @@ class SlurmMonitor:
             on_event=on_event,
             watch_timeout_seconds=watch_timeout_seconds,
         )
-        return cls(kube, slurm, jobs, queue_interval=queue_interval)
+        return cls(kube, slurm, jobs, queue_interval=queue_interval, interval=interval, hook=hook)
+
+    def notify(self, slurm_id: int, context: str) -> None:
+        """The Slurm hook says the job ``slurm_id`` changed: ask Slurm about it soon (with others of the moment)."""
+        if self.hook is not None:
+            self.hook.notify(slurm_id, context, time.monotonic())
+            self._wake.set()
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
@@ -296,6 +325,14 @@ class SlurmMonitor:
             infos.update({job_id: info for job_id, info in accounting.items() if info.is_finished})
             return infos, True
 
+    def _tracked(self) -> dict[int, UCloudJob]:
+        """The watched jobs the monitor asks Slurm about, by Slurm id."""
+        return {
+            job.status.slurm_job_id: job
+            for job in self.jobs.objects.values()
+            if is_tracked(job) and job.status.slurm_job_id is not None
+        }
+
     async def _places(self, by_id: dict[int, UCloudJob], infos: dict[int, SlurmJobInfo]) -> dict[int, QueuePlace]:
         """The places in Slurm's queue of the jobs that wait ({} between listings, or if squeue failed)."""
         try:
@@ -308,13 +345,11 @@ class SlurmMonitor:
 
     async def run_once(self) -> int:
         """One cycle over the watched jobs; how many UCloudJobs it patched."""
-        every = list(self.jobs.objects.values())
-        count_by_state(every)
-        jobs = [job for job in every if is_tracked(job)]
-        TRACKED_JOBS.set(len(jobs))
-        if not jobs:
+        count_by_state(list(self.jobs.objects.values()))
+        by_id = self._tracked()
+        TRACKED_JOBS.set(len(by_id))
+        if not by_id:
             return 0
-        by_id = {job.status.slurm_job_id: job for job in jobs if job.status.slurm_job_id is not None}
         infos, accounting_answered = await self._query(set(by_id))
         places = await self._places(by_id, infos)
         now_ms = self._now_ms()
@@ -335,6 +370,43 @@ class SlurmMonitor:
             patch = with_queue(job, patch, queue_update(job, info, places.get(slurm_id), now), now_ms)
             if patch is not None:
                 changes.append((job, slurm_id, patch))
+        return len(await self._apply_all(changes))
+
+    async def run_for(self, batch: dict[int, Pending]) -> int:
+        """Ask Slurm about the jobs the hook named, in one query; patch what changed; how many it patched.
+
+        Only jobs this monitor tracks are asked about (an id of anybody else's job costs no query); what
+        the answer lacks is the poll's to judge (vanished or lost), not this.
+        """
+        hook = self.hook
+        if hook is None:
+            return 0
+        by_id = {slurm_id: job for slurm_id, job in self._tracked().items() if slurm_id in batch}
+        infos: dict[int, SlurmJobInfo] = {}
+        if by_id:
+            hook.queried(time.monotonic())
+            HOOK_QUERIES.inc()
+            infos, _ = await self._query(set(by_id))
+        now_ms = self._now_ms()
+        now = datetime.fromtimestamp(now_ms / 1000, UTC)
+        changes: list[tuple[UCloudJob, int, dict[str, Any]]] = []
+        for slurm_id, job in by_id.items():
+            info = infos.get(slurm_id)
+            if info is None or not is_same_job(job, info):
+                continue  # the poll's to judge
+            # No listing of the queue here (no place): a job that left the queue loses its fields, as in a poll.
+            patch = with_queue(job, status_patch(job, info, now_ms), queue_update(job, info, None, now), now_ms)
+            if patch is not None:
+                changes.append((job, slurm_id, patch))
+        written = await self._apply_all(changes)
+        # A change not written (the operator wrote first: 409) is asked about again, from the newer copy.
+        unwritten = {slurm_id for _, slurm_id, _ in changes} - written
+        answers = {slurm_id: info for slurm_id, info in infos.items() if slurm_id not in unwritten}
+        hook.settle(batch, by_id.keys(), answers, time.monotonic())
+        return len(written)
+
+    async def _apply_all(self, changes: list[tuple[UCloudJob, int, dict[str, Any]]]) -> set[int]:
+        """Write the patches, a few at once; the Slurm ids of the jobs patched."""
         # A few at once, not one after another; more would flood the apiserver in bursts while jobs are being
         # created (500 jobs, 8 creates at a time: create p99 0.66-0.95 s with 4 at once, 1.2-1.3 s with 16).
         limit = asyncio.Semaphore(_PATCH_CONCURRENCY)
@@ -343,7 +415,8 @@ class SlurmMonitor:
             async with limit:
                 return await self._apply(job, slurm_id, patch)
 
-        return sum(await asyncio.gather(*(apply(*change) for change in changes)))
+        done = await asyncio.gather(*(apply(*change) for change in changes))
+        return {slurm_id for (_, slurm_id, _), patched in zip(changes, done, strict=True) if patched}
 
     async def _apply(self, job: UCloudJob, slurm_id: int, patch: dict[str, Any]) -> int:
         """Patch one job's status (a new transition guarded by the watched copy's version); 1 if patched."""
@@ -361,22 +434,49 @@ class SlurmMonitor:
             )
         return 1
 
-    async def run(self, interval: float = 1.0) -> None:
-        """Watch the jobs and cycle forever, starting at most one cycle (one Slurm query) per ``interval`` seconds."""
+    async def run(self) -> None:
+        """Watch the jobs; poll Slurm at the adaptive interval, and ask it about the jobs the hook names."""
         watch = asyncio.create_task(self.jobs.run(), name="ucloudjobs-watch")
         try:
             await self.jobs.synced.wait()
+            next_poll = time.monotonic()
             while True:
-                started = time.monotonic()
-                try:
-                    await self.run_once()
-                except Exception:
-                    # The loop is the last line: any failure (Slurm down, apiserver away) is logged,
-                    # counted and retried next cycle; cancellation (BaseException) still ends it.
-                    POLL_ERRORS.inc()
-                    log.exception("Slurm monitor cycle failed")
-                await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+                await self._sleep_until(next_poll)
+                now = time.monotonic()
+                # The poll first when it is due: a steady stream of notifications never starves it.
+                if now >= next_poll:
+                    tracked = set(self._tracked())
+                    changed = await self._guarded(self.run_once()) > 0 or tracked != self._polled
+                    self._polled = tracked
+                    next_poll = now + self.interval.after_poll(changed)
+                elif await self._answer_hook(now):
+                    self.interval.activity()
+                    next_poll = min(next_poll, now + self.interval.fastest)
         finally:
             watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watch
+
+    async def _answer_hook(self, now: float) -> bool:
+        """Ask about the notified jobs that are due, if any; whether that changed a job."""
+        batch = self.hook.take(now) if self.hook is not None else {}
+        return bool(batch) and await self._guarded(self.run_for(batch)) > 0
+
+    async def _sleep_until(self, next_poll: float) -> None:
+        """Until the next poll, or the next hook batch if that comes first (a notification wakes it)."""
+        self._wake.clear()
+        wake = self.hook.wake_at() if self.hook is not None else None
+        deadline = next_poll if wake is None else min(next_poll, wake)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), max(0.0, deadline - time.monotonic()))
+
+    @staticmethod
+    async def _guarded(cycle: Coroutine[Any, Any, int]) -> int:
+        """Run one cycle; the loop is the last line: any failure is logged, counted and retried later."""
+        try:
+            return await cycle
+        except Exception:
+            # Slurm down, apiserver away: the next cycle tries again; cancellation (BaseException) still ends it.
+            POLL_ERRORS.inc()
+            log.exception("Slurm monitor cycle failed")
+            return 0

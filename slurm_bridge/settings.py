@@ -37,6 +37,28 @@ class AccountingSettings(BaseModel):
     storage_interval_seconds: float = Field(default=300.0, gt=0)
 
 
+class HookSettings(BaseModel):
+    """The Slurm hook's listener (slurm_bridge/slurm_hook.py; docs/operations.md, "The Slurm hook")."""
+
+    enabled: bool = False
+    # UDP address the hook's datagrams come to: one the controller host reaches (its `targets`).
+    host: str = "127.0.0.1"
+    port: int = Field(default=8891, ge=1, le=65535)
+    # Local users (or uids) whose MUNGE credentials are taken: slurmctld runs the hook as SlurmUser.
+    senders: list[str] = Field(default_factory=lambda: ["slurm"])
+    # munged's socket, if not libmunge's default.
+    munge_socket: Path | None = None
+    # A notification waits this long for the others of the same moment, to be asked about together.
+    batch_seconds: float = Field(default=0.05, ge=0)
+    # Queries for notified jobs start at most this often (on top of the poll's one per interval).
+    min_gap_seconds: float = Field(default=0.03, ge=0.01)
+    # A job not yet showing what the hook announced is asked about again after this long (three times, then
+    # doubling), ...
+    followup_seconds: float = Field(default=0.03, gt=0)
+    # ... this many times in all; then the poll finds it.
+    max_attempts: int = Field(default=10, ge=1)
+
+
 class BridgeSettings(ComponentSettings):
     model_config: ClassVar[SettingsConfigDict] = SettingsConfigDict(
         env_prefix="UCIM_BRIDGE_", env_nested_delimiter="__", extra="ignore"
@@ -102,12 +124,16 @@ class BridgeSettings(ComponentSettings):
     # The running instances' memory (ucim_instances_memory_bytes) is measured this often.
     memory_interval_seconds: float = Field(default=15.0, gt=0)
 
-    # --- the Slurm monitor (slurm_bridge/monitor.py) ---
+    # --- the Slurm monitor (slurm_bridge/monitor.py, slurm_bridge/poll_interval.py) ---
     monitor_enabled: bool = True
-    # One batched Slurm query per cycle, at most this often.
-    monitor_interval_seconds: float = Field(default=1.0, gt=0)
+    # The poll: one batched Slurm query for all jobs, this often while jobs change (never more than once a second).
+    monitor_interval_seconds: float = Field(default=1.0, ge=1.0)
+    # With the hook listening, the interval doubles after each poll that found nothing new, up to this.
+    monitor_idle_interval_seconds: float = Field(default=10.0, ge=1.0)
     # While jobs wait, Slurm's pending queue (their positions and estimated starts) is listed at most this often.
     monitor_queue_interval_seconds: float = Field(default=5.0, gt=0)
+    # The Slurm hook: slurmctld tells the bridge when a job starts or ends.
+    hook: HookSettings = Field(default_factory=HookSettings)
 
     @field_validator("ingress_public_url")
     @classmethod

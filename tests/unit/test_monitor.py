@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from ucim.common.protocol import JobState
 from ucim.common.resources import UCloudJob
 from ucim.common.slurm import SlurmClient, SlurmConfig
 from ucim.common.slurm_parsing import SlurmJobInfo
+from ucim.slurm_bridge.hook_batches import EPILOG, PROLOG, HookBatches
 from ucim.slurm_bridge.monitor import (
     LOST_MESSAGE,
     UNSUBMITTED,
@@ -26,6 +28,7 @@ from ucim.slurm_bridge.monitor import (
     status_patch,
     vanished_patch,
 )
+from ucim.slurm_bridge.poll_interval import PollInterval
 
 SAMPLE = Path(__file__).resolve().parents[2] / "crds" / "samples" / "valid" / "ucloudjob.yaml"
 QUEUED_AT = 1_700_000_000_000
@@ -235,10 +238,10 @@ async def _watch_nothing() -> None:
 
 async def test_run_survives_failed_cycles_and_counts_them() -> None:
     slurm = _BrokenSlurm(SlurmConfig())
-    monitor = SlurmMonitor(None, slurm, informer_of(job()))  # type: ignore[arg-type]
+    monitor = SlurmMonitor(None, slurm, informer_of(job()), interval=PollInterval(0.01))  # type: ignore[arg-type]
     monitor.jobs.run = _watch_nothing  # type: ignore[method-assign]  # the cache above stays as it is
     before = _errors()
-    task = asyncio.create_task(monitor.run(interval=0.01))
+    task = asyncio.create_task(monitor.run())
     await asyncio.sleep(0.1)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -312,3 +315,108 @@ async def test_a_job_only_accounting_has_as_pending_was_lost_and_vanishes() -> N
     monitor, kube = monitor_of(_Slurm({}, accounted={42: done}), job(JobState.RUNNING), [NOW / 1000])
     assert await monitor.run_once() == 1
     assert kube.patches[0]["state"] == "SUCCESS"
+
+
+# --------------------------------------------------------------------------- the Slurm hook's notifications
+
+
+class _Asked(_Slurm):
+    """Records the ids of each squeue."""
+
+    def __init__(self, known: dict[int, SlurmJobInfo]) -> None:
+        super().__init__(known)
+        self.asked: list[set[int]] = []
+
+    async def poll(self, job_ids: Any) -> dict[int, SlurmJobInfo]:
+        self.asked.append(set(job_ids))
+        return await super().poll(job_ids)
+
+
+def _job_numbered(slurm_id: int) -> UCloudJob:
+    tracked = job(slurmJobId=slurm_id)
+    tracked.metadata.name = f"ucloud-{slurm_id}"
+    return tracked
+
+
+def _hooked(slurm: SlurmClient, *jobs: UCloudJob, interval: float = 1.0) -> tuple[SlurmMonitor, _Recorder]:
+    kube = _Recorder()
+    monitor = SlurmMonitor(
+        kube,  # type: ignore[arg-type]
+        slurm,
+        informer_of(*jobs),
+        interval=PollInterval(interval, interval),
+        hook=HookBatches(batch_seconds=0.0, min_gap_seconds=0.01),
+    )
+    return monitor, kube
+
+
+async def test_the_jobs_the_hook_names_are_asked_about_in_one_query_and_patched() -> None:
+    slurm = _Asked({42: info("RUNNING"), 43: SlurmJobInfo(job_id=43, state="CONFIGURING")})
+    monitor, kube = _hooked(slurm, _job_numbered(42), _job_numbered(43), _job_numbered(44))
+    for slurm_id in (42, 43, 99):  # 99: anybody else's job
+        monitor.notify(slurm_id, PROLOG)
+    assert monitor.hook is not None
+    assert await monitor.run_for(monitor.hook.take(time.monotonic())) == 2
+    assert slurm.asked == [{42, 43}]  # one query, only for jobs the monitor tracks (44 was not named)
+    assert [p.get("state") for p in kube.patches] == ["RUNNING", None]  # 43: its slurmState only
+    # 43 still starting and 99 unknown: asked about again; 42 is done.
+    assert set(monitor.hook.pending) == {43, 99}
+
+
+async def test_a_batch_of_jobs_nobody_tracks_costs_no_query() -> None:
+    slurm = _Asked({})
+    monitor, _ = _hooked(slurm, _job_numbered(42))
+    monitor.notify(99, EPILOG)
+    assert monitor.hook is not None
+    assert await monitor.run_for(monitor.hook.take(time.monotonic())) == 0
+    assert slurm.asked == []
+
+
+async def test_a_notification_is_answered_long_before_the_next_poll() -> None:
+    slurm = _Asked({42: info("PENDING")})
+    monitor, kube = _hooked(slurm, _job_numbered(42), interval=30.0)
+    monitor.jobs.run = _watch_nothing  # type: ignore[method-assign]
+    task = asyncio.create_task(monitor.run())
+    await asyncio.sleep(0.05)
+    assert slurm.asked == [{42}]  # the first poll, at the start; the next in 30 s
+    slurm.known[42] = info("RUNNING")
+    started = time.monotonic()
+    monitor.notify(42, PROLOG)
+    for _ in range(200):
+        if kube.patches:
+            break
+        await asyncio.sleep(0.005)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert kube.patches[0]["state"] == "RUNNING"
+    assert time.monotonic() - started < 0.5
+    assert slurm.asked == [{42}, {42}]
+
+
+async def test_a_stream_of_notifications_never_starves_the_poll() -> None:
+    slurm = _Asked({42: info("PENDING"), 43: SlurmJobInfo(job_id=43, state="PENDING")})
+    monitor, _ = _hooked(slurm, _job_numbered(42), _job_numbered(43), interval=0.1)
+    monitor.jobs.run = _watch_nothing  # type: ignore[method-assign]
+    task = asyncio.create_task(monitor.run())
+    for _ in range(50):  # 42 is named every 10 ms for half a second, and never shows a start
+        monitor.notify(42, PROLOG)
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    polls = [ids for ids in slurm.asked if ids == {42, 43}]
+    assert len(polls) >= 4  # every 0.1 s, however many notifications came
+    assert {42} in slurm.asked
+
+
+async def test_a_start_the_hook_names_removes_the_jobs_place_in_the_queue_as_a_poll_does() -> None:
+    slurm = _Asked({42: info("RUNNING")})
+    waiting = job(queuePosition=2, queueLength=5, estimatedStartAt="2026-11-25T04:00:00Z")
+    monitor, kube = _hooked(slurm, waiting)
+    monitor.notify(42, PROLOG)
+    assert monitor.hook is not None
+    assert await monitor.run_for(monitor.hook.take(time.monotonic())) == 1
+    patch = kube.patches[0]
+    assert patch["state"] == "RUNNING"
+    assert (patch["queuePosition"], patch["queueLength"], patch["estimatedStartAt"]) == (None, None, None)

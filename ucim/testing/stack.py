@@ -389,7 +389,19 @@ def component_env(
             # The site's load instructions and module picker: the platform's (hack/local_platform.py).
             "UCIM_BRIDGE_SIDECAR__APPLICATIONS_DIR": str(software.applications_dir),
             "UCIM_BRIDGE_SIDECAR__MODULES_FILE": str(software.modules_file),
+            **hook_env(platform_env),
         },
+    }
+
+
+def hook_env(platform_env: Mapping[str, str]) -> dict[str, str]:
+    """The bridge listens where the platform's Slurm hook sends (hack/local_platform.py), as a site's does."""
+    if "UCIM_SLURM_HOOK_PORT" not in platform_env:
+        return {}  # a platform from before the hook
+    return {
+        "UCIM_BRIDGE_HOOK__ENABLED": "true",
+        "UCIM_BRIDGE_HOOK__PORT": platform_env["UCIM_SLURM_HOOK_PORT"],
+        "UCIM_BRIDGE_HOOK__MUNGE_SOCKET": platform_env["UCIM_MUNGE_SOCKET"],
     }
 
 

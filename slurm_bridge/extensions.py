@@ -67,12 +67,25 @@ def beyond_partition(extension: TimeExtension, max_time: timedelta | None) -> st
     )
 
 
+# Told of each answered extension: the job, the request, Applied or Refused, and the words Core got.
+Recorder = Callable[[UCloudJob, TimeExtension, ExtensionResult, str], None]
+
+
 class TimeExtensions:
     """Applies each job's pending extensions in order, one Slurm update each; woken by the jobs' watch."""
 
-    def __init__(self, kube: Kube, slurm: SlurmClient, namespace: str, *, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        kube: Kube,
+        slurm: SlurmClient,
+        namespace: str,
+        *,
+        clock: Callable[[], float] = time.time,
+        record: Recorder | None = None,
+    ):
         self.kube, self.slurm, self.namespace = kube, slurm, namespace
         self._clock = clock
+        self._record = record  # the audit trail: an extension is an action taken for the job's owner
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
         self._failures: dict[str, int] = {}
@@ -123,6 +136,8 @@ class TimeExtensions:
         )
         if written:
             EXTENSIONS.labels(result=result).inc()
+            if self._record is not None:
+                self._record(job, extension, result, message)
             log.info(
                 "walltime extension answered",
                 extra={"ucloudjob": job.metadata.name, "extension": extension.id, "result": result, "why": message},

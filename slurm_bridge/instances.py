@@ -39,6 +39,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -509,6 +510,21 @@ class InstanceManager:
             local_user=spec.local_user,
             uid=spec.uid,
             pid=pid,
+        )
+
+    def identity_for(self, ucloud_username: str) -> Identity | None:
+        """Who the bridge acts for when it acts for ``ucloud_username`` itself (a walltime extension): the user's
+        mapped instance, with the bridge's own pid (the bridge did it, not the instance)."""
+        instance = self.instances.get(UserInstance.name_for(ucloud_username, self.settings.cluster))
+        spec = instance.obj.spec if instance is not None else None
+        if instance is None or spec is None or spec.uid is None or spec.local_user is None:
+            return None
+        return Identity(
+            instance=f"{self.namespace}/{instance.name}",
+            ucloud_user=spec.ucloud_username,
+            local_user=spec.local_user,
+            uid=spec.uid,
+            pid=os.getpid(),
         )
 
     def serving_pids(self) -> list[int]:

@@ -34,11 +34,12 @@ from ucim.common.event_loops import run_relay
 from ucim.common.kube import Kube
 from ucim.common.logs import setup_logging
 from ucim.common.observability import start_health_server
+from ucim.common.resources import ExtensionResult, TimeExtension, UCloudJob
 from ucim.common.slurm import SlurmClient, SlurmConfig
 from ucim.slurm_bridge.account_mapper import account_mapper
-from ucim.slurm_bridge.audit import audit_trail
+from ucim.slurm_bridge.audit import AuditListener, AuditLog, audit_trail
 from ucim.slurm_bridge.connections import ConnectionMapper
-from ucim.slurm_bridge.extensions import TimeExtensions
+from ucim.slurm_bridge.extensions import Recorder, TimeExtensions
 from ucim.slurm_bridge.heartbeat import keep_lease
 from ucim.slurm_bridge.hook_batches import HookBatches
 from ucim.slurm_bridge.ingress import Routes, start_ingress
@@ -100,13 +101,14 @@ def pacing(settings: BridgeSettings, *, hooked: bool) -> tuple[PollInterval, Hoo
     return interval, HookBatches(hook.batch_seconds, hook.min_gap_seconds, hook.followup_seconds, hook.max_attempts)
 
 
-async def watch_slurm(kube: Kube, settings: BridgeSettings) -> None:
-    """The Slurm monitor, the walltime extensions that share its watch of the cluster's UCloudJobs, and the Slurm
-    hook's listener when it is on (it closes its socket when it ends)."""
+async def watch_slurm(kube: Kube, settings: BridgeSettings, record: Recorder | None = None) -> None:
+    """The Slurm monitor, the walltime extensions that share its watch of the cluster's UCloudJobs (``record``
+    tells the audit trail of each), and the Slurm hook's listener when it is on (it closes its socket when it
+    ends)."""
     listener = await open_hook_listener(settings) if settings.hook.enabled else None
     interval, hook = pacing(settings, hooked=listener is not None)
     slurm = SlurmClient(SlurmConfig(slurm_conf=settings.slurm_conf))
-    extensions = TimeExtensions(kube, slurm, settings.namespace)
+    extensions = TimeExtensions(kube, slurm, settings.namespace, record=record)
     monitor = SlurmMonitor.for_cluster(
         kube,
         slurm,
@@ -173,8 +175,32 @@ def workspace_controller(
     return controller
 
 
+def audited_extensions(audit: AuditLog, manager: InstanceManager) -> Recorder:
+    """Each walltime extension the bridge answered, as a line of the audit trail for the job's owner."""
+
+    def record(job: UCloudJob, extension: TimeExtension, result: ExtensionResult, message: str) -> None:
+        who = manager.identity_for(job.spec.owner)
+        if who is None:  # the owner's instance was never mapped here: nobody to name as the actor
+            log.warning(
+                "walltime extension not audited: its owner is not mapped", extra={"ucloudjob": job.metadata.name}
+            )
+            return
+        applied = result == "Applied"
+        audit.write(who, {
+            "action": "jobs.extend", "targets": [f"job:{job.spec.job_id}", f"slurm:{job.status.slurm_job_id}"],
+            "minutes": extension.add_minutes, "result": "ok" if applied else "error",
+            "status": 200 if applied else 400, "why": None if applied else message,
+        })  # fmt: skip
+
+    return record
+
+
 def instance_tasks(
-    kube: Kube, settings: BridgeSettings, connections: ConnectionMapper, manager: InstanceManager
+    kube: Kube,
+    settings: BridgeSettings,
+    connections: ConnectionMapper,
+    manager: InstanceManager,
+    trail: AuditListener | None,
 ) -> dict[str, Coroutine[Any, Any, None]]:
     """What runs beside the instances: their loop, the connections, accounting and the audit trail if on."""
     tasks = {
@@ -184,9 +210,8 @@ def instance_tasks(
     }
     if settings.accounting.enabled:
         tasks["workspaces"] = workspace_controller(kube, settings, connections, manager).run()
-    if settings.audit.enabled:
-        # Opened here, before serving: a file or socket the bridge cannot make stops it at start.
-        tasks["audit"] = audit_trail(settings.audit, manager.identity_of).run()
+    if trail is not None:
+        tasks["audit"] = trail.run()
     return tasks
 
 
@@ -198,6 +223,7 @@ async def serve(settings: BridgeSettings, fork_server: ForkServer | None, token:
     kube = await Kube.connect(settings.kubeconfig, component="bridge")
     tasks: list[asyncio.Task[None]] = []
     manager: InstanceManager | None = None
+    record: Recorder | None = None
     ingress = None
 
     def run(name: str, coroutine: Coroutine[Any, Any, None]) -> None:
@@ -224,7 +250,10 @@ async def serve(settings: BridgeSettings, fork_server: ForkServer | None, token:
         connections.instances = manager.informer
         fork_server.attach(manager.on_child_exit)
         ingress = await ingress_for(settings, routes, token)
-        for name, coroutine in instance_tasks(kube, settings, connections, manager).items():
+        # Opened here, before serving: a file or socket the bridge cannot make stops it at start.
+        trail = audit_trail(settings.audit, manager.identity_of) if settings.audit.enabled else None
+        record = audited_extensions(trail.audit, manager) if trail is not None else None
+        for name, coroutine in instance_tasks(kube, settings, connections, manager, trail).items():
             run(name, coroutine)
     else:
         log.error("no ingress token configured (UCIM_BRIDGE_INGRESS_TOKEN_FILE): user instances are disabled")
@@ -239,7 +268,7 @@ async def serve(settings: BridgeSettings, fork_server: ForkServer | None, token:
         ),
     )
     if settings.monitor_enabled:
-        run("slurm-monitor", watch_slurm(kube, settings))
+        run("slurm-monitor", watch_slurm(kube, settings, record))
 
     async def ready() -> bool:
         return manager is not None and manager.watching and not (fork_server is None or _gone(fork_server))

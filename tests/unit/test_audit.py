@@ -23,7 +23,9 @@ from aiohttp import web
 from prometheus_client import REGISTRY
 from pytest_aiohttp import AiohttpClient
 
+from tests.support.extension_jobs import extension, sample_job
 from ucim.common.request_ids import HEADER
+from ucim.common.resources import TimeExtension
 from ucim.slurm_bridge.audit import (
     AuditListener,
     AuditLog,
@@ -35,6 +37,7 @@ from ucim.slurm_bridge.audit import (
     check_peer,
     peer_credentials,
 )
+from ucim.slurm_bridge.main import audited_extensions
 from ucim.user_sidecar import audit
 from ucim.user_sidecar.app import init_app
 from ucim.user_sidecar.settings import SidecarSettings
@@ -345,3 +348,25 @@ async def test_what_the_instance_runs_never_inherits_its_audit_connection(bridge
     assert sender._socket is not None
     assert not sender._socket.get_inheritable()
     sender.close()
+
+
+def test_a_walltime_extension_the_bridge_answered_is_a_line_for_the_jobs_owner(tmp_path: Path) -> None:
+    """The bridge applies extensions itself (as root): it writes their line, naming the owner's account."""
+
+    class Manager:
+        def identity_for(self, ucloud_username: str) -> Identity | None:
+            return ME if ucloud_username == ME.ucloud_user else None
+
+    path = tmp_path / "audit.log"
+    log = AuditLog.open(AuditSettings(path=path))
+    record = audited_extensions(log, Manager())  # type: ignore[arg-type]
+    job = sample_job(asked=[extension("e1", 10, 15)])
+    asked = TimeExtension.model_validate(extension("e1", 10, 15))
+    record(job, asked, "Applied", "Time limit extended by 10 minutes to 15 minutes")
+    record(job, asked, "Refused", "beyond the partition's MaxTime")
+    log.close()
+    applied, refused = lines(path)
+    assert applied["ucloud_user"] == ME.ucloud_user and applied["uid"] == ME.uid and applied["action"] == "jobs.extend"
+    assert applied["targets"] == [f"job:{job.spec.job_id}", "slurm:42"] and applied["result"] == "ok"
+    assert applied["minutes"] == 10 and "why" not in applied
+    assert (refused["result"], refused["status"], refused["why"]) == ("error", 400, "beyond the partition's MaxTime")

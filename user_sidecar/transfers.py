@@ -103,6 +103,10 @@ class Transfers:
         self._busy: set[str] = set()
         # The folder uploads with a connection: set when it has ended.
         self._folder_connections: dict[str, asyncio.Event] = {}
+        # Folder uploads the client finished (CLOSE): a connection whose read of the session began before the
+        # session was removed must not take it up again (and save it back). One key per finished upload, for
+        # the instance's life.
+        self._used_up: set[str] = set()
         self._write_back = BackgroundWriteBack()
         # A finished upload gets the mode a newly created file of the user's would have.
         self._file_mode = 0o666 & ~transfer_io.umask()
@@ -304,8 +308,10 @@ class Transfers:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(FOLDER_TAKEOVER_SECONDS):
                     await ending.wait()
-            # Read again: that connection may have used the session up (CLOSE), or moved it on.
+            # Read again: that connection may have moved the session on.
             key, session = await self._find(token, FolderUploadSession)
+        if key in self._used_up:  # finished while it was read (no await from here on: this check holds)
+            raise TransferRefusedError("unknown or expired upload token", 404)
         if key in self._busy:
             raise TransferRefusedError("this folder upload is open on another connection; close that one first", 409)
         self._busy.add(key)
@@ -326,6 +332,8 @@ class Transfers:
 
     async def end_folder_upload(self, key: str, session: FolderUploadSession, *, used_up: bool) -> None:
         """The connection ended: the session is gone when the client said it finished, else it lives on."""
+        if used_up:
+            self._used_up.add(key)
         try:
             if used_up:
                 await asyncio.to_thread(self.store.remove, key)

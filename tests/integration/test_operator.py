@@ -656,8 +656,13 @@ async def test_the_owners_instance_is_created_and_the_job_waits_for_it(
     assert REQUESTED_AT_ANNOTATION in (instance.metadata.annotations or {})
     assert instance.metadata.labels == {"ucim.io/cluster": CLUSTER}  # so that its cluster's bridge sees it
     assert instance.status.conditions == []  # the bridge is the only writer of its status
-    job = await get_job(kube, namespace, "701")
-    assert (condition(job, "Submitted").status, condition(job, "Submitted").reason) == ("Unknown", "WaitingForInstance")
+
+    async def waiting() -> Condition | None:
+        # kopf writes the handler's outcome a moment after the handler created the instance.
+        return find_condition((await get_job(kube, namespace, "701")).status.conditions, "Submitted")
+
+    submitted = await eventually(waiting, "the job's Submitted condition")
+    assert (submitted.status, submitted.reason) == ("Unknown", "WaitingForInstance")
 
     await mark_ready(kube, namespace, name, bridge.endpoint("bob"))
     await core.wait_for_update("701", JobState.IN_QUEUE, timeout=20)

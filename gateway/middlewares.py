@@ -68,7 +68,8 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         REQUESTS.labels(route, request.method, str(status)).inc()
         if status >= 400:
             ERRORS.labels(route, error_reason(status)).inc()
-        if request.path not in PUBLIC_PATHS:
+        # Not for a job's web interface: a page's every script and image, and nothing there is audited per request.
+        if request.path not in PUBLIC_PATHS and not request.match_info.apps[-1].get(PUBLIC_APP, False):
             fields = {"method": request.method, "route": route, "status": status, "seconds": round(seconds, 4)}
             access_log.info("request", extra={"request_id": request.get(REQUEST_ID), **fields})
     return response

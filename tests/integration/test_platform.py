@@ -112,7 +112,7 @@ def test_kubectl_get_shows_the_columns(platform: Platform, namespace: str) -> No
     platform.kubectl("apply", "-n", namespace, "-f", str(SAMPLES / "valid/ucloudjob.yaml"))
     platform.patch(namespace, "ucj/ucloud-4711", {"status": {"state": "IN_QUEUE", "slurmJobId": 4242}}, status=True)
     lines = platform.kubectl("get", "ucloudjobs", "-A").stdout.splitlines()
-    assert lines[0].split() == ["NAMESPACE", "NAME", "STATE", "SLURM-ID", "OWNER", "APP", "AGE"]
+    assert lines[0].split() == ["NAMESPACE", "NAME", "STATE", "SLURM-ID", "OWNER", "APP", "AGE", "QUEUE", "EST-START"]
     row = next(line.split() for line in lines if namespace in line)
     assert row[2:6] == ["IN_QUEUE", "4242", "alice#1234", "run-command"]
 

@@ -33,7 +33,7 @@ RATE_WINDOW = "15s"
 
 
 @pytest.fixture
-def gateway(platform: Platform, namespace: str) -> Iterator[tuple[str, CoreStandIn]]:
+def gateway(platform: Platform, namespace: str, tmp_path: Path) -> Iterator[tuple[str, CoreStandIn]]:
     core = CoreStandIn(PROVIDER, "refresh")
     port = free_port()
     env = {
@@ -44,7 +44,9 @@ def gateway(platform: Platform, namespace: str) -> Iterator[tuple[str, CoreStand
         "UCIM_GATEWAY_CORE_PUBLIC_KEY": core.keys.public_key_b64(),
         "UCIM_GATEWAY_INIT_WAIT_SECONDS": "0.1",
     }
-    process = subprocess.Popen(["ucim-gateway"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # Its log to a file: a pipe nobody reads fills up (a line per request) and the gateway blocks writing it.
+    log = (tmp_path / "gateway.log").open("wb")
+    process = subprocess.Popen(["ucim-gateway"], env=env, stdout=subprocess.DEVNULL, stderr=log)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: http_get(f"{url}/healthz")[0] == 200, 30, "the gateway")
@@ -52,6 +54,7 @@ def gateway(platform: Platform, namespace: str) -> Iterator[tuple[str, CoreStand
     finally:
         process.terminate()
         process.wait(timeout=15)
+        log.close()
 
 
 @pytest.fixture

@@ -500,7 +500,17 @@ class InstanceManager:
         Until its exit is reported: a stopping instance's last answers (in-flight requests, sessions ending) are
         still its own.
         """
-        instance = self._by_pid.get(pid)
+        return self._identity(self._by_pid.get(pid), pid)
+
+    def identity_for(self, ucloud_username: str) -> Identity | None:
+        """Who the bridge acts for when it acts for ``ucloud_username`` itself (a walltime extension): the user's
+        mapped instance, with the bridge's own pid (the bridge did it, not the instance)."""
+        return self._identity(
+            self.instances.get(UserInstance.name_for(ucloud_username, self.settings.cluster)), os.getpid()
+        )
+
+    def _identity(self, instance: Instance | None, pid: int) -> Identity | None:
+        """``instance``'s mapped account as the audit trail names it, acting through ``pid``; None if unmapped."""
         spec = instance.obj.spec if instance is not None else None
         if instance is None or spec is None or spec.uid is None or spec.local_user is None:
             return None
@@ -510,21 +520,6 @@ class InstanceManager:
             local_user=spec.local_user,
             uid=spec.uid,
             pid=pid,
-        )
-
-    def identity_for(self, ucloud_username: str) -> Identity | None:
-        """Who the bridge acts for when it acts for ``ucloud_username`` itself (a walltime extension): the user's
-        mapped instance, with the bridge's own pid (the bridge did it, not the instance)."""
-        instance = self.instances.get(UserInstance.name_for(ucloud_username, self.settings.cluster))
-        spec = instance.obj.spec if instance is not None else None
-        if instance is None or spec is None or spec.uid is None or spec.local_user is None:
-            return None
-        return Identity(
-            instance=f"{self.namespace}/{instance.name}",
-            ucloud_user=spec.ucloud_username,
-            local_user=spec.local_user,
-            uid=spec.uid,
-            pid=os.getpid(),
         )
 
     def serving_pids(self) -> list[int]:
